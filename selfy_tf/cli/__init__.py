@@ -1,0 +1,1 @@
+"""The `selfy` command line: one module per subcommand."""

@@ -1,0 +1,112 @@
+"""`selfy`: the command line of selfy-tf.
+
+    selfy --help
+    selfy --version
+
+Each subcommand lives in its own module under `selfy_tf/cli/` that defines
+`register_subparser(subparsers)`; this module only builds the top parser,
+sets up logging once and maps expected errors to exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import Sequence
+
+from selfy_tf.version import __version__
+
+# Subcommand modules, in the order `selfy --help` lists them.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+class _TqdmStream:
+    """Writes log records through tqdm so they do not break progress bars."""
+
+    def write(self, message: str) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(message.rstrip("\n"), file=sys.stderr)
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            sys.stderr.write(message)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class _LevelPrefixFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname}: {message}"
+        return message
+
+
+def setup_logging(verbose: bool = False, log_file: str | None = None) -> None:
+    """Configures the root logger once for a CLI run (library code never does)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(_TqdmStream())
+    handler.setFormatter(_LevelPrefixFormatter("%(message)s"))
+    root.addHandler(handler)
+    if log_file:
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        root.addHandler(file_handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("absl", "h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfy",
+        description=(
+            "SELFY video action recognition in TensorFlow / Keras 3: convert "
+            "datasets and weights, train, evaluate, export, serve, convert to "
+            "TFLite."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"selfy-tf {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks for expected errors"
+    )
+    parser.add_argument("--verbose", action="store_true", help="log at DEBUG level")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in _COMMAND_MODULES:
+        importlib.import_module(module_name).register_subparser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `selfy` with `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        return 0 if args.command is None else 2
+    setup_logging(verbose=args.verbose)
+    try:
+        status = args.handler(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as error:
+        if args.debug:
+            raise
+        print(f"selfy {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"selfy {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

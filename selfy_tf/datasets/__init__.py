@@ -1,0 +1,1 @@
+"""Small built-in datasets."""

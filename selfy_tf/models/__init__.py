@@ -1,0 +1,1 @@
+"""Model zoo: TSN / TSM / SELFYNet ResNets by name."""

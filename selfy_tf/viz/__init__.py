@@ -1,0 +1,1 @@
+"""Visualisation of what SELFY sees: STSS maps, motion fields, Grad-CAM."""

@@ -1,0 +1,1 @@
+"""Weight import from the official PyTorch release and ImageNet ResNets."""

@@ -1,0 +1,1 @@
+"""Export for TF Serving, clients, a protocol-compatible local server, TFLite."""

@@ -1,0 +1,1 @@
+"""Video clips as TFRecord SequenceExamples: dataset conversion and tf.data input."""

@@ -1,0 +1,1 @@
+"""Training and evaluation of selfy-tf models with Keras `model.fit`."""
