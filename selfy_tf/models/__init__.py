@@ -1,1 +1,33 @@
-"""Model zoo: TSN / TSM / SELFYNet ResNets by name."""
+"""Model zoo: TSN / TSM / SELFYNet ResNets by name.
+
+    >>> from selfy_tf.models import create_model, list_models
+    >>> model = create_model("selfy_tsm_r50", num_classes=174)
+"""
+
+from selfy_tf.models import tsm_resnet  # noqa: F401  (registers the family)
+from selfy_tf.models._builder import create_model, load_weights_file
+from selfy_tf.models._registry import (
+    get_pretrained_cfg,
+    is_model,
+    list_models,
+    list_pretrained,
+    register_model,
+)
+from selfy_tf.models.frame_preprocessing import FramePreprocessing
+from selfy_tf.models.macs import count_macs
+from selfy_tf.models.segment_consensus import SegmentConsensus
+from selfy_tf.models.tsm_resnet import resolve_selfy_channels
+
+__all__ = [
+    "FramePreprocessing",
+    "SegmentConsensus",
+    "count_macs",
+    "create_model",
+    "get_pretrained_cfg",
+    "is_model",
+    "list_models",
+    "list_pretrained",
+    "load_weights_file",
+    "register_model",
+    "resolve_selfy_channels",
+]

@@ -1,0 +1,118 @@
+"""`create_model`: the single entry point of the model zoo."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+import keras
+
+from selfy_tf.models._registry import model_entrypoint
+
+logger = logging.getLogger(__name__)
+
+_OFFICIAL_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
+_KERAS_WEIGHTS_SUFFIX = ".weights.h5"
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    num_frames: int | None = None,
+    input_size: int | None = None,
+    dropout: float | None = None,
+    selfy_stage: str | None = None,
+    stss_backend: str | None = None,
+    width_multiplier: float | None = None,
+    selfy_channels: int | Mapping[str, Any] | None = None,
+    sync_batchnorm: bool | None = None,
+    weights: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> keras.Model:
+    """Builds a registered video classifier by name, optionally with weights.
+
+    Arguments left as `None` take the family default (shown in brackets).
+
+    Args:
+        name: a name from `list_models()`, e.g. `"selfy_tsm_r50"`.
+        num_classes: int, number of action classes.
+        num_frames: int [8], frames per clip `T`.
+        input_size: int [224], frame height and width. SELFY models need a
+            multiple of 16 (with `selfy_stage="res3"`) so that the res3 map
+            is even.
+        dropout: float [0.5], dropout before the classifier.
+        selfy_stage: str ["res3"], the stage the SELFY block follows:
+            "res2", "res3" or "res4" (SELFY models only).
+        stss_backend: str ["matmul"], backend of the STSS op
+            (`selfy_tf.ops.STSS_BACKENDS`; SELFY models only).
+        width_multiplier: float [1.0], scales every backbone width (rounded
+            to a multiple of 8), for small models.
+        selfy_channels: SELFY block widths [reference: hidden 128, extraction
+            (4, 16, 64, 64), integration (64, 64, 64, 64)]: an int `k` sets
+            the hidden width to `k` and scales the others by `k / 128`; a dict
+            with any of `hidden_channels`, `extraction_channels`,
+            `integration_channels` overrides those widths.
+        sync_batchnorm: bool [False], synchronised batch norm across replicas
+            (`keras.layers.BatchNormalization(synchronized=True)`) in the
+            backbone.
+        weights: optional path to weights loaded after building: an official
+            PyTorch checkpoint (`.pth.tar`, strict, see
+            `selfy_tf.weights.load_official_checkpoint`) or a `.weights.h5`
+            saved by Keras for the same architecture.
+        **kwargs: further family arguments, e.g. `stss_jit` [False] (compile
+            the STSS op with XLA; keep it off for models you export).
+
+    Returns:
+        A Keras functional model: input `frames`
+        `[batch, num_frames, input_size, input_size, 3]` (RGB, 0..255, float
+        or uint8 values), output float32 logits `[batch, num_classes]`.
+
+    Raises:
+        ValueError: for an unknown name, bad arguments or weights that do not
+            fit the model.
+        FileNotFoundError: if `weights` does not exist.
+    """
+    builder = model_entrypoint(name)
+    arguments = {
+        "num_classes": num_classes,
+        "num_frames": num_frames,
+        "input_size": input_size,
+        "dropout": dropout,
+        "selfy_stage": selfy_stage,
+        "stss_backend": stss_backend,
+        "width_multiplier": width_multiplier,
+        "selfy_channels": selfy_channels,
+        "sync_batchnorm": sync_batchnorm,
+        **kwargs,
+    }
+    # Unset arguments take the family's defaults.
+    arguments = {key: value for key, value in arguments.items() if value is not None}
+    model = builder(**arguments)
+    if weights is not None:
+        load_weights_file(model, weights)
+    return model
+
+
+def load_weights_file(model: keras.Model, path: str | os.PathLike) -> None:
+    """Loads an official `.pth.tar` checkpoint or a Keras `.weights.h5` into `model`.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: for an unknown file type or weights that do not fit.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"`weights` file not found: {path!r}.")
+    if path.endswith(_KERAS_WEIGHTS_SUFFIX):
+        model.load_weights(path)
+        logger.info("Loaded Keras weights from %s into %s.", path, model.name)
+    elif path.endswith(_OFFICIAL_SUFFIXES):
+        from selfy_tf.weights import load_official_checkpoint
+
+        load_official_checkpoint(model, path, strict=True)
+    else:
+        raise ValueError(
+            f"`weights` must be an official PyTorch checkpoint ({', '.join(_OFFICIAL_SUFFIXES)}) "
+            f"or a Keras '{_KERAS_WEIGHTS_SUFFIX}' file. Received: weights={path!r}."
+        )

@@ -1,0 +1,464 @@
+"""TSN / TSM / SELFYNet ResNets: blocks, pretrained-config table, registered builders.
+
+One family of video classifiers that share a 2-D ResNet v1.5 backbone over
+frames folded into the batch (DESIGN.md §3–§4):
+
+- `tsn_r*`: plain ResNet per frame, average of the frame logits (TSN).
+- `tsm_r*`: the same with a temporal shift at the start of every residual
+  branch (TSM, Lin et al., ICCV 2019).
+- `selfy_tsm_r*`: TSM with one SELFY block after stage res3 (`layer2`)
+  (Kwon et al., ICCV 2021).
+
+Layer names mirror the official PyTorch modules with dots written as
+underscores: `conv1`, `bn1`, `layer2_0_conv1`, `layer2_0_downsample_0`,
+`layer2_0_downsample_1`, `selfy`, `new_fc`. Helper layers that have no
+PyTorch counterpart carry a suffix (`layer2_0_shift`, `layer2_0_conv1_pad`,
+`layer2_0_add`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Mapping
+
+import keras
+
+from selfy_tf.layers import _common
+from selfy_tf.layers.temporal_shift import TemporalShift
+from selfy_tf.models._registry import register_model, register_pretrained_cfgs
+from selfy_tf.models.frame_preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FramePreprocessing,
+)
+from selfy_tf.models.segment_consensus import SegmentConsensus
+
+logger = logging.getLogger(__name__)
+
+# Output stride of the stage the SELFY block follows.
+SELFY_STAGES: dict[str, int] = {"res2": 4, "res3": 8, "res4": 16}
+
+# Reference SELFY block widths (DESIGN.md §3).
+REFERENCE_SELFY_CHANNELS: dict[str, Any] = {
+    "hidden_channels": 128,
+    "extraction_channels": (4, 16, 64, 64),
+    "integration_channels": (64, 64, 64, 64),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetArch:
+    """Architecture of one ResNet depth.
+
+    Attributes:
+        block: "basic" (two 3x3 convs) or "bottleneck" (1x1, 3x3, 1x1).
+        layers: number of blocks in each of the four stages.
+    """
+
+    block: str
+    layers: tuple[int, int, int, int]
+
+    @property
+    def expansion(self) -> int:
+        return 4 if self.block == "bottleneck" else 1
+
+
+RESNET_ARCHS: dict[str, ResNetArch] = {
+    "r18": ResNetArch("basic", (2, 2, 2, 2)),
+    "r34": ResNetArch("basic", (3, 4, 6, 3)),
+    "r50": ResNetArch("bottleneck", (3, 4, 6, 3)),
+    "r101": ResNetArch("bottleneck", (3, 4, 23, 3)),
+}
+
+
+def _cfg(**overrides: Any) -> dict[str, Any]:
+    """A pretrained config with the family's shared defaults."""
+    cfg = {
+        "num_classes": 174,
+        "num_frames": 8,
+        "input_size": 224,
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        # The official release publishes no weight files: convert checkpoints
+        # trained with the official code (`selfy convert-weights`).
+        "weights_file": None,
+        "license": "see the official release, github.com/arunos728/SELFY",
+        "paper_ids": "arXiv:2102.07092",
+        "dataset": None,
+        "top1": None,
+        "top5": None,
+        # Trainable weights and multiply-accumulates per clip of the
+        # architecture at this config's num_classes / num_frames / input_size.
+        "params": None,
+        "gmacs": None,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+# Keys `arch.tag`. Top-1 (1 clip, centre crop) from the SELFY paper; parameter
+# counts from the official release (DESIGN.md §3), checked by the tests.
+default_cfgs: dict[str, dict[str, Any]] = {
+    "selfy_tsm_r50.sthv1_8f": _cfg(
+        dataset="something-something-v1", top1=52.5, params=24_830_842, gmacs=35.99
+    ),
+    "selfy_tsm_r50.sthv1_16f": _cfg(
+        dataset="something-something-v1", num_frames=16, top1=54.3, top5=82.9,
+        params=24_830_842, gmacs=71.98,
+    ),
+    "selfy_tsm_r50.sthv2_8f": _cfg(
+        dataset="something-something-v2", top1=64.5, params=24_830_842, gmacs=35.99
+    ),
+    "selfy_tsm_r50.sthv2_16f": _cfg(
+        dataset="something-something-v2", num_frames=16, top1=65.7, top5=89.8,
+        params=24_830_842, gmacs=71.98,
+    ),
+    "selfy_tsm_r18.sthv1_8f": _cfg(
+        dataset="something-something-v1", top1=48.4, params=11_764_346
+    ),
+    "tsm_r50.sthv1_8f": _cfg(
+        dataset="something-something-v1", params=23_864_558, gmacs=32.70
+    ),
+}
+
+
+def _scaled(channels: int, width_multiplier: float) -> int:
+    """`channels * width_multiplier`, rounded to a multiple of 8 (at least 8)."""
+    if width_multiplier == 1.0:
+        return channels
+    return max(8, int(round(channels * width_multiplier / 8.0)) * 8)
+
+
+def resolve_selfy_channels(selfy_channels: int | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Resolves the `selfy_channels` argument into the block's three width arguments.
+
+    Args:
+        selfy_channels: `None` for the reference widths (hidden 128,
+            extraction (4, 16, 64, 64), integration (64, 64, 64, 64)); an int
+            `k` for hidden width `k` with the other widths scaled by `k / 128`
+            (at least 1 each); or a dict with any of the keys
+            `hidden_channels`, `extraction_channels` (4 ints) and
+            `integration_channels` (4 ints) overriding the reference.
+
+    Returns:
+        A dict with the keys `hidden_channels`, `extraction_channels`,
+        `integration_channels`.
+
+    Raises:
+        ValueError: for another type, an unknown key or a non-positive width.
+    """
+    reference = REFERENCE_SELFY_CHANNELS
+    if selfy_channels is None:
+        return dict(reference)
+    if isinstance(selfy_channels, Mapping):
+        unknown = sorted(set(selfy_channels) - set(reference))
+        if unknown:
+            raise ValueError(
+                f"`selfy_channels` has unknown keys {unknown}. Expected any of "
+                f"{sorted(reference)}. Received: selfy_channels={dict(selfy_channels)!r}."
+            )
+        resolved = dict(reference)
+        resolved.update(selfy_channels)
+        _common.check_positive_int("selfy_channels['hidden_channels']", resolved["hidden_channels"])
+        for key in ("extraction_channels", "integration_channels"):
+            resolved[key] = _common.check_channels(f"selfy_channels['{key}']", resolved[key], 4)
+        return resolved
+    if isinstance(selfy_channels, bool) or not isinstance(selfy_channels, int) or selfy_channels < 1:
+        raise ValueError(
+            "`selfy_channels` must be None, a positive int (the hidden width; the "
+            "other widths scale with it) or a dict of widths. Received: "
+            f"selfy_channels={selfy_channels!r}. Try selfy_channels=16."
+        )
+    factor = selfy_channels / reference["hidden_channels"]
+    return {
+        "hidden_channels": selfy_channels,
+        "extraction_channels": tuple(
+            max(1, int(round(width * factor))) for width in reference["extraction_channels"]
+        ),
+        "integration_channels": tuple(
+            max(1, int(round(width * factor))) for width in reference["integration_channels"]
+        ),
+    }
+
+
+class _LayerFactory:
+    """Makes the backbone's layers with the model-wide settings."""
+
+    def __init__(self, sync_batchnorm: bool):
+        self.sync_batchnorm = sync_batchnorm
+
+    def conv(self, filters: int, kernel_size: int, strides: int, name: str, padding: str = "valid"):
+        return keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            use_bias=False,
+            kernel_initializer=_common.torch_conv_initializer(),
+            name=name,
+        )
+
+    def batch_norm(self, name: str, zero_init: bool = False):
+        return keras.layers.BatchNormalization(
+            axis=-1,
+            momentum=_common.BATCH_NORM_MOMENTUM,
+            epsilon=_common.BATCH_NORM_EPSILON,
+            gamma_initializer="zeros" if zero_init else "ones",
+            synchronized=self.sync_batchnorm,
+            name=name,
+        )
+
+
+def _conv_bn(
+    x,
+    factory: _LayerFactory,
+    filters: int,
+    kernel_size: int,
+    strides: int,
+    conv_name: str,
+    bn_name: str,
+    relu_name: str | None,
+    zero_init: bool = False,
+):
+    """Conv (torch-style symmetric padding) + BN (+ ReLU)."""
+    padding = kernel_size // 2
+    if strides == 1:
+        # Symmetric for odd kernels at stride 1: "same" equals torch padding.
+        x = factory.conv(filters, kernel_size, 1, conv_name, padding="same")(x)
+    else:
+        if padding:
+            x = keras.layers.ZeroPadding2D(padding, name=f"{conv_name}_pad")(x)
+        x = factory.conv(filters, kernel_size, strides, conv_name)(x)
+    x = factory.batch_norm(bn_name, zero_init=zero_init)(x)
+    if relu_name:
+        x = keras.layers.ReLU(name=relu_name)(x)
+    return x
+
+
+def _residual_block(
+    x,
+    factory: _LayerFactory,
+    arch: ResNetArch,
+    planes: int,
+    strides: int,
+    num_frames: int,
+    shift: bool,
+    name: str,
+):
+    """One basic or bottleneck block, TSM shift at the start of the residual branch."""
+    in_channels = x.shape[-1]
+    out_channels = planes * arch.expansion
+    shortcut = x
+    if strides != 1 or in_channels != out_channels:
+        shortcut = factory.conv(out_channels, 1, strides, f"{name}_downsample_0")(x)
+        shortcut = factory.batch_norm(f"{name}_downsample_1")(shortcut)
+    branch = x
+    if shift:
+        branch = TemporalShift(num_frames, name=f"{name}_shift")(branch)
+    if arch.block == "basic":
+        branch = _conv_bn(branch, factory, planes, 3, strides, f"{name}_conv1", f"{name}_bn1", f"{name}_relu1")
+        branch = _conv_bn(branch, factory, planes, 3, 1, f"{name}_conv2", f"{name}_bn2", None, zero_init=True)
+    else:
+        # ResNet v1.5: the stride sits on the 3x3 convolution.
+        branch = _conv_bn(branch, factory, planes, 1, 1, f"{name}_conv1", f"{name}_bn1", f"{name}_relu1")
+        branch = _conv_bn(branch, factory, planes, 3, strides, f"{name}_conv2", f"{name}_bn2", f"{name}_relu2")
+        branch = _conv_bn(branch, factory, out_channels, 1, 1, f"{name}_conv3", f"{name}_bn3", None, zero_init=True)
+    x = keras.layers.Add(name=f"{name}_add")([branch, shortcut])
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _selfy_block(x, num_frames: int, channels: dict[str, Any], stss_backend: str, stss_jit: bool, sync_batchnorm: bool):
+    from selfy_tf.layers.selfy_block import SELFYBlock
+
+    return SELFYBlock(
+        num_frames=num_frames,
+        hidden_channels=channels["hidden_channels"],
+        extraction_channels=channels["extraction_channels"],
+        integration_channels=channels["integration_channels"],
+        stss_backend=stss_backend,
+        stss_jit=stss_jit,
+        name="selfy",
+    )(x)
+
+
+def _check_args(
+    variant: str,
+    num_classes: Any,
+    num_frames: Any,
+    input_size: Any,
+    dropout: Any,
+    selfy: bool,
+    selfy_stage: str,
+    width_multiplier: Any,
+) -> None:
+    for arg_name, value in (("num_classes", num_classes), ("num_frames", num_frames), ("input_size", input_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"`{arg_name}` must be a positive integer. Received: {arg_name}={value!r}."
+            )
+    if input_size < 32:
+        raise ValueError(
+            f"`input_size` must be at least 32 (the backbone's output stride). "
+            f"Received: input_size={input_size}."
+        )
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}.")
+    if not float(width_multiplier) > 0.0:
+        raise ValueError(
+            f"`width_multiplier` must be positive. Received: width_multiplier={width_multiplier!r}."
+        )
+    if selfy_stage not in SELFY_STAGES:
+        raise ValueError(
+            f"`selfy_stage` must be one of {sorted(SELFY_STAGES)}. "
+            f"Received: selfy_stage={selfy_stage!r}. Try selfy_stage='res3'."
+        )
+    if selfy:
+        multiple = 2 * SELFY_STAGES[selfy_stage]
+        if input_size % multiple:
+            suggestion = max(multiple, round(input_size / multiple) * multiple)
+            raise ValueError(
+                f"`input_size` must be divisible by {multiple} for {variant} with "
+                f"selfy_stage={selfy_stage!r}, so that the {selfy_stage} feature map "
+                f"(input_size / {SELFY_STAGES[selfy_stage]}) has an even size for the "
+                f"SELFY block. Received: input_size={input_size}. Try "
+                f"input_size={suggestion}."
+            )
+
+
+def _create_tsm_resnet(
+    variant: str,
+    depth: str,
+    shift: bool,
+    selfy: bool,
+    num_classes: int = 174,
+    num_frames: int = 8,
+    input_size: int = 224,
+    dropout: float = 0.5,
+    selfy_stage: str = "res3",
+    stss_backend: str = "matmul",
+    stss_jit: bool = False,
+    width_multiplier: float = 1.0,
+    selfy_channels: int | Mapping[str, Any] | None = None,
+    sync_batchnorm: bool = False,
+) -> keras.Model:
+    """Builds one TSN / TSM / SELFYNet ResNet as a Keras functional model.
+
+    See `selfy_tf.models.create_model` for the arguments.
+    """
+    _check_args(variant, num_classes, num_frames, input_size, dropout, selfy, selfy_stage, width_multiplier)
+    arch = RESNET_ARCHS[depth]
+    width_multiplier = float(width_multiplier)
+    factory = _LayerFactory(bool(sync_batchnorm))
+    channels = resolve_selfy_channels(selfy_channels) if selfy else None
+
+    frames = keras.Input(
+        shape=(num_frames, input_size, input_size, 3), dtype="float32", name="frames"
+    )
+    x = FramePreprocessing(num_frames, name="preprocessing")(frames)
+    # Stem: 7x7/2 conv (pad 3), BN, ReLU, 3x3/2 max-pool (pad 1). Zero padding
+    # before the max-pool equals -inf padding because its input is >= 0.
+    x = _conv_bn(x, factory, _scaled(64, width_multiplier), 7, 2, "conv1", "bn1", "relu")
+    x = keras.layers.ZeroPadding2D(1, name="maxpool_pad")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="maxpool")(x)
+
+    stage_names = ("res2", "res3", "res4", "res5")
+    for stage_index, num_blocks in enumerate(arch.layers):
+        planes = _scaled(64 * 2**stage_index, width_multiplier)
+        for block_index in range(num_blocks):
+            x = _residual_block(
+                x,
+                factory,
+                arch,
+                planes,
+                strides=2 if stage_index > 0 and block_index == 0 else 1,
+                num_frames=num_frames,
+                shift=shift,
+                name=f"layer{stage_index + 1}_{block_index}",
+            )
+        if selfy and stage_names[stage_index] == selfy_stage:
+            x = _selfy_block(x, num_frames, channels, stss_backend, stss_jit, bool(sync_batchnorm))
+
+    x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
+    if dropout > 0:
+        x = keras.layers.Dropout(float(dropout), name="dropout")(x)
+    x = keras.layers.Dense(num_classes, name="new_fc")(x)
+    logits = SegmentConsensus(num_frames, name="consensus")(x)
+    model = keras.Model(frames, logits, name=variant)
+    logger.debug("Built %s: %d trainable weights.", variant, model.count_params())
+    return model
+
+
+@register_model
+def tsn_r18(**kwargs: Any) -> keras.Model:
+    """TSN ResNet-18: per-frame ResNet-18, average of frame logits."""
+    return _create_tsm_resnet("tsn_r18", "r18", shift=False, selfy=False, **kwargs)
+
+
+@register_model
+def tsn_r34(**kwargs: Any) -> keras.Model:
+    """TSN ResNet-34."""
+    return _create_tsm_resnet("tsn_r34", "r34", shift=False, selfy=False, **kwargs)
+
+
+@register_model
+def tsn_r50(**kwargs: Any) -> keras.Model:
+    """TSN ResNet-50."""
+    return _create_tsm_resnet("tsn_r50", "r50", shift=False, selfy=False, **kwargs)
+
+
+@register_model
+def tsn_r101(**kwargs: Any) -> keras.Model:
+    """TSN ResNet-101."""
+    return _create_tsm_resnet("tsn_r101", "r101", shift=False, selfy=False, **kwargs)
+
+
+@register_model
+def tsm_r18(**kwargs: Any) -> keras.Model:
+    """TSM ResNet-18: temporal shift at the start of every residual branch."""
+    return _create_tsm_resnet("tsm_r18", "r18", shift=True, selfy=False, **kwargs)
+
+
+@register_model
+def tsm_r34(**kwargs: Any) -> keras.Model:
+    """TSM ResNet-34."""
+    return _create_tsm_resnet("tsm_r34", "r34", shift=True, selfy=False, **kwargs)
+
+
+@register_model
+def tsm_r50(**kwargs: Any) -> keras.Model:
+    """TSM ResNet-50."""
+    return _create_tsm_resnet("tsm_r50", "r50", shift=True, selfy=False, **kwargs)
+
+
+@register_model
+def tsm_r101(**kwargs: Any) -> keras.Model:
+    """TSM ResNet-101."""
+    return _create_tsm_resnet("tsm_r101", "r101", shift=True, selfy=False, **kwargs)
+
+
+@register_model
+def selfy_tsm_r18(**kwargs: Any) -> keras.Model:
+    """SELFYNet-TSM-ResNet-18: TSM ResNet-18 with a SELFY block after res3."""
+    return _create_tsm_resnet("selfy_tsm_r18", "r18", shift=True, selfy=True, **kwargs)
+
+
+@register_model
+def selfy_tsm_r34(**kwargs: Any) -> keras.Model:
+    """SELFYNet-TSM-ResNet-34."""
+    return _create_tsm_resnet("selfy_tsm_r34", "r34", shift=True, selfy=True, **kwargs)
+
+
+@register_model
+def selfy_tsm_r50(**kwargs: Any) -> keras.Model:
+    """SELFYNet-TSM-ResNet-50, the paper's main model."""
+    return _create_tsm_resnet("selfy_tsm_r50", "r50", shift=True, selfy=True, **kwargs)
+
+
+@register_model
+def selfy_tsm_r101(**kwargs: Any) -> keras.Model:
+    """SELFYNet-TSM-ResNet-101."""
+    return _create_tsm_resnet("selfy_tsm_r101", "r101", shift=True, selfy=True, **kwargs)
+
+
+register_pretrained_cfgs(default_cfgs)
