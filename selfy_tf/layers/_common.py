@@ -1,0 +1,245 @@
+"""Shared pieces of the SELFY layers: initialisers, batch norm and weight mapping.
+
+The mapping between our Keras variables and the official PyTorch state-dict
+keys is expressed with `WeightMapping` records. Each record names one Keras
+variable, one PyTorch key and the name of the layout transform that turns the
+PyTorch tensor into the Keras one (`TORCH_TRANSFORMS`):
+
+| transform               | PyTorch tensor          | Keras variable        |
+| ----------------------- | ----------------------- | --------------------- |
+| `conv2d`                | Conv2d `[o, i, kh, kw]` | Conv2D `[kh, kw, i, o]` |
+| `conv3d_1kk`            | Conv3d `[o, i, 1, kh, kw]` | Conv2D `[kh, kw, i, o]` |
+| `conv_transpose3d_k1`   | ConvTranspose3d `[i, o, 1, 1, 1]` | Conv2D `[1, 1, i, o]` |
+| `identity`              | BN `weight`, `bias`, `running_mean`, `running_var` | `gamma`, `beta`, `moving_mean`, `moving_variance` |
+
+Every (1, k, k) 3-D convolution of the reference is a 2-D convolution here
+(the frame / window axis is folded into the batch), so 3-D kernels lose their
+leading unit axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# PyTorch BatchNorm defaults: eps 1e-5, momentum 0.1 (Keras momentum 0.9).
+BATCH_NORM_EPSILON = 1e-5
+BATCH_NORM_MOMENTUM = 0.9
+
+# Suffix of PyTorch BatchNorm keys that have no Keras counterpart.
+TORCH_BATCH_NORM_SKIPPED_SUFFIX = "num_batches_tracked"
+
+
+def torch_conv_initializer() -> keras.initializers.Initializer:
+    """Kaiming-normal (fan-out, ReLU) as the official release initialises convolutions."""
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_out", distribution="untruncated_normal"
+    )
+
+
+def torch_conv_transpose_initializer() -> keras.initializers.Initializer:
+    """Kaiming-normal for the ConvTranspose3d written as a Conv2D `[1, 1, i, o]`.
+
+    PyTorch computes the fan-out of a transposed convolution from its first
+    weight axis, the input channels; for our `[1, 1, i, o]` kernel that is the
+    Keras fan-in.
+    """
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_in", distribution="untruncated_normal"
+    )
+
+
+def _conv2d(array: np.ndarray) -> np.ndarray:
+    return np.transpose(array, (2, 3, 1, 0))
+
+
+def _conv3d_1kk(array: np.ndarray) -> np.ndarray:
+    if array.ndim != 5 or array.shape[2] != 1:
+        raise ValueError(
+            "A (1, k, k) Conv3d weight must have shape (out, in, 1, k, k). "
+            f"Received: shape={tuple(array.shape)}."
+        )
+    return np.transpose(array[:, :, 0], (2, 3, 1, 0))
+
+
+def _conv_transpose3d_k1(array: np.ndarray) -> np.ndarray:
+    if array.ndim != 5 or array.shape[2:] != (1, 1, 1):
+        raise ValueError(
+            "A kernel-1 ConvTranspose3d weight must have shape (in, out, 1, 1, 1). "
+            f"Received: shape={tuple(array.shape)}."
+        )
+    return array[:, :, 0, 0, 0][None, None]
+
+
+def _identity(array: np.ndarray) -> np.ndarray:
+    return array
+
+
+TORCH_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "conv2d": _conv2d,
+    "conv3d_1kk": _conv3d_1kk,
+    "conv_transpose3d_k1": _conv_transpose3d_k1,
+    "identity": _identity,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightMapping:
+    """One Keras variable and the PyTorch state-dict entry it comes from.
+
+    Attributes:
+        variable: the Keras variable.
+        torch_key: the full PyTorch state-dict key.
+        transform: name of the layout transform in `TORCH_TRANSFORMS`.
+    """
+
+    variable: keras.Variable
+    torch_key: str
+    transform: str
+
+    def convert(self, array: np.ndarray) -> np.ndarray:
+        """Returns the PyTorch `array` in the layout of `variable`.
+
+        Raises:
+            ValueError: if the converted shape differs from the variable's.
+        """
+        converted = TORCH_TRANSFORMS[self.transform](np.asarray(array))
+        if tuple(converted.shape) != tuple(self.variable.shape):
+            raise ValueError(
+                f"`{self.torch_key}` converted with `{self.transform}` has shape "
+                f"{tuple(converted.shape)}, but `{self.variable.path}` expects "
+                f"{tuple(self.variable.shape)}."
+            )
+        return converted
+
+
+def conv_bn_mapping(
+    conv: keras.layers.Layer,
+    batch_norm: keras.layers.Layer,
+    conv_key: str,
+    batch_norm_prefix: str,
+    transform: str,
+) -> list[WeightMapping]:
+    """Mapping records for one convolution kernel and the batch norm after it."""
+    records = [WeightMapping(conv.kernel, conv_key, transform)]
+    for keras_name, torch_name in (
+        ("gamma", "weight"),
+        ("beta", "bias"),
+        ("moving_mean", "running_mean"),
+        ("moving_variance", "running_var"),
+    ):
+        records.append(
+            WeightMapping(
+                getattr(batch_norm, keras_name),
+                f"{batch_norm_prefix}.{torch_name}",
+                "identity",
+            )
+        )
+    return records
+
+
+def make_conv(
+    filters: int,
+    kernel_size: int,
+    strides: int,
+    name: str,
+    dtype: object,
+    kernel_initializer: keras.initializers.Initializer | None = None,
+) -> keras.layers.Conv2D:
+    """A bias-free 'valid' Conv2D (padding, when needed, is explicit)."""
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="valid",
+        use_bias=False,
+        kernel_initializer=kernel_initializer or torch_conv_initializer(),
+        name=name,
+        dtype=dtype,
+    )
+
+
+def make_batch_norm(
+    name: str,
+    dtype: object,
+    momentum: float,
+    epsilon: float,
+    gamma_initializer: str = "ones",
+) -> keras.layers.BatchNormalization:
+    """A channels-last BatchNormalization with PyTorch-equivalent settings."""
+    return keras.layers.BatchNormalization(
+        axis=-1,
+        momentum=momentum,
+        epsilon=epsilon,
+        gamma_initializer=gamma_initializer,
+        name=name,
+        dtype=dtype,
+    )
+
+
+def pad_spatial(inputs: tf.Tensor, padding: int) -> tf.Tensor:
+    """Symmetric zero padding of the two spatial axes of `[batch, H, W, C]`."""
+    return tf.pad(inputs, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+
+
+def dim(tensor: tf.Tensor, axis: int) -> int | tf.Tensor:
+    """The static size of `axis` when known, else the dynamic one."""
+    static = tensor.shape[axis]
+    return static if static is not None else tf.shape(tensor)[axis]
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Returns `value` as an int, or raises a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}."
+        )
+    return int(value)
+
+
+def check_channels(name: str, value: object, length: int) -> tuple[int, ...]:
+    """Returns `value` as a tuple of `length` positive ints, or raises."""
+    try:
+        channels = tuple(value)
+    except TypeError:
+        channels = ()
+    if len(channels) != length or not all(
+        isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c > 0
+        for c in channels
+    ):
+        raise ValueError(
+            f"`{name}` must be {length} positive integers. Received: {name}={value!r}."
+        )
+    return tuple(int(c) for c in channels)
+
+
+def check_window(value: object) -> tuple[int, int, int]:
+    """Returns the STSS window `(L, U, V)` as ints, or raises a ValueError."""
+    try:
+        window = tuple(value)
+    except TypeError:
+        window = ()
+    if len(window) != 3 or not all(
+        isinstance(size, (int, np.integer)) and not isinstance(size, bool)
+        and size > 0 and size % 2 == 1
+        for size in window
+    ):
+        raise ValueError(
+            "`window` must be three odd integers (L, U, V). "
+            f"Received: window={value!r}. Try window=(5, 9, 9)."
+        )
+    return tuple(int(size) for size in window)
+
+
+def extraction_output_size(size: int) -> int:
+    """Spatial size of the STSS extraction output for a window side `size`.
+
+    Two stride-2 (pad 1) convolutions, then a 'valid' 3x3 one.
+    """
+    for _ in range(2):
+        size = (size - 1) // 2 + 1
+    return size - 2

@@ -1,0 +1,270 @@
+"""The SELFY block: self-similarity as generalized motion, added back as a residual.
+
+Weight mapping to the official PyTorch release
+----------------------------------------------
+`SELFYBlock.torch_weight_mapping(prefix)` lists `WeightMapping(variable,
+torch_key, transform)` records for every variable of the block, and
+`SELFYBlock.torch_skipped_keys(prefix)` the PyTorch keys that have no
+counterpart (BatchNorm `num_batches_tracked`). With the official prefix
+`module.base_model.selfy.`:
+
+| Keras variable (layer path)                         | PyTorch key (after prefix)                | transform             |
+| --------------------------------------------------- | ----------------------------------------- | --------------------- |
+| `stss_transformation/downsample_conv/kernel` `[3, 3, d_in, d_hid]` | `stss_transformation.downsample.0.weight` `[d_hid, d_in, 3, 3]` | `conv2d` |
+| `stss_transformation/downsample_bn/{gamma,beta,moving_mean,moving_variance}` | `stss_transformation.downsample.1.{weight,bias,running_mean,running_var}` | `identity` |
+| `stss_extraction/conv{i}/kernel` `[3, 3, i, o]`, i = 0..3 | `stss_extraction.conv{i}.0.weight` `[o, i, 1, 3, 3]` | `conv3d_1kk` |
+| `stss_extraction/conv{i}_bn/*`                      | `stss_extraction.conv{i}.1.*`             | `identity` |
+| `stss_integration/conv{i}/kernel` `[3, 3, i, o]`, i = 0..2 | `stss_integration.conv{i}.0.weight` `[o, i, 1, 3, 3]` | `conv3d_1kk` |
+| `stss_integration/conv{i}_bn/*`                     | `stss_integration.conv{i}.1.*`            | `identity` |
+| `stss_integration/conv3_fuse/kernel` `[3, 3, L*64, 64]` | `stss_integration.conv3_fuse.1.weight` `[64, L*64, 1, 3, 3]` | `conv3d_1kk` |
+| `stss_integration/conv3_fuse_bn/*`                  | `stss_integration.conv3_fuse.2.*`         | `identity` |
+| `stss_integration/upsample_conv/kernel` `[1, 1, 64, d_in]` | `stss_integration.upsample.0.weight` `[64, d_in, 1, 1, 1]` | `conv_transpose3d_k1` |
+| `stss_integration/upsample_bn/*`                    | `stss_integration.upsample.1.*`           | `identity` |
+
+The transforms are defined in `selfy_tf.layers.TORCH_TRANSFORMS`; the
+record's `convert(array)` applies its transform and checks the shape.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from selfy_tf import ops
+from selfy_tf.layers import _common
+from selfy_tf.layers.stss_extraction import STSSExtraction
+from selfy_tf.layers.stss_integration import STSSIntegration
+from selfy_tf.layers.stss_transformation import STSSTransformation
+
+# The official prefix of the block's keys in a SELFYNet state dict.
+TORCH_PREFIX = "module.base_model.selfy."
+
+
+@keras.saving.register_keras_serializable(package="selfy")
+class SELFYBlock(keras.layers.Layer):
+    """The SELFY block: learned motion from spatio-temporal self-similarity.
+
+    Kwon, Kim, Kwak, Cho, "Learning Self-Similarity in Space and Time as
+    Generalized Motion for Video Action Recognition", ICCV 2021. Inserted
+    after a backbone stage, it computes the spatio-temporal self-similarity
+    (STSS) of a downsampled copy of its input (`STSSTransformation`), turns
+    each position's similarity volume into a feature (`STSSExtraction`),
+    integrates those over space and time and upsamples back
+    (`STSSIntegration`), and adds the result to its input:
+    `relu(inputs + integration)`. With `zero_init_last=True` the block starts
+    as `relu(inputs)`.
+
+    Weights mirror the official PyTorch `SELFYBlock` (see the module
+    docstring and `torch_weight_mapping`).
+
+    Args:
+        num_frames: int, default 8, frames per clip (`T`); the batch axis
+            must be a multiple of it.
+        hidden_channels: int, default 128, channels the input is reduced to
+            before the STSS (`d_hid`).
+        window: three odd ints `(L, U, V)`, default `(5, 9, 9)`, the STSS
+            window; `U` and `V` must each be 9 or 11 (the extraction
+            convolutions reduce them to 1).
+        extraction_channels: four ints, default `(4, 16, 64, 64)`, channels
+            of the extraction convolutions.
+        integration_channels: four ints, default `(64, 64, 64, 64)`,
+            channels of the three integration convolutions and of the fusion
+            convolution.
+        stss_backend: str, default "matmul", the `backend` of
+            `selfy_tf.ops.stss`.
+        stss_jit: bool, default False, compile the STSS op with XLA. Keep it
+            off for models that are exported (TF Serving, TFLite).
+        zero_init_last: bool, default True, zero-initialise the gamma of the
+            last batch norm so that the block starts as the identity (up to
+            the final ReLU).
+        batch_norm_momentum: float, default 0.9 (PyTorch momentum 0.1).
+        batch_norm_epsilon: float, default 1e-5 (as PyTorch).
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: `[batch * num_frames, height, width, channels]` tensor, the
+            frames of each clip contiguous.
+        training: bool, batch norm in training mode when True.
+
+    Input shape:
+        `[batch * num_frames, height, width, channels]` with even `height`
+        and `width` (28x28x512 after res3 of a ResNet-50 at 224x224).
+
+    Output shape:
+        Same as the input.
+
+    Example:
+
+    >>> block = SELFYBlock(num_frames=2, hidden_channels=8, window=(3, 9, 9),
+    ...                    extraction_channels=(2, 4, 8, 8),
+    ...                    integration_channels=(8, 8, 8, 8))
+    >>> block(keras.ops.ones((4, 8, 8, 16))).shape
+    TensorShape([4, 8, 8, 16])
+    """
+
+    def __init__(
+        self,
+        num_frames: int = 8,
+        hidden_channels: int = 128,
+        window: tuple[int, int, int] = (5, 9, 9),
+        extraction_channels: tuple[int, int, int, int] = (4, 16, 64, 64),
+        integration_channels: tuple[int, int, int, int] = (64, 64, 64, 64),
+        stss_backend: str = "matmul",
+        stss_jit: bool = False,
+        zero_init_last: bool = True,
+        batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
+        batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_frames = _common.check_positive_int("num_frames", num_frames)
+        self.hidden_channels = _common.check_positive_int(
+            "hidden_channels", hidden_channels
+        )
+        self.window = _common.check_window(window)
+        if any(_common.extraction_output_size(size) != 1 for size in self.window[1:]):
+            raise ValueError(
+                "The spatial sizes (U, V) of `window` must each be 9 or 11, the "
+                "sizes that the extraction convolutions reduce to 1. "
+                f"Received: window={window!r}. Try window=(5, 9, 9)."
+            )
+        self.extraction_channels = _common.check_channels(
+            "extraction_channels", extraction_channels, 4
+        )
+        self.integration_channels = _common.check_channels(
+            "integration_channels", integration_channels, 4
+        )
+        if stss_backend not in ops.STSS_BACKENDS:
+            raise ValueError(
+                f"`stss_backend` must be one of {ops.STSS_BACKENDS}. "
+                f"Received: stss_backend={stss_backend!r}."
+            )
+        self.stss_backend = stss_backend
+        self.stss_jit = bool(stss_jit)
+        self.zero_init_last = bool(zero_init_last)
+        self.batch_norm_momentum = float(batch_norm_momentum)
+        self.batch_norm_epsilon = float(batch_norm_epsilon)
+        batch_norm_args = {
+            "batch_norm_momentum": self.batch_norm_momentum,
+            "batch_norm_epsilon": self.batch_norm_epsilon,
+            "dtype": self.dtype_policy,
+        }
+        self.stss_transformation = STSSTransformation(
+            self.num_frames,
+            self.hidden_channels,
+            self.window,
+            stss_backend=self.stss_backend,
+            stss_jit=self.stss_jit,
+            name="stss_transformation",
+            **batch_norm_args,
+        )
+        self.stss_extraction = STSSExtraction(
+            self.extraction_channels, name="stss_extraction", **batch_norm_args
+        )
+        self.stss_integration = None
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 4 or any(size is None for size in input_shape[1:]):
+            raise ValueError(
+                "`SELFYBlock` expects inputs of shape "
+                "(batch * num_frames, height, width, channels) with known height, "
+                f"width and channels. Received: input_shape={input_shape}."
+            )
+        batch, height, width, channels = input_shape
+        if height % 2 or width % 2:
+            raise ValueError(
+                "`SELFYBlock` needs an even input height and width (the block "
+                "downsamples by 2 and upsamples back). Received: "
+                f"input_shape={input_shape}."
+            )
+        if batch is not None and batch % self.num_frames:
+            raise ValueError(
+                f"The batch axis of the input must be a multiple of "
+                f"num_frames={self.num_frames}. Received: input_shape={input_shape}."
+            )
+        self.stss_integration = STSSIntegration(
+            channels,
+            self.integration_channels,
+            zero_init_last=self.zero_init_last,
+            name="stss_integration",
+            batch_norm_momentum=self.batch_norm_momentum,
+            batch_norm_epsilon=self.batch_norm_epsilon,
+            dtype=self.dtype_policy,
+        )
+        self.stss_transformation.build(input_shape)
+        shape = self.stss_transformation.compute_output_shape(input_shape)
+        self.stss_extraction.build(shape)
+        shape = self.stss_extraction.compute_output_shape(shape)
+        self.stss_integration.build(shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        similarity = self.stss_transformation(inputs, training=training)
+        features = self.stss_extraction(similarity, training=training)
+        motion = self.stss_integration(features, training=training)
+        return tf.nn.relu(inputs + tf.cast(motion, inputs.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def torch_weight_mapping(
+        self, prefix: str = TORCH_PREFIX
+    ) -> list[_common.WeightMapping]:
+        """Records mapping every variable of the block to an official PyTorch key.
+
+        Args:
+            prefix: prefix of the block's keys in the PyTorch state dict,
+                default `"module.base_model.selfy."`.
+
+        Returns:
+            One `WeightMapping(variable, torch_key, transform)` per variable
+            (the table in the module docstring); `record.convert(array)`
+            turns the PyTorch tensor into the variable's layout.
+
+        Raises:
+            ValueError: if the block is not built yet.
+        """
+        if not self.built:
+            raise ValueError(
+                "`torch_weight_mapping` needs a built `SELFYBlock`: call it on "
+                "an input or call `build(input_shape)` first."
+            )
+        return (
+            self.stss_transformation.torch_weight_mapping(f"{prefix}stss_transformation.")
+            + self.stss_extraction.torch_weight_mapping(f"{prefix}stss_extraction.")
+            + self.stss_integration.torch_weight_mapping(f"{prefix}stss_integration.")
+        )
+
+    def torch_skipped_keys(self, prefix: str = TORCH_PREFIX) -> list[str]:
+        """PyTorch keys of the block that have no Keras variable, on purpose.
+
+        These are the `num_batches_tracked` counters of the batch norms (used
+        only when PyTorch's BN momentum is None).
+        """
+        keys = []
+        for record in self.torch_weight_mapping(prefix):
+            if record.torch_key.endswith(".running_mean"):
+                keys.append(
+                    record.torch_key[: -len("running_mean")]
+                    + _common.TORCH_BATCH_NORM_SKIPPED_SUFFIX
+                )
+        return keys
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_frames": self.num_frames,
+                "hidden_channels": self.hidden_channels,
+                "window": self.window,
+                "extraction_channels": self.extraction_channels,
+                "integration_channels": self.integration_channels,
+                "stss_backend": self.stss_backend,
+                "stss_jit": self.stss_jit,
+                "zero_init_last": self.zero_init_last,
+                "batch_norm_momentum": self.batch_norm_momentum,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+            }
+        )
+        return config

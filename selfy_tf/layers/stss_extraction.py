@@ -1,0 +1,153 @@
+"""STSS feature extraction: small convolutions over each (l, u, v) volume."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from selfy_tf.layers import _common
+
+# (stride, padding) of the four (1, 3, 3) convolutions of the reference.
+_CONV_GEOMETRY = ((1, 1), (2, 1), (2, 1), (1, 0))
+
+
+@keras.saving.register_keras_serializable(package="selfy")
+class STSSExtraction(keras.layers.Layer):
+    """Extracts a motion feature from the self-similarity volume of each position.
+
+    Second stage of the SELFY block (Kwon et al., ICCV 2021). Each position's
+    `(L, U, V)` self-similarity volume is treated as a one-channel 3-D image,
+    and four convolutions with kernel (1, 3, 3) over (l, u, v), each followed
+    by batch norm and ReLU, reduce every `(U, V)` displacement map to one
+    feature vector: strides 1, 2, 2, 1 and paddings 1, 1, 1, 0 over (u, v), so
+    a 9x9 window goes 9 → 9 → 5 → 3 → 1. As the kernels are 1 along l, they
+    are applied as 2-D convolutions to the `batch * frames * height * width *
+    L` displacement maps, which gives the same result as the reference's
+    Conv3d.
+
+    Weights mirror the official `stss_extraction` module: `convs[i]` (named
+    `conv{i}`) is `conv{i}.0` and `bns[i]` (named `conv{i}_bn`) is `conv{i}.1`.
+
+    Args:
+        channels: four ints, default `(4, 16, 64, 64)`, output channels of
+            the four convolutions.
+        batch_norm_momentum: float, default 0.9 (PyTorch momentum 0.1).
+        batch_norm_epsilon: float, default 1e-5 (as PyTorch).
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: `[batch, num_frames, height, width, L, U, V]` tensor.
+        training: bool, batch norm in training mode when True.
+
+    Input shape:
+        `[batch, num_frames, height, width, L, U, V]`; `U` and `V` must each
+        be 9 or 11 (the sizes that the convolutions reduce to 1).
+
+    Output shape:
+        `[batch, num_frames, height, width, L, channels[-1]]`.
+
+    Example:
+
+    >>> layer = STSSExtraction(channels=(2, 4, 8, 8))
+    >>> layer(keras.ops.ones((1, 2, 3, 3, 5, 9, 9))).shape
+    TensorShape([1, 2, 3, 3, 5, 8])
+    """
+
+    def __init__(
+        self,
+        channels: tuple[int, int, int, int] = (4, 16, 64, 64),
+        batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
+        batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.channels = _common.check_channels("channels", channels, 4)
+        self.batch_norm_momentum = float(batch_norm_momentum)
+        self.batch_norm_epsilon = float(batch_norm_epsilon)
+        self.convs = []
+        self.bns = []
+        for index, (filters, (stride, _)) in enumerate(
+            zip(self.channels, _CONV_GEOMETRY)
+        ):
+            self.convs.append(
+                _common.make_conv(
+                    filters, 3, stride, name=f"conv{index}", dtype=self.dtype_policy
+                )
+            )
+            self.bns.append(
+                _common.make_batch_norm(
+                    f"conv{index}_bn",
+                    self.dtype_policy,
+                    self.batch_norm_momentum,
+                    self.batch_norm_epsilon,
+                )
+            )
+
+    def build(self, input_shape):
+        if len(input_shape) != 7:
+            raise ValueError(
+                "`STSSExtraction` expects inputs of shape "
+                "(batch, num_frames, height, width, L, U, V). "
+                f"Received: input_shape={tuple(input_shape)}."
+            )
+        height_window, width_window = input_shape[5], input_shape[6]
+        for size in (height_window, width_window):
+            if size is None or _common.extraction_output_size(size) != 1:
+                raise ValueError(
+                    "The STSS window sizes U and V (the last two input axes) "
+                    "must each be 9 or 11, the sizes that the extraction "
+                    "convolutions reduce to 1. Received: "
+                    f"input_shape={tuple(input_shape)}."
+                )
+        shape = (None, height_window, width_window, 1)
+        for conv, bn, (_, padding) in zip(self.convs, self.bns, _CONV_GEOMETRY):
+            padded = (None, shape[1] + 2 * padding, shape[2] + 2 * padding, shape[3])
+            conv.build(padded)
+            shape = conv.compute_output_shape(padded)
+            bn.build(shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        maps = tf.reshape(inputs, [-1, inputs.shape[5], inputs.shape[6], 1])
+        for conv, bn, (_, padding) in zip(self.convs, self.bns, _CONV_GEOMETRY):
+            if padding:
+                maps = _common.pad_spatial(maps, padding)
+            maps = tf.nn.relu(bn(conv(maps), training=training))
+        output_shape = tf.concat(
+            [tf.shape(inputs)[:5], [self.channels[-1]]], axis=0
+        )
+        return tf.reshape(maps, output_shape)
+
+    def compute_output_shape(self, input_shape):
+        return (*tuple(input_shape)[:5], self.channels[-1])
+
+    def torch_weight_mapping(self, prefix: str) -> list[_common.WeightMapping]:
+        """Records mapping this layer's variables to official PyTorch keys.
+
+        Args:
+            prefix: key prefix of the official module, e.g.
+                `"module.base_model.selfy.stss_extraction."`.
+
+        Returns:
+            `WeightMapping` records for `conv{i}.0` (Conv3d `[o, i, 1, 3, 3]`
+            → Conv2D kernel `[3, 3, i, o]`) and `conv{i}.1` (BatchNorm3d),
+            i = 0..3.
+        """
+        records = []
+        for index, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            records += _common.conv_bn_mapping(
+                conv, bn, f"{prefix}conv{index}.0.weight",
+                f"{prefix}conv{index}.1", "conv3d_1kk",
+            )
+        return records
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "channels": self.channels,
+                "batch_norm_momentum": self.batch_norm_momentum,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+            }
+        )
+        return config

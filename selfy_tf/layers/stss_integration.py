@@ -1,0 +1,216 @@
+"""STSS feature integration: spatio-temporal convolutions, fusion and upsampling."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from selfy_tf.layers import _common
+
+
+@keras.saving.register_keras_serializable(package="selfy")
+class STSSIntegration(keras.layers.Layer):
+    """Integrates the extracted STSS features into a motion feature map.
+
+    Third stage of the SELFY block (Kwon et al., ICCV 2021). For each of the
+    `L` temporal offsets separately, three (1, 3, 3) convolutions over
+    (t, h, w) with padding (0, 1, 1), each followed by batch norm and ReLU;
+    then the `L` groups are concatenated on channels (l-major: channel
+    `l * channels[2] + c`) and fused by a (1, 3, 3) convolution + batch norm +
+    ReLU; finally the reference's ConvTranspose3d with kernel 1, stride
+    (1, 2, 2) and output padding (0, 1, 1) doubles height and width, followed
+    by batch norm. That transposed convolution is a 1x1 convolution whose
+    results land on the even rows and columns of a zero map, so odd positions
+    carry only the batch norm shift, as in the reference. All (1, 3, 3)
+    convolutions are 2-D convolutions over a batch that folds in the frames
+    (and the offsets `l`).
+
+    Weights mirror the official `stss_integration` module: `convs[i]` (named
+    `conv{i}`) / `bns[i]` (`conv{i}_bn`) are `conv{i}.0` / `conv{i}.1` for
+    i = 0, 1, 2; `fuse_conv` / `fuse_bn` are `conv3_fuse.1` / `conv3_fuse.2`;
+    `upsample_conv` / `upsample_bn` are `upsample.0` / `upsample.1`.
+
+    Args:
+        output_channels: int, channels of the output (`d_in` of the block).
+        channels: four ints, default `(64, 64, 64, 64)`, output channels of
+            the three per-offset convolutions and of the fusion convolution.
+        zero_init_last: bool, default True, initialise the gamma of the last
+            batch norm to zero so that a residual block around this layer
+            starts as the identity.
+        batch_norm_momentum: float, default 0.9 (PyTorch momentum 0.1).
+        batch_norm_epsilon: float, default 1e-5 (as PyTorch).
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: `[batch, num_frames, height, width, L, input_channels]` tensor.
+        training: bool, batch norm in training mode when True.
+
+    Input shape:
+        `[batch, num_frames, height, width, L, input_channels]`.
+
+    Output shape:
+        `[batch * num_frames, 2 * height, 2 * width, output_channels]`.
+
+    Example:
+
+    >>> layer = STSSIntegration(output_channels=16, channels=(8, 8, 8, 8))
+    >>> layer(keras.ops.ones((1, 2, 4, 4, 3, 8))).shape
+    TensorShape([2, 8, 8, 16])
+    """
+
+    def __init__(
+        self,
+        output_channels: int,
+        channels: tuple[int, int, int, int] = (64, 64, 64, 64),
+        zero_init_last: bool = True,
+        batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
+        batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.output_channels = _common.check_positive_int(
+            "output_channels", output_channels
+        )
+        self.channels = _common.check_channels("channels", channels, 4)
+        self.zero_init_last = bool(zero_init_last)
+        self.batch_norm_momentum = float(batch_norm_momentum)
+        self.batch_norm_epsilon = float(batch_norm_epsilon)
+
+        def batch_norm(name, gamma_initializer="ones"):
+            return _common.make_batch_norm(
+                name,
+                self.dtype_policy,
+                self.batch_norm_momentum,
+                self.batch_norm_epsilon,
+                gamma_initializer=gamma_initializer,
+            )
+
+        self.convs = [
+            _common.make_conv(filters, 3, 1, name=f"conv{index}", dtype=self.dtype_policy)
+            for index, filters in enumerate(self.channels[:3])
+        ]
+        self.bns = [batch_norm(f"conv{index}_bn") for index in range(3)]
+        self.fuse_conv = _common.make_conv(
+            self.channels[3], 3, 1, name="conv3_fuse", dtype=self.dtype_policy
+        )
+        self.fuse_bn = batch_norm("conv3_fuse_bn")
+        self.upsample_conv = _common.make_conv(
+            self.output_channels,
+            1,
+            1,
+            name="upsample_conv",
+            dtype=self.dtype_policy,
+            kernel_initializer=_common.torch_conv_transpose_initializer(),
+        )
+        self.upsample_bn = batch_norm(
+            "upsample_bn", "zeros" if self.zero_init_last else "ones"
+        )
+
+    def build(self, input_shape):
+        if len(input_shape) != 6 or input_shape[4] is None or input_shape[5] is None:
+            raise ValueError(
+                "`STSSIntegration` expects inputs of shape "
+                "(batch, num_frames, height, width, L, channels) with known L "
+                f"and channels. Received: input_shape={tuple(input_shape)}."
+            )
+        _, _, height, width, length, channels = input_shape
+        padded = (None, _plus(height, 2), _plus(width, 2), channels)
+        for conv, bn in zip(self.convs, self.bns):
+            conv.build(padded)
+            shape = conv.compute_output_shape(padded)
+            bn.build(shape)
+            padded = (None, _plus(height, 2), _plus(width, 2), shape[-1])
+        fused = (None, padded[1], padded[2], length * self.channels[2])
+        self.fuse_conv.build(fused)
+        shape = self.fuse_conv.compute_output_shape(fused)
+        self.fuse_bn.build(shape)
+        self.upsample_conv.build(shape)
+        self.upsample_bn.build(self.compute_output_shape(input_shape))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        num_frames, length = inputs.shape[1], inputs.shape[4]
+        height, width = _common.dim(inputs, 2), _common.dim(inputs, 3)
+        batch_frames = tf.shape(inputs)[0] * num_frames
+        # [B, T, h, w, L, C] -> [B * T * L, h, w, C]: each offset l separately.
+        maps = tf.transpose(inputs, [0, 1, 4, 2, 3, 5])
+        maps = tf.reshape(maps, [-1, height, width, inputs.shape[5]])
+        for conv, bn in zip(self.convs, self.bns):
+            maps = tf.nn.relu(bn(conv(_common.pad_spatial(maps, 1)), training=training))
+        # Back to one map per frame with the L groups on channels, l-major.
+        maps = tf.reshape(maps, [-1, length, height, width, self.channels[2]])
+        maps = tf.transpose(maps, [0, 2, 3, 1, 4])
+        maps = tf.reshape(maps, [-1, height, width, length * self.channels[2]])
+        maps = self.fuse_conv(_common.pad_spatial(maps, 1))
+        maps = tf.nn.relu(self.fuse_bn(maps, training=training))
+        maps = _interleave_zeros(self.upsample_conv(maps), batch_frames)
+        return self.upsample_bn(maps, training=training)
+
+    def compute_output_shape(self, input_shape):
+        batch, num_frames, height, width = tuple(input_shape)[:4]
+        return (
+            None if batch is None or num_frames is None else batch * num_frames,
+            None if height is None else 2 * height,
+            None if width is None else 2 * width,
+            self.output_channels,
+        )
+
+    def torch_weight_mapping(self, prefix: str) -> list[_common.WeightMapping]:
+        """Records mapping this layer's variables to official PyTorch keys.
+
+        Args:
+            prefix: key prefix of the official module, e.g.
+                `"module.base_model.selfy.stss_integration."`.
+
+        Returns:
+            `WeightMapping` records: `conv{i}.0` (Conv3d `[o, i, 1, 3, 3]` →
+            Conv2D kernel `[3, 3, i, o]`) and `conv{i}.1` for i = 0, 1, 2;
+            `conv3_fuse.1` (Conv3d `[o, L * i, 1, 3, 3]`, same transform) and
+            `conv3_fuse.2`; `upsample.0` (ConvTranspose3d `[i, o, 1, 1, 1]` →
+            Conv2D kernel `[1, 1, i, o]`) and `upsample.1`.
+        """
+        records = []
+        for index, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            records += _common.conv_bn_mapping(
+                conv, bn, f"{prefix}conv{index}.0.weight",
+                f"{prefix}conv{index}.1", "conv3d_1kk",
+            )
+        records += _common.conv_bn_mapping(
+            self.fuse_conv, self.fuse_bn, f"{prefix}conv3_fuse.1.weight",
+            f"{prefix}conv3_fuse.2", "conv3d_1kk",
+        )
+        records += _common.conv_bn_mapping(
+            self.upsample_conv, self.upsample_bn, f"{prefix}upsample.0.weight",
+            f"{prefix}upsample.1", "conv_transpose3d_k1",
+        )
+        return records
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "output_channels": self.output_channels,
+                "channels": self.channels,
+                "zero_init_last": self.zero_init_last,
+                "batch_norm_momentum": self.batch_norm_momentum,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+            }
+        )
+        return config
+
+
+def _interleave_zeros(maps: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
+    """Puts `[N, h, w, C]` on the even rows and columns of a `[N, 2h, 2w, C]` zero map.
+
+    Written with pad and reshape only, which TFLite supports as builtins.
+    """
+    height, width = _common.dim(maps, 1), _common.dim(maps, 2)
+    channels = maps.shape[-1]
+    columns = tf.pad(maps[:, :, :, None, :], [[0, 0], [0, 0], [0, 0], [0, 1], [0, 0]])
+    columns = tf.reshape(columns, [batch, height, 1, 2 * width, channels])
+    rows = tf.pad(columns, [[0, 0], [0, 0], [0, 1], [0, 0], [0, 0]])
+    return tf.reshape(rows, [batch, 2 * height, 2 * width, channels])
+
+
+def _plus(size: int | None, amount: int) -> int | None:
+    return None if size is None else size + amount

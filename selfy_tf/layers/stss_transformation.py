@@ -1,0 +1,176 @@
+"""STSS transformation: downsampling convolution, then spatio-temporal self-similarity."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from selfy_tf import ops
+from selfy_tf.layers import _common
+
+
+@keras.saving.register_keras_serializable(package="selfy")
+class STSSTransformation(keras.layers.Layer):
+    """Turns backbone features into a spatio-temporal self-similarity volume.
+
+    First stage of the SELFY block (Kwon et al., "Learning Self-Similarity in
+    Space and Time as Generalized Motion for Video Action Recognition",
+    ICCV 2021): a 3x3 stride-2 convolution with PyTorch-style symmetric
+    padding of 1 (explicit zero padding, then a 'valid' convolution), no
+    bias, batch norm and ReLU; then the frames are unfolded from the batch
+    and the STSS op (`selfy_tf.ops.stss`) compares every position with its
+    `(L, U, V)` neighbourhood in time and space.
+
+    Weights mirror the official `stss_transformation.downsample` module:
+    `conv` is `downsample.0` and `bn` is `downsample.1`.
+
+    Args:
+        num_frames: int, frames per clip (`T`); the batch axis must be a
+            multiple of it.
+        hidden_channels: int, default 128, channels of the convolution
+            (`d_hid` of the paper).
+        window: three odd ints `(L, U, V)`, default `(5, 9, 9)`, the STSS
+            window in frames, rows and columns.
+        stss_backend: str, default "matmul", the `backend` of
+            `selfy_tf.ops.stss`.
+        stss_jit: bool, default False, compile the STSS op with XLA. Keep it
+            off for models that are exported (TF Serving, TFLite).
+        batch_norm_momentum: float, default 0.9 (PyTorch momentum 0.1).
+        batch_norm_epsilon: float, default 1e-5 (as PyTorch).
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: `[batch * num_frames, height, width, channels]` tensor.
+        training: bool, batch norm in training mode when True.
+
+    Input shape:
+        `[batch * num_frames, height, width, channels]`.
+
+    Output shape:
+        `[batch, num_frames, ceil(height / 2), ceil(width / 2), L, U, V]`,
+        in the layer's compute dtype (the STSS itself is computed in float32).
+
+    Example:
+
+    >>> layer = STSSTransformation(num_frames=2, hidden_channels=8, window=(3, 9, 9))
+    >>> layer(keras.ops.ones((4, 8, 8, 16))).shape
+    TensorShape([2, 2, 4, 4, 3, 9, 9])
+    """
+
+    def __init__(
+        self,
+        num_frames: int,
+        hidden_channels: int = 128,
+        window: tuple[int, int, int] = (5, 9, 9),
+        stss_backend: str = "matmul",
+        stss_jit: bool = False,
+        batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
+        batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_frames = _common.check_positive_int("num_frames", num_frames)
+        self.hidden_channels = _common.check_positive_int(
+            "hidden_channels", hidden_channels
+        )
+        self.window = _common.check_window(window)
+        if stss_backend not in ops.STSS_BACKENDS:
+            raise ValueError(
+                f"`stss_backend` must be one of {ops.STSS_BACKENDS}. "
+                f"Received: stss_backend={stss_backend!r}."
+            )
+        self.stss_backend = stss_backend
+        self.stss_jit = bool(stss_jit)
+        self.batch_norm_momentum = float(batch_norm_momentum)
+        self.batch_norm_epsilon = float(batch_norm_epsilon)
+        self.conv = _common.make_conv(
+            self.hidden_channels, 3, 2, name="downsample_conv", dtype=self.dtype_policy
+        )
+        self.bn = _common.make_batch_norm(
+            "downsample_bn",
+            self.dtype_policy,
+            self.batch_norm_momentum,
+            self.batch_norm_epsilon,
+        )
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError(
+                "`STSSTransformation` expects inputs of shape "
+                "(batch * num_frames, height, width, channels) with known "
+                f"channels. Received: input_shape={tuple(input_shape)}."
+            )
+        batch, height, width, channels = input_shape
+        if batch is not None and batch % self.num_frames:
+            raise ValueError(
+                f"The batch axis of the input must be a multiple of "
+                f"num_frames={self.num_frames}. Received: "
+                f"input_shape={tuple(input_shape)}."
+            )
+        padded = (batch, _plus(height, 2), _plus(width, 2), channels)
+        self.conv.build(padded)
+        conv_shape = self.conv.compute_output_shape(padded)
+        self.bn.build(conv_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        hidden = self.conv(_common.pad_spatial(inputs, 1))
+        hidden = tf.nn.relu(self.bn(hidden, training=training))
+        height, width = _common.dim(hidden, 1), _common.dim(hidden, 2)
+        clips = tf.reshape(
+            hidden, [-1, self.num_frames, height, width, self.hidden_channels]
+        )
+        similarity = ops.stss(
+            clips, window=self.window, backend=self.stss_backend, jit=self.stss_jit
+        )
+        return tf.cast(similarity, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape
+        return (
+            None if batch is None else batch // self.num_frames,
+            self.num_frames,
+            _half(height),
+            _half(width),
+            *self.window,
+        )
+
+    def torch_weight_mapping(self, prefix: str) -> list[_common.WeightMapping]:
+        """Records mapping this layer's variables to official PyTorch keys.
+
+        Args:
+            prefix: key prefix of the official module, e.g.
+                `"module.base_model.selfy.stss_transformation."`.
+
+        Returns:
+            `WeightMapping` records for `downsample.0` (Conv2d `[o, i, 3, 3]`
+            → Conv2D kernel `[3, 3, i, o]`) and `downsample.1` (BatchNorm2d).
+        """
+        return _common.conv_bn_mapping(
+            self.conv, self.bn, f"{prefix}downsample.0.weight",
+            f"{prefix}downsample.1", "conv2d",
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_frames": self.num_frames,
+                "hidden_channels": self.hidden_channels,
+                "window": self.window,
+                "stss_backend": self.stss_backend,
+                "stss_jit": self.stss_jit,
+                "batch_norm_momentum": self.batch_norm_momentum,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+            }
+        )
+        return config
+
+
+def _plus(size: int | None, amount: int) -> int | None:
+    return None if size is None else size + amount
+
+
+def _half(size: int | None) -> int | None:
+    # Output size of a 3x3 stride-2 convolution with padding 1.
+    return None if size is None else (size - 1) // 2 + 1

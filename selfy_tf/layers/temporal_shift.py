@@ -1,0 +1,97 @@
+"""Temporal shift (TSM) on frames folded into the batch axis."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from selfy_tf.layers import _common
+
+
+@keras.saving.register_keras_serializable(package="selfy")
+class TemporalShift(keras.layers.Layer):
+    """Shifts part of the channels one frame forward and one frame backward.
+
+    The temporal shift module of TSM (Lin, Gan, Han, ICCV 2019), as the TSM
+    backbone of SELFY uses it at the start of every residual branch. The
+    frames of each clip are folded into the batch axis and must be contiguous
+    (`[clip0_frame0, clip0_frame1, ..., clip1_frame0, ...]`). With
+    `c = channels // fold_div`, channels `[0, c)` take the value of the next
+    frame (the last frame gets zeros), channels `[c, 2c)` take the previous
+    frame (the first frame gets zeros) and the others are left unchanged. The
+    layer has no weights.
+
+    Args:
+        num_frames: int, frames per clip (`T`); the batch axis must be a
+            multiple of it.
+        fold_div: int, default 8; `1 / fold_div` of the channels moves in each
+            direction. Must be at least 2.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: `[batch * num_frames, height, width, channels]` tensor.
+
+    Input shape:
+        `[batch * num_frames, height, width, channels]`.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+
+    >>> layer = TemporalShift(num_frames=4)
+    >>> layer(keras.ops.ones((8, 7, 7, 16))).shape
+    TensorShape([8, 7, 7, 16])
+    """
+
+    def __init__(self, num_frames: int, fold_div: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(fold_div, bool) or not isinstance(fold_div, int) or fold_div < 2:
+            raise ValueError(
+                "`fold_div` must be an integer >= 2 (channels / fold_div move in "
+                f"each direction). Received: fold_div={fold_div!r}. Try fold_div=8."
+            )
+        self.num_frames = _common.check_positive_int("num_frames", num_frames)
+        self.fold_div = int(fold_div)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                "`TemporalShift` expects inputs of shape "
+                "(batch * num_frames, height, width, channels). "
+                f"Received: input_shape={tuple(input_shape)}."
+            )
+        batch = input_shape[0]
+        if batch is not None and batch % self.num_frames:
+            raise ValueError(
+                f"The batch axis of the input must be a multiple of "
+                f"num_frames={self.num_frames}. Received: "
+                f"input_shape={tuple(input_shape)}."
+            )
+        self.built = True
+
+    def call(self, inputs):
+        channels = inputs.shape[-1]
+        fold = channels // self.fold_div
+        if fold == 0:
+            return inputs
+        height, width = _common.dim(inputs, 1), _common.dim(inputs, 2)
+        clips = tf.reshape(inputs, [-1, self.num_frames, height, width, channels])
+        # Zero padding in time, written as pad + slice (TFLite builtins only).
+        from_next = tf.pad(
+            clips[:, 1:, :, :, :fold], [[0, 0], [0, 1], [0, 0], [0, 0], [0, 0]]
+        )
+        from_previous = tf.pad(
+            clips[:, :-1, :, :, fold : 2 * fold],
+            [[0, 0], [1, 0], [0, 0], [0, 0], [0, 0]],
+        )
+        shifted = tf.concat([from_next, from_previous, clips[..., 2 * fold :]], -1)
+        return tf.reshape(shifted, tf.shape(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_frames": self.num_frames, "fold_div": self.fold_div})
+        return config

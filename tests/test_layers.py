@@ -1,0 +1,395 @@
+"""Tests of selfy_tf.layers: shapes, configs, saving, XLA, mixed precision, numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from selfy_tf.layers import (
+    TORCH_TRANSFORMS,
+    SELFYBlock,
+    STSSExtraction,
+    STSSIntegration,
+    STSSTransformation,
+    TemporalShift,
+)
+
+# Tiny block: 2 clips of 2 frames, 8x8x8 features, 4x4 STSS maps.
+TINY_BLOCK_ARGS = dict(
+    num_frames=2,
+    hidden_channels=4,
+    window=(3, 9, 9),
+    extraction_channels=(2, 3, 4, 5),
+    integration_channels=(3, 4, 5, 6),
+)
+TINY_INPUT_SHAPE = (4, 8, 8, 8)
+
+
+def _tiny_layers():
+    """(layer, input shape, expected output shape) for every layer class."""
+    return [
+        (TemporalShift(num_frames=2, fold_div=4), (4, 3, 3, 8), (4, 3, 3, 8)),
+        (
+            STSSTransformation(num_frames=2, hidden_channels=4, window=(3, 9, 9)),
+            (4, 8, 6, 5),
+            (2, 2, 4, 3, 3, 9, 9),
+        ),
+        (STSSExtraction(channels=(2, 3, 4, 5)), (1, 2, 2, 3, 3, 9, 9), (1, 2, 2, 3, 3, 5)),
+        (
+            STSSIntegration(output_channels=7, channels=(3, 4, 5, 6), zero_init_last=False),
+            (1, 2, 3, 2, 3, 5),
+            (2, 6, 4, 7),
+        ),
+        (SELFYBlock(**TINY_BLOCK_ARGS, zero_init_last=False), TINY_INPUT_SHAPE, TINY_INPUT_SHAPE),
+    ]
+
+
+def _randomize_batch_norms(layer: keras.layers.Layer, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for variable in layer.weights:
+        name = variable.path.rsplit("/", 1)[-1]
+        shape = tuple(variable.shape)
+        if name == "moving_variance":
+            variable.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
+        elif name in ("moving_mean", "beta"):
+            variable.assign(rng.normal(0.0, 0.2, shape).astype("float32"))
+        elif name == "gamma":
+            variable.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
+
+
+class TestLayersBasic:
+    @pytest.mark.parametrize("index", range(5))
+    def test_shapes_config_and_saving(self, index, tmp_path):
+        layer, input_shape, output_shape = _tiny_layers()[index]
+        inputs = np.random.default_rng(index).uniform(-1, 1, input_shape).astype("float32")
+        outputs = layer(inputs)
+        assert tuple(outputs.shape) == output_shape
+        assert tuple(layer.compute_output_shape(input_shape)) == output_shape
+        _randomize_batch_norms(layer)
+        expected = keras.ops.convert_to_numpy(layer(inputs))
+
+        # Config round trip builds an equivalent layer.
+        clone = type(layer).from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+
+        # Functional model with a dynamic batch axis, saved and reloaded.
+        symbolic = keras.Input(input_shape[1:])
+        model = keras.Model(symbolic, layer(symbolic))
+        assert model.output.shape[1:] == output_shape[1:]
+        path = tmp_path / "layer.keras"
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        assert type(loaded.layers[-1]) is type(layer)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(inputs)), expected)
+
+    def test_block_weight_count_reference(self):
+        block = SELFYBlock(num_frames=8)
+        block.build((16, 28, 28, 512))
+        trainable = sum(int(np.prod(v.shape)) for v in block.trainable_weights)
+        assert trainable == 966_284
+        # gamma, beta trainable and two moving statistics per batch norm (10 BNs).
+        assert len(block.trainable_weights) == 30
+        assert len(block.non_trainable_weights) == 20
+
+    def test_block_starts_as_identity(self):
+        block = SELFYBlock(**TINY_BLOCK_ARGS)
+        inputs = np.random.default_rng(0).normal(size=TINY_INPUT_SHAPE).astype("float32")
+        for training in (False, True):
+            outputs = keras.ops.convert_to_numpy(block(inputs, training=training))
+            np.testing.assert_allclose(outputs, np.maximum(inputs, 0.0), atol=1e-6)
+        assert block.get_config()["zero_init_last"] is True
+
+    def test_block_training_step_updates_every_weight(self):
+        block = SELFYBlock(**TINY_BLOCK_ARGS, zero_init_last=False)
+        inputs = tf.random.stateless_normal(TINY_INPUT_SHAPE, seed=(1, 2))
+        block.build(TINY_INPUT_SHAPE)
+        moving_before = [v.numpy().copy() for v in block.non_trainable_weights]
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(block(inputs, training=True)))
+        gradients = tape.gradient(loss, block.trainable_weights)
+        for variable, gradient in zip(block.trainable_weights, gradients):
+            assert gradient is not None, variable.path
+            assert float(tf.reduce_max(tf.abs(gradient))) > 0.0, variable.path
+        for before, variable in zip(moving_before, block.non_trainable_weights):
+            assert not np.array_equal(before, variable.numpy()), variable.path
+
+    def test_block_under_xla(self):
+        # One frame offset keeps the XLA compilation short.
+        block = SELFYBlock(**{**TINY_BLOCK_ARGS, "window": (1, 9, 9)}, zero_init_last=False)
+        inputs = tf.random.stateless_normal(TINY_INPUT_SHAPE, seed=(3, 4))
+        block.build(TINY_INPUT_SHAPE)
+        _randomize_batch_norms(block)
+        expected = block(inputs).numpy()
+        compiled = tf.function(lambda x: block(x, training=False), jit_compile=True)
+        np.testing.assert_allclose(compiled(inputs).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+        @tf.function(jit_compile=True)
+        def train_step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(block(x, training=True))
+            return tape.gradient(loss, block.trainable_weights)
+
+        assert all(g is not None for g in train_step(inputs))
+
+    @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+    def test_block_mixed_precision(self, policy):
+        inputs = tf.random.stateless_uniform(TINY_INPUT_SHAPE, seed=(5, 6))
+        reference = SELFYBlock(**TINY_BLOCK_ARGS, zero_init_last=False)
+        reference.build(TINY_INPUT_SHAPE)
+        _randomize_batch_norms(reference)
+        expected = reference(inputs).numpy()
+        keras.config.set_dtype_policy(policy)
+        block = SELFYBlock(**TINY_BLOCK_ARGS, zero_init_last=False)
+        block.build(TINY_INPUT_SHAPE)
+        block.set_weights(reference.get_weights())
+        outputs = block(tf.cast(inputs, block.compute_dtype))
+        assert outputs.dtype == block.compute_dtype
+        assert all(v.dtype == "float32" for v in block.weights)
+        np.testing.assert_allclose(
+            tf.cast(outputs, tf.float32).numpy(), expected, rtol=0.1, atol=0.1
+        )
+
+    def test_weight_mapping_covers_every_variable_once(self):
+        block = SELFYBlock(**TINY_BLOCK_ARGS)
+        block.build(TINY_INPUT_SHAPE)
+        records = block.torch_weight_mapping()
+        assert sorted(id(r.variable) for r in records) == sorted(id(v) for v in block.weights)
+        keys = [r.torch_key for r in records]
+        assert len(set(keys)) == len(keys)
+        assert "module.base_model.selfy.stss_integration.conv3_fuse.1.weight" in keys
+        assert "module.base_model.selfy.stss_integration.upsample.1.running_var" in keys
+        skipped = block.torch_skipped_keys()
+        assert len(skipped) == 10
+        assert "module.base_model.selfy.stss_extraction.conv3.1.num_batches_tracked" in skipped
+
+    def test_weight_mapping_rejects_wrong_shape(self):
+        block = SELFYBlock(**TINY_BLOCK_ARGS)
+        block.build(TINY_INPUT_SHAPE)
+        record = block.torch_weight_mapping()[0]
+        with pytest.raises(ValueError, match="converted with `conv2d` has shape"):
+            record.convert(np.zeros((4, 8, 5, 5)))
+        with pytest.raises(ValueError, match=r"shape \(out, in, 1, k, k\)"):
+            TORCH_TRANSFORMS["conv3d_1kk"](np.zeros((4, 8, 3, 3, 3)))
+
+
+class TestLayersErrors:
+    def test_block_odd_spatial_size(self):
+        block = SELFYBlock(**TINY_BLOCK_ARGS)
+        with pytest.raises(ValueError, match=r"even input height.*\(4, 7, 8, 8\)"):
+            block.build((4, 7, 8, 8))
+
+    def test_block_unknown_channels(self):
+        with pytest.raises(ValueError, match=r"input_shape=\(None, 8, 8, None\)"):
+            SELFYBlock(**TINY_BLOCK_ARGS).build((None, 8, 8, None))
+
+    def test_batch_not_multiple_of_frames(self):
+        with pytest.raises(ValueError, match=r"multiple of num_frames=2.*\(5, 8, 8, 8\)"):
+            SELFYBlock(**TINY_BLOCK_ARGS).build((5, 8, 8, 8))
+        with pytest.raises(ValueError, match=r"multiple of num_frames=4"):
+            TemporalShift(num_frames=4).build((6, 3, 3, 8))
+
+    def test_bad_window(self):
+        with pytest.raises(ValueError, match=r"three odd integers.*window=\(5, 8, 9\)"):
+            SELFYBlock(window=(5, 8, 9))
+        with pytest.raises(ValueError, match=r"9 or 11.*window=\(5, 7, 7\)"):
+            SELFYBlock(window=(5, 7, 7))
+        with pytest.raises(ValueError, match=r"9 or 11.*\(1, 2, 2, 2, 3, 5, 5\)"):
+            STSSExtraction().build((1, 2, 2, 2, 3, 5, 5))
+
+    def test_bad_arguments(self):
+        with pytest.raises(ValueError, match="`num_frames` must be a positive integer"):
+            TemporalShift(num_frames=0)
+        with pytest.raises(ValueError, match="`fold_div` must be an integer >= 2"):
+            TemporalShift(num_frames=8, fold_div=1)
+        with pytest.raises(ValueError, match=r"`extraction_channels` must be 4 positive"):
+            SELFYBlock(extraction_channels=(4, 16, 64))
+        with pytest.raises(ValueError, match="`stss_backend` must be one of"):
+            SELFYBlock(stss_backend="cuda")
+        with pytest.raises(ValueError, match="`hidden_channels` must be a positive"):
+            STSSTransformation(num_frames=8, hidden_channels=-1)
+        with pytest.raises(ValueError, match="`output_channels` must be a positive"):
+            STSSIntegration(output_channels=0)
+
+    def test_wrong_rank(self):
+        with pytest.raises(ValueError, match=r"\(batch \* num_frames, height, width, channels\)"):
+            TemporalShift(num_frames=2).build((2, 3, 3))
+        with pytest.raises(ValueError, match=r"\(batch, num_frames, height, width, L, channels\)"):
+            STSSIntegration(output_channels=4).build((2, 3, 3, 4))
+
+    def test_mapping_needs_built_block(self):
+        with pytest.raises(ValueError, match="needs a built `SELFYBlock`"):
+            SELFYBlock().torch_weight_mapping()
+
+
+# ----------------------------------------------------------------------------
+# Independent NumPy reference, written in the PyTorch layout (NCHW / NCDHW).
+
+
+def _np_temporal_shift(x, num_frames, fold_div):
+    clips = x.reshape(-1, num_frames, *x.shape[1:])
+    out = np.zeros_like(clips)
+    fold = x.shape[-1] // fold_div
+    for t in range(num_frames):
+        if t + 1 < num_frames:
+            out[:, t, ..., :fold] = clips[:, t + 1, ..., :fold]
+        if t > 0:
+            out[:, t, ..., fold : 2 * fold] = clips[:, t - 1, ..., fold : 2 * fold]
+        out[:, t, ..., 2 * fold :] = clips[:, t, ..., 2 * fold :]
+    return out.reshape(x.shape)
+
+
+def _np_conv3d(x, weight, stride, padding):
+    """PyTorch Conv3d: x [N, I, D, H, W], weight [O, I, kd, kh, kw]."""
+    x = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
+    kernel = weight.shape[2:]
+    out_size = [(x.shape[2 + i] - kernel[i]) // stride[i] + 1 for i in range(3)]
+    out = np.zeros((x.shape[0], weight.shape[0], *out_size))
+    for a in range(kernel[0]):
+        for b in range(kernel[1]):
+            for c in range(kernel[2]):
+                patch = x[
+                    :, :,
+                    a : a + stride[0] * out_size[0] : stride[0],
+                    b : b + stride[1] * out_size[1] : stride[1],
+                    c : c + stride[2] * out_size[2] : stride[2],
+                ]
+                out += np.einsum("nidhw,oi->nodhw", patch, weight[:, :, a, b, c])
+    return out
+
+
+def _np_conv2d(x, weight, stride, padding):
+    return _np_conv3d(x[:, :, None], weight[:, :, None], (1, stride, stride), (0, padding, padding))[:, :, 0]
+
+
+def _np_batch_norm(x, stats, training):
+    """Batch norm on axis 1; batch statistics (biased variance) when training."""
+    gamma, beta, mean, variance = stats
+    axes = tuple(i for i in range(x.ndim) if i != 1)
+    if training:
+        mean, variance = x.mean(axis=axes), x.var(axis=axes)
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    return (x - mean.reshape(shape)) / np.sqrt(variance.reshape(shape) + 1e-5) * gamma.reshape(
+        shape
+    ) + beta.reshape(shape)
+
+
+def _np_stss(features, window):
+    """features [B, T, H, W, C] -> [B, T, H, W, L, U, V], plain definition."""
+    g = features / np.sqrt((features**2).sum(-1, keepdims=True) + 1e-6)
+    batch, frames, height, width, _ = g.shape
+    length, rows, cols = window
+    out = np.zeros((batch, frames, height, width, length, rows, cols))
+    for l in range(length):
+        for u in range(rows):
+            for v in range(cols):
+                dt, dy, dx = l - length // 2, u - rows // 2, v - cols // 2
+                for t in range(frames):
+                    if not 0 <= t + dt < frames:
+                        continue
+                    for y in range(height):
+                        if not 0 <= y + dy < height:
+                            continue
+                        for x in range(width):
+                            if 0 <= x + dx < width:
+                                out[:, t, y, x, l, u, v] = (
+                                    g[:, t, y, x] * g[:, t + dt, y + dy, x + dx]
+                                ).sum(-1)
+    return out
+
+
+def _np_selfy_block(x, weights, num_frames, window, training):
+    """The reference module graph; x is [B*T, H, W, C] (channels-last)."""
+    relu = lambda a: np.maximum(a, 0.0)
+    p = "module.base_model.selfy."
+    bn = lambda name: tuple(
+        weights[f"{p}{name}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")
+    )
+    out = np.transpose(x, (0, 3, 1, 2)).astype(np.float64)
+    out = _np_conv2d(out, weights[f"{p}stss_transformation.downsample.0.weight"], 2, 1)
+    out = relu(_np_batch_norm(out, bn("stss_transformation.downsample.1"), training))
+    bt, c, h, w = out.shape
+    b = bt // num_frames
+    clips = np.transpose(out.reshape(b, num_frames, c, h, w), (0, 1, 3, 4, 2))
+    stss = _np_stss(clips, window)  # [b, t, h, w, L, U, V]
+    length = window[0]
+    vol = stss.reshape(b * num_frames * h * w, 1, *window)
+    geometry = [((1, 1, 1), (0, 1, 1)), ((1, 2, 2), (0, 1, 1)), ((1, 2, 2), (0, 1, 1)), ((1, 1, 1), (0, 0, 0))]
+    for i, (stride, padding) in enumerate(geometry):
+        vol = _np_conv3d(vol, weights[f"{p}stss_extraction.conv{i}.0.weight"], stride, padding)
+        vol = relu(_np_batch_norm(vol, bn(f"stss_extraction.conv{i}.1"), training))
+    ch = vol.shape[1]
+    # '(b t h w) c l 1 1 -> (b l) c t h w'
+    vol = vol.reshape(b, num_frames, h, w, ch, length)
+    vol = np.transpose(vol, (0, 5, 4, 1, 2, 3)).reshape(b * length, ch, num_frames, h, w)
+    for i in range(3):
+        vol = _np_conv3d(vol, weights[f"{p}stss_integration.conv{i}.0.weight"], (1, 1, 1), (0, 1, 1))
+        vol = relu(_np_batch_norm(vol, bn(f"stss_integration.conv{i}.1"), training))
+    ch = vol.shape[1]
+    # '(b l) c t h w -> b (l c) t h w'
+    vol = vol.reshape(b, length * ch, num_frames, h, w)
+    vol = _np_conv3d(vol, weights[f"{p}stss_integration.conv3_fuse.1.weight"], (1, 1, 1), (0, 1, 1))
+    vol = relu(_np_batch_norm(vol, bn("stss_integration.conv3_fuse.2"), training))
+    # ConvTranspose3d kernel 1, stride (1, 2, 2), output_padding (0, 1, 1).
+    up_weight = weights[f"{p}stss_integration.upsample.0.weight"]
+    up = np.zeros((b, up_weight.shape[1], num_frames, 2 * h, 2 * w))
+    up[:, :, :, ::2, ::2] = np.einsum("nidhw,io->nodhw", vol, up_weight[:, :, 0, 0, 0])
+    up = _np_batch_norm(up, bn("stss_integration.upsample.1"), training)
+    up = np.transpose(up, (0, 2, 3, 4, 1)).reshape(x.shape)
+    return relu(x + up)
+
+
+class TestLayersCorrectness:
+    def test_temporal_shift_matches_numpy(self):
+        x = np.random.default_rng(0).normal(size=(6, 2, 3, 17)).astype("float32")
+        layer = TemporalShift(num_frames=3, fold_div=4)
+        np.testing.assert_array_equal(layer(x).numpy(), _np_temporal_shift(x, 3, 4))
+        # A hand-checked case: one clip of 2 frames, 8 channels, fold 1.
+        x = np.arange(16, dtype="float32").reshape(2, 1, 1, 8)
+        out = TemporalShift(num_frames=2)(x).numpy().reshape(2, 8)
+        np.testing.assert_array_equal(out[0], [8, 0, 2, 3, 4, 5, 6, 7])
+        np.testing.assert_array_equal(out[1], [0, 1, 10, 11, 12, 13, 14, 15])
+
+    def test_temporal_shift_dynamic_batch_under_xla(self):
+        layer = TemporalShift(num_frames=2)
+        x = np.random.default_rng(1).normal(size=(4, 3, 3, 16)).astype("float32")
+        compiled = tf.function(
+            layer, jit_compile=True, input_signature=[tf.TensorSpec((None, 3, 3, 16))]
+        )
+        np.testing.assert_array_equal(compiled(x).numpy(), _np_temporal_shift(x, 2, 8))
+
+    @pytest.mark.parametrize("training", [False, True])
+    def test_selfy_block_matches_numpy(self, training):
+        rng = np.random.default_rng(7)
+        block = SELFYBlock(**TINY_BLOCK_ARGS)
+        block.build(TINY_INPUT_SHAPE)
+        # Random weights in the PyTorch layout, loaded through the mapping.
+        weights = {}
+        for record in block.torch_weight_mapping():
+            kind = record.torch_key.rsplit(".", 1)[-1]
+            keras_shape = tuple(record.variable.shape)
+            if kind == "weight" and len(keras_shape) == 4:
+                kh, kw, i, o = keras_shape
+                if record.transform == "conv2d":
+                    shape = (o, i, kh, kw)
+                elif record.transform == "conv3d_1kk":
+                    shape = (o, i, 1, kh, kw)
+                else:
+                    shape = (i, o, 1, 1, 1)
+                array = rng.normal(0, np.sqrt(2.0 / (i * kh * kw)), shape)
+            elif kind == "running_var":
+                array = rng.uniform(0.5, 2.0, keras_shape)
+            elif kind == "weight":
+                array = rng.uniform(0.5, 1.5, keras_shape)
+            else:
+                array = rng.normal(0, 0.2, keras_shape)
+            weights[record.torch_key] = array.astype("float32")
+            record.variable.assign(record.convert(weights[record.torch_key]))
+        x = rng.normal(size=TINY_INPUT_SHAPE).astype("float32")
+        expected = _np_selfy_block(x, weights, 2, (3, 9, 9), training)
+        assert np.abs(expected - np.maximum(x, 0)).max() > 0.1  # the branch matters
+        outputs = block(x, training=training).numpy()
+        # Batch statistics of tiny batches amplify float32 rounding.
+        tolerance = 1e-3 if training else 2e-4
+        np.testing.assert_allclose(outputs, expected, rtol=tolerance, atol=tolerance)
