@@ -1,0 +1,190 @@
+"""`make_dataset`: the tf.data input pipeline over clip TFRecords.
+
+Reader order: match files → shard files per input pipeline → shuffle files
+(training) → interleave the shards → shuffle records (training) → decode →
+sample/decode/augment with AUTOTUNE parallelism → batch → prefetch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence
+
+import tensorflow as tf
+
+from tfrecords import augment
+from tfrecords import decoder as decoder_lib
+from tfrecords import features
+from tfrecords import parser as parser_lib
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHUFFLE_BUFFER = 1024
+
+
+def match_files(file_pattern: "str | Sequence[str]") -> list[str]:
+    """Sorted files matching a glob pattern or a list of patterns/files.
+
+    Raises:
+        ValueError: if nothing matches, naming the pattern.
+    """
+    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+    files = sorted({path for pattern in patterns for path in tf.io.gfile.glob(str(pattern))})
+    if not files:
+        raise ValueError(
+            f"`file_pattern` matches no file. Received: {file_pattern!r}. Expected e.g. "
+            "'DIR/train-*.tfrecord'."
+        )
+    return files
+
+
+def shard_files(files: Sequence[str], input_context: tf.distribute.InputContext | None) -> list[str]:
+    """The files read by one input pipeline (every `num_input_pipelines`-th file).
+
+    Raises:
+        ValueError: fewer files than input pipelines (naming both counts).
+    """
+    if input_context is None or input_context.num_input_pipelines <= 1:
+        return list(files)
+    pipelines = input_context.num_input_pipelines
+    if len(files) < pipelines:
+        raise ValueError(
+            f"{len(files)} TFRecord files cannot be shared among {pipelines} input "
+            f"pipelines: each needs at least one file. Write at least {pipelines} shards "
+            "(`selfy tfrecords build --shards N`)."
+        )
+    return list(files[input_context.input_pipeline_id :: pipelines])
+
+
+def make_dataset(
+    file_pattern: "str | Sequence[str]",
+    *,
+    training: bool,
+    num_frames: int = 8,
+    batch_size: int,
+    crop_size: int = 224,
+    num_clips: int = 1,
+    num_crops: int = 1,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    seed: int | None = None,
+    no_flip_classes: Sequence[int] = (),
+    flip_label_map: Mapping[int, int] | None = None,
+    eval_size: Sequence[int] | None = (240, 320),
+    feature_keys: "features.FeatureKeys | dict | None" = None,
+    input_context: tf.distribute.InputContext | None = None,
+    as_dict: bool = False,
+    drop_remainder: bool | None = None,
+    repeat: bool = False,
+    cycle_length: int | None = None,
+    scales: Sequence[float] = augment.MULTI_SCALE_CROP_SCALES,
+) -> tf.data.Dataset:
+    """Builds the training or evaluation dataset of clip TFRecords.
+
+    Args:
+        file_pattern: glob pattern (or list of patterns/files) of the shards,
+            e.g. `"DIR/train-*.tfrecord"`.
+        training: training (random sampling, multi-scale crop, flip, shuffle)
+            or evaluation (deterministic centre sampling and crops, file order).
+        num_frames: frames per clip (TSN segments).
+        batch_size: the **global** batch size. With `input_context` (inside
+            `strategy.distribute_datasets_from_function`) each pipeline
+            batches `input_context.get_per_replica_batch_size(batch_size)`
+            clips, as tf.distribute expects; without it, `batch_size` clips.
+        crop_size: side of the output frames.
+        num_clips: evaluation clips per video (ignored in training).
+        num_crops: evaluation crops per clip, 1 or 3 (ignored in training).
+        shuffle_buffer: record shuffle buffer (training).
+        seed: makes the pipeline deterministic: the same seed gives the same
+            batches (file order, record order, sampling and augmentation);
+            every iteration (epoch) still differs from the previous one.
+        no_flip_classes: classes never flipped in training.
+        flip_label_map: `{class: class after flipping}` in training.
+        eval_size: `(height, width)` frames are resized to before the
+            evaluation crop when they differ; None keeps the stored size.
+        feature_keys: SequenceExample keys (see `tfrecords.features.FeatureKeys`).
+        input_context: given by `distribute_datasets_from_function`; files are
+            sharded per input pipeline (needs at least one file per pipeline).
+        as_dict: yield `{"frames", "label", "media_id"}` instead of a tuple.
+        drop_remainder: drop the last partial batch (default: in training only).
+        repeat: repeat the data forever (e.g. with `steps_per_epoch`).
+        cycle_length: shards read at once (default: min(files, 16)).
+        scales: multi-scale crop scales (training).
+
+    Returns:
+        A dataset of `(frames, label)`: frames uint8 `[batch, num_frames,
+        crop_size, crop_size, 3]`, label int32 `[batch]`. In evaluation with
+        `num_clips * num_crops > 1` views, frames are uint8 `[batch, num_views,
+        num_frames, crop_size, crop_size, 3]` (view `v = clip * num_crops +
+        crop`); average the scores over the views axis.
+
+    Raises:
+        ValueError: no file matches, fewer files than input pipelines, or a bad
+            argument (naming it).
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"`batch_size` must be at least 1. Received: batch_size={batch_size}.")
+    if training and (num_clips != 1 or num_crops != 1):
+        logger.info("training: num_clips=%d and num_crops=%d are ignored", num_clips, num_crops)
+    clip_parser = parser_lib.Parser(
+        num_frames=num_frames,
+        crop_size=crop_size,
+        num_clips=num_clips if not training else 1,
+        num_crops=num_crops if not training else 1,
+        eval_size=eval_size,
+        no_flip_classes=no_flip_classes,
+        flip_label_map=flip_label_map,
+        scales=scales,
+    )
+    clip_decoder = decoder_lib.Decoder(feature_keys)
+    files = shard_files(match_files(file_pattern), input_context)
+    pipeline_id = 0
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(int(batch_size))
+        pipeline_id = input_context.input_pipeline_id
+    deterministic = seed is not None or not training
+    # Files are sharded before shuffling: unseeded shuffles differ per worker,
+    # so shuffling first could give two workers the same file.
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), cycle_length or 16),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+    if training and shuffle_buffer > 1:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+
+    def finish(decoded, frames, label):
+        if as_dict:
+            return {"frames": frames, "label": label, "media_id": decoded[decoder_lib.MEDIA_ID]}
+        return frames, label
+
+    if training:
+        element_seed = None if seed is None else int(seed) * 1009 + pipeline_id
+        seeds = tf.data.Dataset.random(seed=element_seed, rerandomize_each_iteration=True).batch(
+            2, drop_remainder=True
+        )
+        dataset = tf.data.Dataset.zip(dataset, seeds)
+        parse = clip_parser.parse_fn(True)
+
+        def process(serialized, element_seed_pair):
+            decoded = clip_decoder.decode(serialized)
+            return finish(decoded, *parse(decoded, element_seed_pair))
+
+    else:
+        parse = clip_parser.parse_fn(False)
+
+        def process(serialized):
+            decoded = clip_decoder.decode(serialized)
+            return finish(decoded, *parse(decoded))
+
+    dataset = dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if drop_remainder is None:
+        drop_remainder = training
+    dataset = dataset.batch(int(batch_size), drop_remainder=bool(drop_remainder))
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,119 @@
+"""Parsing decoded clips into model inputs: sampling, decoding, augmentation."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import tensorflow as tf
+
+from tfrecords import augment
+from tfrecords import decoder as decoder_lib
+from tfrecords import sampling
+
+
+class Parser:
+    """Makes `(frames, label)` from a decoded clip, for training or evaluation.
+
+    Training: TSN sampling with a random frame per segment, the official
+    multi-scale crop decoded straight from the JPEGs of the chosen frames and
+    resized to `crop_size`, then a horizontal flip (see `augment.random_flip`).
+    Evaluation (deterministic): segment centres for `num_clips` clips, frames
+    at `eval_size`, `num_crops` crops (1: centre).
+
+    Args:
+        num_frames: frames per clip (segments).
+        crop_size: output side.
+        num_clips: evaluation clips per video.
+        num_crops: evaluation crops per clip (1 or 3).
+        eval_size: `(height, width)` of frames before the evaluation crop, or
+            None to keep the stored size.
+        no_flip_classes: classes never flipped in training.
+        flip_label_map: `{class: class after flipping}` for training.
+        scales: multi-scale crop scales.
+
+    Output:
+        training: uint8 `[num_frames, crop_size, crop_size, 3]`, int32 label.
+        evaluation: the same with one view; with `num_clips * num_crops > 1`
+        views, uint8 `[num_views, num_frames, crop_size, crop_size, 3]`, view
+        `v = clip * num_crops + crop`.
+    """
+
+    def __init__(
+        self,
+        num_frames: int = 8,
+        crop_size: int = 224,
+        num_clips: int = 1,
+        num_crops: int = 1,
+        eval_size: Sequence[int] | None = (240, 320),
+        no_flip_classes: Sequence[int] = (),
+        flip_label_map: Mapping[int, int] | None = None,
+        scales: Sequence[float] = augment.MULTI_SCALE_CROP_SCALES,
+    ) -> None:
+        for name, value in (("num_frames", num_frames), ("crop_size", crop_size), ("num_clips", num_clips)):
+            if int(value) < 1:
+                raise ValueError(f"`{name}` must be at least 1. Received: {name}={value}.")
+        if num_crops not in (1, 3):
+            raise ValueError(f"`num_crops` must be 1 or 3. Received: num_crops={num_crops}.")
+        if eval_size is not None and (
+            len(eval_size) != 2 or min(eval_size) < crop_size
+        ):
+            raise ValueError(
+                f"`eval_size` must be (height, width), both ≥ crop_size={crop_size}, or None. "
+                f"Received: eval_size={eval_size}."
+            )
+        self.num_frames = int(num_frames)
+        self.crop_size = int(crop_size)
+        self.num_clips = int(num_clips)
+        self.num_crops = int(num_crops)
+        self.eval_size = None if eval_size is None else (int(eval_size[0]), int(eval_size[1]))
+        self.no_flip_classes = tuple(int(value) for value in no_flip_classes)
+        self.flip_label_map = dict(flip_label_map or {})
+        self.scales = tuple(float(value) for value in scales)
+        # Validates the flip settings now rather than inside tf.data.
+        augment.random_flip(tf.zeros([1, 1, 1, 3]), 0, [0, 0], self.no_flip_classes, self.flip_label_map)
+
+    @property
+    def num_views(self) -> int:
+        """Evaluation views per video (`num_clips * num_crops`)."""
+        return self.num_clips * self.num_crops
+
+    def _parse_train_data(self, decoded: dict, seed) -> tuple[tf.Tensor, tf.Tensor]:
+        encoded = decoded[decoder_lib.ENCODED_FRAMES]
+        index_seed, crop_seed, flip_seed = tf.unstack(
+            tf.random.experimental.stateless_split(seed, 3)
+        )
+        indices = sampling.sample_train_indices_tf(tf.size(encoded), self.num_frames, index_seed)
+        selected = tf.gather(encoded, indices)
+        shape = tf.io.extract_jpeg_shape(selected[0])
+        window = augment.multi_scale_crop_window(
+            shape[0], shape[1], self.crop_size, crop_seed, self.scales
+        )
+        frames = augment.decode_crop_resize(selected, window, self.crop_size, self.num_frames)
+        return augment.random_flip(
+            frames, decoded[decoder_lib.LABEL], flip_seed, self.no_flip_classes, self.flip_label_map
+        )
+
+    def _parse_eval_data(self, decoded: dict) -> tuple[tf.Tensor, tf.Tensor]:
+        encoded = decoded[decoder_lib.ENCODED_FRAMES]
+        indices = sampling.sample_eval_indices_tf(tf.size(encoded), self.num_frames, self.num_clips)
+        selected = tf.gather(encoded, tf.reshape(indices, [-1]))
+        total = self.num_clips * self.num_frames
+        frames = tf.stack(
+            [tf.io.decode_jpeg(selected[index], channels=3) for index in range(total)]
+        )
+        # [num_crops, num_clips * num_frames, crop, crop, 3] -> views, clip-major.
+        crops = augment.eval_crops(frames, self.crop_size, self.num_crops, self.eval_size)
+        size = self.crop_size
+        crops = tf.reshape(crops, [self.num_crops, self.num_clips, self.num_frames, size, size, 3])
+        views = tf.reshape(
+            tf.transpose(crops, [1, 0, 2, 3, 4, 5]),
+            [self.num_views, self.num_frames, size, size, 3],
+        )
+        if self.num_views == 1:
+            views = views[0]
+        return views, decoded[decoder_lib.LABEL]
+
+    def parse_fn(self, is_training: bool) -> Callable:
+        """The parse function: `(decoded, seed) -> (frames, label)` in training,
+        `decoded -> (frames, label)` in evaluation."""
+        return self._parse_train_data if is_training else self._parse_eval_data

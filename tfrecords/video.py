@@ -1,0 +1,191 @@
+"""Reading frames from video files (PyAV) and JPEG frame folders (Pillow).
+
+Nothing here imports TensorFlow, so conversion worker processes stay light.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (
+    ".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".gif",
+)
+
+
+class VideoDecodeError(ValueError):
+    """A video or frame folder could not be read (corrupt, empty, missing)."""
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parses `"240x320"` (height x width) into `(240, 320)`.
+
+    Raises:
+        ValueError: if `text` is not `HEIGHTxWIDTH` with positive integers.
+    """
+    parts = str(text).lower().split("x")
+    try:
+        height, width = (int(part) for part in parts)
+    except ValueError:
+        height = width = 0
+    if len(parts) != 2 or height <= 0 or width <= 0:
+        raise ValueError(
+            f"`size` must be HEIGHTxWIDTH with positive integers. Received: {text!r}. "
+            "Try 240x320."
+        )
+    return height, width
+
+
+def output_size(
+    height: int,
+    width: int,
+    size: Sequence[int] | None = None,
+    resize_short: int | None = None,
+) -> tuple[int, int]:
+    """The `(height, width)` a frame of `height`×`width` is resized to.
+
+    Args:
+        height: source frame height.
+        width: source frame width.
+        size: `(height, width)` to resize every frame to exactly, or None.
+        resize_short: length of the short side after an aspect-preserving
+            resize, or None. Cannot be combined with `size`.
+
+    Returns:
+        The target size; the source size when both options are None.
+    """
+    if size is not None and resize_short is not None:
+        raise ValueError(
+            f"Pass `size` or `resize_short`, not both. Received: size={tuple(size)}, "
+            f"resize_short={resize_short}."
+        )
+    if size is not None:
+        return int(size[0]), int(size[1])
+    if resize_short is not None:
+        if resize_short <= 0:
+            raise ValueError(f"`resize_short` must be positive. Received: {resize_short}.")
+        if height <= width:
+            return int(resize_short), max(1, int(round(width * resize_short / height)))
+        return max(1, int(round(height * resize_short / width))), int(resize_short)
+    return int(height), int(width)
+
+
+def read_video_frames(
+    path: str,
+    *,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    size: Sequence[int] | None = None,
+    resize_short: int | None = None,
+) -> np.ndarray:
+    """Decodes a video file into RGB frames with PyAV.
+
+    Args:
+        path: video file (any container/codec FFmpeg reads).
+        fps: keep frames at this rate (drops frames; never duplicates them);
+            None keeps every frame.
+        max_frames: stop after this many kept frames; None keeps all.
+        size: `(height, width)` to resize every frame to, or None.
+        resize_short: short side after an aspect-preserving resize, or None.
+
+    Returns:
+        `uint8 [num_frames, height, width, 3]`.
+
+    Raises:
+        VideoDecodeError: if the file is missing, unreadable, corrupt, has no
+            video stream or no decodable frame.
+    """
+    import av
+
+    if fps is not None and fps <= 0:
+        raise ValueError(f"`fps` must be positive. Received: {fps}.")
+    if not os.path.isfile(path):
+        raise VideoDecodeError(f"video file not found: {path}")
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(f"no video stream in {path}")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            rate = float(stream.average_rate) if stream.average_rate else 25.0
+            next_time = 0.0
+            for index, frame in enumerate(container.decode(stream)):
+                if fps is not None:
+                    time = frame.time if frame.time is not None else index / rate
+                    if time + 1e-6 < next_time:
+                        continue
+                    next_time += 1.0 / fps
+                    while next_time <= time:
+                        next_time += 1.0 / fps
+                height, width = output_size(frame.height, frame.width, size, resize_short)
+                if (height, width) != (frame.height, frame.width):
+                    frame = frame.reformat(width=width, height=height, interpolation="AREA")
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except VideoDecodeError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, EOFError) as error:
+        if not frames:
+            raise VideoDecodeError(f"cannot decode {path}: {error}") from error
+        # A truncated file: keep what decoded, as video tools do, but say so.
+        logger.warning("%s: decoding stopped after %d frames: %s", path, len(frames), error)
+    if not frames:
+        raise VideoDecodeError(f"no frames decoded from {path}")
+    return np.stack(frames)
+
+
+def read_frame_folder(
+    folder: str,
+    frame_paths: Sequence[str],
+    *,
+    size: Sequence[int] | None = None,
+    resize_short: int | None = None,
+) -> np.ndarray:
+    """Reads a folder of image frames (JPEG, PNG) into RGB frames with Pillow.
+
+    Args:
+        folder: the frame folder (only used in error messages and to check
+            that it exists).
+        frame_paths: the frame files, in time order.
+        size: `(height, width)` to resize every frame to, or None.
+        resize_short: short side after an aspect-preserving resize, or None.
+
+    Returns:
+        `uint8 [num_frames, height, width, 3]`.
+
+    Raises:
+        VideoDecodeError: if the folder or a frame is missing or unreadable,
+            or `frame_paths` is empty.
+    """
+    from PIL import Image
+
+    if not os.path.isdir(folder):
+        raise VideoDecodeError(f"frame folder not found: {folder}")
+    if not frame_paths:
+        raise VideoDecodeError(f"no frames in {folder}")
+    frames = []
+    for frame_path in frame_paths:
+        try:
+            with Image.open(frame_path) as image:
+                image = image.convert("RGB")
+                height, width = output_size(image.height, image.width, size, resize_short)
+                if (height, width) != (image.height, image.width):
+                    image = image.resize((width, height), Image.Resampling.BILINEAR)
+                frames.append(np.asarray(image, dtype=np.uint8))
+        except FileNotFoundError as error:
+            raise VideoDecodeError(f"missing frame file {frame_path}") from error
+        except OSError as error:
+            raise VideoDecodeError(f"cannot read frame {frame_path}: {error}") from error
+    shapes = {frame.shape for frame in frames}
+    if len(shapes) > 1:
+        raise VideoDecodeError(
+            f"frames of {folder} differ in size {sorted(shapes)}: pass a fixed size"
+        )
+    return np.stack(frames)

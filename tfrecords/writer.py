@@ -1,0 +1,554 @@
+"""Writing clips to sharded TFRecord files: atomic, resumable, with a manifest.
+
+Layout of a converted split in `out_dir`:
+
+- `<split>-00000-of-000NN.tfrecord`: the shards; clip `i` of the listing goes
+  to shard `i * NN // listed` (contiguous blocks, so the assignment depends
+  only on the listing and the shard count);
+- `labels.txt`: one class name per line, line i = class index i, the same for
+  every split;
+- `<split>.manifest.json`: counts, failures, per-class counts, frame statistics;
+- `.<split>-results/<shard>.json`: what each finished shard holds, so a
+  resumed conversion can still write the full manifest.
+
+A shard is written under a temporary name and renamed when complete (its
+result file is renamed first): a shard file that exists is complete and is
+never rewritten. Re-running the same conversion after an interruption (even
+`kill -9`) writes only the missing shards; conversion options and the listing
+are fingerprinted so a re-run with different inputs is refused instead of
+mixing two datasets.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from tfrecords import features
+from tfrecords import sources
+from tfrecords.video import VideoDecodeError
+
+logger = logging.getLogger(__name__)
+
+LABELS_FILE = "labels.txt"
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
+
+
+@dataclasses.dataclass
+class ClipResult:
+    """A converted clip (`encoded` set) or a failure (`failure` set)."""
+
+    index: int
+    source: str
+    media_id: str
+    label_index: int
+    encoded: list[bytes] | None = None
+    num_frames: int = 0
+    height: int = 0
+    width: int = 0
+    failure: str | None = None
+
+
+def shard_name(split: str, shard_index: int, num_shards: int) -> str:
+    """`<split>-00000-of-00004.tfrecord`."""
+    return f"{split}-{shard_index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def shard_bounds(num_clips: int, num_shards: int) -> list[tuple[int, int]]:
+    """`[start, end)` listing positions of each shard (contiguous, sizes differ by ≤ 1)."""
+    return [
+        (index * num_clips // num_shards, (index + 1) * num_clips // num_shards)
+        for index in range(num_shards)
+    ]
+
+
+def read_labels(data_dir: str) -> list[str]:
+    """Class names of a converted dataset: line i of `data_dir/labels.txt` is class i.
+
+    Raises:
+        FileNotFoundError: if `data_dir/labels.txt` does not exist.
+    """
+    path = os.path.join(data_dir, LABELS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no {LABELS_FILE} in {data_dir}: is it a dataset written by "
+            "`selfy tfrecords build` or `tfrecords.write_split`?"
+        )
+    return sources.read_class_names(path)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def write_labels(out_dir: str, labels: Sequence[str]) -> str:
+    """Writes `out_dir/labels.txt`, or checks that the existing one is identical.
+
+    Raises:
+        ValueError: if `labels.txt` exists with other classes (naming the first
+            differing line).
+    """
+    if not labels:
+        raise ValueError("`labels` must hold at least one class name. Received: [].")
+    for index, name in enumerate(labels):
+        if not str(name).strip() or "\n" in str(name):
+            raise ValueError(f"`labels[{index}]` must be a non-empty single line. Received: {name!r}.")
+    path = os.path.join(out_dir, LABELS_FILE)
+    if os.path.exists(path):
+        existing = sources.read_class_names(path)
+        if list(existing) != [str(name).strip() for name in labels]:
+            line = next(
+                (
+                    number
+                    for number, (old, new) in enumerate(zip(existing, labels), start=1)
+                    if old != new
+                ),
+                min(len(existing), len(labels)) + 1,
+            )
+            raise ValueError(
+                f"{path} has {len(existing)} classes that differ from this split's "
+                f"{len(labels)} classes (first difference at line {line}). All splits must "
+                "share one class list: pass the same class list, or write to another directory."
+            )
+        return path
+    os.makedirs(out_dir, exist_ok=True)
+    _atomic_write_text(path, "".join(f"{str(name).strip()}\n" for name in labels))
+    return path
+
+
+def convert_clip(
+    index: int,
+    clip: sources.ClipSource,
+    options: sources.LoadOptions,
+    jpeg_quality: int = features.DEFAULT_JPEG_QUALITY,
+) -> ClipResult:
+    """Reads and JPEG-encodes one clip; a bad input becomes a failure, never an error."""
+    result = ClipResult(index, clip.source, clip.media_id, clip.label_index)
+    try:
+        frames = sources.load_clip(clip, options)
+        result.encoded = features.encode_frames(frames, jpeg_quality)
+        result.num_frames, result.height, result.width = (int(value) for value in frames.shape[:3])
+    except VideoDecodeError as error:
+        result.failure = str(error)
+    except Exception as error:  # noqa: BLE001 - any bad input must not stop the run
+        result.failure = f"{type(error).__name__}: {error}"
+    return result
+
+
+def _convert_task(task: tuple) -> ClipResult:
+    return convert_clip(*task)
+
+
+class _SplitWriter:
+    """Writes the shards of one split atomically and records what each holds."""
+
+    def __init__(self, out_dir: str, split: str, num_shards: int, fingerprint: str) -> None:
+        if not _SPLIT_NAME.match(split or ""):
+            raise ValueError(
+                f"`split` must be letters, digits, '_' or '.'. Received: {split!r}. Try 'train'."
+            )
+        if int(num_shards) < 1:
+            raise ValueError(f"`num_shards` must be at least 1. Received: {num_shards}.")
+        self.out_dir = out_dir
+        self.split = split
+        self.num_shards = int(num_shards)
+        self.fingerprint = fingerprint
+        self.results_dir = os.path.join(out_dir, f".{split}-results")
+
+    def shard_path(self, shard_index: int) -> str:
+        return os.path.join(self.out_dir, shard_name(self.split, shard_index, self.num_shards))
+
+    def result_path(self, shard_index: int) -> str:
+        return os.path.join(
+            self.results_dir, f"{shard_index:05d}-of-{self.num_shards:05d}.json"
+        )
+
+    def remove_existing(self) -> None:
+        """Deletes this split's shards, results and manifest (for a fresh write)."""
+        for path in glob.glob(os.path.join(self.out_dir, f"{self.split}-*-of-*.tfrecord*")):
+            os.remove(path)
+        shutil.rmtree(self.results_dir, ignore_errors=True)
+        manifest = os.path.join(self.out_dir, f"{self.split}.manifest.json")
+        if os.path.exists(manifest):
+            os.remove(manifest)
+
+    def completed_shards(self) -> set[int]:
+        """Shards already written by this same conversion.
+
+        Raises:
+            ValueError: if the directory holds shards of another conversion.
+        """
+        os.makedirs(self.out_dir, exist_ok=True)
+        for path in glob.glob(os.path.join(self.out_dir, f"{self.split}-*-of-*.tfrecord.tmp-*")):
+            os.remove(path)  # left by an interrupted run; never a complete shard
+        existing = glob.glob(os.path.join(self.out_dir, f"{self.split}-*-of-*.tfrecord"))
+        other = sorted(
+            os.path.basename(path)
+            for path in existing
+            if not path.endswith(f"-of-{self.num_shards:05d}.tfrecord")
+        )
+        if other:
+            raise ValueError(
+                f"{self.out_dir} already holds shards of split {self.split!r} with another "
+                f"shard count ({other[0]}, ...), not {self.num_shards}. Pass --overwrite to "
+                "replace them, or choose another output directory."
+            )
+        done = set()
+        for shard_index in range(self.num_shards):
+            if not os.path.exists(self.shard_path(shard_index)):
+                continue
+            try:
+                with open(self.result_path(shard_index), encoding="utf-8") as handle:
+                    record = json.load(handle)
+            except (OSError, json.JSONDecodeError):
+                logger.warning("%s has no result file: rewriting it", self.shard_path(shard_index))
+                continue
+            if record.get("fingerprint") != self.fingerprint:
+                raise ValueError(
+                    f"{self.shard_path(shard_index)} was written by a conversion with other "
+                    "inputs or options. Pass --overwrite to replace the split, or choose "
+                    "another output directory."
+                )
+            done.add(shard_index)
+        return done
+
+    def write_shard(
+        self,
+        shard_index: int,
+        results: Iterable[ClipResult],
+        feature_keys: features.FeatureKeys | None = None,
+        labels: Sequence[str] = (),
+    ) -> dict:
+        """Writes one shard from `results` (in order), then commits it atomically."""
+        import tensorflow as tf
+
+        path = self.shard_path(shard_index)
+        temporary = f"{path}.tmp-{os.getpid()}"
+        record = {
+            "fingerprint": self.fingerprint,
+            "file": os.path.basename(path),
+            "clips": [],
+            "failures": [],
+        }
+        with tf.io.TFRecordWriter(temporary) as writer:
+            for result in results:
+                if result.failure is not None:
+                    record["failures"].append(
+                        {"index": result.index, "source": result.source, "reason": result.failure}
+                    )
+                    continue
+                label_text = labels[result.label_index] if labels else ""
+                writer.write(
+                    features.encode_clip(
+                        result.encoded,
+                        result.label_index,
+                        label_text,
+                        result.media_id,
+                        feature_keys=feature_keys,
+                    )
+                )
+                record["clips"].append(
+                    {
+                        "index": result.index,
+                        "media_id": result.media_id,
+                        "label_index": result.label_index,
+                        "num_frames": result.num_frames,
+                        "height": result.height,
+                        "width": result.width,
+                    }
+                )
+        os.makedirs(self.results_dir, exist_ok=True)
+        _atomic_write_text(self.result_path(shard_index), json.dumps(record))
+        os.replace(temporary, path)
+        _commit_hook(path)
+        return record
+
+    def read_results(self) -> list[dict]:
+        records = []
+        for shard_index in range(self.num_shards):
+            with open(self.result_path(shard_index), encoding="utf-8") as handle:
+                records.append(json.load(handle))
+        return records
+
+
+def _commit_hook(path: str) -> None:
+    """Called after each shard is committed (a seam for interruption tests)."""
+    logger.debug("committed %s", path)
+
+
+def _statistics(values: Sequence[int]) -> dict:
+    if not values:
+        return {"min": 0, "max": 0, "mean": 0.0, "total": 0}
+    array = np.asarray(values, dtype=np.int64)
+    return {
+        "min": int(array.min()),
+        "max": int(array.max()),
+        "mean": round(float(array.mean()), 3),
+        "total": int(array.sum()),
+    }
+
+
+def _write_manifest(
+    split_writer: _SplitWriter, labels: Sequence[str], listed: int, extra: dict
+) -> dict:
+    records = split_writer.read_results()
+    clips = [clip for record in records for clip in record["clips"]]
+    failures = sorted(
+        (failure for record in records for failure in record["failures"]),
+        key=lambda failure: failure["index"],
+    )
+    per_class = {name: 0 for name in labels}
+    for clip in clips:
+        per_class[labels[clip["label_index"]]] += 1
+    manifest = {
+        "split": split_writer.split,
+        "listed": listed,
+        "converted": len(clips),
+        "failed": len(failures),
+        "failures": [{"source": item["source"], "reason": item["reason"]} for item in failures],
+        "num_classes": len(labels),
+        "per_class": per_class,
+        "frames": _statistics([clip["num_frames"] for clip in clips]),
+        "height": _statistics([clip["height"] for clip in clips]),
+        "width": _statistics([clip["width"] for clip in clips]),
+        "num_shards": split_writer.num_shards,
+        "shards": [
+            {"file": record["file"], "clips": len(record["clips"])} for record in records
+        ],
+        "fingerprint": split_writer.fingerprint,
+        **extra,
+    }
+    if manifest["converted"] + manifest["failed"] != listed:
+        raise RuntimeError(
+            f"internal error: converted {manifest['converted']} + failed {manifest['failed']} "
+            f"!= listed {listed}"
+        )
+    path = os.path.join(split_writer.out_dir, f"{split_writer.split}.manifest.json")
+    _atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _fingerprint(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def convert_split(
+    out_dir: str,
+    split: str,
+    listing: sources.Listing,
+    *,
+    options: sources.LoadOptions | None = None,
+    num_shards: int = 1,
+    workers: int | None = None,
+    jpeg_quality: int = features.DEFAULT_JPEG_QUALITY,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    extra_manifest: dict | None = None,
+) -> dict:
+    """Converts the clips of `listing` into sharded TFRecords (resumable).
+
+    Args:
+        out_dir: output directory (created).
+        split: split name, e.g. `"train"`, `"validation"`.
+        listing: classes and clips, from `tfrecords.sources.list_<format>`.
+        options: how frames are read and resized.
+        num_shards: number of shard files.
+        workers: parallel processes (default: all cores); 1 converts in-process.
+        jpeg_quality: JPEG quality of the stored frames.
+        overwrite: delete this split's existing shards first instead of resuming.
+        progress: show a tqdm bar on stderr (default: when stderr is a TTY;
+            otherwise one log line per shard).
+        extra_manifest: extra entries for the manifest (e.g. the source format).
+
+    Returns:
+        The manifest dict (also written to `out_dir/<split>.manifest.json`).
+
+    Raises:
+        ValueError: nothing listed, class list differing from `labels.txt`, or
+            shards of another conversion in `out_dir`.
+    """
+    from tqdm import tqdm
+
+    options = options or sources.LoadOptions()
+    clips = listing.clips
+    if not clips:
+        raise ValueError(f"no clips listed for split {split!r}: check the index files.")
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise ValueError(f"`jpeg_quality` must be in [1, 100]. Received: {jpeg_quality}.")
+    workers = int(workers or os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"`workers` must be at least 1. Received: {workers}.")
+    fingerprint = _fingerprint(
+        {
+            "clips": [dataclasses.astuple(clip)[1:] for clip in clips],
+            "labels": listing.labels,
+            "options": dataclasses.asdict(options),
+            "jpeg_quality": int(jpeg_quality),
+            "num_shards": int(num_shards),
+        }
+    )
+    split_writer = _SplitWriter(out_dir, split, num_shards, fingerprint)
+    os.makedirs(out_dir, exist_ok=True)
+    if overwrite:
+        split_writer.remove_existing()
+    write_labels(out_dir, listing.labels)
+    done = split_writer.completed_shards()
+    bounds = shard_bounds(len(clips), split_writer.num_shards)
+    pending = [index for index in range(split_writer.num_shards) if index not in done]
+    if done:
+        logger.info(
+            "%s: resuming, %d of %d shards already complete",
+            split, len(done), split_writer.num_shards,
+        )
+    tasks = [
+        (position, clips[position], options, int(jpeg_quality))
+        for shard_index in pending
+        for position in range(*bounds[shard_index])
+    ]
+    show_bar = sys.stderr.isatty() if progress is None else bool(progress)
+    bar = tqdm(
+        total=len(clips),
+        initial=len(clips) - len(tasks),
+        unit="clip",
+        desc=f"{split}",
+        file=sys.stderr,
+        disable=not show_bar,
+        dynamic_ncols=True,
+    )
+    failed = 0
+
+    def counted(results: Iterator[ClipResult], count: int) -> Iterator[ClipResult]:
+        nonlocal failed
+        for _ in range(count):
+            result = next(results)
+            failed += result.failure is not None
+            bar.update(1)
+            if failed:
+                bar.set_postfix(failed=failed, refresh=False)
+            yield result
+
+    executor = None
+    try:
+        if workers > 1 and len(tasks) > 1:
+            executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=min(workers, len(tasks)),
+                mp_context=multiprocessing.get_context("spawn"),
+            )
+            results = executor.map(_convert_task, tasks, chunksize=1)
+        else:
+            results = map(_convert_task, tasks)
+        results = iter(results)
+        for shard_index in pending:
+            start, end = bounds[shard_index]
+            record = split_writer.write_shard(
+                shard_index, counted(results, end - start), labels=listing.labels
+            )
+            if not show_bar:
+                logger.info(
+                    "%s: wrote %s (%d clips, %d failed)",
+                    split, record["file"], len(record["clips"]), len(record["failures"]),
+                )
+    finally:
+        bar.close()
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+    manifest = _write_manifest(
+        split_writer,
+        listing.labels,
+        len(clips),
+        {"options": dataclasses.asdict(options), "jpeg_quality": int(jpeg_quality),
+         **(extra_manifest or {})},
+    )
+    return manifest
+
+
+def write_split(
+    out_dir: str,
+    split: str,
+    clips: Iterable[tuple[np.ndarray, int, str]],
+    labels: Sequence[str],
+    num_shards: int = 1,
+    *,
+    jpeg_quality: int = features.DEFAULT_JPEG_QUALITY,
+    feature_keys: features.FeatureKeys | dict | None = None,
+) -> dict:
+    """Writes a small split from in-memory clips (replacing that split if present).
+
+    Args:
+        out_dir: output directory (created).
+        split: split name; the trainer reads `train` and `validation`.
+        clips: `(frames uint8 [num_frames, height, width, 3], label_index,
+            media_id)` tuples.
+        labels: class names; written to `labels.txt` (which must match if it
+            exists already).
+        num_shards: number of shard files `<split>-0000k-of-0000N.tfrecord`.
+        jpeg_quality: JPEG quality of the stored frames.
+        feature_keys: feature names to write (default: the module constants).
+
+    Returns:
+        The manifest dict (also written to `out_dir/<split>.manifest.json`).
+
+    Raises:
+        ValueError: bad frames or label index (naming the clip position), no
+            clip, or a `labels.txt` with other classes.
+
+    Example:
+        >>> frames = np.zeros((4, 48, 64, 3), np.uint8)
+        >>> write_split(tmp_dir, "train", [(frames, 0, "a")], ["open", "close"])["converted"]
+        1
+    """
+    keys = features.FeatureKeys.from_any(feature_keys)
+    labels = [str(name) for name in labels]
+    results = []
+    for position, item in enumerate(clips):
+        try:
+            frames, label_index, media_id = item
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"`clips[{position}]` must be (frames, label_index, media_id). "
+                f"Received: {type(item).__name__}."
+            ) from None
+        if not 0 <= int(label_index) < len(labels):
+            raise ValueError(
+                f"`clips[{position}]` has label_index={label_index}. Expected 0 to "
+                f"{len(labels) - 1} ({len(labels)} labels)."
+            )
+        try:
+            encoded = features.encode_frames(np.asarray(frames), jpeg_quality)
+        except ValueError as error:
+            raise ValueError(f"`clips[{position}]`: {error}") from None
+        shape = np.asarray(frames).shape
+        results.append(
+            ClipResult(
+                position, str(media_id), str(media_id), int(label_index), encoded,
+                int(shape[0]), int(shape[1]), int(shape[2]),
+            )
+        )
+    if not results:
+        raise ValueError("`clips` must hold at least one clip. Received: no clips.")
+    split_writer = _SplitWriter(out_dir, split, num_shards, _fingerprint(["write_split", split]))
+    os.makedirs(out_dir, exist_ok=True)
+    write_labels(out_dir, labels)
+    split_writer.remove_existing()
+    for shard_index, (start, end) in enumerate(shard_bounds(len(results), split_writer.num_shards)):
+        split_writer.write_shard(shard_index, results[start:end], keys, labels)
+    return _write_manifest(
+        split_writer, labels, len(results), {"jpeg_quality": int(jpeg_quality)}
+    )
