@@ -25,6 +25,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from selfy_tf.layers.stss_transformation import STSSTransformation
+
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _CONV_TRANSPOSE = (
     keras.layers.Conv1DTranspose,
@@ -37,7 +39,7 @@ _DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 def _is_stss_layer(layer: keras.layers.Layer) -> bool:
     # The STSS transformation computes the similarity volume
     # [batch, frames, height, width, L, U, V] from `hidden_channels` features.
-    return hasattr(layer, "window") and hasattr(layer, "hidden_channels") and hasattr(layer, "stss_backend")
+    return isinstance(layer, STSSTransformation)
 
 
 def _layer_macs(layer: keras.layers.Layer, input_shape: tuple, output_shape: tuple) -> int:

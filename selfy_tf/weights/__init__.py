@@ -1,1 +1,29 @@
-"""Weight import from the official PyTorch release and ImageNet ResNets."""
+"""Weight import from the official PyTorch release and ImageNet ResNets.
+
+torch is needed only to read `.pth` files; it is imported when used
+(`pip install -e ".[torch]"`).
+"""
+
+from selfy_tf.weights.imagenet import load_imagenet_resnet
+from selfy_tf.weights.mapping import (
+    LoadReport,
+    convert_tensor,
+    torch_module_name,
+    torch_weight_mapping,
+)
+from selfy_tf.weights.official import (
+    load_official_checkpoint,
+    load_official_state_dict,
+    normalize_official_keys,
+)
+
+__all__ = [
+    "LoadReport",
+    "convert_tensor",
+    "load_imagenet_resnet",
+    "load_official_checkpoint",
+    "load_official_state_dict",
+    "normalize_official_keys",
+    "torch_module_name",
+    "torch_weight_mapping",
+]
