@@ -39,3 +39,38 @@ def _isolate_keras_state():
     yield
     keras.config.set_dtype_policy("float32")
     keras.utils.clear_session()
+
+
+# Tiny zoo models (model zoo) -------------------------------------------------
+TINY_WIDTH_MULTIPLIER = 0.125
+TINY_SELFY_CHANNELS = 16
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory():
+    """Builds tiny zoo models: `tiny_model_factory(name="selfy_tsm_r18", ...)`.
+
+    Each call builds a fresh model (safe in function-scoped tests), with
+    backbone widths x0.125 and SELFY widths (16, (1, 2, 8, 8), (8, 8, 8, 8)).
+    Keyword arguments go to `selfy_tf.models.create_model`.
+    """
+    from selfy_tf.models import create_model
+
+    def tiny_model(
+        name: str = "selfy_tsm_r18",
+        num_classes: int = 5,
+        num_frames: int = 4,
+        input_size: int = 32,
+        **kwargs,
+    ):
+        kwargs.setdefault("width_multiplier", TINY_WIDTH_MULTIPLIER)
+        kwargs.setdefault("selfy_channels", TINY_SELFY_CHANNELS)
+        return create_model(
+            name,
+            num_classes=num_classes,
+            num_frames=num_frames,
+            input_size=input_size,
+            **kwargs,
+        )
+
+    return tiny_model
