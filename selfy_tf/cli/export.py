@@ -1,0 +1,91 @@
+"""`selfy export`: write a TF Serving SavedModel from a run or a `.keras` file.
+
+    selfy export runs/ssv1_selfy_r50 --out exported --name selfy
+    selfy export model.keras --labels labels.txt --out exported --name selfy --top-k 5
+
+Writes `OUT/<name>/<version>/` (version: the next free number unless
+`--version` is given) with the `serving_default` (JPEG frames) and
+`predict_frames` (uint8 frames) signatures and warm-up requests, plus
+`OUT/models.config` and `OUT/batching.config` examples. Prints a JSON
+summary on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register_subparser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a model as a TF Serving SavedModel",
+        description="Export a trained model as a versioned TF Serving SavedModel.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "model_or_run",
+        metavar="MODEL_OR_RUN",
+        help="training run directory (checkpoints/best.keras, labels.txt) or a .keras file",
+    )
+    parser.add_argument("--out", required=True, help="export base directory (BASE)")
+    parser.add_argument("--name", default="selfy", help="model name: BASE/<name>/<version>")
+    parser.add_argument(
+        "--version", type=int, default=None, help="version number (default: next free number)"
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        help="class names, one per line (default: RUN/labels.txt; required for a .keras file)",
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="classes in the top_k_* outputs")
+    parser.add_argument(
+        "--resize-short",
+        type=int,
+        default=None,
+        help="short side JPEG frames are resized to before the centre crop "
+        "(default: input size × 240/224)",
+    )
+    parser.add_argument(
+        "--eval-size",
+        default=None,
+        help="resize JPEG frames to HEIGHTxWIDTH before the centre crop instead, e.g. 240x320",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from serving.export import export_saved_model, load_export_source
+    from tfrecords.video import parse_size
+
+    eval_size = parse_size(args.eval_size) if args.eval_size else None
+    if eval_size is not None and args.resize_short is not None:
+        raise ValueError(
+            f"Pass --resize-short or --eval-size, not both. Received: --resize-short "
+            f"{args.resize_short} --eval-size {args.eval_size}."
+        )
+    model, labels = load_export_source(args.model_or_run, args.labels)
+    result = export_saved_model(
+        model,
+        args.out,
+        name=args.name,
+        labels=labels,
+        version=args.version,
+        top_k=args.top_k,
+        resize_short=args.resize_short,
+        eval_size=eval_size,
+    )
+    config = result.signature_config
+    print(
+        json.dumps(
+            {
+                "path": result.path,
+                "version": result.version,
+                "num_frames": config.num_frames,
+                "input_size": config.input_size,
+                "top_k": config.top_k,
+                "num_classes": len(labels),
+            }
+        )
+    )
+    return 0

@@ -1,0 +1,71 @@
+"""`selfy predict`: classify a video with a served or exported model.
+
+    selfy predict clip.mp4 --server http://127.0.0.1:8501
+    selfy predict clip.mp4 --server grpc://127.0.0.1:8500 --name selfy
+    selfy predict clip.mp4 --model exported/selfy
+
+Frames are sampled at the segment centres as in evaluation and sent as
+JPEGs to the `serving_default` signature. Prints one line per top-k class
+(`rank<TAB>score<TAB>label`), or a JSON object with `--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register_subparser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="classify a video with a served or exported model",
+        description="Classify one video with TF Serving / `selfy serve` or a local SavedModel.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("video", metavar="VIDEO", help="video file (any format PyAV reads)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--server",
+        default=None,
+        help="server URL: http://HOST:PORT (REST) or grpc://HOST:PORT (gRPC)",
+    )
+    source.add_argument(
+        "--model",
+        default=None,
+        help="exported model folder, BASE/<name> (newest version) or BASE/<name>/<version>",
+    )
+    parser.add_argument("--name", default="selfy", help="model name on the server")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from serving.client import make_client
+
+    if args.server is not None and not args.server.startswith(("http://", "grpc://")):
+        raise ValueError(
+            f"`--server` must start with http:// or grpc://. Received: {args.server!r}."
+        )
+    client = make_client(args.server or args.model, model=args.name)
+    try:
+        prediction = client.predict_video(args.video)
+    finally:
+        client.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "video": args.video,
+                    "top_k": [
+                        {"label": label, "score": score, "index": index}
+                        for label, score, index in zip(
+                            prediction.labels, prediction.scores, prediction.indices
+                        )
+                    ],
+                }
+            )
+        )
+    else:
+        for rank, (label, score) in enumerate(prediction.top_k, start=1):
+            print(f"{rank}\t{score:.4f}\t{label}")
+    return 0

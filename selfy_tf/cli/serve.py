@@ -1,0 +1,93 @@
+"""`selfy serve`: a local server speaking TF Serving's REST and gRPC APIs.
+
+    selfy serve exported --name selfy --rest-port 8501 --grpc-port 8500
+
+Serves the newest version under `BASE/<name>/` on 127.0.0.1, picks up
+versions exported later without a restart, and batches concurrent requests.
+For production, run `tensorflow_model_server` (or its container) on the
+same folder: see README "Export and serving".
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def _version_labels(text: str | None) -> dict[str, int]:
+    labels = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        label, _, version = item.partition("=")
+        if not label.strip() or not version.strip().isdigit():
+            raise ValueError(
+                f"`--version-labels` must be LABEL=VERSION[,LABEL=VERSION...]. "
+                f"Received: {text!r}. Try stable=1,canary=2."
+            )
+        labels[label.strip()] = int(version)
+    return labels
+
+
+def register_subparser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve exported models over TF Serving's REST and gRPC APIs (127.0.0.1)",
+        description="Serve BASE/<name>/<version> SavedModels on 127.0.0.1.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("base", metavar="BASE", help="export base directory")
+    parser.add_argument("--name", default="selfy", help="model name (BASE/<name>)")
+    parser.add_argument("--rest-port", type=int, default=8501, help="REST port (0: any free port)")
+    parser.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (0: any free port)")
+    parser.add_argument(
+        "--no-batching", action="store_true", help="run each request on its own"
+    )
+    parser.add_argument("--max-batch-size", type=int, default=16, help="most clips per batch")
+    parser.add_argument(
+        "--batch-timeout-ms", type=float, default=2.0, help="longest wait for a batch to fill"
+    )
+    parser.add_argument(
+        "--max-request-mb", type=float, default=64.0, help="largest request body accepted"
+    )
+    parser.add_argument(
+        "--poll-interval", type=float, default=1.0, help="seconds between checks for new versions"
+    )
+    parser.add_argument("--num-versions", type=int, default=1, help="newest versions served")
+    parser.add_argument(
+        "--version-labels", default=None, help="LABEL=VERSION pairs, e.g. stable=1,canary=2"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from serving.batching import BatchingOptions
+    from serving.server import ModelServer
+
+    batching = None
+    if not args.no_batching:
+        batching = BatchingOptions(
+            max_batch_size=args.max_batch_size, batch_timeout_s=args.batch_timeout_ms / 1000.0
+        )
+    server = ModelServer(
+        args.base,
+        name=args.name,
+        rest_port=args.rest_port,
+        grpc_port=args.grpc_port,
+        batching=batching,
+        poll_interval_s=args.poll_interval,
+        num_versions=args.num_versions,
+        version_labels=_version_labels(args.version_labels),
+        max_request_bytes=int(args.max_request_mb * (1 << 20)),
+    )
+    server.start()
+    logger.info("serving %s: REST %s, gRPC %s (Ctrl-C stops)", args.name, server.rest_url, server.grpc_target)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        logger.info("stopping")
+    finally:
+        server.stop()
+    return 0

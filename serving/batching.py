@@ -1,0 +1,229 @@
+"""Dynamic batching: concurrent requests for the same signature run as one batch.
+
+Like TF Serving's `--enable_batching`: a request waits at most
+`batch_timeout_s` for others to join it, a batch holds at most
+`max_batch_size` rows, and the queue is bounded (`max_enqueued_requests`;
+beyond it requests fail fast with UNAVAILABLE instead of piling up).
+Requests are only merged when every input has the same dtype and non-batch
+shape. If a merged batch fails (one request had a corrupt JPEG), each request
+is re-run alone, so only the bad one gets the error.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Callable, Hashable, Mapping
+
+import grpc
+import numpy as np
+
+from serving.errors import ServingError
+
+logger = logging.getLogger(__name__)
+
+RunFunction = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingOptions:
+    """Dynamic batching settings (the fields of TF Serving's `batching.config`).
+
+    Args:
+        max_batch_size: most rows (clips) one batch holds. Default 16.
+        batch_timeout_s: longest a request waits for others to join.
+            Default 0.002.
+        max_enqueued_requests: queue bound; more requests fail with
+            UNAVAILABLE. Default 256.
+        num_batch_threads: threads running batches. Default 2.
+    """
+
+    max_batch_size: int = 16
+    batch_timeout_s: float = 0.002
+    max_enqueued_requests: int = 256
+    num_batch_threads: int = 2
+
+    def __post_init__(self) -> None:
+        for field in ("max_batch_size", "max_enqueued_requests", "num_batch_threads"):
+            value = getattr(self, field)
+            if int(value) < 1:
+                raise ValueError(f"`{field}` must be at least 1. Received: {field}={value}.")
+        if self.batch_timeout_s < 0:
+            raise ValueError(
+                f"`batch_timeout_s` must be >= 0. Received: batch_timeout_s={self.batch_timeout_s}."
+            )
+
+
+@dataclasses.dataclass
+class _Task:
+    key: Hashable
+    run_function: RunFunction
+    inputs: Mapping[str, np.ndarray]
+    num_rows: int
+    enqueued: float
+    future: Future
+
+
+def _batch_key(key: Hashable, inputs: Mapping[str, np.ndarray]) -> Hashable:
+    layout = tuple(
+        sorted((name, value.dtype.str, value.shape[1:]) for name, value in inputs.items())
+    )
+    return (key, layout)
+
+
+def _num_rows(inputs: Mapping[str, np.ndarray]) -> int:
+    sizes = {value.shape[0] if value.ndim else 1 for value in inputs.values()}
+    if len(sizes) != 1:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"All inputs must have the same batch size. Received: {sorted(sizes)}.",
+        )
+    return sizes.pop()
+
+
+class DynamicBatcher:
+    """Runs requests in merged batches on background threads.
+
+    Args:
+        options: a `BatchingOptions`.
+
+    Example:
+
+    ```python
+    batcher = DynamicBatcher(BatchingOptions(max_batch_size=8))
+    outputs = batcher.run(("selfy", 1, "predict_frames"), version.run_fn, inputs)
+    batcher.close()
+    ```
+    """
+
+    def __init__(self, options: BatchingOptions = BatchingOptions()):
+        self.options = options
+        self._pending: collections.deque[_Task] = collections.deque()
+        self._condition = threading.Condition()
+        self._closed = False
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"batcher-{index}", daemon=True)
+            for index in range(options.num_batch_threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(
+        self, key: Hashable, run_function: RunFunction, inputs: Mapping[str, np.ndarray]
+    ) -> Future:
+        """Queues one request; its future resolves to the output dict.
+
+        Args:
+            key: requests with equal keys (model, version, signature) may be
+                merged; `run_function` must be the same for equal keys.
+            run_function: maps a dict of batched inputs to a dict of batched
+                outputs.
+            inputs: input name → array with the batch on axis 0.
+
+        Raises:
+            ServingError: UNAVAILABLE if the queue is full or closed.
+        """
+        task = _Task(
+            key=_batch_key(key, inputs),
+            run_function=run_function,
+            inputs=inputs,
+            num_rows=_num_rows(inputs),
+            enqueued=time.monotonic(),
+            future=Future(),
+        )
+        with self._condition:
+            if self._closed:
+                raise ServingError(grpc.StatusCode.UNAVAILABLE, "The batch scheduler is closed.")
+            if len(self._pending) >= self.options.max_enqueued_requests:
+                raise ServingError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"The batch scheduling queue is full ({self.options.max_enqueued_requests} "
+                    "requests waiting). Retry later.",
+                )
+            self._pending.append(task)
+            self._condition.notify_all()
+        return task.future
+
+    def run(
+        self,
+        key: Hashable,
+        run_function: RunFunction,
+        inputs: Mapping[str, np.ndarray],
+        timeout_s: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """`submit` and wait for the result (re-raises the request's error)."""
+        return self.submit(key, run_function, inputs).result(timeout=timeout_s)
+
+    def _take_batch(self) -> list[_Task] | None:
+        with self._condition:
+            while True:
+                while not self._pending and not self._closed:
+                    self._condition.wait()
+                if not self._pending:
+                    return None
+                # Another worker may take the oldest request while this one
+                # waits, so the oldest is looked up again on every wake-up.
+                first = self._pending[0]
+                deadline = first.enqueued + self.options.batch_timeout_s
+                batch, num_rows = [], 0
+                for task in self._pending:
+                    if task.key != first.key:
+                        continue
+                    if batch and num_rows + task.num_rows > self.options.max_batch_size:
+                        break
+                    batch.append(task)
+                    num_rows += task.num_rows
+                remaining = deadline - time.monotonic()
+                if num_rows >= self.options.max_batch_size or remaining <= 0 or self._closed:
+                    break
+                self._condition.wait(remaining)
+            for task in batch:
+                self._pending.remove(task)
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Task]) -> None:
+        self.batch_sizes[sum(task.num_rows for task in batch)] += 1
+        if len(batch) == 1:
+            self._run_alone(batch[0])
+            return
+        names = list(batch[0].inputs)
+        merged = {name: np.concatenate([task.inputs[name] for task in batch]) for name in names}
+        try:
+            outputs = batch[0].run_function(merged)
+        except Exception as error:  # isolate the request that broke the batch
+            logger.debug("merged batch of %d requests failed (%s); re-running alone", len(batch), error)
+            for task in batch:
+                self._run_alone(task)
+            return
+        start = 0
+        for task in batch:
+            stop = start + task.num_rows
+            task.future.set_result({name: value[start:stop] for name, value in outputs.items()})
+            start = stop
+
+    @staticmethod
+    def _run_alone(task: _Task) -> None:
+        try:
+            task.future.set_result(task.run_function(task.inputs))
+        except Exception as error:
+            task.future.set_exception(error)
+
+    def close(self) -> None:
+        """Finishes queued requests and stops the threads."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)

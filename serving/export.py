@@ -1,0 +1,351 @@
+"""Export a classifier as a TF Serving SavedModel: `BASE/<name>/<version>/`.
+
+The layout is the one `tensorflow_model_server --model_base_path=BASE/<name>`
+watches: numbered version folders, each a SavedModel with the signatures of
+`serving.signatures`, the class names as an asset, and
+`assets.extra/tf_serving_warmup_requests`. A version folder appears
+atomically (written under a hidden temporary name, then renamed), so a
+server polling `BASE/<name>` never sees a half-written version.
+
+Example:
+
+```python
+from serving.export import export_saved_model
+result = export_saved_model(model, "exported", name="selfy", labels=labels)
+print(result.path)  # exported/selfy/1
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from typing import Sequence
+
+import keras
+
+from serving import signatures as signatures_lib
+from serving import warmup as warmup_lib
+
+logger = logging.getLogger(__name__)
+
+RUN_CHECKPOINT = os.path.join("checkpoints", "best.keras")
+RUN_LABELS = "labels.txt"
+LABELS_ASSET = "labels.txt"
+MODELS_CONFIG = "models.config"
+BATCHING_CONFIG = "batching.config"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """Where an export went.
+
+    Attributes:
+        path: the version folder `BASE/<name>/<version>`.
+        version: the version number.
+        signature_config: sizes and top-k the signatures were built with.
+    """
+
+    path: str
+    version: int
+    signature_config: signatures_lib.SignatureConfig
+
+
+def list_versions(model_dir: str) -> list[int]:
+    """Version numbers present under `model_dir` (numeric folder names), sorted."""
+    if not os.path.isdir(model_dir):
+        return []
+    versions = []
+    for entry in os.listdir(model_dir):
+        if entry.isdigit() and os.path.isdir(os.path.join(model_dir, entry)):
+            versions.append(int(entry))
+    return sorted(versions)
+
+
+def load_export_source(
+    model_or_run: str, labels_path: str | None = None
+) -> tuple[keras.Model, list[str]]:
+    """Loads the model and class names to export.
+
+    Args:
+        model_or_run: a training run directory (`RUN/checkpoints/best.keras`,
+            `RUN/labels.txt`) or a `.keras` file.
+        labels_path: one class name per line; overrides the run's labels
+            file; required for a bare `.keras` file.
+
+    Returns:
+        `(model, labels)`.
+
+    Raises:
+        FileNotFoundError: if the model or labels file is missing.
+        ValueError: if the labels do not match the model's classes.
+    """
+    if os.path.isdir(model_or_run):
+        model_path = os.path.join(model_or_run, RUN_CHECKPOINT)
+        if labels_path is None:
+            labels_path = os.path.join(model_or_run, RUN_LABELS)
+    else:
+        model_path = model_or_run
+    if not os.path.isfile(model_path):
+        raise FileNotFoundError(
+            f"no model at {model_path}. Expected a `.keras` file or a run directory "
+            f"holding {RUN_CHECKPOINT}."
+        )
+    if labels_path is None:
+        raise ValueError(
+            f"`--labels` is required for a bare model file. Received: {model_path} "
+            "without labels. Pass a file with one class name per line."
+        )
+    if not os.path.isfile(labels_path):
+        raise FileNotFoundError(f"labels file not found: {labels_path}")
+    # Importing the model zoo registers its layers for deserialisation.
+    import selfy_tf.models  # noqa: F401
+
+    model = keras.saving.load_model(model_path, compile=False)
+    labels = signatures_lib.read_labels(labels_path)
+    logger.info("loaded %s (%d classes from %s)", model_path, len(labels), labels_path)
+    return model, labels
+
+
+def disable_xla(model: keras.Model) -> int:
+    """Switches the STSS op's own XLA compilation off in every layer of `model`.
+
+    TF Serving runs SavedModels without XLA unless told to; an inner
+    `tf.function(jit_compile=True)` would be saved as `_XlaMustCompile`.
+
+    Returns:
+        How many layers had it switched on.
+    """
+    switched = 0
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if getattr(layer, "stss_jit", False):
+            layer.stss_jit = False
+            switched += 1
+    if switched:
+        logger.info("switched STSS XLA compilation off in %d layers for export", switched)
+    return switched
+
+
+def model_input_facts(model: keras.Model) -> tuple[int, int, int]:
+    """`(num_frames, input_size, num_classes)` of a clip classifier.
+
+    Raises:
+        ValueError: if the model does not take `[batch, frames, size, size, 3]`
+            clips and return `[batch, classes]` logits.
+    """
+    input_shape = tuple(model.inputs[0].shape)
+    output_shape = tuple(model.outputs[0].shape)
+    if (
+        len(input_shape) != 5
+        or input_shape[-1] != 3
+        or None in input_shape[1:]
+        or input_shape[2] != input_shape[3]
+    ):
+        raise ValueError(
+            "The model must take clips of shape (batch, num_frames, size, size, 3) "
+            f"with fixed sizes. Received: input shape {input_shape}."
+        )
+    if len(output_shape) != 2 or output_shape[-1] is None:
+        raise ValueError(
+            "The model must return logits of shape (batch, num_classes). "
+            f"Received: output shape {output_shape}."
+        )
+    return int(input_shape[1]), int(input_shape[2]), int(output_shape[-1])
+
+
+def _next_version(model_dir: str, version: int | None) -> int:
+    existing = list_versions(model_dir)
+    if version is None:
+        return (existing[-1] + 1) if existing else 1
+    if version < 1:
+        raise ValueError(f"`version` must be a positive integer. Received: version={version}.")
+    if version in existing:
+        raise FileExistsError(
+            f"version {version} already exists in {model_dir}. Pass another --version "
+            "or leave it out to take the next number."
+        )
+    return version
+
+
+def export_saved_model(
+    model: keras.Model,
+    base_dir: str,
+    *,
+    name: str = "selfy",
+    labels: Sequence[str],
+    version: int | None = None,
+    top_k: int = 5,
+    resize_short: int | None = None,
+    eval_size: tuple[int, int] | None = None,
+    write_configs: bool = True,
+) -> ExportResult:
+    """Exports `model` to `base_dir/<name>/<version>/` for TF Serving.
+
+    Args:
+        model: a clip classifier, frames `[batch, num_frames, size, size, 3]`
+            (0..255) → logits `[batch, num_classes]`. Its STSS XLA switch is
+            turned off (see `disable_xla`).
+        base_dir: the model base folder (`--model_base_path` is
+            `base_dir/<name>`).
+        name: the model name clients ask for.
+        labels: one class name per class.
+        version: version number; None takes the next free one.
+        top_k: classes returned by the `top_k_*` outputs (capped at the
+            number of classes).
+        resize_short: short side JPEG frames are resized to before the
+            centre crop. Exclusive with `eval_size`; when both are None the
+            eval ratio 240 : 224 of `input_size` is used.
+        eval_size: `(height, width)` JPEG frames are resized to before the
+            centre crop, e.g. `(240, 320)` for a model trained on frames
+            converted with `--size 240x320`.
+        write_configs: also write `models.config` and `batching.config`
+            examples into `base_dir` when they do not exist yet.
+
+    Returns:
+        An `ExportResult`.
+
+    Raises:
+        ValueError: for a bad name, labels or sizes.
+        FileExistsError: if `version` is already exported.
+    """
+    if not name or os.sep in name or name.startswith(".") or ":" in name:
+        raise ValueError(
+            f"`name` must be a plain folder name. Received: name={name!r}. Try name='selfy'."
+        )
+    num_frames, input_size, num_classes = model_input_facts(model)
+    signatures_lib.check_labels(labels, num_classes, "`labels`")
+    if any("\n" in label or "\r" in label for label in labels):
+        raise ValueError("`labels` must not contain line breaks.")
+    if top_k < 1:
+        raise ValueError(f"`top_k` must be a positive integer. Received: top_k={top_k}.")
+    config = signatures_lib.SignatureConfig(
+        num_frames=num_frames,
+        input_size=input_size,
+        resize_short=(
+            None
+            if eval_size is not None
+            else int(resize_short or signatures_lib.default_resize_short(input_size))
+        ),
+        eval_size=None if eval_size is None else (int(eval_size[0]), int(eval_size[1])),
+        top_k=min(int(top_k), num_classes),
+    )
+    model_dir = os.path.join(base_dir, name)
+    os.makedirs(model_dir, exist_ok=True)
+    version = _next_version(model_dir, version)
+    disable_xla(model)
+
+    staging_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
+    try:
+        labels_file = os.path.join(staging_dir, "source", LABELS_ASSET)
+        os.makedirs(os.path.dirname(labels_file))
+        with open(labels_file, "w", encoding="utf-8") as handle:
+            handle.write("".join(f"{label}\n" for label in labels))
+        saved_model_dir = os.path.join(staging_dir, "saved_model")
+        _write_saved_model(model, labels_file, config, saved_model_dir)
+        warmup_lib.write_warmup_requests(saved_model_dir, name=name, config=config)
+        final_dir = os.path.join(model_dir, str(version))
+        # os.rename fails if another export took the number meanwhile.
+        os.rename(saved_model_dir, final_dir)
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+    if write_configs:
+        write_server_configs(base_dir, name)
+    logger.info("exported version %d to %s", version, final_dir)
+    return ExportResult(path=final_dir, version=version, signature_config=config)
+
+
+def _write_saved_model(
+    model: keras.Model,
+    labels_file: str,
+    config: signatures_lib.SignatureConfig,
+    path: str,
+) -> None:
+    label_table = signatures_lib.make_label_table(labels_file)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(label_table)
+    functions = signatures_lib.make_endpoint_functions(model, label_table, config)
+    specs = signatures_lib.input_signatures(config)
+    # serving_default first: the archive aliases its first endpoint as the
+    # default signature.
+    for signature_name in signatures_lib.SIGNATURE_NAMES:
+        archive.add_endpoint(signature_name, functions[signature_name], specs[signature_name])
+    archive.write_out(path, verbose=False)
+
+
+def models_config_text(name: str, base_path: str) -> str:
+    """A `--model_config_file` for `tensorflow_model_server` serving `name`."""
+    return (
+        "# tensorflow_model_server --model_config_file=models.config\n"
+        "# base_path is where the model folder is mounted in the container.\n"
+        "model_config_list {\n"
+        "  config {\n"
+        f'    name: "{name}"\n'
+        f'    base_path: "{base_path}"\n'
+        '    model_platform: "tensorflow"\n'
+        "    model_version_policy { latest { num_versions: 1 } }\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def batching_config_text(max_batch_size: int = 16, batch_timeout_micros: int = 5000) -> str:
+    """A `--batching_parameters_file` for `tensorflow_model_server --enable_batching`."""
+    return (
+        "# tensorflow_model_server --enable_batching "
+        "--batching_parameters_file=batching.config\n"
+        f"max_batch_size {{ value: {max_batch_size} }}\n"
+        f"batch_timeout_micros {{ value: {batch_timeout_micros} }}\n"
+        "max_enqueued_batches { value: 64 }\n"
+        "num_batch_threads { value: 2 }\n"
+    )
+
+
+def write_server_configs(base_dir: str, name: str) -> list[str]:
+    """Writes `models.config` / `batching.config` examples unless present.
+
+    Returns:
+        The paths written.
+    """
+    written = []
+    contents = {
+        MODELS_CONFIG: models_config_text(name, f"/models/{name}"),
+        BATCHING_CONFIG: batching_config_text(),
+    }
+    for file_name, text in contents.items():
+        path = os.path.join(base_dir, file_name)
+        if os.path.exists(path):
+            continue
+        temporary = f"{path}.tmp-{os.getpid()}"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+        written.append(path)
+    return written
+
+
+def saved_model_signature_defs(path: str) -> dict:
+    """The `SignatureDef` protos of the SavedModel at `path`, by name."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as handle:
+        saved_model.ParseFromString(handle.read())
+    return dict(saved_model.meta_graphs[0].signature_def)
+
+
+__all__ = [
+    "ExportResult",
+    "batching_config_text",
+    "disable_xla",
+    "export_saved_model",
+    "list_versions",
+    "load_export_source",
+    "model_input_facts",
+    "models_config_text",
+    "saved_model_signature_defs",
+    "write_server_configs",
+]

@@ -1,0 +1,272 @@
+"""Loads the versions of one exported model and picks up new ones while serving.
+
+Follows TF Serving's default version policy: the newest `num_versions`
+numbered folders under `BASE/<name>` are served; a version that appears
+later is loaded (and warmed up with its `assets.extra` requests) in the
+background, then becomes the default; versions that fall out of the policy
+are unloaded. A version that fails to load is reported in the status with
+its error and the older ones keep serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from typing import Mapping
+
+import grpc
+import numpy as np
+import tensorflow as tf
+
+from serving import export as export_lib
+from serving import warmup as warmup_lib
+from serving.errors import ServingError, invalid_argument, not_found
+
+logger = logging.getLogger(__name__)
+
+# ModelVersionStatus.State names (tensorflow_serving/apis/get_model_status.proto).
+STATE_LOADING = "LOADING"
+STATE_AVAILABLE = "AVAILABLE"
+STATE_END = "END"
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureInfo:
+    """One callable signature of a loaded version.
+
+    Attributes:
+        name: the signature name.
+        inputs: input name → `tf.TensorSpec` (dtype and shape, batch first).
+        function: the concrete function; takes the inputs as keywords.
+    """
+
+    name: str
+    inputs: Mapping[str, tf.TensorSpec]
+    function: object
+
+
+class LoadedVersion:
+    """A SavedModel version loaded in this process.
+
+    Args:
+        path: the version folder.
+        version: its number.
+    """
+
+    def __init__(self, path: str, version: int):
+        self.path = path
+        self.version = version
+        self._saved_model = tf.saved_model.load(path)
+        self.signature_defs = export_lib.saved_model_signature_defs(path)
+        self.signatures: dict[str, SignatureInfo] = {}
+        for name, function in self._saved_model.signatures.items():
+            _, keyword_specs = function.structured_input_signature
+            self.signatures[name] = SignatureInfo(name, dict(keyword_specs), function)
+
+    def signature(self, name: str | None) -> SignatureInfo:
+        """The signature `name` (default: `serving_default`).
+
+        Raises:
+            ServingError: INVALID_ARGUMENT naming the known signatures.
+        """
+        name = name or "serving_default"
+        if name not in self.signatures:
+            raise invalid_argument(
+                f"Serving signature name: \"{name}\" not found in signature def. "
+                f"Known signatures: {sorted(self.signatures)}."
+            )
+        return self.signatures[name]
+
+    def run(self, signature_name: str | None, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs one signature on already validated numpy inputs.
+
+        Raises:
+            ServingError: INVALID_ARGUMENT when the graph rejects the data
+                (e.g. bytes that are not an image).
+        """
+        signature = self.signature(signature_name)
+        tensors = {key: tf.constant(value, dtype=signature.inputs[key].dtype) for key, value in inputs.items()}
+        try:
+            outputs = signature.function(**tensors)
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
+            message = getattr(error, "message", None) or str(error)
+            raise invalid_argument(message.strip().splitlines()[0]) from error
+        return {key: value.numpy() for key, value in outputs.items()}
+
+    def warm_up(self) -> int:
+        """Replays the version's warm-up requests; returns how many ran."""
+        count = 0
+        for log in warmup_lib.read_warmup_requests(self.path):
+            request = log.predict_log.request
+            inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
+            self.run(request.model_spec.signature_name, inputs)
+            count += 1
+        return count
+
+
+@dataclasses.dataclass
+class VersionStatus:
+    """State of one version as `GetModelStatus` reports it."""
+
+    version: int
+    state: str
+    error_code: grpc.StatusCode = grpc.StatusCode.OK
+    error_message: str = ""
+
+
+class ModelStore:
+    """The served versions of the model `name` under `model_base_path`.
+
+    Args:
+        model_base_path: `BASE/<name>`, holding numbered version folders.
+        name: the model name requests use.
+        num_versions: how many of the newest versions to serve (TF Serving's
+            `latest { num_versions }` policy). Default 1.
+        version_labels: label → version (e.g. `{"stable": 1}`), for
+            `/labels/<label>` requests.
+        warmup: replay each version's warm-up requests after loading it.
+
+    Example:
+
+    ```python
+    store = ModelStore("exported/selfy", name="selfy")
+    store.refresh()
+    store.get().version
+    ```
+    """
+
+    def __init__(
+        self,
+        model_base_path: str,
+        *,
+        name: str,
+        num_versions: int = 1,
+        version_labels: Mapping[str, int] | None = None,
+        warmup: bool = True,
+    ):
+        if num_versions < 1:
+            raise ValueError(f"`num_versions` must be at least 1. Received: {num_versions}.")
+        if not os.path.isdir(model_base_path):
+            raise FileNotFoundError(
+                f"model base path not found: {model_base_path}. Expected BASE/<name> "
+                "holding numbered SavedModel versions (see `selfy export`)."
+            )
+        self.model_base_path = model_base_path
+        self.name = name
+        self.num_versions = int(num_versions)
+        self.version_labels = dict(version_labels or {})
+        self.warmup = warmup
+        self._loaded: dict[int, LoadedVersion] = {}
+        self._status: dict[int, VersionStatus] = {}
+        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> list[int]:
+        """Loads new versions and unloads old ones; returns the served versions."""
+        with self._refresh_lock:
+            present = export_lib.list_versions(self.model_base_path)
+            wanted = set(present[-self.num_versions :]) | set(self.version_labels.values())
+            wanted &= set(present)
+            for version in sorted(wanted - set(self._loaded), reverse=True):
+                if version in self._status and self._status[version].state == STATE_END:
+                    continue  # failed before; TF Serving does not retry either
+                self._load(version)
+            with self._lock:
+                for version in set(self._loaded) - wanted:
+                    del self._loaded[version]
+                    self._status[version].state = STATE_END
+                    logger.info("unloaded %s version %d", self.name, version)
+                for version in set(self._status) - set(present) - set(self._loaded):
+                    del self._status[version]
+                return sorted(self._loaded)
+
+    def _load(self, version: int) -> None:
+        path = os.path.join(self.model_base_path, str(version))
+        with self._lock:
+            self._status[version] = VersionStatus(version, STATE_LOADING)
+        try:
+            loaded = LoadedVersion(path, version)
+            warmed = loaded.warm_up() if self.warmup else 0
+        except Exception as error:  # a broken version must not stop the server
+            logger.error("cannot load %s version %d from %s: %s", self.name, version, path, error)
+            with self._lock:
+                self._status[version] = VersionStatus(
+                    version, STATE_END, grpc.StatusCode.UNKNOWN, str(error).splitlines()[0]
+                )
+            return
+        with self._lock:
+            self._loaded[version] = loaded
+            self._status[version] = VersionStatus(version, STATE_AVAILABLE)
+        logger.info(
+            "loaded %s version %d from %s (%d warm-up requests)", self.name, version, path, warmed
+        )
+
+    def get(self, version: int | None = None, label: str | None = None) -> LoadedVersion:
+        """The version asked for: a number, a label, or the newest loaded.
+
+        Raises:
+            ServingError: NOT_FOUND if it is not loaded.
+        """
+        if label is not None:
+            if label not in self.version_labels:
+                raise invalid_argument(
+                    f"Unrecognized servable version label: {label}. Known labels: "
+                    f"{sorted(self.version_labels)}."
+                )
+            version = self.version_labels[label]
+        with self._lock:
+            if version is None:
+                if not self._loaded:
+                    raise not_found(f"Servable not found for request: Latest({self.name})")
+                return self._loaded[max(self._loaded)]
+            if version not in self._loaded:
+                raise not_found(
+                    f"Servable not found for request: Specific({self.name}, {version})"
+                )
+            return self._loaded[version]
+
+    def statuses(self, version: int | None = None) -> list[VersionStatus]:
+        """Status of every known version (or of `version`), newest first.
+
+        Raises:
+            ServingError: NOT_FOUND for a version that was never seen.
+        """
+        with self._lock:
+            statuses = [dataclasses.replace(status) for status in self._status.values()]
+        if version is not None:
+            statuses = [status for status in statuses if status.version == version]
+            if not statuses:
+                raise not_found(
+                    f"Could not find version {version} of model {self.name}"
+                )
+        return sorted(statuses, key=lambda status: -status.version)
+
+    def start(self, poll_interval_s: float = 1.0) -> None:
+        """Loads what is there now, then polls for new versions in a thread."""
+        self.refresh()
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._poll, args=(poll_interval_s,), name="model-store-poll", daemon=True
+        )
+        self._thread.start()
+
+    def _poll(self, poll_interval_s: float) -> None:
+        while not self._stop.wait(poll_interval_s):
+            try:
+                self.refresh()
+            except OSError as error:
+                logger.warning("polling %s failed: %s", self.model_base_path, error)
+
+    def stop(self) -> None:
+        """Stops polling (loaded versions stay usable)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+
+__all__ = ["LoadedVersion", "ModelStore", "ServingError", "SignatureInfo", "VersionStatus"]

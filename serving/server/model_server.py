@@ -1,0 +1,119 @@
+"""The local model server: a model store, a batcher, and REST + gRPC front ends.
+
+A stand-in for `tensorflow_model_server` that speaks the same protocols,
+for development and tests. It listens on 127.0.0.1 only.
+
+Example:
+
+```python
+with ModelServer("exported", name="selfy", rest_port=0, grpc_port=0) as server:
+    print(server.rest_url, server.grpc_target)
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Mapping
+
+from serving.batching import BatchingOptions, DynamicBatcher
+from serving.model_store import ModelStore
+from serving.server.grpc_service import GrpcServer
+from serving.server.predictor import Predictor
+from serving.server.rest import LOOPBACK_HOST, RestServer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+
+
+class ModelServer:
+    """Serves `BASE/<name>` over REST and gRPC.
+
+    Args:
+        base_path: the export base folder (holding `<name>/<version>/`).
+        name: the model name.
+        rest_port: REST port (0: a free one; None: no REST). Default 8501.
+        grpc_port: gRPC port (0: a free one; None: no gRPC). Default 8500.
+        batching: `BatchingOptions`, or None to run requests one by one.
+        poll_interval_s: how often to look for new versions. Default 1.0.
+        num_versions: newest versions served. Default 1.
+        version_labels: label → version for `/labels/<label>` requests.
+        max_request_bytes: largest request accepted. Default 64 MiB.
+        warmup: replay warm-up requests when loading a version.
+    """
+
+    def __init__(
+        self,
+        base_path: str,
+        *,
+        name: str = "selfy",
+        rest_port: int | None = 8501,
+        grpc_port: int | None = 8500,
+        batching: BatchingOptions | None = BatchingOptions(),
+        poll_interval_s: float = 1.0,
+        num_versions: int = 1,
+        version_labels: Mapping[str, int] | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        warmup: bool = True,
+    ):
+        if rest_port is None and grpc_port is None:
+            raise ValueError("Give `rest_port` or `grpc_port` (or both); received neither.")
+        if max_request_bytes < 1:
+            raise ValueError(f"`max_request_bytes` must be positive. Received: {max_request_bytes}.")
+        self.store = ModelStore(
+            os.path.join(base_path, name),
+            name=name,
+            num_versions=num_versions,
+            version_labels=version_labels,
+            warmup=warmup,
+        )
+        self.batcher = DynamicBatcher(batching) if batching is not None else None
+        self.predictor = Predictor(self.store, self.batcher)
+        self.poll_interval_s = float(poll_interval_s)
+        self.rest = (
+            RestServer(self.predictor, rest_port, max_request_bytes) if rest_port is not None else None
+        )
+        self.grpc = (
+            GrpcServer(self.predictor, grpc_port, max_request_bytes) if grpc_port is not None else None
+        )
+        self._stopped = threading.Event()
+
+    @property
+    def rest_url(self) -> str | None:
+        return f"http://{LOOPBACK_HOST}:{self.rest.port}" if self.rest else None
+
+    @property
+    def grpc_target(self) -> str | None:
+        return f"{LOOPBACK_HOST}:{self.grpc.port}" if self.grpc else None
+
+    def start(self) -> "ModelServer":
+        """Loads the newest version(s), starts polling and both front ends."""
+        self.store.start(self.poll_interval_s)
+        if not self.store.statuses():
+            logger.warning("no version found yet under %s; waiting for one", self.store.model_base_path)
+        for front_end in (self.rest, self.grpc):
+            if front_end is not None:
+                front_end.start()
+        return self
+
+    def wait(self) -> None:
+        """Blocks until `stop` is called (or KeyboardInterrupt)."""
+        self._stopped.wait()
+
+    def stop(self) -> None:
+        for front_end in (self.rest, self.grpc):
+            if front_end is not None:
+                front_end.stop()
+        self.store.stop()
+        if self.batcher is not None:
+            self.batcher.close()
+        self._stopped.set()
+
+    def __enter__(self) -> "ModelServer":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
