@@ -74,3 +74,29 @@ def tiny_model_factory():
         )
 
     return tiny_model
+
+
+# Exported tiny SavedModel (serving) ------------------------------------------
+SERVING_LABELS = ("pushing", "pulling", "waving", "turning", "dropping")
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory, tiny_model_factory):
+    """One tiny `selfy_tsm_r18` exported once per session: `BASE/selfy/1`.
+
+    Returns a namespace with `model` (the Keras model), `base` (the export
+    base folder), `result` (the `ExportResult`) and `labels`. Treat `base`
+    as read-only: copy it to add versions.
+    """
+    import types
+
+    from serving.export import export_saved_model
+
+    model = tiny_model_factory(num_classes=len(SERVING_LABELS), stss_jit=True)
+    base = tmp_path_factory.mktemp("exported")
+    result = export_saved_model(
+        model, str(base), name="selfy", labels=list(SERVING_LABELS), top_k=3
+    )
+    return types.SimpleNamespace(
+        model=model, base=str(base), result=result, labels=list(SERVING_LABELS)
+    )
