@@ -107,6 +107,9 @@ def read_video_frames(
     if not os.path.isfile(path):
         raise VideoDecodeError(f"video file not found: {path}")
     frames: list[np.ndarray] = []
+    times: list[float] = []
+    duration = None
+    stopped_early = False
     try:
         with av.open(path) as container:
             if not container.streams.video:
@@ -114,10 +117,12 @@ def read_video_frames(
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             rate = float(stream.average_rate) if stream.average_rate else 25.0
+            duration = _duration_seconds(container, stream)
             next_time = 0.0
             for index, frame in enumerate(container.decode(stream)):
+                time = frame.time if frame.time is not None else index / rate
+                times.append(time)
                 if fps is not None:
-                    time = frame.time if frame.time is not None else index / rate
                     if time + 1e-6 < next_time:
                         continue
                     next_time += 1.0 / fps
@@ -128,17 +133,34 @@ def read_video_frames(
                     frame = frame.reformat(width=width, height=height, interpolation="AREA")
                 frames.append(frame.to_ndarray(format="rgb24"))
                 if max_frames is not None and len(frames) >= max_frames:
+                    stopped_early = True
                     break
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, EOFError) as error:
         if not frames:
             raise VideoDecodeError(f"cannot decode {path}: {error}") from error
-        # A truncated file: keep what decoded, as video tools do, but say so.
-        logger.warning("%s: decoding stopped after %d frames: %s", path, len(frames), error)
+        raise VideoDecodeError(
+            f"corrupt or truncated {path}: decoding failed after {len(frames)} frames: {error}"
+        ) from error
     if not frames:
-        raise VideoDecodeError(f"no frames decoded from {path}")
+        raise VideoDecodeError(f"no frames decoded from {path} (zero-frame video)")
+    if not stopped_early and duration and len(times) > 0:
+        span = max(times) - min(times) + 1.0 / rate
+        if span < 0.9 * duration - 2.0 / rate:
+            raise VideoDecodeError(
+                f"truncated {path}: frames cover {span:.2f} s of its {duration:.2f} s"
+            )
     return np.stack(frames)
+
+
+def _duration_seconds(container, stream) -> float | None:
+    """The video stream's duration from the headers (the container's if unknown)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # av.time_base: microseconds
+    return None
 
 
 def read_frame_folder(
