@@ -1,0 +1,290 @@
+"""`evaluate(model_or_run_dir, data_dir)`: top-1/top-5, per-class accuracy, confusion matrix.
+
+Multi-view testing: each video gives `num_clips` clips (spread evenly over
+it) x `num_crops` crops (1 centre crop, or 3 crops along the long side); the
+softmax scores of its views are averaged before taking the prediction.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer import configs
+from trainer.run_dir import RunPaths, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["evaluate", "load_trained_model", "classification_report"]
+
+
+def load_trained_model(path: str) -> keras.Model:
+    """Loads a `.keras` file, or a run directory's `best.keras` (else `last.keras`).
+
+    Raises:
+        FileNotFoundError: no model file at `path`.
+    """
+    import selfy_tf.layers  # noqa: F401  (registers the custom layers)
+    import selfy_tf.models  # noqa: F401
+
+    import trainer.optimizer  # noqa: F401
+    import trainer.schedules  # noqa: F401
+
+    if os.path.isdir(path):
+        paths = RunPaths(path)
+        candidates = [paths.best_checkpoint, paths.last_checkpoint]
+        model_path = next((candidate for candidate in candidates if os.path.exists(candidate)), None)
+        if model_path is None:
+            raise FileNotFoundError(
+                f"No checkpoint in run directory {path}: expected {candidates[0]} or {candidates[1]}."
+            )
+    elif os.path.isfile(path):
+        model_path = path
+    else:
+        raise FileNotFoundError(f"No model or run directory at {path}.")
+    logger.info("Loading model %s.", model_path)
+    return keras.saving.load_model(model_path, compile=False)
+
+
+def classification_report(
+    scores: np.ndarray, labels: np.ndarray, class_names: list[str], top_k: int = 5
+) -> dict[str, Any]:
+    """Accuracy figures from averaged scores.
+
+    Args:
+        scores: float `[num_examples, num_classes]`.
+        labels: int `[num_examples]`.
+        class_names: names of the classes (length `num_classes`).
+        top_k: k of the top-k accuracy (capped at `num_classes`).
+
+    Returns:
+        dict with `top1`, `top5` (top-k), `mean_class_accuracy` (mean over
+        classes that have examples), `num_examples`, `per_class`
+        (`{name: {"accuracy", "num_examples", "num_predicted"}}`) and
+        `confusion_matrix` (rows: true class, columns: predicted).
+    """
+    num_classes = len(class_names)
+    if scores.shape[0] == 0:
+        raise ValueError("No examples to evaluate: the split is empty.")
+    if scores.shape[1] != num_classes:
+        raise ValueError(
+            f"The model predicts {scores.shape[1]} classes but there are {num_classes} class names."
+        )
+    top_k = min(top_k, num_classes)
+    predictions = np.argmax(scores, axis=1)
+    ranked = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    top1 = float(np.mean(predictions == labels))
+    top5 = float(np.mean(np.any(ranked == labels[:, None], axis=1)))
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    per_class = {}
+    accuracies = []
+    for index, name in enumerate(class_names):
+        count = int(confusion[index].sum())
+        accuracy = float(confusion[index, index] / count) if count else None
+        if accuracy is not None:
+            accuracies.append(accuracy)
+        per_class[name] = {
+            "index": index,
+            "accuracy": accuracy,
+            "num_examples": count,
+            "num_predicted": int(confusion[:, index].sum()),
+        }
+    return {
+        "top1": top1,
+        "top5": top5,
+        "top_k": top_k,
+        "mean_class_accuracy": float(np.mean(accuracies)),
+        "num_examples": int(labels.shape[0]),
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def _plot_confusion(confusion: np.ndarray, class_names: list[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    num_classes = len(class_names)
+    size = min(4 + num_classes * 0.25, 40)
+    figure, axes = plt.subplots(figsize=(size, size))
+    totals = confusion.sum(axis=1, keepdims=True)
+    normalised = np.divide(confusion, np.maximum(totals, 1))
+    image = axes.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title("Confusion matrix (rows normalised)")
+    if num_classes <= 50:
+        axes.set_xticks(range(num_classes), class_names, rotation=90, fontsize=7)
+        axes.set_yticks(range(num_classes), class_names, fontsize=7)
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    figure.tight_layout()
+    temporary = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def evaluate(
+    model_or_run_dir: keras.Model | str,
+    data_dir: str,
+    *,
+    split: str = "validation",
+    num_clips: int = 1,
+    num_crops: int = 1,
+    batch_size: int = 8,
+    eval_size: tuple[int, int] | None | str = "auto",
+    output_dir: str | None = "auto",
+    max_batches: int | None = None,
+    verbose: bool | str = "auto",
+) -> dict[str, Any]:
+    """Evaluates a trained model on a split of a converted dataset.
+
+    Args:
+        model_or_run_dir: a Keras model, a `.keras` file, or a run directory
+            (its `best.keras`, else `last.keras`, and its `config.yaml`).
+        data_dir: dataset directory with `<split>-*.tfrecord` and `labels.txt`.
+        split: split name, default "validation".
+        num_clips: clips per video (score-averaged), default 1.
+        num_crops: 1 (centre) or 3 crops per clip, default 1.
+        batch_size: videos per batch, default 8.
+        eval_size: `(height, width)` frames are resized to before cropping;
+            "auto" takes the run's `data.eval_size` (or (240, 320)); None
+            keeps the stored size.
+        output_dir: where `eval.json`, `confusion_matrix.json` and
+            `confusion_matrix.png` go; "auto": the run directory (or the
+            `.keras` file's directory), nothing for an in-memory model; None:
+            write nothing.
+        max_batches: stop after this many batches (quick checks).
+        verbose: progress bar on stderr ("auto": when it is a terminal).
+
+    Returns:
+        dict with `top1`, `top5`, `mean_class_accuracy`, `num_examples`,
+        `num_clips`, `num_crops`, `per_class`, `confusion_matrix`, `split`,
+        `data_dir`, `model` and the written `files`.
+
+    Raises:
+        FileNotFoundError: missing model, data directory or labels.
+        ValueError: no shards for `split`, or labels that do not fit the
+            model's number of classes.
+    """
+    from tfrecords import make_dataset, read_labels
+
+    source = model_or_run_dir
+    config = None
+    if isinstance(model_or_run_dir, keras.Model):
+        model = model_or_run_dir
+        default_output = None
+        model_name = model.name
+    else:
+        path = os.fspath(model_or_run_dir)
+        model = load_trained_model(path)
+        model_name = path
+        default_output = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path) and os.path.exists(RunPaths(path).config):
+            config = configs.load_yaml(RunPaths(path).config)
+    if output_dir == "auto":
+        output_dir = default_output
+    if eval_size == "auto":
+        eval_size = tuple(config.data.eval_size) if config is not None else (240, 320)
+        eval_size = eval_size or None
+    if num_crops not in (1, 3) or num_clips < 1:
+        raise ValueError(
+            f"`num_clips` must be >= 1 and `num_crops` 1 or 3. Received: num_clips={num_clips}, "
+            f"num_crops={num_crops}."
+        )
+    _, num_frames, height, width, _ = model.input_shape
+    num_classes = int(model.output_shape[-1])
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"Data directory not found: {data_dir}")
+    class_names = read_labels(data_dir)
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"{os.path.join(data_dir, 'labels.txt')} lists {len(class_names)} classes but the model "
+            f"{model_name} predicts {num_classes}."
+        )
+    files = sorted(glob.glob(os.path.join(data_dir, f"{split}-*.tfrecord")))
+    if not files:
+        raise ValueError(f"No '{split}-*.tfrecord' shards in {data_dir}.")
+    dataset = make_dataset(
+        files,
+        training=False,
+        num_frames=int(num_frames),
+        batch_size=int(batch_size),
+        crop_size=int(height),
+        num_clips=int(num_clips),
+        num_crops=int(num_crops),
+        eval_size=eval_size,
+    )
+    num_views = num_clips * num_crops
+
+    @tf.function
+    def predict(frames):
+        if num_views > 1:
+            shape = tf.shape(frames)
+            flat = tf.reshape(frames, tf.concat([[shape[0] * num_views], shape[2:]], axis=0))
+            probabilities = tf.nn.softmax(tf.cast(model(flat, training=False), tf.float32), axis=-1)
+            return tf.reduce_mean(tf.reshape(probabilities, [shape[0], num_views, -1]), axis=1)
+        return tf.nn.softmax(tf.cast(model(frames, training=False), tf.float32), axis=-1)
+
+    if verbose == "auto":
+        verbose = sys.stderr.isatty()
+    from tqdm import tqdm
+
+    all_scores, all_labels = [], []
+    with tqdm(desc=f"eval {split}", unit="video", disable=not verbose, file=sys.stderr) as progress:
+        for batch_index, (frames, labels) in enumerate(dataset):
+            if max_batches is not None and batch_index >= max_batches:
+                break
+            all_scores.append(predict(frames).numpy())
+            all_labels.append(labels.numpy())
+            progress.update(int(labels.shape[0]))
+    scores = np.concatenate(all_scores, axis=0) if all_scores else np.zeros((0, num_classes))
+    labels = np.concatenate(all_labels, axis=0).astype(np.int64) if all_labels else np.zeros((0,), np.int64)
+    report = classification_report(scores, labels, class_names)
+    report.update(
+        {
+            "num_clips": int(num_clips),
+            "num_crops": int(num_crops),
+            "split": split,
+            "data_dir": os.path.abspath(data_dir),
+            "model": model_name if not isinstance(source, keras.Model) else source.name,
+            "files": {},
+        }
+    )
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        confusion_json = os.path.join(output_dir, "confusion_matrix.json")
+        confusion_png = os.path.join(output_dir, "confusion_matrix.png")
+        eval_json = os.path.join(output_dir, "eval.json")
+        atomic_write_json(
+            confusion_json,
+            {"class_names": class_names, "rows": "true class", "columns": "predicted class",
+             "matrix": report["confusion_matrix"]},
+        )
+        _plot_confusion(np.asarray(report["confusion_matrix"]), class_names, confusion_png)
+        report["files"] = {"eval_json": eval_json, "confusion_json": confusion_json, "confusion_png": confusion_png}
+        atomic_write_json(eval_json, report)
+    logger.info(
+        "%s on %s/%s (%d videos, %d clips x %d crops): top-1 %.4f, top-5 %.4f, mean class accuracy %.4f.",
+        report["model"],
+        data_dir,
+        split,
+        report["num_examples"],
+        num_clips,
+        num_crops,
+        report["top1"],
+        report["top5"],
+        report["mean_class_accuracy"],
+    )
+    return report

@@ -1,0 +1,95 @@
+"""The run directory written by `selfy train` and read by the other commands.
+
+    RUN/config.yaml            the resolved ExperimentConfig
+    RUN/labels.txt             class names, line i = class i
+    RUN/checkpoints/best.keras best model so far (by `train.monitor`)
+    RUN/checkpoints/last.keras model after the last finished epoch
+    RUN/backup/                resumable state (weights, optimizer, progress)
+    RUN/logs/                  TensorBoard: loss, top-1/top-5, lr, clips/s
+    RUN/history.csv            one row per finished epoch
+    RUN/eval.json              written by `selfy eval`
+
+Every file is written atomically (temporary file, then `os.replace`), so a
+crash never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+__all__ = ["RunPaths", "atomic_write_json", "atomic_write_text"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    """Paths inside one run directory."""
+
+    root: str
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.root, "config.yaml")
+
+    @property
+    def labels(self) -> str:
+        return os.path.join(self.root, "labels.txt")
+
+    @property
+    def checkpoints(self) -> str:
+        return os.path.join(self.root, "checkpoints")
+
+    @property
+    def best_checkpoint(self) -> str:
+        return os.path.join(self.checkpoints, "best.keras")
+
+    @property
+    def last_checkpoint(self) -> str:
+        return os.path.join(self.checkpoints, "last.keras")
+
+    @property
+    def backup(self) -> str:
+        return os.path.join(self.root, "backup")
+
+    @property
+    def logs(self) -> str:
+        return os.path.join(self.root, "logs")
+
+    @property
+    def history(self) -> str:
+        return os.path.join(self.root, "history.csv")
+
+    @property
+    def eval_json(self) -> str:
+        return os.path.join(self.root, "eval.json")
+
+    def make_dirs(self) -> None:
+        for path in (self.root, self.checkpoints, self.backup, self.logs):
+            os.makedirs(path, exist_ok=True)
+
+
+def _temporary_name(path: str) -> str:
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and `os.replace`."""
+    temporary = _temporary_name(path)
+    with open(temporary, "w", encoding="utf-8") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+
+
+def atomic_write_json(path: str, payload: Any) -> None:
+    """Writes `payload` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def temporary_path(path: str) -> str:
+    """A sibling temporary path for writers that need a file name (then `os.replace`)."""
+    return _temporary_name(path)

@@ -1,0 +1,547 @@
+"""`train(config, data_dir, run_dir)`: the paper's recipe with Keras `model.fit`.
+
+One `fit` call per epoch. The training data of epoch `e` is a deterministic
+function of `(train.seed, e)`, which is what makes mid-epoch resume exact:
+after a restart the interrupted epoch's pipeline is rebuilt and the batches
+already trained on are skipped (`Dataset.skip`), then training continues
+with the restored weights, optimizer state and running metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+
+from trainer import callbacks as callbacks_lib
+from trainer import configs
+from trainer import strategy as strategy_lib
+from trainer.optimizer import TorchSGD, group_policies, parameter_groups
+from trainer.run_dir import RunPaths, atomic_write_text
+from trainer.schedules import make_schedule, scaled_learning_rate
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DataInfo", "TrainResult", "build_model", "inspect_data_dir", "resolve_jit_compile", "train"]
+
+
+@dataclasses.dataclass
+class DataInfo:
+    """What the trainer needs to know about a data directory."""
+
+    data_dir: str
+    labels: list[str]
+    train_files: list[str]
+    num_train_examples: int
+    validation_files: list[str]
+    num_validation_examples: int
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns.
+
+    Attributes:
+        run_dir: the run directory.
+        history: `{metric: [value per finished epoch]}` (loss, top1, top5,
+            val_*, lr, clips_per_sec), including epochs of earlier runs that
+            this one resumed.
+        epochs_completed: finished epochs.
+        global_step: optimizer steps taken.
+        best_checkpoint / last_checkpoint: paths of the `.keras` files.
+        best_metric: `{"name": ..., "value": ...}` that chose `best.keras`.
+        resumed_from: `{"epoch": e, "step_in_epoch": s}` when this call
+            resumed from a backup, else None.
+        global_batch_size / num_replicas: the distribution used.
+    """
+
+    run_dir: str
+    history: dict[str, list[float]]
+    epochs_completed: int
+    global_step: int
+    best_checkpoint: str
+    last_checkpoint: str
+    best_metric: dict[str, Any]
+    resumed_from: dict[str, int] | None
+    global_batch_size: int
+    num_replicas: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_jit_compile(setting: bool | None) -> bool:
+    """XLA for `model.fit`: the explicit setting, else on for GPU/TPU and off on CPU.
+
+    Keras's `jit_compile="auto"` silently turns XLA off on CPU and under
+    distribution strategies; we choose from measurement instead: on CPU XLA
+    made a SELFY block's forward+backward ~15x slower than graph mode, while
+    on GPUs it is usually faster.
+    """
+    if setting is not None:
+        return bool(setting)
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
+def _count_records(files: Sequence[str]) -> int:
+    return int(tf.data.TFRecordDataset(list(files)).reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+
+
+def _read_manifest(data_dir: str, split: str) -> dict | None:
+    path = os.path.join(data_dir, f"{split}.manifest.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as stream:
+        return json.load(stream)
+
+
+def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_train: bool = True) -> DataInfo:
+    """Checks that `data_dir` holds data that fits the model; counts examples.
+
+    Raises:
+        FileNotFoundError: `data_dir` or its `labels.txt` does not exist.
+        ValueError: no training shards; class count differs from
+            `model.num_classes`; every clip has fewer frames than
+            `model.num_frames`.
+    """
+    from tfrecords import read_labels
+
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"Data directory not found: {data_dir}")
+    labels = read_labels(data_dir)
+    if len(labels) != config.model.num_classes:
+        raise ValueError(
+            f"{os.path.join(data_dir, 'labels.txt')} lists {len(labels)} classes but "
+            f"`model.num_classes`={config.model.num_classes}. Set "
+            f"`--set model.num_classes={len(labels)}` or use the matching data directory."
+        )
+    splits = {}
+    for split in (config.data.train_split, config.data.validation_split):
+        files = sorted(glob.glob(os.path.join(data_dir, f"{split}-*.tfrecord")))
+        manifest = _read_manifest(data_dir, split)
+        count = 0
+        if files:
+            count = int(manifest["converted"]) if manifest and "converted" in manifest else _count_records(files)
+            frames = (manifest or {}).get("frames") or {}
+            if frames.get("max", config.model.num_frames) < config.model.num_frames:
+                raise ValueError(
+                    f"The {split} clips in {data_dir} have at most {frames['max']} frames but "
+                    f"`model.num_frames`={config.model.num_frames}: every clip would repeat frames. "
+                    "Convert the videos with more frames or lower `model.num_frames`."
+                )
+            if frames.get("min", config.model.num_frames) < config.model.num_frames:
+                logger.warning(
+                    "Some %s clips have only %d frames (< num_frames=%d): their frames repeat.",
+                    split,
+                    frames["min"],
+                    config.model.num_frames,
+                )
+        splits[split] = (files, count)
+    train_files, num_train = splits[config.data.train_split]
+    if require_train and (not train_files or num_train == 0):
+        raise ValueError(
+            f"No training clips in {data_dir}: expected shards "
+            f"'{config.data.train_split}-*.tfrecord' (written by `selfy tfrecords build`)."
+        )
+    validation_files, num_validation = splits[config.data.validation_split]
+    return DataInfo(data_dir, labels, train_files, num_train, validation_files, num_validation)
+
+
+def build_model(config: configs.ExperimentConfig) -> keras.Model:
+    """Creates the configured model and loads its initial weights (`model.init`)."""
+    from selfy_tf.models import create_model
+
+    model_config = config.model
+    model = create_model(
+        model_config.name,
+        num_classes=model_config.num_classes,
+        num_frames=model_config.num_frames,
+        input_size=model_config.input_size,
+        dropout=model_config.dropout,
+        selfy_stage=model_config.selfy_stage if model_config.name.startswith("selfy") else None,
+        stss_backend=model_config.stss_backend if model_config.name.startswith("selfy") else None,
+        width_multiplier=model_config.width_multiplier,
+        selfy_channels=model_config.selfy_channels if model_config.name.startswith("selfy") else None,
+        sync_batchnorm=model_config.sync_batchnorm,
+    )
+    if model_config.init:
+        kind, _, path = model_config.init.partition(":")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"`model.init` file not found: {path}")
+        from selfy_tf import weights
+
+        if kind == "imagenet":
+            weights.load_imagenet_resnet(model, path)
+        else:
+            weights.load_official_checkpoint(model, path, strict=True)
+        logger.info("Initialised %s from %s weights %s.", model.name, kind, path)
+    else:
+        logger.info("Initialised %s randomly (no `model.init`).", model.name)
+    return model
+
+
+def _peak_learning_rate(config: configs.ExperimentConfig, global_batch_size: int) -> float:
+    if config.optimizer.lr is not None:
+        return float(config.optimizer.lr)
+    return scaled_learning_rate(config.optimizer.base_lr, config.optimizer.base_batch_size, global_batch_size)
+
+
+def _compile(model: keras.Model, config: configs.ExperimentConfig, schedule, jit_compile: bool) -> None:
+    optimizer_config = config.optimizer
+    groups = parameter_groups(
+        model,
+        bias_lr_mult=optimizer_config.bias_lr_mult,
+        classifier_lr_mult=optimizer_config.classifier_lr_mult,
+        classifier_bias_lr_mult=optimizer_config.classifier_bias_lr_mult,
+    )
+    for name, group in groups.items():
+        if group["paths"]:
+            logger.debug(
+                "Parameter group %s: %d variables, lr x%g, decay x%g.",
+                name,
+                len(group["paths"]),
+                group["lr_mult"],
+                group["decay_mult"],
+            )
+    optimizer = TorchSGD(
+        learning_rate=schedule,
+        momentum=optimizer_config.momentum,
+        nesterov=optimizer_config.nesterov,
+        weight_decay=optimizer_config.weight_decay,
+        clip_global_norm=optimizer_config.clip_global_norm or None,
+        variable_policies=group_policies(groups),
+    )
+    if config.runtime.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    top_k = min(5, config.model.num_classes)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.loss.label_smoothing),
+        metrics=[
+            keras.metrics.CategoricalAccuracy(name="top1"),
+            keras.metrics.TopKCategoricalAccuracy(k=top_k, name="top5"),
+        ],
+        jit_compile=jit_compile,
+        steps_per_execution=config.runtime.steps_per_execution,
+    )
+    optimizer.build(model.trainable_variables)
+
+
+def _epoch_seed(config: configs.ExperimentConfig, epoch: int) -> int:
+    return int(config.train.seed) * 100_003 + int(epoch)
+
+
+def _one_hot(num_classes: int):
+    def convert(frames, label):
+        return frames, tf.one_hot(label, num_classes, dtype=tf.float32)
+
+    return convert
+
+
+def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int, num_steps: int, global_batch: int):
+    from tfrecords import make_dataset
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        replicas_per_pipeline = max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines)
+        dataset = make_dataset(
+            data.train_files,
+            training=True,
+            num_frames=config.model.num_frames,
+            batch_size=global_batch,
+            crop_size=config.model.input_size,
+            seed=_epoch_seed(config, epoch),
+            no_flip_classes=config.data.no_flip_classes,
+            input_context=input_context,
+            repeat=True,
+        )
+        dataset = dataset.map(_one_hot(config.model.num_classes))
+        # Batches of this epoch already trained on before an interruption.
+        if skip_steps:
+            dataset = dataset.skip(skip_steps * replicas_per_pipeline)
+        return dataset.take(num_steps * replicas_per_pipeline)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
+    from tfrecords import make_dataset
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        dataset = make_dataset(
+            data.validation_files,
+            training=False,
+            num_frames=config.model.num_frames,
+            batch_size=global_batch,
+            crop_size=config.model.input_size,
+            eval_size=tuple(config.data.eval_size) or None,
+            input_context=input_context,
+            # Repeated with a fixed step count so every replica and worker
+            # runs the same number of steps.
+            repeat=True,
+            drop_remainder=True,
+        )
+        return dataset.map(_one_hot(config.model.num_classes))
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _check_resumable(paths: RunPaths, config: configs.ExperimentConfig) -> None:
+    """Refuses to resume a run directory with a different config."""
+    if not os.path.exists(paths.config):
+        return
+    saved = configs.config_to_dict(configs.load_yaml(paths.config))
+    current = configs.config_to_dict(config)
+    differences = []
+    for section, fields in current.items():
+        for name, value in fields.items():
+            if saved.get(section, {}).get(name) != value:
+                differences.append(f"{section}.{name}: {saved.get(section, {}).get(name)!r} -> {value!r}")
+    # Changing the length of the run is allowed (e.g. to extend it).
+    differences = [item for item in differences if not item.startswith("train.epochs:")]
+    if differences:
+        raise ValueError(
+            f"{paths.root} holds a run with a different config ({'; '.join(differences)}). "
+            "Resume with the same config, or choose another `--out` directory."
+        )
+
+
+def _verbosity(verbose: int | str) -> int:
+    if verbose == "auto":
+        return 1 if sys.stderr.isatty() else 2
+    return int(verbose)
+
+
+def _best_improved(value: float | None, best: float | None) -> bool:
+    return value is not None and (best is None or value > best)
+
+
+def train(
+    config: configs.ExperimentConfig,
+    data_dir: str,
+    run_dir: str,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    verbose: int | str = "auto",
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Trains `config` on `data_dir`, writing (or resuming) `run_dir`.
+
+    Re-running the same call after an interruption (even `kill -9`) resumes
+    from the last backup: finished epochs are not redone and the batches of
+    the interrupted epoch that were trained on are skipped. A finished run
+    returns at once.
+
+    Args:
+        config: the experiment (see `trainer.configs`).
+        data_dir: converted dataset: `train-*.tfrecord`, optionally
+            `validation-*.tfrecord`, and `labels.txt`.
+        run_dir: output directory (layout in `trainer.run_dir`).
+        strategy: a `tf.distribute.Strategy`; default: from
+            `config.runtime.strategy`.
+        verbose: Keras verbosity; "auto" shows a progress bar on a terminal
+            and one line per epoch otherwise.
+        extra_callbacks: more Keras callbacks for every epoch's `fit`.
+
+    Returns:
+        A `TrainResult` (history, paths, steps).
+
+    Raises:
+        ValueError: invalid config, data that does not fit the model, or a
+            run directory holding a run with another config.
+        FileNotFoundError: missing data directory, labels or init weights.
+    """
+    configs.validate(config)
+    if strategy is None:
+        strategy = strategy_lib.make_strategy(config.runtime.strategy)
+    data = inspect_data_dir(data_dir, config)
+    chief = strategy_lib.is_chief(strategy)
+    worker = strategy_lib.worker_index(strategy)
+    paths = RunPaths(os.path.abspath(run_dir))
+    # Non-chief workers keep their own backup (to resume) and write logs
+    # and checkpoints to a temporary directory that is removed at the end.
+    scratch = None if chief else tempfile.mkdtemp(prefix=f"selfy-worker{worker}-")
+    output = paths if chief else RunPaths(scratch)
+    backup_dir = paths.backup if chief else os.path.join(paths.backup, f"worker-{worker}")
+    if callbacks_lib.read_backup_state(backup_dir) is not None:
+        _check_resumable(paths, config)
+    output.make_dirs()
+    os.makedirs(backup_dir, exist_ok=True)
+    if chief:
+        configs.save_yaml(config, paths.config)
+        atomic_write_text(paths.labels, "".join(f"{name}\n" for name in data.labels))
+
+    num_replicas = strategy.num_replicas_in_sync
+    global_batch = config.data.batch_size * num_replicas
+    steps_per_epoch = config.train.steps_per_epoch or data.num_train_examples // global_batch
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"The train split of {data_dir} has {data.num_train_examples} clips, fewer than one "
+            f"global batch ({config.data.batch_size} per replica x {num_replicas} replicas). "
+            "Lower `data.batch_size` or set `train.steps_per_epoch`."
+        )
+    validation_steps = 0
+    if data.validation_files:
+        validation_steps = config.train.validation_steps or max(1, data.num_validation_examples // global_batch)
+    peak_lr = _peak_learning_rate(config, global_batch)
+    schedule = make_schedule(config.schedule, peak_lr, steps_per_epoch, config.train.epochs)
+    jit_compile = resolve_jit_compile(config.runtime.jit_compile)
+    logger.info(
+        "Training %s: %d train clips (%d steps of %d = %d replicas x %d), %d validation clips, "
+        "lr %.5g, XLA %s, precision %s.",
+        config.model.name,
+        data.num_train_examples,
+        steps_per_epoch,
+        global_batch,
+        num_replicas,
+        config.data.batch_size,
+        data.num_validation_examples,
+        peak_lr,
+        "on" if jit_compile else "off",
+        config.runtime.mixed_precision,
+    )
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.runtime.mixed_precision)
+    try:
+        with strategy.scope():
+            model = build_model(config)
+            _compile(model, config, schedule, jit_compile)
+        strategy_lib.prepare_model_for_multi_worker(model, strategy)
+
+        state = callbacks_lib.load_backup(backup_dir, model)
+        resumed_from = None
+        if state is None:
+            state = {"epoch": 0, "step_in_epoch": 0, "history": {}, "best": None, "finished": False}
+        else:
+            resumed_from = {"epoch": state["epoch"], "step_in_epoch": state["step_in_epoch"]}
+            logger.info(
+                "Resuming from %s: epoch %d, step %d of %d.",
+                backup_dir,
+                state["epoch"] + 1,
+                state["step_in_epoch"],
+                steps_per_epoch,
+            )
+        monitor = config.train.monitor if data.validation_files else config.train.monitor.removeprefix("val_")
+        training_logger = (
+            callbacks_lib.TrainingLogger(
+                output.logs, global_batch, config.train.log_every_steps, lambda step: schedule(step)
+            )
+            if chief
+            else None
+        )
+        validation = _validation_dataset(strategy, config, data, global_batch) if validation_steps else None
+        verbosity = _verbosity(verbose)
+        history: dict[str, list[float]] = {key: list(values) for key, values in state["history"].items()}
+
+        for epoch in range(state["epoch"], config.train.epochs):
+            first_step = state["step_in_epoch"] if epoch == state["epoch"] else 0
+            resume_metrics = backup_dir if first_step else None
+            dataset = _train_dataset(
+                strategy, config, data, epoch, first_step, steps_per_epoch - first_step, global_batch
+            )
+            validate_now = validation is not None and (
+                (epoch + 1) % config.train.validation_every_epochs == 0 or epoch + 1 == config.train.epochs
+            )
+            epoch_callbacks = [
+                callbacks_lib.Backup(
+                    backup_dir,
+                    config.train.backup_every_steps,
+                    epoch,
+                    first_step,
+                    {key: value for key, value in state.items() if key not in ("epoch", "step_in_epoch")},
+                    restore_metric_state=resume_metrics,
+                ),
+                *([training_logger] if training_logger else []),
+                *extra_callbacks,
+                _StopAfterEpoch(),
+            ]
+            fit_history = model.fit(
+                dataset,
+                # The full count keeps Keras's "Epoch e/E" right; `_StopAfterEpoch` ends
+                # this call after one epoch.
+                epochs=config.train.epochs,
+                initial_epoch=epoch,
+                steps_per_epoch=steps_per_epoch - first_step,
+                validation_data=validation if validate_now else None,
+                validation_steps=validation_steps if validate_now else None,
+                callbacks=epoch_callbacks,
+                verbose=verbosity,
+                shuffle=False,
+            )
+            logs = {key: float(values[-1]) for key, values in fit_history.history.items()}
+            if training_logger is not None:
+                logs.update(training_logger.epoch_summary(epoch, logs))
+            else:
+                logs["lr"] = float(schedule(int(keras.ops.convert_to_numpy(model.optimizer.iterations)) - 1))
+            history.setdefault("epoch", []).append(epoch + 1)
+            for key, value in logs.items():
+                history.setdefault(key, []).append(value)
+            value = logs.get(monitor)
+            improved = _best_improved(value, state["best"])
+            if improved:
+                state["best"] = value
+            if chief:
+                _save_model(model, output.last_checkpoint)
+                if improved or not os.path.exists(output.best_checkpoint):
+                    _save_model(model, output.best_checkpoint)
+            state.update(
+                epoch=epoch + 1,
+                step_in_epoch=0,
+                history=history,
+                finished=epoch + 1 >= config.train.epochs,
+            )
+            callbacks_lib.save_backup(backup_dir, model, state, include_metrics=False)
+            if chief:
+                callbacks_lib.write_history_csv(output.history, history)
+            logger.info(
+                "Epoch %d/%d: %s",
+                epoch + 1,
+                config.train.epochs,
+                ", ".join(f"{key} {value:.4g}" for key, value in logs.items()),
+            )
+        if chief and not os.path.exists(output.last_checkpoint):
+            _save_model(model, output.last_checkpoint)
+            _save_model(model, output.best_checkpoint)
+        if training_logger is not None:
+            training_logger.close()
+        global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return TrainResult(
+        run_dir=paths.root,
+        history=history,
+        epochs_completed=int(state["epoch"]),
+        global_step=global_step,
+        best_checkpoint=paths.best_checkpoint,
+        last_checkpoint=paths.last_checkpoint,
+        best_metric={"name": monitor, "value": state["best"]},
+        resumed_from=resumed_from,
+        global_batch_size=global_batch,
+        num_replicas=num_replicas,
+    )
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+    """Ends a `fit` call after its first epoch (the trainer runs one per epoch)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = True
+
+
+def _save_model(model: keras.Model, path: str) -> None:
+    """`model.save` to a temporary `.keras` name, then `os.replace`."""
+    directory, name = os.path.split(path)
+    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+    model.save(temporary)
+    os.replace(temporary, path)
