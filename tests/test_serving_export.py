@@ -1,0 +1,226 @@
+"""Tests of `serving.export` / `serving.signatures` / `serving.warmup` and `selfy export`."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+
+def _png(frame: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def loaded(exported_model):
+    return tf.saved_model.load(exported_model.result.path)
+
+
+class TestExportLayout:
+    def test_version_folder_and_server_configs(self, exported_model):
+        base = exported_model.base
+        assert sorted(os.listdir(base)) == ["batching.config", "models.config", "selfy"]
+        assert os.listdir(os.path.join(base, "selfy")) == ["1"]  # no temporary left over
+        version_dir = exported_model.result.path
+        for entry in ("saved_model.pb", "variables", "assets", "assets.extra"):
+            assert os.path.exists(os.path.join(version_dir, entry)), entry
+        with open(os.path.join(version_dir, "assets", "labels.txt")) as handle:
+            assert handle.read().splitlines() == exported_model.labels
+
+    def test_models_config_is_a_model_server_config(self, exported_model):
+        from google.protobuf import text_format
+        from tensorflow_serving.config import model_server_config_pb2
+
+        with open(os.path.join(exported_model.base, "models.config")) as handle:
+            config = text_format.Parse(handle.read(), model_server_config_pb2.ModelServerConfig())
+        (model_config,) = config.model_config_list.config
+        assert model_config.name == "selfy"
+        assert model_config.base_path == "/models/selfy"
+        assert model_config.model_platform == "tensorflow"
+        with open(os.path.join(exported_model.base, "batching.config")) as handle:
+            batching = handle.read()
+        for field in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+            assert re.search(rf"^{field} {{ value: \d+ }}$", batching, re.M), field
+
+    def test_saved_model_cli_lists_exactly_the_signatures(self, exported_model, capsys):
+        # `saved_model_cli show --all --dir DIR`, run in-process (a subprocess
+        # would spend its time importing TensorFlow again).
+        from tensorflow.python.tools import saved_model_cli
+
+        capsys.readouterr()
+        saved_model_cli._show_all(exported_model.result.path)
+        shown = capsys.readouterr().out
+        names = re.findall(r"signature_def\['([^']+)'\]", shown)
+        assert sorted(names) == ["__saved_model_init_op", "predict_frames", "serving_default"]
+        blocks = dict(zip(names, re.split(r"signature_def\['[^']+'\]", shown)[1:]))
+        assert "inputs['frames_jpeg']" in blocks["serving_default"]
+        assert "dtype: DT_STRING" in blocks["serving_default"]
+        assert "shape: (-1, 4)" in blocks["serving_default"]
+        assert "inputs['frames']" in blocks["predict_frames"]
+        assert "dtype: DT_UINT8" in blocks["predict_frames"]
+        assert "shape: (-1, 4, 32, 32, 3)" in blocks["predict_frames"]
+        for signature in ("serving_default", "predict_frames"):
+            outputs = re.findall(r"outputs\['([^']+)'\]", blocks[signature])
+            assert sorted(outputs) == sorted(
+                ["logits", "probabilities", "top_k_indices", "top_k_scores", "top_k_labels"]
+            )
+            assert "Method name is: tensorflow/serving/predict" in blocks[signature]
+
+    def test_no_xla_in_the_graph(self, exported_model, tmp_path):
+        # The fixture model was built with stss_jit=True; export switched it off.
+        switches = [
+            layer.stss_jit
+            for layer in exported_model.model._flatten_layers(include_self=True, recursive=True)
+            if hasattr(layer, "stss_jit")
+        ]
+        assert switches and not any(switches)
+        with open(os.path.join(exported_model.result.path, "saved_model.pb"), "rb") as handle:
+            assert b"_XlaMustCompile" not in handle.read()
+        # Positive control: an inner jit-compiled function is saved with the
+        # attribute, so the byte check above can fail.
+        module = tf.Module()
+        module.double = tf.function(lambda x: 2 * x, jit_compile=True)
+        module.serve = tf.function(lambda x: module.double(x) + 1, input_signature=[tf.TensorSpec([2])])
+        tf.saved_model.save(module, str(tmp_path / "xla"))
+        with open(tmp_path / "xla" / "saved_model.pb", "rb") as handle:
+            assert b"_XlaMustCompile" in handle.read()
+
+
+class TestExportCorrectness:
+    def test_predict_frames_matches_keras(self, exported_model, loaded):
+        frames = np.random.default_rng(1).integers(0, 256, (3, 4, 32, 32, 3), dtype=np.uint8)
+        outputs = loaded.signatures["predict_frames"](frames=tf.constant(frames))
+        expected = exported_model.model(frames.astype(np.float32), training=False).numpy()
+        np.testing.assert_allclose(outputs["logits"].numpy(), expected, atol=1e-5, rtol=0)
+        probabilities = _softmax(expected.astype(np.float64))
+        np.testing.assert_allclose(outputs["probabilities"].numpy(), probabilities, atol=1e-5)
+        order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :3]
+        np.testing.assert_array_equal(outputs["top_k_indices"].numpy(), order)
+        np.testing.assert_allclose(
+            outputs["top_k_scores"].numpy(), np.take_along_axis(probabilities, order, -1), atol=1e-5
+        )
+        labels = np.array(exported_model.labels)[order]
+        np.testing.assert_array_equal(outputs["top_k_labels"].numpy().astype(str), labels)
+
+    def test_serving_default_decodes_and_centre_crops(self, exported_model, loaded):
+        # Frames whose short side already equals resize_short (34): the
+        # resize is the identity and the crop starts at ((34-32)//2, (45-32)//2).
+        rng = np.random.default_rng(2)
+        clips = rng.integers(0, 256, (2, 4, 34, 45, 3), dtype=np.uint8)
+        encoded = np.array([[_png(frame) for frame in clip] for clip in clips], dtype=object)
+        outputs = loaded.signatures["serving_default"](frames_jpeg=tf.constant(encoded))
+        cropped = clips[:, :, 1:33, 6:38, :].astype(np.float32)
+        expected = exported_model.model(cropped, training=False).numpy()
+        np.testing.assert_allclose(outputs["logits"].numpy(), expected, atol=1e-4, rtol=0)
+
+    def test_serving_default_resizes_any_frame_size(self, loaded):
+        frames = np.random.default_rng(3).integers(0, 256, (4, 90, 60, 3), dtype=np.uint8)
+        encoded = np.array([[_png(frame) for frame in frames]], dtype=object)
+        outputs = loaded.signatures["serving_default"](frames_jpeg=tf.constant(encoded))
+        assert outputs["logits"].shape == (1, 5)
+
+    def test_corrupt_frame_is_an_invalid_argument(self, loaded):
+        encoded = tf.constant([[b"not an image"] * 4])
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            loaded.signatures["serving_default"](frames_jpeg=encoded)
+
+    def test_warmup_records_are_prediction_logs(self, exported_model, loaded):
+        from serving.warmup import read_warmup_requests
+
+        logs = read_warmup_requests(exported_model.result.path)
+        assert [log.predict_log.request.model_spec.signature_name for log in logs] == [
+            "serving_default", "predict_frames",
+        ]
+        for log in logs:
+            request = log.predict_log.request
+            assert request.model_spec.name == "selfy"
+            inputs = {key: tf.make_tensor_proto(tf.make_ndarray(value)) for key, value in request.inputs.items()}
+            function = loaded.signatures[request.model_spec.signature_name]
+            outputs = function(**{key: tf.constant(tf.make_ndarray(value)) for key, value in inputs.items()})
+            assert outputs["logits"].shape == (1, 5)
+
+
+class TestExportErrors:
+    def test_bad_arguments(self, exported_model, tmp_path):
+        from serving.export import export_saved_model
+
+        model = exported_model.model
+        with pytest.raises(ValueError, match="has 2 class names but the model has 5 classes"):
+            export_saved_model(model, str(tmp_path), labels=["a", "b"])
+        with pytest.raises(ValueError, match="`name` must be a plain folder name"):
+            export_saved_model(model, str(tmp_path), name="a/b", labels=exported_model.labels)
+        with pytest.raises(ValueError, match="`top_k` must be a positive integer"):
+            export_saved_model(model, str(tmp_path), labels=exported_model.labels, top_k=0)
+        with pytest.raises(FileExistsError, match="version 1 already exists"):
+            export_saved_model(model, exported_model.base, labels=exported_model.labels, version=1)
+        with pytest.raises(ValueError, match="centre crop fits"):
+            export_saved_model(model, str(tmp_path), labels=exported_model.labels, resize_short=16)
+
+    def test_signature_config_and_labels_files(self, tmp_path):
+        from serving.signatures import SignatureConfig, read_labels
+
+        with pytest.raises(ValueError, match="exactly one of `resize_short` and `eval_size`"):
+            SignatureConfig(num_frames=4, input_size=32, top_k=1, resize_short=34, eval_size=(40, 50))
+        with pytest.raises(ValueError, match="`num_frames` must be a positive integer"):
+            SignatureConfig(num_frames=0, input_size=32, top_k=1, resize_short=34)
+        path = tmp_path / "labels.txt"
+        path.write_text("a\n\nc\n")
+        with pytest.raises(ValueError, match=r"labels.txt:2: empty class name"):
+            read_labels(str(path))
+
+    def test_load_export_source_errors(self, tmp_path):
+        from serving.export import load_export_source
+
+        with pytest.raises(FileNotFoundError, match="no model at"):
+            load_export_source(str(tmp_path))
+        model_file = tmp_path / "model.keras"
+        model_file.write_bytes(b"")
+        with pytest.raises(ValueError, match="`--labels` is required for a bare model file"):
+            load_export_source(str(model_file))
+
+    def test_next_version_and_listing(self, tmp_path):
+        from serving.export import _next_version, list_versions
+
+        for entry in ("1", "7", ".tmp-8-x", "notes"):
+            (tmp_path / entry).mkdir()
+        assert list_versions(str(tmp_path)) == [1, 7]
+        assert _next_version(str(tmp_path), None) == 8
+        assert _next_version(str(tmp_path), 3) == 3
+
+
+class TestExportCommand:
+    def test_export_a_run_directory(self, exported_model, tmp_path, capsys):
+        from selfy_tf.cli.main import main
+
+        run = tmp_path / "run"
+        (run / "checkpoints").mkdir(parents=True)
+        exported_model.model.save(str(run / "checkpoints" / "best.keras"))
+        (run / "labels.txt").write_text("\n".join(exported_model.labels) + "\n")
+        base = tmp_path / "base"
+        shutil.copytree(exported_model.base, base)
+        status = main(["export", str(run), "--out", str(base), "--name", "selfy", "--top-k", "2"])
+        assert status == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["version"] == 2 and summary["top_k"] == 2
+        assert summary["path"] == str(base / "selfy" / "2")
+        assert sorted(os.listdir(base / "selfy")) == ["1", "2"]
+
+    def test_export_errors_exit_1(self, tmp_path, capsys):
+        from selfy_tf.cli.main import main
+
+        assert main(["export", str(tmp_path / "missing.keras"), "--out", str(tmp_path)]) == 1
+        assert "no model at" in capsys.readouterr().err
