@@ -299,6 +299,50 @@ def generate_clip(
     return frames
 
 
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -> str:
+    """Writes frames as an H.264 MP4 file with PyAV (nearly lossless, CRF 10).
+
+    Args:
+        path: output file; its folder is created.
+        frames: uint8 `[num_frames, height, width, 3]` with even height and
+            width (4:2:0 chroma subsampling).
+        fps: frame rate.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: for frames that are not uint8 RGB with even sides.
+    """
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(
+            "`frames` must be uint8 [num_frames, height, width, 3]. "
+            f"Received: shape={frames.shape}, dtype={frames.dtype}."
+        )
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(
+            f"`frames` must have an even height and width. Received: shape={frames.shape}."
+        )
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.tmp.mp4"
+    with av.open(temporary, mode="w") as container:
+        stream = container.add_stream("libx264", rate=int(round(fps)))
+        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "10", "preset": "veryfast"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(temporary, path)
+    return path
+
+
 def _resolve_classes(classes: Sequence[str] | None) -> tuple[str, ...]:
     if classes is None:
         return CLASS_NAMES
@@ -402,6 +446,9 @@ def generate_split(
     return clips, labels
 
 
+_WRITE_MODES = ("tfrecords", "videos")
+
+
 def write_dataset(
     out_dir: str | os.PathLike,
     num_train: int = 800,
@@ -412,13 +459,18 @@ def write_dataset(
     classes: Sequence[str] | None = None,
     num_shards: int = 1,
     config: MotionConfig = DEFAULT_CONFIG,
+    via: str = "tfrecords",
     progress: bool = False,
 ) -> dict:
     """Writes train and validation splits as TFRecord clips.
 
-    The clips go through the project's TFRecord writer
-    (`tfrecords.write_split`), so the result is read by the same input
-    pipeline as any converted video dataset.
+    With `via="tfrecords"` the clips go straight through the project's
+    TFRecord writer (`tfrecords.write_split`). With `via="videos"` each clip
+    is first written as an MP4 file under `out_dir/videos/<split>/<class>/`
+    and the splits are converted by the `folders` converter
+    (`tfrecords.convert_split`), exactly as a user's own videos would be.
+    Either way the result is read by the same input pipeline as any
+    converted video dataset.
 
     Args:
         out_dir: dataset directory to create or fill.
@@ -426,20 +478,26 @@ def write_dataset(
         num_validation: validation clips.
         seed: dataset seed.
         num_frames: frames per clip.
-        size: frame side in pixels.
+        size: frame side in pixels (even for `via="videos"`).
         classes: class names to use (default: all of `CLASS_NAMES`).
         num_shards: TFRecord shards per split.
         config: ranges of the random factors.
-        progress: show a progress bar per split.
+        via: `"tfrecords"` or `"videos"`.
+        progress: show progress bars.
 
     Returns:
         A summary dict: `out_dir`, `classes`, `num_train`, `num_validation`,
-        `num_frames`, `size`, `seed`.
+        `num_frames`, `size`, `seed`, `via`.
+
+    Raises:
+        ValueError: for bad counts, sizes, classes or `via`.
     """
     import tfrecords
 
     classes = _resolve_classes(classes)
     _check_frames_and_size(num_frames, size)
+    if via not in _WRITE_MODES:
+        raise ValueError(f"`via` must be one of {list(_WRITE_MODES)}. Received: via={via!r}.")
     for name, value in (("num_train", num_train), ("num_validation", num_validation)):
         if int(value) != value or value < 1:
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}.")
@@ -451,10 +509,26 @@ def write_dataset(
             from tqdm import tqdm
 
             clips = tqdm(clips, total=num_clips, desc=f"synthetic {split}", unit="clip", leave=False)
-        tfrecords.write_split(
-            out_dir, split, clips, labels=list(classes), num_shards=num_shards
-        )
-        logger.info("Wrote %d synthetic %s clips to %s", num_clips, split, out_dir)
+        if via == "tfrecords":
+            tfrecords.write_split(out_dir, split, clips, labels=list(classes), num_shards=num_shards)
+        else:
+            from tfrecords import sources
+
+            video_root = os.path.join(out_dir, "videos", split)
+            for frames, label, media_id in clips:
+                write_video(os.path.join(video_root, classes[label], f"{media_id}.mp4"), frames)
+            listing = sources.list_folders(video_root, known_labels=list(classes))
+            tfrecords.convert_split(
+                out_dir,
+                split,
+                listing,
+                num_shards=num_shards,
+                workers=1,
+                overwrite=True,
+                progress=progress,
+                extra_manifest={"source": "synthetic_motion", "seed": int(seed)},
+            )
+        logger.info("Wrote %d synthetic %s clips to %s (via %s)", num_clips, split, out_dir, via)
     return {
         "out_dir": out_dir,
         "classes": list(classes),
@@ -463,4 +537,5 @@ def write_dataset(
         "num_frames": int(num_frames),
         "size": int(size),
         "seed": int(seed),
+        "via": via,
     }
