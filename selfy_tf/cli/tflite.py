@@ -1,0 +1,172 @@
+"""`selfy tflite`: convert a trained model to TFLite / LiteRT (builtin ops only).
+
+    selfy tflite runs/selfy_r18 --out selfy_r18_int8.tflite --quantize int8 \\
+        --calibration-data data/ssv1 --report
+
+MODEL_OR_RUN is a training run directory (`RUN/checkpoints/best.keras` and
+`RUN/labels.txt`) or a `.keras` file (then `--labels` is required). Writes
+the flatbuffer and the class names beside it (`<out>.labels.txt`), checks
+the converted model against the Keras one on a few random clips, and prints
+one JSON line with the summary to stdout (`--report` adds size, op list and
+per-op latency; see also `selfy tflite-inspect`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def register_subparser(subparsers: argparse._SubParsersAction) -> None:
+    from selfy_tf import ops
+    from serving import tflite, tflite_calibration, tflite_inspect
+
+    parser = subparsers.add_parser(
+        "tflite",
+        help="convert a model to TFLite / LiteRT (none, fp16, dynamic or int8)",
+        description=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "model_or_run", metavar="MODEL_OR_RUN", help="run directory or .keras model file"
+    )
+    parser.add_argument("--out", required=True, help="output .tflite file")
+    parser.add_argument(
+        "--quantize",
+        default="none",
+        choices=tflite.QUANTIZE_MODES,
+        help="none: float32; fp16: float16 weights; dynamic: int8 weights; "
+        "int8: full-integer (needs --calibration-data)",
+    )
+    parser.add_argument(
+        "--calibration-data",
+        default=None,
+        help="TFRecord dataset directory or glob pattern for int8 calibration",
+    )
+    parser.add_argument(
+        "--calibration-split",
+        default=None,
+        help="split of --calibration-data to read (default: validation, else train)",
+    )
+    parser.add_argument(
+        "--calibration-clips",
+        type=int,
+        default=tflite_calibration.DEFAULT_NUM_CLIPS,
+        help="number of calibration clips",
+    )
+    parser.add_argument(
+        "--input-dtype",
+        default="uint8",
+        choices=tflite.INPUT_DTYPES,
+        help="dtype of the `frames` input (values 0..255 either way)",
+    )
+    parser.add_argument(
+        "--labels", default=None, help="class names file (required for a .keras file)"
+    )
+    parser.add_argument(
+        "--stss-backend",
+        default=None,
+        choices=[name for name in ops.STSS_BACKENDS if name not in tflite.NON_CONVERTIBLE_STSS_BACKENDS],
+        help="STSS backend to trace with instead of the model's own",
+    )
+    parser.add_argument(
+        "--check-clips",
+        type=int,
+        default=2,
+        help="random clips on which the TFLite and Keras outputs are compared (0: skip)",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also report size, op list and per-op latency",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=tflite_inspect.DEFAULT_NUM_THREADS,
+        help="interpreter threads for the check and the report",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from serving import export, tflite, tflite_calibration, tflite_inspect, tflite_runtime
+
+    tflite.check_quantize(args.quantize)
+    if args.quantize == "int8" and args.calibration_data is None:
+        raise ValueError(
+            "`--quantize int8` needs `--calibration-data DIR` (TFRecord clips) to "
+            "calibrate the activation ranges. Received: no --calibration-data. Or "
+            "use `--quantize dynamic` (int8 weights, no calibration)."
+        )
+    if args.calibration_data is not None and args.quantize != "int8":
+        logger.warning("--calibration-data is only used with --quantize int8; ignored")
+    if args.check_clips < 0:
+        raise ValueError(
+            f"`--check-clips` must be 0 or more. Received: --check-clips={args.check_clips}."
+        )
+    model, labels = export.load_export_source(args.model_or_run, args.labels)
+    num_frames, height, width = tflite.clip_shape(model)
+    num_classes = int(model.outputs[0].shape[-1])
+    if len(labels) != num_classes:
+        raise ValueError(
+            f"The labels have {len(labels)} class names but the model has "
+            f"{num_classes} classes. Give a labels file with one name per class."
+        )
+    representative = None
+    if args.quantize == "int8":
+        if height != width:
+            raise ValueError(
+                "int8 calibration reads square centre crops; the model takes "
+                f"{height}x{width} frames."
+            )
+        representative = tflite_calibration.representative_dataset(
+            args.calibration_data,
+            num_frames=num_frames,
+            crop_size=height,
+            num_clips=args.calibration_clips,
+            input_dtype=args.input_dtype,
+            split=args.calibration_split,
+        )
+    model_bytes = tflite.convert_model(
+        model,
+        quantize=args.quantize,
+        representative_dataset=representative,
+        input_dtype=args.input_dtype,
+        stss_backend=args.stss_backend,
+    )
+    labels_path = tflite.write_model(model_bytes, args.out, labels)
+    summary = {
+        "model": args.out,
+        "labels": labels_path,
+        "quantize": args.quantize,
+        "input_dtype": args.input_dtype,
+        "input_shape": [1, num_frames, height, width, 3],
+        "num_classes": num_classes,
+        "size_bytes": len(model_bytes),
+        "flex_ops": [],
+    }
+    if args.check_clips:
+        classifier = tflite_runtime.TFLiteClassifier(args.out, num_threads=args.threads)
+        clips = np.random.default_rng(0).integers(
+            0, 256, (args.check_clips, num_frames, height, width, 3), dtype=np.uint8
+        )
+        parity = tflite_runtime.compare_with_keras(model, classifier, clips)
+        summary.update({f"check_{key}": value for key, value in parity.items()})
+        logger.info(
+            "TFLite vs Keras on %d random clips: max |logit diff| %.3g (%.3g of max "
+            "|logit|), top-1 agreement %.2f",
+            args.check_clips, parity["max_abs_diff"], parity["relative_max_abs_diff"],
+            parity["top1_agreement"],
+        )
+    if args.report:
+        report = tflite_inspect.inspect_model(args.out, num_threads=args.threads)
+        summary["report"] = report
+        logger.info("%s", tflite_inspect.format_report(report))
+    print(json.dumps(summary))
+    return 0
