@@ -1,61 +1,545 @@
-"""Spatio-temporal self-similarity (STSS), DESIGN.md §2."""
+"""Spatio-temporal self-similarity (STSS), the relational volume of SELFY.
+
+Definition (DESIGN.md §2): with `g = f / sqrt(sum_c f**2 + 1e-6)`,
+
+    out[b, t, y, x, l, u, v] =
+        sum_c g[b, t, y, x, c] * g[b, t + l - L//2, y + u - U//2, x + v - V//2, c]
+
+and 0 where the displaced position leaves the clip or the map.
+
+Three backends compute the same numbers:
+
+- `"matmul"` (default): similarities of every query with a band of keys by
+  batched matrix products, then one fixed gather of the `(L, U, V)` window.
+  The pair `(t, t + d)` is computed once for `d >= 0`; the negative temporal
+  offsets are read from the transposed entries. Queries are grouped in spatial
+  tiles so that each tile only meets the keys its window can reach. All index
+  tables are static NumPy arrays, built once per shape, so the op is made of
+  TensorFlow builtins only (Gather, BatchMatMul, Reshape, Concat, Mul, ...)
+  and converts to TFLite builtins. The gradient of the fixed gather is itself
+  a gather, since every similarity is read at most twice.
+- `"shift"`: one zero-padded shift and channel sum per displacement. Simple,
+  slow; the readable reference.
+- `"patches"`: `tf.image.extract_patches` of the keys, one temporal offset at
+  a time. `ExtractImagePatches` is not a TFLite builtin, so this backend does
+  not convert to TFLite.
+
+With `jit=True` the fixed gathers of the `"matmul"` backend (forward and
+backward) run as an XLA-compiled inner `tf.function`; the matrix products stay
+TensorFlow kernels, which are faster than XLA's on CPU. An inner
+`tf.function(jit_compile=True)` is saved into SavedModels as `_XlaMustCompile`,
+so export and TFLite paths call the op with `jit=False`.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+import logging
+from typing import Callable, NamedTuple, Sequence
 
+import numpy as np
 import tensorflow as tf
 
+logger = logging.getLogger(__name__)
+
 STSS_BACKENDS = ("matmul", "shift", "patches")
+DEFAULT_WINDOW = (5, 9, 9)
 _EPSILON = 1e-6
 
 
+def _validate_window(window: Sequence[int]) -> tuple[int, int, int]:
+    message = (
+        "`window` must be three odd positive integers (L, U, V). "
+        f"Received: window={window!r}. Try window={DEFAULT_WINDOW}."
+    )
+    try:
+        sizes = tuple(window)
+    except TypeError:
+        raise ValueError(message) from None
+    if len(sizes) != 3:
+        raise ValueError(message)
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+            raise ValueError(message)
+        if size <= 0 or size % 2 == 0:
+            raise ValueError(message)
+    return tuple(int(size) for size in sizes)
+
+
+def _validate_features(features) -> tf.Tensor:
+    if not tf.is_tensor(features):
+        features = tf.convert_to_tensor(features)
+    if features.shape.rank != 5:
+        raise ValueError(
+            "`features` must have rank 5, [batch, num_frames, height, width, "
+            f"channels]. Received: features.shape={tuple(features.shape)}."
+        )
+    if not features.dtype.is_floating:
+        raise ValueError(
+            "`features` must be a floating-point tensor (float16, bfloat16, "
+            f"float32 or float64). Received: features.dtype={features.dtype.name}. "
+            "Cast it first, e.g. tf.cast(features, tf.float32)."
+        )
+    static_dims = features.shape[1:]
+    if any(size is None for size in static_dims):
+        raise ValueError(
+            "`features` needs static num_frames, height, width and channels "
+            "(only the batch dimension may be None). Received: "
+            f"features.shape={tuple(features.shape)}."
+        )
+    return features
+
+
 def _normalize(features: tf.Tensor) -> tf.Tensor:
-    return features * tf.math.rsqrt(
-        tf.reduce_sum(tf.square(features), axis=-1, keepdims=True) + _EPSILON
+    # Upcast before the sum of squares: float16 overflows (and bfloat16 loses
+    # most digits) for feature norms that are ordinary after a ReLU.
+    features = tf.cast(features, tf.float32)
+    # Normalise a 2-D view: the TFLite converter fuses this into
+    # L2_NORMALIZATION, whose kernels (int8 calibration included) accept at
+    # most 4-D inputs.
+    rows = tf.reshape(features, [-1, features.shape[-1]])
+    rows = rows * tf.math.rsqrt(
+        tf.reduce_sum(tf.square(rows), axis=-1, keepdims=True) + _EPSILON
     )
+    return tf.reshape(rows, tf.shape(features))
 
 
-def _stss_shift(features: tf.Tensor, window: tuple[int, int, int]) -> tf.Tensor:
+# ---------------------------------------------------------------------------
+# "matmul" backend
+
+
+class _MatmulPlan(NamedTuple):
+    """Static index tables of the "matmul" backend for one shape and window."""
+
+    query_rows: np.ndarray  # [num_blocks * tile_queries] rows of [T*H*W]
+    key_rows: np.ndarray  # [num_blocks * tile_keys] rows of [T*H*W]
+    num_blocks: int  # (frame pair, spatial tile) blocks
+    tile_queries: int
+    tile_keys: int
+    band_index: np.ndarray  # [T*H*W*L*U*V] into similarities + zero slot
+    first_reader: np.ndarray  # [num_similarities] into outputs + zero slot
+    # [num_similarities - num_read_once] into outputs + zero slot
+    second_reader: np.ndarray
+    num_similarities: int
+    num_read_once: int  # leading similarities (offset 0) read at most once
+    num_outputs: int
+
+
+def _tile_cost(size: int, window_size: int, tile: int) -> int:
+    starts, _, keys = _tile_starts(size, window_size, tile)
+    return len(starts) * tile * keys
+
+
+def _choose_tiles(
+    height: int, width: int, height_window: int, width_window: int
+) -> tuple[int, int]:
+    """Chooses the spatial query tile that minimises multiply-adds.
+
+    A tile of `tile_height x tile_width` queries meets
+    `min(height, tile_height + U - 1) x min(width, tile_width + V - 1)` keys.
+    Very small tiles make many tiny matrix products that run far below peak
+    speed, so tiles keep at least `_MIN_TILE_QUERIES` queries (or the whole
+    map when it is smaller).
+    """
+    best = None
+    for tile_height in range(1, height + 1):
+        for tile_width in range(1, width + 1):
+            if tile_height * tile_width < min(_MIN_TILE_QUERIES, height * width):
+                continue
+            cost = _tile_cost(height, height_window, tile_height) * _tile_cost(
+                width, width_window, tile_width
+            )
+            # Prefer fewer, larger tiles when the cost is equal.
+            key = (cost, -tile_height * tile_width)
+            if best is None or key < best[0]:
+                best = (key, tile_height, tile_width)
+    return best[1], best[2]
+
+
+_MIN_TILE_QUERIES = 32
+
+
+def _tile_starts(size: int, window_size: int, tile: int) -> tuple[list, list, int]:
+    num_tiles = -(-size // tile)
+    # The last tile is moved back inside the map (it may overlap its
+    # neighbour); each query is read from the tile that owns it.
+    starts = [min(index * tile, size - tile) for index in range(num_tiles)]
+    half = window_size // 2
+    # One key extent for all tiles: the widest range that a tile's window
+    # reaches inside the map; each tile's key range is shifted inside the map.
+    keys = max(
+        min(size, start + tile + half) - max(0, start - half) for start in starts
+    )
+    key_starts = [int(np.clip(start - half, 0, size - keys)) for start in starts]
+    return starts, key_starts, keys
+
+
+@functools.lru_cache(maxsize=32)
+def _matmul_plan(
+    num_frames: int,
+    height: int,
+    width: int,
+    window: tuple[int, int, int],
+    tile: tuple[int, int],
+) -> _MatmulPlan:
     length, height_window, width_window = window
-    pad_t, pad_h, pad_w = length // 2, height_window // 2, width_window // 2
-    shape = tf.shape(features)
-    num_frames, height, width = shape[1], shape[2], shape[3]
-    padded = tf.pad(
-        features, [[0, 0], [pad_t, pad_t], [pad_h, pad_h], [pad_w, pad_w], [0, 0]]
+    half_l, half_u, half_v = length // 2, height_window // 2, width_window // 2
+    num_positions = height * width
+
+    # Frame pairs (t, t + d) for d >= 0; negative offsets use the transpose.
+    pair_first, pair_second = [], []
+    pair_id = np.full((num_frames, half_l + 1), -1, np.int64)
+    for offset in range(min(half_l, num_frames - 1) + 1):
+        for frame in range(num_frames - offset):
+            pair_id[frame, offset] = len(pair_first)
+            pair_first.append(frame)
+            pair_second.append(frame + offset)
+    num_pairs = len(pair_first)
+
+    tile_height, tile_width = tile
+    starts_y, key_starts_y, keys_y = _tile_starts(height, height_window, tile_height)
+    starts_x, key_starts_x, keys_x = _tile_starts(width, width_window, tile_width)
+    num_tiles_y, num_tiles_x = len(starts_y), len(starts_x)
+    num_tiles = num_tiles_y * num_tiles_x
+    tile_queries = tile_height * tile_width
+    tile_keys = keys_y * keys_x
+
+    # Positions (flat y * width + x) of each tile's queries and keys.
+    tile_grid_y, tile_grid_x = np.meshgrid(
+        np.arange(num_tiles_y), np.arange(num_tiles_x), indexing="ij"
     )
+    tile_grid_y, tile_grid_x = tile_grid_y.reshape(-1), tile_grid_x.reshape(-1)
+    local_y, local_x = np.meshgrid(
+        np.arange(tile_height), np.arange(tile_width), indexing="ij"
+    )
+    query_positions = (
+        (np.asarray(starts_y)[tile_grid_y, None] + local_y.reshape(1, -1)) * width
+        + np.asarray(starts_x)[tile_grid_x, None]
+        + local_x.reshape(1, -1)
+    )  # [num_tiles, tile_queries]
+    key_local_y, key_local_x = np.meshgrid(
+        np.arange(keys_y), np.arange(keys_x), indexing="ij"
+    )
+    key_positions = (
+        (np.asarray(key_starts_y)[tile_grid_y, None] + key_local_y.reshape(1, -1))
+        * width
+        + np.asarray(key_starts_x)[tile_grid_x, None]
+        + key_local_x.reshape(1, -1)
+    )  # [num_tiles, tile_keys]
+    query_rows = (
+        np.asarray(pair_first, np.int64)[:, None, None] * num_positions
+        + query_positions[None]
+    ).reshape(-1)
+    key_rows = (
+        np.asarray(pair_second, np.int64)[:, None, None] * num_positions
+        + key_positions[None]
+    ).reshape(-1)
+
+    # Every output element: which similarity it reads, or the zero slot.
+    frame, y, x, l, u, v = np.meshgrid(
+        np.arange(num_frames),
+        np.arange(height),
+        np.arange(width),
+        np.arange(length),
+        np.arange(height_window),
+        np.arange(width_window),
+        indexing="ij",
+        sparse=True,
+    )
+    offset = l - half_l
+    other_frame = frame + offset
+    other_y = y + u - half_u
+    other_x = x + v - half_v
+    valid = (
+        (other_frame >= 0)
+        & (other_frame < num_frames)
+        & (other_y >= 0)
+        & (other_y < height)
+        & (other_x >= 0)
+        & (other_x < width)
+    )
+    forward = offset >= 0
+    query_frame = np.where(forward, frame, other_frame)
+    query_y = np.where(forward, y, other_y)
+    query_x = np.where(forward, x, other_x)
+    key_y = np.where(forward, other_y, y)
+    key_x = np.where(forward, other_x, x)
+    query_frame, query_y, query_x, key_y, key_x, offset, valid = np.broadcast_arrays(
+        query_frame, query_y, query_x, key_y, key_x, np.abs(offset), valid
+    )
+    query_frame, query_y, query_x = (
+        query_frame[valid], query_y[valid], query_x[valid]
+    )
+    key_y, key_x, offset = key_y[valid], key_x[valid], offset[valid]
+    pair = pair_id[query_frame, offset]
+    tile_y = np.minimum(query_y // tile_height, num_tiles_y - 1)
+    tile_x = np.minimum(query_x // tile_width, num_tiles_x - 1)
+    query_local = (query_y - np.asarray(starts_y)[tile_y]) * tile_width + (
+        query_x - np.asarray(starts_x)[tile_x]
+    )
+    key_local_y = key_y - np.asarray(key_starts_y)[tile_y]
+    key_local_x = key_x - np.asarray(key_starts_x)[tile_x]
+    if (
+        key_local_y.min(initial=0) < 0
+        or key_local_y.max(initial=0) >= keys_y
+        or key_local_x.min(initial=0) < 0
+        or key_local_x.max(initial=0) >= keys_x
+    ):
+        raise AssertionError("STSS key tile does not cover the window.")
+    key_local = key_local_y * keys_x + key_local_x
+    block = pair * num_tiles + tile_y * num_tiles_x + tile_x
+    similarity = (block * tile_queries + query_local) * tile_keys + key_local
+    num_similarities = num_pairs * num_tiles * tile_queries * tile_keys
+    num_outputs = valid.size
+    band_index = np.full(num_outputs, num_similarities, np.int64)
+    output_positions = np.flatnonzero(valid.reshape(-1))
+    band_index[output_positions] = similarity
+
+    # Each similarity is read at most twice (once per direction when d > 0),
+    # so the gradient of the gather is a sum of two gathers.
+    order = np.argsort(similarity, kind="stable")
+    sorted_similarity = similarity[order]
+    sorted_outputs = output_positions[order]
+    first = np.ones(sorted_similarity.shape, bool)
+    first[1:] = sorted_similarity[1:] != sorted_similarity[:-1]
+    inverse_index = np.full((2, num_similarities), num_outputs, np.int64)
+    inverse_index[0, sorted_similarity[first]] = sorted_outputs[first]
+    inverse_index[1, sorted_similarity[~first]] = sorted_outputs[~first]
+    if np.any(np.bincount(similarity, minlength=1) > 2):
+        raise AssertionError("STSS similarity read more than twice.")
+    # Pairs are ordered by temporal offset: the offset-0 pairs come first and
+    # are read once (their transposed entries are separate similarities).
+    num_read_once = num_frames * num_tiles * tile_queries * tile_keys
+    if np.any(inverse_index[1, :num_read_once] != num_outputs):
+        raise AssertionError("STSS offset-0 similarity read twice.")
+
+    index_dtype = (
+        np.int32
+        if max(num_similarities, num_outputs, num_frames * num_positions) < 2**31 - 1
+        else np.int64
+    )
+    return _MatmulPlan(
+        query_rows=query_rows.astype(index_dtype),
+        key_rows=key_rows.astype(index_dtype),
+        num_blocks=num_pairs * num_tiles,
+        tile_queries=tile_queries,
+        tile_keys=tile_keys,
+        band_index=band_index.astype(index_dtype),
+        first_reader=inverse_index[0].astype(index_dtype),
+        second_reader=inverse_index[1, num_read_once:].astype(index_dtype),
+        num_similarities=num_similarities,
+        num_read_once=num_read_once,
+        num_outputs=num_outputs,
+    )
+
+
+def _append_zero(values: tf.Tensor) -> tf.Tensor:
+    """[batch, n] -> [batch, n + 1] with a zero in the last slot."""
+    return tf.pad(values, [[0, 0], [0, 1]])
+
+
+def _band_gather_fn(plan: _MatmulPlan, jit: bool) -> Callable[[tf.Tensor], tf.Tensor]:
+    band_index = plan.band_index
+    first_reader = plan.first_reader
+    second_reader = plan.second_reader
+    num_read_once = plan.num_read_once
+
+    def forward(similarities: tf.Tensor) -> tf.Tensor:
+        return tf.gather(_append_zero(similarities), band_index, axis=1)
+
+    def backward(upstream: tf.Tensor) -> tf.Tensor:
+        padded = _append_zero(upstream)
+        gradient = tf.gather(padded, first_reader, axis=1)
+        if second_reader.size == 0:
+            return gradient
+        return tf.concat(
+            [
+                gradient[:, :num_read_once],
+                gradient[:, num_read_once:]
+                + tf.gather(padded, second_reader, axis=1),
+            ],
+            axis=1,
+        )
+
+    if jit:
+        forward = tf.function(forward, jit_compile=True, autograph=False)
+        backward = tf.function(backward, jit_compile=True, autograph=False)
+
+    @tf.custom_gradient
+    def band_gather(similarities):
+        def grad(upstream):
+            return backward(upstream)
+
+        return forward(similarities), grad
+
+    return band_gather
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_band_gather(
+    num_frames: int,
+    height: int,
+    width: int,
+    window: tuple[int, int, int],
+    tile: tuple[int, int],
+    jit: bool,
+) -> Callable[[tf.Tensor], tf.Tensor]:
+    plan = _matmul_plan(num_frames, height, width, window, tile)
+    return _band_gather_fn(plan, jit)
+
+
+def _stss_matmul(
+    normalized: tf.Tensor, window: tuple[int, int, int], jit: bool
+) -> tf.Tensor:
+    _, num_frames, height, width, channels = normalized.shape
+    tile = _choose_tiles(height, width, window[1], window[2])
+    plan = _matmul_plan(num_frames, height, width, window, tile)
+    batch = tf.shape(normalized)[0]
+    rows = tf.reshape(normalized, [batch, num_frames * height * width, channels])
+    queries = tf.reshape(
+        tf.gather(rows, plan.query_rows, axis=1),
+        [batch, plan.num_blocks, plan.tile_queries, channels],
+    )
+    keys = tf.reshape(
+        tf.gather(rows, plan.key_rows, axis=1),
+        [batch, plan.num_blocks, plan.tile_keys, channels],
+    )
+    similarities = tf.reshape(
+        tf.matmul(queries, keys, transpose_b=True), [batch, plan.num_similarities]
+    )
+    band_gather = _cached_band_gather(num_frames, height, width, window, tile, jit)
+    band = band_gather(similarities)
+    return tf.reshape(band, [batch, num_frames, height, width, *window])
+
+
+# ---------------------------------------------------------------------------
+# "shift" and "patches" backends
+
+
+def _pad_keys(normalized: tf.Tensor, window: tuple[int, int, int]) -> tf.Tensor:
+    half_l, half_u, half_v = (size // 2 for size in window)
+    return tf.pad(
+        normalized,
+        [[0, 0], [half_l, half_l], [half_u, half_u], [half_v, half_v], [0, 0]],
+    )
+
+
+def _stss_shift(normalized: tf.Tensor, window: tuple[int, int, int]) -> tf.Tensor:
+    length, height_window, width_window = window
+    _, num_frames, height, width, _ = normalized.shape
+    padded = _pad_keys(normalized, window)
     outputs = []
     for l in range(length):
         for u in range(height_window):
             for v in range(width_window):
-                shifted = padded[:, l : l + num_frames, u : u + height, v : v + width, :]
-                outputs.append(tf.reduce_sum(features * shifted, axis=-1))
+                shifted = padded[:, l : l + num_frames, u : u + height, v : v + width]
+                outputs.append(tf.reduce_sum(normalized * shifted, axis=-1))
     stacked = tf.stack(outputs, axis=-1)
-    return tf.reshape(
-        stacked,
-        tf.concat([tf.shape(stacked)[:4], [length, height_window, width_window]], 0),
+    return tf.reshape(stacked, [-1, num_frames, height, width, *window])
+
+
+def _stss_patches(normalized: tf.Tensor, window: tuple[int, int, int]) -> tf.Tensor:
+    length, height_window, width_window = window
+    _, num_frames, height, width, channels = normalized.shape
+    padded = _pad_keys(normalized, window)
+    padded_height = height + height_window - 1
+    padded_width = width + width_window - 1
+    queries = tf.reshape(normalized, [-1, height, width, 1, channels])
+    outputs = []
+    for l in range(length):
+        frames = tf.reshape(
+            padded[:, l : l + num_frames], [-1, padded_height, padded_width, channels]
+        )
+        patches = tf.image.extract_patches(
+            frames,
+            sizes=[1, height_window, width_window, 1],
+            strides=[1, 1, 1, 1],
+            rates=[1, 1, 1, 1],
+            padding="VALID",
+        )  # [batch * num_frames, height, width, U * V * channels], (u, v, c)
+        patches = tf.reshape(
+            patches, [-1, height, width, height_window * width_window, channels]
+        )
+        outputs.append(tf.reduce_sum(queries * patches, axis=-1))
+    stacked = tf.stack(outputs, axis=-2)  # [batch * num_frames, H, W, L, U * V]
+    return tf.reshape(stacked, [-1, num_frames, height, width, *window])
+
+
+# ---------------------------------------------------------------------------
+# Public op
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(backend: str, window: tuple[int, int, int]) -> Callable:
+    function = _BACKEND_FUNCTIONS[backend]
+    return tf.function(
+        lambda normalized: function(normalized, window),
+        jit_compile=True,
+        autograph=False,
     )
+
+
+_BACKEND_FUNCTIONS = {"shift": _stss_shift, "patches": _stss_patches}
+
+DEFAULT_JIT = True
 
 
 def stss(
     features: tf.Tensor,
-    window: Sequence[int] = (5, 9, 9),
+    window: Sequence[int] = DEFAULT_WINDOW,
     backend: str = "matmul",
-    jit: bool = False,
+    jit: bool = DEFAULT_JIT,
 ) -> tf.Tensor:
     """Computes the spatio-temporal self-similarity of a feature volume.
 
+    Each feature vector is L2-normalised over channels (epsilon 1e-6 added to
+    the sum of squares), then compared by dot product with the vectors in an
+    `(L, U, V)` window around it in time and space. Displaced positions that
+    fall outside the clip or the map give 0 (zero padding).
+
     Args:
-        features: `[batch, num_frames, height, width, channels]` float tensor.
-        window: `(L, U, V)`, odd temporal / vertical / horizontal window sizes.
-        backend: one of `STSS_BACKENDS`.
-        jit: compile the op with XLA.
+        features: `[batch, num_frames, height, width, channels]` floating
+            tensor (float16, bfloat16, float32, float64). The batch dimension
+            may be dynamic (`None`); the others must be static. Half-precision
+            inputs are upcast: the op accumulates and returns float32.
+        window: `(L, U, V)`, three odd positive sizes of the temporal,
+            vertical and horizontal window. Defaults to `(5, 9, 9)`. Windows
+            larger than the clip or the map are allowed (the excess is 0).
+        backend: `"matmul"` (default; fastest on CPU, converts to TFLite
+            builtins), `"shift"` (one shift per displacement; reference) or
+            `"patches"` (`tf.image.extract_patches`; not TFLite-convertible).
+            All give the same numbers.
+        jit: compile the op's memory-bound part with XLA (an inner
+            `tf.function(jit_compile=True)`). Defaults to True, the fastest
+            choice on CPU. Pass False for graphs that are exported to TF
+            Serving or converted to TFLite, which must not require XLA. When
+            the caller already compiles with XLA, the flag changes nothing.
 
     Returns:
-        `[batch, num_frames, height, width, L, U, V]` float32 cosine
-        similarities, zero where the displaced position leaves the clip or map.
+        `[batch, num_frames, height, width, L, U, V]` float32 tensor of cosine
+        similarities; index `(L//2, U//2, V//2)` is the position itself.
+
+    Raises:
+        ValueError: if `features` is not rank 5 with static non-batch
+            dimensions or not floating point, if `window` is not three odd
+            positive integers, or if `backend` is unknown.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from selfy_tf.ops import stss
+    >>> stss(tf.random.normal([2, 4, 6, 6, 8]), window=(3, 5, 5)).shape
+    TensorShape([2, 4, 6, 6, 3, 5, 5])
     """
-    features = tf.convert_to_tensor(features)
-    window = tuple(int(size) for size in window)
-    normalized = _normalize(tf.cast(features, tf.float32))
-    return _stss_shift(normalized, window)
+    window = _validate_window(window)
+    if backend not in STSS_BACKENDS:
+        raise ValueError(
+            f"`backend` must be one of {STSS_BACKENDS}. Received: backend={backend!r}."
+        )
+    features = _validate_features(features)
+    normalized = _normalize(features)
+    if backend == "matmul":
+        return _stss_matmul(normalized, window, bool(jit))
+    if jit:
+        return _compiled(backend, window)(normalized)
+    return _BACKEND_FUNCTIONS[backend](normalized, window)
