@@ -51,6 +51,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Callable, Iterable, Iterator, Sequence
 
 import keras
@@ -302,7 +303,10 @@ def convert_saved_model(
     )
     _converter_settings(converter, quantize, representative_dataset)
     try:
-        model_bytes = converter.convert()
+        with warnings.catch_warnings():
+            # The int8 calibrator runs TF's own deprecated tf.lite.Interpreter.
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+            model_bytes = converter.convert()
     except Exception as error:  # ConverterError and RuntimeError from the calibrator
         raise ValueError(
             f"TFLite conversion (quantize={quantize!r}, builtin ops only) failed: "
