@@ -5,7 +5,8 @@ so it is deterministic and testable outside tf.data. One crop window is drawn
 per clip and applied to all its frames (the frames of a clip move together).
 
 - Training: the official multi-scale crop (`multi_scale_crop_window`), decoded
-  and resized in one step (`decode_crop_resize`), then `random_flip`.
+  straight from the JPEGs (`decode_crop`), `random_flip` (on the crop, which
+  is usually smaller than the output), then `resize_frames`.
 - Evaluation: `center_crop_eval` (frames at `eval_size`, centre crop), reused
   as-is by the serving export; `eval_crops` for 1 or 3 crops per clip.
 """
@@ -102,29 +103,43 @@ def multi_scale_crop_window(
 
 
 def _to_uint8(frames: tf.Tensor) -> tf.Tensor:
-    return tf.cast(tf.clip_by_value(tf.round(frames), 0.0, 255.0), tf.uint8)
+    # Bilinear (non-antialiased) interpolation of uint8 values stays within
+    # [0, 255], so rounding half up needs no clipping (which costs a pass).
+    return tf.cast(frames + 0.5, tf.uint8)
 
 
-def decode_crop_resize(encoded_frames, window, crop_size: int, num_frames: int) -> tf.Tensor:
-    """Decodes only the crop window of each JPEG frame and resizes it.
+def resize_frames(frames, size: Sequence[int]) -> tf.Tensor:
+    """Bilinear resize of uint8 frames `[..., height, width, 3]` to `size`, rounded to uint8."""
+    # Resizing float32 input is about twice as fast as resizing uint8 input.
+    return _to_uint8(tf.image.resize(tf.cast(frames, tf.float32), size, method="bilinear"))
+
+
+def decode_crop(encoded_frames, window, num_frames: int) -> tf.Tensor:
+    """Decodes only the crop window of each JPEG frame (the rest is never decoded).
 
     Args:
         encoded_frames: string `[num_frames]`, JPEG bytes.
         window: int32 `[4]` `(offset_y, offset_x, crop_height, crop_width)`.
-        crop_size: output side.
         num_frames: static number of frames (the decode is unrolled).
 
     Returns:
-        uint8 `[num_frames, crop_size, crop_size, 3]`.
+        uint8 `[num_frames, crop_height, crop_width, 3]`.
     """
-    frames = tf.stack(
+    return tf.stack(
         [
             tf.io.decode_and_crop_jpeg(encoded_frames[index], window, channels=3)
             for index in range(num_frames)
         ]
     )
-    resized = tf.image.resize(frames, [crop_size, crop_size], method="bilinear")
-    return _to_uint8(resized)
+
+
+def decode_crop_resize(encoded_frames, window, crop_size: int, num_frames: int) -> tf.Tensor:
+    """`decode_crop` then `resize_frames` to `crop_size` × `crop_size`.
+
+    Returns:
+        uint8 `[num_frames, crop_size, crop_size, 3]`.
+    """
+    return resize_frames(decode_crop(encoded_frames, window, num_frames), [crop_size, crop_size])
 
 
 def random_flip(
@@ -189,7 +204,7 @@ def _resize_to(frames, eval_size):
 
     def resize():
         flat = tf.reshape(frames, tf.concat([[-1], shape[-3:]], axis=0))
-        resized = _to_uint8(tf.image.resize(flat, [target_height, target_width], "bilinear"))
+        resized = resize_frames(flat, [target_height, target_width])
         return tf.reshape(
             tf.cast(resized, frames.dtype),
             tf.concat([shape[:-3], [target_height, target_width, shape[-1]]], axis=0),

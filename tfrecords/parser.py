@@ -88,10 +88,12 @@ class Parser:
         window = augment.multi_scale_crop_window(
             shape[0], shape[1], self.crop_size, crop_seed, self.scales
         )
-        frames = augment.decode_crop_resize(selected, window, self.crop_size, self.num_frames)
-        return augment.random_flip(
+        frames = augment.decode_crop(selected, window, self.num_frames)
+        # Flipping the crop (before resizing) touches fewer pixels on average.
+        frames, label = augment.random_flip(
             frames, decoded[decoder_lib.LABEL], flip_seed, self.no_flip_classes, self.flip_label_map
         )
+        return augment.resize_frames(frames, [self.crop_size, self.crop_size]), label
 
     def _parse_eval_data(self, decoded: dict) -> tuple[tf.Tensor, tf.Tensor]:
         encoded = decoded[decoder_lib.ENCODED_FRAMES]
