@@ -361,6 +361,20 @@ class TestLabelsAndReruns:
             "train-00001-of-00003.tfrecord", "train-00002-of-00003.tfrecord", "train.manifest.json",
         ]
 
+    @pytest.mark.parametrize(
+        "options,message",
+        [
+            (["--size", "240by320"], r"`size` must be HEIGHTxWIDTH .* Received: '240by320'"),
+            (["--size", "240x320", "--resize-short", "128"], "pass --size or --resize-short"),
+            (["--shards", "0"], r"`--shards` must be at least 1. Received: 0"),
+            (["--frame-template", "{name}.jpg"], r"`--frame-template` must format one integer"),
+        ],
+    )
+    def test_bad_options(self, folders_root, tmp_path, options, message):
+        root, _ = folders_root
+        with pytest.raises(ValueError, match=message):
+            _build_raising("--format", "folders", "--root", root, "--out", str(tmp_path), *options)
+
     def test_missing_format_input(self, tmp_path):
         with pytest.raises(ValueError, match=r"format 'ssv2' needs `--annotations`"):
             _build_raising("--format", "ssv2", "--out", str(tmp_path))

@@ -21,10 +21,12 @@ mixing two datasets.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -154,6 +156,20 @@ def convert_clip(
 
 def _convert_task(task: tuple) -> ClipResult:
     return convert_clip(*task)
+
+
+def _ordered_map(executor, function, tasks: Sequence, window: int) -> Iterator:
+    """`executor.map` in order, with at most `window` tasks in flight, so that
+    one slow clip cannot make finished results pile up in memory."""
+    pending: collections.deque = collections.deque()
+    remaining = iter(tasks)
+    for task in itertools.islice(remaining, window):
+        pending.append(executor.submit(function, task))
+    while pending:
+        result = pending.popleft().result()
+        for task in itertools.islice(remaining, 1):
+            pending.append(executor.submit(function, task))
+        yield result
 
 
 class _SplitWriter:
@@ -451,7 +467,7 @@ def convert_split(
                 max_workers=min(workers, len(tasks)),
                 mp_context=multiprocessing.get_context("spawn"),
             )
-            results = executor.map(_convert_task, tasks, chunksize=1)
+            results = _ordered_map(executor, _convert_task, tasks, window=4 * workers)
         else:
             results = map(_convert_task, tasks)
         results = iter(results)
