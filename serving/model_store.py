@@ -169,12 +169,20 @@ class ModelStore:
         """Loads new versions and unloads old ones; returns the served versions."""
         with self._refresh_lock:
             present = export_lib.list_versions(self.model_base_path)
-            wanted = set(present[-self.num_versions :]) | set(self.version_labels.values())
-            wanted &= set(present)
-            for version in sorted(wanted - set(self._loaded), reverse=True):
-                if version in self._status and self._status[version].state == STATE_END:
-                    continue  # failed before; TF Serving does not retry either
+            # Versions that failed to load are not retried and do not count
+            # towards the policy, so the previous version keeps serving.
+            failed = {
+                version
+                for version, status in self._status.items()
+                if status.state == STATE_END and version not in self._loaded
+            }
+            candidates = [version for version in present if version not in failed]
+            for version in sorted(set(candidates[-self.num_versions :]) - set(self._loaded), reverse=True):
                 self._load(version)
+                if version not in self._loaded:
+                    candidates.remove(version)
+            wanted = set(candidates[-self.num_versions :]) | set(self.version_labels.values())
+            wanted &= set(present)
             with self._lock:
                 for version in set(self._loaded) - wanted:
                     del self._loaded[version]
