@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import operator
 import os
 import re
 import subprocess
@@ -462,3 +464,12 @@ def test_inspect_check(folders_root, tmp_path, capsys):
     assert main(["tfrecords", "inspect", out, "--check", "--json"]) == 1
     summary = json.loads(capsys.readouterr().out)
     assert not summary["ok"] and summary["num_errors"] >= 1
+
+
+def test_a_crashing_worker_fails_only_its_task():
+    # Tasks are callables: one kills its worker process outright, as a decoder
+    # segfault would.
+    tasks = [functools.partial(abs, -1), functools.partial(os._exit, 1),
+             functools.partial(abs, -3), functools.partial(abs, -4)]
+    results = list(writer._parallel_map(operator.call, tasks, 2, lambda task: "crashed"))
+    assert results == [1, "crashed", 3, 4]

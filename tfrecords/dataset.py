@@ -19,7 +19,10 @@ from tfrecords import parser as parser_lib
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SHUFFLE_BUFFER = 1024
+# Records held for shuffling: a clip record of ~40 JPEG frames at 240x320 is
+# ~0.6 MB, so 256 records cost ~150 MB; file shuffling and the interleave of
+# shards add more mixing.
+DEFAULT_SHUFFLE_BUFFER = 256
 
 
 def match_files(file_pattern: "str | Sequence[str]") -> list[str]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import dataclasses
 import glob
 import hashlib
@@ -156,6 +157,52 @@ def convert_clip(
 
 def _convert_task(task: tuple) -> ClipResult:
     return convert_clip(*task)
+
+
+def _crashed_clip(task: tuple) -> ClipResult:
+    position, clip = task[0], task[1]
+    return ClipResult(
+        position, clip.source, clip.media_id, clip.label_index,
+        failure="the decoder crashed (its worker process died)",
+    )
+
+
+def _new_executor(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    # "spawn": workers import only the TensorFlow-free modules they need,
+    # instead of forking a process that may hold TensorFlow threads.
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+    )
+
+
+def _parallel_map(function, tasks: Sequence, workers: int, on_crash) -> Iterator:
+    """Ordered parallel map over processes that survives crashing workers.
+
+    A worker that dies (e.g. a decoder segfault on a malformed video) breaks
+    the pool and every task in flight. The first unfinished task is then run
+    alone in a fresh process: if that crashes too, `on_crash(task)` is its
+    result; either way the remaining tasks go on in a new pool.
+    """
+    start = 0
+    while start < len(tasks):
+        executor = _new_executor(workers)
+        try:
+            for result in _ordered_map(executor, function, tasks[start:], window=4 * workers):
+                start += 1
+                yield result
+        except concurrent.futures.process.BrokenProcessPool:
+            logger.warning("a worker process died: running the next unfinished task alone")
+            solo = _new_executor(1)
+            try:
+                result = solo.submit(function, tasks[start]).result()
+            except concurrent.futures.process.BrokenProcessPool:
+                result = on_crash(tasks[start])
+            finally:
+                solo.shutdown(wait=True, cancel_futures=True)
+            start += 1
+            yield result
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _ordered_map(executor, function, tasks: Sequence, window: int) -> Iterator:
@@ -460,17 +507,11 @@ def convert_split(
                 bar.set_postfix(failed=failed, refresh=False)
             yield result
 
-    executor = None
+    if workers > 1 and len(tasks) > 1:
+        results = _parallel_map(_convert_task, tasks, min(workers, len(tasks)), _crashed_clip)
+    else:
+        results = map(_convert_task, tasks)
     try:
-        if workers > 1 and len(tasks) > 1:
-            executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=min(workers, len(tasks)),
-                mp_context=multiprocessing.get_context("spawn"),
-            )
-            results = _ordered_map(executor, _convert_task, tasks, window=4 * workers)
-        else:
-            results = map(_convert_task, tasks)
-        results = iter(results)
         for shard_index in pending:
             start, end = bounds[shard_index]
             record = split_writer.write_shard(
@@ -483,8 +524,8 @@ def convert_split(
                 )
     finally:
         bar.close()
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        if hasattr(results, "close"):
+            results.close()  # shuts the worker processes down
     manifest = _write_manifest(
         split_writer,
         listing.labels,
