@@ -71,7 +71,7 @@ def encode_jpeg(frame: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(frame, mode="RGB").save(buffer, format="JPEG", quality=int(quality))
+    Image.fromarray(np.ascontiguousarray(frame)).save(buffer, format="JPEG", quality=int(quality))
     return buffer.getvalue()
 
 
