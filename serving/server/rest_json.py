@@ -73,11 +73,11 @@ def _decode_binary(value: Any) -> Any:
 
 
 def _to_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
-    value = _decode_binary(value)
     try:
         if spec.dtype == tf.string:
-            array = np.array(value, dtype=object)
+            array = np.array(_decode_binary(value), dtype=object)
         else:
+            # Numbers need no b64 walk: numpy converts large nested lists in C.
             array = np.array(value)
     except (ValueError, TypeError) as error:
         raise invalid_argument(
