@@ -415,6 +415,14 @@ def train(
         with strategy.scope():
             model = build_model(config)
             _compile(model, config, schedule, jit_compile)
+            # Create the metric variables now (Keras would on the first step)
+            # so that a mid-epoch backup's running metrics can be restored.
+            model._symbolic_build(
+                data_batch=(
+                    tf.TensorSpec((None, config.model.num_frames, config.model.input_size, config.model.input_size, 3), tf.uint8),
+                    tf.TensorSpec((None, config.model.num_classes), tf.float32),
+                )
+            )
         strategy_lib.prepare_model_for_multi_worker(model, strategy)
 
         state = callbacks_lib.load_backup(backup_dir, model)

@@ -1,0 +1,129 @@
+"""Experiment configs: presets, YAML, `--set` overrides, strict keys, cross-field checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer import configs
+
+
+class TestPresets:
+    @pytest.mark.parametrize("name", configs.list_presets())
+    def test_every_preset_validates(self, name):
+        configs.validate(configs.get_preset(name))
+
+    def test_paper_presets(self):
+        ssv1 = configs.get_preset("ssv1_selfy_r50_8f")
+        assert (ssv1.model.name, ssv1.model.num_classes, ssv1.model.num_frames) == ("selfy_tsm_r50", 174, 8)
+        assert ssv1.data.no_flip_classes == (86, 87, 93, 94, 166, 167)
+        assert (ssv1.optimizer.base_lr, ssv1.optimizer.base_batch_size) == (0.01, 64)
+        assert (ssv1.optimizer.momentum, ssv1.optimizer.nesterov, ssv1.optimizer.weight_decay) == (0.9, True, 5e-4)
+        assert ssv1.optimizer.clip_global_norm == 20.0
+        assert (ssv1.schedule.name, ssv1.schedule.decay_epochs, ssv1.train.epochs) == ("step", (30.0, 40.0), 50)
+        assert ssv1.model.dropout == 0.5
+        assert configs.get_preset("ssv1_selfy_r50_16f").model.num_frames == 16
+        kinetics = configs.get_preset("kinetics_selfy_r50_8f")
+        assert (kinetics.model.num_classes, kinetics.optimizer.classifier_lr_mult) == (400, 5.0)
+        tiny = configs.get_preset("tiny_cpu")
+        assert tiny.model.name == "selfy_tsm_r18" and tiny.model.input_size <= 64 and tiny.model.num_frames == 4
+
+    def test_presets_are_fresh_copies(self):
+        configs.get_preset("tiny_cpu").train.epochs = 99
+        assert configs.get_preset("tiny_cpu").train.epochs != 99
+
+    def test_unknown_preset(self):
+        with pytest.raises(ValueError, match="Unknown preset `nope`. Valid presets: .*tiny_cpu"):
+            configs.get_preset("nope")
+
+    def test_registering_twice_raises(self):
+        with pytest.raises(ValueError, match="already registered"):
+            configs.register_preset("tiny_cpu")(lambda: configs.ExperimentConfig())
+
+
+class TestOverrides:
+    def test_values_are_parsed_by_field_type(self):
+        config = configs.apply_overrides(
+            configs.get_preset("tiny_cpu"),
+            [
+                "optimizer.base_lr=0.02",
+                "train.epochs=5",
+                "schedule.decay_epochs=[20, 30]",
+                "model.selfy_channels=none",
+                "optimizer.lr=null",
+                "runtime.jit_compile=true",
+                "model.init=imagenet:/weights/r50.pth",
+            ],
+        )
+        assert config.optimizer.base_lr == 0.02 and config.train.epochs == 5
+        assert config.schedule.decay_epochs == (20.0, 30.0)
+        assert config.model.selfy_channels is None and config.optimizer.lr is None
+        assert config.runtime.jit_compile is True
+        assert config.model.init == "imagenet:/weights/r50.pth"
+
+    def test_overrides_apply_in_order_and_leave_input_alone(self):
+        base = configs.get_preset("tiny_cpu")
+        config = configs.apply_overrides(base, ["train.epochs=5", "train.epochs=7"])
+        assert config.train.epochs == 7 and base.train.epochs == 3
+
+    def test_unknown_key_names_key_and_class(self):
+        with pytest.raises(ValueError, match=r"Unknown config key `optimizer.lrr`: OptimizerConfig has no field `lrr`"):
+            configs.apply_overrides(configs.ExperimentConfig(), ["optimizer.lrr=1"])
+        with pytest.raises(ValueError, match=r"Unknown config key `trainn.epochs`: ExperimentConfig has no field `trainn`"):
+            configs.apply_overrides(configs.ExperimentConfig(), ["trainn.epochs=1"])
+
+    def test_bad_values(self):
+        with pytest.raises(ValueError, match=r"`train.epochs` expects an integer. Received: train.epochs='abc'"):
+            configs.apply_overrides(configs.ExperimentConfig(), ["train.epochs=abc"])
+        with pytest.raises(ValueError, match=r"`model.sync_batchnorm` expects true or false"):
+            configs.apply_overrides(configs.ExperimentConfig(), ["model.sync_batchnorm=maybe"])
+        with pytest.raises(ValueError, match="must look like `section.field=value`"):
+            configs.apply_overrides(configs.ExperimentConfig(), ["train.epochs"])
+        with pytest.raises(ValueError, match="`optimizer` is a section"):
+            configs.apply_overrides(configs.ExperimentConfig(), ["optimizer=3"])
+
+
+class TestYaml:
+    def test_round_trip(self, tmp_path):
+        config = configs.apply_overrides(configs.get_preset("ssv1_selfy_r50_16f"), ["train.epochs=7"])
+        path = str(tmp_path / "config.yaml")
+        configs.save_yaml(config, path)
+        assert configs.load_yaml(path) == config
+
+    def test_partial_file_with_preset(self, tmp_path):
+        path = tmp_path / "exp.yaml"
+        path.write_text("preset: tiny_cpu\ntrain:\n  epochs: 9\noptimizer:\n  momentum: 0.8\n")
+        config = configs.load_yaml(str(path))
+        assert config.model.name == "selfy_tsm_r18"
+        assert (config.train.epochs, config.optimizer.momentum) == (9, 0.8)
+
+    def test_unknown_yaml_key_names_file_key_and_class(self, tmp_path):
+        path = tmp_path / "bad.yaml"
+        path.write_text("model:\n  depth: 50\n")
+        with pytest.raises(ValueError, match=r"bad.yaml: Unknown config key `model.depth`: ModelConfig has no field"):
+            configs.load_yaml(str(path))
+
+    def test_missing_file(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="Config file not found"):
+            configs.load_yaml(str(tmp_path / "none.yaml"))
+
+
+class TestValidate:
+    @pytest.mark.parametrize(
+        "override, message",
+        [
+            ("schedule.name=linear", r"`schedule.name` must be one of .* Received: 'linear'"),
+            ("schedule.decay_epochs=[40, 30]", "`schedule.decay_epochs` must be increasing"),
+            ("schedule.warmup_epochs=80", r"`schedule.warmup_epochs`=80.0 must not exceed `train.epochs`=50"),
+            ("data.no_flip_classes=[200]", r"`data.no_flip_classes` must be class indices below `model.num_classes`=174"),
+            ("data.validation_num_crops=2", "`data.validation_num_crops` 1 or 3"),
+            ("runtime.strategy=horovod", r"`runtime.strategy` must be one of"),
+            ("runtime.mixed_precision=float16", r"`runtime.mixed_precision` must be one of"),
+            ("model.init=scratch", r"`model.init` must be '', 'imagenet:PATH' or 'official:PATH'"),
+            ("loss.label_smoothing=1.5", r"`loss.label_smoothing` must be in \[0, 1\)"),
+            ("data.eval_size=[100, 320]", r"`data.eval_size` must be empty or \(height, width\) no smaller than"),
+        ],
+    )
+    def test_cross_field_errors(self, override, message):
+        config = configs.apply_overrides(configs.get_preset("ssv1_selfy_r50_8f"), [override])
+        with pytest.raises(ValueError, match=message):
+            configs.validate(config)
