@@ -58,6 +58,15 @@ _DIRECTIONS = {
     "move_down": (1.0, 0.0),
 }
 
+# Classes whose meaning a horizontal flip changes (left <-> right, clockwise
+# <-> counter-clockwise): training must not flip them.
+FLIP_SENSITIVE_CLASSES: tuple[str, ...] = (
+    "move_left",
+    "move_right",
+    "rotate_clockwise",
+    "rotate_counterclockwise",
+)
+
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
 
@@ -77,14 +86,24 @@ class MotionConfig:
         aspect_range: ratio of the object's long to short side.
         noise_std_range: standard deviation of per-frame Gaussian pixel noise,
             in 0..255 units.
+        background_contrast: how far the background's second colour lies
+            from its first, as a fraction of the way to another random
+            colour (0: flat, 1: two unrelated colours).
+        background_grain_std: standard deviation of the background's fixed
+            fine-grained texture, in 0..255 units.
+        min_object_contrast: smallest distance (RGB, 0..255 units) between
+            the object's and the background's mean colours.
     """
 
-    radius_range: tuple[float, float] = (0.14, 0.22)
-    speed_range: tuple[float, float] = (0.045, 0.075)
+    radius_range: tuple[float, float] = (0.11, 0.17)
+    speed_range: tuple[float, float] = (0.05, 0.08)
     rotation_degrees_range: tuple[float, float] = (12.0, 24.0)
     scale_ratio_range: tuple[float, float] = (1.8, 2.6)
     aspect_range: tuple[float, float] = (1.3, 2.0)
     noise_std_range: tuple[float, float] = (2.0, 8.0)
+    background_contrast: float = 0.4
+    background_grain_std: float = 8.0
+    min_object_contrast: float = 80.0
 
 
 DEFAULT_CONFIG = MotionConfig()
@@ -102,6 +121,12 @@ def class_index(name: str) -> int:
             f"Expected one of {list(CLASS_NAMES)}."
         )
     return CLASS_NAMES.index(name)
+
+
+def no_flip_classes(classes: Sequence[str] | None = None) -> tuple[int, ...]:
+    """Indices (into `classes`, default `CLASS_NAMES`) that must not be flipped."""
+    classes = _resolve_classes(classes)
+    return tuple(index for index, name in enumerate(classes) if name in FLIP_SENSITIVE_CLASSES)
 
 
 def _check_frames_and_size(num_frames: int, size: int) -> None:
@@ -242,12 +267,14 @@ def generate_clip(
 
     # Background: low-frequency gratings between two random colours, plus a
     # fixed fine-grained noise so that it has texture everywhere.
+    background_a = _random_color(rng)
+    background_b = background_a + config.background_contrast * (_random_color(rng) - background_a)
     background = _colorize(
         _grating_field(rng, grid_y / size, grid_x / size, 3, (0.5, 3.0)),
-        _random_color(rng),
-        _random_color(rng),
+        background_a,
+        background_b,
     )
-    background += rng.normal(0.0, 12.0, size=(size, size, 3))
+    background += rng.normal(0.0, config.background_grain_std, size=(size, size, 3))
 
     # Object: superellipse with a grating texture fixed to its own frame, so
     # that rotation and scaling are visible inside it as well as at its edge.
@@ -263,7 +290,13 @@ def generate_clip(
         )
         for _ in range(2)
     ]
-    color_a, color_b = _random_color(rng), _random_color(rng)
+    # Redraw the object's colours until they stand out from the background
+    # (bounded, so a demanding contrast cannot loop forever).
+    background_mean = (background_a + background_b) / 2.0
+    for _ in range(32):
+        color_a, color_b = _random_color(rng), _random_color(rng)
+        if np.linalg.norm((color_a + color_b) / 2.0 - background_mean) >= config.min_object_contrast:
+            break
     # A superellipse reaches out to its bounding box's corners.
     bounding_radius = math.hypot(half_long, half_short)
     centres, angles, scales = sample_trajectory(

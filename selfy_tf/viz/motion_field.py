@@ -231,6 +231,42 @@ def motion_field_from_stss(
     )
 
 
+def patch_features(frames: np.ndarray, patch_size: int = 4) -> np.ndarray:
+    """Pixel-level features for an STSS: mean-free `patch_size` x `patch_size` patches.
+
+    Cosine similarity of mean-free patches is their normalised
+    cross-correlation, so the STSS of these features shows the motion in the
+    pixels themselves, independent of any trained model.
+
+    Args:
+        frames: `[num_frames, height, width, 3]` (or with a leading batch
+            axis); height and width are cropped to multiples of `patch_size`.
+        patch_size: patch side in pixels, also the stride of the result.
+
+    Returns:
+        float32 `[batch, num_frames, height // patch_size, width //
+        patch_size, patch_size * patch_size * 3]`.
+    """
+    frames = np.asarray(frames, np.float32)
+    if frames.ndim == 4:
+        frames = frames[None]
+    if frames.ndim != 5:
+        raise ValueError(
+            "`frames` must be [num_frames, height, width, channels] or "
+            f"[batch, num_frames, height, width, channels]. Received: shape={frames.shape}."
+        )
+    if int(patch_size) < 1:
+        raise ValueError(f"`patch_size` must be a positive integer. Received: patch_size={patch_size!r}.")
+    batch, num_frames, height, width, channels = frames.shape
+    rows, columns = height // patch_size, width // patch_size
+    frames = frames[:, :, : rows * patch_size, : columns * patch_size]
+    patches = frames.reshape(batch, num_frames, rows, patch_size, columns, patch_size, channels)
+    patches = patches.transpose(0, 1, 2, 4, 3, 5, 6).reshape(
+        batch, num_frames, rows, columns, patch_size * patch_size * channels
+    )
+    return patches - patches.mean(axis=-1, keepdims=True)
+
+
 def compute_motion_field(
     features,
     window: Sequence[int] = (5, 9, 9),
