@@ -100,23 +100,60 @@ class STSSExtraction(keras.layers.Layer):
                     f"input_shape={tuple(input_shape)}."
                 )
         shape = (None, height_window, width_window, 1)
-        for conv, bn, (_, padding) in zip(self.convs, self.bns, _CONV_GEOMETRY):
+        self._paddings = []
+        for conv, bn, (stride, padding) in zip(self.convs, self.bns, _CONV_GEOMETRY):
+            same = all(
+                _common.same_matches_torch(size, 3, stride, padding)
+                for size in shape[1:3]
+            )
+            self._paddings.append("SAME" if same else padding)
             padded = (None, shape[1] + 2 * padding, shape[2] + 2 * padding, shape[3])
             conv.build(padded)
             shape = conv.compute_output_shape(padded)
-            bn.build(shape)
+            # The last convolution is applied as a matrix product on vectors.
+            bn.build(shape if conv is not self.convs[-1] else (None, shape[-1]))
+        self._conv0_selection = _common.unrolled_conv_selection(
+            height_window, width_window
+        )
         self.built = True
 
     def call(self, inputs, training=None):
-        maps = tf.reshape(inputs, [-1, inputs.shape[5], inputs.shape[6], 1])
-        for conv, bn, (_, padding) in zip(self.convs, self.bns, _CONV_GEOMETRY):
-            if padding:
-                maps = _common.pad_spatial(maps, padding)
-            maps = tf.nn.relu(bn(conv(maps), training=training))
-        output_shape = tf.concat(
-            [tf.shape(inputs)[:5], [self.channels[-1]]], axis=0
+        height_window, width_window = inputs.shape[5], inputs.shape[6]
+        positions = height_window * width_window
+        dtype = self.compute_dtype
+        # conv0 has one input channel: as one dense [U*V, U*V*c0] matrix it is
+        # a single matrix product, several times faster than Conv2D.
+        kernel = tf.cast(self.convs[0].kernel, dtype)[:, :, 0, :]
+        matrix = tf.einsum(
+            "yxo,yxpq->pqo", kernel, tf.constant(self._conv0_selection, dtype)
         )
+        maps = tf.matmul(
+            tf.reshape(tf.cast(inputs, dtype), [-1, positions]),
+            tf.reshape(matrix, [positions, -1]),
+        )
+        maps = tf.reshape(maps, [-1, height_window, width_window, self.channels[0]])
+        maps = tf.nn.relu(self.bns[0](maps, training=training))
+        for index in (1, 2):
+            maps = self._conv(maps, index)
+            maps = tf.nn.relu(self.bns[index](maps, training=training))
+        # conv3 covers the whole 3x3 map: a matrix product on flattened maps.
+        kernel = tf.cast(self.convs[3].kernel, dtype)
+        maps = tf.matmul(
+            tf.reshape(maps, [-1, 9 * self.channels[2]]),
+            tf.reshape(kernel, [9 * self.channels[2], self.channels[3]]),
+        )
+        maps = tf.nn.relu(self.bns[3](maps, training=training))
+        output_shape = tf.concat([tf.shape(inputs)[:5], [self.channels[-1]]], axis=0)
         return tf.reshape(maps, output_shape)
+
+    def _conv(self, maps, index):
+        stride = _CONV_GEOMETRY[index][0]
+        padding = self._paddings[index]
+        if padding != "SAME":
+            maps = _common.pad_spatial(maps, padding)
+            padding = "VALID"
+        kernel = tf.cast(self.convs[index].kernel, self.compute_dtype)
+        return tf.nn.conv2d(maps, kernel, stride, padding)
 
     def compute_output_shape(self, input_shape):
         return (*tuple(input_shape)[:5], self.channels[-1])
