@@ -101,7 +101,9 @@ def _normalize(features: tf.Tensor) -> tf.Tensor:
     rows = rows * tf.math.rsqrt(
         tf.reduce_sum(tf.square(rows), axis=-1, keepdims=True) + _EPSILON
     )
-    return tf.reshape(rows, tf.shape(features))
+    normalized = tf.reshape(rows, tf.shape(features))
+    normalized.set_shape(features.shape)
+    return normalized
 
 
 # ---------------------------------------------------------------------------
@@ -109,20 +111,32 @@ def _normalize(features: tf.Tensor) -> tf.Tensor:
 
 
 class _MatmulPlan(NamedTuple):
-    """Static index tables of the "matmul" backend for one shape and window."""
+    """Static index tables of the "matmul" backend for one shape and window.
 
-    query_rows: np.ndarray  # [num_blocks * tile_queries] rows of [T*H*W]
-    key_rows: np.ndarray  # [num_blocks * tile_keys] rows of [T*H*W]
-    num_blocks: int  # (frame pair, spatial tile) blocks
+    Gathers never read a "zero slot": an index whose value must be 0 points at
+    element 0 and a 0/1 mask of the same shape multiplies the result.
+    """
+
+    num_frames: int
+    max_offset: int  # frame pairs (t, t + d) exist for 0 <= d <= max_offset
+    num_tiles: int
     tile_queries: int
     tile_keys: int
-    band_index: np.ndarray  # [T*H*W*L*U*V] into similarities + zero slot
-    first_reader: np.ndarray  # [num_similarities] into outputs + zero slot
-    # [num_similarities - num_read_once] into outputs + zero slot
-    second_reader: np.ndarray
-    num_similarities: int
-    num_read_once: int  # leading similarities (offset 0) read at most once
-    num_outputs: int
+    num_similarities: int  # per batch element: pairs * tiles * queries * keys
+    # Spatial tiles; None where the tile is the whole map.
+    query_positions: np.ndarray | None  # [num_tiles * tile_queries] of [H*W]
+    query_owner: np.ndarray | None  # [H*W] slot of each query's owning tile
+    key_positions: np.ndarray | None  # [num_tiles * tile_keys] of [H*W]
+    key_readers: np.ndarray | None  # [readers, H*W] key slots of each position
+    key_reader_mask: np.ndarray | None  # [readers, H*W, 1]
+    # Output <- similarities.
+    band_index: np.ndarray  # [T*H*W*L*U*V]
+    band_mask: np.ndarray  # [T*H*W*L*U*V]
+    # Similarities <- output gradient: each similarity is read at most twice.
+    first_reader: np.ndarray  # [num_similarities]
+    first_mask: np.ndarray
+    second_reader: np.ndarray | None  # [num_similarities]; None if never read
+    second_mask: np.ndarray | None
 
 
 def _tile_cost(size: int, window_size: int, tile: int) -> int:
@@ -204,6 +218,12 @@ def _matmul_plan(
     tile_queries = tile_height * tile_width
     tile_keys = keys_y * keys_x
 
+    def tile_y_of(y: np.ndarray) -> np.ndarray:
+        return np.minimum(y // tile_height, num_tiles_y - 1)
+
+    def tile_x_of(x: np.ndarray) -> np.ndarray:
+        return np.minimum(x // tile_width, num_tiles_x - 1)
+
     # Positions (flat y * width + x) of each tile's queries and keys.
     tile_grid_y, tile_grid_x = np.meshgrid(
         np.arange(num_tiles_y), np.arange(num_tiles_x), indexing="ij"
@@ -226,14 +246,6 @@ def _matmul_plan(
         + np.asarray(key_starts_x)[tile_grid_x, None]
         + key_local_x.reshape(1, -1)
     )  # [num_tiles, tile_keys]
-    query_rows = (
-        np.asarray(pair_first, np.int64)[:, None, None] * num_positions
-        + query_positions[None]
-    ).reshape(-1)
-    key_rows = (
-        np.asarray(pair_second, np.int64)[:, None, None] * num_positions
-        + key_positions[None]
-    ).reshape(-1)
 
     # Every output element: which similarity it reads, or the zero slot.
     frame, y, x, l, u, v = np.meshgrid(
@@ -272,8 +284,8 @@ def _matmul_plan(
     )
     key_y, key_x, offset = key_y[valid], key_x[valid], offset[valid]
     pair = pair_id[query_frame, offset]
-    tile_y = np.minimum(query_y // tile_height, num_tiles_y - 1)
-    tile_x = np.minimum(query_x // tile_width, num_tiles_x - 1)
+    tile_y = tile_y_of(query_y)
+    tile_x = tile_x_of(query_x)
     query_local = (query_y - np.asarray(starts_y)[tile_y]) * tile_width + (
         query_x - np.asarray(starts_x)[tile_x]
     )
@@ -291,7 +303,7 @@ def _matmul_plan(
     similarity = (block * tile_queries + query_local) * tile_keys + key_local
     num_similarities = num_pairs * num_tiles * tile_queries * tile_keys
     num_outputs = valid.size
-    band_index = np.full(num_outputs, num_similarities, np.int64)
+    band_index = np.full(num_outputs, -1, np.int64)
     output_positions = np.flatnonzero(valid.reshape(-1))
     band_index[output_positions] = similarity
 
@@ -302,77 +314,210 @@ def _matmul_plan(
     sorted_outputs = output_positions[order]
     first = np.ones(sorted_similarity.shape, bool)
     first[1:] = sorted_similarity[1:] != sorted_similarity[:-1]
-    inverse_index = np.full((2, num_similarities), num_outputs, np.int64)
-    inverse_index[0, sorted_similarity[first]] = sorted_outputs[first]
-    inverse_index[1, sorted_similarity[~first]] = sorted_outputs[~first]
+    readers = np.full((2, num_similarities), -1, np.int64)
+    readers[0, sorted_similarity[first]] = sorted_outputs[first]
+    readers[1, sorted_similarity[~first]] = sorted_outputs[~first]
     if np.any(np.bincount(similarity, minlength=1) > 2):
         raise AssertionError("STSS similarity read more than twice.")
-    # Pairs are ordered by temporal offset: the offset-0 pairs come first and
-    # are read once (their transposed entries are separate similarities).
-    num_read_once = num_frames * num_tiles * tile_queries * tile_keys
-    if np.any(inverse_index[1, :num_read_once] != num_outputs):
-        raise AssertionError("STSS offset-0 similarity read twice.")
+
+    # Key slots that hold each position (tiles' key ranges overlap).
+    key_positions = key_positions.reshape(-1)
+    counts = np.bincount(key_positions, minlength=num_positions)
+    order = np.argsort(key_positions, kind="stable")
+    rank = np.arange(key_positions.size) - np.repeat(
+        np.cumsum(counts) - counts, counts
+    )
+    key_readers = np.full((counts.max(), num_positions), -1, np.int64)
+    key_readers[rank, key_positions[order]] = order
+
+    query_positions = query_positions.reshape(-1)
+    query_owner = (
+        (tile_y_of(np.arange(height)) * num_tiles_x)[:, None]
+        + tile_x_of(np.arange(width))[None, :]
+    ) * tile_queries + (
+        (np.arange(height) - np.asarray(starts_y)[tile_y_of(np.arange(height))])[
+            :, None
+        ]
+        * tile_width
+        + (np.arange(width) - np.asarray(starts_x)[tile_x_of(np.arange(width))])[
+            None, :
+        ]
+    )
 
     index_dtype = (
         np.int32
-        if max(num_similarities, num_outputs, num_frames * num_positions) < 2**31 - 1
+        if max(num_similarities, num_outputs, num_tiles * tile_keys) < 2**31 - 1
         else np.int64
     )
+
+    def index_and_mask(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.maximum(index, 0).astype(index_dtype),
+            (index >= 0).astype(np.float32),
+        )
+
+    identity = np.arange(num_positions)
+    whole_map = np.array_equal(query_positions, identity) and np.array_equal(
+        key_positions, identity
+    )
+    band_index, band_mask = index_and_mask(band_index)
+    first_reader, first_mask = index_and_mask(readers[0])
+    second_reader, second_mask = index_and_mask(readers[1])
+    key_readers, key_reader_mask = index_and_mask(key_readers)
     return _MatmulPlan(
-        query_rows=query_rows.astype(index_dtype),
-        key_rows=key_rows.astype(index_dtype),
-        num_blocks=num_pairs * num_tiles,
+        num_frames=num_frames,
+        max_offset=min(half_l, num_frames - 1),
+        num_tiles=num_tiles,
         tile_queries=tile_queries,
         tile_keys=tile_keys,
-        band_index=band_index.astype(index_dtype),
-        first_reader=inverse_index[0].astype(index_dtype),
-        second_reader=inverse_index[1, num_read_once:].astype(index_dtype),
         num_similarities=num_similarities,
-        num_read_once=num_read_once,
-        num_outputs=num_outputs,
+        query_positions=None if whole_map else query_positions.astype(index_dtype),
+        query_owner=None if whole_map else query_owner.reshape(-1).astype(index_dtype),
+        key_positions=None if whole_map else key_positions.astype(index_dtype),
+        key_readers=None if whole_map else key_readers,
+        key_reader_mask=None if whole_map else key_reader_mask[..., None],
+        band_index=band_index,
+        band_mask=band_mask,
+        first_reader=first_reader,
+        first_mask=first_mask,
+        second_reader=None if not second_mask.any() else second_reader,
+        second_mask=None if not second_mask.any() else second_mask,
     )
 
 
-def _append_zero(values: tf.Tensor) -> tf.Tensor:
-    """[batch, n] -> [batch, n + 1] with a zero in the last slot."""
-    return tf.pad(values, [[0, 0], [0, 1]])
+def _masked_gather(
+    params: tf.Tensor, index: np.ndarray, mask: np.ndarray, axis: int
+) -> tf.Tensor:
+    return tf.gather(params, index, axis=axis) * mask
 
 
-def _band_gather_fn(plan: _MatmulPlan, jit: bool) -> Callable[[tf.Tensor], tf.Tensor]:
-    band_index = plan.band_index
-    first_reader = plan.first_reader
-    second_reader = plan.second_reader
-    num_read_once = plan.num_read_once
+def _band_gather_fn(plan: _MatmulPlan, jit: bool) -> Callable[..., tf.Tensor]:
+    """The fixed gather from frame-pair similarities to the STSS window.
 
-    def forward(similarities: tf.Tensor) -> tf.Tensor:
-        return tf.gather(_append_zero(similarities), band_index, axis=1)
+    It takes one `[batch, num_frames - d, num_tiles, tile_queries, tile_keys]`
+    tensor per temporal offset `d = 0..max_offset` and returns
+    `[batch, num_frames * height * width * L * U * V]`.
+    """
+    sizes = [
+        (plan.num_frames - offset) * plan.num_tiles * plan.tile_queries * plan.tile_keys
+        for offset in range(plan.max_offset + 1)
+    ]
 
-    def backward(upstream: tf.Tensor) -> tf.Tensor:
-        padded = _append_zero(upstream)
-        gradient = tf.gather(padded, first_reader, axis=1)
-        if second_reader.size == 0:
-            return gradient
-        return tf.concat(
+    def forward(*similarities: tf.Tensor) -> tf.Tensor:
+        batch = tf.shape(similarities[0])[0]
+        rows = tf.concat(
             [
-                gradient[:, :num_read_once],
-                gradient[:, num_read_once:]
-                + tf.gather(padded, second_reader, axis=1),
+                tf.reshape(part, [batch, size])
+                for part, size in zip(similarities, sizes)
             ],
             axis=1,
         )
+        return _masked_gather(rows, plan.band_index, plan.band_mask, axis=1)
+
+    def backward(upstream: tf.Tensor) -> list[tf.Tensor]:
+        gradient = _masked_gather(
+            upstream, plan.first_reader, plan.first_mask, axis=1
+        )
+        if plan.second_reader is not None:
+            gradient += _masked_gather(
+                upstream, plan.second_reader, plan.second_mask, axis=1
+            )
+        batch = tf.shape(upstream)[0]
+        parts = tf.split(gradient, sizes, axis=1)
+        return [
+            tf.reshape(
+                part,
+                [
+                    batch,
+                    plan.num_frames - offset,
+                    plan.num_tiles,
+                    plan.tile_queries,
+                    plan.tile_keys,
+                ],
+            )
+            for offset, part in enumerate(parts)
+        ]
 
     if jit:
         forward = tf.function(forward, jit_compile=True, autograph=False)
         backward = tf.function(backward, jit_compile=True, autograph=False)
 
     @tf.custom_gradient
-    def band_gather(similarities):
+    def band_gather(*similarities):
         def grad(upstream):
             return backward(upstream)
 
-        return forward(similarities), grad
+        return forward(*similarities), grad
 
     return band_gather
+
+
+def _pair_similarities(
+    queries: tf.Tensor, keys: tf.Tensor, max_offset: int
+) -> list[tf.Tensor]:
+    """Similarities of frame t's queries with frame t + d's keys, d = 0..max.
+
+    Args:
+        queries: `[batch, num_frames, num_tiles, tile_queries, channels]`.
+        keys: `[batch, num_frames, num_tiles, tile_keys, channels]`.
+        max_offset: largest temporal offset, below `num_frames`.
+
+    Returns:
+        One `[batch, num_frames - d, num_tiles, tile_queries, tile_keys]`
+        tensor per offset `d`.
+    """
+    num_frames = queries.shape[1]
+
+    # The gradient is written out because TensorFlow's gradient of the frame
+    # slices (StridedSliceGrad) is far slower on CPU than padding.
+    @tf.custom_gradient
+    def similarities(queries, keys):
+        outputs = [
+            tf.matmul(queries[:, : num_frames - offset], keys[:, offset:], transpose_b=True)
+            for offset in range(max_offset + 1)
+        ]
+
+        def grad(*upstream):
+            query_grads, key_grads = [], []
+            for offset, part in enumerate(upstream):
+                query_grad = tf.matmul(part, keys[:, offset:])
+                key_grad = tf.matmul(
+                    part, queries[:, : num_frames - offset], transpose_a=True
+                )
+                if offset:
+                    padding = [[0, 0], [0, offset], [0, 0], [0, 0], [0, 0]]
+                    query_grad = tf.pad(query_grad, padding)
+                    key_grad = tf.pad(key_grad, [padding[0], padding[1][::-1], *padding[2:]])
+                query_grads.append(query_grad)
+                key_grads.append(key_grad)
+            return tf.add_n(query_grads), tf.add_n(key_grads)
+
+        return outputs, grad
+
+    return similarities(queries, keys)
+
+
+def _tile_rows(frames: tf.Tensor, plan: _MatmulPlan) -> tuple[tf.Tensor, tf.Tensor]:
+    """Query and key tiles of `[batch, num_frames, H*W, channels]` frames.
+
+    Their gradients are gathers too: a query is read from its owning tile
+    only, and a key position sums the slots of the tiles that hold it.
+    """
+
+    @tf.custom_gradient
+    def tiles(frames):
+        queries = tf.gather(frames, plan.query_positions, axis=2)
+        keys = tf.gather(frames, plan.key_positions, axis=2)
+
+        def grad(query_upstream, key_upstream):
+            gradient = tf.gather(query_upstream, plan.query_owner, axis=2)
+            for reader, mask in zip(plan.key_readers, plan.key_reader_mask):
+                gradient += _masked_gather(key_upstream, reader, mask, axis=2)
+            return gradient
+
+        return (queries, keys), grad
+
+    return tiles(frames)
 
 
 @functools.lru_cache(maxsize=64)
@@ -383,32 +528,35 @@ def _cached_band_gather(
     window: tuple[int, int, int],
     tile: tuple[int, int],
     jit: bool,
-) -> Callable[[tf.Tensor], tf.Tensor]:
+) -> Callable[..., tf.Tensor]:
     plan = _matmul_plan(num_frames, height, width, window, tile)
     return _band_gather_fn(plan, jit)
 
 
 def _stss_matmul(
-    normalized: tf.Tensor, window: tuple[int, int, int], jit: bool
+    normalized: tf.Tensor,
+    shape: tuple[int, int, int, int],
+    window: tuple[int, int, int],
+    jit: bool,
 ) -> tf.Tensor:
-    _, num_frames, height, width, channels = normalized.shape
+    num_frames, height, width, channels = shape
     tile = _choose_tiles(height, width, window[1], window[2])
     plan = _matmul_plan(num_frames, height, width, window, tile)
     batch = tf.shape(normalized)[0]
-    rows = tf.reshape(normalized, [batch, num_frames * height * width, channels])
+    frames = tf.reshape(normalized, [batch, num_frames, height * width, channels])
+    if plan.query_positions is None:
+        queries = keys = frames
+    else:
+        queries, keys = _tile_rows(frames, plan)
     queries = tf.reshape(
-        tf.gather(rows, plan.query_rows, axis=1),
-        [batch, plan.num_blocks, plan.tile_queries, channels],
+        queries, [batch, num_frames, plan.num_tiles, plan.tile_queries, channels]
     )
     keys = tf.reshape(
-        tf.gather(rows, plan.key_rows, axis=1),
-        [batch, plan.num_blocks, plan.tile_keys, channels],
+        keys, [batch, num_frames, plan.num_tiles, plan.tile_keys, channels]
     )
-    similarities = tf.reshape(
-        tf.matmul(queries, keys, transpose_b=True), [batch, plan.num_similarities]
-    )
+    similarities = _pair_similarities(queries, keys, plan.max_offset)
     band_gather = _cached_band_gather(num_frames, height, width, window, tile, jit)
-    band = band_gather(similarities)
+    band = band_gather(*similarities)
     return tf.reshape(band, [batch, num_frames, height, width, *window])
 
 
@@ -537,9 +685,10 @@ def stss(
             f"`backend` must be one of {STSS_BACKENDS}. Received: backend={backend!r}."
         )
     features = _validate_features(features)
+    shape = tuple(int(size) for size in features.shape[1:])
     normalized = _normalize(features)
     if backend == "matmul":
-        return _stss_matmul(normalized, window, bool(jit))
+        return _stss_matmul(normalized, shape, window, bool(jit))
     if jit:
         return _compiled(backend, window)(normalized)
     return _BACKEND_FUNCTIONS[backend](normalized, window)
