@@ -245,11 +245,13 @@ class TestModelsCorrectness:
         by_layer = count_macs(full_size_r50["selfy_tsm_r50"], by_layer=True)
         assert abs(sum(by_layer.values()) / 35.99e9 - 1) < 0.01
         # STSS: frames x 14 x 14 x 5·9·9 entries, 128 channels each.
-        assert by_layer["selfy/stss_transformation"] == 8 * 14 * 14 * 405 * 128
+        assert by_layer["selfy/stss_transformation/stss"] == 8 * 14 * 14 * 405 * 128
         # Stem: 112² outputs x 7·7·3 x 64 per frame.
         assert by_layer["conv1"] == 8 * 112 * 112 * 49 * 3 * 64
         # Transposed 1x1 convolution counted on its 14² inputs.
-        assert by_layer["selfy/stss_integration/upsample_conv"] == 8 * 14 * 14 * 64 * 512
+        assert by_layer["selfy/stss_integration/upsample"] == 8 * 14 * 14 * 64 * 512
+        # Extraction conv1: 5x5 outputs of a 3x3 conv 4 -> 16 at 8·14·14·5 positions.
+        assert by_layer["selfy/stss_extraction/conv1"] == 8 * 14 * 14 * 5 * 25 * 9 * 4 * 16
         assert by_layer["new_fc"] == 8 * 2048 * 174
         assert abs(count_macs(full_size_r50["tsm_r50"]) / 32.70e9 - 1) < 0.01
 

@@ -9,11 +9,15 @@ convolutions and fully connected layers. This module counts, for one clip:
 - transposed convolutions: input positions x kernel volume x input channels
   x output channels;
 - dense layers: input rows x input features x units;
-- the STSS of a SELFY block (`selfy_tf.layers.STSSTransformation`): one
-  multiply-add per channel for every entry of the similarity volume.
+- the SELFY block (`selfy_tf.layers.SELFYBlock`), counted from its
+  definition (DESIGN.md §3) and its input shape, whatever kernels implement
+  it: the transformation convolution, the STSS (one multiply-add per channel
+  for every entry of the similarity volume), the extraction and integration
+  convolutions and the kernel-1 transposed convolution (on its input
+  positions).
 
 Shapes are read while tracing the model once on a batch of one clip (no
-computation runs), so nested layers such as the SELFY block are included.
+computation runs).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from selfy_tf.layers.stss_transformation import STSSTransformation
+from selfy_tf.layers.selfy_block import SELFYBlock
 
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _CONV_TRANSPOSE = (
@@ -36,10 +40,41 @@ _CONV_TRANSPOSE = (
 _DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 
 
-def _is_stss_layer(layer: keras.layers.Layer) -> bool:
-    # The STSS transformation computes the similarity volume
-    # [batch, frames, height, width, L, U, V] from `hidden_channels` features.
-    return isinstance(layer, STSSTransformation)
+def _conv_output(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def selfy_block_macs(block: SELFYBlock, input_shape: tuple) -> dict[str, int]:
+    """Multiply-accumulates of a SELFY block, by stage, for `[batch*T, H, W, C]` inputs."""
+    batch_frames, height, width, channels = input_shape
+    length, rows, cols = block.window
+    hidden = block.hidden_channels
+    extraction = block.extraction_channels
+    integration = block.integration_channels
+    map_height, map_width = _conv_output(height, 3, 2, 1), _conv_output(width, 3, 2, 1)
+    positions = batch_frames * map_height * map_width
+    macs = {
+        "stss_transformation/conv": positions * 9 * channels * hidden,
+        "stss_transformation/stss": positions * length * rows * cols * hidden,
+    }
+    # Extraction: per position and temporal offset, convolutions over (U, V).
+    geometry = ((1, 1), (2, 1), (2, 1), (1, 0))
+    size_u, size_v, in_channels = rows, cols, 1
+    for index, ((stride, padding), out_channels) in enumerate(zip(geometry, extraction)):
+        size_u = _conv_output(size_u, 3, stride, padding)
+        size_v = _conv_output(size_v, 3, stride, padding)
+        macs[f"stss_extraction/conv{index}"] = (
+            positions * length * size_u * size_v * 9 * in_channels * out_channels
+        )
+        in_channels = out_channels
+    # Integration: 3x3 convolutions over (H, W) for each temporal offset, fusion, upsampling.
+    for index in range(3):
+        out_channels = integration[index]
+        macs[f"stss_integration/conv{index}"] = positions * length * 9 * in_channels * out_channels
+        in_channels = out_channels
+    macs["stss_integration/conv3_fuse"] = positions * 9 * length * in_channels * integration[3]
+    macs["stss_integration/upsample"] = positions * integration[3] * channels
+    return macs
 
 
 def _layer_macs(layer: keras.layers.Layer, input_shape: tuple, output_shape: tuple) -> int:
@@ -54,13 +89,11 @@ def _layer_macs(layer: keras.layers.Layer, input_shape: tuple, output_shape: tup
         return math.prod(output_shape[:-1]) * kernel * (input_shape[-1] // layer.groups) * layer.filters
     if isinstance(layer, keras.layers.Dense):
         return math.prod(input_shape) * layer.units
-    if _is_stss_layer(layer):
-        return math.prod(output_shape) * layer.hidden_channels
     return 0
 
 
 def _counted(layer: keras.layers.Layer) -> bool:
-    return isinstance(layer, _CONV + _CONV_TRANSPOSE + _DEPTHWISE + (keras.layers.Dense,)) or _is_stss_layer(layer)
+    return isinstance(layer, _CONV + _CONV_TRANSPOSE + _DEPTHWISE + (keras.layers.Dense, SELFYBlock))
 
 
 def count_macs(model: keras.Model, by_layer: bool = False) -> int | dict[str, int]:
@@ -93,14 +126,24 @@ def count_macs(model: keras.Model, by_layer: bool = False) -> int | dict[str, in
             outputs = original(inputs, *args, **kwargs)
             first_input = tf.nest.flatten(inputs)[0]
             first_output = tf.nest.flatten(outputs)[0]
-            macs = _layer_macs(layer, tuple(first_input.shape), tuple(first_output.shape))
-            records[layer.path] = records.get(layer.path, 0) + int(macs)
+            if isinstance(layer, SELFYBlock):
+                stages = selfy_block_macs(layer, tuple(first_input.shape))
+            else:
+                stages = {"": _layer_macs(layer, tuple(first_input.shape), tuple(first_output.shape))}
+            for stage, macs in stages.items():
+                key = f"{layer.path}/{stage}" if stage else layer.path
+                records[key] = records.get(key, 0) + int(macs)
             return outputs
 
         return call
 
+    blocks = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, SELFYBlock)]
+    inside_blocks = {
+        id(sublayer) for block in blocks for sublayer in block._flatten_layers(include_self=False)
+    }
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if _counted(layer):
+        # A SELFY block is counted as a whole, from its definition.
+        if _counted(layer) and id(layer) not in inside_blocks:
             object.__setattr__(layer, "call", wrap(layer, layer.call))
             patched.append(layer)
     try:
