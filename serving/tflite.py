@@ -58,6 +58,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from selfy_tf import ops
 from serving import signatures as signatures_lib
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,11 @@ def export_settings(model: keras.Model, stss_backend: str | None = None) -> Iter
         ValueError: if the backend used would be one of
             `NON_CONVERTIBLE_STSS_BACKENDS`.
     """
+    if stss_backend is not None and stss_backend not in ops.STSS_BACKENDS:
+        raise ValueError(
+            f"`stss_backend` must be one of {ops.STSS_BACKENDS}. Received: "
+            f"stss_backend={stss_backend!r}."
+        )
     layers = _stss_layers(model)
     saved = [
         (layer, getattr(layer, "stss_backend", None), getattr(layer, "stss_jit", None))
@@ -269,6 +275,19 @@ def _converter_settings(
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
 
 
+def _check_calibration(
+    quantize: str, representative_dataset: RepresentativeDataset | None
+) -> None:
+    check_quantize(quantize)
+    if quantize == "int8" and representative_dataset is None:
+        raise ValueError(
+            "`quantize='int8'` (full-integer) needs calibration clips to choose "
+            "the activation ranges. Received: no representative dataset. Pass "
+            "`--calibration-data DIR` (TFRecord clips, e.g. a validation split), "
+            "or use quantize='dynamic' (int8 weights, no calibration)."
+        )
+
+
 def convert_saved_model(
     saved_model_dir: str,
     quantize: str = "none",
@@ -290,14 +309,7 @@ def convert_saved_model(
         ValueError: for a bad `quantize`, `"int8"` without calibration data,
             or a graph that needs ops outside the TFLite builtins.
     """
-    check_quantize(quantize)
-    if quantize == "int8" and representative_dataset is None:
-        raise ValueError(
-            "`quantize='int8'` (full-integer) needs calibration clips to choose "
-            "the activation ranges. Received: no representative dataset. Pass "
-            "`--calibration-data DIR` (TFRecord clips, e.g. a validation split), "
-            "or use quantize='dynamic' (int8 weights, no calibration)."
-        )
+    _check_calibration(quantize, representative_dataset)
     converter = tf.lite.TFLiteConverter.from_saved_model(
         saved_model_dir, signature_keys=[SIGNATURE_KEY]
     )
@@ -344,11 +356,9 @@ def convert_model(
     Raises:
         ValueError: see `export_for_conversion` and `convert_saved_model`.
     """
-    check_quantize(quantize)
+    # Fail before the (slow) export.
+    _check_calibration(quantize, representative_dataset)
     check_input_dtype(input_dtype)
-    if quantize == "int8" and representative_dataset is None:
-        # Fail before the (slow) export.
-        convert_saved_model("", quantize, None)
     directory = tempfile.mkdtemp(prefix="selfy_tflite_")
     try:
         export_for_conversion(model, directory, input_dtype, stss_backend)

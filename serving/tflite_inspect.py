@@ -34,7 +34,6 @@ import dataclasses
 import logging
 import os
 import time
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -379,10 +378,16 @@ def per_op_latency(
         `output_shape`, `output_type`, `latency_ms`.
     """
     model_bytes = read_model_bytes(model)
-    with warnings.catch_warnings():
-        # Keeping every tensor is the point here, not a debugging leftover.
-        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
-        recorder = _interpreter(model_bytes, 1, experimental_preserve_all_tensors=True)
+    from ai_edge_litert.interpreter import OpResolverType
+
+    # Builtin kernels only, so that every intermediate tensor is computed
+    # and kept (a delegate would compute its partition internally).
+    recorder = _interpreter(
+        model_bytes,
+        1,
+        experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
     runner = recorder.get_signature_runner()
     runner(**(inputs if inputs is not None else _example_inputs(recorder)))
     model_object = _model_object(model_bytes)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -84,13 +83,13 @@ def trained(tiny_model_factory, tmp_path_factory):
         input_size=INPUT_SIZE,
         dropout=0.0,
     )
-    train_clips, train_labels = _tinted_clips(seed=1, num_clips=96)
+    train_clips, train_labels = _tinted_clips(seed=1, num_clips=48)
     model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
+        optimizer=keras.optimizers.Adam(1e-2),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     model.fit(
-        train_clips.astype(np.float32), train_labels, batch_size=16, epochs=4, verbose=0
+        train_clips.astype(np.float32), train_labels, batch_size=16, epochs=3, verbose=0
     )
     held_out_clips, held_out_labels = _tinted_clips(seed=2, num_clips=64)
     keras_logits = model.predict(held_out_clips.astype(np.float32), verbose=0)
@@ -265,6 +264,8 @@ class TestConversionOptions:
             tflite.convert_model(model, input_dtype="int8")
         with pytest.raises(ValueError, match="needs calibration clips"):
             tflite.convert_model(model, quantize="int8")
+        with pytest.raises(ValueError, match="stss_backend='bogus'"):
+            tflite.convert_model(model, stss_backend="bogus")
         with pytest.raises(FileNotFoundError, match="matches no TFRecord file"):
             tflite_calibration.representative_dataset(str(tmp_path), 2, 32)
         with pytest.raises(FileNotFoundError, match="no shard of split `test`"):
@@ -323,11 +324,13 @@ class TestInspection:
         model_bytes = _converted(trained, "none")
         clip = trained.held_out_clips[:1]
         # The recorded values of a conv's output equal the one-op model's output.
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
-            keep = Interpreter(model_content=model_bytes, experimental_preserve_all_tensors=True)
+        keep = Interpreter(
+            model_content=model_bytes,
+            experimental_preserve_all_tensors=True,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
         keep.get_signature_runner()(frames=clip)
         model_object = tflite_inspect._model_object(model_bytes)
         conv = next(op for op in tflite_inspect.list_operators(model_bytes) if op.name == "CONV_2D")

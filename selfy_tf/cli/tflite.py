@@ -95,7 +95,7 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving import export, tflite, tflite_calibration, tflite_inspect, tflite_runtime
+    from serving import export, signatures, tflite, tflite_calibration, tflite_inspect, tflite_runtime
 
     tflite.check_quantize(args.quantize)
     if args.quantize == "int8" and args.calibration_data is None:
@@ -113,11 +113,7 @@ def run(args: argparse.Namespace) -> int:
     model, labels = export.load_export_source(args.model_or_run, args.labels)
     num_frames, height, width = tflite.clip_shape(model)
     num_classes = int(model.outputs[0].shape[-1])
-    if len(labels) != num_classes:
-        raise ValueError(
-            f"The labels have {len(labels)} class names but the model has "
-            f"{num_classes} classes. Give a labels file with one name per class."
-        )
+    signatures.check_labels(labels, num_classes, args.labels or "the run's labels.txt")
     representative = None
     if args.quantize == "int8":
         if height != width:
