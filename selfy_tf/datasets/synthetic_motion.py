@@ -91,8 +91,11 @@ class MotionConfig:
             colour (0: flat, 1: two unrelated colours).
         background_grain_std: standard deviation of the background's fixed
             fine-grained texture, in 0..255 units.
-        min_object_contrast: smallest distance (RGB, 0..255 units) between
-            the object's and the background's mean colours.
+        background_luminance_range: luminance (0..255) of the background's
+            colours; their hues are random.
+        object_luminance_range: luminance of the object's colours. Keeping
+            it above the background's makes the object stand out in every
+            clip (as a figure on a ground), whatever the hues.
     """
 
     radius_range: tuple[float, float] = (0.11, 0.17)
@@ -103,7 +106,8 @@ class MotionConfig:
     noise_std_range: tuple[float, float] = (2.0, 8.0)
     background_contrast: float = 0.4
     background_grain_std: float = 8.0
-    min_object_contrast: float = 80.0
+    background_luminance_range: tuple[float, float] = (15.0, 90.0)
+    object_luminance_range: tuple[float, float] = (160.0, 250.0)
 
 
 DEFAULT_CONFIG = MotionConfig()
@@ -142,8 +146,21 @@ def _check_frames_and_size(num_frames: int, size: int) -> None:
         )
 
 
-def _random_color(rng: np.random.Generator) -> np.ndarray:
-    return rng.uniform(0.0, 255.0, size=3)
+_LUMINANCE_WEIGHTS = np.array([0.299, 0.587, 0.114])
+
+
+def _random_color(rng: np.random.Generator, luminance_range: tuple[float, float]) -> np.ndarray:
+    """A colour of random hue and saturation with luminance in `luminance_range`."""
+    target = rng.uniform(*luminance_range)
+    color = rng.uniform(0.05, 1.0, size=3)
+    color = color * (target / float(color @ _LUMINANCE_WEIGHTS))
+    # Bright saturated colours can leave the gamut: pull them towards grey,
+    # which keeps the luminance.
+    peak = color.max()
+    if peak > 255.0:
+        mix = (peak - 255.0) / (peak - target)
+        color = color + mix * (target - color)
+    return np.clip(color, 0.0, 255.0)
 
 
 def _grating_field(
@@ -267,8 +284,10 @@ def generate_clip(
 
     # Background: low-frequency gratings between two random colours, plus a
     # fixed fine-grained noise so that it has texture everywhere.
-    background_a = _random_color(rng)
-    background_b = background_a + config.background_contrast * (_random_color(rng) - background_a)
+    background_a = _random_color(rng, config.background_luminance_range)
+    background_b = background_a + config.background_contrast * (
+        _random_color(rng, config.background_luminance_range) - background_a
+    )
     background = _colorize(
         _grating_field(rng, grid_y / size, grid_x / size, 3, (0.5, 3.0)),
         background_a,
@@ -290,13 +309,8 @@ def generate_clip(
         )
         for _ in range(2)
     ]
-    # Redraw the object's colours until they stand out from the background
-    # (bounded, so a demanding contrast cannot loop forever).
-    background_mean = (background_a + background_b) / 2.0
-    for _ in range(32):
-        color_a, color_b = _random_color(rng), _random_color(rng)
-        if np.linalg.norm((color_a + color_b) / 2.0 - background_mean) >= config.min_object_contrast:
-            break
+    color_a = _random_color(rng, config.object_luminance_range)
+    color_b = _random_color(rng, config.object_luminance_range)
     # A superellipse reaches out to its bounding box's corners.
     bounding_radius = math.hypot(half_long, half_short)
     centres, angles, scales = sample_trajectory(

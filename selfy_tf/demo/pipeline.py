@@ -145,7 +145,7 @@ def training_overrides(settings: DemoSettings, model_name: str, seed: int) -> li
         f"model.dropout={settings.dropout}",
         f"model.width_multiplier={settings.width_multiplier}",
         f"model.selfy_channels={settings.selfy_channels if selfy else 'none'}",
-        "model.selfy_stage=res3",
+        f"model.selfy_stage={settings.selfy_stage}",
         f"data.batch_size={settings.batch_size}",
         # Flipping would turn left into right and clockwise into
         # counter-clockwise without changing the label.

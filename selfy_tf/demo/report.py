@@ -207,8 +207,8 @@ def write_report(path: str, results: dict, settings: DemoSettings) -> str:
     report.add_paragraph(
         "For a few validation clips: the frames; the motion in the pixels (soft-argmax over the "
         "STSS of small patches, one row of arrows per temporal offset); the trained SELFY "
-        "block's own STSS at a query point and its soft-argmax motion field (coarse: the block "
-        "works at 1/16 of the frame size); and Grad-CAM of the predicted class."
+        "block's own STSS at a query point and its soft-argmax motion field (coarser: the block "
+        "works on a downsampled feature map); and Grad-CAM of the predicted class."
     )
     for entry in figures["clips"]:
         top = entry["model"]["top_k"][0]

@@ -30,6 +30,9 @@ class DemoSettings:
         weight_decay: L2 weight decay.
         width_multiplier: backbone width factor (1.0 = ResNet-18).
         selfy_channels: SELFY block hidden width (other widths scale).
+        selfy_stage: backbone stage the SELFY block follows; at small frame
+            sizes `"res2"` keeps its STSS map large enough (8x8 cells at
+            32x32 frames) to show motion.
         dropout: dropout before the classifier.
         dataset_seed: seed of the synthetic dataset.
         num_visualized_clips: validation clips shown with STSS maps, motion
@@ -38,20 +41,21 @@ class DemoSettings:
             TFRecords) or `"videos"` (MP4 files, then the folders converter).
     """
 
-    num_train: int = 1200
-    num_validation: int = 300
-    frame_size: int = 64
+    num_train: int = 1500
+    num_validation: int = 400
+    frame_size: int = 32
     num_frames: int = 8
     classes: tuple[str, ...] = CLASS_NAMES
     models: tuple[str, ...] = DEMO_MODELS
     seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 8
-    batch_size: int = 12
+    epochs: int = 10
+    batch_size: int = 16
     learning_rate: float = 0.1
     warmup_epochs: float = 1.0
     weight_decay: float = 1e-4
     width_multiplier: float = 0.25
     selfy_channels: int = 16
+    selfy_stage: str = "res2"
     dropout: float = 0.2
     dataset_seed: int = 0
     num_visualized_clips: int = 3

@@ -57,6 +57,13 @@ def load_model_or_run(path: str) -> tuple[keras.Model, list[str] | None]:
     import selfy_tf.layers  # noqa: F401  (registers the custom layers)
     import selfy_tf.models  # noqa: F401
 
+    try:
+        # Checkpoints written by the trainer may name its optimizer and schedules.
+        import trainer.optimizer  # noqa: F401
+        import trainer.schedules  # noqa: F401
+    except ImportError:  # pragma: no cover - trainer ships with the package
+        pass
+
     path = os.fspath(path)
     labels_candidates = []
     if os.path.isdir(path):

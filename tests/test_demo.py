@@ -1,0 +1,109 @@
+"""`selfy demo`: settings, claims, summary table, and the quick run end to end."""
+
+import json
+import os
+
+import pytest
+
+from selfy_tf.demo import format_summary_table, full_settings, quick_settings
+from selfy_tf.demo.pipeline import check_claims, summarize_runs, training_overrides
+
+
+def _run(model, seed, top1):
+    return {
+        "model": model,
+        "seed": seed,
+        "top1": top1,
+        "mean_class_accuracy": top1,
+        "train_seconds": 10.0,
+        "confusion_matrix": [[1, 0], [0, 1]],
+        "run_dir": f"runs/{model}-seed{seed}",
+    }
+
+
+class TestDemoBasic:
+    def test_full_settings_use_three_seeds_and_all_models(self):
+        settings = full_settings()
+        assert settings.seeds == (0, 1, 2)
+        assert settings.models == ("tsn_r18", "tsm_r18", "selfy_tsm_r18")
+        assert settings.num_validation % settings.batch_size == 0
+
+    def test_with_num_seeds(self):
+        assert quick_settings().with_num_seeds(2).seeds == (0, 1)
+        with pytest.raises(ValueError, match=r"`num_seeds` must be at least 1. Received: num_seeds=0"):
+            quick_settings().with_num_seeds(0)
+
+    @pytest.mark.parametrize("model_name", ["tsn_r18", "selfy_tsm_r18"])
+    def test_overrides_make_a_valid_trainer_config(self, model_name):
+        import trainer
+        from trainer.configs import validate
+
+        settings = full_settings()
+        config = trainer.apply_overrides(
+            trainer.get_preset("tiny_cpu"), training_overrides(settings, model_name, seed=2)
+        )
+        validate(config)
+        assert config.model.name == model_name
+        assert config.model.num_classes == len(settings.classes)
+        assert config.model.selfy_channels == (16 if model_name.startswith("selfy") else None)
+        # left/right and clockwise/counter-clockwise are never flipped.
+        assert config.data.no_flip_classes == (0, 1, 4, 5)
+        assert config.data.eval_size == ()
+        assert config.train.seed == 2
+
+    def test_summary_mean_std_and_claims(self):
+        runs = [
+            _run("tsn_r18", 0, 0.10), _run("tsn_r18", 1, 0.14),
+            _run("tsm_r18", 0, 0.50), _run("tsm_r18", 1, 0.60),
+            _run("selfy_tsm_r18", 0, 0.80), _run("selfy_tsm_r18", 1, 0.70),
+        ]
+        models = summarize_runs(runs, full_settings())
+        assert models["tsn_r18"]["top1_mean"] == pytest.approx(0.12)
+        assert models["tsm_r18"]["top1_std"] == pytest.approx(0.05)
+        assert models["selfy_tsm_r18"]["confusion_matrix"] == [[2, 0], [0, 2]]
+        assert check_claims(models, chance=0.1) == {
+            "selfy_ge_tsm": True, "tsm_gt_tsn": True, "tsn_near_chance": True
+        }
+        models["tsn_r18"]["top1_mean"] = 0.55
+        assert check_claims(models, chance=0.1) == {
+            "selfy_ge_tsm": True, "tsm_gt_tsn": False, "tsn_near_chance": False
+        }
+        for entry in models.values():
+            entry["params"] = 1_500_000
+        table = format_summary_table(
+            {"models": models, "chance": 0.1, "settings": {"seeds": [0, 1], "num_validation": 300}}
+        )
+        assert "selfy_tsm_r18  1.50 M" in table
+        assert "75.0 ± 5.0" in table
+        assert "chance: 10.0 %" in table
+
+
+class TestDemoEndToEnd:
+    def test_quick_demo_writes_report_and_results(self, tmp_path, capsys):
+        from selfy_tf.cli.main import main
+
+        out = tmp_path / "demo_out"
+        assert main(["demo", "--quick", "--out", str(out)]) == 0
+        stdout = capsys.readouterr().out
+        assert "selfy_tsm_r18" in stdout and "report:" in stdout
+
+        results = json.loads((out / "results.json").read_text())
+        assert set(results["models"]) == {"tsn_r18", "tsm_r18", "selfy_tsm_r18"}
+        for entry in results["models"].values():
+            assert len(entry["top1"]) == 1 and 0.0 <= entry["top1_mean"] <= 1.0
+            assert os.path.isfile(os.path.join(entry["run_dirs"][0], "checkpoints", "best.keras"))
+        assert results["chance"] == pytest.approx(0.1)
+        assert set(results["claims"]) == {"selfy_ge_tsm", "tsm_gt_tsn", "tsn_near_chance"}
+        prediction = results["prediction"]
+        assert os.path.isfile(os.path.join(prediction["export_path"], "saved_model.pb"))
+        assert prediction["top_k"][0]["label"] in results["settings"]["classes"]
+
+        html = (out / "report.html").read_text()
+        for figure in ("figures/accuracy.png", "figures/training_curves.png", "stss_query.png",
+                       "pixel_motion_field.png", "gradcam.png", "confusion_selfy_tsm_r18.png"):
+            assert figure in html, figure
+        for path in [results["figures"]["accuracy"], results["figures"]["training_curves"]]:
+            assert os.path.getsize(path) > 0
+        clip = results["figures"]["clips"][0]
+        for path in clip["model"]["files"].values():
+            assert os.path.getsize(path) > 0
