@@ -251,9 +251,12 @@ class TestSTSSErrors:
 
 
 class TestSTSSTFLite:
-    def test_matmul_backend_converts_to_builtins(self):
+    @pytest.mark.parametrize("tile", [None, (2, 3)])
+    def test_matmul_backend_converts_to_builtins(self, forced_tiles, tile):
         from ai_edge_litert.interpreter import Interpreter
 
+        if tile is not None:
+            forced_tiles(tile)
         shape, window = (1, 3, 4, 5, 6), (3, 3, 5)
         function = tf.function(lambda features: stss(features, window, jit=False))
         concrete = function.get_concrete_function(tf.TensorSpec(shape, tf.float32))
