@@ -186,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
 
     backends = [name for name in args.backends.split(",") if name]
     for backend in backends:
-        modes = ("graph_jit", "graph", "xla") if backend == "matmul" else ("graph", "xla")
+        modes = ("graph", "xla")
+        if backend == "matmul":
+            modes = ("graph_jit", *modes)
         for mode in modes:
             _run_case(
                 f"stss_{backend}_{mode}",

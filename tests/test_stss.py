@@ -158,7 +158,9 @@ class TestSTSSCorrectness:
             )(features),
         }
         for name, output in runs.items():
-            np.testing.assert_allclose(output.numpy(), expected, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(
+                output.numpy(), expected, atol=1e-5, err_msg=name
+            )
 
     @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
     def test_other_float_dtypes(self, dtype):
@@ -237,7 +239,9 @@ class TestSTSSErrors:
             stss(random_features((1, 2, 3, 3, 2)), (3, 3, 3), backend="conv")
 
     def test_bad_rank(self):
-        with pytest.raises(ValueError, match=r"`features` must have rank 5.*\(2, 3, 3, 2\)"):
+        with pytest.raises(
+            ValueError, match=r"`features` must have rank 5.*\(2, 3, 3, 2\)"
+        ):
             stss(random_features((2, 3, 3, 2)), (3, 3, 3))
 
     def test_integer_features(self):
@@ -260,7 +264,9 @@ class TestSTSSTFLite:
         shape, window = (1, 3, 4, 5, 6), (3, 3, 5)
         function = tf.function(lambda features: stss(features, window, jit=False))
         concrete = function.get_concrete_function(tf.TensorSpec(shape, tf.float32))
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], function)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [concrete], function
+        )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         model = converter.convert()
 

@@ -452,6 +452,10 @@ def _band_gather_fn(plan: _MatmulPlan, jit: bool) -> Callable[..., tf.Tensor]:
     return band_gather
 
 
+def _frame_padding(before: int, after: int) -> list[list[int]]:
+    return [[0, 0], [before, after], [0, 0], [0, 0], [0, 0]]
+
+
 def _pair_similarities(
     queries: tf.Tensor, keys: tf.Tensor, max_offset: int
 ) -> list[tf.Tensor]:
@@ -473,7 +477,9 @@ def _pair_similarities(
     @tf.custom_gradient
     def similarities(queries, keys):
         outputs = [
-            tf.matmul(queries[:, : num_frames - offset], keys[:, offset:], transpose_b=True)
+            tf.matmul(
+                queries[:, : num_frames - offset], keys[:, offset:], transpose_b=True
+            )
             for offset in range(max_offset + 1)
         ]
 
@@ -485,9 +491,10 @@ def _pair_similarities(
                     part, queries[:, : num_frames - offset], transpose_a=True
                 )
                 if offset:
-                    padding = [[0, 0], [0, offset], [0, 0], [0, 0], [0, 0]]
-                    query_grad = tf.pad(query_grad, padding)
-                    key_grad = tf.pad(key_grad, [padding[0], padding[1][::-1], *padding[2:]])
+                    # Back to num_frames frames: queries lose the last
+                    # `offset` frames, keys the first.
+                    query_grad = tf.pad(query_grad, _frame_padding(0, offset))
+                    key_grad = tf.pad(key_grad, _frame_padding(offset, 0))
                 query_grads.append(query_grad)
                 key_grads.append(key_grad)
             return tf.add_n(query_grads), tf.add_n(key_grads)
