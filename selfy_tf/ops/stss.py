@@ -139,6 +139,9 @@ class _MatmulPlan(NamedTuple):
     second_mask: np.ndarray | None
 
 
+_MIN_TILE_QUERIES = 32
+
+
 def _tile_cost(size: int, window_size: int, tile: int) -> int:
     starts, _, keys = _tile_starts(size, window_size, tile)
     return len(starts) * tile * keys
@@ -170,8 +173,6 @@ def _choose_tiles(
     return best[1], best[2]
 
 
-_MIN_TILE_QUERIES = 32
-
 
 def _tile_starts(size: int, window_size: int, tile: int) -> tuple[list, list, int]:
     num_tiles = -(-size // tile)
@@ -201,14 +202,12 @@ def _matmul_plan(
     num_positions = height * width
 
     # Frame pairs (t, t + d) for d >= 0; negative offsets use the transpose.
-    pair_first, pair_second = [], []
     pair_id = np.full((num_frames, half_l + 1), -1, np.int64)
+    num_pairs = 0
     for offset in range(min(half_l, num_frames - 1) + 1):
         for frame in range(num_frames - offset):
-            pair_id[frame, offset] = len(pair_first)
-            pair_first.append(frame)
-            pair_second.append(frame + offset)
-    num_pairs = len(pair_first)
+            pair_id[frame, offset] = num_pairs
+            num_pairs += 1
 
     tile_height, tile_width = tile
     starts_y, key_starts_y, keys_y = _tile_starts(height, height_window, tile_height)
@@ -356,6 +355,13 @@ def _matmul_plan(
             (index >= 0).astype(np.float32),
         )
 
+    logger.debug(
+        "STSS matmul plan: %d frame pairs, %d tiles of %d queries x %d keys",
+        num_pairs,
+        num_tiles,
+        tile_queries,
+        tile_keys,
+    )
     identity = np.arange(num_positions)
     whole_map = np.array_equal(query_positions, identity) and np.array_equal(
         key_positions, identity
