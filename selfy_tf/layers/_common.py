@@ -344,3 +344,75 @@ def unrolled_conv_selection(height: int, width: int) -> np.ndarray:
                     if 0 <= in_y < height and 0 <= in_x < width:
                         selection[ky, kx, in_y * width + in_x, out_y * width + out_x] = 1
     return selection
+
+
+def linear_batch_norm(
+    inputs: tf.Tensor,
+    linear: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+    kernel: keras.Variable,
+    batch_norm: keras.layers.BatchNormalization,
+    training: bool | None,
+    relu: bool = True,
+    compute_dtype: str = "float32",
+) -> tf.Tensor:
+    """`relu(batch_norm(linear(inputs, kernel)))` for a bias-free linear map.
+
+    With batch statistics (training a trainable batch norm) the batch norm
+    layer is called. Otherwise its moving statistics are folded into the
+    kernel (`kernel * scale`, then a bias), which gives the same result with
+    one pass less over the output and lets the graph optimiser fuse the
+    bias and ReLU into the convolution or matrix product.
+
+    Args:
+        inputs: input tensor of `linear`.
+        linear: `linear(inputs, kernel)`, linear in `kernel`, whose last
+            axis is the output channel axis.
+        kernel: the kernel variable, output channels last.
+        batch_norm: a built channels-last batch norm layer.
+        training: whether batch statistics are used (with a trainable
+            `batch_norm`).
+        relu: apply a ReLU at the end.
+        compute_dtype: dtype of `inputs` and of the result.
+
+    Returns:
+        The normalised (and rectified) output of `linear`.
+    """
+    if training and batch_norm.trainable:
+        outputs = batch_norm(linear(inputs, tf.cast(kernel, compute_dtype)), training=True)
+    else:
+        scale, bias = folded_batch_norm(batch_norm)
+        folded = tf.cast(tf.cast(kernel, tf.float32) * scale, compute_dtype)
+        outputs = tf.nn.bias_add(linear(inputs, folded), tf.cast(bias, compute_dtype))
+    return tf.nn.relu(outputs) if relu else outputs
+
+
+def folded_batch_norm(
+    batch_norm: keras.layers.BatchNormalization,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(scale, bias)` in float32 with `batch_norm(x) == x * scale + bias` at inference."""
+    scale = tf.math.rsqrt(
+        tf.cast(batch_norm.moving_variance, tf.float32) + batch_norm.epsilon
+    )
+    if batch_norm.scale:
+        scale = scale * tf.cast(batch_norm.gamma, tf.float32)
+    bias = -tf.cast(batch_norm.moving_mean, tf.float32) * scale
+    if batch_norm.center:
+        bias = bias + tf.cast(batch_norm.beta, tf.float32)
+    return scale, bias
+
+
+def conv2d(strides: int, padding: str | int) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """`linear(inputs, kernel)` of a bias-free 2-D convolution.
+
+    `padding` is "SAME", "VALID" or an int: symmetric zero padding applied
+    explicitly before a 'valid' convolution (PyTorch style).
+    """
+
+    def linear(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        if isinstance(padding, str):
+            return tf.nn.conv2d(inputs, kernel, strides, padding)
+        if padding:
+            inputs = pad_spatial(inputs, padding)
+        return tf.nn.conv2d(inputs, kernel, strides, "VALID")
+
+    return linear

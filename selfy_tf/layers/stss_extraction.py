@@ -120,40 +120,33 @@ class STSSExtraction(keras.layers.Layer):
     def call(self, inputs, training=None):
         height_window, width_window = inputs.shape[5], inputs.shape[6]
         positions = height_window * width_window
-        dtype = self.compute_dtype
+        selection = tf.constant(self._conv0_selection, self.compute_dtype)
+
         # conv0 has one input channel: as one dense [U*V, U*V*c0] matrix it is
-        # a single matrix product, several times faster than Conv2D.
-        kernel = tf.cast(self.convs[0].kernel, dtype)[:, :, 0, :]
-        matrix = tf.einsum(
-            "yxo,yxpq->pqo", kernel, tf.constant(self._conv0_selection, dtype)
-        )
-        maps = tf.matmul(
-            tf.reshape(tf.cast(inputs, dtype), [-1, positions]),
-            tf.reshape(matrix, [positions, -1]),
-        )
-        maps = tf.reshape(maps, [-1, height_window, width_window, self.channels[0]])
-        maps = tf.nn.relu(self.bns[0](maps, training=training))
-        for index in (1, 2):
-            maps = self._conv(maps, index)
-            maps = tf.nn.relu(self.bns[index](maps, training=training))
+        # a single matrix product, several times faster than a convolution.
+        def conv0(maps, kernel):
+            matrix = tf.einsum("yxo,yxpq->pqo", kernel[:, :, 0, :], selection)
+            maps = tf.matmul(maps, tf.reshape(matrix, [positions, -1]))
+            return tf.reshape(maps, [-1, height_window, width_window, kernel.shape[-1]])
+
         # conv3 covers the whole 3x3 map: a matrix product on flattened maps.
-        kernel = tf.cast(self.convs[3].kernel, dtype)
-        maps = tf.matmul(
-            tf.reshape(maps, [-1, 9 * self.channels[2]]),
-            tf.reshape(kernel, [9 * self.channels[2], self.channels[3]]),
-        )
-        maps = tf.nn.relu(self.bns[3](maps, training=training))
+        def conv3(maps, kernel):
+            size = 9 * kernel.shape[2]
+            return tf.matmul(tf.reshape(maps, [-1, size]), tf.reshape(kernel, [size, -1]))
+
+        linears = [
+            conv0,
+            _common.conv2d(2, self._paddings[1]),
+            _common.conv2d(2, self._paddings[2]),
+            conv3,
+        ]
+        maps = tf.reshape(tf.cast(inputs, self.compute_dtype), [-1, positions])
+        for linear, conv, bn in zip(linears, self.convs, self.bns):
+            maps = _common.linear_batch_norm(
+                maps, linear, conv.kernel, bn, training, compute_dtype=self.compute_dtype
+            )
         output_shape = tf.concat([tf.shape(inputs)[:5], [self.channels[-1]]], axis=0)
         return tf.reshape(maps, output_shape)
-
-    def _conv(self, maps, index):
-        stride = _CONV_GEOMETRY[index][0]
-        padding = self._paddings[index]
-        if padding != "SAME":
-            maps = _common.pad_spatial(maps, padding)
-            padding = "VALID"
-        kernel = tf.cast(self.convs[index].kernel, self.compute_dtype)
-        return tf.nn.conv2d(maps, kernel, stride, padding)
 
     def compute_output_shape(self, input_shape):
         return (*tuple(input_shape)[:5], self.channels[-1])

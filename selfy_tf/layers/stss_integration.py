@@ -132,19 +132,38 @@ class STSSIntegration(keras.layers.Layer):
         num_frames, length = inputs.shape[1], inputs.shape[4]
         height, width = _common.dim(inputs, 2), _common.dim(inputs, 3)
         batch_frames = tf.shape(inputs)[0] * num_frames
+        dtype = self.compute_dtype
+        # Each (1, 3, 3) convolution is a 'SAME' 2-D convolution over folded
+        # frames ('SAME' equals PyTorch's symmetric padding 1 at stride 1).
+        conv = _common.conv2d(1, "SAME")
         # [B, T, h, w, L, C] -> [B * T * L, h, w, C]: each offset l separately.
-        maps = tf.transpose(inputs, [0, 1, 4, 2, 3, 5])
+        maps = tf.transpose(tf.cast(inputs, dtype), [0, 1, 4, 2, 3, 5])
         maps = tf.reshape(maps, [-1, height, width, inputs.shape[5]])
-        for conv, bn in zip(self.convs, self.bns):
-            maps = tf.nn.relu(bn(conv(_common.pad_spatial(maps, 1)), training=training))
+        for layer, bn in zip(self.convs, self.bns):
+            maps = _common.linear_batch_norm(
+                maps, conv, layer.kernel, bn, training, compute_dtype=dtype
+            )
         # Back to one map per frame with the L groups on channels, l-major.
         maps = tf.reshape(maps, [-1, length, height, width, self.channels[2]])
         maps = tf.transpose(maps, [0, 2, 3, 1, 4])
         maps = tf.reshape(maps, [-1, height, width, length * self.channels[2]])
-        maps = self.fuse_conv(_common.pad_spatial(maps, 1))
-        maps = tf.nn.relu(self.fuse_bn(maps, training=training))
-        maps = _interleave_zeros(self.upsample_conv(maps), batch_frames)
-        return self.upsample_bn(maps, training=training)
+        maps = _common.linear_batch_norm(
+            maps, conv, self.fuse_conv.kernel, self.fuse_bn, training, compute_dtype=dtype
+        )
+
+        def upsample(maps, kernel):
+            maps = tf.nn.conv2d(maps, kernel, 1, "VALID")
+            return _interleave_zeros(maps, batch_frames)
+
+        return _common.linear_batch_norm(
+            maps,
+            upsample,
+            self.upsample_conv.kernel,
+            self.upsample_bn,
+            training,
+            relu=False,
+            compute_dtype=dtype,
+        )
 
     def compute_output_shape(self, input_shape):
         batch, num_frames, height, width = tuple(input_shape)[:4]

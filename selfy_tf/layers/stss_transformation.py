@@ -107,6 +107,11 @@ class STSSTransformation(keras.layers.Layer):
                 f"num_frames={self.num_frames}. Received: "
                 f"input_shape={tuple(input_shape)}."
             )
+        same = all(
+            size is not None and _common.same_matches_torch(size, 3, 2, 1)
+            for size in (height, width)
+        )
+        self._padding = "SAME" if same else 1
         padded = (batch, _plus(height, 2), _plus(width, 2), channels)
         self.conv.build(padded)
         conv_shape = self.conv.compute_output_shape(padded)
@@ -114,8 +119,14 @@ class STSSTransformation(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        hidden = self.conv(_common.pad_spatial(inputs, 1))
-        hidden = tf.nn.relu(self.bn(hidden, training=training))
+        hidden = _common.linear_batch_norm(
+            tf.cast(inputs, self.compute_dtype),
+            _common.conv2d(2, self._padding),
+            self.conv.kernel,
+            self.bn,
+            training,
+            compute_dtype=self.compute_dtype,
+        )
         height, width = _common.dim(hidden, 1), _common.dim(hidden, 2)
         clips = tf.reshape(
             hidden, [-1, self.num_frames, height, width, self.hidden_channels]
