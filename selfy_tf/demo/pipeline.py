@@ -174,7 +174,7 @@ def train_and_evaluate(
     run_dir: str,
     verbose: bool | str,
 ) -> dict:
-    """Trains one model with the real trainer and evaluates its best checkpoint."""
+    """Trains one model with the real trainer and evaluates its final checkpoint."""
     import trainer
 
     config = trainer.apply_overrides(
@@ -189,9 +189,15 @@ def train_and_evaluate(
     if previous is not None and previous.get("epochs_completed") == result.epochs_completed:
         # A finished run was found and not redone: keep its own training time.
         train_seconds = previous["train_seconds"]
+    # The final model, not the checkpoint that scored best on this same
+    # validation split: picking the best of several epochs would flatter a
+    # model at chance.
+    from trainer.run_dir import RunPaths
+
     report = trainer.evaluate(
-        run_dir,
+        RunPaths(run_dir).last_checkpoint,
         data_dir,
+        output_dir=run_dir,
         batch_size=settings.batch_size,
         eval_size=None,
         verbose=_progress_enabled(verbose),
@@ -201,6 +207,7 @@ def train_and_evaluate(
         "seed": seed,
         "run_dir": run_dir,
         "top1": float(report["top1"]),
+        "best_epoch_val_top1": float(max(result.history.get("val_top1", [float("nan")]))),
         "mean_class_accuracy": float(report["mean_class_accuracy"]),
         "confusion_matrix": np.asarray(report["confusion_matrix"]).tolist(),
         "per_class": report.get("per_class"),
@@ -214,8 +221,9 @@ def train_and_evaluate(
 
 def _count_params(run_dir: str) -> int:
     from selfy_tf.viz.explain import load_model_or_run
+    from trainer.run_dir import RunPaths
 
-    model, _ = load_model_or_run(run_dir)
+    model, _ = load_model_or_run(RunPaths(run_dir).last_checkpoint)
     return int(model.count_params())
 
 
@@ -234,6 +242,8 @@ def summarize_runs(runs: list[dict], settings: DemoSettings) -> dict:
             "top1_mean": float(top1.mean()),
             "top1_std": float(top1.std()),
             "mean_class_accuracy": class_accuracy.tolist(),
+            # For reference only: the best epoch was picked on the same split.
+            "best_epoch_val_top1": [run.get("best_epoch_val_top1") for run in model_runs],
             "train_seconds": [run["train_seconds"] for run in model_runs],
             "confusion_matrix": np.sum(
                 [np.asarray(run["confusion_matrix"]) for run in model_runs], axis=0
@@ -265,11 +275,14 @@ def check_claims(models: dict, chance: float) -> dict:
 def export_and_predict(
     run_dir: str, export_base: str, video_path: str, frame_size: int
 ) -> dict:
-    """Exports a run for TF Serving and classifies one video through the SavedModel."""
+    """Exports a run's final model for TF Serving and classifies one video through it."""
     from serving.client import LocalClient
     from serving.export import export_saved_model, load_export_source
 
-    model, labels = load_export_source(run_dir)
+    from trainer.run_dir import RunPaths
+
+    paths = RunPaths(run_dir)
+    model, labels = load_export_source(paths.last_checkpoint, labels_path=paths.labels)
     model_dir = os.path.join(export_base, EXPORT_NAME)
     if os.path.isdir(model_dir):
         # The demo's own earlier export: replace it.

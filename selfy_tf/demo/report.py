@@ -75,6 +75,8 @@ def _claims_text(results: dict) -> str:
         return f"{_percent(models[name]['top1_mean'])} %" if name in models else "n/a"
 
     parts = [
+        "Accuracies are those of each run's final model (last epoch) on all "
+        f"{results['settings']['num_validation']} validation clips. "
         f"Measured validation top-1 (mean over {len(results['settings']['seeds'])} seed(s)): "
         f"TSN {mean('tsn_r18')}, TSM {mean('tsm_r18')}, SELFY {mean('selfy_tsm_r18')}; "
         f"chance is {_percent(chance)} %."
@@ -137,7 +139,9 @@ def write_figures(
     figures["clips"] = []
     if selfy_name is None:
         return figures
-    model, labels = explain.load_model_or_run(models[selfy_name]["run_dirs"][0])
+    from trainer.run_dir import RunPaths
+
+    model, labels = explain.load_model_or_run(RunPaths(models[selfy_name]["run_dirs"][0]).last_checkpoint)
     for position, sample in enumerate(
         tqdm(samples, desc="visualising", unit="clip", disable=not progress, leave=False)
     ):
