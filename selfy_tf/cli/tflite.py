@@ -51,7 +51,7 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--calibration-split",
         default=None,
-        help="split of --calibration-data to read (default: validation, else train)",
+        help="split of --calibration-data to read; unset: validation, else train",
     )
     parser.add_argument(
         "--calibration-clips",
