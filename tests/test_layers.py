@@ -341,6 +341,28 @@ def _np_selfy_block(x, weights, num_frames, window, training):
 
 
 class TestLayersCorrectness:
+    @pytest.mark.parametrize("shape", [(6, 3, 2, 5), (40, 5)])
+    def test_fused_batch_norm_matches_numpy(self, shape):
+        from selfy_tf.layers._common import FusedBatchNormalization
+
+        x = np.random.default_rng(2).normal(1.0, 2.0, size=shape).astype("float32")
+        layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
+        layer.build(shape)
+        layer.gamma.assign(np.full(5, 1.5, "float32"))
+        layer.beta.assign(np.full(5, -0.5, "float32"))
+        flat = x.reshape(-1, 5)
+        mean, variance = flat.mean(0), flat.var(0)
+        expected = (x - mean) / np.sqrt(variance + 1e-5) * 1.5 - 0.5
+        np.testing.assert_allclose(layer(x, training=True).numpy(), expected, rtol=1e-4, atol=1e-4)
+        # Moving statistics as PyTorch updates them: unbiased batch variance.
+        np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean, rtol=1e-4, atol=1e-6)
+        unbiased = variance * len(flat) / (len(flat) - 1)
+        np.testing.assert_allclose(
+            layer.moving_variance.numpy(), 0.9 + 0.1 * unbiased, rtol=1e-4
+        )
+        inference = (x - 0.1 * mean) / np.sqrt(0.9 + 0.1 * unbiased + 1e-5) * 1.5 - 0.5
+        np.testing.assert_allclose(layer(x).numpy(), inference, rtol=1e-4, atol=1e-4)
+
     def test_temporal_shift_matches_numpy(self):
         x = np.random.default_rng(0).normal(size=(6, 2, 3, 17)).astype("float32")
         layer = TemporalShift(num_frames=3, fold_div=4)
