@@ -20,7 +20,6 @@ torch = pytest.importorskip("torch", reason='weight import needs torch: pip inst
 from selfy_tf.cli.main import main  # noqa: E402
 from selfy_tf.models import create_model  # noqa: E402
 from selfy_tf.weights import (  # noqa: E402
-    convert_tensor,
     load_imagenet_resnet,
     load_official_checkpoint,
     load_official_state_dict,
@@ -83,11 +82,11 @@ class TestWeightsBasic:
         model = tiny_model_factory("tsm_r18", num_classes=3, num_frames=2)
         record = next(r for r in torch_weight_mapping(model) if r.torch_key == "module.new_fc.weight")
         weight = np.arange(3 * 64, dtype=np.float32).reshape(3, 64, 1)
-        converted = convert_tensor(record, weight)
+        converted = record.convert(weight)
         assert converted.shape == (64, 3)
         assert converted[5, 2] == weight[2, 5, 0]
         with pytest.raises(ValueError, match="expects \\(64, 3\\)"):
-            convert_tensor(record, np.zeros((4, 64), np.float32))
+            record.convert(np.zeros((4, 64), np.float32))
 
     def test_strict_errors_name_keys(self, tiny_model_factory):
         reference = _tiny_reference("selfy_tsm_r18", num_classes=5, num_frames=2)

@@ -10,6 +10,7 @@ PyTorch tensor into the Keras one (`TORCH_TRANSFORMS`):
 | `conv2d`                | Conv2d `[o, i, kh, kw]` | Conv2D `[kh, kw, i, o]` |
 | `conv3d_1kk`            | Conv3d `[o, i, 1, kh, kw]` | Conv2D `[kh, kw, i, o]` |
 | `conv_transpose3d_k1`   | ConvTranspose3d `[i, o, 1, 1, 1]` | Conv2D `[1, 1, i, o]` |
+| `linear`                | Linear `[o, i]` / Conv1d `[o, i, 1]` | Dense `[i, o]` |
 | `identity`              | BN `weight`, `bias`, `running_mean`, `running_var` | `gamma`, `beta`, `moving_mean`, `moving_variance` |
 
 Every (1, k, k) 3-D convolution of the reference is a 2-D convolution here
@@ -75,6 +76,17 @@ def _conv_transpose3d_k1(array: np.ndarray) -> np.ndarray:
     return array[:, :, 0, 0, 0][None, None]
 
 
+def _linear(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim != 2:
+        raise ValueError(
+            "A Linear / kernel-1 Conv1d weight must have shape (out, in) or (out, in, 1). "
+            f"Received: shape={tuple(array.shape)}."
+        )
+    return np.transpose(array)
+
+
 def _identity(array: np.ndarray) -> np.ndarray:
     return array
 
@@ -83,6 +95,7 @@ TORCH_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "conv2d": _conv2d,
     "conv3d_1kk": _conv3d_1kk,
     "conv_transpose3d_k1": _conv_transpose3d_k1,
+    "linear": _linear,
     "identity": _identity,
 }
 
@@ -110,9 +123,9 @@ class WeightMapping:
         converted = TORCH_TRANSFORMS[self.transform](np.asarray(array))
         if tuple(converted.shape) != tuple(self.variable.shape):
             raise ValueError(
-                f"`{self.torch_key}` converted with `{self.transform}` has shape "
-                f"{tuple(converted.shape)}, but `{self.variable.path}` expects "
-                f"{tuple(self.variable.shape)}."
+                f"`{self.torch_key}` of shape {tuple(np.shape(array))} converted with "
+                f"`{self.transform}` has shape {tuple(converted.shape)}, but "
+                f"`{self.variable.path}` expects {tuple(self.variable.shape)}."
             )
         return converted
 

@@ -7,7 +7,6 @@ torch is needed only to read `.pth` files; it is imported when used
 from selfy_tf.weights.imagenet import load_imagenet_resnet
 from selfy_tf.weights.mapping import (
     LoadReport,
-    convert_tensor,
     torch_module_name,
     torch_weight_mapping,
 )
@@ -19,7 +18,6 @@ from selfy_tf.weights.official import (
 
 __all__ = [
     "LoadReport",
-    "convert_tensor",
     "load_imagenet_resnet",
     "load_official_checkpoint",
     "load_official_state_dict",

@@ -48,39 +48,6 @@ _BATCH_NORM_KEYS = (
 )
 
 
-def _linear(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim != 2:
-        raise ValueError(
-            "A Linear / kernel-1 Conv1d weight must have shape (out, in) or (out, in, 1). "
-            f"Received: shape={tuple(array.shape)}."
-        )
-    return np.transpose(array)
-
-
-TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    **_common.TORCH_TRANSFORMS,
-    "linear": _linear,
-}
-
-
-def convert_tensor(record: WeightMapping, array: np.ndarray) -> np.ndarray:
-    """Converts a PyTorch `array` to the layout of `record.variable`.
-
-    Raises:
-        ValueError: if the converted shape differs from the variable's.
-    """
-    converted = TRANSFORMS[record.transform](np.asarray(array))
-    if tuple(converted.shape) != tuple(record.variable.shape):
-        raise ValueError(
-            f"`{record.torch_key}` of shape {tuple(np.shape(array))} converted with "
-            f"`{record.transform}` has shape {tuple(converted.shape)}, but "
-            f"`{record.variable.path}` expects {tuple(record.variable.shape)}."
-        )
-    return converted
-
-
 def torch_module_name(layer_name: str) -> str | None:
     """The PyTorch module path of a backbone layer (`layer2_0_conv1` → `layer2.0.conv1`).
 
@@ -263,7 +230,7 @@ def assign_state_dict(
             continue
         array = np.asarray(state_dict[record.torch_key])
         try:
-            converted = convert_tensor(record, array)
+            converted = record.convert(array)
         except ValueError:
             report.mismatched.append(
                 (record.torch_key, tuple(array.shape), tuple(record.variable.shape))
