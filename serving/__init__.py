@@ -7,7 +7,7 @@ Names are imported on first use, so `import serving` stays light.
 
 from __future__ import annotations
 
-import importlib
+from selfy_tf._lazy import lazy_exports
 
 _EXPORTS = {
     "export_saved_model": "serving.export",
@@ -29,13 +29,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'serving' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports("serving", _EXPORTS, globals())

@@ -8,7 +8,7 @@ need `tfrecords.video` / `tfrecords.sources` never import TensorFlow.
 
 from __future__ import annotations
 
-import importlib
+from selfy_tf._lazy import lazy_exports
 
 _EXPORTS = {
     "make_dataset": "tfrecords.dataset",
@@ -34,13 +34,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tfrecords' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports("tfrecords", _EXPORTS, globals())
