@@ -137,6 +137,15 @@ class TestMotionFieldCorrectness:
         speed = np.linalg.norm(interior, axis=-1)
         np.testing.assert_allclose(speed, np.hypot(*displacement), atol=0.03)
 
+    def test_patch_features_are_mean_free_patches(self):
+        frames = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 10, 3))
+        features = motion_field.patch_features(frames, patch_size=4, stride=2)
+        assert features.shape == (1, 2, 3, 4, 48)
+        expected = frames[1, 2:6, 4:8].reshape(-1)  # patch (row 1, column 2)
+        np.testing.assert_allclose(features[0, 1, 1, 2], expected - expected.mean(), rtol=1e-5)
+        with pytest.raises(ValueError, match=r"`patch_size` and `stride` must be positive.*stride=0"):
+            motion_field.patch_features(frames, stride=0)
+
     def test_static_pattern_has_zero_motion(self):
         field = motion_field.compute_motion_field(_translating_features((0, 0)), window=(3, 9, 9))
         np.testing.assert_allclose(field.velocity[0, :, 4:-4, 4:-4], 0.0, atol=0.03)

@@ -42,12 +42,23 @@ class MotionField:
         confidence: `[batch, num_frames, height, width, L]` the largest
             similarity in each `U x V` map (NaN outside the clip).
         window: the STSS window `(L, U, V)`.
+        stationary: `[batch, num_frames, height, width, L]` the similarity
+            at zero displacement; `confidence - stationary` says how much
+            better a moved match is than standing still.
     """
 
     displacement: np.ndarray
     velocity: np.ndarray
     confidence: np.ndarray
     window: tuple[int, int, int]
+    stationary: np.ndarray | None = None
+
+    @property
+    def motion_gain(self) -> np.ndarray:
+        """`confidence - stationary`: 0 where standing still matches best."""
+        if self.stationary is None:
+            raise ValueError("This MotionField has no `stationary` similarities.")
+        return self.confidence - self.stationary
 
     @property
     def temporal_offsets(self) -> np.ndarray:
@@ -223,15 +234,18 @@ def motion_field_from_stss(
         similarity, temperature=temperature, valid=valid, kernel_sigma=kernel_sigma
     )
     offsets = np.arange(window[0]) - window[0] // 2
+    stationary = similarity[..., window[1] // 2, window[2] // 2]
+    stationary = np.where(np.isnan(peak), np.nan, stationary)
     return MotionField(
         displacement=displacement,
         velocity=fit_velocity(displacement, offsets),
         confidence=peak,
         window=window,
+        stationary=stationary,
     )
 
 
-def patch_features(frames: np.ndarray, patch_size: int = 4) -> np.ndarray:
+def patch_features(frames: np.ndarray, patch_size: int = 4, stride: int | None = None) -> np.ndarray:
     """Pixel-level features for an STSS: mean-free `patch_size` x `patch_size` patches.
 
     Cosine similarity of mean-free patches is their normalised
@@ -240,12 +254,16 @@ def patch_features(frames: np.ndarray, patch_size: int = 4) -> np.ndarray:
 
     Args:
         frames: `[num_frames, height, width, 3]` (or with a leading batch
-            axis); height and width are cropped to multiples of `patch_size`.
-        patch_size: patch side in pixels, also the stride of the result.
+            axis).
+        patch_size: patch side in pixels.
+        stride: step between patches (default `patch_size`, no overlap);
+            also the pixels per STSS cell.
 
     Returns:
-        float32 `[batch, num_frames, height // patch_size, width //
-        patch_size, patch_size * patch_size * 3]`.
+        float32 `[batch, num_frames, rows, columns, patch_size * patch_size
+        * 3]` with `rows = (height - patch_size) // stride + 1` (columns
+        likewise); patch `(row, column)` starts at pixel `(row * stride,
+        column * stride)`.
     """
     frames = np.asarray(frames, np.float32)
     if frames.ndim == 4:
@@ -255,15 +273,17 @@ def patch_features(frames: np.ndarray, patch_size: int = 4) -> np.ndarray:
             "`frames` must be [num_frames, height, width, channels] or "
             f"[batch, num_frames, height, width, channels]. Received: shape={frames.shape}."
         )
-    if int(patch_size) < 1:
-        raise ValueError(f"`patch_size` must be a positive integer. Received: patch_size={patch_size!r}.")
-    batch, num_frames, height, width, channels = frames.shape
-    rows, columns = height // patch_size, width // patch_size
-    frames = frames[:, :, : rows * patch_size, : columns * patch_size]
-    patches = frames.reshape(batch, num_frames, rows, patch_size, columns, patch_size, channels)
-    patches = patches.transpose(0, 1, 2, 4, 3, 5, 6).reshape(
-        batch, num_frames, rows, columns, patch_size * patch_size * channels
-    )
+    stride = patch_size if stride is None else stride
+    if int(patch_size) < 1 or int(stride) < 1:
+        raise ValueError(
+            "`patch_size` and `stride` must be positive integers. "
+            f"Received: patch_size={patch_size!r}, stride={stride!r}."
+        )
+    windows = np.lib.stride_tricks.sliding_window_view(frames, (patch_size, patch_size), axis=(2, 3))
+    windows = windows[:, :, ::stride, ::stride]
+    # [batch, time, rows, columns, channels, patch, patch] -> flat descriptors.
+    batch, num_frames, rows, columns = windows.shape[:4]
+    patches = windows.transpose(0, 1, 2, 3, 5, 6, 4).reshape(batch, num_frames, rows, columns, -1)
     return patches - patches.mean(axis=-1, keepdims=True)
 
 

@@ -220,6 +220,7 @@ def plot_motion_field(
     stride: float,
     min_confidence: float = 0.0,
     title: str = "",
+    min_gain: float | None = None,
 ) -> str:
     """Soft-argmax displacements, one row per non-zero temporal offset.
 
@@ -233,6 +234,8 @@ def plot_motion_field(
         stride: pixels per STSS cell.
         min_confidence: hide arrows whose peak similarity is lower.
         title: figure title.
+        min_gain: hide arrows where the best match beats standing still
+            (`field.motion_gain`) by less than this; None shows all.
     """
     plt = _pyplot()
     displacement = field.displacement[0]
@@ -259,6 +262,8 @@ def plot_motion_field(
             keep = np.isfinite(vectors).all(-1) & (
                 confidence[frame_index, :, :, offset_index] >= min_confidence
             )
+            if min_gain is not None:
+                keep &= field.motion_gain[0, frame_index, :, :, offset_index] >= min_gain
             if keep.any():
                 axis.quiver(
                     grid_x[keep],
