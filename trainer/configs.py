@@ -286,7 +286,7 @@ def tiny_cpu() -> ExperimentConfig:
     )
     config.data.batch_size = 4
     config.data.eval_size = ()
-    config.optimizer.lr = 0.05
+    config.optimizer.lr = 0.01
     config.schedule = ScheduleConfig(name="constant", decay_epochs=())
     config.train.epochs = 3
     config.train.backup_every_steps = 5

@@ -13,7 +13,8 @@ both in `keras/src/backend/tensorflow/trainer.py`:
    multi-worker goes through the collective all-reduce and fails on the
    per-replica input ("Attempt to convert a value (PerReplica...) with an
    unsupported type"). Only shapes and dtypes matter there, so
-   `_local_symbolic_build` takes this worker's first replica's batch instead.
+   `prepare_model_for_fit` builds from tensor specs instead (which also keeps
+   `fit` from consuming a pass of the dataset, under every strategy).
 2. After each step the logs are reduced with
    `reduce_per_replica(..., "auto")`, which under multi-worker calls
    `strategy.reduce("MEAN", value, axis=0)`; the logged values are scalars,
@@ -24,9 +25,9 @@ both in `keras/src/backend/tensorflow/trainer.py`:
    Keras.
 
 We keep Keras's `fit` (callbacks, progress bars, validation) rather than a
-hand-written `strategy.run` loop; the two fixes are applied only when a
-multi-worker strategy is used, are idempotent, and `tests/test_trainer_distributed.py`
-runs two real workers through them.
+hand-written `strategy.run` loop; fix 2 is applied only when a multi-worker
+strategy is used and is idempotent, and `tests/test_trainer_distributed.py`
+runs two real workers through both.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ __all__ = [
     "is_chief",
     "make_strategy",
     "patch_keras_for_multi_worker",
-    "prepare_model_for_multi_worker",
+    "prepare_model_for_fit",
     "worker_index",
 ]
 
@@ -165,28 +166,25 @@ def patch_keras_for_multi_worker() -> None:
     _PATCHED = True
 
 
-def _local_symbolic_build(self, iterator=None, data_batch=None):
-    # Fix 1 of the module docstring: build from this worker's first replica's
-    # batch; shapes and dtypes are all the symbolic build needs.
-    if self._distribute_strategy is None:
-        return
-    if iterator is not None:
-        for _, _, distributed_iterator in iterator:
-            batch = next(distributed_iterator)
-            data_batch = tf.nest.map_structure(
-                lambda value: self.distribute_strategy.experimental_local_results(value)[0]
-                if isinstance(value, tf.distribute.DistributedValues)
-                else value,
-                batch,
-            )
-            break
-    with self.distribute_strategy.scope():
-        self._symbolic_build(data_batch=data_batch)
+def prepare_model_for_fit(model, strategy: tf.distribute.Strategy, data_batch_spec) -> None:
+    """Builds `model`'s metrics, loss and optimizer from specs, and stops `fit` from doing it with data.
 
+    Under a distribution strategy Keras's `fit` builds the model from one
+    batch it pulls from the dataset (`_maybe_symbolic_build`), then resets
+    the iterator. Besides failing under multi-worker (fix 1 of the module
+    docstring), that consumes one pass of the dataset: our training pipeline
+    reshuffles and re-draws augmentations on every pass, so `fit` would then
+    train on the *second* pass and a mirrored run would see other batches
+    than a one-device run or a resumed run. Shapes and dtypes are all the
+    build needs, so it is done here from `data_batch_spec` (a structure of
+    `tf.TensorSpec`) and `fit`'s data-driven build is replaced by a no-op.
+    Call inside `strategy.scope()` after `compile`.
+    """
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        patch_keras_for_multi_worker()
+    model._symbolic_build(data_batch=data_batch_spec)
 
-def prepare_model_for_multi_worker(model, strategy: tf.distribute.Strategy) -> None:
-    """Applies fix 1 of the module docstring to `model` (only under multi-worker)."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return
-    patch_keras_for_multi_worker()
-    model._maybe_symbolic_build = types.MethodType(_local_symbolic_build, model)
+    def build_from_spec(self, iterator=None, data_batch=None):
+        self._symbolic_build(data_batch=data_batch_spec)
+
+    model._maybe_symbolic_build = types.MethodType(build_from_spec, model)

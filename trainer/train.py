@@ -173,6 +173,19 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
         selfy_channels=model_config.selfy_channels if model_config.name.startswith("selfy") else None,
         sync_batchnorm=model_config.sync_batchnorm,
     )
+    if model_config.sync_batchnorm:
+        # The zoo synchronises the backbone's BN only; the recipe wants every
+        # BN layer (the SELFY block's too) to use the global batch's moments.
+        # `synchronized` is read at call time, so it can be set after building.
+        unsynchronized = [
+            layer
+            for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
+        ]
+        for layer in unsynchronized:
+            layer.synchronized = True
+        if unsynchronized:
+            logger.info("Synchronised %d more BatchNormalization layers.", len(unsynchronized))
     if model_config.init:
         kind, _, path = model_config.init.partition(":")
         if not os.path.exists(path):
@@ -409,21 +422,23 @@ def train(
         config.runtime.mixed_precision,
     )
 
+    # Same seed, same initial weights (and dropout masks) on every worker
+    # and in every restart.
+    keras.utils.set_random_seed(int(config.train.seed))
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.runtime.mixed_precision)
     try:
         with strategy.scope():
             model = build_model(config)
             _compile(model, config, schedule, jit_compile)
-            # Create the metric variables now (Keras would on the first step)
-            # so that a mid-epoch backup's running metrics can be restored.
-            model._symbolic_build(
-                data_batch=(
-                    tf.TensorSpec((None, config.model.num_frames, config.model.input_size, config.model.input_size, 3), tf.uint8),
-                    tf.TensorSpec((None, config.model.num_classes), tf.float32),
-                )
+            # Build metric variables now (Keras would on the first step) so a
+            # mid-epoch backup's running metrics can be restored; see
+            # `prepare_model_for_fit` for why `fit` must not build from data.
+            batch_spec = (
+                tf.TensorSpec((None, config.model.num_frames, config.model.input_size, config.model.input_size, 3), tf.uint8),
+                tf.TensorSpec((None, config.model.num_classes), tf.float32),
             )
-        strategy_lib.prepare_model_for_multi_worker(model, strategy)
+            strategy_lib.prepare_model_for_fit(model, strategy, batch_spec)
 
         state = callbacks_lib.load_backup(backup_dir, model)
         resumed_from = None

@@ -1,0 +1,173 @@
+"""Training throughput (clips/s) on this machine, and whether input or model is the bottleneck.
+
+    python benchmarks/bench_train.py                      # full sweep
+    python benchmarks/bench_train.py --models tiny_cpu --iterations 5
+
+Cases: models {tiny_cpu, selfy_tsm_r50 at 8x224x224 batch 2} x XLA {off, on}
+x precision {float32, mixed (bfloat16 on CPU, float16 on GPU)}. Each case
+times `train_on_batch` with the trainer's optimizer and loss on a fixed
+batch (warm-up untimed), so it measures the model step alone. The input
+pipeline (`tfrecords.make_dataset`, training mode, on a synthetic dataset
+written at the stored size of the model's preset) is timed separately;
+`bottleneck_<model>` says which of the two is slower.
+
+Prints ONE JSON line on stdout with flat keys, e.g.
+`train_tiny_cpu_xla_off_float32_clips_per_sec`; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+logger = logging.getLogger("bench_train")
+
+MODELS = {
+    # name: (preset, overrides, stored frame size (h, w), stored frames)
+    "tiny_cpu": ("tiny_cpu", [], (40, 48), 6),
+    "selfy_tsm_r50": (
+        "ssv1_selfy_r50_8f",
+        ["data.batch_size=2", "model.num_classes=174"],
+        (240, 320),
+        8,
+    ),
+}
+
+
+def _model_step_case(config, xla: bool, precision: str, warmup: int, iterations: int) -> dict:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer import train as train_lib
+    from trainer.schedules import make_schedule
+
+    keras.config.set_dtype_policy(precision)
+    try:
+        keras.utils.clear_session()
+        model = train_lib.build_model(config)
+        schedule = make_schedule(config.schedule, 0.01, 100, config.train.epochs)
+        train_lib._compile(model, config, schedule, jit_compile=xla)
+        batch = config.data.batch_size
+        shape = (batch, config.model.num_frames, config.model.input_size, config.model.input_size, 3)
+        frames = tf.constant(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8))
+        labels = tf.one_hot(np.arange(batch) % config.model.num_classes, config.model.num_classes)
+        for _ in range(warmup):
+            model.train_on_batch(frames, labels)
+        start = time.perf_counter()
+        for _ in range(iterations):
+            loss = model.train_on_batch(frames, labels)
+        elapsed = time.perf_counter() - start
+        step = elapsed / iterations
+        return {"step_time_ms": 1000.0 * step, "clips_per_sec": batch / step, "final_loss": float(np.ravel(loss)[0])}
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def _input_case(config, stored_size, stored_frames, batches: int) -> dict:
+    import numpy as np
+
+    from tfrecords import make_dataset, write_split
+
+    with tempfile.TemporaryDirectory() as directory:
+        rng = np.random.default_rng(0)
+        num_clips = max(16, config.data.batch_size * (batches + 2))
+        clips = (
+            (rng.integers(0, 255, (stored_frames, *stored_size, 3), dtype=np.uint8), index % 2, f"c{index}")
+            for index in range(num_clips)
+        )
+        write_split(directory, "train", clips, ["a", "b"], num_shards=2)
+        dataset = make_dataset(
+            os.path.join(directory, "train-*.tfrecord"),
+            training=True,
+            num_frames=config.model.num_frames,
+            batch_size=config.data.batch_size,
+            crop_size=config.model.input_size,
+            seed=0,
+            repeat=True,
+        )
+        iterator = iter(dataset)
+        next(iterator)  # warm-up: tracing, first files
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(iterator)
+        elapsed = time.perf_counter() - start
+    return {"clips_per_sec": batches * config.data.batch_size / elapsed, "batch_time_ms": 1000.0 * elapsed / batches}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS), help="models to time")
+    parser.add_argument("--xla", nargs="+", choices=("off", "on"), default=["off", "on"], help="XLA settings")
+    parser.add_argument("--precision", nargs="+", choices=("float32", "mixed"), default=["float32", "mixed"],
+                        help="float32 and/or mixed (bfloat16 on CPU, float16 on GPU)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per case (default: 2)")
+    parser.add_argument("--iterations", type=int, default=5, help="timed steps per case (default: 5; r50 uses min(this, 3))")
+    parser.add_argument("--input-batches", type=int, default=10, help="timed input-pipeline batches (default: 10)")
+    parser.add_argument("--threads", type=int, default=2, help="TF intra/inter-op threads (default: 2)")
+    parser.add_argument("--results-file", default=None, help="also write the JSON result here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    from trainer import configs
+
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    results = {
+        "tf_version": tf.__version__,
+        "device": "gpu" if on_gpu else "cpu",
+        "threads": args.threads,
+        "warmup_steps": args.warmup,
+    }
+    for name in args.models:
+        preset, overrides, stored_size, stored_frames = MODELS[name]
+        config = configs.apply_overrides(configs.get_preset(preset), overrides)
+        results[f"{name}_batch"] = config.data.batch_size
+        results[f"{name}_frames"] = config.model.num_frames
+        results[f"{name}_input_size"] = config.model.input_size
+        iterations = args.iterations if name == "tiny_cpu" else min(args.iterations, 3)
+        model_rates = []
+        for xla in args.xla:
+            for precision in args.precision:
+                policy = "float32" if precision == "float32" else ("mixed_float16" if on_gpu else "mixed_bfloat16")
+                key = f"train_{name}_xla_{xla}_{precision}"
+                logger.info("case %s (%s)", key, policy)
+                try:
+                    case = _model_step_case(config, xla == "on", policy, args.warmup, iterations)
+                    results[f"{key}_step_time_ms"] = round(case["step_time_ms"], 2)
+                    results[f"{key}_clips_per_sec"] = round(case["clips_per_sec"], 3)
+                    model_rates.append(case["clips_per_sec"])
+                    logger.info("  %.1f ms/step, %.2f clips/s", case["step_time_ms"], case["clips_per_sec"])
+                except Exception as error:  # noqa: BLE001 - a failed case is recorded, the sweep goes on
+                    results[f"{key}_error"] = f"{type(error).__name__}: {error}"[:300]
+                    logger.info("  error: %s", error)
+        try:
+            case = _input_case(config, stored_size, stored_frames, args.input_batches)
+            results[f"input_{name}_clips_per_sec"] = round(case["clips_per_sec"], 3)
+            results[f"input_{name}_batch_time_ms"] = round(case["batch_time_ms"], 2)
+            if model_rates:
+                best_model = max(model_rates)
+                results[f"bottleneck_{name}"] = "input" if case["clips_per_sec"] < best_model else "model"
+                results[f"input_to_model_ratio_{name}"] = round(case["clips_per_sec"] / best_model, 3)
+        except Exception as error:  # noqa: BLE001
+            results[f"input_{name}_error"] = f"{type(error).__name__}: {error}"[:300]
+    line = json.dumps(results)
+    print(line)
+    if args.results_file:
+        with open(args.results_file, "w") as stream:
+            stream.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""`selfy train` end to end: a tiny model learns, kill -9 resume, run dir, eval, data errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from trainer import configs
+from trainer.callbacks import read_backup_state
+from trainer.synthetic import write_color_dataset
+
+NUM_CLASSES = 4
+EPOCHS = 3
+# 32 clips / batch 4 = 8 steps per epoch; backups every 2 steps.
+COMMON_SETS = [f"train.epochs={EPOCHS}", "train.backup_every_steps=2"]
+
+
+def _train_command(data_dir: str, run_dir: str, *sets: str) -> list[str]:
+    command = [sys.executable, "-m", "selfy_tf.cli.main", "train", "--preset", "tiny_cpu"]
+    command += ["--data", data_dir, "--out", run_dir]
+    for item in [*COMMON_SETS, *sets]:
+        command += ["--set", item]
+    return command
+
+
+def _environment() -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _result(completed_stdout: str) -> dict:
+    return json.loads(completed_stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_color_dataset(str(tmp_path_factory.mktemp("color_data")), num_classes=NUM_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """An uninterrupted run and a run killed with SIGKILL mid-epoch, then resumed.
+
+    Both start at once (two processes) to save wall time.
+    """
+    root = tmp_path_factory.mktemp("runs")
+    reference_dir, resumed_dir = str(root / "reference"), str(root / "resumed")
+    reference = subprocess.Popen(
+        _train_command(data_dir, reference_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=_environment(),
+    )
+    victim = subprocess.Popen(
+        _train_command(data_dir, resumed_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=_environment(),
+    )
+    killed_at = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and victim.poll() is None:
+        try:
+            state = read_backup_state(os.path.join(resumed_dir, "backup"))
+        except (OSError, ValueError, KeyError):
+            state = None
+        # Kill inside the second epoch, after a mid-epoch backup.
+        if state and state["epoch"] >= 1 and state["step_in_epoch"] > 0:
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            killed_at = state
+            break
+        time.sleep(0.05)
+    if killed_at is None:
+        victim.kill()
+        pytest.fail("the run to interrupt finished or stalled before a mid-epoch backup")
+    stdout, stderr = reference.communicate(timeout=240)
+    assert reference.returncode == 0, stderr[-3000:]
+    resumed = subprocess.run(
+        _train_command(data_dir, resumed_dir), capture_output=True, text=True, env=_environment(), timeout=240
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return {
+        "reference": _result(stdout),
+        "resumed": _result(resumed.stdout),
+        "killed_at": killed_at,
+        "reference_dir": reference_dir,
+        "resumed_dir": resumed_dir,
+    }
+
+
+class TestTraining:
+    def test_tiny_model_loss_falls_and_beats_chance(self, runs):
+        history = runs["reference"]["history"]
+        assert history["epoch"] == [1, 2, 3]
+        assert history["loss"][-1] < 0.8 * history["loss"][0]
+        chance = 1.0 / NUM_CLASSES
+        assert history["top1"][-1] > chance + 0.25
+        assert history["val_top1"][-1] > chance
+        assert runs["reference"]["global_step"] == EPOCHS * 8
+
+    def test_run_directory_layout(self, runs):
+        run_dir = runs["reference_dir"]
+        for name in ("config.yaml", "labels.txt", "history.csv", "train.log"):
+            assert os.path.isfile(os.path.join(run_dir, name)), name
+        for name in ("best.keras", "last.keras"):
+            assert os.path.isfile(os.path.join(run_dir, "checkpoints", name)), name
+        assert os.path.isfile(os.path.join(run_dir, "backup", "backup.npz"))
+        events = [name for _, _, names in os.walk(os.path.join(run_dir, "logs")) for name in names]
+        assert any(name.startswith("events.out.tfevents") for name in events)
+        with open(os.path.join(run_dir, "history.csv")) as stream:
+            rows = list(csv.DictReader(stream))
+        assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
+        assert {"loss", "top1", "top5", "val_top1", "lr", "clips_per_sec"} <= set(rows[0])
+        saved = configs.load_yaml(os.path.join(run_dir, "config.yaml"))
+        expected = configs.apply_overrides(configs.get_preset("tiny_cpu"), COMMON_SETS)
+        assert configs.config_to_dict(saved) == configs.config_to_dict(expected)
+        with open(os.path.join(run_dir, "labels.txt")) as stream:
+            assert stream.read().split() == ["red", "green", "blue", "yellow"]
+
+    def test_tensorboard_has_lr_and_clips_per_sec(self, runs):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        log_dir = os.path.join(runs["reference_dir"], "logs", "train")
+        accumulator = EventAccumulator(log_dir, size_guidance={"tensors": 0})
+        accumulator.Reload()
+        tags = set(accumulator.Tags()["tensors"])
+        assert {"epoch/loss", "epoch/top1", "epoch/top5", "epoch/lr", "epoch/clips_per_sec", "step/lr"} <= tags
+
+
+class TestResume:
+    def test_resumed_mid_epoch_without_redoing_finished_epochs(self, runs):
+        killed_at = runs["killed_at"]
+        resumed = runs["resumed"]
+        assert resumed["resumed_from"] == {
+            "epoch": killed_at["epoch"],
+            "step_in_epoch": killed_at["step_in_epoch"],
+        }
+        assert resumed["epochs_completed"] == EPOCHS
+        # The skipped batches are not trained again: same step count.
+        assert resumed["global_step"] == runs["reference"]["global_step"]
+        with open(os.path.join(runs["resumed_dir"], "history.csv")) as stream:
+            assert [int(row["epoch"]) for row in csv.DictReader(stream)] == [1, 2, 3]
+
+    def test_resumed_run_equals_uninterrupted_run(self, runs):
+        # Same batches in the same order, restored optimizer and running
+        # metrics: the histories agree to float32 round-off.
+        reference, resumed = runs["reference"]["history"], runs["resumed"]["history"]
+        for key in ("loss", "top1", "val_loss", "val_top1", "lr"):
+            np.testing.assert_allclose(resumed[key], reference[key], rtol=1e-4, atol=1e-5, err_msg=key)
+        with np.load(os.path.join(runs["reference_dir"], "backup", "backup.npz")) as first, np.load(
+            os.path.join(runs["resumed_dir"], "backup", "backup.npz")
+        ) as second:
+            model_keys = [key for key in first.files if key.startswith("model/")]
+            assert model_keys
+            for key in model_keys:
+                np.testing.assert_allclose(second[key], first[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+    def test_finished_run_is_not_trained_again(self, runs, data_dir):
+        from trainer.train import train
+
+        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), COMMON_SETS)
+        result = train(config, data_dir, runs["reference_dir"], verbose=0)
+        assert result.global_step == runs["reference"]["global_step"]
+        assert result.history["loss"] == runs["reference"]["history"]["loss"]
+
+    def test_resume_with_other_config_is_refused(self, runs, data_dir):
+        from trainer.train import train
+
+        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), [*COMMON_SETS, "optimizer.lr=0.5"])
+        with pytest.raises(ValueError, match=r"different config \(optimizer.lr: 0.01 -> 0.5\)"):
+            train(config, data_dir, runs["reference_dir"], verbose=0)
+
+
+class TestEvaluate:
+    def test_eval_writes_report_and_confusion_matrix(self, runs, data_dir, tmp_path):
+        from trainer import evaluate
+
+        report = evaluate(runs["reference_dir"], data_dir, num_clips=2, num_crops=3, output_dir=str(tmp_path))
+        assert report["num_examples"] == 16
+        assert (report["num_clips"], report["num_crops"]) == (2, 3)
+        confusion = np.asarray(report["confusion_matrix"])
+        assert confusion.shape == (NUM_CLASSES, NUM_CLASSES) and confusion.sum() == 16
+        assert report["top1"] == pytest.approx(np.trace(confusion) / 16)
+        per_class = [report["per_class"][name]["accuracy"] for name in ("red", "green", "blue", "yellow")]
+        np.testing.assert_allclose(per_class, np.diag(confusion) / confusion.sum(axis=1))
+        assert report["mean_class_accuracy"] == pytest.approx(np.mean(per_class))
+        assert report["top5"] == 1.0  # top-k is capped at the 4 classes
+        with open(tmp_path / "eval.json") as stream:
+            saved = json.load(stream)
+        for key in ("top1", "top5", "mean_class_accuracy", "num_examples", "num_clips", "num_crops", "per_class"):
+            assert key in saved
+        with open(tmp_path / "confusion_matrix.json") as stream:
+            assert json.load(stream)["matrix"] == report["confusion_matrix"]
+        with open(tmp_path / "confusion_matrix.png", "rb") as stream:
+            assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    def test_eval_cli_writes_into_run_dir(self, runs, data_dir, capsys):
+        from selfy_tf.cli.main import main
+
+        assert main(["eval", runs["reference_dir"], "--data", data_dir]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["num_examples"] == 16
+        assert os.path.isfile(os.path.join(runs["reference_dir"], "eval.json"))
+
+    def test_classification_report_against_hand_computed_values(self):
+        from trainer.evaluate import classification_report
+
+        scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.5, 0.3], [0.6, 0.1, 0.3], [0.1, 0.2, 0.7]])
+        labels = np.array([0, 2, 1, 2])
+        report = classification_report(scores, labels, ["a", "b", "c"], top_k=2)
+        assert report["top1"] == 0.5
+        assert report["top5"] == 0.75  # top-2: rows 0, 1, 3 hit
+        # per class: a 1/1, b 0/1, c 1/2
+        assert report["mean_class_accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)
+        assert report["confusion_matrix"] == [[1, 0, 0], [1, 0, 0], [0, 1, 1]]
+
+
+class TestDataErrors:
+    def test_class_count_mismatch(self, data_dir):
+        from trainer.train import inspect_data_dir
+
+        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), ["model.num_classes=5"])
+        with pytest.raises(ValueError, match="lists 4 classes but `model.num_classes`=5"):
+            inspect_data_dir(data_dir, config)
+
+    def test_frame_count_mismatch(self, data_dir):
+        from trainer.train import inspect_data_dir
+
+        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), ["model.num_frames=8"])
+        with pytest.raises(ValueError, match="at most 6 frames but `model.num_frames`=8"):
+            inspect_data_dir(data_dir, config)
+
+    def test_missing_and_empty_data_dirs(self, tmp_path):
+        from trainer.train import inspect_data_dir
+
+        config = configs.get_preset("tiny_cpu")
+        with pytest.raises(FileNotFoundError, match="Data directory not found"):
+            inspect_data_dir(str(tmp_path / "nowhere"), config)
+        with pytest.raises(FileNotFoundError, match="labels.txt"):
+            inspect_data_dir(str(tmp_path), config)
+        (tmp_path / "labels.txt").write_text("a\nb\nc\nd\n")
+        with pytest.raises(ValueError, match="No training clips"):
+            inspect_data_dir(str(tmp_path), config)
