@@ -46,15 +46,15 @@ def _model_step_case(config, xla: bool, precision: str, warmup: int, iterations:
     import numpy as np
     import tensorflow as tf
 
-    from trainer import train as train_lib
     from trainer.schedules import make_schedule
+    from trainer.train import build_model, compile_for_training
 
     keras.config.set_dtype_policy(precision)
     try:
         keras.utils.clear_session()
-        model = train_lib.build_model(config)
+        model = build_model(config)
         schedule = make_schedule(config.schedule, 0.01, 100, config.train.epochs)
-        train_lib._compile(model, config, schedule, jit_compile=xla)
+        compile_for_training(model, config, schedule, jit_compile=xla)
         batch = config.data.batch_size
         shape = (batch, config.model.num_frames, config.model.input_size, config.model.input_size, 3)
         frames = tf.constant(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8))

@@ -31,7 +31,7 @@ from trainer.schedules import make_schedule, scaled_learning_rate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataInfo", "TrainResult", "build_model", "inspect_data_dir", "resolve_jit_compile", "train"]
+__all__ = ["DataInfo", "TrainResult", "build_model", "compile_for_training", "inspect_data_dir", "resolve_jit_compile", "train"]
 
 
 @dataclasses.dataclass
@@ -208,7 +208,8 @@ def _peak_learning_rate(config: configs.ExperimentConfig, global_batch_size: int
     return scaled_learning_rate(config.optimizer.base_lr, config.optimizer.base_batch_size, global_batch_size)
 
 
-def _compile(model: keras.Model, config: configs.ExperimentConfig, schedule, jit_compile: bool) -> None:
+def compile_for_training(model: keras.Model, config: configs.ExperimentConfig, schedule, jit_compile: bool) -> None:
+    """Compiles `model` with the recipe's optimizer (TorchSGD + parameter groups), loss and metrics."""
     optimizer_config = config.optimizer
     groups = parameter_groups(
         model,
@@ -430,7 +431,7 @@ def train(
     try:
         with strategy.scope():
             model = build_model(config)
-            _compile(model, config, schedule, jit_compile)
+            compile_for_training(model, config, schedule, jit_compile)
             # Build metric variables now (Keras would on the first step) so a
             # mid-epoch backup's running metrics can be restored; see
             # `prepare_model_for_fit` for why `fit` must not build from data.
