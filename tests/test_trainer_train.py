@@ -19,8 +19,9 @@ from trainer.synthetic import write_color_dataset
 
 NUM_CLASSES = 4
 EPOCHS = 3
-# 32 clips / batch 4 = 8 steps per epoch; backups every 2 steps.
-COMMON_SETS = [f"train.epochs={EPOCHS}", "train.backup_every_steps=2"]
+# 32 clips / batch 4 = 8 steps per epoch; a backup after every step, so the
+# run to interrupt spends most of its time with a mid-epoch backup on disk.
+COMMON_SETS = [f"train.epochs={EPOCHS}", "train.backup_every_steps=1"]
 
 
 def _train_command(data_dir: str, run_dir: str, *sets: str) -> list[str]:
@@ -73,7 +74,7 @@ def runs(tmp_path_factory, data_dir):
             victim.wait()
             killed_at = state
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     if killed_at is None:
         victim.kill()
         pytest.fail("the run to interrupt finished or stalled before a mid-epoch backup")
