@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import keras
@@ -59,6 +65,77 @@ def _randomize_batch_norms(layer: keras.layers.Layer, seed: int = 0) -> None:
             variable.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
 
 
+def _sync_batch_norms(layer: keras.layers.Layer) -> list[bool]:
+    """`synchronized` of every batch norm inside `layer`."""
+    return [
+        sublayer.synchronized
+        for sublayer in layer._flatten_layers(include_self=False, recursive=True)
+        if isinstance(sublayer, keras.layers.BatchNormalization)
+    ]
+
+
+# A training step of a sync-BN block under MirroredStrategy on 2 logical CPUs
+# (each replica sees half the batch) against one replica seeing the whole
+# batch. Logical devices must be configured before TensorFlow initialises,
+# hence a fresh process.
+_MIRRORED_SYNC_BATCH_NORM_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+    from selfy_tf.layers import SELFYBlock
+
+    args = dict(num_frames=2, hidden_channels=4, window=(3, 9, 9),
+                extraction_channels=(2, 3, 4, 5), integration_channels=(3, 4, 5, 6),
+                zero_init_last=False)
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(1.0, 2.0, size=(8, 8, 8, 8)).astype("float32")
+    loss_weights = rng.normal(size=inputs.shape).astype("float32")
+    whole = SELFYBlock(**args)
+    whole.build((None, 8, 8, 8))
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        synced = SELFYBlock(**args, sync_batchnorm=True)
+        synced.build((None, 8, 8, 8))
+    synced.set_weights(whole.get_weights())
+    per_replica = len(inputs) // 2
+
+    def split(array):
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(
+                array[context.replica_id_in_sync_group * per_replica:][:per_replica]
+            )
+        )
+
+    # Eager replica functions: no tracing, and the all-reduces still run.
+    def step(x, w):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(synced(x, training=True) * w)
+        return tape.gradient(loss, synced.trainable_variables)
+
+    gradients = strategy.run(step, args=(split(inputs), split(loss_weights)))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(whole(inputs, training=True) * loss_weights)
+    print(json.dumps({
+        "replicas": strategy.num_replicas_in_sync,
+        "moving": [v.numpy().tolist() for v in synced.non_trainable_variables],
+        "whole_moving": [v.numpy().tolist() for v in whole.non_trainable_variables],
+        "gradients": [strategy.reduce("SUM", g, axis=None).numpy().tolist() for g in gradients],
+        "whole_gradients": [
+            g.numpy().tolist() for g in tape.gradient(loss, whole.trainable_variables)
+        ],
+        "inference": synced(inputs).numpy().tolist(),
+        "weights": [w.tolist() for w in synced.get_weights()],
+        "inputs": inputs.tolist(),
+    }))
+    """
+)
+
+
 class TestLayersBasic:
     @pytest.mark.parametrize("index", range(5))
     def test_shapes_config_and_saving(self, index, tmp_path):
@@ -114,6 +191,28 @@ class TestLayersBasic:
             assert float(tf.reduce_max(tf.abs(gradient))) > 0.0, variable.path
         for before, variable in zip(moving_before, block.non_trainable_weights):
             assert not np.array_equal(before, variable.numpy()), variable.path
+
+    def test_sync_batchnorm_config_round_trip(self):
+        layers = [
+            STSSTransformation(num_frames=2, hidden_channels=4, window=(3, 9, 9),
+                               sync_batchnorm=True),
+            STSSExtraction(channels=(2, 3, 4, 5), sync_batchnorm=True),
+            STSSIntegration(output_channels=7, channels=(3, 4, 5, 6), sync_batchnorm=True),
+            SELFYBlock(**TINY_BLOCK_ARGS, sync_batchnorm=True),
+        ]
+        for layer in layers:
+            config = layer.get_config()
+            assert config["sync_batchnorm"] is True
+            clone = type(layer).from_config(config)
+            assert clone.sync_batchnorm is True
+            assert clone.get_config() == config
+        block = layers[-1]
+        block.build(TINY_INPUT_SHAPE)
+        assert _sync_batch_norms(block) == [True] * 10
+        plain = SELFYBlock(**TINY_BLOCK_ARGS)
+        plain.build(TINY_INPUT_SHAPE)
+        assert plain.get_config()["sync_batchnorm"] is False
+        assert _sync_batch_norms(plain) == [False] * 10
 
     def test_block_under_xla(self):
         # One frame offset keeps the XLA compilation short.
@@ -211,6 +310,16 @@ class TestLayersErrors:
             STSSTransformation(num_frames=8, hidden_channels=-1)
         with pytest.raises(ValueError, match="`output_channels` must be a positive"):
             STSSIntegration(output_channels=0)
+
+    def test_bad_sync_batchnorm(self):
+        from selfy_tf.layers._common import FusedBatchNormalization
+
+        with pytest.raises(ValueError, match=r"`sync_batchnorm` must be a bool. Received: sync_batchnorm='yes'"):
+            SELFYBlock(sync_batchnorm="yes")
+        with pytest.raises(ValueError, match="`sync_batchnorm` must be a bool"):
+            STSSExtraction(sync_batchnorm=1)
+        with pytest.raises(ValueError, match="supports only axis=-1 without renorm"):
+            FusedBatchNormalization(renorm=True, synchronized=True)
 
     def test_wrong_rank(self):
         with pytest.raises(ValueError, match=r"\(batch \* num_frames, height, width, channels\)"):
@@ -341,12 +450,13 @@ def _np_selfy_block(x, weights, num_frames, window, training):
 
 
 class TestLayersCorrectness:
+    @pytest.mark.parametrize("synchronized", [False, True])
     @pytest.mark.parametrize("shape", [(6, 3, 2, 5), (40, 5)])
-    def test_fused_batch_norm_matches_numpy(self, shape):
+    def test_fused_batch_norm_matches_numpy(self, shape, synchronized):
         from selfy_tf.layers._common import FusedBatchNormalization
 
         x = np.random.default_rng(2).normal(1.0, 2.0, size=shape).astype("float32")
-        layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
+        layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized)
         layer.build(shape)
         layer.gamma.assign(np.full(5, 1.5, "float32"))
         layer.beta.assign(np.full(5, -0.5, "float32"))
@@ -415,3 +525,48 @@ class TestLayersCorrectness:
         # Batch statistics of tiny batches amplify float32 rounding.
         tolerance = 1e-3 if training else 2e-4
         np.testing.assert_allclose(outputs, expected, rtol=tolerance, atol=tolerance)
+
+    def test_sync_block_without_strategy_matches_plain_block(self):
+        # One replica: synchronized statistics are those of the local batch,
+        # and inference folds the same moving statistics into the kernels.
+        inputs = np.random.default_rng(3).normal(0.5, 1.5, TINY_INPUT_SHAPE).astype("float32")
+        plain = SELFYBlock(**TINY_BLOCK_ARGS, zero_init_last=False)
+        synced = SELFYBlock(**TINY_BLOCK_ARGS, zero_init_last=False, sync_batchnorm=True)
+        plain.build(TINY_INPUT_SHAPE)
+        synced.build(TINY_INPUT_SHAPE)
+        _randomize_batch_norms(plain)
+        synced.set_weights(plain.get_weights())
+        np.testing.assert_array_equal(synced(inputs).numpy(), plain(inputs).numpy())
+        np.testing.assert_allclose(
+            synced(inputs, training=True).numpy(),
+            plain(inputs, training=True).numpy(),
+            rtol=1e-3, atol=1e-3,
+        )
+        for mine, theirs in zip(synced.non_trainable_weights, plain.non_trainable_weights):
+            np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
+
+    def test_sync_block_under_mirrored_strategy_matches_whole_batch(self):
+        environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+        completed = subprocess.run(
+            [sys.executable, "-c", _MIRRORED_SYNC_BATCH_NORM_SCRIPT],
+            capture_output=True, text=True, env=environment, timeout=300,
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        result = json.loads(completed.stdout.strip().splitlines()[-1])
+        assert result["replicas"] == 2
+        # Moving statistics after one step equal those of one replica that
+        # saw the whole batch (per-replica statistics differ by up to 0.15).
+        assert len(result["moving"]) == 20
+        for mine, whole in zip(result["moving"], result["whole_moving"]):
+            np.testing.assert_allclose(mine, whole, rtol=1e-5, atol=1e-5)
+        # Gradients flow through the all-reduce: their sum over replicas is
+        # the whole-batch gradient (tiny batches amplify float32 rounding).
+        for mine, whole in zip(result["gradients"], result["whole_gradients"]):
+            scale = np.abs(whole).max()
+            np.testing.assert_allclose(mine, whole, rtol=1e-3, atol=1e-3 * scale)
+        # Inference with the trained weights matches a non-synchronized block.
+        plain = SELFYBlock(**TINY_BLOCK_ARGS, zero_init_last=False)
+        plain.build((None, 8, 8, 8))
+        plain.set_weights([np.asarray(w, "float32") for w in result["weights"]])
+        inputs = np.asarray(result["inputs"], "float32")
+        np.testing.assert_allclose(result["inference"], plain(inputs).numpy(), rtol=1e-6, atol=1e-6)

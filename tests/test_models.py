@@ -104,6 +104,20 @@ class TestModelsBasic:
         norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
         assert norms and all(layer.synchronized for layer in norms)
 
+    def test_sync_batchnorm_reaches_selfy_block(self, tiny_model_factory):
+        model = tiny_model_factory(num_frames=2, sync_batchnorm=True)
+        norms = [
+            layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        block = model.get_layer("selfy")
+        assert block.sync_batchnorm is True
+        # 20 backbone batch norms of a ResNet-18 plus the block's 10.
+        assert len(norms) == 30
+        assert all(layer.synchronized for layer in norms)
+        plain = tiny_model_factory(num_frames=2)
+        assert plain.get_layer("selfy").sync_batchnorm is False
+
     def test_mixed_precision_output_is_float32(self, tiny_model_factory):
         keras.config.set_dtype_policy("mixed_float16")
         model = tiny_model_factory("selfy_tsm_r18", num_frames=2)

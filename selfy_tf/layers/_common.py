@@ -189,9 +189,22 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     batch variance (normalisation uses the biased one). Float16 / bfloat16
     inputs are normalised with float32 statistics.
 
+    With `synchronized=True` training-mode statistics are computed over the
+    whole global batch, as `keras.layers.BatchNormalization(synchronized=True)`
+    does: each replica sums its inputs and its element count, and
+    then sums its squared deviations from the global mean; both are
+    all-reduced across the replicas of the current `tf.distribute` strategy
+    (two small all-reduces per call, gradients flow through them), and the
+    normalisation is an unfused `tf.nn.batch_normalization`.
+    Unlike Keras's layer, the moving variance is still updated with the
+    unbiased variance of the global batch, so results do not depend on
+    `synchronized`. Without a strategy (one replica) the statistics are
+    those of the local batch. Inference never synchronizes and still uses
+    the fused kernel.
+
     Args:
         **kwargs: arguments of `keras.layers.BatchNormalization`; `axis` must
-            be -1 and `renorm`, `synchronized` are not supported.
+            be -1 and `renorm` is not supported.
 
     Example:
 
@@ -202,11 +215,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        if self.axis != -1 or self.renorm or self.synchronized:
+        if self.axis != -1 or self.renorm:
             raise ValueError(
-                "`FusedBatchNormalization` supports only axis=-1 without renorm "
-                f"or synchronization. Received: axis={self.axis}, "
-                f"renorm={self.renorm}, synchronized={self.synchronized}."
+                "`FusedBatchNormalization` supports only axis=-1 without renorm. "
+                f"Received: axis={self.axis}, renorm={self.renorm}."
             )
 
     def call(self, inputs, training=None, mask=None):
@@ -219,6 +231,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             maps = tf.cast(maps, tf.float32)
         scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
         offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        if training and self.trainable and self.synchronized:
+            return tf.cast(self._synchronized_call(inputs, scale, offset), self.compute_dtype)
         if training and self.trainable:
             outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 maps, scale, offset, epsilon=self.epsilon, is_training=True
@@ -244,6 +258,43 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             outputs = tf.reshape(outputs, tf.shape(inputs))
         return tf.cast(outputs, self.compute_dtype)
 
+    def _synchronized_call(
+        self, inputs: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor
+    ) -> tf.Tensor:
+        """Training-mode batch norm with statistics of the global batch."""
+        maps = tf.cast(inputs, tf.float32)
+        axes = list(range(inputs.shape.rank - 1))
+        replica_context = tf.distribute.get_replica_context()
+        synchronize = (
+            replica_context is not None and replica_context.num_replicas_in_sync > 1
+        )
+
+        def global_sum(tensor: tf.Tensor) -> tf.Tensor:
+            if not synchronize:
+                return tensor
+            return replica_context.all_reduce(tf.distribute.ReduceOp.SUM, tensor)
+
+        # Two passes (mean, then squared deviations) rather than
+        # E[x^2] - E[x]^2, which loses all precision when |mean| >> spread.
+        count = tf.cast(tf.reduce_prod(tf.shape(maps)[:-1]), tf.float32)
+        totals = global_sum(tf.concat([tf.reduce_sum(maps, axis=axes), count[None]], 0))
+        count = totals[-1]
+        mean = totals[:-1] / count
+        variance = global_sum(tf.reduce_sum(tf.square(maps - mean), axis=axes)) / count
+        outputs = tf.nn.batch_normalization(
+            maps, mean, variance, offset, scale, self.epsilon
+        )
+        unbiased = variance * (count / tf.maximum(count - 1.0, 1.0))
+        self.moving_mean.assign(
+            self.moving_mean * self.momentum
+            + tf.stop_gradient(mean) * (1.0 - self.momentum)
+        )
+        self.moving_variance.assign(
+            self.moving_variance * self.momentum
+            + tf.stop_gradient(unbiased) * (1.0 - self.momentum)
+        )
+        return outputs
+
 
 def make_batch_norm(
     name: str,
@@ -251,13 +302,19 @@ def make_batch_norm(
     momentum: float,
     epsilon: float,
     gamma_initializer: str = "ones",
+    synchronized: bool = False,
 ) -> keras.layers.BatchNormalization:
-    """A channels-last fused batch norm with PyTorch-equivalent settings."""
+    """A channels-last fused batch norm with PyTorch-equivalent settings.
+
+    `synchronized=True` computes training statistics across the replicas of
+    the current `tf.distribute` strategy (see `FusedBatchNormalization`).
+    """
     return FusedBatchNormalization(
         axis=-1,
         momentum=momentum,
         epsilon=epsilon,
         gamma_initializer=gamma_initializer,
+        synchronized=synchronized,
         name=name,
         dtype=dtype,
     )
@@ -281,6 +338,13 @@ def check_positive_int(name: str, value: object) -> int:
             f"`{name}` must be a positive integer. Received: {name}={value!r}."
         )
     return int(value)
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Returns `value` as a bool, or raises a ValueError naming `name`."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}.")
+    return bool(value)
 
 
 def check_channels(name: str, value: object, length: int) -> tuple[int, ...]:

@@ -79,6 +79,10 @@ class SELFYBlock(keras.layers.Layer):
             the final ReLU).
         batch_norm_momentum: float, default 0.9 (PyTorch momentum 0.1).
         batch_norm_epsilon: float, default 1e-5 (as PyTorch).
+        sync_batchnorm: bool, default False, synchronized batch norm in all
+            three stages: training-mode statistics are computed over the
+            global batch of all replicas of the current `tf.distribute`
+            strategy; inference is unaffected.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -114,6 +118,7 @@ class SELFYBlock(keras.layers.Layer):
         zero_init_last: bool = True,
         batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
+        sync_batchnorm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -144,9 +149,11 @@ class SELFYBlock(keras.layers.Layer):
         self.zero_init_last = bool(zero_init_last)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
+        self.sync_batchnorm = _common.check_bool("sync_batchnorm", sync_batchnorm)
         batch_norm_args = {
             "batch_norm_momentum": self.batch_norm_momentum,
             "batch_norm_epsilon": self.batch_norm_epsilon,
+            "sync_batchnorm": self.sync_batchnorm,
             "dtype": self.dtype_policy,
         }
         self.stss_transformation = STSSTransformation(
@@ -190,6 +197,7 @@ class SELFYBlock(keras.layers.Layer):
             name="stss_integration",
             batch_norm_momentum=self.batch_norm_momentum,
             batch_norm_epsilon=self.batch_norm_epsilon,
+            sync_batchnorm=self.sync_batchnorm,
             dtype=self.dtype_policy,
         )
         self.stss_transformation.build(input_shape)
@@ -265,6 +273,7 @@ class SELFYBlock(keras.layers.Layer):
                 "zero_init_last": self.zero_init_last,
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
+                "sync_batchnorm": self.sync_batchnorm,
             }
         )
         return config

@@ -33,6 +33,10 @@ class STSSExtraction(keras.layers.Layer):
             the four convolutions.
         batch_norm_momentum: float, default 0.9 (PyTorch momentum 0.1).
         batch_norm_epsilon: float, default 1e-5 (as PyTorch).
+        sync_batchnorm: bool, default False, compute the training-mode
+            batch norm statistics over the global batch of all replicas of
+            the current `tf.distribute` strategy (synchronized batch norm);
+            inference is unaffected.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -58,12 +62,14 @@ class STSSExtraction(keras.layers.Layer):
         channels: tuple[int, int, int, int] = (4, 16, 64, 64),
         batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
+        sync_batchnorm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.channels = _common.check_channels("channels", channels, 4)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
+        self.sync_batchnorm = _common.check_bool("sync_batchnorm", sync_batchnorm)
         self.convs = []
         self.bns = []
         for index, (filters, (stride, _)) in enumerate(
@@ -80,6 +86,7 @@ class STSSExtraction(keras.layers.Layer):
                     self.dtype_policy,
                     self.batch_norm_momentum,
                     self.batch_norm_epsilon,
+                    synchronized=self.sync_batchnorm,
                 )
             )
 
@@ -178,6 +185,7 @@ class STSSExtraction(keras.layers.Layer):
                 "channels": self.channels,
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
+                "sync_batchnorm": self.sync_batchnorm,
             }
         )
         return config

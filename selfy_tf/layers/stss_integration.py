@@ -39,6 +39,10 @@ class STSSIntegration(keras.layers.Layer):
             starts as the identity.
         batch_norm_momentum: float, default 0.9 (PyTorch momentum 0.1).
         batch_norm_epsilon: float, default 1e-5 (as PyTorch).
+        sync_batchnorm: bool, default False, compute the training-mode
+            batch norm statistics over the global batch of all replicas of
+            the current `tf.distribute` strategy (synchronized batch norm);
+            inference is unaffected.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -65,6 +69,7 @@ class STSSIntegration(keras.layers.Layer):
         zero_init_last: bool = True,
         batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
+        sync_batchnorm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -75,6 +80,7 @@ class STSSIntegration(keras.layers.Layer):
         self.zero_init_last = bool(zero_init_last)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
+        self.sync_batchnorm = _common.check_bool("sync_batchnorm", sync_batchnorm)
 
         def batch_norm(name, gamma_initializer="ones"):
             return _common.make_batch_norm(
@@ -83,6 +89,7 @@ class STSSIntegration(keras.layers.Layer):
                 self.batch_norm_momentum,
                 self.batch_norm_epsilon,
                 gamma_initializer=gamma_initializer,
+                synchronized=self.sync_batchnorm,
             )
 
         self.convs = [
@@ -213,6 +220,7 @@ class STSSIntegration(keras.layers.Layer):
                 "zero_init_last": self.zero_init_last,
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
+                "sync_batchnorm": self.sync_batchnorm,
             }
         )
         return config

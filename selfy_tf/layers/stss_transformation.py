@@ -37,6 +37,10 @@ class STSSTransformation(keras.layers.Layer):
             off for models that are exported (TF Serving, TFLite).
         batch_norm_momentum: float, default 0.9 (PyTorch momentum 0.1).
         batch_norm_epsilon: float, default 1e-5 (as PyTorch).
+        sync_batchnorm: bool, default False, compute the training-mode
+            batch norm statistics over the global batch of all replicas of
+            the current `tf.distribute` strategy (synchronized batch norm);
+            inference is unaffected.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -66,6 +70,7 @@ class STSSTransformation(keras.layers.Layer):
         stss_jit: bool = False,
         batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
+        sync_batchnorm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -83,6 +88,7 @@ class STSSTransformation(keras.layers.Layer):
         self.stss_jit = bool(stss_jit)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
+        self.sync_batchnorm = _common.check_bool("sync_batchnorm", sync_batchnorm)
         self.conv = _common.make_conv(
             self.hidden_channels, 3, 2, name="downsample_conv", dtype=self.dtype_policy
         )
@@ -91,6 +97,7 @@ class STSSTransformation(keras.layers.Layer):
             self.dtype_policy,
             self.batch_norm_momentum,
             self.batch_norm_epsilon,
+            synchronized=self.sync_batchnorm,
         )
 
     def build(self, input_shape):
@@ -173,6 +180,7 @@ class STSSTransformation(keras.layers.Layer):
                 "stss_jit": self.stss_jit,
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
+                "sync_batchnorm": self.sync_batchnorm,
             }
         )
         return config

@@ -278,6 +278,7 @@ def _selfy_block(x, num_frames: int, channels: dict[str, Any], stss_backend: str
         integration_channels=channels["integration_channels"],
         stss_backend=stss_backend,
         stss_jit=stss_jit,
+        sync_batchnorm=sync_batchnorm,
         name="selfy",
     )(x)
 
