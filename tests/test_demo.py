@@ -51,6 +51,19 @@ class TestDemoBasic:
         assert config.data.eval_size == ()
         assert config.train.seed == 2
 
+    def test_visualized_clips_are_the_dataset_clips(self):
+        from selfy_tf.datasets import synthetic_motion
+        from selfy_tf.demo.pipeline import _pick_visualized_clips, validation_clips
+
+        settings = quick_settings()
+        indices = _pick_visualized_clips(settings)
+        labels = synthetic_motion.split_labels(
+            settings.num_validation, settings.dataset_seed, "validation", len(settings.classes)
+        )
+        for index, (_, label, media_id) in zip(indices, validation_clips(settings, indices)):
+            assert label == labels[index]
+            assert media_id == f"validation-{index:06d}"
+
     def test_summary_mean_std_and_claims(self):
         runs = [
             _run("tsn_r18", 0, 0.10), _run("tsn_r18", 1, 0.14),
@@ -73,7 +86,7 @@ class TestDemoBasic:
         table = format_summary_table(
             {"models": models, "chance": 0.1, "settings": {"seeds": [0, 1], "num_validation": 300}}
         )
-        assert "selfy_tsm_r18  1.50 M" in table
+        assert "selfy_tsm_r18  1,500,000" in table
         assert "75.0 ± 5.0" in table
         assert "chance: 10.0 %" in table
 

@@ -50,7 +50,7 @@ def register_subparser(subparsers) -> None:
     parser.add_argument(
         "--query", type=_query, default=None,
         help="query point FRAME,ROW,COLUMN in STSS cells (default: the middle "
-        "frame's most moving cell)",
+        "frame's cell where a moved match most beats standing still)",
     )
     parser.add_argument(
         "--labels", default=None,

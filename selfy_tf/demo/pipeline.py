@@ -99,9 +99,10 @@ def validation_clips(settings: DemoSettings, indices: list[int]) -> list[tuple[n
     """Regenerates the validation clips at `indices` (the generator is deterministic)."""
     wanted = set(indices)
     clips = {}
+    # The same split size as the dataset: the label order depends on it.
     for position, item in enumerate(
         synthetic_motion.iter_split(
-            max(indices) + 1,
+            settings.num_validation,
             settings.dataset_seed,
             "validation",
             settings.num_frames,
@@ -111,6 +112,8 @@ def validation_clips(settings: DemoSettings, indices: list[int]) -> list[tuple[n
     ):
         if position in wanted:
             clips[position] = item
+        if len(clips) == len(wanted):
+            break
     return [clips[index] for index in indices]
 
 

@@ -40,7 +40,7 @@ def summary_rows(results: dict) -> list[list[str]]:
         rows.append(
             [
                 name,
-                f"{entry['params'] / 1e6:.2f} M",
+                f"{entry['params']:,}",
                 accuracy_cell(entry),
                 ", ".join(_percent(value) for value in entry["top1"]),
                 f"{np.mean(entry['train_seconds']):.0f} s",

@@ -174,11 +174,11 @@ def load_clip(path: str, num_frames: int, input_size: int) -> np.ndarray:
 
 
 def _default_query(similarity: np.ndarray, field: motion_field_lib.MotionField) -> tuple[int, int, int]:
-    """The middle frame's cell that moves most (largest fitted speed)."""
+    """The middle frame's cell where a moved match most beats standing still."""
     num_frames = similarity.shape[1]
     frame_index = num_frames // 2
-    speed = np.linalg.norm(np.nan_to_num(field.velocity[0, frame_index]), axis=-1)
-    row, column = np.unravel_index(int(np.argmax(speed)), speed.shape)
+    gain = np.nanmean(field.motion_gain[0, frame_index], axis=-1)
+    row, column = np.unravel_index(int(np.nanargmax(gain)), gain.shape)
     return frame_index, int(row), int(column)
 
 
