@@ -172,20 +172,8 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
         width_multiplier=model_config.width_multiplier,
         selfy_channels=model_config.selfy_channels if model_config.name.startswith("selfy") else None,
         sync_batchnorm=model_config.sync_batchnorm,
+        stss_jit=model_config.stss_jit if model_config.name.startswith("selfy") else None,
     )
-    if model_config.sync_batchnorm:
-        # The zoo synchronises the backbone's BN only; the recipe wants every
-        # BN layer (the SELFY block's too) to use the global batch's moments.
-        # `synchronized` is read at call time, so it can be set after building.
-        unsynchronized = [
-            layer
-            for layer in model._flatten_layers(include_self=False, recursive=True)
-            if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
-        ]
-        for layer in unsynchronized:
-            layer.synchronized = True
-        if unsynchronized:
-            logger.info("Synchronised %d more BatchNormalization layers.", len(unsynchronized))
     if model_config.init:
         kind, _, path = model_config.init.partition(":")
         if not os.path.exists(path):
