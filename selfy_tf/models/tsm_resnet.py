@@ -200,7 +200,7 @@ class _LayerFactory:
         )
 
     def batch_norm(self, name: str, zero_init: bool = False):
-        return keras.layers.BatchNormalization(
+        return _common.FusedBatchNormalization(
             axis=-1,
             momentum=_common.BATCH_NORM_MOMENTUM,
             epsilon=_common.BATCH_NORM_EPSILON,
