@@ -26,6 +26,7 @@ import dataclasses
 import http.client
 import json
 import os
+import socket
 import threading
 import urllib.parse
 from typing import Any, Mapping, Sequence
@@ -181,6 +182,19 @@ def _from_json_value(value: Any) -> np.ndarray:
     return np.array(value)
 
 
+class _NoDelayHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection with Nagle's algorithm off.
+
+    `http.client` sends a request's headers and body as separate writes; with
+    Nagle's algorithm the body waits for the server's delayed ACK, ~40 ms per
+    request on a kept-alive connection.
+    """
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class RestClient(_ClipClient):
     """TF Serving REST client (keeps one HTTP/1.1 connection per thread).
 
@@ -220,7 +234,7 @@ class RestClient(_ClipClient):
     def _connection(self) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+            connection = _NoDelayHTTPConnection(self.host, self.port, timeout=self.timeout_s)
             self._local.connection = connection
         return connection
 
