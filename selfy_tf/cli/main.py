@@ -19,6 +19,10 @@ from typing import Sequence
 
 from selfy_tf.version import __version__
 
+# TensorFlow's C++ INFO/WARNING lines are noise on a terminal; this must be
+# set before any command module imports TensorFlow.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 # Subcommand modules, in the order `selfy --help` lists them.
 _COMMAND_MODULES: tuple[str, ...] = ("selfy_tf.cli.tfrecords", "selfy_tf.cli.convert_weights", "selfy_tf.cli.export", "selfy_tf.cli.predict", "selfy_tf.cli.serve", "selfy_tf.cli.tflite", "selfy_tf.cli.tflite_inspect", "selfy_tf.cli.demo", "selfy_tf.cli.viz", "selfy_tf.cli.train", "selfy_tf.cli.eval")
 
@@ -48,7 +52,6 @@ class _LevelPrefixFormatter(logging.Formatter):
 
 def setup_logging(verbose: bool = False, log_file: str | None = None) -> None:
     """Configures the root logger once for a CLI run (library code never does)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
