@@ -24,7 +24,19 @@ from selfy_tf.version import __version__
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Subcommand modules, in the order `selfy --help` lists them.
-_COMMAND_MODULES: tuple[str, ...] = ("selfy_tf.cli.tfrecords", "selfy_tf.cli.convert_weights", "selfy_tf.cli.export", "selfy_tf.cli.predict", "selfy_tf.cli.serve", "selfy_tf.cli.tflite", "selfy_tf.cli.tflite_inspect", "selfy_tf.cli.demo", "selfy_tf.cli.viz", "selfy_tf.cli.train", "selfy_tf.cli.eval")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "selfy_tf.cli.tfrecords",
+    "selfy_tf.cli.convert_weights",
+    "selfy_tf.cli.train",
+    "selfy_tf.cli.eval",
+    "selfy_tf.cli.export",
+    "selfy_tf.cli.predict",
+    "selfy_tf.cli.serve",
+    "selfy_tf.cli.tflite",
+    "selfy_tf.cli.tflite_inspect",
+    "selfy_tf.cli.demo",
+    "selfy_tf.cli.viz",
+)
 
 
 class _TqdmStream:
