@@ -54,9 +54,9 @@ def create_model(
             with any of `hidden_channels`, `extraction_channels`,
             `integration_channels` overrides those widths.
         sync_batchnorm: bool [False], synchronised batch norm across replicas
-            in every batch norm of the model: the backbone's
-            `keras.layers.BatchNormalization(synchronized=True)` and the
-            SELFY block's (`SELFYBlock(sync_batchnorm=True)`).
+            in every batch norm of the model, the backbone's and the SELFY
+            block's (all are the package's fused-kernel batch norm, whose
+            `synchronized=True` path all-reduces the batch moments).
         weights: optional path to weights loaded after building: an official
             PyTorch checkpoint (`.pth.tar`, strict, see
             `selfy_tf.weights.load_official_checkpoint`) or a `.weights.h5`
