@@ -15,7 +15,6 @@ to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -25,6 +24,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+
+from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_input")
 
@@ -129,8 +130,7 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    limit_threads(args.threads)
     import tfrecords
 
     results: dict = {
@@ -192,11 +192,7 @@ def main(argv=None) -> int:
     finally:
         if temporary is not None:
             temporary.cleanup()
-    line = json.dumps(results)
-    print(line)
-    if args.results_file:
-        with open(args.results_file, "w") as handle:
-            handle.write(line + "\n")
+    write_results(results, args.results_file)
     return 0 if "error" not in results else 1
 
 

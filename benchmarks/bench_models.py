@@ -17,12 +17,13 @@ the sweep goes on.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
 import sys
 import time
+
+from _common import limit_threads, write_results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -65,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    limit_threads(args.threads)
     import keras
 
     from selfy_tf.models import count_macs, create_model
@@ -145,13 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_average_1min_end"] = os.getloadavg()[0]
     if errors:
         results["error"] = errors
-    line = json.dumps(results)
-    print(line)
-    if args.results_file:
-        temporary = f"{args.results_file}.tmp"
-        with open(temporary, "w") as handle:
-            handle.write(line + "\n")
-        os.replace(temporary, args.results_file)
+    write_results(results, args.results_file)
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import logging
 import os
 import socket
@@ -35,6 +34,8 @@ import threading
 import time
 
 import numpy as np
+
+from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_serving")
 
@@ -149,8 +150,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(_THREADS)
-    tf.config.threading.set_inter_op_parallelism_threads(_THREADS)
+    limit_threads(_THREADS)
     from selfy_tf.models import create_model
     from serving.client import GrpcClient, LocalClient, RestClient
     from serving.export import export_saved_model
@@ -236,11 +236,7 @@ def main(argv=None) -> int:
         if on and off:
             results[f"{protocol}_batching_speedup_c{top}_jpeg"] = round(on / off, 3)
 
-    line = json.dumps(results)
-    print(line)
-    if args.results_file:
-        with open(args.results_file, "w") as handle:
-            handle.write(line + "\n")
+    write_results(results, args.results_file)
     return 0
 
 

@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -37,6 +36,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
+
+from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_stss")
 
@@ -158,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 
-    tf.config.threading.set_intra_op_parallelism_threads(2)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
+    limit_threads(2)
 
     results: dict = {
         "benchmark": "stss",
@@ -217,13 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[f"{case}_{phase}_ratio"] = round(results[key] / baseline, 3)
     results["load_average_end"] = os.getloadavg()[0]
 
-    line = json.dumps(results, sort_keys=True)
-    print(line)
-    if args.results_file:
-        temporary = f"{args.results_file}.tmp"
-        with open(temporary, "w") as stream:
-            stream.write(line + "\n")
-        os.replace(temporary, args.results_file)
+    write_results(results, args.results_file)
     return 0
 
 

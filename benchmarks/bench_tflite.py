@@ -21,7 +21,6 @@ to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -31,6 +30,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_tflite")
 
@@ -161,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    limit_threads(args.threads)
     import ai_edge_litert  # noqa: F401
 
     from serving import tflite
@@ -201,11 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:  # the sweep goes on
             logger.exception("%s failed", name)
             results[f"{name}_error"] = f"{type(error).__name__}: {error}"
-    line = json.dumps(results)
-    print(line)
-    if args.results_file:
-        with open(args.results_file, "w", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+    write_results(results, args.results_file)
     return 0
 
 

@@ -18,12 +18,13 @@ Prints ONE JSON line on stdout with flat keys, e.g.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import tempfile
 import time
+
+from _common import limit_threads, write_results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -118,8 +119,7 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    limit_threads(args.threads)
     from trainer import configs
 
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
@@ -161,11 +161,7 @@ def main(argv=None) -> int:
                 results[f"input_to_model_ratio_{name}"] = round(case["clips_per_sec"] / best_model, 3)
         except Exception as error:  # noqa: BLE001
             results[f"input_{name}_error"] = f"{type(error).__name__}: {error}"[:300]
-    line = json.dumps(results)
-    print(line)
-    if args.results_file:
-        with open(args.results_file, "w") as stream:
-            stream.write(line + "\n")
+    write_results(results, args.results_file)
     return 0
 
 
