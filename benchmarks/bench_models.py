@@ -3,15 +3,23 @@
     python3 benchmarks/bench_models.py --quick
     python3 benchmarks/bench_models.py --results-file results.json
 
-For each model, batch size and XLA setting, runs untimed warm-up calls
-(tracing, XLA compilation), then a fixed number of timed calls of
-`model(clips, training=False)` inside one `tf.function`, on random 0..255
-clips of 8 x 224² frames. Prints ONE JSON object on stdout: the setup, the
-milliseconds per clip of every case (`<model>_b<batch>_xla<0|1>_infer_ms_per_clip`),
-the SELFY/TSM time ratios measured in this same run, and the targets
-(selfy_tsm_r50 / tsm_r50 <= 1.12 and selfy_tsm_r50 <= 310 ms per clip at
-batch 1, 2 threads). Logs go to stderr; a failing case records its error and
-the sweep goes on.
+For each precision (Keras dtype policy), XLA setting and batch size, every
+model gets untimed warm-up calls (tracing, XLA compilation), then the models
+are timed in turns: each round calls every model once, so that a change of
+machine load hits all of them alike and the SELFY/TSM ratio stays fair. Each
+call is `model(clips, training=False)` inside one `tf.function`, on random
+0..255 clips of 8 x 224² frames.
+
+Prints ONE JSON object on stdout: the setup, the milliseconds per clip
+(median over rounds) of every case
+(`<model>_b<batch>_xla<0|1>_<precision>_infer_ms_per_clip`), the SELFY/TSM
+time ratios measured in this same run, the targets (selfy_tsm_r50 / tsm_r50
+<= 1.12 and selfy_tsm_r50 <= 310 ms per clip at batch 1, 2 threads) and the
+matrix-product throughput of this machine (a 4096² `tf.matmul` per
+precision), from which `<model>_<precision>_roofline_ms_per_clip` is the time
+the model's multiply-accumulates alone would take at that throughput: no
+convolution network runs faster than its roofline. Logs go to stderr; a
+failing case records its error and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ DEFAULT_MODELS = ("tsn_r18", "tsm_r18", "selfy_tsm_r18", "tsn_r50", "tsm_r50", "
 QUICK_MODELS = ("tsm_r50", "selfy_tsm_r50")
 TARGET_RATIO = 1.12
 TARGET_SELFY_R50_MS = 310.0
+_MATMUL_SIZE = 4096
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,14 +50,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated zoo names")
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--xla", default="off,on", help="XLA settings to run: off, on or off,on")
+    parser.add_argument("--precisions", default="float32,mixed_bfloat16",
+                        help="comma-separated Keras dtype policies (mixed_float16 on GPUs; bfloat16 "
+                             "is fast only on CPUs with AVX512-BF16 or AMX)")
     parser.add_argument("--num-frames", type=int, default=8, help="frames per clip")
     parser.add_argument("--input-size", type=int, default=224, help="frame height and width")
     parser.add_argument("--num-classes", type=int, default=174, help="classifier outputs")
     parser.add_argument("--threads", type=int, default=2, help="TF intra- and inter-op threads")
-    parser.add_argument("--num-warm-iter", type=int, default=2, help="untimed warm-up calls")
-    parser.add_argument("--num-bench-iter", type=int, default=5, help="timed calls per case")
+    parser.add_argument("--num-warm-iter", type=int, default=2, help="untimed warm-up calls per model")
+    parser.add_argument("--num-bench-iter", type=int, default=5, help="timed rounds (one call per model)")
     parser.add_argument("--quick", action="store_true",
-                        help="only tsm_r50 and selfy_tsm_r50, batch 1, XLA off, 3 timed calls")
+                        help="only tsm_r50 and selfy_tsm_r50, batch 1, XLA off, 3 rounds")
     parser.add_argument("--results-file", default=None, help="also write the JSON object here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -56,8 +68,61 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _case_key(model: str, batch: int, xla: bool) -> str:
-    return f"{model}_b{batch}_xla{int(xla)}"
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _case_key(model: str, batch: int, xla: bool, precision: str) -> str:
+    return f"{model}_b{batch}_xla{int(xla)}_{precision}"
+
+
+def _cpu_flags() -> list[str]:
+    """The CPU features that decide bfloat16 speed (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as stream:
+            for line in stream:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return sorted(flag for flag in flags if flag.startswith(("avx512_bf16", "amx")))
+    except OSError:
+        pass
+    return []
+
+
+def _matmul_gflops(tf, precision: str, repeats: int = 5) -> float:
+    """Best GFLOP/s of a square matrix product in the compute dtype of `precision`."""
+    import keras
+
+    dtype = keras.DTypePolicy(precision).compute_dtype
+    a = tf.cast(tf.random.normal((_MATMUL_SIZE, _MATMUL_SIZE)), dtype)
+    b = tf.cast(tf.random.normal((_MATMUL_SIZE, _MATMUL_SIZE)), dtype)
+    product = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
+    product(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * _MATMUL_SIZE**3 / best / 1e9
+
+
+def _time_in_turns(forwards: dict, clips, warm: int, rounds: int, errors: dict, keys: dict) -> dict:
+    """Warms every forward function, then times them one call each per round."""
+    durations = {}
+    for name, forward in forwards.items():
+        try:
+            for _ in range(warm):
+                forward(clips).numpy()
+            durations[name] = []
+        except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
+            errors[keys[name]] = f"{type(error).__name__}: {error}"
+            logger.error("%s: %s", keys[name], errors[keys[name]])
+    for _ in range(rounds):
+        for name in list(durations):
+            start = time.perf_counter()
+            forwards[name](clips).numpy()
+            durations[name].append(time.perf_counter() - start)
+    return durations
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,77 +136,89 @@ def main(argv: list[str] | None = None) -> int:
 
     from selfy_tf.models import count_macs, create_model
 
-    models = [name.strip() for name in args.models.split(",") if name.strip()]
-    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
-    xla_settings = [{"off": False, "on": True}[value.strip()] for value in args.xla.split(",")]
+    models = _split(args.models)
+    precisions = _split(args.precisions)
+    batch_sizes = [int(size) for size in _split(args.batch_sizes)]
+    xla_settings = [{"off": False, "on": True}[value] for value in _split(args.xla)]
     results: dict[str, object] = {
         "benchmark": "bench_models",
         "tf_version": tf.__version__,
         "keras_version": keras.__version__,
         "device": "cpu" if not tf.config.list_physical_devices("GPU") else "gpu",
         "cpu": platform.processor() or platform.machine(),
+        "cpu_bf16_flags": _cpu_flags(),
         "threads": args.threads,
         "num_frames": args.num_frames,
         "input_size": args.input_size,
         "num_classes": args.num_classes,
-        "dtype": "float32",
+        "precisions": precisions,
         "num_warm_iter": args.num_warm_iter,
         "num_bench_iter": args.num_bench_iter,
         "load_average_1min": os.getloadavg()[0],
     }
     errors: dict[str, str] = {}
     rng = np.random.default_rng(0)
-    for name in models:
+    gmacs: dict[str, float] = {}
+    for precision in precisions:
         try:
-            model = create_model(name, num_classes=args.num_classes, num_frames=args.num_frames,
-                                 input_size=args.input_size)
-            results[f"{name}_gmacs"] = round(count_macs(model) / 1e9, 3)
-            results[f"{name}_param_count_m"] = round(model.count_params() / 1e6, 3)
+            gflops = _matmul_gflops(tf, precision)
         except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
-            errors[name] = f"{type(error).__name__}: {error}"
-            logger.error("%s: %s", name, errors[name])
+            errors[f"matmul_{precision}"] = f"{type(error).__name__}: {error}"
             continue
+        results[f"matmul_{precision}_gflops"] = round(gflops, 1)
+        built = {}
+        for name in models:
+            try:
+                built[name] = create_model(name, num_classes=args.num_classes, num_frames=args.num_frames,
+                                           input_size=args.input_size, dtype_policy=precision)
+            except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
+                errors[f"{name}_{precision}"] = f"{type(error).__name__}: {error}"
+                logger.error("%s: %s", name, errors[f"{name}_{precision}"])
+                continue
+            if name not in gmacs:
+                gmacs[name] = count_macs(built[name]) / 1e9
+                results[f"{name}_gmacs"] = round(gmacs[name], 3)
+                results[f"{name}_param_count_m"] = round(built[name].count_params() / 1e6, 3)
+            results[f"{name}_{precision}_roofline_ms_per_clip"] = round(2000.0 * gmacs[name] / gflops, 1)
         for xla in xla_settings:
-            forward = tf.function(lambda clips, model=model: model(clips, training=False), jit_compile=xla)
+            forwards = {
+                name: tf.function(lambda clips, model=model: model(clips, training=False), jit_compile=xla)
+                for name, model in built.items()
+            }
             for batch in batch_sizes:
-                key = _case_key(name, batch, xla)
-                try:
-                    clips = tf.constant(rng.integers(0, 256, (batch, args.num_frames, args.input_size,
-                                                              args.input_size, 3)).astype("float32"))
-                    for _ in range(args.num_warm_iter):
-                        forward(clips).numpy()
-                    durations = []
-                    for _ in range(args.num_bench_iter):
-                        start = time.perf_counter()
-                        forward(clips).numpy()
-                        durations.append(time.perf_counter() - start)
+                keys = {name: _case_key(name, batch, xla, precision) for name in forwards}
+                clips = tf.constant(rng.integers(0, 256, (batch, args.num_frames, args.input_size,
+                                                          args.input_size, 3)).astype("float32"))
+                durations = _time_in_turns(forwards, clips, args.num_warm_iter, args.num_bench_iter,
+                                           errors, keys)
+                for name, times in durations.items():
                     # The median resists load spikes on a shared machine.
-                    ms_per_clip = 1000.0 * float(np.median(durations)) / batch
-                    results[f"{key}_infer_mean_ms_per_clip"] = round(1000.0 * float(np.mean(durations)) / batch, 2)
-                    results[f"{key}_infer_ms_per_clip"] = round(ms_per_clip, 2)
-                    results[f"{key}_infer_clips_per_sec"] = round(1000.0 / ms_per_clip, 3)
-                    logger.info("%s: %.1f ms per clip", key, ms_per_clip)
-                except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
-                    errors[key] = f"{type(error).__name__}: {error}"
-                    logger.error("%s: %s", key, errors[key])
+                    ms_per_clip = 1000.0 * float(np.median(times)) / batch
+                    results[f"{keys[name]}_infer_ms_per_clip"] = round(ms_per_clip, 2)
+                    results[f"{keys[name]}_infer_mean_ms_per_clip"] = round(
+                        1000.0 * float(np.mean(times)) / batch, 2)
+                    results[f"{keys[name]}_infer_clips_per_sec"] = round(1000.0 / ms_per_clip, 3)
+                    logger.info("%s: %.1f ms per clip", keys[name], ms_per_clip)
+        del built, forwards
         keras.utils.clear_session()
 
-    for depth in ("r18", "r50"):
-        for batch in batch_sizes:
-            for xla in xla_settings:
-                selfy = results.get(f"{_case_key(f'selfy_tsm_{depth}', batch, xla)}_infer_ms_per_clip")
-                tsm = results.get(f"{_case_key(f'tsm_{depth}', batch, xla)}_infer_ms_per_clip")
-                if selfy and tsm:
-                    results[f"selfy_over_tsm_{depth}_b{batch}_xla{int(xla)}_time_ratio"] = round(selfy / tsm, 4)
-    headline = results.get("selfy_over_tsm_r50_b1_xla0_time_ratio")
-    selfy_ms = results.get("selfy_tsm_r50_b1_xla0_infer_ms_per_clip")
-    if headline is not None:
-        results["selfy_over_tsm_r50_time_ratio"] = headline
-        results["target_time_ratio"] = TARGET_RATIO
-        results["target_time_ratio_met"] = headline <= TARGET_RATIO
-    if selfy_ms is not None:
-        results["target_selfy_tsm_r50_ms_per_clip"] = TARGET_SELFY_R50_MS
-        results["target_selfy_tsm_r50_ms_met"] = selfy_ms <= TARGET_SELFY_R50_MS
+    for precision in precisions:
+        for depth in ("r18", "r50"):
+            for batch in batch_sizes:
+                for xla in xla_settings:
+                    selfy = results.get(f"{_case_key(f'selfy_tsm_{depth}', batch, xla, precision)}_infer_ms_per_clip")
+                    tsm = results.get(f"{_case_key(f'tsm_{depth}', batch, xla, precision)}_infer_ms_per_clip")
+                    if selfy and tsm:
+                        ratio_key = f"selfy_over_tsm_{depth}_b{batch}_xla{int(xla)}_{precision}_time_ratio"
+                        results[ratio_key] = round(selfy / tsm, 4)
+        ratio = results.get(f"selfy_over_tsm_r50_b1_xla0_{precision}_time_ratio")
+        if ratio is not None:
+            results[f"target_time_ratio_met_{precision}"] = ratio <= TARGET_RATIO
+        selfy_ms = results.get(f"{_case_key('selfy_tsm_r50', 1, False, precision)}_infer_ms_per_clip")
+        if selfy_ms is not None:
+            results[f"target_selfy_tsm_r50_ms_met_{precision}"] = selfy_ms <= TARGET_SELFY_R50_MS
+    results["target_time_ratio"] = TARGET_RATIO
+    results["target_selfy_tsm_r50_ms_per_clip"] = TARGET_SELFY_R50_MS
     results["load_average_1min_end"] = os.getloadavg()[0]
     if errors:
         results["error"] = errors

@@ -125,6 +125,26 @@ class TestModelsBasic:
         assert model.get_layer("layer1_0_conv1").compute_dtype == "float16"
         assert logits.dtype == "float32"
 
+    def test_dtype_policy_argument(self, tiny_model_factory):
+        reference = tiny_model_factory("selfy_tsm_r18", num_frames=2)
+        model = tiny_model_factory("selfy_tsm_r18", num_frames=2, dtype_policy="mixed_bfloat16")
+        assert keras.config.dtype_policy().name == "float32"
+        assert reference.get_layer("layer1_0_conv1").compute_dtype == "float32"
+        for name in ("layer1_0_conv1", "selfy", "new_fc"):
+            assert model.get_layer(name).compute_dtype == "bfloat16"
+        assert all(variable.dtype == "float32" for variable in model.weights)
+        model.set_weights(reference.get_weights())
+        clip = _clip(2, 2, 32)
+        expected = keras.ops.convert_to_numpy(reference(clip, training=False))
+        logits = model(clip, training=False)
+        assert logits.dtype == "float32"
+        # bfloat16 keeps 8 significant bits: a few percent of the logit range.
+        error = np.abs(keras.ops.convert_to_numpy(logits) - expected).max()
+        assert 0 < error <= 0.05 * np.abs(expected).max()
+        with pytest.raises(ValueError, match="dtype_policy"):
+            tiny_model_factory(dtype_policy="bfloat17")
+        assert keras.config.dtype_policy().name == "float32"
+
     def test_width_and_selfy_channels(self):
         assert resolve_selfy_channels(None) == tsm_resnet.REFERENCE_SELFY_CHANNELS
         assert resolve_selfy_channels(16) == {
