@@ -431,6 +431,7 @@ def linear_batch_norm(
     training: bool | None,
     relu: bool = True,
     compute_dtype: str = "float32",
+    flat_map_shape: tuple[int, int] | None = None,
 ) -> tf.Tensor:
     """`relu(batch_norm(linear(inputs, kernel)))` for a bias-free linear map.
 
@@ -450,17 +451,30 @@ def linear_batch_norm(
             `batch_norm`).
         relu: apply a ReLU at the end.
         compute_dtype: dtype of `inputs` and of the result.
+        flat_map_shape: `(height, width)` when `linear` returns whole maps
+            flattened, `[rows, height * width * channels]` (channels
+            fastest), e.g. a convolution written as one matrix product. The
+            result is then `[rows, height, width, channels]`; at inference the
+            bias and ReLU are applied before the reshape, so they fuse into
+            the matrix product.
 
     Returns:
         The normalised (and rectified) output of `linear`.
     """
+    map_shape = None if flat_map_shape is None else [-1, *flat_map_shape, kernel.shape[-1]]
     if training and batch_norm.trainable:
-        outputs = batch_norm(linear(inputs, tf.cast(kernel, compute_dtype)), training=True)
-    else:
-        scale, bias = folded_batch_norm(batch_norm)
-        folded = tf.cast(tf.cast(kernel, tf.float32) * scale, compute_dtype)
-        outputs = tf.nn.bias_add(linear(inputs, folded), tf.cast(bias, compute_dtype))
-    return tf.nn.relu(outputs) if relu else outputs
+        outputs = linear(inputs, tf.cast(kernel, compute_dtype))
+        if map_shape is not None:
+            outputs = tf.reshape(outputs, map_shape)
+        outputs = batch_norm(outputs, training=True)
+        return tf.nn.relu(outputs) if relu else outputs
+    scale, bias = folded_batch_norm(batch_norm)
+    folded = tf.cast(tf.cast(kernel, tf.float32) * scale, compute_dtype)
+    if map_shape is not None:
+        bias = tf.tile(bias, [flat_map_shape[0] * flat_map_shape[1]])
+    outputs = tf.nn.bias_add(linear(inputs, folded), tf.cast(bias, compute_dtype))
+    outputs = tf.nn.relu(outputs) if relu else outputs
+    return outputs if map_shape is None else tf.reshape(outputs, map_shape)
 
 
 def folded_batch_norm(

@@ -131,10 +131,10 @@ class STSSExtraction(keras.layers.Layer):
 
         # conv0 has one input channel: as one dense [U*V, U*V*c0] matrix it is
         # a single matrix product, several times faster than a convolution.
+        # Its output stays flat until after the bias and ReLU, which fuse.
         def conv0(maps, kernel):
             matrix = tf.einsum("yxo,yxpq->pqo", kernel[:, :, 0, :], selection)
-            maps = tf.matmul(maps, tf.reshape(matrix, [positions, -1]))
-            return tf.reshape(maps, [-1, height_window, width_window, kernel.shape[-1]])
+            return tf.matmul(maps, tf.reshape(matrix, [positions, -1]))
 
         # conv3 covers the whole 3x3 map: a matrix product on flattened maps.
         def conv3(maps, kernel):
@@ -148,9 +148,15 @@ class STSSExtraction(keras.layers.Layer):
             conv3,
         ]
         maps = tf.reshape(tf.cast(inputs, self.compute_dtype), [-1, positions])
-        for linear, conv, bn in zip(linears, self.convs, self.bns):
+        for index, (linear, conv, bn) in enumerate(zip(linears, self.convs, self.bns)):
             maps = _common.linear_batch_norm(
-                maps, linear, conv.kernel, bn, training, compute_dtype=self.compute_dtype
+                maps,
+                linear,
+                conv.kernel,
+                bn,
+                training,
+                compute_dtype=self.compute_dtype,
+                flat_map_shape=(height_window, width_window) if index == 0 else None,
             )
         output_shape = tf.concat([tf.shape(inputs)[:5], [self.channels[-1]]], axis=0)
         return tf.reshape(maps, output_shape)

@@ -229,14 +229,14 @@ class STSSIntegration(keras.layers.Layer):
 def _interleave_zeros(maps: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
     """Puts `[N, h, w, C]` on the even rows and columns of a `[N, 2h, 2w, C]` zero map.
 
-    Written with pad and reshape only, which TFLite supports as builtins.
+    One 5-D pad (`[N * h, 1, w, 1, C]` -> `[N * h, 2, w, 2, C]`) and reshapes,
+    which TFLite supports as builtins.
     """
     height, width = _common.dim(maps, 1), _common.dim(maps, 2)
     channels = maps.shape[-1]
-    columns = tf.pad(maps[:, :, :, None, :], [[0, 0], [0, 0], [0, 0], [0, 1], [0, 0]])
-    columns = tf.reshape(columns, [batch, height, 1, 2 * width, channels])
-    rows = tf.pad(columns, [[0, 0], [0, 0], [0, 1], [0, 0], [0, 0]])
-    return tf.reshape(rows, [batch, 2 * height, 2 * width, channels])
+    cells = tf.reshape(maps, [batch * height, 1, width, 1, channels])
+    cells = tf.pad(cells, [[0, 0], [0, 1], [0, 0], [0, 1], [0, 0]])
+    return tf.reshape(cells, [batch, 2 * height, 2 * width, channels])
 
 
 def _plus(size: int | None, amount: int) -> int | None:
