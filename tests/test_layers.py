@@ -483,6 +483,24 @@ class TestLayersCorrectness:
         np.testing.assert_array_equal(out[0], [8, 0, 2, 3, 4, 5, 6, 7])
         np.testing.assert_array_equal(out[1], [0, 1, 10, 11, 12, 13, 14, 15])
 
+    def test_temporal_shift_gradient_is_the_opposite_shift(self):
+        rng = np.random.default_rng(2)
+        x = tf.constant(rng.normal(size=(6, 2, 3, 16)).astype("float32"))
+        upstream = rng.normal(size=(6, 2, 3, 16)).astype("float32")
+        layer = TemporalShift(num_frames=3, fold_div=4)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * upstream)
+        # Each output reads one input (or a zero), so each input's gradient
+        # is the upstream value of the output that read it, by brute force.
+        positions = np.arange(1, x.numpy().size + 1, dtype="float64").reshape(x.shape)
+        shifted_index = _np_temporal_shift(positions, 3, 4)
+        expected = np.zeros(x.numpy().size)
+        for output_index, source in enumerate(shifted_index.reshape(-1)):
+            if source:
+                expected[int(source) - 1] += upstream.reshape(-1)[output_index]
+        np.testing.assert_array_equal(tape.gradient(loss, x).numpy().reshape(-1), expected)
+
     def test_temporal_shift_dynamic_batch_under_xla(self):
         layer = TemporalShift(num_frames=2)
         x = np.random.default_rng(1).normal(size=(4, 3, 3, 16)).astype("float32")

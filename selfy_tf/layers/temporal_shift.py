@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from selfy_tf.layers import _common
@@ -76,16 +77,14 @@ class TemporalShift(keras.layers.Layer):
         if fold == 0:
             return inputs
         height, width = _common.dim(inputs, 1), _common.dim(inputs, 2)
-        clips = tf.reshape(inputs, [-1, self.num_frames, height, width, channels])
-        # Zero padding in time, written as pad + slice (TFLite builtins only).
-        from_next = tf.pad(
-            clips[:, 1:, :, :, :fold], [[0, 0], [0, 1], [0, 0], [0, 0], [0, 0]]
+        # The shift as a 3-tap depthwise convolution over time with one-hot
+        # taps (exact, zero padded): one pass over the input and one for the
+        # gradient, where pad + slice + concat take several, and TensorFlow's
+        # slice gradient is slow on CPU. TFLite runs it as DEPTHWISE_CONV_2D.
+        clips = tf.reshape(inputs, [-1, self.num_frames, height * width, channels])
+        shifted = tf.nn.depthwise_conv2d(
+            clips, _shift_kernel(channels, fold, inputs.dtype), [1, 1, 1, 1], "SAME"
         )
-        from_previous = tf.pad(
-            clips[:, :-1, :, :, fold : 2 * fold],
-            [[0, 0], [1, 0], [0, 0], [0, 0], [0, 0]],
-        )
-        shifted = tf.concat([from_next, from_previous, clips[..., 2 * fold :]], -1)
         return tf.reshape(shifted, tf.shape(inputs))
 
     def compute_output_shape(self, input_shape):
@@ -95,3 +94,12 @@ class TemporalShift(keras.layers.Layer):
         config = super().get_config()
         config.update({"num_frames": self.num_frames, "fold_div": self.fold_div})
         return config
+
+
+def _shift_kernel(channels: int, fold: int, dtype: tf.DType) -> tf.Tensor:
+    """`[3, 1, channels, 1]` taps (previous, same, next frame) of the shift."""
+    kernel = np.zeros((3, 1, channels, 1), np.float32)
+    kernel[2, 0, :fold] = 1.0  # channels [0, fold) read the next frame
+    kernel[0, 0, fold : 2 * fold] = 1.0  # channels [fold, 2 fold) the previous one
+    kernel[1, 0, 2 * fold :] = 1.0
+    return tf.constant(kernel, dtype)
