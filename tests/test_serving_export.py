@@ -116,6 +116,17 @@ class TestExportCorrectness:
         labels = np.array(exported_model.labels)[order]
         np.testing.assert_array_equal(outputs["top_k_labels"].numpy().astype(str), labels)
 
+    def test_bfloat16_model_exports_with_float32_outputs(self, tiny_model_factory, tmp_path):
+        from serving.export import export_saved_model
+
+        model = tiny_model_factory(num_classes=3, num_frames=2, dtype_policy="mixed_bfloat16")
+        result = export_saved_model(model, str(tmp_path), labels=["a", "b", "c"])
+        frames = np.random.default_rng(2).integers(0, 256, (2, 2, 32, 32, 3), dtype=np.uint8)
+        outputs = tf.saved_model.load(result.path).signatures["predict_frames"](frames=tf.constant(frames))
+        assert outputs["logits"].dtype == tf.float32
+        expected = model(frames.astype(np.float32), training=False).numpy()
+        np.testing.assert_allclose(outputs["logits"].numpy(), expected, atol=1e-5, rtol=0)
+
     def test_serving_default_decodes_and_centre_crops(self, exported_model, loaded):
         # Frames whose short side already equals resize_short (34): the
         # resize is the identity and the crop starts at ((34-32)//2, (45-32)//2).
