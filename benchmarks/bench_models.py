@@ -13,9 +13,9 @@ call is `model(clips, training=False)` inside one `tf.function`, on random
 Prints ONE JSON object on stdout: the setup, the milliseconds per clip
 (median over rounds) of every case
 (`<model>_b<batch>_xla<0|1>_<precision>_infer_ms_per_clip`), the SELFY/TSM
-time ratios (median over rounds of the ratio within a round), the targets (selfy_tsm_r50 / tsm_r50
-<= 1.12 and selfy_tsm_r50 <= 310 ms per clip at batch 1, 2 threads) and the
-matrix-product throughput of this machine (a 4096² `tf.matmul` per
+time ratios (median over rounds of the ratio within a round), the targets
+(selfy_tsm_r50 / tsm_r50 <= 1.12 and selfy_tsm_r50 <= 310 ms per clip at
+batch 1, 2 threads) and the matrix-product throughput of this machine (a 4096² `tf.matmul` per
 precision), from which `<model>_<precision>_roofline_ms_per_clip` is the time
 the model's multiply-accumulates alone would take at that throughput: no
 convolution network runs faster than its roofline. Logs go to stderr; a
