@@ -125,7 +125,7 @@ class TestModelsBasic:
         assert model.get_layer("layer1_0_conv1").compute_dtype == "float16"
         assert logits.dtype == "float32"
 
-    def test_dtype_policy_argument(self, tiny_model_factory):
+    def test_dtype_policy_argument(self, tiny_model_factory, tmp_path):
         reference = tiny_model_factory("selfy_tsm_r18", num_frames=2)
         model = tiny_model_factory("selfy_tsm_r18", num_frames=2, dtype_policy="mixed_bfloat16")
         assert keras.config.dtype_policy().name == "float32"
@@ -141,6 +141,10 @@ class TestModelsBasic:
         # bfloat16 keeps 8 significant bits: a few percent of the logit range.
         error = np.abs(keras.ops.convert_to_numpy(logits) - expected).max()
         assert 0 < error <= 0.05 * np.abs(expected).max()
+        model.save(tmp_path / "bf16.keras")
+        restored = keras.models.load_model(tmp_path / "bf16.keras")
+        assert restored.get_layer("selfy").compute_dtype == "bfloat16"
+        np.testing.assert_array_equal(restored(clip, training=False), logits)
         with pytest.raises(ValueError, match="dtype_policy"):
             tiny_model_factory(dtype_policy="bfloat17")
         assert keras.config.dtype_policy().name == "float32"
