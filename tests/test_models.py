@@ -17,6 +17,7 @@ from selfy_tf.models import (
     list_pretrained,
     register_model,
     resolve_selfy_channels,
+    with_dtype_policy,
 )
 from selfy_tf.models import tsm_resnet
 
@@ -148,6 +149,19 @@ class TestModelsBasic:
         with pytest.raises(ValueError, match="dtype_policy"):
             tiny_model_factory(dtype_policy="bfloat17")
         assert keras.config.dtype_policy().name == "float32"
+
+    def test_with_dtype_policy_equals_building_with_it(self, tiny_model_factory):
+        reference = tiny_model_factory("selfy_tsm_r18", num_frames=2)
+        converted = with_dtype_policy(reference, "mixed_bfloat16")
+        built = tiny_model_factory("selfy_tsm_r18", num_frames=2, dtype_policy="mixed_bfloat16")
+        built.set_weights(reference.get_weights())
+        assert converted.get_layer("selfy").compute_dtype == "bfloat16"
+        assert converted.get_layer("consensus").compute_dtype == "float32"
+        assert reference.get_layer("selfy").compute_dtype == "float32"
+        clip = _clip(2, 2, 32)
+        np.testing.assert_array_equal(converted(clip, training=False), built(clip, training=False))
+        with pytest.raises(ValueError, match="dtype_policy"):
+            with_dtype_policy(reference, "int7")
 
     def test_width_and_selfy_channels(self):
         assert resolve_selfy_channels(None) == tsm_resnet.REFERENCE_SELFY_CHANNELS

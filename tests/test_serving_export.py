@@ -116,17 +116,6 @@ class TestExportCorrectness:
         labels = np.array(exported_model.labels)[order]
         np.testing.assert_array_equal(outputs["top_k_labels"].numpy().astype(str), labels)
 
-    def test_bfloat16_model_exports_with_float32_outputs(self, tiny_model_factory, tmp_path):
-        from serving.export import export_saved_model
-
-        model = tiny_model_factory(num_classes=3, num_frames=2, dtype_policy="mixed_bfloat16")
-        result = export_saved_model(model, str(tmp_path), labels=["a", "b", "c"])
-        frames = np.random.default_rng(2).integers(0, 256, (2, 2, 32, 32, 3), dtype=np.uint8)
-        outputs = tf.saved_model.load(result.path).signatures["predict_frames"](frames=tf.constant(frames))
-        assert outputs["logits"].dtype == tf.float32
-        expected = model(frames.astype(np.float32), training=False).numpy()
-        np.testing.assert_allclose(outputs["logits"].numpy(), expected, atol=1e-5, rtol=0)
-
     def test_serving_default_decodes_and_centre_crops(self, exported_model, loaded):
         # Frames whose short side already equals resize_short (34): the
         # resize is the identity and the crop starts at ((34-32)//2, (45-32)//2).
@@ -229,6 +218,27 @@ class TestExportCommand:
         assert summary["version"] == 2 and summary["top_k"] == 2
         assert summary["path"] == str(base / "selfy" / "2")
         assert sorted(os.listdir(base / "selfy")) == ["1", "2"]
+
+    def test_export_with_a_dtype_policy(self, exported_model, tmp_path, capsys):
+        from selfy_tf.cli.main import main
+        from selfy_tf.models import with_dtype_policy
+
+        model_path = tmp_path / "model.keras"
+        exported_model.model.save(str(model_path))
+        (tmp_path / "labels.txt").write_text("\n".join(exported_model.labels) + "\n")
+        status = main(["export", str(model_path), "--labels", str(tmp_path / "labels.txt"),
+                       "--out", str(tmp_path / "base"), "--dtype-policy", "mixed_bfloat16"])
+        assert status == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["dtype_policy"] == "mixed_bfloat16"
+        frames = np.random.default_rng(2).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)
+        outputs = tf.saved_model.load(summary["path"]).signatures["predict_frames"](frames=tf.constant(frames))
+        assert outputs["logits"].dtype == tf.float32
+        bf16 = with_dtype_policy(exported_model.model, "mixed_bfloat16")
+        expected = bf16(frames.astype(np.float32), training=False).numpy()
+        np.testing.assert_allclose(outputs["logits"].numpy(), expected, atol=1e-5, rtol=0)
+        float32 = exported_model.model(frames.astype(np.float32), training=False).numpy()
+        assert np.abs(expected - float32).max() > 0  # the export really computes in bfloat16
 
     def test_export_errors_exit_1(self, tmp_path, capsys):
         from selfy_tf.cli.main import main

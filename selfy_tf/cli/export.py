@@ -51,6 +51,12 @@ def register_subparser(subparsers) -> None:
         default=None,
         help="resize JPEG frames to HEIGHTxWIDTH before the centre crop instead, e.g. 240x320",
     )
+    parser.add_argument(
+        "--dtype-policy",
+        default=None,
+        help="Keras dtype policy to compute with, e.g. mixed_bfloat16 (about 1.6x faster on CPUs "
+        "with AVX512-BF16 or AMX); default: the model's own",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -65,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
             f"{args.resize_short} --eval-size {args.eval_size}."
         )
     model, labels = load_export_source(args.model_or_run, args.labels)
+    if args.dtype_policy is not None:
+        from selfy_tf.models import with_dtype_policy
+
+        model = with_dtype_policy(model, args.dtype_policy)
     result = export_saved_model(
         model,
         args.out,
@@ -85,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
                 "input_size": config.input_size,
                 "top_k": config.top_k,
                 "num_classes": len(labels),
+                "dtype_policy": args.dtype_policy,
             }
         )
     )

@@ -15,6 +15,7 @@ from selfy_tf.models._registry import (
 )
 from selfy_tf.models.frame_preprocessing import FramePreprocessing
 from selfy_tf.models.macs import count_macs
+from selfy_tf.models.precision import with_dtype_policy
 from selfy_tf.models.segment_consensus import SegmentConsensus
 from selfy_tf.models.tsm_resnet import resolve_selfy_channels
 
@@ -30,4 +31,5 @@ __all__ = [
     "load_weights_file",
     "register_model",
     "resolve_selfy_channels",
+    "with_dtype_policy",
 ]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import keras
 
 from selfy_tf.models._registry import model_entrypoint
+from selfy_tf.models.precision import global_dtype_policy
 
 logger = logging.getLogger(__name__)
 
@@ -96,31 +96,11 @@ def create_model(
     }
     # Unset arguments take the family's defaults.
     arguments = {key: value for key, value in arguments.items() if value is not None}
-    with _global_dtype_policy(dtype_policy):
+    with global_dtype_policy(dtype_policy):
         model = builder(**arguments)
     if weights is not None:
         load_weights_file(model, weights)
     return model
-
-
-@contextlib.contextmanager
-def _global_dtype_policy(policy: str | keras.DTypePolicy | None) -> Iterator[None]:
-    """Makes `policy` the global Keras dtype policy while building (None: unchanged)."""
-    if policy is None:
-        yield
-        return
-    previous = keras.config.dtype_policy()
-    try:
-        keras.config.set_dtype_policy(policy)
-    except ValueError as error:
-        raise ValueError(
-            "`dtype_policy` must be a Keras dtype policy or its name, e.g. 'float32', "
-            f"'mixed_bfloat16', 'mixed_float16'. Received: dtype_policy={policy!r} ({error})"
-        ) from None
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def load_weights_file(model: keras.Model, path: str | os.PathLike) -> None:
