@@ -50,10 +50,13 @@ def _model_step_case(config, xla: bool, precision: str, warmup: int, iterations:
     from trainer.schedules import make_schedule
     from trainer.train import build_model, compile_for_training
 
+    # clear_session() resets the global dtype policy: clear first, then set.
+    keras.utils.clear_session()
     keras.config.set_dtype_policy(precision)
     try:
-        keras.utils.clear_session()
         model = build_model(config)
+        if model.get_layer("layer1_0_conv1").compute_dtype != keras.config.dtype_policy().compute_dtype:
+            raise RuntimeError(f"the model was not built under the {precision} policy")
         schedule = make_schedule(config.schedule, 0.01, 100, config.train.epochs)
         compile_for_training(model, config, schedule, jit_compile=xla)
         batch = config.data.batch_size
