@@ -105,7 +105,8 @@ def _shift(clips: tf.Tensor, fold: int, backward: bool) -> tf.Tensor:
     gradient. Pad + slice + concat, which TFLite runs as builtins.
     """
     first, second = (_from_previous, _from_next) if backward else (_from_next, _from_previous)
-    return tf.concat([first(clips, 0, fold), second(clips, fold, 2 * fold), clips[..., 2 * fold :]], -1)
+    parts = [first(clips, 0, fold), second(clips, fold, 2 * fold), clips[..., 2 * fold :]]
+    return tf.concat(parts, -1)
 
 
 def _shift_clips(clips: tf.Tensor, fold: int) -> tf.Tensor:
