@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -117,20 +118,12 @@ def read_model_bytes(model: str | bytes | os.PathLike) -> bytes:
     return data
 
 
-def _type_names() -> dict[int, str]:
-    tensor_type = _schema().TensorType
+@functools.lru_cache(maxsize=None)
+def _enum_names(enum: str) -> dict[int, str]:
+    """Value -> name of a schema enum, e.g. `"TensorType"` or `"BuiltinOperator"`."""
     return {
         value: name
-        for name, value in vars(tensor_type).items()
-        if not name.startswith("_") and isinstance(value, int)
-    }
-
-
-def _builtin_names() -> dict[int, str]:
-    operator = _schema().BuiltinOperator
-    return {
-        value: name
-        for name, value in vars(operator).items()
+        for name, value in vars(getattr(_schema(), enum)).items()
         if not name.startswith("_") and isinstance(value, int)
     }
 
@@ -147,7 +140,7 @@ def _operator_name(model_object, opcode_index: int) -> tuple[str, bool]:
         if isinstance(custom, bytes):
             custom = custom.decode("utf-8", "replace")
         return str(custom), True
-    return _builtin_names().get(builtin, f"BUILTIN_{builtin}"), False
+    return _enum_names("BuiltinOperator").get(builtin, f"BUILTIN_{builtin}"), False
 
 
 def list_operators(model: str | bytes | os.PathLike) -> list[OperatorInfo]:
@@ -161,7 +154,7 @@ def list_operators(model: str | bytes | os.PathLike) -> list[OperatorInfo]:
     """
     model_object = _model_object(read_model_bytes(model))
     subgraph = model_object.subgraphs[0]
-    type_names = _type_names()
+    type_names = _enum_names("TensorType")
 
     def describe(indices) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
         types, shapes = [], []
