@@ -87,24 +87,20 @@ def labels_path_for(model_path: str) -> str:
     return os.fspath(model_path) + LABELS_SUFFIX
 
 
+def _check_one_of(name: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}. Received: {name}={value!r}.")
+    return value
+
+
 def check_quantize(quantize: str) -> str:
     """Returns `quantize` if it names a mode of `QUANTIZE_MODES`, else raises."""
-    if quantize not in QUANTIZE_MODES:
-        raise ValueError(
-            f"`quantize` must be one of {QUANTIZE_MODES}. Received: "
-            f"quantize={quantize!r}."
-        )
-    return quantize
+    return _check_one_of("quantize", quantize, QUANTIZE_MODES)
 
 
 def check_input_dtype(input_dtype: str) -> str:
     """Returns `input_dtype` if it is one of `INPUT_DTYPES`, else raises."""
-    if input_dtype not in INPUT_DTYPES:
-        raise ValueError(
-            f"`input_dtype` must be one of {INPUT_DTYPES}. Received: "
-            f"input_dtype={input_dtype!r}."
-        )
-    return input_dtype
+    return _check_one_of("input_dtype", input_dtype, INPUT_DTYPES)
 
 
 def clip_shape(model: keras.Model) -> tuple[int, int, int]:
@@ -147,11 +143,8 @@ def export_settings(model: keras.Model, stss_backend: str | None = None) -> Iter
         ValueError: if the backend used would be one of
             `NON_CONVERTIBLE_STSS_BACKENDS`.
     """
-    if stss_backend is not None and stss_backend not in ops.STSS_BACKENDS:
-        raise ValueError(
-            f"`stss_backend` must be one of {ops.STSS_BACKENDS}. Received: "
-            f"stss_backend={stss_backend!r}."
-        )
+    if stss_backend is not None:
+        _check_one_of("stss_backend", stss_backend, ops.STSS_BACKENDS)
     layers = _stss_layers(model)
     saved = [
         (layer, getattr(layer, "stss_backend", None), getattr(layer, "stss_jit", None))
