@@ -26,19 +26,11 @@ import numpy as np
 
 from selfy_tf.datasets import synthetic_motion
 from selfy_tf.demo.settings import DemoSettings
+from trainer.run_dir import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 EXPORT_NAME = "selfy_demo"
-
-
-def _atomic_write_json(path: str, payload: Any) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=False)
-        handle.write("\n")
-    os.replace(temporary, path)
 
 
 def _read_json(path: str) -> Any:
@@ -87,7 +79,7 @@ def prepare_dataset(data_dir: str, settings: DemoSettings, progress: bool) -> di
         via=settings.via,
         progress=progress,
     )
-    _atomic_write_json(marker, description)
+    atomic_write_json(marker, description)
     logger.info(
         "Wrote %d + %d synthetic clips in %.1f s",
         settings.num_train, settings.num_validation, time.perf_counter() - started,
@@ -218,7 +210,7 @@ def train_and_evaluate(
         "epochs_completed": int(result.epochs_completed),
         "train_seconds": float(train_seconds),
     }
-    _atomic_write_json(summary_path, summary)
+    atomic_write_json(summary_path, summary)
     return summary
 
 
@@ -399,6 +391,6 @@ def run_demo(out_dir: str, settings: DemoSettings, verbose: bool | str = "auto")
     }
     results["figures"] = report_lib.write_figures(out_dir, figures_dir, results, samples, settings, progress)
     results["elapsed_seconds"] = time.perf_counter() - started
-    _atomic_write_json(os.path.join(out_dir, "results.json"), results)
+    atomic_write_json(os.path.join(out_dir, "results.json"), results)
     report_lib.write_report(os.path.join(out_dir, "report.html"), results, settings)
     return results
