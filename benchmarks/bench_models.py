@@ -89,9 +89,10 @@ def _cpu_flags() -> list[str]:
     return []
 
 
-def _matmul_gflops(tf, precision: str, repeats: int = 5) -> float:
+def _matmul_gflops(precision: str, repeats: int = 5) -> float:
     """Best GFLOP/s of a square matrix product in the compute dtype of `precision`."""
     import keras
+    import tensorflow as tf
 
     dtype = keras.DTypePolicy(precision).compute_dtype
     a = tf.cast(tf.random.normal((_MATMUL_SIZE, _MATMUL_SIZE)), dtype)
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     gmacs: dict[str, float] = {}
     for precision in precisions:
         try:
-            gflops = _matmul_gflops(tf, precision)
+            gflops = _matmul_gflops(precision)
         except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
             errors[f"matmul_{precision}"] = f"{type(error).__name__}: {error}"
             continue
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                         ratio = float(np.median(np.asarray(selfy) / np.asarray(tsm)))
                         results[f"selfy_over_tsm_{depth}_b{batch}_xla{int(xla)}_{precision}_time_ratio"] = (
                             round(ratio, 4))
-        del built, forwards
+        built = forwards = None
         keras.utils.clear_session()
 
     for precision in precisions:
