@@ -27,6 +27,7 @@ from typing import Sequence
 
 import keras
 
+from selfy_tf.files import atomic_write_text
 from serving import signatures as signatures_lib
 from serving import warmup as warmup_lib
 
@@ -319,10 +320,7 @@ def write_server_configs(base_dir: str, name: str) -> list[str]:
         path = os.path.join(base_dir, file_name)
         if os.path.exists(path):
             continue
-        temporary = f"{path}.tmp-{os.getpid()}"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
+        atomic_write_text(path, text)
         written.append(path)
     return written
 

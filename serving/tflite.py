@@ -59,6 +59,7 @@ import numpy as np
 import tensorflow as tf
 
 from selfy_tf import ops
+from selfy_tf.files import atomic_write_bytes, atomic_write_text
 from serving import signatures as signatures_lib
 
 logger = logging.getLogger(__name__)
@@ -360,19 +361,6 @@ def convert_model(
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
 
 def write_model(model_bytes: bytes, path: str, labels: Sequence[str]) -> str:
     """Writes the flatbuffer to `path` and the class names beside it.
@@ -398,8 +386,8 @@ def write_model(model_bytes: bytes, path: str, labels: Sequence[str]) -> str:
                 f"labels[{index}]={label!r}."
             )
     labels_path = labels_path_for(path)
-    _atomic_write(path, model_bytes)
-    _atomic_write(labels_path, "".join(f"{label}\n" for label in labels).encode("utf-8"))
+    atomic_write_bytes(path, model_bytes)
+    atomic_write_text(labels_path, "".join(f"{label}\n" for label in labels))
     logger.info(
         "wrote %s (%.2f MB) and %s (%d classes)",
         path, len(model_bytes) / 2**20, labels_path, len(labels),

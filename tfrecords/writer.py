@@ -39,6 +39,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from selfy_tf.files import atomic_path, atomic_write_text
 from tfrecords import features
 from tfrecords import sources
 from tfrecords.video import VideoDecodeError
@@ -92,15 +93,6 @@ def read_labels(data_dir: str) -> list[str]:
     return sources.read_class_names(path)
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def write_labels(out_dir: str, labels: Sequence[str]) -> str:
     """Writes `out_dir/labels.txt`, or checks that the existing one is identical.
 
@@ -132,7 +124,7 @@ def write_labels(out_dir: str, labels: Sequence[str]) -> str:
             )
         return path
     os.makedirs(out_dir, exist_ok=True)
-    _atomic_write_text(path, "".join(f"{str(name).strip()}\n" for name in labels))
+    atomic_write_text(path, "".join(f"{str(name).strip()}\n" for name in labels))
     return path
 
 
@@ -259,7 +251,7 @@ class _SplitWriter:
             ValueError: if the directory holds shards of another conversion.
         """
         os.makedirs(self.out_dir, exist_ok=True)
-        for path in glob.glob(os.path.join(self.out_dir, f"{self.split}-*-of-*.tfrecord.tmp-*")):
+        for path in glob.glob(os.path.join(self.out_dir, f".{self.split}-*-of-*.tfrecord.tmp-*")):
             os.remove(path)  # left by an interrupted run; never a complete shard
         existing = glob.glob(os.path.join(self.out_dir, f"{self.split}-*-of-*.tfrecord"))
         other = sorted(
@@ -303,43 +295,46 @@ class _SplitWriter:
         import tensorflow as tf
 
         path = self.shard_path(shard_index)
-        temporary = f"{path}.tmp-{os.getpid()}"
         record = {
             "fingerprint": self.fingerprint,
             "file": os.path.basename(path),
             "clips": [],
             "failures": [],
         }
-        with tf.io.TFRecordWriter(temporary) as writer:
-            for result in results:
-                if result.failure is not None:
-                    record["failures"].append(
-                        {"index": result.index, "source": result.source, "reason": result.failure}
+        # The shard's results are written before the shard itself appears.
+        with atomic_path(path) as temporary:
+            with tf.io.TFRecordWriter(temporary) as writer:
+                for result in results:
+                    if result.failure is not None:
+                        record["failures"].append(
+                            {
+                                "index": result.index,
+                                "source": result.source,
+                                "reason": result.failure,
+                            }
+                        )
+                        continue
+                    label_text = labels[result.label_index] if labels else ""
+                    writer.write(
+                        features.encode_clip(
+                            result.encoded,
+                            result.label_index,
+                            label_text,
+                            result.media_id,
+                            feature_keys=feature_keys,
+                        )
                     )
-                    continue
-                label_text = labels[result.label_index] if labels else ""
-                writer.write(
-                    features.encode_clip(
-                        result.encoded,
-                        result.label_index,
-                        label_text,
-                        result.media_id,
-                        feature_keys=feature_keys,
+                    record["clips"].append(
+                        {
+                            "index": result.index,
+                            "media_id": result.media_id,
+                            "label_index": result.label_index,
+                            "num_frames": result.num_frames,
+                            "height": result.height,
+                            "width": result.width,
+                        }
                     )
-                )
-                record["clips"].append(
-                    {
-                        "index": result.index,
-                        "media_id": result.media_id,
-                        "label_index": result.label_index,
-                        "num_frames": result.num_frames,
-                        "height": result.height,
-                        "width": result.width,
-                    }
-                )
-        os.makedirs(self.results_dir, exist_ok=True)
-        _atomic_write_text(self.result_path(shard_index), json.dumps(record))
-        os.replace(temporary, path)
+            atomic_write_text(self.result_path(shard_index), json.dumps(record))
         _commit_hook(path)
         return record
 
@@ -404,7 +399,7 @@ def _write_manifest(
             f"!= listed {listed}"
         )
     path = os.path.join(split_writer.out_dir, f"{split_writer.split}.manifest.json")
-    _atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.run_dir import atomic_write_text, temporary_path
+from selfy_tf.files import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +74,11 @@ def save_backup(directory: str, model: keras.Model, state: dict[str, Any], inclu
     payload = json.dumps({"state": state, "paths": paths})
     arrays[_STATE_KEY] = np.frombuffer(payload.encode("utf-8"), dtype=np.uint8)
     path = os.path.join(directory, BACKUP_FILE)
-    temporary = temporary_path(path) + ".npz"
-    with open(temporary, "wb") as stream:
-        np.savez(stream, **arrays)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    with atomic_path(path, suffix=".npz") as temporary:
+        with open(temporary, "wb") as stream:
+            np.savez(stream, **arrays)
+            stream.flush()
+            os.fsync(stream.fileno())
     return path
 
 

@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from selfy_tf.files import atomic_write_text
+
 __all__ = [
     "DataConfig",
     "ExperimentConfig",
@@ -448,12 +450,7 @@ def load_yaml(path: str, base: ExperimentConfig | None = None) -> ExperimentConf
 
 def save_yaml(config: ExperimentConfig, path: str) -> None:
     """Writes the resolved config as YAML, atomically."""
-    import os
-
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as stream:
-        yaml.safe_dump(config_to_dict(config), stream, sort_keys=False)
-    os.replace(temporary, path)
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def apply_overrides(config: ExperimentConfig, overrides: Iterable[str]) -> ExperimentConfig:

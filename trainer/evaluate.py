@@ -8,7 +8,6 @@ softmax scores of its views are averaged before taking the prediction.
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import sys
@@ -18,8 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from selfy_tf.files import atomic_path, atomic_write_json
 from trainer import configs
-from trainer.run_dir import RunPaths, atomic_write_json
+from trainer.run_dir import RunPaths
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +129,9 @@ def _plot_confusion(confusion: np.ndarray, class_names: list[str], path: str) ->
         axes.set_yticks(range(num_classes), class_names, fontsize=7)
     figure.colorbar(image, ax=axes, fraction=0.046)
     figure.tight_layout()
-    temporary = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    figure.savefig(temporary, format="png", dpi=100)
+    with atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 def evaluate(

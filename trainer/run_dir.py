@@ -9,18 +9,16 @@
     RUN/history.csv            one row per finished epoch
     RUN/eval.json              written by `selfy eval`
 
-Every file is written atomically (temporary file, then `os.replace`), so a
-crash never leaves a half-written file behind.
+Every file is written atomically (`selfy_tf.files`), so a crash never leaves
+a half-written file behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from typing import Any
 
-__all__ = ["RunPaths", "atomic_write_json", "atomic_write_text"]
+__all__ = ["RunPaths"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,27 +67,3 @@ class RunPaths:
         for path in (self.root, self.checkpoints, self.backup, self.logs):
             os.makedirs(path, exist_ok=True)
 
-
-def _temporary_name(path: str) -> str:
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and `os.replace`."""
-    temporary = _temporary_name(path)
-    with open(temporary, "w", encoding="utf-8") as stream:
-        stream.write(text)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
-
-
-def atomic_write_json(path: str, payload: Any) -> None:
-    """Writes `payload` as indented JSON, atomically."""
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
-
-
-def temporary_path(path: str) -> str:
-    """A sibling temporary path for writers that need a file name (then `os.replace`)."""
-    return _temporary_name(path)

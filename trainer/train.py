@@ -22,11 +22,12 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
+from selfy_tf.files import atomic_path, atomic_write_text
 from trainer import callbacks as callbacks_lib
 from trainer import configs
 from trainer import strategy as strategy_lib
 from trainer.optimizer import TorchSGD, group_policies, parameter_groups
-from trainer.run_dir import RunPaths, atomic_write_text
+from trainer.run_dir import RunPaths
 from trainer.schedules import make_schedule, scaled_learning_rate
 
 logger = logging.getLogger(__name__)
@@ -552,8 +553,5 @@ class _StopAfterEpoch(keras.callbacks.Callback):
 
 
 def _save_model(model: keras.Model, path: str) -> None:
-    """`model.save` to a temporary `.keras` name, then `os.replace`."""
-    directory, name = os.path.split(path)
-    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
-    model.save(temporary)
-    os.replace(temporary, path)
+    with atomic_path(path, suffix=".keras") as temporary:
+        model.save(temporary)

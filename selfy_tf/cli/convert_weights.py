@@ -19,9 +19,10 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 
 import numpy as np
+
+from selfy_tf.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +52,6 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def _atomic_target(path: str, suffix: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(handle)
-    os.remove(temporary)
-    return temporary
-
-
 def run(args: argparse.Namespace) -> int:
     from selfy_tf.models import create_model
     from selfy_tf.weights import load_official_checkpoint
@@ -81,22 +73,12 @@ def run(args: argparse.Namespace) -> int:
     report = load_official_checkpoint(model, args.src, strict=True)
     summary = {"model": args.model, **report.summary(), "weights": args.dst}
 
-    temporary = _atomic_target(args.dst, ".weights.h5")
-    try:
+    with atomic_path(args.dst, suffix=".weights.h5") as temporary:
         model.save_weights(temporary)
-        os.replace(temporary, args.dst)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     logger.info("Wrote %s.", args.dst)
     if args.keras_out:
-        temporary = _atomic_target(args.keras_out, ".keras")
-        try:
+        with atomic_path(args.keras_out, suffix=".keras") as temporary:
             model.save(temporary)
-            os.replace(temporary, args.keras_out)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
         summary["keras_model"] = args.keras_out
         logger.info("Wrote %s.", args.keras_out)
 

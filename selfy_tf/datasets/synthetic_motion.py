@@ -35,6 +35,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from selfy_tf.files import atomic_path
+
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -373,21 +375,18 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -
         raise ValueError(
             f"`frames` must have an even height and width. Received: shape={frames.shape}."
         )
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.tmp.mp4"
-    with av.open(temporary, mode="w") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)))
-        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "10", "preset": "veryfast"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+    with atomic_path(path, suffix=".mp4") as temporary:
+        with av.open(temporary, mode="w") as container:
+            stream = container.add_stream("libx264", rate=int(round(fps)))
+            stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "10", "preset": "veryfast"}
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    os.replace(temporary, path)
-    return path
+    return os.fspath(path)
 
 
 def _resolve_classes(classes: Sequence[str] | None) -> tuple[str, ...]:

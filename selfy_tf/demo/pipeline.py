@@ -26,7 +26,7 @@ import numpy as np
 
 from selfy_tf.datasets import synthetic_motion
 from selfy_tf.demo.settings import DemoSettings
-from trainer.run_dir import atomic_write_json
+from selfy_tf.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

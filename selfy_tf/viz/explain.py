@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from typing import Sequence
@@ -29,6 +28,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
+from selfy_tf.files import atomic_write_json
 from selfy_tf.viz import gradcam as gradcam_lib
 from selfy_tf.viz import motion_field as motion_field_lib
 from selfy_tf.viz import plots
@@ -281,9 +281,6 @@ def visualize_clip(
         "files": files,
     }
     prediction_path = out("prediction.json")
-    temporary = f"{prediction_path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
-    os.replace(temporary, prediction_path)
+    atomic_write_json(prediction_path, result)
     files["prediction"] = prediction_path
     return result

@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from selfy_tf.files import atomic_path
 from selfy_tf.viz.motion_field import MotionField, soft_argmax_displacement
 
 
@@ -25,13 +26,10 @@ def _pyplot():
 
 
 def _save_figure(figure, path: str) -> str:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.tmp.png"
-    figure.savefig(temporary, dpi=110, bbox_inches="tight", format="png")
+    with atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=110, bbox_inches="tight", format="png")
     _pyplot().close(figure)
-    os.replace(temporary, path)
-    return path
+    return os.fspath(path)
 
 
 def _hide_axes(axis) -> None:
@@ -45,20 +43,17 @@ def save_gif(images: Sequence[np.ndarray], path: str, frame_duration_ms: int = 2
 
     if not images:
         raise ValueError("`images` must hold at least one image. Received: 0 images.")
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     pictures = [Image.fromarray(np.asarray(image, np.uint8)) for image in images]
-    temporary = f"{path}.tmp.gif"
-    pictures[0].save(
-        temporary,
-        format="GIF",
-        save_all=True,
-        append_images=pictures[1:],
-        duration=int(frame_duration_ms),
-        loop=0,
-    )
-    os.replace(temporary, path)
-    return path
+    with atomic_path(path, suffix=".gif") as temporary:
+        pictures[0].save(
+            temporary,
+            format="GIF",
+            save_all=True,
+            append_images=pictures[1:],
+            duration=int(frame_duration_ms),
+            loop=0,
+        )
+    return os.fspath(path)
 
 
 def heatmap_overlay(frame: np.ndarray, heatmap: np.ndarray, opacity: float = 0.5) -> np.ndarray:

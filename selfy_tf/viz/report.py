@@ -16,6 +16,8 @@ import html
 import os
 from typing import Sequence
 
+from selfy_tf.files import atomic_write_text
+
 _STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -85,10 +87,4 @@ class HTMLReport:
 
     def write(self, path: str) -> str:
         """Writes the page to `path` (temporary file, then rename); returns the path."""
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        temporary = f"{path}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(self.render())
-        os.replace(temporary, path)
-        return path
+        return atomic_write_text(path, self.render())
