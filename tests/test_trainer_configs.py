@@ -127,3 +127,58 @@ class TestValidate:
         config = configs.apply_overrides(configs.get_preset("ssv1_selfy_r50_8f"), [override])
         with pytest.raises(ValueError, match=message):
             configs.validate(config)
+
+
+class TestCropScales:
+    def test_default_is_the_official_multi_scale_crop(self):
+        from tfrecords import augment
+
+        assert configs.DataConfig().crop_scales == augment.MULTI_SCALE_CROP_SCALES
+        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), ["data.crop_scales=[1.0]"])
+        assert config.data.crop_scales == (1.0,)
+
+    @pytest.mark.parametrize("value", ["[]", "[1.5]", "[0.0, 1.0]"])
+    def test_bad_crop_scales(self, value):
+        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), [f"data.crop_scales={value}"])
+        with pytest.raises(ValueError, match=r"`data.crop_scales` must be one or more fractions in \(0, 1\]"):
+            configs.validate(config)
+
+    def test_training_input_crops_with_the_configured_scales(self, tmp_path):
+        """Frames whose pixel value is twice the column: a crop of width w,
+        resized to 32, spans about 2 * w grey levels from left to right."""
+        import importlib
+
+        import numpy as np
+        import tensorflow as tf
+
+        from tfrecords import write_split
+
+        train_module = importlib.import_module("trainer.train")  # the package exports a function `train`
+
+        columns = np.arange(96, dtype=np.uint8) * 2
+        frames = np.broadcast_to(columns[None, None, :, None], (4, 64, 96, 3)).copy()
+        write_split(str(tmp_path), "train", [(frames, 0, "a"), (frames, 1, "b")], ["x", "y"])
+        data = train_module.DataInfo(
+            data_dir=str(tmp_path), labels=["x", "y"],
+            train_files=[str(tmp_path / "train-00000-of-00001.tfrecord")], num_train_examples=2,
+            validation_files=[], num_validation_examples=0,
+        )
+
+        def spans(overrides):
+            config = configs.apply_overrides(
+                configs.get_preset("tiny_cpu"),
+                ["model.num_frames=2", "model.input_size=32", "model.num_classes=2", *overrides],
+            )
+            dataset = train_module._train_dataset(
+                tf.distribute.get_strategy(), config, data, epoch=0, skip_steps=0,
+                num_steps=20, global_batch=2,
+            )
+            values = np.concatenate([batch[0].numpy() for batch in dataset]).astype(np.float32)
+            rows = values[:, :, 16, :, 0]  # [clips, frames, columns]
+            return np.abs(rows[..., -1] - rows[..., 0]).ravel()
+
+        whole_short_side = spans(["data.crop_scales=[1.0]"])
+        # A 64-pixel window spans 2 * 63 levels less the resize's edge blending.
+        assert whole_short_side.min() > 118 and whole_short_side.max() < 130
+        official = spans([])
+        assert official.min() < 100  # the 0.66 and 0.75 windows are narrower

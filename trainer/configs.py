@@ -90,6 +90,10 @@ class DataConfig:
     # Classes whose meaning changes under a horizontal flip (SS-V1: 86, 87,
     # 93, 94, 166, 167) are not flipped in training.
     no_flip_classes: tuple[int, ...] = ()
+    # Training crop sides as fractions of the short side (the official
+    # multi-scale crop, = tfrecords.augment.MULTI_SCALE_CROP_SCALES); (1.0,)
+    # crops the whole short side, at a random position.
+    crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
     validation_num_clips: int = 1
     validation_num_crops: int = 1
     # Evaluation frames are resized to (height, width) before the centre
@@ -513,6 +517,11 @@ def validate(config: ExperimentConfig) -> None:
             all(0 <= index < model.num_classes for index in data.no_flip_classes),
             f"`data.no_flip_classes` must be class indices below `model.num_classes`="
             f"{model.num_classes}. Received: {data.no_flip_classes}.",
+        ),
+        (
+            len(data.crop_scales) >= 1 and all(0.0 < scale <= 1.0 for scale in data.crop_scales),
+            "`data.crop_scales` must be one or more fractions in (0, 1]. "
+            f"Received: {data.crop_scales}.",
         ),
         (
             len(data.eval_size) in (0, 2) and all(size >= model.input_size for size in data.eval_size),

@@ -263,6 +263,7 @@ def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int
             crop_size=config.model.input_size,
             seed=_epoch_seed(config, epoch),
             no_flip_classes=config.data.no_flip_classes,
+            scales=config.data.crop_scales,
             input_context=input_context,
             repeat=True,
         )
