@@ -47,9 +47,9 @@ _MATMUL_SIZE = 4096
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated zoo names")
-    parser.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
-    parser.add_argument("--xla", default="off,on", help="XLA settings to run: off, on or off,on")
+    parser.add_argument("--models", help=f"comma-separated zoo names (default {','.join(DEFAULT_MODELS)})")
+    parser.add_argument("--batch-sizes", help="comma-separated batch sizes (default 1,8)")
+    parser.add_argument("--xla", help="XLA settings to run: off, on or off,on (default off,on)")
     parser.add_argument("--precisions", default="float32,mixed_bfloat16",
                         help="comma-separated Keras dtype policies (mixed_float16 on GPUs; bfloat16 "
                              "is fast only on CPUs with AVX512-BF16 or AMX)")
@@ -58,13 +58,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=174, help="classifier outputs")
     parser.add_argument("--threads", type=int, default=2, help="TF intra- and inter-op threads")
     parser.add_argument("--num-warm-iter", type=int, default=2, help="untimed warm-up calls per model")
-    parser.add_argument("--num-bench-iter", type=int, default=5, help="timed rounds (one call per model)")
+    parser.add_argument("--num-bench-iter", type=int, help="timed rounds, one call per model (default 5)")
     parser.add_argument("--quick", action="store_true",
-                        help="only tsm_r50 and selfy_tsm_r50, batch 1, XLA off, 3 rounds")
+                        help="defaults for a short run: tsm_r50 and selfy_tsm_r50, batch 1, XLA off, "
+                             "3 rounds (options given explicitly still apply)")
     parser.add_argument("--results-file", default=None, help="also write the JSON object here")
     args = parser.parse_args(argv)
+    defaults = {"models": ",".join(DEFAULT_MODELS), "batch_sizes": "1,8", "xla": "off,on", "num_bench_iter": 5}
     if args.quick:
-        args.models, args.batch_sizes, args.xla, args.num_bench_iter = ",".join(QUICK_MODELS), "1", "off", 3
+        defaults = {"models": ",".join(QUICK_MODELS), "batch_sizes": "1", "xla": "off", "num_bench_iter": 3}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     return args
 
 
