@@ -361,7 +361,6 @@ def convert_model(
         shutil.rmtree(directory, ignore_errors=True)
 
 
-
 def write_model(model_bytes: bytes, path: str, labels: Sequence[str]) -> str:
     """Writes the flatbuffer to `path` and the class names beside it.
 
