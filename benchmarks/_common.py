@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping
+
+from selfy_tf.files import atomic_write_text
 
 
 def limit_threads(threads: int) -> None:
@@ -20,7 +21,4 @@ def write_results(results: Mapping[str, Any], results_file: str | None = None) -
     line = json.dumps(results, sort_keys=True)
     print(line, flush=True)
     if results_file:
-        temporary = f"{results_file}.tmp"
-        with open(temporary, "w", encoding="utf-8") as stream:
-            stream.write(line + "\n")
-        os.replace(temporary, results_file)
+        atomic_write_text(results_file, line + "\n")

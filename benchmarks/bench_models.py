@@ -62,6 +62,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="defaults for a short run: tsm_r50 and selfy_tsm_r50, batch 1, XLA off, "
                              "3 rounds (options given explicitly still apply)")
+    parser.add_argument("--torch-models", default="",
+                        help="also time these tsn/tsm models in PyTorch, in the same rounds (needs torch; "
+                             "the layers of the official release, eager, NCHW; bfloat16 via torch.autocast)")
     parser.add_argument("--results-file", default=None, help="also write the JSON object here")
     args = parser.parse_args(argv)
     defaults = {"models": ",".join(DEFAULT_MODELS), "batch_sizes": "1,8", "xla": "off,on", "num_bench_iter": 5}
@@ -131,6 +134,33 @@ def _time_in_turns(forwards: dict, clips, warm: int, rounds: int, errors: dict, 
     return durations
 
 
+def _torch_forwards(names: list[str], num_classes: int, num_frames: int, precision: str, clips,
+                    threads: int) -> dict:
+    """PyTorch forward functions of the reference models, called like the Keras ones."""
+    import torch
+
+    from selfy_tf.weights.torch_reference import build_reference
+
+    autocast = {"float32": None, "mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}
+    if precision not in autocast:
+        raise ValueError(f"no PyTorch counterpart of precision {precision!r}")
+    if any(name.startswith("selfy") for name in names):
+        raise ValueError("the PyTorch reference computes STSS with a loop: time tsn/tsm models only")
+    torch.set_num_threads(threads)
+    frames = torch.from_numpy(clips.numpy())
+    forwards = {}
+    for name in names:
+        model = build_reference(name, num_classes, num_frames).eval()
+
+        def forward(_clips, model=model):
+            with torch.no_grad(), torch.autocast("cpu", dtype=autocast[precision] or torch.bfloat16,
+                                                 enabled=autocast[precision] is not None):
+                return model(frames).float()
+
+        forwards[f"torch_{name}"] = forward
+    return forwards
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
@@ -146,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     precisions = _split(args.precisions)
     batch_sizes = [int(size) for size in _split(args.batch_sizes)]
     xla_settings = [{"off": False, "on": True}[value] for value in _split(args.xla)]
+    torch_models = _split(args.torch_models)
     results: dict[str, object] = {
         "benchmark": "bench_models",
         "tf_version": tf.__version__,
@@ -192,10 +223,19 @@ def main(argv: list[str] | None = None) -> int:
                 for name, model in built.items()
             }
             for batch in batch_sizes:
-                keys = {name: _case_key(name, batch, xla, precision) for name in forwards}
                 clips = tf.constant(rng.integers(0, 256, (batch, args.num_frames, args.input_size,
                                                           args.input_size, 3)).astype("float32"))
-                durations = _time_in_turns(forwards, clips, args.num_warm_iter, args.num_bench_iter,
+                case_forwards = dict(forwards)
+                if torch_models and not xla:
+                    try:
+                        case_forwards.update(_torch_forwards(torch_models, args.num_classes,
+                                                             args.num_frames, precision, clips,
+                                                             args.threads))
+                    except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
+                        errors[f"torch_b{batch}_{precision}"] = f"{type(error).__name__}: {error}"
+                keys = {name: (f"{name}_b{batch}_{precision}" if name.startswith("torch_")
+                               else _case_key(name, batch, xla, precision)) for name in case_forwards}
+                durations = _time_in_turns(case_forwards, clips, args.num_warm_iter, args.num_bench_iter,
                                            errors, keys)
                 for name, times in durations.items():
                     # The median resists load spikes on a shared machine.
@@ -212,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
                         ratio = float(np.median(np.asarray(selfy) / np.asarray(tsm)))
                         results[f"selfy_over_tsm_{depth}_b{batch}_xla{int(xla)}_{precision}_time_ratio"] = (
                             round(ratio, 4))
+                for name in torch_models:
+                    ours, theirs = durations.get(name), durations.get(f"torch_{name}")
+                    if ours and theirs:
+                        ratio = float(np.median(np.asarray(ours) / np.asarray(theirs)))
+                        results[f"{name}_over_torch_b{batch}_{precision}_time_ratio"] = round(ratio, 4)
         built = forwards = None
         keras.utils.clear_session()
 

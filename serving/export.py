@@ -182,6 +182,7 @@ def export_saved_model(
     resize_short: int | None = None,
     eval_size: tuple[int, int] | None = None,
     write_configs: bool = True,
+    fold_batch_norms: bool = True,
 ) -> ExportResult:
     """Exports `model` to `base_dir/<name>/<version>/` for TF Serving.
 
@@ -204,6 +205,10 @@ def export_saved_model(
             converted with `--size 240x320`.
         write_configs: also write `models.config` and `batching.config`
             examples into `base_dir` when they do not exist yet.
+        fold_batch_norms: export `selfy_tf.models.fold_batch_norms(model)`:
+            the same logits (to float rounding) with every batch norm folded
+            into the convolution before it, faster on CPU (up to ~14 % under
+            bfloat16). `model` itself is left unchanged.
 
     Returns:
         An `ExportResult`.
@@ -236,6 +241,10 @@ def export_saved_model(
     model_dir = os.path.join(base_dir, name)
     os.makedirs(model_dir, exist_ok=True)
     version = _next_version(model_dir, version)
+    if fold_batch_norms:
+        from selfy_tf.models import fold_batch_norms as fold
+
+        model = fold(model)
     disable_xla(model)
 
     staging_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)

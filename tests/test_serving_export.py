@@ -13,6 +13,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from serving.export import export_saved_model
+
 
 def _png(frame: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -81,13 +83,14 @@ class TestExportLayout:
             assert "Method name is: tensorflow/serving/predict" in blocks[signature]
 
     def test_no_xla_in_the_graph(self, exported_model, tmp_path):
-        # The fixture model was built with stss_jit=True; export switched it off.
+        # The fixture model was built with stss_jit=True: the export switched
+        # it off in the (batch-norm-folded) copy it saved, not in the model.
         switches = [
             layer.stss_jit
             for layer in exported_model.model._flatten_layers(include_self=True, recursive=True)
             if hasattr(layer, "stss_jit")
         ]
-        assert switches and not any(switches)
+        assert switches and all(switches)
         with open(os.path.join(exported_model.result.path, "saved_model.pb"), "rb") as handle:
             assert b"_XlaMustCompile" not in handle.read()
         # Positive control: an inner jit-compiled function is saved with the
@@ -101,6 +104,14 @@ class TestExportLayout:
 
 
 class TestExportCorrectness:
+    def test_batch_norms_are_folded_unless_asked_not_to(self, exported_model, tmp_path):
+        with open(os.path.join(exported_model.result.path, "saved_model.pb"), "rb") as handle:
+            assert b"FusedBatchNorm" not in handle.read()
+        result = export_saved_model(exported_model.model, str(tmp_path), labels=exported_model.labels,
+                                    fold_batch_norms=False)
+        with open(os.path.join(result.path, "saved_model.pb"), "rb") as handle:
+            assert b"FusedBatchNorm" in handle.read()
+
     def test_predict_frames_matches_keras(self, exported_model, loaded):
         frames = np.random.default_rng(1).integers(0, 256, (3, 4, 32, 32, 3), dtype=np.uint8)
         outputs = loaded.signatures["predict_frames"](frames=tf.constant(frames))
@@ -156,8 +167,6 @@ class TestExportCorrectness:
 
 class TestExportErrors:
     def test_bad_arguments(self, exported_model, tmp_path):
-        from serving.export import export_saved_model
-
         model = exported_model.model
         with pytest.raises(ValueError, match="has 2 class names but the model has 5 classes"):
             export_saved_model(model, str(tmp_path), labels=["a", "b"])
@@ -212,16 +221,20 @@ class TestExportCommand:
         (run / "labels.txt").write_text("\n".join(exported_model.labels) + "\n")
         base = tmp_path / "base"
         shutil.copytree(exported_model.base, base)
-        status = main(["export", str(run), "--out", str(base), "--name", "selfy", "--top-k", "2"])
+        status = main(["export", str(run), "--out", str(base), "--name", "selfy", "--top-k", "2",
+                       "--no-fold-batch-norms"])
         assert status == 0
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert summary["version"] == 2 and summary["top_k"] == 2
+        assert summary["fold_batch_norms"] is False
+        with open(os.path.join(summary["path"], "saved_model.pb"), "rb") as handle:
+            assert b"FusedBatchNorm" in handle.read()
         assert summary["path"] == str(base / "selfy" / "2")
         assert sorted(os.listdir(base / "selfy")) == ["1", "2"]
 
     def test_export_with_a_dtype_policy(self, exported_model, tmp_path, capsys):
         from selfy_tf.cli.main import main
-        from selfy_tf.models import with_dtype_policy
+        from selfy_tf.models import fold_batch_norms, with_dtype_policy
 
         model_path = tmp_path / "model.keras"
         exported_model.model.save(str(model_path))
@@ -230,11 +243,11 @@ class TestExportCommand:
                        "--out", str(tmp_path / "base"), "--dtype-policy", "mixed_bfloat16"])
         assert status == 0
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert summary["dtype_policy"] == "mixed_bfloat16"
+        assert summary["dtype_policy"] == "mixed_bfloat16" and summary["fold_batch_norms"] is True
         frames = np.random.default_rng(2).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)
         outputs = tf.saved_model.load(summary["path"]).signatures["predict_frames"](frames=tf.constant(frames))
         assert outputs["logits"].dtype == tf.float32
-        bf16 = with_dtype_policy(exported_model.model, "mixed_bfloat16")
+        bf16 = fold_batch_norms(with_dtype_policy(exported_model.model, "mixed_bfloat16"))
         expected = bf16(frames.astype(np.float32), training=False).numpy()
         np.testing.assert_allclose(outputs["logits"].numpy(), expected, atol=1e-5, rtol=0)
         float32 = exported_model.model(frames.astype(np.float32), training=False).numpy()

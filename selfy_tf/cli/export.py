@@ -57,6 +57,12 @@ def register_subparser(subparsers) -> None:
         help="Keras dtype policy to compute with, e.g. mixed_bfloat16 (about 1.6x faster on CPUs "
         "with AVX512-BF16 or AMX); default: the model's own",
     )
+    parser.add_argument(
+        "--fold-batch-norms",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fold every batch norm into the convolution before it (same logits, faster on CPU)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         resize_short=args.resize_short,
         eval_size=eval_size,
+        fold_batch_norms=args.fold_batch_norms,
     )
     config = result.signature_config
     print(
@@ -96,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
                 "top_k": config.top_k,
                 "num_classes": len(labels),
                 "dtype_policy": args.dtype_policy,
+                "fold_batch_norms": args.fold_batch_norms,
             }
         )
     )

@@ -13,6 +13,8 @@ from selfy_tf.models._registry import (
     list_pretrained,
     register_model,
 )
+from selfy_tf.models.folded_batch_norm import FoldedBatchNorm
+from selfy_tf.models.folding import fold_batch_norms
 from selfy_tf.models.frame_preprocessing import FramePreprocessing
 from selfy_tf.models.macs import count_macs
 from selfy_tf.models.precision import with_dtype_policy
@@ -20,10 +22,12 @@ from selfy_tf.models.segment_consensus import SegmentConsensus
 from selfy_tf.models.tsm_resnet import resolve_selfy_channels
 
 __all__ = [
+    "FoldedBatchNorm",
     "FramePreprocessing",
     "SegmentConsensus",
     "count_macs",
     "create_model",
+    "fold_batch_norms",
     "get_pretrained_cfg",
     "is_model",
     "list_models",
