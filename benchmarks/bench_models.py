@@ -20,6 +20,12 @@ precision), from which `<model>_<precision>_roofline_ms_per_clip` is the time
 the model's multiply-accumulates alone would take at that throughput: no
 convolution network runs faster than its roofline. Logs go to stderr; a
 failing case records its error and the sweep goes on.
+
+`--fold-batch-norms` adds `<model>_folded` (batch norms folded into the
+convolutions, as `selfy export` serves the model) to the same rounds;
+`--torch-models tsm_r50` adds the PyTorch reference of those TSN/TSM models
+(`torch_<model>_b<batch>_<precision>`, bfloat16 through `torch.autocast`) and
+`<model>_over_torch_..._time_ratio`.
 """
 
 from __future__ import annotations
@@ -62,6 +68,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="defaults for a short run: tsm_r50 and selfy_tsm_r50, batch 1, XLA off, "
                              "3 rounds (options given explicitly still apply)")
+    parser.add_argument("--fold-batch-norms", action="store_true",
+                        help="also time each model with its batch norms folded into the convolutions "
+                             "(`selfy_tf.models.fold_batch_norms`, as `selfy export` serves it), as "
+                             "`<model>_folded`")
     parser.add_argument("--torch-models", default="",
                         help="also time these tsn/tsm models in PyTorch, in the same rounds (needs torch; "
                              "the layers of the official release, eager, NCHW; bfloat16 via torch.autocast)")
@@ -170,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     limit_threads(args.threads)
     import keras
 
-    from selfy_tf.models import count_macs, create_model
+    from selfy_tf.models import count_macs, create_model, fold_batch_norms
 
     models = _split(args.models)
     precisions = _split(args.precisions)
@@ -217,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[f"{name}_gmacs"] = round(gmacs[name], 3)
                 results[f"{name}_param_count_m"] = round(built[name].count_params() / 1e6, 3)
             results[f"{name}_{precision}_roofline_ms_per_clip"] = round(2000.0 * gmacs[name] / gflops, 1)
+            if args.fold_batch_norms:
+                built[f"{name}_folded"] = fold_batch_norms(built[name])
         for xla in xla_settings:
             forwards = {
                 name: tf.function(lambda clips, model=model: model(clips, training=False), jit_compile=xla)
@@ -246,12 +258,14 @@ def main(argv: list[str] | None = None) -> int:
                     results[f"{keys[name]}_infer_clips_per_sec"] = round(1000.0 / ms_per_clip, 3)
                     logger.info("%s: %.1f ms per clip", keys[name], ms_per_clip)
                 for depth in ("r18", "r50"):
-                    selfy, tsm = durations.get(f"selfy_tsm_{depth}"), durations.get(f"tsm_{depth}")
-                    if selfy and tsm:
-                        # Per-round ratios cancel load drift between rounds.
-                        ratio = float(np.median(np.asarray(selfy) / np.asarray(tsm)))
-                        results[f"selfy_over_tsm_{depth}_b{batch}_xla{int(xla)}_{precision}_time_ratio"] = (
-                            round(ratio, 4))
+                    for variant in ("", "_folded"):
+                        selfy = durations.get(f"selfy_tsm_{depth}{variant}")
+                        tsm = durations.get(f"tsm_{depth}{variant}")
+                        if selfy and tsm:
+                            # Per-round ratios cancel load drift between rounds.
+                            ratio = float(np.median(np.asarray(selfy) / np.asarray(tsm)))
+                            results[f"selfy_over_tsm_{depth}{variant}_b{batch}_xla{int(xla)}_{precision}"
+                                    "_time_ratio"] = round(ratio, 4)
                 for name in torch_models:
                     ours, theirs = durations.get(name), durations.get(f"torch_{name}")
                     if ours and theirs:
