@@ -25,10 +25,8 @@ __all__ = ["fold_batch_norms"]
 def _history_sources(node_config: Any) -> Iterator[str]:
     """Names of the layers whose outputs a serialized node consumes."""
     if isinstance(node_config, dict):
-        history = node_config.get("config", {}).get("keras_history") if node_config.get(
-            "class_name") == "__keras_tensor__" else None
-        if history is not None:
-            yield history[0]
+        if node_config.get("class_name") == "__keras_tensor__":
+            yield node_config["config"]["keras_history"][0]
             return
         for value in node_config.values():
             yield from _history_sources(value)
@@ -55,7 +53,7 @@ def _foldable_pairs(model: keras.Model, config: dict) -> dict[str, str]:
     for layer in model.layers:
         if not isinstance(layer, keras.layers.BatchNormalization) or calls.get(layer.name) != 1:
             continue
-        if len(sources[layer.name]) != 1 or layer.axis not in (-1, len(layer.input.shape) - 1):
+        if len(sources.get(layer.name, ())) != 1 or layer.axis not in (-1, len(layer.input.shape) - 1):
             continue
         conv = by_name.get(sources[layer.name][0])
         if (
