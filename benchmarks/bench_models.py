@@ -37,6 +37,8 @@ import platform
 import sys
 import time
 
+import numpy as np
+
 from _common import limit_threads, write_results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -144,37 +146,43 @@ def _time_in_turns(forwards: dict, clips, warm: int, rounds: int, errors: dict, 
     return durations
 
 
-def _torch_forwards(names: list[str], num_classes: int, num_frames: int, precision: str, clips,
-                    threads: int) -> dict:
-    """PyTorch forward functions of the reference models, called like the Keras ones."""
+def _torch_models(names: list[str], num_classes: int, num_frames: int, threads: int) -> dict:
+    """The PyTorch reference models (official layers) of the tsn/tsm `names`, in eval mode."""
     import torch
 
     from selfy_tf.weights.torch_reference import build_reference
 
-    autocast = {"float32": None, "mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}
-    if precision not in autocast:
-        raise ValueError(f"no PyTorch counterpart of precision {precision!r}")
     if any(name.startswith("selfy") for name in names):
         raise ValueError("the PyTorch reference computes STSS with a loop: time tsn/tsm models only")
     torch.set_num_threads(threads)
+    return {name: build_reference(name, num_classes, num_frames).eval() for name in names}
+
+
+def _torch_forwards(models: dict, precision: str, clips) -> dict:
+    """Forward functions of the PyTorch models on `clips`, called like the Keras ones."""
+    import torch
+
+    autocast = {"float32": None, "mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}
+    if precision not in autocast:
+        raise ValueError(f"no PyTorch counterpart of precision {precision!r}")
+    dtype = autocast[precision]
     frames = torch.from_numpy(clips.numpy())
-    forwards = {}
-    for name in names:
-        model = build_reference(name, num_classes, num_frames).eval()
 
-        def forward(_clips, model=model):
-            with torch.no_grad(), torch.autocast("cpu", dtype=autocast[precision] or torch.bfloat16,
-                                                 enabled=autocast[precision] is not None):
-                return model(frames).float()
+    def forward(model):
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            return model(frames).float()
 
-        forwards[f"torch_{name}"] = forward
-    return forwards
+    return {f"torch_{name}": (lambda _clips, model=model: forward(model)) for name, model in models.items()}
+
+
+def _median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Median of the per-round ratios: cancels load drift between rounds."""
+    return round(float(np.median(np.asarray(numerators) / np.asarray(denominators))), 4)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    import numpy as np
     import tensorflow as tf
 
     limit_threads(args.threads)
@@ -186,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     precisions = _split(args.precisions)
     batch_sizes = [int(size) for size in _split(args.batch_sizes)]
     xla_settings = [{"off": False, "on": True}[value] for value in _split(args.xla)]
-    torch_models = _split(args.torch_models)
+    torch_names = _split(args.torch_models)
     results: dict[str, object] = {
         "benchmark": "bench_models",
         "tf_version": tf.__version__,
@@ -206,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     errors: dict[str, str] = {}
     rng = np.random.default_rng(0)
     gmacs: dict[str, float] = {}
+    torch_models = {}
+    if torch_names:
+        try:
+            torch_models = _torch_models(torch_names, args.num_classes, args.num_frames, args.threads)
+        except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
+            errors["torch"] = f"{type(error).__name__}: {error}"
     for precision in precisions:
         try:
             gflops = _matmul_gflops(precision)
@@ -240,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 case_forwards = dict(forwards)
                 if torch_models and not xla:
                     try:
-                        case_forwards.update(_torch_forwards(torch_models, args.num_classes,
-                                                             args.num_frames, precision, clips,
-                                                             args.threads))
+                        case_forwards.update(_torch_forwards(torch_models, precision, clips))
                     except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
                         errors[f"torch_b{batch}_{precision}"] = f"{type(error).__name__}: {error}"
                 keys = {name: (f"{name}_b{batch}_{precision}" if name.startswith("torch_")
@@ -262,15 +274,12 @@ def main(argv: list[str] | None = None) -> int:
                         selfy = durations.get(f"selfy_tsm_{depth}{variant}")
                         tsm = durations.get(f"tsm_{depth}{variant}")
                         if selfy and tsm:
-                            # Per-round ratios cancel load drift between rounds.
-                            ratio = float(np.median(np.asarray(selfy) / np.asarray(tsm)))
                             results[f"selfy_over_tsm_{depth}{variant}_b{batch}_xla{int(xla)}_{precision}"
-                                    "_time_ratio"] = round(ratio, 4)
+                                    "_time_ratio"] = _median_ratio(selfy, tsm)
                 for name in torch_models:
                     ours, theirs = durations.get(name), durations.get(f"torch_{name}")
                     if ours and theirs:
-                        ratio = float(np.median(np.asarray(ours) / np.asarray(theirs)))
-                        results[f"{name}_over_torch_b{batch}_{precision}_time_ratio"] = round(ratio, 4)
+                        results[f"{name}_over_torch_b{batch}_{precision}_time_ratio"] = _median_ratio(ours, theirs)
         built = forwards = None
         keras.utils.clear_session()
 
