@@ -22,7 +22,13 @@ import os
 import threading
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "temporary_pattern",
+]
 
 _counter = itertools.count()
 
@@ -31,6 +37,16 @@ def _temporary_name(path: str, suffix: str) -> str:
     directory, name = os.path.split(path)
     unique = f"{os.getpid()}-{threading.get_ident()}-{next(_counter)}"
     return os.path.join(directory, f".{name}.tmp-{unique}{suffix}")
+
+
+def temporary_pattern(path_pattern: str) -> str:
+    """A `glob` pattern of the temporaries `atomic_path` makes for `path_pattern`.
+
+    A process killed while writing (`kill -9`) leaves its temporary behind;
+    a resuming job can remove them with `glob.glob(temporary_pattern(...))`.
+    """
+    directory, name = os.path.split(path_pattern)
+    return os.path.join(directory, f".{name}.tmp-*")
 
 
 @contextlib.contextmanager

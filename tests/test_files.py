@@ -1,12 +1,19 @@
 """Atomic writes of `selfy_tf.files`."""
 
+import glob
 import json
 import os
 import threading
 
 import pytest
 
-from selfy_tf.files import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from selfy_tf.files import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    temporary_pattern,
+)
 
 
 def test_writes_create_missing_directories_and_leave_no_temporary(tmp_path):
@@ -80,3 +87,17 @@ def test_concurrent_writers_of_one_path_never_share_a_temporary(tmp_path):
     assert len(set(names)) == 8
     lines = path.read_text().splitlines()
     assert len(lines) == 1000 and len(set(lines)) == 1  # one writer's whole file
+
+
+def test_temporary_pattern_finds_the_temporaries_left_by_a_killed_writer(tmp_path):
+    pattern = temporary_pattern(str(tmp_path / "train-*-of-00003.tfrecord"))
+    with atomic_path(tmp_path / "train-00001-of-00003.tfrecord") as temporary:
+        with open(temporary, "wb") as stream:
+            stream.write(b"partial")
+        assert glob.glob(pattern) == [temporary]
+        # Neither finished files nor other splits' temporaries match.
+        (tmp_path / "train-00000-of-00003.tfrecord").write_bytes(b"done")
+        with atomic_path(tmp_path / "validation-00000-of-00003.tfrecord") as other:
+            open(other, "wb").close()
+            assert glob.glob(pattern) == [temporary]
+    assert glob.glob(pattern) == []

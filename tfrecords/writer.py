@@ -39,7 +39,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from selfy_tf.files import atomic_path, atomic_write_text
+from selfy_tf.files import atomic_path, atomic_write_text, temporary_pattern
 from tfrecords import features
 from tfrecords import sources
 from tfrecords.video import VideoDecodeError
@@ -251,7 +251,7 @@ class _SplitWriter:
             ValueError: if the directory holds shards of another conversion.
         """
         os.makedirs(self.out_dir, exist_ok=True)
-        for path in glob.glob(os.path.join(self.out_dir, f".{self.split}-*-of-*.tfrecord.tmp-*")):
+        for path in glob.glob(temporary_pattern(os.path.join(self.out_dir, f"{self.split}-*-of-*.tfrecord"))):
             os.remove(path)  # left by an interrupted run; never a complete shard
         existing = glob.glob(os.path.join(self.out_dir, f"{self.split}-*-of-*.tfrecord"))
         other = sorted(
