@@ -81,8 +81,10 @@ def _sync_batch_norms(layer: keras.layers.Layer) -> list[bool]:
 _MIRRORED_SYNC_BATCH_NORM_SCRIPT = textwrap.dedent(
     """
     import json
+    import keras
     import numpy as np
     import tensorflow as tf
+    keras.utils.set_random_seed(0)
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
@@ -95,13 +97,18 @@ _MIRRORED_SYNC_BATCH_NORM_SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(0)
     inputs = rng.normal(1.0, 2.0, size=(8, 8, 8, 8)).astype("float32")
     loss_weights = rng.normal(size=inputs.shape).astype("float32")
-    whole = SELFYBlock(**args)
+    # The same layers on the whole batch: with one replica the synchronized
+    # batch norm computes local statistics with the same formulas.
+    whole = SELFYBlock(**args, sync_batchnorm=True)
     whole.build((None, 8, 8, 8))
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         synced = SELFYBlock(**args, sync_batchnorm=True)
         synced.build((None, 8, 8, 8))
+        unsynced = SELFYBlock(**args)
+        unsynced.build((None, 8, 8, 8))
     synced.set_weights(whole.get_weights())
+    unsynced.set_weights(whole.get_weights())
     per_replica = len(inputs) // 2
 
     def split(array):
@@ -112,12 +119,13 @@ _MIRRORED_SYNC_BATCH_NORM_SCRIPT = textwrap.dedent(
         )
 
     # Eager replica functions: no tracing, and the all-reduces still run.
-    def step(x, w):
+    def step(block, x, w):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(synced(x, training=True) * w)
-        return tape.gradient(loss, synced.trainable_variables)
+            loss = tf.reduce_sum(block(x, training=True) * w)
+        return tape.gradient(loss, block.trainable_variables)
 
-    gradients = strategy.run(step, args=(split(inputs), split(loss_weights)))
+    gradients = strategy.run(step, args=(synced, split(inputs), split(loss_weights)))
+    unsynced_gradients = strategy.run(step, args=(unsynced, split(inputs), split(loss_weights)))
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(whole(inputs, training=True) * loss_weights)
     print(json.dumps({
@@ -125,6 +133,9 @@ _MIRRORED_SYNC_BATCH_NORM_SCRIPT = textwrap.dedent(
         "moving": [v.numpy().tolist() for v in synced.non_trainable_variables],
         "whole_moving": [v.numpy().tolist() for v in whole.non_trainable_variables],
         "gradients": [strategy.reduce("SUM", g, axis=None).numpy().tolist() for g in gradients],
+        "unsynced_gradients": [
+            strategy.reduce("SUM", g, axis=None).numpy().tolist() for g in unsynced_gradients
+        ],
         "whole_gradients": [
             g.numpy().tolist() for g in tape.gradient(loss, whole.trainable_variables)
         ],
@@ -576,12 +587,21 @@ class TestLayersCorrectness:
         # saw the whole batch (per-replica statistics differ by up to 0.15).
         assert len(result["moving"]) == 20
         for mine, whole in zip(result["moving"], result["whole_moving"]):
-            np.testing.assert_allclose(mine, whole, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(mine, whole, rtol=1e-4, atol=1e-4)
         # Gradients flow through the all-reduce: their sum over replicas is
-        # the whole-batch gradient (tiny batches amplify float32 rounding).
-        for mine, whole in zip(result["gradients"], result["whole_gradients"]):
+        # the whole-batch gradient. Channels that are nearly constant over
+        # these tiny batches amplify float32 rounding of the split sums (up to
+        # 1 % of the largest gradient for some initial weights), far less than
+        # the error of per-replica batch norms, which the tolerance must reject.
+        errors, unsynced_errors = [], []
+        for mine, unsynced, whole in zip(
+            result["gradients"], result["unsynced_gradients"], result["whole_gradients"]
+        ):
             scale = np.abs(whole).max()
-            np.testing.assert_allclose(mine, whole, rtol=1e-3, atol=1e-3 * scale)
+            errors.append(np.abs(np.subtract(mine, whole)).max() / scale)
+            unsynced_errors.append(np.abs(np.subtract(unsynced, whole)).max() / scale)
+        assert max(errors) < 0.03, errors
+        assert max(unsynced_errors) > 0.1, unsynced_errors
         # Inference with the trained weights matches a non-synchronized block.
         plain = SELFYBlock(**TINY_BLOCK_ARGS, zero_init_last=False)
         plain.build((None, 8, 8, 8))
