@@ -41,7 +41,6 @@ import numpy as np
 
 from _common import limit_threads, write_results
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 logger = logging.getLogger("bench_models")
 

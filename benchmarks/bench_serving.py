@@ -147,7 +147,6 @@ def _start_server(base: str, batching: bool) -> tuple[subprocess.Popen, str, str
 def main(argv=None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     limit_threads(_THREADS)

@@ -158,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     args.modes = [mode for mode in args.modes.split(",") if mode]
     args.once = set(name for name in args.once.split(",") if name)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     import tensorflow as tf
 

@@ -26,8 +26,6 @@ import time
 
 from _common import limit_threads, write_results
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 logger = logging.getLogger("bench_train")
 
 MODELS = {

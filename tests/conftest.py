@@ -6,11 +6,12 @@ Fixtures here build tiny models and datasets once per session in
 
 from __future__ import annotations
 
-import os
+from selfy_tf.runtime import set_tensorflow_environment_defaults
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# As the `selfy` command does: the tests run TensorFlow the way users do.
+set_tensorflow_environment_defaults()
 
-import pytest
+import pytest  # noqa: E402
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

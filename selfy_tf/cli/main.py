@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from typing import Sequence
 
+from selfy_tf.runtime import set_tensorflow_environment_defaults
 from selfy_tf.version import __version__
 
-# TensorFlow's C++ INFO/WARNING lines are noise on a terminal; this must be
-# set before any command module imports TensorFlow.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Before any command module imports TensorFlow (quiet C++ logs, BFC CPU allocator).
+set_tensorflow_environment_defaults()
 
 # Subcommand modules, in the order `selfy --help` lists them.
 _COMMAND_MODULES: tuple[str, ...] = (
