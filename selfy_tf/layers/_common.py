@@ -320,11 +320,6 @@ def make_batch_norm(
     )
 
 
-def pad_spatial(inputs: tf.Tensor, padding: int) -> tf.Tensor:
-    """Symmetric zero padding of the two spatial axes of `[batch, H, W, C]`."""
-    return tf.pad(inputs, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
-
-
 def dim(tensor: tf.Tensor, axis: int) -> int | tf.Tensor:
     """The static size of `axis` when known, else the dynamic one."""
     static = tensor.shape[axis]
@@ -495,15 +490,14 @@ def folded_batch_norm(
 def conv2d(strides: int, padding: str | int) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     """`linear(inputs, kernel)` of a bias-free 2-D convolution.
 
-    `padding` is "SAME", "VALID" or an int: symmetric zero padding applied
-    explicitly before a 'valid' convolution (PyTorch style).
+    `padding` is "SAME", "VALID" or an int: symmetric zero padding of both
+    spatial axes (PyTorch style), given to the convolution as explicit
+    padding so that no padded copy of the input is written.
     """
+    if not isinstance(padding, str):
+        padding = [[0, 0], [padding, padding], [padding, padding], [0, 0]] if padding else "VALID"
 
     def linear(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-        if isinstance(padding, str):
-            return tf.nn.conv2d(inputs, kernel, strides, padding)
-        if padding:
-            inputs = pad_spatial(inputs, padding)
-        return tf.nn.conv2d(inputs, kernel, strides, "VALID")
+        return tf.nn.conv2d(inputs, kernel, strides, padding)
 
     return linear
