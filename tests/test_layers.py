@@ -520,6 +520,31 @@ class TestLayersCorrectness:
         )
         np.testing.assert_array_equal(compiled(x).numpy(), _np_temporal_shift(x, 2, 8))
 
+    @pytest.mark.parametrize("side", [9, 11])
+    def test_extraction_inference_matches_numpy(self, side):
+        # Inference computes conv0 + conv1 as banded matrix products: check
+        # them (and the frozen-batch-norm training path, which takes the same
+        # route) against plain convolutions, for both supported window sides.
+        rng = np.random.default_rng(side)
+        shape = (1, 2, 2, 2, 3, side, side)
+        layer = STSSExtraction(channels=(2, 3, 4, 5))
+        layer.build(shape)
+        _randomize_batch_norms(layer)
+        x = rng.uniform(-1, 1, shape).astype("float32")
+        volume = x.reshape(-1, 1, 3, side, side).astype(np.float64)
+        geometry = ((1, 1), (2, 1), (2, 1), (1, 0))
+        for conv, bn, (stride, padding) in zip(layer.convs, layer.bns, geometry):
+            weight = np.transpose(conv.kernel.numpy(), (3, 2, 0, 1))[:, :, None]
+            volume = _np_conv3d(volume, weight, (1, stride, stride), (0, padding, padding))
+            stats = [v.numpy() for v in (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance)]
+            volume = np.maximum(_np_batch_norm(volume, stats, False), 0.0)
+        assert volume.shape[2:] == (3, 1, 1)
+        expected = np.transpose(volume[:, :, :, 0, 0], (0, 2, 1)).reshape(1, 2, 2, 2, 3, 5)
+        assert np.abs(expected).max() > 0.1
+        np.testing.assert_allclose(layer(x, training=False).numpy(), expected, rtol=1e-5, atol=1e-5)
+        layer.trainable = False
+        np.testing.assert_allclose(layer(x, training=True).numpy(), expected, rtol=1e-5, atol=1e-5)
+
     @pytest.mark.parametrize("training", [False, True])
     def test_selfy_block_matches_numpy(self, training):
         rng = np.random.default_rng(7)

@@ -3,12 +3,42 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from selfy_tf.layers import _common
 
 # (stride, padding) of the four (1, 3, 3) convolutions of the reference.
 _CONV_GEOMETRY = ((1, 1), (2, 1), (2, 1), (1, 0))
+
+
+class _Conv1Bands:
+    """Index tables that compute conv1 (3x3, stride 2, pad 1) row by row with matrix products.
+
+    Output row `i` of conv1 reads rows `2i - 1, 2i, 2i + 1` of its input (zero
+    outside the map): its "band". Attributes:
+        rows: int `[out_rows * 3 * width]`, for each band entry `(i, r, x)` the
+            input position `y * width + x` with `y = 2i - 1 + r`, or
+            `height * width` (an all-zero position) outside the map.
+        inside: float `[out_rows * 3 * width]`, 1 where `rows` is inside.
+        columns: float `[3, width, out_cols]`, `columns[dx, x, j] = 1` when
+            output column `j` reads input column `x` with kernel column `dx`.
+    """
+
+    def __init__(self, height: int, width: int):
+        self.out_rows = (height - 1) // 2 + 1
+        self.out_cols = (width - 1) // 2 + 1
+        band_rows = 2 * np.arange(self.out_rows)[:, None] - 1 + np.arange(3)[None, :]
+        inside_rows = (band_rows >= 0) & (band_rows < height)
+        positions = band_rows[:, :, None] * width + np.arange(width)[None, None, :]
+        self.rows = np.where(inside_rows[:, :, None], positions, height * width)
+        self.rows = self.rows.reshape(-1).astype(np.int32)
+        self.inside = np.repeat(inside_rows, width).astype(np.float32)
+        self.columns = np.zeros((3, width, self.out_cols), np.float32)
+        for j in range(self.out_cols):
+            for dx in range(3):
+                if 0 <= 2 * j - 1 + dx < width:
+                    self.columns[dx, 2 * j - 1 + dx, j] = 1
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -122,6 +152,7 @@ class STSSExtraction(keras.layers.Layer):
         self._conv0_selection = _common.unrolled_conv_selection(
             height_window, width_window
         )
+        self._conv1_bands = _Conv1Bands(height_window, width_window)
         self.built = True
 
     def call(self, inputs, training=None):
@@ -148,18 +179,60 @@ class STSSExtraction(keras.layers.Layer):
             conv3,
         ]
         maps = tf.reshape(tf.cast(inputs, self.compute_dtype), [-1, positions])
-        for index, (linear, conv, bn) in enumerate(zip(linears, self.convs, self.bns)):
+        first = 0
+        if not any(training and bn.trainable for bn in self.bns[:2]):
+            maps = self._folded_conv0_conv1(maps)
+            first = 2
+        for index in range(first, 4):
             maps = _common.linear_batch_norm(
                 maps,
-                linear,
-                conv.kernel,
-                bn,
+                linears[index],
+                self.convs[index].kernel,
+                self.bns[index],
                 training,
                 compute_dtype=self.compute_dtype,
                 flat_map_shape=(height_window, width_window) if index == 0 else None,
             )
         output_shape = tf.concat([tf.shape(inputs)[:5], [self.channels[-1]]], axis=0)
         return tf.reshape(maps, output_shape)
+
+    def _folded_conv0_conv1(self, maps: tf.Tensor) -> tf.Tensor:
+        """conv0 and conv1 with their batch norms folded in, as two matrix products.
+
+        Convolution kernels are slow on conv1's maps of a few channels.
+        Instead conv0's dense matrix writes, for every output row of conv1,
+        the three rows of conv0's output that it reads (zeros outside the
+        map: zero weights and bias), and conv1 is one matrix product per
+        output row with a banded `[3 * V * c0, V1 * c1]` matrix. About 3x the
+        multiply-accumulates of the two convolutions, in half the time.
+
+        Args:
+            maps: `[N, U * V]` flattened similarity maps.
+
+        Returns:
+            conv1's batch-normalized, rectified output `[N, U1, V1, c1]`.
+        """
+        bands = self._conv1_bands
+        dtype = self.compute_dtype
+        positions = maps.shape[-1]
+        width = bands.columns.shape[1]
+        scale, bias = _common.folded_batch_norm(self.bns[0])
+        kernel = tf.cast(self.convs[0].kernel[:, :, 0, :], tf.float32) * scale
+        matrix = tf.einsum("yxo,yxpq->pqo", kernel, tf.constant(self._conv0_selection))
+        matrix = tf.gather(tf.pad(matrix, [[0, 0], [0, 1], [0, 0]]), bands.rows, axis=1)
+        bias = bands.inside[:, None] * bias
+        hidden = tf.matmul(maps, tf.cast(tf.reshape(matrix, [positions, -1]), dtype))
+        hidden = tf.nn.relu(tf.nn.bias_add(hidden, tf.cast(tf.reshape(bias, [-1]), dtype)))
+        hidden = tf.reshape(hidden, [-1, 3 * width * self.channels[0]])
+
+        scale, bias = _common.folded_batch_norm(self.bns[1])
+        kernel = tf.cast(self.convs[1].kernel, tf.float32) * scale
+        matrix = tf.einsum("rdco,dxj->rxcjo", kernel, tf.constant(bands.columns))
+        matrix = tf.reshape(matrix, [3 * width * self.channels[0], -1])
+        outputs = tf.matmul(hidden, tf.cast(matrix, dtype))
+        bias = tf.tile(bias, [bands.out_cols])
+        outputs = tf.nn.relu(tf.nn.bias_add(outputs, tf.cast(bias, dtype)))
+        return tf.reshape(outputs, [-1, bands.out_rows, bands.out_cols, self.channels[1]])
 
     def compute_output_shape(self, input_shape):
         return (*tuple(input_shape)[:5], self.channels[-1])
