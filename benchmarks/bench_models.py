@@ -12,8 +12,10 @@ call is `model(clips, training=False)` inside one `tf.function`, on random
 
 Prints ONE JSON object on stdout: the setup, the milliseconds per clip
 (median over rounds) of every case
-(`<model>_b<batch>_xla<0|1>_<precision>_infer_ms_per_clip`), the SELFY/TSM
-time ratios (median over rounds of the ratio within a round), the targets
+(`<model>_b<batch>_xla<0|1>_<precision>_infer_ms_per_clip`; `..._min_ms...`
+the fastest round), the SELFY/TSM time ratios (median over rounds of the
+ratio within a round; `..._min_time_ratio` the ratio of the fastest rounds,
+which resists the steal time of virtual machines: it only slows calls), the targets
 (selfy_tsm_r50 / tsm_r50 <= 1.12 and selfy_tsm_r50 <= 310 ms per clip at
 batch 1, 2 threads) and the matrix-product throughput of this machine (a 4096² `tf.matmul` per
 precision), from which `<model>_<precision>_roofline_ms_per_clip` is the time
@@ -266,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                     results[f"{keys[name]}_infer_ms_per_clip"] = round(ms_per_clip, 2)
                     results[f"{keys[name]}_infer_mean_ms_per_clip"] = round(
                         1000.0 * float(np.mean(times)) / batch, 2)
+                    results[f"{keys[name]}_infer_min_ms_per_clip"] = round(1000.0 * min(times) / batch, 2)
                     results[f"{keys[name]}_infer_clips_per_sec"] = round(1000.0 / ms_per_clip, 3)
                     logger.info("%s: %.1f ms per clip", keys[name], ms_per_clip)
                 for depth in ("r18", "r50"):
@@ -273,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
                         selfy = durations.get(f"selfy_tsm_{depth}{variant}")
                         tsm = durations.get(f"tsm_{depth}{variant}")
                         if selfy and tsm:
-                            results[f"selfy_over_tsm_{depth}{variant}_b{batch}_xla{int(xla)}_{precision}"
-                                    "_time_ratio"] = _median_ratio(selfy, tsm)
+                            key = f"selfy_over_tsm_{depth}{variant}_b{batch}_xla{int(xla)}_{precision}"
+                            results[f"{key}_time_ratio"] = _median_ratio(selfy, tsm)
+                            # Steal time on a virtual machine only slows calls down.
+                            results[f"{key}_min_time_ratio"] = round(min(selfy) / min(tsm), 4)
                 for name in torch_models:
                     ours, theirs = durations.get(name), durations.get(f"torch_{name}")
                     if ours and theirs:
