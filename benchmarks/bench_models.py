@@ -19,8 +19,9 @@ which resists the steal time of virtual machines: it only slows calls), the targ
 (selfy_tsm_r50 / tsm_r50 <= 1.12 and selfy_tsm_r50 <= 310 ms per clip at
 batch 1, 2 threads) and the matrix-product throughput of this machine (a 4096² `tf.matmul` per
 precision), from which `<model>_<precision>_roofline_ms_per_clip` is the time
-the model's multiply-accumulates alone would take at that throughput: no
-convolution network runs faster than its roofline. Logs go to stderr; a
+the model's multiply-accumulates alone would take at that throughput (a
+bound where `tf.matmul` runs near the CPU's peak, as with oneDNN on AVX-512;
+where it does not, as on an AVX2 AMD EPYC, convolutions beat it). Logs go to stderr; a
 failing case records its error and the sweep goes on.
 
 `--fold-batch-norms` adds `<model>_folded` (batch norms folded into the
