@@ -159,14 +159,12 @@ class STSSExtraction(keras.layers.Layer):
     def call(self, inputs, training=None):
         height_window, width_window = inputs.shape[5], inputs.shape[6]
         positions = height_window * width_window
-        selection = tf.constant(self._conv0_selection, self.compute_dtype)
 
         # conv0 has one input channel: as one dense [U*V, U*V*c0] matrix it is
         # a single matrix product, several times faster than a convolution.
         # Its output stays flat until after the bias and ReLU, which fuse.
         def conv0(maps, kernel):
-            matrix = tf.einsum("yxo,yxpq->pqo", kernel[:, :, 0, :], selection)
-            return tf.matmul(maps, tf.reshape(matrix, [positions, -1]))
+            return tf.matmul(maps, tf.reshape(self._conv0_matrix(kernel), [positions, -1]))
 
         # conv3 covers the whole 3x3 map: a matrix product on flattened maps.
         def conv3(maps, kernel):
@@ -197,6 +195,11 @@ class STSSExtraction(keras.layers.Layer):
         output_shape = tf.concat([tf.shape(inputs)[:5], [self.channels[-1]]], axis=0)
         return tf.reshape(maps, output_shape)
 
+    def _conv0_matrix(self, kernel: tf.Tensor) -> tf.Tensor:
+        """conv0 (3x3, pad 1, one input channel) as a dense `[U*V, U*V, c0]` tensor."""
+        selection = tf.constant(self._conv0_selection, kernel.dtype)
+        return tf.einsum("yxo,yxpq->pqo", kernel[:, :, 0, :], selection)
+
     def _folded_conv0_conv1(self, maps: tf.Tensor) -> tf.Tensor:
         """conv0 and conv1 with their batch norms folded in, as two matrix products.
 
@@ -219,8 +222,7 @@ class STSSExtraction(keras.layers.Layer):
         positions = maps.shape[-1]
         width = bands.columns.shape[1]
         scale, bias = _common.folded_batch_norm(self.bns[0])
-        kernel = tf.cast(self.convs[0].kernel[:, :, 0, :], tf.float32) * scale
-        matrix = tf.einsum("yxo,yxpq->pqo", kernel, tf.constant(self._conv0_selection))
+        matrix = self._conv0_matrix(tf.cast(self.convs[0].kernel, tf.float32) * scale)
         matrix = tf.gather(tf.pad(matrix, [[0, 0], [0, 1], [0, 0]]), bands.rows, axis=1)
         bias = bands.inside[:, None] * bias
         hidden = tf.matmul(maps, tf.cast(tf.reshape(matrix, [positions, -1]), dtype))
