@@ -44,7 +44,6 @@ import numpy as np
 
 from _common import limit_threads, write_results
 
-
 logger = logging.getLogger("bench_models")
 
 DEFAULT_MODELS = ("tsn_r18", "tsm_r18", "selfy_tsm_r18", "tsn_r50", "tsm_r50", "selfy_tsm_r50")

@@ -32,7 +32,6 @@ import sys
 import time
 from typing import Callable
 
-
 import numpy as np
 import tensorflow as tf
 
