@@ -58,10 +58,17 @@ def test_nothing_to_set_is_silent(monkeypatch, caplog):
 
 
 @pytest.mark.parametrize(
-    "setting, uses_bfc", [(None, True), ("false", False)], ids=["default", "user-disabled"]
+    "setting, onednn, uses_bfc",
+    [(None, "0", True), ("false", "0", False), (None, "1", True)],
+    ids=["default", "user-disabled", "default-onednn"],
 )
-def test_cpu_allocator_follows_the_defaults(setting, uses_bfc):
-    output = _run(_CPU_ALLOCATOR_PEAK, TF_CPU_ALLOCATOR_USE_BFC=setting)
+def test_cpu_allocator_follows_the_defaults(setting, onednn, uses_bfc):
+    # oneDNN (on by default on AVX-512/AMX CPUs) brings its own BFC-based CPU allocator,
+    # which keeps statistics whatever TF_CPU_ALLOCATOR_USE_BFC says; only with oneDNN off
+    # does the setting alone pick the allocator, so the "disabled" case pins oneDNN off.
+    output = _run(
+        _CPU_ALLOCATOR_PEAK, TF_CPU_ALLOCATOR_USE_BFC=setting, TF_ENABLE_ONEDNN_OPTS=onednn
+    )
     if uses_bfc:
         # The op above allocated two 256x256 float32 tensors through the BFC allocator.
         assert int(output) >= 256 * 256 * 4
