@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from selfy_tf.files import atomic_path, atomic_write_json
 from trainer import configs
-from trainer.run_dir import RunPaths
+from selfy_tf.run_dir import RunPaths
 
 logger = logging.getLogger(__name__)
 

@@ -187,7 +187,7 @@ def train_and_evaluate(
     # The final model, not the checkpoint that scored best on this same
     # validation split: picking the best of several epochs would flatter a
     # model at chance.
-    from trainer.run_dir import RunPaths
+    from selfy_tf.run_dir import RunPaths
 
     report = trainer.evaluate(
         RunPaths(run_dir).last_checkpoint,
@@ -216,7 +216,7 @@ def train_and_evaluate(
 
 def _count_params(run_dir: str) -> int:
     from selfy_tf.viz.explain import load_model_or_run
-    from trainer.run_dir import RunPaths
+    from selfy_tf.run_dir import RunPaths
 
     model, _ = load_model_or_run(RunPaths(run_dir).last_checkpoint)
     return int(model.count_params())
@@ -274,7 +274,7 @@ def export_and_predict(
     from serving.client import LocalClient
     from serving.export import export_saved_model, load_export_source
 
-    from trainer.run_dir import RunPaths
+    from selfy_tf.run_dir import RunPaths
 
     paths = RunPaths(run_dir)
     model, labels = load_export_source(paths.last_checkpoint, labels_path=paths.labels)

@@ -142,7 +142,7 @@ def write_figures(
     figures["clips"] = []
     if selfy_name is None:
         return figures
-    from trainer.run_dir import RunPaths
+    from selfy_tf.run_dir import RunPaths
 
     model, labels = explain.load_model_or_run(RunPaths(models[selfy_name]["run_dirs"][0]).last_checkpoint)
     for position, sample in enumerate(
