@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -127,3 +130,103 @@ class TestEvalViewCorrectness:
         np.testing.assert_array_equal(view.views_tf(frames).numpy(), expected)
         # A batch axis in front, as the serving signatures use it.
         np.testing.assert_array_equal(view.views_tf(frames[None]).numpy()[0], expected)
+
+
+# ---------------------------------------------------------------------------
+# One trained tiny model, one user-size dataset (64x80 frames, not 240x320):
+# every path that scores it uses the same view.
+
+NUM_CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    import types
+
+    from trainer import apply_overrides, get_preset, train
+    from trainer.synthetic import write_color_dataset
+
+    root = tmp_path_factory.mktemp("one_view")
+    data_dir = write_color_dataset(
+        str(root / "data"), num_classes=NUM_CLASSES, num_train=16, num_validation=12,
+        num_frames=7, height=64, width=80,
+    )
+    config = apply_overrides(get_preset("tiny_cpu"), ["train.epochs=2", "train.backup_every_steps=100"])
+    run_dir = str(root / "run")
+    train(config, data_dir, run_dir, verbose=0)
+    return types.SimpleNamespace(root=root, data_dir=data_dir, run_dir=run_dir)
+
+
+def _decoded_validation_clips(data_dir: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every validation clip, all frames decoded at their stored 64x80 size."""
+    import tensorflow as tf
+
+    from tfrecords import Decoder, open_split
+    from tfrecords.decoder import ENCODED_FRAMES, LABEL
+
+    decoder = Decoder()
+    clips, labels = [], []
+    for record in tf.data.TFRecordDataset(open_split(data_dir, "validation").files):
+        decoded = decoder.decode(record)
+        frames = [tf.io.decode_jpeg(encoded).numpy() for encoded in decoded[ENCODED_FRAMES]]
+        clips.append(np.stack(frames))
+        labels.append(int(decoded[LABEL]))
+    return clips, np.asarray(labels)
+
+
+def _confusion(predictions: np.ndarray, labels: np.ndarray) -> list[list[int]]:
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    return confusion.tolist()
+
+
+class TestOneViewEverywhere:
+    def test_eval_export_and_litert_score_the_same_view(self, trained_run, capsys):
+        import tensorflow as tf
+
+        from selfy_tf.cli.main import main
+        from serving.tflite_runtime import TFLiteClassifier
+
+        run_dir, data_dir = trained_run.run_dir, trained_run.data_dir
+        best = os.path.join(run_dir, "checkpoints", "best.keras")
+        # `selfy eval RUN` and `selfy eval best.keras` (outside its run: a copy).
+        copy_dir = trained_run.root / "copied"
+        copy_dir.mkdir()
+        shutil.copy(best, copy_dir / "model.keras")
+        reports = []
+        for model in (run_dir, str(copy_dir / "model.keras")):
+            assert main(["eval", model, "--data", data_dir]) == 0
+            summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            with open(summary["files"]["eval_json"]) as handle:
+                reports.append(json.load(handle))
+        assert reports[0]["eval_view"] == reports[1]["eval_view"] == {"scale_size": 37}
+        # The SavedModel (exported by `selfy export RUN`) and LiteRT (`selfy tflite RUN`).
+        base = str(trained_run.root / "exported")
+        assert main(["export", run_dir, "--out", base]) == 0
+        export_summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        tflite_path = str(trained_run.root / "model.tflite")
+        assert main(["tflite", run_dir, "--out", tflite_path, "--check-clips", "0"]) == 0
+        capsys.readouterr()
+        saved_model = tf.saved_model.load(export_summary["path"])
+        classifier = TFLiteClassifier(tflite_path)
+        clips, labels = _decoded_validation_clips(data_dir)
+        served = np.concatenate(
+            [
+                saved_model.signatures["predict_frames"](frames=tf.constant(clip[None]))["probabilities"].numpy()
+                for clip in clips
+            ]
+        )
+        litert = np.concatenate([classifier.predict_video(clip)["probabilities"] for clip in clips])
+        np.testing.assert_allclose(litert, served, atol=1e-4)
+        for report in reports:
+            assert report["confusion_matrix"] == _confusion(served.argmax(-1), labels)
+            assert report["confusion_matrix"] == _confusion(litert.argmax(-1), labels)
+            assert report["top1"] == pytest.approx(np.mean(served.argmax(-1) == labels))
+
+    def test_multi_view_is_not_far_below_single_view(self, trained_run):
+        from trainer import evaluate
+
+        single = evaluate(trained_run.run_dir, trained_run.data_dir, output_dir=None)
+        multi = evaluate(trained_run.run_dir, trained_run.data_dir, num_clips=2, num_crops=3, output_dir=None)
+        assert single["top1"] > 1 / NUM_CLASSES
+        assert multi["top1"] >= single["top1"] - 0.1
