@@ -260,6 +260,8 @@ def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int
 def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
     from tfrecords import make_dataset
 
+    view = _eval_view(config)
+
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         dataset = make_dataset(
             data.validation_files,
@@ -267,8 +269,8 @@ def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
             num_frames=config.model.num_frames,
             batch_size=global_batch,
             crop_size=config.model.input_size,
-            eval_size=_eval_view(config).eval_size,
-            scale_size=_eval_view(config).scale_size,
+            eval_size=view.eval_size,
+            scale_size=view.scale_size,
             input_context=input_context,
             # Repeated with a fixed step count so every replica and worker
             # runs the same number of steps.
