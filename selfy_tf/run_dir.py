@@ -245,13 +245,22 @@ def read_model_info(model_path: str) -> dict[str, Any]:
         if MODEL_INFO_MEMBER not in archive.namelist():
             return {}
         text = archive.read(MODEL_INFO_MEMBER).decode("utf-8")
+    return parse_json_object(text, f"{model_path}: {MODEL_INFO_MEMBER}")
+
+
+def parse_json_object(text: str, source: str) -> dict[str, Any]:
+    """Parses a JSON object (a stored evaluation view or model info).
+
+    Raises:
+        ValueError: if `text` is not a JSON object, naming `source`.
+    """
     try:
-        info = json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{model_path}: {MODEL_INFO_MEMBER} is not valid JSON: {error}") from error
-    if not isinstance(info, dict):
-        raise ValueError(f"{model_path}: {MODEL_INFO_MEMBER} must hold a JSON object.")
-    return info
+        raise ValueError(f"{source} is not valid JSON: {error}.") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{source} must hold a JSON object, e.g. {{\"scale_size\": 37}}.")
+    return value
 
 
 def _run_config_view(run_dir: str | None) -> dict[str, Any] | None:
@@ -381,6 +390,7 @@ __all__ = [
     "is_saved_model",
     "labels_text",
     "load_model",
+    "parse_json_object",
     "read_labels",
     "read_model_info",
     "save_model",

@@ -18,7 +18,6 @@ print(classifier.labels[int(prediction["probabilities"][0].argmax())])
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
@@ -56,14 +55,10 @@ def read_view_settings(model_path: str) -> dict[str, Any] | None:
     path = view_path_for(model_path)
     if not os.path.isfile(path):
         return None
+    from selfy_tf.run_dir import parse_json_object
+
     with open(path, encoding="utf-8") as handle:
-        try:
-            settings = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error}).") from error
-    if not isinstance(settings, dict):
-        raise ValueError(f"{path}: expected a JSON object such as {{\"scale_size\": 37}}.")
-    return settings
+        return parse_json_object(handle.read(), path)
 
 
 class TFLiteClassifier:

@@ -301,3 +301,21 @@ class TestExportCommand:
 
         assert main(["export", str(tmp_path / "missing.keras"), "--out", str(tmp_path)]) == 1
         assert "No model at" in capsys.readouterr().err
+
+    def test_predict_accepts_a_frame_folder(self, exported_model, loaded, tmp_path, capsys):
+        from selfy_tf.cli.main import main
+
+        frames = np.random.default_rng(6).integers(0, 256, (7, 48, 60, 3), dtype=np.uint8)
+        folder = tmp_path / "frames"
+        folder.mkdir()
+        for index, frame in enumerate(frames):
+            (folder / f"{index:05d}.png").write_bytes(_png(frame))
+        model_dir = os.path.join(exported_model.base, "selfy")
+        assert main(["predict", str(folder), "--model", model_dir, "--json"]) == 0
+        top_k = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["top_k"]
+        expected = loaded.signatures["predict_frames"](frames=tf.constant(frames[None]))
+        probabilities = expected["probabilities"].numpy()[0]
+        # The frames travel as JPEGs (lossy): scores agree to a tolerance.
+        assert len(top_k) == 3
+        for entry in top_k:
+            assert entry["score"] == pytest.approx(probabilities[entry["index"]], abs=0.02)
