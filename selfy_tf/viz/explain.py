@@ -12,7 +12,8 @@ and writes
 
 Example:
 
->>> loaded = selfy_tf.run_dir.load_model("runs/selfy")
+>>> from selfy_tf.run_dir import load_model
+>>> loaded = load_model("runs/selfy")
 >>> frames = load_clip("video.mp4", loaded.eval_view())
 >>> visualize_clip(loaded.model, frames, "viz_out", loaded.labels)["top_k"][0]["label"]
 'move_left'
