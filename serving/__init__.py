@@ -11,7 +11,6 @@ from selfy_tf._lazy import lazy_exports
 
 _EXPORTS = {
     "export_saved_model": "serving.export",
-    "load_export_source": "serving.export",
     "ExportResult": "serving.export",
     "SignatureConfig": "serving.signatures",
     "RestClient": "serving.client",

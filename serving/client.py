@@ -123,7 +123,8 @@ def clip_request(frames: np.ndarray | Sequence[bytes], num_frames: int) -> dict[
     from tfrecords.features import encode_frames
     from tfrecords.sampling import sample_eval_indices
 
-    indices = sample_eval_indices(len(frames), num_frames)[0]
+    # A frame axis of any size (-1 in the metadata): the graph samples, so send every frame.
+    indices = sample_eval_indices(len(frames), num_frames)[0] if num_frames > 0 else np.arange(len(frames))
     if isinstance(frames, np.ndarray):
         encoded = encode_frames(frames[indices])
     else:

@@ -27,15 +27,14 @@ from typing import Sequence
 
 import keras
 
+from selfy_tf import run_dir
 from selfy_tf.files import atomic_write_text
 from serving import signatures as signatures_lib
 from serving import warmup as warmup_lib
 
 logger = logging.getLogger(__name__)
 
-RUN_CHECKPOINT = os.path.join("checkpoints", "best.keras")
-RUN_LABELS = "labels.txt"
-LABELS_ASSET = "labels.txt"
+LABELS_ASSET = run_dir.LABELS_FILE
 MODELS_CONFIG = "models.config"
 BATCHING_CONFIG = "batching.config"
 
@@ -64,51 +63,6 @@ def list_versions(model_dir: str) -> list[int]:
         if entry.isdigit() and os.path.isdir(os.path.join(model_dir, entry)):
             versions.append(int(entry))
     return sorted(versions)
-
-
-def load_export_source(
-    model_or_run: str, labels_path: str | None = None
-) -> tuple[keras.Model, list[str]]:
-    """Loads the model and class names to export.
-
-    Args:
-        model_or_run: a training run directory (`RUN/checkpoints/best.keras`,
-            `RUN/labels.txt`) or a `.keras` file.
-        labels_path: one class name per line; overrides the run's labels
-            file; required for a bare `.keras` file.
-
-    Returns:
-        `(model, labels)`.
-
-    Raises:
-        FileNotFoundError: if the model or labels file is missing.
-        ValueError: if the labels do not match the model's classes.
-    """
-    if os.path.isdir(model_or_run):
-        model_path = os.path.join(model_or_run, RUN_CHECKPOINT)
-        if labels_path is None:
-            labels_path = os.path.join(model_or_run, RUN_LABELS)
-    else:
-        model_path = model_or_run
-    if not os.path.isfile(model_path):
-        raise FileNotFoundError(
-            f"no model at {model_path}. Expected a `.keras` file or a run directory "
-            f"holding {RUN_CHECKPOINT}."
-        )
-    if labels_path is None:
-        raise ValueError(
-            f"`--labels` is required for a bare model file. Received: {model_path} "
-            "without labels. Pass a file with one class name per line."
-        )
-    if not os.path.isfile(labels_path):
-        raise FileNotFoundError(f"labels file not found: {labels_path}")
-    # Importing the model zoo registers its layers for deserialisation.
-    import selfy_tf.models  # noqa: F401
-
-    model = keras.saving.load_model(model_path, compile=False)
-    labels = signatures_lib.read_labels(labels_path)
-    logger.info("loaded %s (%d classes from %s)", model_path, len(labels), labels_path)
-    return model, labels
 
 
 def disable_xla(model: keras.Model) -> int:
@@ -179,7 +133,7 @@ def export_saved_model(
     labels: Sequence[str],
     version: int | None = None,
     top_k: int = 5,
-    resize_short: int | None = None,
+    scale_size: int | None = None,
     eval_size: tuple[int, int] | None = None,
     write_configs: bool = True,
     fold_batch_norms: bool = True,
@@ -193,16 +147,19 @@ def export_saved_model(
         base_dir: the model base folder (`--model_base_path` is
             `base_dir/<name>`).
         name: the model name clients ask for.
-        labels: one class name per class.
+        labels: one class name per class (checked by
+            `selfy_tf.run_dir.check_labels`: single lines of at most 512
+            characters).
         version: version number; None takes the next free one.
         top_k: classes returned by the `top_k_*` outputs (capped at the
             number of classes).
-        resize_short: short side JPEG frames are resized to before the
-            centre crop. Exclusive with `eval_size`; when both are None the
-            eval ratio 240 : 224 of `input_size` is used.
-        eval_size: `(height, width)` JPEG frames are resized to before the
-            centre crop, e.g. `(240, 320)` for a model trained on frames
-            converted with `--size 240x320`.
+        scale_size: short side frames are resized to before the centre
+            crop (the evaluation view, `tfrecords.eval_view`). Exclusive with
+            `eval_size`; when both are None, `round(input_size * 256 / 224)`.
+            Pass the model's stored view (`run_dir.LoadedModel.view_settings`)
+            to serve what `selfy eval` scores.
+        eval_size: `(height, width)` frames are resized to before the
+            centre crop, e.g. `(240, 320)` for the paper presets.
         write_configs: also write `models.config` and `batching.config`
             examples into `base_dir` when they do not exist yet.
         fold_batch_norms: export `selfy_tf.models.fold_batch_norms(model)`:
@@ -222,20 +179,19 @@ def export_saved_model(
             f"`name` must be a plain folder name. Received: name={name!r}. Try name='selfy'."
         )
     num_frames, input_size, num_classes = model_input_facts(model)
-    signatures_lib.check_labels(labels, num_classes, "`labels`")
-    if any("\n" in label or "\r" in label for label in labels):
-        raise ValueError("`labels` must not contain line breaks.")
+    labels = run_dir.check_labels(labels)
+    if len(labels) != num_classes:
+        raise ValueError(
+            f"`labels` has {len(labels)} class names but the model has {num_classes} "
+            "classes. Give a labels file with one name per class."
+        )
     if top_k < 1:
         raise ValueError(f"`top_k` must be a positive integer. Received: top_k={top_k}.")
     config = signatures_lib.SignatureConfig(
         num_frames=num_frames,
         input_size=input_size,
-        resize_short=(
-            None
-            if eval_size is not None
-            else int(resize_short or signatures_lib.default_resize_short(input_size))
-        ),
-        eval_size=None if eval_size is None else (int(eval_size[0]), int(eval_size[1])),
+        scale_size=scale_size,
+        eval_size=tuple(eval_size) if eval_size else None,
         top_k=min(int(top_k), num_classes),
     )
     model_dir = os.path.join(base_dir, name)
@@ -251,8 +207,7 @@ def export_saved_model(
     try:
         labels_file = os.path.join(staging_dir, "source", LABELS_ASSET)
         os.makedirs(os.path.dirname(labels_file))
-        with open(labels_file, "w", encoding="utf-8") as handle:
-            handle.write("".join(f"{label}\n" for label in labels))
+        run_dir.write_labels(labels_file, labels)
         saved_model_dir = os.path.join(staging_dir, "saved_model")
         _write_saved_model(model, labels_file, config, saved_model_dir)
         warmup_lib.write_warmup_requests(saved_model_dir, name=name, config=config)
@@ -350,7 +305,6 @@ __all__ = [
     "disable_xla",
     "export_saved_model",
     "list_versions",
-    "load_export_source",
     "model_input_facts",
     "models_config_text",
     "saved_model_signature_defs",

@@ -3,12 +3,18 @@
 Two endpoints are exported (names are module constants, shared by the
 exporter, the server and the clients):
 
-- `serving_default`: `frames_jpeg`, a string tensor `[batch, num_frames]` of
-  encoded JPEG/PNG frames. Frames are decoded, resized and centre-cropped
-  in-graph with the same eval preprocessing the input pipeline uses, so
-  clients send ~0.1 MB per clip instead of 1.2 MB of pixels.
-- `predict_frames`: `frames`, uint8 `[batch, num_frames, size, size, 3]`
-  already at the model's input size.
+- `serving_default`: `frames_jpeg`, a string tensor `[batch, frames]` of
+  encoded JPEG/PNG frames, any number of frames (≥ 1) per clip. The graph
+  takes `num_frames` of them with the evaluation sampling, then decodes,
+  resizes and centre-crops them with the evaluation view the input pipeline
+  uses (`tfrecords.eval_view`), so clients may send a whole short clip, or
+  `num_frames` sampled frames (~0.1 MB per clip instead of 1.2 MB of pixels).
+- `predict_frames`: `frames`, uint8 `[batch, frames, height, width, 3]`, any
+  number of frames and any size: sampled, resized and cropped by the same
+  view. Frames already at the model's `size` x `size` are taken as already
+  cropped (only sampled).
+
+Both frame axes show as -1 in the signature metadata.
 
 Both return `logits`, `probabilities`, `top_k_indices`, `top_k_scores` and
 `top_k_labels`; class names come from a lookup table initialised from a
@@ -18,12 +24,12 @@ Both return `logits`, `probabilities`, `top_k_indices`, `top_k_scores` and
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable
 
 import keras
 import tensorflow as tf
 
-from tfrecords import augment
+from tfrecords import eval_view as eval_view_lib
 
 
 SERVING_DEFAULT = "serving_default"
@@ -52,26 +58,22 @@ OUTPUT_KEYS = (
 class SignatureConfig:
     """Static facts the serving signatures are built from.
 
-    JPEG frames go through the conversion-time resize (`resize_short`: an
-    aspect-preserving resize of the short side; or `eval_size`: a fixed
-    `(height, width)`, as `selfy tfrecords build --size 240x320`) and then
-    the eval pipeline's `tfrecords.augment.center_crop_eval`.
-
     Args:
         num_frames: frames per clip the model takes.
         input_size: square crop side the model takes.
         top_k: how many best classes the `top_k_*` outputs hold; at most
             the number of classes.
-        resize_short: short side JPEG frames are resized to before the
-            centre crop. Exclusive with `eval_size`.
-        eval_size: `(height, width)` JPEG frames are resized to before the
-            centre crop. Exclusive with `resize_short`.
+        scale_size: short side frames are resized to before the centre crop
+            (default `round(input_size * 256 / 224)`). Exclusive with
+            `eval_size`.
+        eval_size: `(height, width)` frames are resized to before the centre
+            crop, e.g. (240, 320). Exclusive with `scale_size`.
     """
 
     num_frames: int
     input_size: int
     top_k: int
-    resize_short: int | None = None
+    scale_size: int | None = None
     eval_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
@@ -81,23 +83,20 @@ class SignatureConfig:
                 raise ValueError(
                     f"`{field}` must be a positive integer. Received: {field}={value!r}."
                 )
-        if (self.resize_short is None) == (self.eval_size is None):
-            raise ValueError(
-                "Give exactly one of `resize_short` and `eval_size`. Received: "
-                f"resize_short={self.resize_short}, eval_size={self.eval_size}."
-            )
-        smallest = self.resize_short if self.eval_size is None else min(self.eval_size)
-        if smallest < self.input_size:
-            raise ValueError(
-                "JPEG frames must be resized to at least `input_size` so the centre "
-                f"crop fits. Received: resize_short={self.resize_short}, "
-                f"eval_size={self.eval_size}, input_size={self.input_size}."
-            )
+        # Validates and resolves the resize rule (the default scale size).
+        view = self.view
+        object.__setattr__(self, "scale_size", view.scale_size)
+        object.__setattr__(self, "eval_size", view.eval_size)
 
-
-def default_resize_short(input_size: int) -> int:
-    """Short side for a crop of `input_size`, in the eval ratio 240 : 224."""
-    return int(round(input_size * 240 / 224))
+    @property
+    def view(self) -> eval_view_lib.EvalView:
+        """The evaluation view the signatures apply (one clip, one crop)."""
+        return eval_view_lib.EvalView(
+            num_frames=self.num_frames,
+            crop_size=self.input_size,
+            scale_size=self.scale_size,
+            eval_size=self.eval_size,
+        )
 
 
 def make_label_table(labels_path: str) -> tf.lookup.StaticHashTable:
@@ -116,11 +115,24 @@ def make_label_table(labels_path: str) -> tf.lookup.StaticHashTable:
     return tf.lookup.StaticHashTable(initializer, default_value="")
 
 
+def _check_frame_count(frames: tf.Tensor, name: str) -> tf.Tensor:
+    count = tf.shape(frames)[1]
+    check = tf.debugging.assert_greater_equal(
+        count, 1, message=f"`{name}` must hold at least one frame per clip"
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(count)
+
+
 def decode_frames(frames_jpeg: tf.Tensor, config: SignatureConfig) -> tf.Tensor:
-    """Decodes `[batch, num_frames]` encoded frames to uint8 model input.
+    """Samples, decodes and crops `[batch, frames]` encoded frames to model input.
+
+    Only the `num_frames` frames chosen by the evaluation sampling are
+    decoded; each is resized and centre-cropped by the evaluation view.
 
     Args:
-        frames_jpeg: string tensor `[batch, num_frames]` of JPEG or PNG bytes.
+        frames_jpeg: string tensor `[batch, frames]` of JPEG or PNG bytes,
+            at least one frame per clip.
         config: the signature configuration (sizes).
 
     Returns:
@@ -128,22 +140,22 @@ def decode_frames(frames_jpeg: tf.Tensor, config: SignatureConfig) -> tf.Tensor:
 
     Raises:
         tf.errors.InvalidArgumentError: at run time for bytes that are not
-            a JPEG/PNG image.
+            a JPEG/PNG image, or clips without frames.
     """
-    flat = tf.reshape(frames_jpeg, [-1])
+    view = config.view
+    count = _check_frame_count(frames_jpeg, JPEG_INPUT_KEY)
+    selected = tf.gather(frames_jpeg, view.sample_indices_tf(count)[0], axis=1)
+    # Frames may differ in size: each gets the view on its own.
+    frame_view = dataclasses.replace(view, num_frames=1)
 
     def decode_one(encoded: tf.Tensor) -> tf.Tensor:
         image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        if config.eval_size is None:
-            image = resize_short_side(image, config.resize_short)
-        return augment.center_crop_eval(image, config.input_size, config.eval_size)
+        return frame_view.views_from_sampled_tf(image[tf.newaxis])[0, 0]
 
     decoded = tf.map_fn(
         decode_one,
-        flat,
-        fn_output_signature=tf.TensorSpec(
-            [config.input_size, config.input_size, 3], tf.uint8
-        ),
+        tf.reshape(selected, [-1]),
+        fn_output_signature=tf.TensorSpec([config.input_size, config.input_size, 3], tf.uint8),
     )
     batch_size = tf.shape(frames_jpeg)[0]
     return tf.reshape(
@@ -152,22 +164,27 @@ def decode_frames(frames_jpeg: tf.Tensor, config: SignatureConfig) -> tf.Tensor:
     )
 
 
-def resize_short_side(image: tf.Tensor, short_side: int) -> tf.Tensor:
-    """Aspect-preserving bilinear resize of a uint8 `[height, width, 3]` image.
+def prepare_frames(frames: tf.Tensor, config: SignatureConfig) -> tf.Tensor:
+    """Samples, resizes and crops decoded frames `[batch, frames, height, width, 3]`.
 
-    The in-graph counterpart of the converter's `--resize-short`
-    (`tfrecords.video.output_size`: the short side becomes `short_side`, the
-    long side is rounded).
+    Frames already at `input_size` x `input_size` are only sampled (they are
+    taken as already cropped).
+
+    Returns:
+        uint8 tensor `[batch, num_frames, input_size, input_size, 3]`.
     """
-    shape = tf.shape(image)
-    height, width = shape[0], shape[1]
-    scale = short_side / tf.cast(tf.minimum(height, width), tf.float64)
-    new_height = tf.maximum(1, tf.cast(tf.round(tf.cast(height, tf.float64) * scale), tf.int32))
-    new_width = tf.maximum(1, tf.cast(tf.round(tf.cast(width, tf.float64) * scale), tf.int32))
-    new_height = tf.where(height <= width, short_side, new_height)
-    new_width = tf.where(height <= width, new_width, short_side)
-    resized = tf.image.resize(image, tf.stack([new_height, new_width]), antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+    view = config.view
+    size = config.input_size
+    count = _check_frame_count(frames, FRAMES_INPUT_KEY)
+    selected = tf.gather(frames, view.sample_indices_tf(count)[0], axis=1)
+    shape = tf.shape(selected)
+    cropped = tf.logical_and(tf.equal(shape[2], size), tf.equal(shape[3], size))
+    prepared = tf.cond(
+        cropped,
+        lambda: selected,
+        lambda: view.views_from_sampled_tf(selected)[:, 0],
+    )
+    return tf.ensure_shape(prepared, [None, config.num_frames, size, size, 3])
 
 
 def classification_outputs(
@@ -188,15 +205,10 @@ def classification_outputs(
 
 def input_signatures(config: SignatureConfig) -> dict[str, list[tf.TensorSpec]]:
     """The input `TensorSpec`s of each endpoint, by signature name."""
-    size = config.input_size
     return {
-        SERVING_DEFAULT: [
-            tf.TensorSpec([None, config.num_frames], tf.string, name=JPEG_INPUT_KEY)
-        ],
+        SERVING_DEFAULT: [tf.TensorSpec([None, None], tf.string, name=JPEG_INPUT_KEY)],
         PREDICT_FRAMES: [
-            tf.TensorSpec(
-                [None, config.num_frames, size, size, 3], tf.uint8, name=FRAMES_INPUT_KEY
-            )
+            tf.TensorSpec([None, None, None, None, 3], tf.uint8, name=FRAMES_INPUT_KEY)
         ],
     }
 
@@ -220,32 +232,6 @@ def make_endpoint_functions(
         return run_model(decode_frames(frames_jpeg, config))
 
     def predict_frames(frames: tf.Tensor) -> dict[str, tf.Tensor]:
-        return run_model(frames)
+        return run_model(prepare_frames(frames, config))
 
     return {SERVING_DEFAULT: serving_default, PREDICT_FRAMES: predict_frames}
-
-
-def read_labels(path: str) -> list[str]:
-    """Reads one class name per line; blank lines are an error naming the line."""
-    with open(path, encoding="utf-8") as handle:
-        labels = [line.rstrip("\r\n") for line in handle]
-    while labels and labels[-1] == "":
-        labels.pop()
-    for line_number, label in enumerate(labels, start=1):
-        if not label.strip():
-            raise ValueError(
-                f"{path}:{line_number}: empty class name. Expected one class "
-                "name per line, line i holding the name of class index i - 1."
-            )
-    if not labels:
-        raise ValueError(f"{path}: no class names. Expected one class name per line.")
-    return labels
-
-
-def check_labels(labels: Sequence[str], num_classes: int, source: str) -> None:
-    """Raises when the class names do not match the model's classes."""
-    if len(labels) != num_classes:
-        raise ValueError(
-            f"{source} has {len(labels)} class names but the model has "
-            f"{num_classes} classes. Give a labels file with one name per class."
-        )

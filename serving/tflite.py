@@ -59,19 +59,22 @@ import numpy as np
 import tensorflow as tf
 
 from selfy_tf import ops
-from selfy_tf.files import atomic_write_bytes, atomic_write_text
-from serving import signatures as signatures_lib
+from selfy_tf import run_dir
+from selfy_tf.files import atomic_write_bytes, atomic_write_json
+from serving import tflite_runtime
+from tfrecords.eval_view import EvalView
 
 logger = logging.getLogger(__name__)
 
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
 INPUT_DTYPES = ("uint8", "float32")
-SIGNATURE_KEY = "serving_default"
-FRAMES_INPUT_KEY = signatures_lib.FRAMES_INPUT_KEY
-LOGITS_KEY = signatures_lib.LOGITS_KEY
-PROBABILITIES_KEY = signatures_lib.PROBABILITIES_KEY
-OUTPUT_KEYS = (LOGITS_KEY, PROBABILITIES_KEY)
-LABELS_SUFFIX = ".labels.txt"
+# The runtime module (no TensorFlow) owns the names of the converted model.
+SIGNATURE_KEY = tflite_runtime.SIGNATURE_KEY
+FRAMES_INPUT_KEY = tflite_runtime.FRAMES_INPUT_KEY
+LOGITS_KEY = tflite_runtime.LOGITS_KEY
+PROBABILITIES_KEY = tflite_runtime.PROBABILITIES_KEY
+OUTPUT_KEYS = tflite_runtime.OUTPUT_KEYS
+labels_path_for = tflite_runtime.labels_path_for
 
 # STSS backends that cannot be expressed with TFLite builtin ops, and why.
 NON_CONVERTIBLE_STSS_BACKENDS = {
@@ -81,11 +84,6 @@ NON_CONVERTIBLE_STSS_BACKENDS = {
 CONVERTIBLE_STSS_BACKEND = "matmul"
 
 RepresentativeDataset = Callable[[], Iterable[dict[str, np.ndarray]]]
-
-
-def labels_path_for(model_path: str) -> str:
-    """Where the class names of `model_path` are written: `<model_path>.labels.txt`."""
-    return os.fspath(model_path) + LABELS_SUFFIX
 
 
 def _check_one_of(name: str, value: str, choices: Sequence[str]) -> str:
@@ -361,34 +359,71 @@ def convert_model(
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def write_model(model_bytes: bytes, path: str, labels: Sequence[str]) -> str:
-    """Writes the flatbuffer to `path` and the class names beside it.
+def write_model(
+    model_bytes: bytes, path: str, labels: Sequence[str], view: EvalView | None = None
+) -> str:
+    """Writes the flatbuffer to `path`, the class names and evaluation view beside it.
 
-    Both files are written atomically (temporary file, then rename).
+    All files are written atomically (temporary file, then rename).
 
     Args:
         model_bytes: the flatbuffer from `convert_model`.
         path: the `.tflite` file to write.
         labels: class names, one per class; written one per line to
             `labels_path_for(path)` (`<path>.labels.txt`).
+        view: the model's evaluation view; its resize rule is written to
+            `<path>.view.json` for `TFLiteClassifier.predict_video` (None:
+            the default rule applies).
 
     Returns:
         The labels file path.
 
     Raises:
-        ValueError: if a class name is empty or holds a line break.
+        ValueError: if a class name is empty, holds a line break or is too
+            long (see `selfy_tf.run_dir.check_labels`).
     """
-    for index, label in enumerate(labels):
-        if not str(label).strip() or "\n" in str(label) or "\r" in str(label):
-            raise ValueError(
-                f"Class names must be non-empty single lines. Received: "
-                f"labels[{index}]={label!r}."
-            )
+    labels = run_dir.check_labels(labels)
     labels_path = labels_path_for(path)
     atomic_write_bytes(path, model_bytes)
-    atomic_write_text(labels_path, "".join(f"{label}\n" for label in labels))
+    run_dir.write_labels(labels_path, labels)
+    if view is not None:
+        atomic_write_json(tflite_runtime.view_path_for(path), view.resize_settings())
     logger.info(
         "wrote %s (%.2f MB) and %s (%d classes)",
         path, len(model_bytes) / 2**20, labels_path, len(labels),
     )
     return labels_path
+
+
+def compare_with_keras(
+    model: keras.Model,
+    classifier: tflite_runtime.TFLiteClassifier,
+    clips: np.ndarray,
+) -> dict[str, float]:
+    """Compares TFLite and Keras logits on the same clips.
+
+    Args:
+        model: the Keras model the flatbuffer was converted from.
+        classifier: the converted model.
+        clips: uint8 `[num_clips, T, H, W, 3]`.
+
+    Returns:
+        `max_abs_diff` (largest logit difference), `max_abs_logit` (largest
+        Keras |logit|), `relative_max_abs_diff` (their ratio) and
+        `top1_agreement` (fraction of clips with the same argmax).
+    """
+    clips = np.asarray(clips)
+    keras_logits = np.asarray(model.predict(clips.astype(np.float32), batch_size=8, verbose=0))
+    tflite_logits = np.concatenate(
+        [classifier.predict(clip)["logits"] for clip in clips], axis=0
+    )
+    max_abs_diff = float(np.max(np.abs(keras_logits - tflite_logits)))
+    max_abs_logit = float(np.max(np.abs(keras_logits)))
+    return {
+        "max_abs_diff": max_abs_diff,
+        "max_abs_logit": max_abs_logit,
+        "relative_max_abs_diff": max_abs_diff / max(max_abs_logit, 1e-12),
+        "top1_agreement": float(
+            np.mean(keras_logits.argmax(axis=-1) == tflite_logits.argmax(axis=-1))
+        ),
+    }

@@ -83,6 +83,8 @@ def representative_dataset(
     num_clips: int = DEFAULT_NUM_CLIPS,
     input_dtype: str = "uint8",
     split: str | None = None,
+    scale_size: int | None = None,
+    eval_size: tuple[int, int] | None = None,
 ) -> Callable[[], Iterable[dict[str, np.ndarray]]]:
     """A representative dataset for `tflite.convert_model(quantize="int8")`.
 
@@ -90,12 +92,13 @@ def representative_dataset(
         data: dataset directory or TFRecord glob pattern (see
             `calibration_files`).
         num_frames: frames per clip the model takes.
-        crop_size: frame side the model takes; frames are centre-cropped to it
-            at their stored size.
+        crop_size: frame side the model takes.
         num_clips: how many clips to calibrate on (fewer if the data holds
             fewer), default 100.
         input_dtype: dtype of the converted model's `frames` input.
         split: split to read from a dataset directory.
+        scale_size, eval_size: the model's evaluation view (see
+            `tfrecords.eval_view.EvalView`); both None: the default rule.
 
     Returns:
         A callable that yields `{"frames": array [1, num_frames, crop_size,
@@ -121,7 +124,8 @@ def representative_dataset(
             num_frames=num_frames,
             batch_size=1,
             crop_size=crop_size,
-            eval_size=None,
+            eval_size=eval_size,
+            scale_size=scale_size,
         ).take(num_clips)
         count = 0
         for frames, _ in dataset.as_numpy_iterator():

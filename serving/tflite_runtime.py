@@ -1,28 +1,64 @@
-"""Run a converted clip classifier with LiteRT (`ai_edge_litert`).
+"""Run a converted clip classifier with LiteRT (`ai_edge_litert`), without TensorFlow or Keras.
+
+A device needs only `ai-edge-litert` and numpy (plus PyAV to read video
+files, or Pillow for frame folders). `TFLiteClassifier.predict_video` takes a
+whole video and applies the model's evaluation view (frame sampling, resize,
+crop; `tfrecords.eval_view`, its NumPy form) before running the model.
 
 Example:
 
 ```python
-import numpy as np
 from serving.tflite_runtime import TFLiteClassifier
 
 classifier = TFLiteClassifier("model.tflite", num_threads=2)
-clip = np.zeros(classifier.input_shape[1:], np.uint8)  # [T, H, W, 3]
-outputs = classifier.predict(clip)
-print(classifier.labels[int(outputs["probabilities"][0].argmax())])
+prediction = classifier.predict_video("clip.mp4")
+print(classifier.labels[int(prediction["probabilities"][0].argmax())])
 ```
 """
 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
-import keras
 import numpy as np
 
-from serving import tflite
 from serving import tflite_inspect
+
+# The converted model's one signature and its names (`serving.tflite` writes them).
+SIGNATURE_KEY = "serving_default"
+FRAMES_INPUT_KEY = "frames"
+LOGITS_KEY = "logits"
+PROBABILITIES_KEY = "probabilities"
+OUTPUT_KEYS = (LOGITS_KEY, PROBABILITIES_KEY)
+# Files written beside `<model>.tflite`.
+LABELS_SUFFIX = ".labels.txt"
+VIEW_SUFFIX = ".view.json"
+
+
+def labels_path_for(model_path: str) -> str:
+    """Where the class names of `model_path` are written: `<model_path>.labels.txt`."""
+    return os.fspath(model_path) + LABELS_SUFFIX
+
+
+def view_path_for(model_path: str) -> str:
+    """Where the evaluation view of `model_path` is written: `<model_path>.view.json`."""
+    return os.fspath(model_path) + VIEW_SUFFIX
+
+
+def read_view_settings(model_path: str) -> dict[str, Any] | None:
+    """The evaluation view stored beside a `.tflite` file, or None.
+
+    Raises:
+        ValueError: if the file is not a JSON object, naming it.
+    """
+    path = view_path_for(model_path)
+    if not os.path.isfile(path):
+        return None
+    from selfy_tf.run_dir import parse_json_object
+
+    with open(path, encoding="utf-8") as handle:
+        return parse_json_object(handle.read(), path)
 
 
 class TFLiteClassifier:
@@ -33,11 +69,15 @@ class TFLiteClassifier:
         num_threads: int, default 2, interpreter threads.
         labels: optional class names; default: read from
             `<path>.labels.txt` when `model` is a path and that file exists.
+        view_settings: the evaluation view's resize rule
+            (`{"scale_size": S}` or `{"eval_size": [H, W]}`); default: read
+            from `<path>.view.json`, else the default rule.
 
     Attributes:
         input_shape: shape of the `frames` input, `(1, T, H, W, 3)`.
         input_dtype: numpy dtype of the `frames` input.
         labels: class names, or None.
+        view_settings: the resize rule `predict_video` applies, or None.
     """
 
     def __init__(
@@ -45,6 +85,7 @@ class TFLiteClassifier:
         model: str | bytes | os.PathLike,
         num_threads: int = tflite_inspect.DEFAULT_NUM_THREADS,
         labels: Sequence[str] | None = None,
+        view_settings: dict[str, Any] | None = None,
     ):
         from ai_edge_litert.interpreter import Interpreter
 
@@ -54,25 +95,34 @@ class TFLiteClassifier:
             model_content=self.model_bytes, num_threads=self.num_threads
         )
         signatures = self.interpreter.get_signature_list()
-        if tflite.SIGNATURE_KEY not in signatures:
+        if SIGNATURE_KEY not in signatures:
             raise ValueError(
-                f"The TFLite model has no `{tflite.SIGNATURE_KEY}` signature. "
+                f"The TFLite model has no `{SIGNATURE_KEY}` signature. "
                 f"Received signatures: {sorted(signatures)}. Convert it with "
                 "`selfy tflite`."
             )
-        self.runner = self.interpreter.get_signature_runner(tflite.SIGNATURE_KEY)
-        detail = self.runner.get_input_details()[tflite.FRAMES_INPUT_KEY]
+        self.runner = self.interpreter.get_signature_runner(SIGNATURE_KEY)
+        detail = self.runner.get_input_details()[FRAMES_INPUT_KEY]
         self.input_shape = tuple(int(size) for size in detail["shape"])
         self.input_dtype = np.dtype(detail["dtype"])
-        if labels is None and not isinstance(model, (bytes, bytearray, memoryview)):
-            labels_path = tflite.labels_path_for(os.fspath(model))
-            if os.path.isfile(labels_path):
-                with open(labels_path, encoding="utf-8") as handle:
-                    labels = [line.rstrip("\r\n") for line in handle if line.strip()]
+        is_path = not isinstance(model, (bytes, bytearray, memoryview))
+        if labels is None and is_path and os.path.isfile(labels_path_for(os.fspath(model))):
+            from selfy_tf.run_dir import read_labels
+
+            labels = read_labels(labels_path_for(os.fspath(model)))
+        if view_settings is None and is_path:
+            view_settings = read_view_settings(os.fspath(model))
         self.labels = list(labels) if labels is not None else None
+        self.view_settings = view_settings
+
+    def eval_view(self):
+        """The evaluation view (`tfrecords.eval_view.EvalView`) `predict_video` applies."""
+        from tfrecords.eval_view import view_from_clip_shape
+
+        return view_from_clip_shape(self.input_shape, self.view_settings)
 
     def predict(self, frames: np.ndarray) -> dict[str, np.ndarray]:
-        """Classifies one clip.
+        """Classifies one clip already at the model's input size.
 
         Args:
             frames: `[T, H, W, 3]` or `[1, T, H, W, 3]` RGB values 0..255
@@ -83,7 +133,8 @@ class TFLiteClassifier:
             `{"logits": [1, classes], "probabilities": [1, classes]}` float32.
 
         Raises:
-            ValueError: if the clip shape differs from the model's.
+            ValueError: if the clip shape differs from the model's (use
+                `predict_video` for other sizes and frame counts).
         """
         frames = np.asarray(frames)
         if frames.ndim == len(self.input_shape) - 1:
@@ -91,43 +142,50 @@ class TFLiteClassifier:
         if tuple(frames.shape) != self.input_shape:
             raise ValueError(
                 f"`frames` must have shape {self.input_shape[1:]} or "
-                f"{self.input_shape}. Received: frames.shape={tuple(frames.shape)}."
+                f"{self.input_shape}. Received: frames.shape={tuple(frames.shape)}. "
+                "For a video or frames of another size or count, use `predict_video`."
             )
         if self.input_dtype == np.uint8 and frames.dtype != np.uint8:
             frames = np.clip(np.round(frames), 0, 255)
-        outputs = self.runner(**{tflite.FRAMES_INPUT_KEY: frames.astype(self.input_dtype)})
-        return {key: np.asarray(outputs[key], np.float32) for key in tflite.OUTPUT_KEYS}
+        outputs = self.runner(**{FRAMES_INPUT_KEY: frames.astype(self.input_dtype)})
+        return {key: np.asarray(outputs[key], np.float32) for key in OUTPUT_KEYS}
+
+    def predict_video(self, path_or_frames: Any) -> dict[str, np.ndarray]:
+        """Classifies a whole video through the model's evaluation view.
+
+        Args:
+            path_or_frames: a video file, a folder of frame images, a `.npy`
+                clip, or uint8 frames `[num_frames, height, width, 3]` of any
+                count and size.
+
+        Returns:
+            `{"logits": [1, classes], "probabilities": [1, classes]}` float32.
+
+        Raises:
+            FileNotFoundError: for a missing path.
+            ValueError: for frames that are not a clip, or an unreadable video.
+        """
+        if isinstance(path_or_frames, (str, os.PathLike)):
+            from tfrecords.video import read_clip
+
+            frames = read_clip(os.fspath(path_or_frames))
+        else:
+            frames = np.asarray(path_or_frames)
+            if frames.dtype != np.uint8:
+                raise ValueError(
+                    f"`path_or_frames` frames must be uint8 (0..255). Received: dtype {frames.dtype}."
+                )
+        return self.predict(self.eval_view().views_numpy(frames)[0])
 
 
-def compare_with_keras(
-    model: keras.Model,
-    classifier: TFLiteClassifier,
-    clips: np.ndarray,
-) -> dict[str, float]:
-    """Compares TFLite and Keras logits on the same clips.
-
-    Args:
-        model: the Keras model the flatbuffer was converted from.
-        classifier: the converted model.
-        clips: uint8 `[num_clips, T, H, W, 3]`.
-
-    Returns:
-        `max_abs_diff` (largest logit difference), `max_abs_logit` (largest
-        Keras |logit|), `relative_max_abs_diff` (their ratio) and
-        `top1_agreement` (fraction of clips with the same argmax).
-    """
-    clips = np.asarray(clips)
-    keras_logits = np.asarray(model.predict(clips.astype(np.float32), batch_size=8, verbose=0))
-    tflite_logits = np.concatenate(
-        [classifier.predict(clip)["logits"] for clip in clips], axis=0
-    )
-    max_abs_diff = float(np.max(np.abs(keras_logits - tflite_logits)))
-    max_abs_logit = float(np.max(np.abs(keras_logits)))
-    return {
-        "max_abs_diff": max_abs_diff,
-        "max_abs_logit": max_abs_logit,
-        "relative_max_abs_diff": max_abs_diff / max(max_abs_logit, 1e-12),
-        "top1_agreement": float(
-            np.mean(keras_logits.argmax(axis=-1) == tflite_logits.argmax(axis=-1))
-        ),
-    }
+__all__ = [
+    "FRAMES_INPUT_KEY",
+    "LABELS_SUFFIX",
+    "OUTPUT_KEYS",
+    "SIGNATURE_KEY",
+    "TFLiteClassifier",
+    "VIEW_SUFFIX",
+    "labels_path_for",
+    "read_view_settings",
+    "view_path_for",
+]

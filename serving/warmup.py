@@ -35,7 +35,7 @@ def make_warmup_requests(
     """
     rng = np.random.default_rng(0)
     if config.eval_size is None:
-        height, width = config.resize_short, config.resize_short * 4 // 3
+        height, width = config.scale_size, config.scale_size * 4 // 3
     else:
         height, width = config.eval_size
     clip = rng.integers(0, 256, (config.num_frames, height, width, 3), dtype=np.uint8)

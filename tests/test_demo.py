@@ -48,7 +48,8 @@ class TestDemoBasic:
         assert config.model.selfy_channels == (16 if model_name.startswith("selfy") else None)
         # left/right and clockwise/counter-clockwise are never flipped.
         assert config.data.no_flip_classes == (0, 1, 4, 5)
-        assert config.data.eval_size == ()
+        # Frames are stored at the input size: the evaluation view keeps them whole.
+        assert config.data.eval_size == (settings.frame_size, settings.frame_size)
         assert config.train.seed == 2
 
     def test_visualized_clips_are_the_dataset_clips(self):

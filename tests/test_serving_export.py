@@ -71,10 +71,11 @@ class TestExportLayout:
         blocks = dict(zip(names, re.split(r"signature_def\['[^']+'\]", shown)[1:]))
         assert "inputs['frames_jpeg']" in blocks["serving_default"]
         assert "dtype: DT_STRING" in blocks["serving_default"]
-        assert "shape: (-1, 4)" in blocks["serving_default"]
+        # Any number of frames (and any frame size for predict_frames).
+        assert "shape: (-1, -1)" in blocks["serving_default"]
         assert "inputs['frames']" in blocks["predict_frames"]
         assert "dtype: DT_UINT8" in blocks["predict_frames"]
-        assert "shape: (-1, 4, 32, 32, 3)" in blocks["predict_frames"]
+        assert "shape: (-1, -1, -1, -1, 3)" in blocks["predict_frames"]
         for signature in ("serving_default", "predict_frames"):
             outputs = re.findall(r"outputs\['([^']+)'\]", blocks[signature])
             assert sorted(outputs) == sorted(
@@ -128,13 +129,14 @@ class TestExportCorrectness:
         np.testing.assert_array_equal(outputs["top_k_labels"].numpy().astype(str), labels)
 
     def test_serving_default_decodes_and_centre_crops(self, exported_model, loaded):
-        # Frames whose short side already equals resize_short (34): the
-        # resize is the identity and the crop starts at ((34-32)//2, (45-32)//2).
+        # Frames whose short side already equals the default scale size
+        # round(32 * 256 / 224) = 37: the resize is the identity and the crop
+        # starts at ((37-32)//2, (50-32)//2).
         rng = np.random.default_rng(2)
-        clips = rng.integers(0, 256, (2, 4, 34, 45, 3), dtype=np.uint8)
+        clips = rng.integers(0, 256, (2, 4, 37, 50, 3), dtype=np.uint8)
         encoded = np.array([[_png(frame) for frame in clip] for clip in clips], dtype=object)
         outputs = loaded.signatures["serving_default"](frames_jpeg=tf.constant(encoded))
-        cropped = clips[:, :, 1:33, 6:38, :].astype(np.float32)
+        cropped = clips[:, :, 2:34, 9:41, :].astype(np.float32)
         expected = exported_model.model(cropped, training=False).numpy()
         np.testing.assert_allclose(outputs["logits"].numpy(), expected, atol=1e-4, rtol=0)
 
@@ -143,6 +145,39 @@ class TestExportCorrectness:
         encoded = np.array([[_png(frame) for frame in frames]], dtype=object)
         outputs = loaded.signatures["serving_default"](frames_jpeg=tf.constant(encoded))
         assert outputs["logits"].shape == (1, 5)
+
+    def test_serving_default_samples_any_number_of_frames(self, loaded):
+        # 10 frames: the graph keeps the segment centres of 4 segments,
+        # floor(2.5 * (s + 0.5)) = 1, 3, 6, 8, exactly as if only those were sent.
+        frames = np.random.default_rng(4).integers(0, 256, (10, 37, 50, 3), dtype=np.uint8)
+        whole = np.array([[_png(frame) for frame in frames]], dtype=object)
+        sampled = np.array([[_png(frames[index]) for index in (1, 3, 6, 8)]], dtype=object)
+        outputs = loaded.signatures["serving_default"](frames_jpeg=tf.constant(whole))
+        expected = loaded.signatures["serving_default"](frames_jpeg=tf.constant(sampled))
+        np.testing.assert_allclose(outputs["logits"].numpy(), expected["logits"].numpy(), atol=1e-5)
+        # One frame is repeated for every segment.
+        single = np.array([[_png(frames[0])]], dtype=object)
+        repeated = np.array([[_png(frames[0])] * 4], dtype=object)
+        np.testing.assert_allclose(
+            loaded.signatures["serving_default"](frames_jpeg=tf.constant(single))["logits"].numpy(),
+            loaded.signatures["serving_default"](frames_jpeg=tf.constant(repeated))["logits"].numpy(),
+            atol=1e-5,
+        )
+
+    def test_no_frame_is_an_invalid_argument(self, loaded):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="at least one frame"):
+            loaded.signatures["serving_default"](frames_jpeg=tf.zeros([1, 0], tf.string))
+        with pytest.raises(tf.errors.InvalidArgumentError, match="at least one frame"):
+            loaded.signatures["predict_frames"](frames=tf.zeros([1, 0, 32, 32, 3], tf.uint8))
+
+    def test_predict_frames_applies_the_evaluation_view(self, exported_model, loaded):
+        from tfrecords.eval_view import EvalView
+
+        frames = np.random.default_rng(5).integers(0, 256, (9, 64, 80, 3), dtype=np.uint8)
+        outputs = loaded.signatures["predict_frames"](frames=tf.constant(frames[None]))
+        view = EvalView(num_frames=4, crop_size=32)  # the default view of the export
+        expected = exported_model.model(view.views_numpy(frames).astype(np.float32), training=False)
+        np.testing.assert_allclose(outputs["logits"].numpy(), expected.numpy(), atol=1e-4, rtol=0)
 
     def test_corrupt_frame_is_an_invalid_argument(self, loaded):
         encoded = tf.constant([[b"not an image"] * 4])
@@ -176,30 +211,38 @@ class TestExportErrors:
             export_saved_model(model, str(tmp_path), labels=exported_model.labels, top_k=0)
         with pytest.raises(FileExistsError, match="version 1 already exists"):
             export_saved_model(model, exported_model.base, labels=exported_model.labels, version=1)
-        with pytest.raises(ValueError, match="centre crop fits"):
-            export_saved_model(model, str(tmp_path), labels=exported_model.labels, resize_short=16)
+        with pytest.raises(ValueError, match="`scale_size` must be >= crop_size=32"):
+            export_saved_model(model, str(tmp_path), labels=exported_model.labels, scale_size=16)
+        long_label = ["x" * 513] + exported_model.labels[1:]
+        with pytest.raises(ValueError, match="a class name of 513 characters .* at most 512"):
+            export_saved_model(model, str(tmp_path), labels=long_label)
 
     def test_signature_config_and_labels_files(self, tmp_path):
-        from serving.signatures import SignatureConfig, read_labels
+        from selfy_tf.run_dir import read_labels
+        from serving.signatures import SignatureConfig
 
-        with pytest.raises(ValueError, match="exactly one of `resize_short` and `eval_size`"):
-            SignatureConfig(num_frames=4, input_size=32, top_k=1, resize_short=34, eval_size=(40, 50))
+        with pytest.raises(ValueError, match="Give `scale_size` or `eval_size`, not both"):
+            SignatureConfig(num_frames=4, input_size=32, top_k=1, scale_size=34, eval_size=(40, 50))
         with pytest.raises(ValueError, match="`num_frames` must be a positive integer"):
-            SignatureConfig(num_frames=0, input_size=32, top_k=1, resize_short=34)
+            SignatureConfig(num_frames=0, input_size=32, top_k=1, scale_size=34)
+        assert SignatureConfig(num_frames=4, input_size=32, top_k=1).scale_size == 37
         path = tmp_path / "labels.txt"
         path.write_text("a\n\nc\n")
-        with pytest.raises(ValueError, match=r"labels.txt:2: empty class name"):
+        with pytest.raises(ValueError, match=r"labels.txt class 1 \(line 2\): class names must be non-empty"):
             read_labels(str(path))
 
-    def test_load_export_source_errors(self, tmp_path):
-        from serving.export import load_export_source
+    def test_load_model_errors(self, tmp_path):
+        from selfy_tf.run_dir import load_model
 
-        with pytest.raises(FileNotFoundError, match="no model at"):
-            load_export_source(str(tmp_path))
-        model_file = tmp_path / "model.keras"
+        with pytest.raises(FileNotFoundError, match="No checkpoint in run directory"):
+            load_model(str(tmp_path))
+        with pytest.raises(FileNotFoundError, match="No model at"):
+            load_model(str(tmp_path / "missing.keras"))
+        model_file = tmp_path / "elsewhere" / "model.keras"
+        model_file.parent.mkdir()
         model_file.write_bytes(b"")
-        with pytest.raises(ValueError, match="`--labels` is required for a bare model file"):
-            load_export_source(str(model_file))
+        with pytest.raises(FileNotFoundError, match="No labels.txt for"):
+            load_model(str(model_file), require_labels=True)
 
     def test_next_version_and_listing(self, tmp_path):
         from serving.export import _next_version, list_versions
@@ -257,4 +300,24 @@ class TestExportCommand:
         from selfy_tf.cli.main import main
 
         assert main(["export", str(tmp_path / "missing.keras"), "--out", str(tmp_path)]) == 1
-        assert "no model at" in capsys.readouterr().err
+        assert "No model at" in capsys.readouterr().err
+
+    def test_predict_accepts_a_frame_folder(self, exported_model, loaded, tmp_path, capsys):
+        from selfy_tf.cli.main import main
+        from tfrecords.features import encode_frames
+
+        frames = np.random.default_rng(6).integers(0, 256, (7, 48, 60, 3), dtype=np.uint8)
+        folder = tmp_path / "frames"
+        folder.mkdir()
+        for index, frame in enumerate(frames):
+            (folder / f"{index:05d}.png").write_bytes(_png(frame))
+        assert main(["predict", str(folder), "--model", exported_model.result.path, "--json"]) == 0
+        top_k = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["top_k"]
+        # The client sends every frame as a JPEG; the graph samples and crops them.
+        jpeg = np.stack([tf.io.decode_jpeg(encoded).numpy() for encoded in encode_frames(frames)])
+        expected = loaded.signatures["predict_frames"](frames=tf.constant(jpeg[None]))
+        probabilities = expected["probabilities"].numpy()[0]
+        assert [entry["index"] for entry in top_k] == list(np.argsort(-probabilities, kind="stable")[:3])
+        np.testing.assert_allclose(
+            [entry["score"] for entry in top_k], np.sort(probabilities)[::-1][:3], atol=1e-4
+        )

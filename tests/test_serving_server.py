@@ -144,7 +144,8 @@ class TestClientSuite:
         assert {"serving_default", "predict_frames"} <= set(signature_defs)
         assert list(signature_defs["serving_default"].inputs) == ["frames_jpeg"]
         assert list(signature_defs["predict_frames"].inputs) == ["frames"]
-        assert client.num_frames == 4
+        # The frame axis takes any count (the graph samples): -1 in the metadata.
+        assert client.num_frames == -1
         status = client.status()
         if isinstance(client, RestClient):
             (entry,) = status["model_version_status"]
@@ -184,7 +185,7 @@ class TestClientSuite:
         cases = {
             "signature": ({"frames": np.zeros((1, 4, 32, 32, 3), np.uint8)}, "nope", "nope"),
             "input_name": ({"pixels": np.zeros((1, 4, 32, 32, 3), np.uint8)}, "predict_frames", "pixels"),
-            "too_many_frames": ({"frames": np.zeros((1, 5, 32, 32, 3), np.uint8)}, "predict_frames", ""),
+            "no_frames": ({"frames": np.zeros((1, 0, 32, 32, 3), np.uint8)}, "predict_frames", ""),
             "dtype": ({"frames": np.full((1, 4, 32, 32, 3), 0.5, np.float32)}, "predict_frames", ""),
             "corrupt_jpeg": ({"frames_jpeg": np.array([[b"corrupt"] * 4], dtype=object)}, None, ""),
             "shape": ({"frames_jpeg": np.array([[b"x"] * 9], dtype=object)}, None, ""),

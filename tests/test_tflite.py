@@ -272,7 +272,7 @@ class TestConversionOptions:
             tflite_calibration.representative_dataset(str(tmp_path), 2, 32, split="test")
         with pytest.raises(ValueError, match="num_clips=0"):
             tflite_calibration.representative_dataset(str(tmp_path), 2, 32, num_clips=0)
-        with pytest.raises(ValueError, match=r"labels\[1\]=''"):
+        with pytest.raises(ValueError, match=r"class 1 \(line 2\): class names must be non-empty single lines"):
             tflite.write_model(b"", str(tmp_path / "m.tflite"), ["a", ""])
 
     def test_not_a_flatbuffer(self, tmp_path):
@@ -385,7 +385,7 @@ class TestCommandLine:
         assert main(["tflite", str(tmp_path), "--out", out, "--quantize", "int8"]) == 1
         assert "needs `--calibration-data DIR`" in capsys.readouterr().err
         assert main(["tflite", str(tmp_path), "--out", out]) == 1
-        assert "no model at" in capsys.readouterr().err
+        assert "No checkpoint in run directory" in capsys.readouterr().err
         with pytest.raises(SystemExit) as error:
             main(["tflite", str(tmp_path), "--out", out, "--quantize", "int4"])
         assert error.value.code == 2
@@ -407,3 +407,70 @@ def test_every_zoo_model_converts_with_builtins_only(tiny_model_factory):
         reference = model.predict(clip[None].astype(np.float32), verbose=0)
         logits = TFLiteClassifier(model_bytes).predict(clip)["logits"]
         assert np.max(np.abs(logits - reference)) <= 1e-4 * np.max(np.abs(reference)), name
+
+
+_BLOCKED_IMPORTS = r'''
+import importlib.abc
+import sys
+
+
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
+            raise ImportError(f"{name} is blocked: the LiteRT runtime must not import it")
+        return None
+
+
+sys.meta_path.insert(0, _Block())
+'''
+
+
+class TestRuntimeWithoutTensorFlow:
+    def test_predict_video_runs_with_tensorflow_and_keras_blocked(self, trained, tmp_path):
+        import subprocess
+        import sys
+
+        from serving import tflite
+        from tfrecords.eval_view import EvalView
+
+        view = EvalView(NUM_FRAMES, INPUT_SIZE, scale_size=40)
+        model_path = str(tmp_path / "model.tflite")
+        tflite.write_model(_converted(trained, "none"), model_path, list(LABELS), view)
+        # A user-size clip: 9 frames of 64x80, another count and size than the model's.
+        clip = np.random.default_rng(7).integers(0, 256, (9, 64, 80, 3), dtype=np.uint8)
+        clip_path = str(tmp_path / "clip.npy")
+        np.save(clip_path, clip)
+        script = _BLOCKED_IMPORTS + (
+            "import json\n"
+            "from serving.tflite_runtime import TFLiteClassifier\n"
+            f"classifier = TFLiteClassifier({model_path!r})\n"
+            f"outputs = classifier.predict_video({clip_path!r})\n"
+            "print(json.dumps({'labels': classifier.labels, 'view': classifier.view_settings,\n"
+            "    'logits': outputs['logits'].tolist(),\n"
+            "    'blocked': [name for name in ('tensorflow', 'keras') if name in sys.modules]}))\n"
+        )
+        completed = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        result = json.loads(completed.stdout.strip().splitlines()[-1])
+        assert result["blocked"] == []
+        assert result["labels"] == list(LABELS)
+        assert result["view"] == {"scale_size": 40}
+        expected = trained.model(view.views_numpy(clip).astype(np.float32), training=False).numpy()
+        np.testing.assert_allclose(result["logits"], expected, atol=1e-3, rtol=0)
+
+    def test_predict_refuses_another_shape_and_points_to_predict_video(self, trained):
+        from serving.tflite_runtime import TFLiteClassifier
+
+        classifier = TFLiteClassifier(_converted(trained, "none"))
+        with pytest.raises(ValueError, match="use `predict_video`"):
+            classifier.predict(np.zeros((24, 128, 160, 3), np.uint8))
+        frames = np.random.default_rng(8).integers(0, 256, (24, 128, 160, 3), dtype=np.uint8)
+        # Without a stored view: the default rule, short side round(32 * 256 / 224).
+        from tfrecords.eval_view import EvalView
+
+        expected = classifier.predict(EvalView(NUM_FRAMES, INPUT_SIZE).views_numpy(frames)[0])["logits"]
+        np.testing.assert_array_equal(classifier.predict_video(frames)["logits"], expected)
+

@@ -83,7 +83,7 @@ class TestEvalPipeline:
     def test_every_clip_once_with_centre_frames(self, data_dir):
         dataset = tfrecords.make_dataset(
             _pattern(data_dir), training=False, num_frames=3, batch_size=4, crop_size=CROP,
-            eval_size=None, as_dict=True,
+            eval_size=SIZE, as_dict=True,
         )
         batches = _collect(dataset)
         assert [len(batch["label"]) for batch in batches] == [4, 4, 2]
@@ -107,7 +107,7 @@ class TestEvalPipeline:
     def test_multi_view_layout(self, data_dir):
         dataset = tfrecords.make_dataset(
             _pattern(data_dir), training=False, num_frames=2, batch_size=5, crop_size=CROP,
-            num_clips=2, num_crops=3, eval_size=None, as_dict=True,
+            num_clips=2, num_crops=3, eval_size=SIZE, as_dict=True,
         )
         batch = next(iter(dataset))
         assert batch["frames"].shape == (5, 6, 2, CROP, CROP, 3)
@@ -193,7 +193,7 @@ class TestFilesAndDistribution:
             )
             dataset = tfrecords.make_dataset(
                 _pattern(data_dir), training=False, num_frames=2, batch_size=4, crop_size=CROP,
-                eval_size=None, input_context=context, as_dict=True,
+                eval_size=SIZE, input_context=context, as_dict=True,
             )
             batches = _collect(dataset)
             assert max(len(batch["label"]) for batch in batches) == 2  # 4 global / 2 replicas
@@ -219,7 +219,7 @@ def test_custom_feature_keys_round_trip(tmp_path):
     tfrecords.write_split(str(tmp_path), "validation", [(frames, 2, "v")], LABELS, feature_keys=keys)
     dataset = tfrecords.make_dataset(
         str(tmp_path / "validation-*.tfrecord"), training=False, num_frames=3, batch_size=1,
-        crop_size=CROP, eval_size=None, feature_keys=keys, as_dict=True,
+        crop_size=CROP, eval_size=SIZE, feature_keys=keys, as_dict=True,
     )
     batch = next(iter(dataset))
     assert int(batch["label"][0]) == 2 and batch["media_id"][0] == b"v"

@@ -192,29 +192,3 @@ class TestFlip:
     def test_conflicting_flip_settings(self):
         with pytest.raises(ValueError, match=r"classes \[86\] are both in `no_flip_classes`"):
             augment.random_flip(self._clip(), 0, [0, 0], (86,), {86: 87})
-
-
-class TestEvalCrop:
-    def test_center_crop_of_eval_size_frames(self):
-        frames = np.random.default_rng(0).integers(0, 255, (2, 240, 320, 3), dtype=np.uint8)
-        out = augment.center_crop_eval(frames, 224, (240, 320)).numpy()
-        np.testing.assert_array_equal(out, frames[:, 8:232, 48:272])
-
-    def test_resizes_other_sizes_and_accepts_a_batch(self):
-        # Constant frames stay constant under a bilinear resize.
-        values = np.arange(2 * 3, dtype=np.uint8).reshape(2, 3, 1, 1, 1) * 20
-        frames = np.broadcast_to(values, (2, 3, 60, 80, 3)).astype(np.uint8)
-        out = augment.center_crop_eval(frames, 50, (100, 120)).numpy()
-        assert out.shape == (2, 3, 50, 50, 3)
-        np.testing.assert_array_equal(out, np.broadcast_to(values, out.shape))
-
-    def test_three_crops_left_centre_right(self):
-        frames = np.random.default_rng(1).integers(0, 255, (2, 48, 64, 3), dtype=np.uint8)
-        out = augment.eval_crops(frames, 32, 3, None).numpy()
-        np.testing.assert_array_equal(out[0], frames[:, 8:40, 0:32])
-        np.testing.assert_array_equal(out[1], frames[:, 8:40, 16:48])
-        np.testing.assert_array_equal(out[2], frames[:, 8:40, 32:64])
-
-    def test_bad_num_crops(self):
-        with pytest.raises(ValueError, match="`num_crops` must be 1 or 3. Received: 2"):
-            augment.eval_crops(np.zeros((1, 8, 8, 3), np.uint8), 4, 2, None)

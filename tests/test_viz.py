@@ -262,4 +262,4 @@ class TestVizCLI:
 
         status = main(["viz", str(tmp_path / "clip.mp4"), "--model", str(tmp_path / "none.keras")])
         assert status == 1
-        assert "Model not found" in capsys.readouterr().err
+        assert "No model at" in capsys.readouterr().err

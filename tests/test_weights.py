@@ -236,10 +236,11 @@ class TestConvertWeightsCommand:
     @pytest.mark.skipif(not CHECKPOINT.exists(), reason=f"parity fixture missing: {FIXTURE}")
     def test_convert_fixture(self, tmp_path, capsys):
         destination = tmp_path / "selfy_tsm_r18.weights.h5"
+        keras_out = tmp_path.parent / f"{tmp_path.name}-model.keras"
         status = main([
             "convert-weights", str(CHECKPOINT), str(destination),
             "--model", "selfy_tsm_r18", "--num-classes", "10", "--num-frames", "2",
-            "--input-size", "64",
+            "--input-size", "64", "--keras-out", str(keras_out),
         ])
         assert status == 0
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -247,6 +248,10 @@ class TestConvertWeightsCommand:
         assert summary["max_abs_logits_difference"] < 1e-4
         assert summary["max_abs_preprocessing_difference"] < 1e-5
         assert [path.name for path in tmp_path.iterdir()] == [destination.name]
+        # The whole model carries the official evaluation view.
+        from selfy_tf.run_dir import read_model_info
+
+        assert read_model_info(str(keras_out)) == {"eval_view": {"eval_size": [240, 320]}}
         keras.utils.clear_session()
         model = create_model("selfy_tsm_r18", num_classes=10, num_frames=2, input_size=64, weights=str(destination))
         frames, logits = _fixture_io()

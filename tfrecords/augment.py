@@ -7,8 +7,8 @@ per clip and applied to all its frames (the frames of a clip move together).
 - Training: the official multi-scale crop (`multi_scale_crop_window`), decoded
   straight from the JPEGs (`decode_crop`), `random_flip` (on the crop, which
   is usually smaller than the output), then `resize_frames`.
-- Evaluation: `center_crop_eval` (frames at `eval_size`, centre crop), reused
-  as-is by the serving export; `eval_crops` for 1 or 3 crops per clip.
+- Evaluation is not augmented: it takes the one evaluation view of
+  `tfrecords.eval_view`, which shares `resize_frames` with training.
 """
 
 from __future__ import annotations
@@ -193,94 +193,3 @@ def random_flip(
         )
         label = tf.cast(tf.where(flip, mapped, label_64), label.dtype)
     return frames, label
-
-
-def _resize_to(frames, eval_size):
-    if eval_size is None:
-        return frames
-    target_height, target_width = int(eval_size[0]), int(eval_size[1])
-    shape = tf.shape(frames)
-    same = tf.logical_and(tf.equal(shape[-3], target_height), tf.equal(shape[-2], target_width))
-
-    def resize():
-        flat = tf.reshape(frames, tf.concat([[-1], shape[-3:]], axis=0))
-        resized = resize_frames(flat, [target_height, target_width])
-        return tf.reshape(
-            tf.cast(resized, frames.dtype),
-            tf.concat([shape[:-3], [target_height, target_width, shape[-1]]], axis=0),
-        )
-
-    return tf.cond(same, lambda: frames, resize)
-
-
-def _check_crop(frames, crop_size: int):
-    shape = tf.shape(frames)
-    return tf.debugging.assert_greater_equal(
-        tf.minimum(shape[-3], shape[-2]),
-        crop_size,
-        message=f"frames are smaller than crop_size={crop_size}",
-    )
-
-
-def center_crop_eval(frames, crop_size: int, eval_size: Sequence[int] | None = (240, 320)):
-    """Evaluation preprocessing: frames resized to `eval_size` (if they differ), centre crop.
-
-    The official test recipe: frames at 240×320, one centre crop of 224. The
-    serving export calls this same function in its graph.
-
-    Args:
-        frames: uint8 `[..., height, width, 3]` (e.g. `[num_frames, H, W, 3]`
-            or `[batch, num_frames, H, W, 3]`).
-        crop_size: side of the square crop.
-        eval_size: `(height, width)` frames are resized to first (bilinear),
-            only when they have another size; None keeps them as they are.
-
-    Returns:
-        `[..., crop_size, crop_size, 3]`, the dtype of `frames`; the crop
-        starts at `((H - crop_size) // 2, (W - crop_size) // 2)`.
-    """
-    frames = _resize_to(tf.convert_to_tensor(frames), eval_size)
-    with tf.control_dependencies([_check_crop(frames, crop_size)]):
-        shape = tf.shape(frames)
-        top = (shape[-3] - crop_size) // 2
-        left = (shape[-2] - crop_size) // 2
-        cropped = frames[..., top : top + crop_size, left : left + crop_size, :]
-    return tf.ensure_shape(cropped, frames.shape[:-3].concatenate([crop_size, crop_size, None]))
-
-
-def eval_crops(
-    frames, crop_size: int, num_crops: int = 1, eval_size: Sequence[int] | None = (240, 320)
-):
-    """One or three evaluation crops of each clip.
-
-    One crop is `center_crop_eval`. Three crops are taken along the long side
-    (left, centre, right for landscape frames; top, centre, bottom for portrait
-    ones), centred on the short side, as the official 3-crop test.
-
-    Args:
-        frames: uint8 `[..., height, width, 3]`.
-        crop_size: side of the square crops.
-        num_crops: 1 or 3.
-        eval_size: as in `center_crop_eval`.
-
-    Returns:
-        `[num_crops, ..., crop_size, crop_size, 3]`.
-    """
-    if num_crops == 1:
-        return center_crop_eval(frames, crop_size, eval_size)[tf.newaxis]
-    if num_crops != 3:
-        raise ValueError(f"`num_crops` must be 1 or 3. Received: {num_crops}.")
-    frames = _resize_to(tf.convert_to_tensor(frames), eval_size)
-    with tf.control_dependencies([_check_crop(frames, crop_size)]):
-        shape = tf.shape(frames)
-        height, width = shape[-3], shape[-2]
-        landscape = width >= height
-        crops = []
-        for multiple in (0, 2, 4):
-            top = tf.where(landscape, (height - crop_size) // 2, multiple * ((height - crop_size) // 4))
-            left = tf.where(landscape, multiple * ((width - crop_size) // 4), (width - crop_size) // 2)
-            crops.append(frames[..., top : top + crop_size, left : left + crop_size, :])
-    stacked = tf.stack(crops)
-    return tf.ensure_shape(
-        stacked, tf.TensorShape([3]).concatenate(frames.shape[:-3]).concatenate([crop_size, crop_size, None])
-    )

@@ -73,6 +73,7 @@ def make_dataset(
     no_flip_classes: Sequence[int] = (),
     flip_label_map: Mapping[int, int] | None = None,
     eval_size: Sequence[int] | None = (240, 320),
+    scale_size: int | None = None,
     feature_keys: "features.FeatureKeys | dict | None" = None,
     input_context: tf.distribute.InputContext | None = None,
     as_dict: bool = False,
@@ -103,7 +104,11 @@ def make_dataset(
         no_flip_classes: classes never flipped in training.
         flip_label_map: `{class: class after flipping}` in training.
         eval_size: `(height, width)` frames are resized to before the
-            evaluation crop when they differ; None keeps the stored size.
+            evaluation crop when they differ; None (or `()`) resizes the
+            short side to `scale_size` instead. See `tfrecords.eval_view`.
+        scale_size: short side frames are resized to before the evaluation
+            crop when `eval_size` is None (default: `round(crop_size * 256 /
+            224)`).
         feature_keys: SequenceExample keys (see `tfrecords.features.FeatureKeys`).
         input_context: given by `distribute_datasets_from_function`; files are
             sharded per input pipeline (needs at least one file per pipeline).
@@ -134,6 +139,7 @@ def make_dataset(
         num_clips=num_clips if not training else 1,
         num_crops=num_crops if not training else 1,
         eval_size=eval_size,
+        scale_size=scale_size,
         no_flip_classes=no_flip_classes,
         flip_label_map=flip_label_map,
         scales=scales,

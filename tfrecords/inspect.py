@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tfrecords import decoder as decoder_lib
 from tfrecords import features
-from tfrecords import writer
+from tfrecords import split as split_lib
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,7 @@ def inspect_dataset(
         raise FileNotFoundError(
             f"no '<split>-00000-of-000NN.tfrecord' shards in {data_dir}"
         )
-    labels_path = os.path.join(data_dir, writer.LABELS_FILE)
-    labels = writer.read_labels(data_dir) if os.path.exists(labels_path) else []
+    labels = split_lib.read_labels(data_dir) if os.path.exists(split_lib.labels_path(data_dir)) else []
     clip_decoder = decoder_lib.Decoder(feature_keys)
     summary: dict = {"data_dir": data_dir, "num_classes": len(labels), "labels": labels, "splits": {}}
     all_errors: list[str] = []
@@ -109,7 +108,7 @@ def inspect_dataset(
             message = f"split {split!r}: {len(paths)} shard files, names say {expected_count}"
             info["warning"] = message
             all_errors.append(message)
-        manifest_path = os.path.join(data_dir, f"{split}.manifest.json")
+        manifest_path = split_lib.manifest_path(data_dir, split)
         manifest = None
         if os.path.exists(manifest_path):
             with open(manifest_path, encoding="utf-8") as handle:

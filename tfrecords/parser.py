@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfrecords import augment
 from tfrecords import decoder as decoder_lib
+from tfrecords import eval_view as eval_view_lib
 from tfrecords import sampling
 
 
@@ -17,8 +18,10 @@ class Parser:
     Training: TSN sampling with a random frame per segment, the official
     multi-scale crop decoded straight from the JPEGs of the chosen frames and
     resized to `crop_size`, then a horizontal flip (see `augment.random_flip`).
-    Evaluation (deterministic): segment centres for `num_clips` clips, frames
-    at `eval_size`, `num_crops` crops (1: centre).
+    Evaluation (deterministic): the evaluation view
+    (`tfrecords.eval_view.EvalView`): segment centres for `num_clips` clips,
+    the short side resized to `scale_size` (or frames to `eval_size`),
+    `num_crops` crops (1: centre). Only the chosen frames are decoded.
 
     Args:
         num_frames: frames per clip (segments).
@@ -26,7 +29,9 @@ class Parser:
         num_clips: evaluation clips per video.
         num_crops: evaluation crops per clip (1 or 3).
         eval_size: `(height, width)` of frames before the evaluation crop, or
-            None to keep the stored size.
+            None to resize the short side to `scale_size`.
+        scale_size: short side of frames before the evaluation crop (default
+            `round(crop_size * 256 / 224)`); exclusive with `eval_size`.
         no_flip_classes: classes never flipped in training.
         flip_label_map: `{class: class after flipping}` for training.
         scales: multi-scale crop scales.
@@ -45,27 +50,24 @@ class Parser:
         num_clips: int = 1,
         num_crops: int = 1,
         eval_size: Sequence[int] | None = (240, 320),
+        scale_size: int | None = None,
         no_flip_classes: Sequence[int] = (),
         flip_label_map: Mapping[int, int] | None = None,
         scales: Sequence[float] = augment.MULTI_SCALE_CROP_SCALES,
     ) -> None:
-        for name, value in (("num_frames", num_frames), ("crop_size", crop_size), ("num_clips", num_clips)):
-            if int(value) < 1:
-                raise ValueError(f"`{name}` must be at least 1. Received: {name}={value}.")
-        if num_crops not in (1, 3):
-            raise ValueError(f"`num_crops` must be 1 or 3. Received: num_crops={num_crops}.")
-        if eval_size is not None and (
-            len(eval_size) != 2 or min(eval_size) < crop_size
-        ):
-            raise ValueError(
-                f"`eval_size` must be (height, width), both ≥ crop_size={crop_size}, or None. "
-                f"Received: eval_size={eval_size}."
-            )
-        self.num_frames = int(num_frames)
-        self.crop_size = int(crop_size)
-        self.num_clips = int(num_clips)
-        self.num_crops = int(num_crops)
-        self.eval_size = None if eval_size is None else (int(eval_size[0]), int(eval_size[1]))
+        # The view validates the frame count, sizes, clips and crops.
+        self.view = eval_view_lib.EvalView(
+            num_frames=num_frames,
+            crop_size=crop_size,
+            scale_size=scale_size,
+            eval_size=tuple(eval_size) if eval_size else None,
+            num_clips=num_clips,
+            num_crops=num_crops,
+        )
+        self.num_frames = self.view.num_frames
+        self.crop_size = self.view.crop_size
+        self.num_clips = self.view.num_clips
+        self.num_crops = self.view.num_crops
         self.no_flip_classes = tuple(int(value) for value in no_flip_classes)
         self.flip_label_map = dict(flip_label_map or {})
         self.scales = tuple(float(value) for value in scales)
@@ -75,7 +77,7 @@ class Parser:
     @property
     def num_views(self) -> int:
         """Evaluation views per video (`num_clips * num_crops`)."""
-        return self.num_clips * self.num_crops
+        return self.view.num_views
 
     def _parse_train_data(self, decoded: dict, seed) -> tuple[tf.Tensor, tf.Tensor]:
         encoded = decoded[decoder_lib.ENCODED_FRAMES]
@@ -97,20 +99,12 @@ class Parser:
 
     def _parse_eval_data(self, decoded: dict) -> tuple[tf.Tensor, tf.Tensor]:
         encoded = decoded[decoder_lib.ENCODED_FRAMES]
-        indices = sampling.sample_eval_indices_tf(tf.size(encoded), self.num_frames, self.num_clips)
+        indices = self.view.sample_indices_tf(tf.size(encoded))
         selected = tf.gather(encoded, tf.reshape(indices, [-1]))
-        total = self.num_clips * self.num_frames
         frames = tf.stack(
-            [tf.io.decode_jpeg(selected[index], channels=3) for index in range(total)]
+            [tf.io.decode_jpeg(selected[index], channels=3) for index in range(self.num_clips * self.num_frames)]
         )
-        # [num_crops, num_clips * num_frames, crop, crop, 3] -> views, clip-major.
-        crops = augment.eval_crops(frames, self.crop_size, self.num_crops, self.eval_size)
-        size = self.crop_size
-        crops = tf.reshape(crops, [self.num_crops, self.num_clips, self.num_frames, size, size, 3])
-        views = tf.reshape(
-            tf.transpose(crops, [1, 0, 2, 3, 4, 5]),
-            [self.num_views, self.num_frames, size, size, 3],
-        )
+        views = self.view.views_from_sampled_tf(frames)
         if self.num_views == 1:
             views = views[0]
         return views, decoded[decoder_lib.LABEL]

@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from selfy_tf import run_dir
 from tfrecords import video
 
 logger = logging.getLogger(__name__)
@@ -82,37 +83,6 @@ class Listing:
     clips: list[ClipSource]
 
 
-def read_class_names(path: str) -> list[str]:
-    """Reads class names, one per line (blank lines ignored at the end only).
-
-    Raises:
-        FileNotFoundError: if `path` does not exist.
-        ValueError: if a name is blank or repeated (naming file and line).
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"class list not found: {path}")
-    with open(path, encoding="utf-8") as handle:
-        lines = [line.rstrip("\r\n") for line in handle]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    names: list[str] = []
-    seen: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        name = line.strip()
-        if not name:
-            raise ValueError(f"{path}:{number}: empty class name. Expected one class name per line.")
-        if name in seen:
-            raise ValueError(
-                f"{path}:{number}: class {name!r} repeats line {seen[name]}. "
-                "Class names must be unique."
-            )
-        seen[name] = number
-        names.append(name)
-    if not names:
-        raise ValueError(f"{path}: no class names. Expected one class name per line.")
-    return names
-
-
 def _require_file(path: str | None, flag: str, format_name: str) -> str:
     if not path:
         raise ValueError(f"format {format_name!r} needs `{flag}`.")
@@ -125,7 +95,7 @@ def _class_names(
     labels_file: str | None, known_labels: Sequence[str] | None, format_name: str
 ) -> list[str]:
     if labels_file:
-        return read_class_names(labels_file)
+        return run_dir.read_labels(labels_file)
     if known_labels:
         return list(known_labels)
     raise ValueError(

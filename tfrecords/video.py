@@ -18,6 +18,10 @@ VIDEO_EXTENSIONS = (
 )
 
 
+# Frame files a frame folder may hold (a clip given as a folder of images).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
 class VideoDecodeError(ValueError):
     """A video or frame folder could not be read (corrupt, empty, missing)."""
 
@@ -211,3 +215,41 @@ def read_frame_folder(
             f"frames of {folder} differ in size {sorted(shapes)}: pass a fixed size"
         )
     return np.stack(frames)
+
+
+def read_clip(path: str) -> np.ndarray:
+    """All frames of a clip to classify: a video file, a folder of frame images, or a `.npy` array.
+
+    Frames keep their size (the model's evaluation view resizes them).
+
+    Returns:
+        uint8 `[num_frames, height, width, 3]`.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        VideoDecodeError: if it cannot be decoded (a folder without frames,
+            a corrupt video).
+        ValueError: a `.npy` array that is not `[num_frames, height, width, 3]`.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"Video not found: {path!r}. Pass a video file, a folder of frame images "
+            f"({', '.join(IMAGE_EXTENSIONS)}) or a .npy array [frames, height, width, 3]."
+        )
+    if os.path.isdir(path):
+        frame_paths = sorted(
+            os.path.join(path, name)
+            for name in os.listdir(path)
+            if name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        return read_frame_folder(path, frame_paths)
+    if path.endswith(".npy"):
+        frames = np.load(path)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(
+                f"{path}: a .npy clip must be [num_frames, height, width, 3]. "
+                f"Received: shape={frames.shape}."
+            )
+        return np.clip(frames, 0, 255).astype(np.uint8)
+    return read_video_frames(path)

@@ -39,14 +39,17 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from selfy_tf import run_dir
 from selfy_tf.files import atomic_path, atomic_write_text, temporary_pattern
 from tfrecords import features
 from tfrecords import sources
+from tfrecords import split as split_lib
+from tfrecords.split import read_labels  # noqa: F401  (part of this module's API)
 from tfrecords.video import VideoDecodeError
 
 logger = logging.getLogger(__name__)
 
-LABELS_FILE = "labels.txt"
+LABELS_FILE = run_dir.LABELS_FILE
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
@@ -78,21 +81,6 @@ def shard_bounds(num_clips: int, num_shards: int) -> list[tuple[int, int]]:
     ]
 
 
-def read_labels(data_dir: str) -> list[str]:
-    """Class names of a converted dataset: line i of `data_dir/labels.txt` is class i.
-
-    Raises:
-        FileNotFoundError: if `data_dir/labels.txt` does not exist.
-    """
-    path = os.path.join(data_dir, LABELS_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"no {LABELS_FILE} in {data_dir}: is it a dataset written by "
-            "`selfy tfrecords build` or `tfrecords.write_split`?"
-        )
-    return sources.read_class_names(path)
-
-
 def write_labels(out_dir: str, labels: Sequence[str]) -> str:
     """Writes `out_dir/labels.txt`, or checks that the existing one is identical.
 
@@ -100,15 +88,11 @@ def write_labels(out_dir: str, labels: Sequence[str]) -> str:
         ValueError: if `labels.txt` exists with other classes (naming the first
             differing line).
     """
-    if not labels:
-        raise ValueError("`labels` must hold at least one class name. Received: [].")
-    for index, name in enumerate(labels):
-        if not str(name).strip() or "\n" in str(name):
-            raise ValueError(f"`labels[{index}]` must be a non-empty single line. Received: {name!r}.")
-    path = os.path.join(out_dir, LABELS_FILE)
+    labels = run_dir.check_labels([str(name).strip() for name in labels])
+    path = split_lib.labels_path(out_dir)
     if os.path.exists(path):
-        existing = sources.read_class_names(path)
-        if list(existing) != [str(name).strip() for name in labels]:
+        existing = run_dir.read_labels(path)
+        if existing != labels:
             line = next(
                 (
                     number
@@ -124,8 +108,7 @@ def write_labels(out_dir: str, labels: Sequence[str]) -> str:
             )
         return path
     os.makedirs(out_dir, exist_ok=True)
-    atomic_write_text(path, "".join(f"{str(name).strip()}\n" for name in labels))
-    return path
+    return run_dir.write_labels(path, labels)
 
 
 def convert_clip(
@@ -240,7 +223,7 @@ class _SplitWriter:
         for path in glob.glob(os.path.join(self.out_dir, f"{self.split}-*-of-*.tfrecord*")):
             os.remove(path)
         shutil.rmtree(self.results_dir, ignore_errors=True)
-        manifest = os.path.join(self.out_dir, f"{self.split}.manifest.json")
+        manifest = split_lib.manifest_path(self.out_dir, self.split)
         if os.path.exists(manifest):
             os.remove(manifest)
 
@@ -398,7 +381,7 @@ def _write_manifest(
             f"internal error: converted {manifest['converted']} + failed {manifest['failed']} "
             f"!= listed {listed}"
         )
-    path = os.path.join(split_writer.out_dir, f"{split_writer.split}.manifest.json")
+    path = split_lib.manifest_path(split_writer.out_dir, split_writer.split)
     atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
     return manifest
 

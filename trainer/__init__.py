@@ -15,7 +15,7 @@ from trainer.configs import (
     load_yaml,
     validate,
 )
-from trainer.evaluate import evaluate, load_trained_model
+from trainer.evaluate import evaluate
 from trainer.optimizer import TorchSGD, parameter_groups
 from trainer.schedules import EpochCosineDecay, EpochStepDecay
 from trainer.train import TrainResult, train
@@ -30,7 +30,6 @@ __all__ = [
     "evaluate",
     "get_preset",
     "list_presets",
-    "load_trained_model",
     "load_yaml",
     "parameter_groups",
     "train",

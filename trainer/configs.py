@@ -96,9 +96,12 @@ class DataConfig:
     crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
     validation_num_clips: int = 1
     validation_num_crops: int = 1
-    # Evaluation frames are resized to (height, width) before the centre
-    # crop (official: 240x320); empty keeps the stored size.
+    # The evaluation view (tfrecords.eval_view): frames are resized to
+    # (height, width) before the centre crop (official: 240x320); empty
+    # resizes the short side to `scale_size` instead (none: input_size *
+    # 256 / 224, the ratio of training's average crop).
     eval_size: tuple[int, ...] = (240, 320)
+    scale_size: int | None = None
 
 
 @dataclasses.dataclass
@@ -527,6 +530,12 @@ def validate(config: ExperimentConfig) -> None:
             len(data.eval_size) in (0, 2) and all(size >= model.input_size for size in data.eval_size),
             "`data.eval_size` must be empty or (height, width) no smaller than "
             f"`model.input_size`={model.input_size}. Received: {data.eval_size}.",
+        ),
+        (
+            data.scale_size is None or (not data.eval_size and data.scale_size >= model.input_size),
+            "`data.scale_size` must be none, or no smaller than `model.input_size`="
+            f"{model.input_size} with an empty `data.eval_size`. Received: scale_size="
+            f"{data.scale_size}, eval_size={data.eval_size}.",
         ),
         (optimizer.base_lr > 0, f"`optimizer.base_lr` must be > 0. Received: {optimizer.base_lr}."),
         (optimizer.base_batch_size >= 1, f"`optimizer.base_batch_size` must be >= 1. Received: {optimizer.base_batch_size}."),

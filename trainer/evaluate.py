@@ -7,7 +7,6 @@ softmax scores of its views are averaged before taking the prediction.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import sys
@@ -17,41 +16,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from selfy_tf import run_dir
 from selfy_tf.files import atomic_path, atomic_write_json
-from trainer import configs
-from trainer.run_dir import RunPaths
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate", "load_trained_model", "classification_report"]
-
-
-def load_trained_model(path: str) -> keras.Model:
-    """Loads a `.keras` file, or a run directory's `best.keras` (else `last.keras`).
-
-    Raises:
-        FileNotFoundError: no model file at `path`.
-    """
-    import selfy_tf.layers  # noqa: F401  (registers the custom layers)
-    import selfy_tf.models  # noqa: F401
-
-    import trainer.optimizer  # noqa: F401
-    import trainer.schedules  # noqa: F401
-
-    if os.path.isdir(path):
-        paths = RunPaths(path)
-        candidates = [paths.best_checkpoint, paths.last_checkpoint]
-        model_path = next((candidate for candidate in candidates if os.path.exists(candidate)), None)
-        if model_path is None:
-            raise FileNotFoundError(
-                f"No checkpoint in run directory {path}: expected {candidates[0]} or {candidates[1]}."
-            )
-    elif os.path.isfile(path):
-        model_path = path
-    else:
-        raise FileNotFoundError(f"No model or run directory at {path}.")
-    logger.info("Loading model %s.", model_path)
-    return keras.saving.load_model(model_path, compile=False)
+__all__ = ["evaluate", "classification_report"]
 
 
 def classification_report(
@@ -143,6 +113,7 @@ def evaluate(
     num_crops: int = 1,
     batch_size: int = 8,
     eval_size: tuple[int, int] | None | str = "auto",
+    scale_size: int | None = None,
     output_dir: str | None = "auto",
     max_batches: int | None = None,
     verbose: bool | str = "auto",
@@ -158,8 +129,12 @@ def evaluate(
         num_crops: 1 (centre) or 3 crops per clip, default 1.
         batch_size: videos per batch, default 8.
         eval_size: `(height, width)` frames are resized to before cropping;
-            "auto" takes the run's `data.eval_size` (or (240, 320)); None
-            keeps the stored size.
+            "auto" takes the evaluation view stored with the model (the one
+            its training validated with; for an in-memory model or a file
+            without one, the short side to `round(crop * 256 / 224)`); None
+            resizes the short side to `scale_size`. See `tfrecords.eval_view`.
+        scale_size: short side before cropping when `eval_size` is None
+            (default `round(crop * 256 / 224)`).
         output_dir: where `eval.json`, `confusion_matrix.json` and
             `confusion_matrix.png` go; "auto": the run directory (or the
             `.keras` file's directory), nothing for an in-memory model; None:
@@ -177,53 +152,44 @@ def evaluate(
         ValueError: no shards for `split`, or labels that do not fit the
             model's number of classes.
     """
-    from tfrecords import make_dataset, read_labels
+    from tfrecords import make_dataset, open_split
+    from tfrecords.eval_view import view_from_clip_shape
+    from tfrecords.split import labels_path
 
-    source = model_or_run_dir
-    config = None
+    view_settings = None
     if isinstance(model_or_run_dir, keras.Model):
         model = model_or_run_dir
         default_output = None
         model_name = model.name
     else:
         path = os.fspath(model_or_run_dir)
-        model = load_trained_model(path)
+        loaded = run_dir.load_model(path)
+        model, view_settings = loaded.model, loaded.view_settings
         model_name = path
         default_output = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path) and os.path.exists(RunPaths(path).config):
-            config = configs.load_yaml(RunPaths(path).config)
     if output_dir == "auto":
         output_dir = default_output
-    if eval_size == "auto":
-        eval_size = tuple(config.data.eval_size) if config is not None else (240, 320)
-        eval_size = eval_size or None
-    if num_crops not in (1, 3) or num_clips < 1:
-        raise ValueError(
-            f"`num_clips` must be >= 1 and `num_crops` 1 or 3. Received: num_clips={num_clips}, "
-            f"num_crops={num_crops}."
-        )
-    _, num_frames, height, width, _ = model.input_shape
+    if eval_size != "auto":
+        view_settings = {"eval_size": eval_size} if eval_size else {"scale_size": scale_size}
+    view = view_from_clip_shape(model.input_shape, view_settings, num_clips=num_clips, num_crops=num_crops)
     num_classes = int(model.output_shape[-1])
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"Data directory not found: {data_dir}")
-    class_names = read_labels(data_dir)
+    split_info = open_split(data_dir, split)
+    class_names = split_info.labels
     if len(class_names) != num_classes:
         raise ValueError(
-            f"{os.path.join(data_dir, 'labels.txt')} lists {len(class_names)} classes but the model "
+            f"{labels_path(data_dir)} lists {len(class_names)} classes but the model "
             f"{model_name} predicts {num_classes}."
         )
-    files = sorted(glob.glob(os.path.join(data_dir, f"{split}-*.tfrecord")))
-    if not files:
-        raise ValueError(f"No '{split}-*.tfrecord' shards in {data_dir}.")
     dataset = make_dataset(
-        files,
+        split_info.files,
         training=False,
-        num_frames=int(num_frames),
+        num_frames=view.num_frames,
         batch_size=int(batch_size),
-        crop_size=int(height),
-        num_clips=int(num_clips),
-        num_crops=int(num_crops),
-        eval_size=eval_size,
+        crop_size=view.crop_size,
+        num_clips=view.num_clips,
+        num_crops=view.num_crops,
+        eval_size=view.eval_size,
+        scale_size=view.scale_size,
     )
     num_views = num_clips * num_crops
 
@@ -255,9 +221,10 @@ def evaluate(
         {
             "num_clips": int(num_clips),
             "num_crops": int(num_crops),
+            "eval_view": view.resize_settings(),
             "split": split,
             "data_dir": os.path.abspath(data_dir),
-            "model": model_name if not isinstance(source, keras.Model) else source.name,
+            "model": model_name,
             "files": {},
         }
     )

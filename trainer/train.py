@@ -10,8 +10,6 @@ with the restored weights, optimizer state and running metrics.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import logging
 import os
 import shutil
@@ -22,12 +20,12 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
-from selfy_tf.files import atomic_path, atomic_write_text
+from selfy_tf.run_dir import RunPaths, save_model, write_labels
+from tfrecords.eval_view import EvalView
 from trainer import callbacks as callbacks_lib
 from trainer import configs
 from trainer import strategy as strategy_lib
 from trainer.optimizer import TorchSGD, group_policies, parameter_groups
-from trainer.run_dir import RunPaths
 from trainer.schedules import make_schedule, scaled_learning_rate
 
 logger = logging.getLogger(__name__)
@@ -93,18 +91,6 @@ def resolve_jit_compile(setting: bool | None) -> bool:
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
-def _count_records(files: Sequence[str]) -> int:
-    return int(tf.data.TFRecordDataset(list(files)).reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
-
-
-def _read_manifest(data_dir: str, split: str) -> dict | None:
-    path = os.path.join(data_dir, f"{split}.manifest.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as stream:
-        return json.load(stream)
-
-
 def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_train: bool = True) -> DataInfo:
     """Checks that `data_dir` holds data that fits the model; counts examples.
 
@@ -114,25 +100,13 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
             `model.num_classes`; every clip has fewer frames than
             `model.num_frames`.
     """
-    from tfrecords import read_labels
+    from tfrecords.split import labels_path, open_split
 
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"Data directory not found: {data_dir}")
-    labels = read_labels(data_dir)
-    if len(labels) != config.model.num_classes:
-        raise ValueError(
-            f"{os.path.join(data_dir, 'labels.txt')} lists {len(labels)} classes but "
-            f"`model.num_classes`={config.model.num_classes}. Set "
-            f"`--set model.num_classes={len(labels)}` or use the matching data directory."
-        )
     splits = {}
     for split in (config.data.train_split, config.data.validation_split):
-        files = sorted(glob.glob(os.path.join(data_dir, f"{split}-*.tfrecord")))
-        manifest = _read_manifest(data_dir, split)
-        count = 0
-        if files:
-            count = int(manifest["converted"]) if manifest and "converted" in manifest else _count_records(files)
-            frames = (manifest or {}).get("frames") or {}
+        opened = open_split(data_dir, split, required=False)
+        frames = opened.frames
+        if opened.files:
             if frames.get("max", config.model.num_frames) < config.model.num_frames:
                 raise ValueError(
                     f"The {split} clips in {data_dir} have at most {frames['max']} frames but "
@@ -146,7 +120,14 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
                     frames["min"],
                     config.model.num_frames,
                 )
-        splits[split] = (files, count)
+        splits[split] = (opened.files, opened.num_examples)
+    labels = opened.labels
+    if len(labels) != config.model.num_classes:
+        raise ValueError(
+            f"{labels_path(data_dir)} lists {len(labels)} classes but "
+            f"`model.num_classes`={config.model.num_classes}. Set "
+            f"`--set model.num_classes={len(labels)}` or use the matching data directory."
+        )
     train_files, num_train = splits[config.data.train_split]
     if require_train and (not train_files or num_train == 0):
         raise ValueError(
@@ -279,6 +260,8 @@ def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int
 def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
     from tfrecords import make_dataset
 
+    view = _eval_view(config)
+
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         dataset = make_dataset(
             data.validation_files,
@@ -286,7 +269,8 @@ def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
             num_frames=config.model.num_frames,
             batch_size=global_batch,
             crop_size=config.model.input_size,
-            eval_size=tuple(config.data.eval_size) or None,
+            eval_size=view.eval_size,
+            scale_size=view.scale_size,
             input_context=input_context,
             # Repeated with a fixed step count so every replica and worker
             # runs the same number of steps.
@@ -381,7 +365,7 @@ def train(
     os.makedirs(backup_dir, exist_ok=True)
     if chief:
         configs.save_yaml(config, paths.config)
-        atomic_write_text(paths.labels, "".join(f"{name}\n" for name in data.labels))
+        write_labels(paths.labels, data.labels)
 
     num_replicas = strategy.num_replicas_in_sync
     global_batch = config.data.batch_size * num_replicas
@@ -504,9 +488,9 @@ def train(
             if improved:
                 state["best"] = value
             if chief:
-                _save_model(model, output.last_checkpoint)
+                _save_model(model, output.last_checkpoint, config)
                 if improved or not os.path.exists(output.best_checkpoint):
-                    _save_model(model, output.best_checkpoint)
+                    _save_model(model, output.best_checkpoint, config)
             state.update(
                 epoch=epoch + 1,
                 step_in_epoch=0,
@@ -523,8 +507,8 @@ def train(
                 ", ".join(f"{key} {value:.4g}" for key, value in logs.items()),
             )
         if chief and not os.path.exists(output.last_checkpoint):
-            _save_model(model, output.last_checkpoint)
-            _save_model(model, output.best_checkpoint)
+            _save_model(model, output.last_checkpoint, config)
+            _save_model(model, output.best_checkpoint, config)
         if training_logger is not None:
             training_logger.close()
         global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
@@ -553,6 +537,15 @@ class _StopAfterEpoch(keras.callbacks.Callback):
         self.model.stop_training = True
 
 
-def _save_model(model: keras.Model, path: str) -> None:
-    with atomic_path(path, suffix=".keras") as temporary:
-        model.save(temporary)
+def _eval_view(config: configs.ExperimentConfig) -> EvalView:
+    """The evaluation view of validation, stored in every checkpoint."""
+    return EvalView(
+        num_frames=config.model.num_frames,
+        crop_size=config.model.input_size,
+        scale_size=config.data.scale_size,
+        eval_size=tuple(config.data.eval_size) or None,
+    )
+
+
+def _save_model(model: keras.Model, path: str, config: configs.ExperimentConfig) -> None:
+    save_model(model, path, _eval_view(config))

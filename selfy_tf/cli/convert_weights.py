@@ -77,8 +77,12 @@ def run(args: argparse.Namespace) -> int:
         model.save_weights(temporary)
     logger.info("Wrote %s.", args.dst)
     if args.keras_out:
-        with atomic_path(args.keras_out, suffix=".keras") as temporary:
-            model.save(temporary)
+        from selfy_tf.run_dir import save_model
+        from tfrecords.eval_view import EvalView
+
+        # The official test view (frames at 240x320, centre crop) travels with
+        # the model, so `selfy eval model.keras` scores as the paper does.
+        save_model(model, args.keras_out, EvalView(args.num_frames, args.input_size, eval_size=(240, 320)))
         summary["keras_model"] = args.keras_out
         logger.info("Wrote %s.", args.keras_out)
 

@@ -2,8 +2,11 @@
 
     selfy eval RUN_DIR --data DATA_DIR --num-clips 2 --num-crops 3
 
-Writes `eval.json`, `confusion_matrix.json` and `confusion_matrix.png` into
-the run directory (or `--out`), and prints the summary as JSON on stdout.
+Frames go through the evaluation view stored with the model (the one its
+training validated with; see docs/evaluation.md), so a run directory and its
+`.keras` file score the same. Writes `eval.json`, `confusion_matrix.json` and
+`confusion_matrix.png` into the run directory (or `--out`), and prints the
+summary as JSON on stdout.
 """
 
 from __future__ import annotations

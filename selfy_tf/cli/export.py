@@ -36,20 +36,22 @@ def register_subparser(subparsers) -> None:
     parser.add_argument(
         "--labels",
         default=None,
-        help="class names, one per line (default: RUN/labels.txt; required for a .keras file)",
+        help="class names, one per line (default: the run's labels.txt, or one beside the "
+        ".keras file)",
     )
     parser.add_argument("--top-k", type=int, default=5, help="classes in the top_k_* outputs")
     parser.add_argument(
         "--resize-short",
         type=int,
         default=None,
-        help="short side JPEG frames are resized to before the centre crop "
-        "(default: input size × 240/224)",
+        help="short side frames are resized to before the centre crop (default: the "
+        "evaluation view stored with the model, else input size x 256/224)",
     )
     parser.add_argument(
         "--eval-size",
         default=None,
-        help="resize JPEG frames to HEIGHTxWIDTH before the centre crop instead, e.g. 240x320",
+        help="resize frames to HEIGHTxWIDTH before the centre crop instead, e.g. 240x320 "
+        "(default: the evaluation view stored with the model)",
     )
     parser.add_argument(
         "--dtype-policy",
@@ -67,7 +69,8 @@ def register_subparser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.export import export_saved_model, load_export_source
+    from selfy_tf.run_dir import load_model
+    from serving.export import export_saved_model
     from tfrecords.video import parse_size
 
     eval_size = parse_size(args.eval_size) if args.eval_size else None
@@ -76,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
             f"Pass --resize-short or --eval-size, not both. Received: --resize-short "
             f"{args.resize_short} --eval-size {args.eval_size}."
         )
-    model, labels = load_export_source(args.model_or_run, args.labels)
+    loaded = load_model(args.model_or_run, args.labels, require_labels=True)
+    model, labels = loaded.model, loaded.labels
+    view_settings = dict(loaded.view_settings or {})
+    if eval_size is not None or args.resize_short is not None:
+        view_settings = {"eval_size": eval_size, "scale_size": args.resize_short}
     if args.dtype_policy is not None:
         from selfy_tf.models import with_dtype_policy
 
@@ -88,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
         labels=labels,
         version=args.version,
         top_k=args.top_k,
-        resize_short=args.resize_short,
-        eval_size=eval_size,
+        scale_size=view_settings.get("scale_size"),
+        eval_size=view_settings.get("eval_size"),
         fold_batch_norms=args.fold_batch_norms,
     )
     config = result.signature_config
@@ -101,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
                 "num_frames": config.num_frames,
                 "input_size": config.input_size,
                 "top_k": config.top_k,
+                "eval_view": config.view.resize_settings(),
                 "num_classes": len(labels),
                 "dtype_policy": args.dtype_policy,
                 "fold_batch_norms": args.fold_batch_norms,

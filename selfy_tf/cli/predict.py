@@ -3,9 +3,11 @@
     selfy predict clip.mp4 --server http://127.0.0.1:8501
     selfy predict clip.mp4 --server grpc://127.0.0.1:8500 --name selfy
     selfy predict clip.mp4 --model exported/selfy
+    selfy predict frames_dir/ --model exported/selfy
 
-Frames are sampled at the segment centres as in evaluation and sent as
-JPEGs to the `serving_default` signature. Prints one line per top-k class
+VIDEO is a video file, a folder of frame images or a `.npy` clip. Its
+frames are sent as JPEGs to the `serving_default` signature, which samples,
+resizes and crops them with the model's evaluation view (as `selfy eval`). Prints one line per top-k class
 (`rank<TAB>score<TAB>label`), or a JSON object with `--json`.
 """
 
@@ -22,7 +24,12 @@ def register_subparser(subparsers) -> None:
         description="Classify one video with TF Serving / `selfy serve` or a local SavedModel.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("video", metavar="VIDEO", help="video file (any format PyAV reads)")
+    parser.add_argument(
+        "video",
+        metavar="VIDEO",
+        help="video file (any format PyAV reads), folder of frame images, or .npy array "
+        "[frames, height, width, 3]",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--server",
@@ -41,14 +48,17 @@ def register_subparser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from serving.client import make_client
+    from tfrecords.video import read_clip
 
     if args.server is not None and not args.server.startswith(("http://", "grpc://")):
         raise ValueError(
             f"`--server` must start with http:// or grpc://. Received: {args.server!r}."
         )
+    # Read here so that frame folders and .npy clips work as in `selfy viz`.
+    frames = read_clip(args.video)
     client = make_client(args.server or args.model, model=args.name)
     try:
-        prediction = client.predict_video(args.video)
+        prediction = client.predict_video(frames)
     finally:
         client.close()
     if args.json:

@@ -4,8 +4,9 @@
         --calibration-data data/ssv1 --report
 
 MODEL_OR_RUN is a training run directory (`RUN/checkpoints/best.keras` and
-`RUN/labels.txt`) or a `.keras` file (then `--labels` is required). Writes
-the flatbuffer and the class names beside it (`<out>.labels.txt`), checks
+`RUN/labels.txt`) or a `.keras` file (with `--labels` unless a labels.txt
+lies beside it). Writes the flatbuffer, the class names beside it
+(`<out>.labels.txt`) and its evaluation view (`<out>.view.json`), checks
 the converted model against the Keras one on a few random clips, and prints
 one JSON line with the summary to stdout (`--report` adds size, op list and
 per-op latency; see also `selfy tflite-inspect`).
@@ -66,7 +67,7 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         help="dtype of the `frames` input (values 0..255 either way)",
     )
     parser.add_argument(
-        "--labels", default=None, help="class names file (required for a .keras file)"
+        "--labels", default=None, help="class names file (default: the run's labels.txt, or one beside the .keras file)"
     )
     parser.add_argument(
         "--stss-backend",
@@ -95,7 +96,8 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving import export, signatures, tflite, tflite_calibration, tflite_inspect, tflite_runtime
+    from selfy_tf.run_dir import load_model
+    from serving import tflite, tflite_calibration, tflite_inspect, tflite_runtime
 
     tflite.check_quantize(args.quantize)
     if args.quantize == "int8" and args.calibration_data is None:
@@ -110,10 +112,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"`--check-clips` must be 0 or more. Received: --check-clips={args.check_clips}."
         )
-    model, labels = export.load_export_source(args.model_or_run, args.labels)
+    loaded = load_model(args.model_or_run, args.labels, require_labels=True)
+    model, labels, view = loaded.model, loaded.labels, loaded.eval_view()
     num_frames, height, width = tflite.clip_shape(model)
     num_classes = int(model.outputs[0].shape[-1])
-    signatures.check_labels(labels, num_classes, args.labels or "the run's labels.txt")
     representative = None
     if args.quantize == "int8":
         if height != width:
@@ -128,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
             num_clips=args.calibration_clips,
             input_dtype=args.input_dtype,
             split=args.calibration_split,
+            scale_size=view.scale_size,
+            eval_size=view.eval_size,
         )
     model_bytes = tflite.convert_model(
         model,
@@ -136,13 +140,14 @@ def run(args: argparse.Namespace) -> int:
         input_dtype=args.input_dtype,
         stss_backend=args.stss_backend,
     )
-    labels_path = tflite.write_model(model_bytes, args.out, labels)
+    labels_path = tflite.write_model(model_bytes, args.out, labels, view)
     summary = {
         "model": args.out,
         "labels": labels_path,
         "quantize": args.quantize,
         "input_dtype": args.input_dtype,
         "input_shape": [1, num_frames, height, width, 3],
+        "eval_view": view.resize_settings(),
         "num_classes": num_classes,
         "size_bytes": len(model_bytes),
         "flex_ops": [],
@@ -152,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         clips = np.random.default_rng(0).integers(
             0, 256, (args.check_clips, num_frames, height, width, 3), dtype=np.uint8
         )
-        parity = tflite_runtime.compare_with_keras(model, classifier, clips)
+        parity = tflite.compare_with_keras(model, classifier, clips)
         summary.update({f"check_{key}": value for key, value in parity.items()})
         logger.info(
             "TFLite vs Keras on %d random clips: max |logit diff| %.3g (%.3g of max "

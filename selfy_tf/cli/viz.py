@@ -65,19 +65,16 @@ def register_subparser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from selfy_tf.run_dir import load_model
     from selfy_tf.viz import explain
 
-    model, labels = explain.load_model_or_run(args.model)
-    if args.labels:
-        with open(args.labels, encoding="utf-8") as handle:
-            labels = [line.strip() for line in handle if line.strip()]
-    num_frames, input_size = explain.model_input_size(model)
-    frames = explain.load_clip(args.video, num_frames, input_size)
+    loaded = load_model(args.model, args.labels)
+    frames = explain.load_clip(args.video, loaded.eval_view())
     result = explain.visualize_clip(
-        model,
+        loaded.model,
         frames,
         args.out,
-        labels,
+        loaded.labels,
         query=args.query,
         temperature=args.temperature,
         top_k=args.top_k,

@@ -145,9 +145,9 @@ def training_overrides(settings: DemoSettings, model_name: str, seed: int) -> li
         # Flipping would turn left into right and clockwise into
         # counter-clockwise without changing the label.
         f"data.no_flip_classes={no_flip}",
-        # Frames are stored at the model's input size: no resize before
-        # the evaluation crop.
-        "data.eval_size=[]",
+        # Frames are stored at the model's input size: the evaluation view
+        # keeps them whole (no resize, the crop is the frame).
+        f"data.eval_size=[{settings.frame_size}, {settings.frame_size}]",
         f"optimizer.lr={settings.learning_rate}",
         f"optimizer.weight_decay={settings.weight_decay}",
         "schedule.name=cosine",
@@ -187,14 +187,13 @@ def train_and_evaluate(
     # The final model, not the checkpoint that scored best on this same
     # validation split: picking the best of several epochs would flatter a
     # model at chance.
-    from trainer.run_dir import RunPaths
+    from selfy_tf.run_dir import RunPaths
 
     report = trainer.evaluate(
         RunPaths(run_dir).last_checkpoint,
         data_dir,
         output_dir=run_dir,
         batch_size=settings.batch_size,
-        eval_size=None,
         verbose=_progress_enabled(verbose),
     )
     summary = {
@@ -215,11 +214,9 @@ def train_and_evaluate(
 
 
 def _count_params(run_dir: str) -> int:
-    from selfy_tf.viz.explain import load_model_or_run
-    from trainer.run_dir import RunPaths
+    from selfy_tf.run_dir import RunPaths, load_model
 
-    model, _ = load_model_or_run(RunPaths(run_dir).last_checkpoint)
-    return int(model.count_params())
+    return int(load_model(RunPaths(run_dir).last_checkpoint).model.count_params())
 
 
 def summarize_runs(runs: list[dict], settings: DemoSettings) -> dict:
@@ -268,28 +265,29 @@ def check_claims(models: dict, chance: float) -> dict:
 
 
 def export_and_predict(
-    run_dir: str, export_base: str, video_path: str, frame_size: int
+    run_dir: str, export_base: str, video_path: str
 ) -> dict:
     """Exports a run's final model for TF Serving and classifies one video through it."""
     from serving.client import LocalClient
-    from serving.export import export_saved_model, load_export_source
+    from serving.export import export_saved_model
 
-    from trainer.run_dir import RunPaths
+    from selfy_tf.run_dir import RunPaths, load_model
 
-    paths = RunPaths(run_dir)
-    model, labels = load_export_source(paths.last_checkpoint, labels_path=paths.labels)
+    loaded = load_model(RunPaths(run_dir).last_checkpoint, require_labels=True)
+    view = loaded.eval_view()
     model_dir = os.path.join(export_base, EXPORT_NAME)
     if os.path.isdir(model_dir):
         # The demo's own earlier export: replace it.
         shutil.rmtree(model_dir)
     started = time.perf_counter()
     exported = export_saved_model(
-        model,
+        loaded.model,
         export_base,
         name=EXPORT_NAME,
-        labels=labels,
+        labels=loaded.labels,
         version=1,
-        eval_size=(frame_size, frame_size),
+        scale_size=view.scale_size,
+        eval_size=view.eval_size,
         write_configs=False,
     )
     export_seconds = time.perf_counter() - started
@@ -368,7 +366,7 @@ def run_demo(out_dir: str, settings: DemoSettings, verbose: bool | str = "auto")
     selfy_name = next((name for name in settings.models if name.startswith("selfy")), settings.models[-1])
     selfy_run = models[selfy_name]["run_dirs"][0]
     prediction = export_and_predict(
-        selfy_run, os.path.join(out_dir, "export"), samples[0]["video"], settings.frame_size
+        selfy_run, os.path.join(out_dir, "export"), samples[0]["video"]
     )
     prediction["true_label"] = samples[0]["label"]
     logger.info(

@@ -142,9 +142,10 @@ def write_figures(
     figures["clips"] = []
     if selfy_name is None:
         return figures
-    from trainer.run_dir import RunPaths
+    from selfy_tf.run_dir import RunPaths, load_model
 
-    model, labels = explain.load_model_or_run(RunPaths(models[selfy_name]["run_dirs"][0]).last_checkpoint)
+    loaded = load_model(RunPaths(models[selfy_name]["run_dirs"][0]).last_checkpoint)
+    model, labels = loaded.model, loaded.labels
     for position, sample in enumerate(
         tqdm(samples, desc="visualising", unit="clip", disable=not progress, leave=False)
     ):

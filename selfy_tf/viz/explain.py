@@ -12,15 +12,15 @@ and writes
 
 Example:
 
->>> model, labels = load_model_or_run("runs/selfy")
->>> frames = load_clip("video.mp4", num_frames=8, input_size=64)
->>> visualize_clip(model, frames, "viz_out", labels)["top_k"][0]["label"]
+>>> from selfy_tf.run_dir import load_model
+>>> loaded = load_model("runs/selfy")
+>>> frames = load_clip("video.mp4", loaded.eval_view())
+>>> visualize_clip(loaded.model, frames, "viz_out", loaded.labels)["top_k"][0]["label"]
 'move_left'
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from typing import Sequence
@@ -33,144 +33,31 @@ from selfy_tf.viz import gradcam as gradcam_lib
 from selfy_tf.viz import motion_field as motion_field_lib
 from selfy_tf.viz import plots
 from selfy_tf.viz import stss_maps
+from tfrecords.eval_view import EvalView
 
 logger = logging.getLogger(__name__)
 
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-def load_model_or_run(path: str) -> tuple[keras.Model, list[str] | None]:
-    """Loads a `.keras` model file or the best checkpoint of a training run.
-
-    Args:
-        path: a `.keras` file, or a run directory holding
-            `checkpoints/best.keras` (or `checkpoints/last.keras`) and
-            `labels.txt`.
-
-    Returns:
-        `(model, labels)`; labels is None when no `labels.txt` is found next
-        to the model.
-
-    Raises:
-        FileNotFoundError: if no model file is found at `path`.
-    """
-    import selfy_tf.layers  # noqa: F401  (registers the custom layers)
-    import selfy_tf.models  # noqa: F401
-
-    try:
-        # Checkpoints written by the trainer may name its optimizer and schedules.
-        import trainer.optimizer  # noqa: F401
-        import trainer.schedules  # noqa: F401
-    except ImportError:  # pragma: no cover - trainer ships with the package
-        pass
-
-    path = os.fspath(path)
-    labels_candidates = []
-    if os.path.isdir(path):
-        model_file = None
-        for name in ("best.keras", "last.keras"):
-            candidate = os.path.join(path, "checkpoints", name)
-            if os.path.isfile(candidate):
-                model_file = candidate
-                break
-        if model_file is None:
-            found = sorted(glob.glob(os.path.join(path, "*.keras")))
-            model_file = found[0] if found else None
-        if model_file is None:
-            raise FileNotFoundError(
-                f"No model in {path!r}: expected a run directory with "
-                "checkpoints/best.keras or a .keras file."
-            )
-        labels_candidates.append(os.path.join(path, "labels.txt"))
-    elif os.path.isfile(path):
-        model_file = path
-        labels_candidates.append(os.path.join(os.path.dirname(os.path.abspath(path)), "labels.txt"))
-        labels_candidates.append(
-            os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "labels.txt")
-        )
-    else:
-        raise FileNotFoundError(
-            f"Model not found: {path!r}. Pass a .keras file or a training run directory."
-        )
-    model = keras.saving.load_model(model_file, compile=False)
-    labels = None
-    for candidate in labels_candidates:
-        if os.path.isfile(candidate):
-            with open(candidate, encoding="utf-8") as handle:
-                labels = [line.strip() for line in handle if line.strip()]
-            break
-    logger.info("Loaded %s from %s", model.name, model_file)
-    return model, labels
-
-
-def model_input_size(model: keras.Model) -> tuple[int, int]:
-    """`(num_frames, input_size)` from the model's `frames` input shape."""
-    shape = model.input.shape
-    if len(shape) != 5 or shape[1] is None or shape[2] is None:
-        raise ValueError(
-            "The model must take frames [batch, num_frames, height, width, 3] with a "
-            f"known number of frames and size. Received: input shape {tuple(shape)}."
-        )
-    return int(shape[1]), int(shape[2])
-
-
-def _read_frames(path: str) -> np.ndarray:
-    from tfrecords import video
-
-    if os.path.isdir(path):
-        frame_paths = sorted(
-            os.path.join(path, name)
-            for name in os.listdir(path)
-            if name.lower().endswith(_IMAGE_EXTENSIONS)
-        )
-        return video.read_frame_folder(path, frame_paths)
-    if path.endswith(".npy"):
-        frames = np.load(path)
-        if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(
-                f"{path}: a .npy clip must be [num_frames, height, width, 3]. "
-                f"Received: shape={frames.shape}."
-            )
-        return np.clip(frames, 0, 255).astype(np.uint8)
-    return video.read_video_frames(path)
-
-
-def load_clip(path: str, num_frames: int, input_size: int) -> np.ndarray:
+def load_clip(path: str, view: EvalView) -> np.ndarray:
     """Reads a clip and prepares it as the model's evaluation input.
 
-    Takes the centre frame of each of `num_frames` segments (TSN evaluation
-    sampling), resizes the short side to `input_size` and crops the centre.
+    The model's evaluation view (`tfrecords.eval_view`) picks the frames,
+    resizes and crops them, as `selfy eval` and the server do.
 
     Args:
         path: a video file, a folder of frame images, or a `.npy` array
             `[num_frames, height, width, 3]`.
-        num_frames: frames the model takes.
-        input_size: the model's frame side.
+        view: the model's evaluation view (`LoadedModel.eval_view()`).
 
     Returns:
-        uint8 `[num_frames, input_size, input_size, 3]`.
+        uint8 `[num_frames, crop_size, crop_size, 3]`.
 
     Raises:
         FileNotFoundError: if `path` does not exist.
         ValueError: if it cannot be decoded.
     """
-    import tensorflow as tf
+    from tfrecords import video
 
-    from tfrecords import sampling
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Video not found: {path!r}.")
-    frames = _read_frames(path)
-    indices = sampling.sample_eval_indices(len(frames), num_frames)[0]
-    frames = frames[indices]
-    height, width = frames.shape[1:3]
-    scale = input_size / min(height, width)
-    new_height, new_width = max(input_size, round(height * scale)), max(input_size, round(width * scale))
-    if (new_height, new_width) != (height, width):
-        frames = tf.image.resize(frames, (new_height, new_width), method="bilinear").numpy()
-    top, left = (new_height - input_size) // 2, (new_width - input_size) // 2
-    frames = frames[:, top : top + input_size, left : left + input_size]
-    return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+    return view.views_numpy(video.read_clip(path))[0]
 
 
 def _default_query(similarity: np.ndarray, field: motion_field_lib.MotionField) -> tuple[int, int, int]:

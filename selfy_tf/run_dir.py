@@ -1,0 +1,398 @@
+"""The run directory, `labels.txt`, and loading a trained model: one owner for each.
+
+`selfy train` writes a run directory that the other commands read:
+
+    RUN/config.yaml            the resolved ExperimentConfig
+    RUN/labels.txt             class names, line i = class i
+    RUN/checkpoints/best.keras best model so far (by `train.monitor`)
+    RUN/checkpoints/last.keras model after the last finished epoch
+    RUN/backup/                resumable state (weights, optimizer, progress)
+    RUN/logs/                  TensorBoard: loss, top-1/top-5, lr, clips/s
+    RUN/history.csv            one row per finished epoch
+    RUN/eval.json              written by `selfy eval`
+
+Every file is written atomically (`selfy_tf.files`), so a crash never leaves
+a half-written file behind. A `.keras` file saved by `save_model` also holds
+`selfy.json` in its archive: the model's evaluation view (how frames are
+resized before the crop, see `tfrecords.eval_view`), so a `.keras` file
+copied out of its run is still scored as the run scores it.
+
+`labels.txt` (datasets, runs, exports, LiteRT models) is read by
+`read_labels` and written by `write_labels` only.
+
+Nothing here imports TensorFlow or Keras at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import zipfile
+from typing import TYPE_CHECKING, Any, Sequence
+
+from selfy_tf.files import atomic_path, atomic_write_text
+from tfrecords import eval_view as eval_view_lib
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+logger = logging.getLogger(__name__)
+
+LABELS_FILE = "labels.txt"
+# Class names travel in every top-k reply; longer ones are refused.
+MAX_LABEL_LENGTH = 512
+# The member of a `.keras` archive holding the evaluation view.
+MODEL_INFO_MEMBER = "selfy.json"
+KERAS_EXTENSION = ".keras"
+_UTF8_BOM = "\ufeff"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    """Paths inside one run directory."""
+
+    root: str
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.root, "config.yaml")
+
+    @property
+    def labels(self) -> str:
+        return os.path.join(self.root, LABELS_FILE)
+
+    @property
+    def checkpoints(self) -> str:
+        return os.path.join(self.root, "checkpoints")
+
+    @property
+    def best_checkpoint(self) -> str:
+        return os.path.join(self.checkpoints, "best.keras")
+
+    @property
+    def last_checkpoint(self) -> str:
+        return os.path.join(self.checkpoints, "last.keras")
+
+    @property
+    def backup(self) -> str:
+        return os.path.join(self.root, "backup")
+
+    @property
+    def logs(self) -> str:
+        return os.path.join(self.root, "logs")
+
+    @property
+    def history(self) -> str:
+        return os.path.join(self.root, "history.csv")
+
+    @property
+    def eval_json(self) -> str:
+        return os.path.join(self.root, "eval.json")
+
+    def make_dirs(self) -> None:
+        for path in (self.root, self.checkpoints, self.backup, self.logs):
+            os.makedirs(path, exist_ok=True)
+
+
+# ---------------------------------------------------------------------------
+# labels.txt
+
+
+def check_labels(labels: Sequence[str], source: str = "`labels`") -> list[str]:
+    """Checks class names: non-empty single lines, unique, at most `MAX_LABEL_LENGTH` characters.
+
+    Args:
+        labels: the class names, class i first-to-last.
+        source: what to name in errors (a file, or an argument).
+
+    Returns:
+        The names as a list of `str`.
+
+    Raises:
+        ValueError: naming the first bad class and what is expected.
+    """
+    names = [str(label) for label in labels]
+    if not names:
+        raise ValueError(f"{source}: no class names. Expected one class name per line.")
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        where = f"{source} class {index} (line {index + 1})"
+        if not name.strip() or "\n" in name or "\r" in name:
+            raise ValueError(f"{where}: class names must be non-empty single lines. Received: {name!r}.")
+        if len(name) > MAX_LABEL_LENGTH:
+            raise ValueError(
+                f"{where}: a class name of {len(name)} characters (starting {name[:40]!r}); "
+                f"at most {MAX_LABEL_LENGTH} are allowed. Shorten it."
+            )
+        if name in seen:
+            raise ValueError(f"{where}: class {name!r} repeats line {seen[name] + 1}. Class names must be unique.")
+        seen[name] = index
+    return names
+
+
+def read_labels(path: str) -> list[str]:
+    """Reads a `labels.txt`: line i (from 0) is the name of class i.
+
+    A UTF-8 byte-order mark is dropped, each name is stripped of surrounding
+    spaces, and blank lines at the end are ignored.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: for a blank, repeated or over-long name, naming the file
+            and line.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"labels file not found: {path}")
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    if text.startswith(_UTF8_BOM):
+        text = text[len(_UTF8_BOM) :]
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return check_labels(lines, path)
+
+
+def labels_text(labels: Sequence[str]) -> str:
+    """The `labels.txt` content of checked class names."""
+    return "".join(f"{name}\n" for name in check_labels(labels))
+
+
+def write_labels(path: str, labels: Sequence[str]) -> str:
+    """Writes `labels.txt` atomically after `check_labels`; returns `path`."""
+    atomic_write_text(path, labels_text(labels))
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Finding and loading a trained model
+
+
+def is_saved_model(path: str) -> bool:
+    """True for a SavedModel directory (or a `BASE/<name>` folder of numbered versions)."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return True
+    return os.path.isdir(path) and any(
+        entry.isdigit() and os.path.isfile(os.path.join(path, entry, "saved_model.pb"))
+        for entry in os.listdir(path)
+    )
+
+
+def find_model_file(path: str) -> str:
+    """The `.keras` file behind a run directory or a `.keras` path.
+
+    A run directory gives `checkpoints/best.keras`, else
+    `checkpoints/last.keras`.
+
+    Raises:
+        FileNotFoundError: nothing there, naming what was expected.
+        ValueError: a SavedModel (served or predicted, not loaded as Keras).
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"No model at {path!r}. Pass a training run directory or a .keras file."
+        )
+    if is_saved_model(path):
+        raise ValueError(
+            f"{path!r} is an exported SavedModel, not a Keras model. Serve it (`selfy serve`) "
+            "or classify with it (`selfy predict --model`); evaluate the run directory or "
+            "its .keras file instead."
+        )
+    paths = RunPaths(path)
+    for candidate in (paths.best_checkpoint, paths.last_checkpoint):
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f"No checkpoint in run directory {path!r}: expected {paths.best_checkpoint} or "
+        f"{paths.last_checkpoint}."
+    )
+
+
+def find_run_dir(path: str) -> str | None:
+    """The run directory of a run path or of a `RUN/checkpoints/*.keras` file, if any."""
+    path = os.path.abspath(os.fspath(path))
+    candidates = [path] if os.path.isdir(path) else [os.path.dirname(os.path.dirname(path))]
+    for candidate in candidates:
+        if os.path.isdir(RunPaths(candidate).checkpoints) or os.path.isfile(RunPaths(candidate).config):
+            return candidate
+    return None
+
+
+def find_labels(path: str) -> str | None:
+    """The `labels.txt` of a run directory or model file: the run's, else one beside the file."""
+    run_dir = find_run_dir(path)
+    candidates = [RunPaths(run_dir).labels] if run_dir else []
+    if os.path.isfile(path):
+        candidates.append(os.path.join(os.path.dirname(os.path.abspath(path)), LABELS_FILE))
+    return next((candidate for candidate in candidates if os.path.isfile(candidate)), None)
+
+
+def read_model_info(model_path: str) -> dict[str, Any]:
+    """The `selfy.json` stored in a `.keras` archive (empty for other files).
+
+    Raises:
+        ValueError: if the member is not a JSON object, naming the file.
+    """
+    if not zipfile.is_zipfile(model_path):
+        return {}
+    with zipfile.ZipFile(model_path) as archive:
+        if MODEL_INFO_MEMBER not in archive.namelist():
+            return {}
+        text = archive.read(MODEL_INFO_MEMBER).decode("utf-8")
+    return parse_json_object(text, f"{model_path}: {MODEL_INFO_MEMBER}")
+
+
+def parse_json_object(text: str, source: str) -> dict[str, Any]:
+    """Parses a JSON object (a stored evaluation view or model info).
+
+    Raises:
+        ValueError: if `text` is not a JSON object, naming `source`.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source} is not valid JSON: {error}.") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{source} must hold a JSON object, e.g. {{\"scale_size\": 37}}.")
+    return value
+
+
+def _run_config_view(run_dir: str | None) -> dict[str, Any] | None:
+    """The evaluation view of a run's `config.yaml` (runs saved before views were stored)."""
+    if run_dir is None or not os.path.isfile(RunPaths(run_dir).config):
+        return None
+    import yaml
+
+    with open(RunPaths(run_dir).config, encoding="utf-8") as handle:
+        data = (yaml.safe_load(handle) or {}).get("data") or {}
+    if "eval_size" not in data:
+        return None
+    eval_size = list(data.get("eval_size") or [])
+    return {"eval_size": eval_size} if eval_size else {"scale_size": data.get("scale_size")}
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A trained Keras model with what belongs to it.
+
+    Attributes:
+        model: the `keras.Model`.
+        labels: class names (None when no `labels.txt` was found).
+        view_settings: the stored evaluation view (`EvalView.resize_settings()`),
+            None when unknown (the default rule then applies).
+        model_path: the `.keras` file loaded.
+        run_dir: its run directory, or None.
+    """
+
+    model: "keras.Model"
+    labels: list[str] | None
+    view_settings: dict[str, Any] | None
+    model_path: str
+    run_dir: str | None
+
+    def eval_view(self, num_clips: int = 1, num_crops: int = 1) -> eval_view_lib.EvalView:
+        """The model's evaluation view, with `num_clips` x `num_crops` views."""
+        return eval_view_lib.view_from_clip_shape(
+            self.model.inputs[0].shape, self.view_settings, num_clips=num_clips, num_crops=num_crops
+        )
+
+
+def _register_custom_objects() -> None:
+    import selfy_tf.layers  # noqa: F401  (registers the custom layers)
+    import selfy_tf.models  # noqa: F401
+
+    try:
+        # Checkpoints written by the trainer may name its optimizer and schedules.
+        import trainer.optimizer  # noqa: F401
+        import trainer.schedules  # noqa: F401
+    except ImportError:  # pragma: no cover - trainer ships with the package
+        pass
+
+
+def load_model(path: str, labels_path: str | None = None, require_labels: bool = False) -> LoadedModel:
+    """Loads a trained model from a run directory or a `.keras` file.
+
+    Args:
+        path: a run directory (its `checkpoints/best.keras`, else
+            `last.keras`) or a `.keras` file.
+        labels_path: a `labels.txt` overriding the one found with the model
+            (the run's, or one beside the file).
+        require_labels: raise when no labels are found.
+
+    Returns:
+        A `LoadedModel`.
+
+    Raises:
+        FileNotFoundError: no model, or no labels with `require_labels`.
+        ValueError: a SavedModel path, or bad labels.
+    """
+    import keras
+
+    model_path = find_model_file(path)
+    run_dir = find_run_dir(path)
+    labels_path = labels_path or find_labels(path)
+    if labels_path is None and require_labels:
+        raise FileNotFoundError(
+            f"No {LABELS_FILE} for {path!r}: expected one in its run directory or beside the "
+            "model file. Pass a labels file (one class name per line)."
+        )
+    labels = read_labels(labels_path) if labels_path else None
+    info = read_model_info(model_path)
+    view_settings = info.get("eval_view")
+    if view_settings is None:
+        view_settings = _run_config_view(run_dir)
+    _register_custom_objects()
+    model = keras.saving.load_model(model_path, compile=False)
+    if labels is not None and len(labels) != int(model.outputs[0].shape[-1]):
+        raise ValueError(
+            f"{labels_path} has {len(labels)} class names but the model {model_path} has "
+            f"{int(model.outputs[0].shape[-1])} classes. Give a labels file with one name per class."
+        )
+    logger.info("Loaded %s (%s)", model_path, f"{len(labels)} classes" if labels else "no labels")
+    return LoadedModel(model, labels, view_settings, model_path, run_dir)
+
+
+def save_model(model: "keras.Model", path: str, view: eval_view_lib.EvalView | None = None) -> str:
+    """Saves `model` as a `.keras` file atomically, with its evaluation view inside.
+
+    Args:
+        model: the Keras model.
+        path: the `.keras` file to write.
+        view: the evaluation view to store (`EvalView.resize_settings()`);
+            None stores none.
+
+    Returns:
+        `path`.
+    """
+    with atomic_path(path, suffix=KERAS_EXTENSION) as temporary:
+        model.save(temporary)
+        if view is not None:
+            with zipfile.ZipFile(temporary, "a") as archive:
+                archive.writestr(MODEL_INFO_MEMBER, json.dumps({"eval_view": view.resize_settings()}))
+    return path
+
+
+__all__ = [
+    "LABELS_FILE",
+    "LoadedModel",
+    "MAX_LABEL_LENGTH",
+    "RunPaths",
+    "check_labels",
+    "find_labels",
+    "find_model_file",
+    "find_run_dir",
+    "is_saved_model",
+    "labels_text",
+    "load_model",
+    "parse_json_object",
+    "read_labels",
+    "read_model_info",
+    "save_model",
+    "write_labels",
+]

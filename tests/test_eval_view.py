@@ -1,0 +1,232 @@
+"""The evaluation view: sampling, resize rule, crops; NumPy and TensorFlow forms agree."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from tfrecords.eval_view import EvalView, default_scale_size, resize_bilinear_numpy
+
+
+def _reference_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Plain-loop bilinear resize with half-pixel centres, rounded half up."""
+    in_height, in_width = frame.shape[:2]
+    out = np.zeros((height, width, frame.shape[2]), np.float64)
+    for row in range(height):
+        y = (row + 0.5) * in_height / height - 0.5
+        y0 = math.floor(y)
+        y_lerp = y - y0
+        top, bottom = min(max(y0, 0), in_height - 1), min(max(y0 + 1, 0), in_height - 1)
+        for column in range(width):
+            x = (column + 0.5) * in_width / width - 0.5
+            x0 = math.floor(x)
+            x_lerp = x - x0
+            left, right = min(max(x0, 0), in_width - 1), min(max(x0 + 1, 0), in_width - 1)
+            upper = frame[top, left] * (1 - x_lerp) + frame[top, right] * x_lerp
+            lower = frame[bottom, left] * (1 - x_lerp) + frame[bottom, right] * x_lerp
+            out[row, column] = upper * (1 - y_lerp) + lower * y_lerp
+    return np.floor(out + 0.5).astype(np.uint8)
+
+
+def _clip(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
+
+
+class TestEvalViewBasic:
+    def test_default_scale_size_is_the_256_224_ratio(self):
+        assert default_scale_size(224) == 256
+        assert EvalView(4, 32).scale_size == round(32 * 256 / 224) == 37
+
+    def test_resize_target_keeps_the_aspect_ratio_rounding_half_up(self):
+        view = EvalView(4, 32)
+        assert view.resize_target(64, 80) == (37, 46)  # 80 * 37 / 64 = 46.25
+        assert view.resize_target(80, 64) == (46, 37)
+        assert EvalView(4, 4, scale_size=5).resize_target(4, 6) == (5, 8)  # 7.5 -> 8
+        assert EvalView(4, 32, eval_size=(240, 320)).resize_target(64, 80) == (240, 320)
+
+    def test_resize_settings_round_trip(self):
+        for view in (EvalView(4, 32), EvalView(4, 32, scale_size=40), EvalView(4, 32, eval_size=(36, 48))):
+            again = EvalView.from_settings(view.resize_settings(), 4, 32)
+            assert again == view
+
+    @pytest.mark.parametrize(
+        "kwargs, message",
+        [
+            (dict(scale_size=40, eval_size=(40, 50)), "Give `scale_size` or `eval_size`, not both"),
+            (dict(scale_size=20), "`scale_size` must be >= crop_size=32"),
+            (dict(eval_size=(30, 50)), r"`eval_size` must be \(height, width\), both >= crop_size=32"),
+            (dict(num_crops=2), "`num_crops` must be 1 or 3. Received: num_crops=2"),
+            (dict(num_clips=0), "`num_clips` must be at least 1"),
+        ],
+    )
+    def test_bad_settings(self, kwargs, message):
+        with pytest.raises(ValueError, match=message):
+            EvalView(4, 32, **kwargs)
+
+    def test_unknown_stored_setting(self):
+        with pytest.raises(ValueError, match=r"Unknown evaluation view settings \['size'\]"):
+            EvalView.from_settings({"size": 3}, 4, 32)
+
+    def test_numpy_form_rejects_a_non_clip(self):
+        with pytest.raises(ValueError, match=r"Received: shape \(8, 8, 3\)"):
+            EvalView(4, 4).views_numpy(np.zeros((8, 8, 3), np.uint8))
+
+
+class TestEvalViewCorrectness:
+    def test_numpy_resize_matches_a_plain_loop(self):
+        frames = _clip(2, 7, 9)
+        for height, width in ((5, 6), (11, 13), (7, 4)):
+            expected = np.stack([_reference_resize(frame, height, width) for frame in frames])
+            got = resize_bilinear_numpy(frames, height, width)
+            # float32 against float64 arithmetic: a value at .5 may round either way.
+            assert np.abs(got.astype(int) - expected).max() <= 1
+            assert np.mean(got == expected) > 0.95
+
+    def test_frames_at_the_target_size_are_only_sampled_and_cropped(self):
+        frames = _clip(10, 48, 64)
+        views = EvalView(3, 32, eval_size=(48, 64), num_crops=3).views_numpy(frames)
+        indices = [int(10 / 3 * (segment + 0.5)) for segment in range(3)]
+        for crop, left in enumerate((0, 16, 32)):
+            np.testing.assert_array_equal(views[crop], frames[indices, 8:40, left : left + 32])
+
+    def test_portrait_crops_run_along_the_height(self):
+        frames = _clip(4, 64, 48)
+        views = EvalView(4, 32, eval_size=(64, 48), num_crops=3).views_numpy(frames)
+        for crop, top in enumerate((0, 16, 32)):
+            np.testing.assert_array_equal(views[crop], frames[:, top : top + 32, 8:40])
+
+    def test_multi_view_layout_is_clip_major(self):
+        frames = _clip(12, 48, 64)
+        views = EvalView(2, 32, eval_size=(48, 64), num_clips=2, num_crops=3).views_numpy(frames)
+        assert views.shape == (6, 2, 32, 32, 3)
+        for clip in range(2):
+            indices = [int(12 / 2 * (segment + (clip + 0.5) / 2)) for segment in range(2)]
+            for crop, left in enumerate((0, 16, 32)):
+                np.testing.assert_array_equal(
+                    views[clip * 3 + crop], frames[indices, 8:40, left : left + 32]
+                )
+
+    def test_short_side_resize_then_centre_crop(self):
+        frames = _clip(4, 20, 30)
+        view = EvalView(4, 16, scale_size=18)
+        resized = np.stack([_reference_resize(frame, 18, 27) for frame in frames])
+        expected = resized[:, 1:17, 5:21]
+        assert np.abs(view.views_numpy(frames)[0].astype(int) - expected).max() <= 1
+
+    @pytest.mark.parametrize("shape", [(20, 64, 80), (7, 80, 64), (3, 37, 50), (5, 48, 60)])
+    @pytest.mark.parametrize(
+        "kwargs",
+        [dict(), dict(num_clips=2, num_crops=3), dict(eval_size=(48, 60)), dict(scale_size=40, num_crops=3)],
+    )
+    def test_tensorflow_form_equals_numpy_form(self, shape, kwargs):
+        frames = _clip(*shape, seed=sum(shape))
+        view = EvalView(4, 32, **kwargs)
+        expected = view.views_numpy(frames)
+        np.testing.assert_array_equal(view.views_tf(frames).numpy(), expected)
+        # A batch axis in front, as the serving signatures use it.
+        np.testing.assert_array_equal(view.views_tf(frames[None]).numpy()[0], expected)
+
+
+# ---------------------------------------------------------------------------
+# One trained tiny model, one user-size dataset (64x80 frames, not 240x320):
+# every path that scores it uses the same view.
+
+NUM_CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    import types
+
+    from trainer import apply_overrides, get_preset, train
+    from trainer.synthetic import write_color_dataset
+
+    root = tmp_path_factory.mktemp("one_view")
+    data_dir = write_color_dataset(
+        str(root / "data"), num_classes=NUM_CLASSES, num_train=16, num_validation=12,
+        num_frames=7, height=64, width=80,
+    )
+    config = apply_overrides(get_preset("tiny_cpu"), ["train.epochs=2", "train.backup_every_steps=100"])
+    run_dir = str(root / "run")
+    train(config, data_dir, run_dir, verbose=0)
+    return types.SimpleNamespace(root=root, data_dir=data_dir, run_dir=run_dir)
+
+
+def _decoded_validation_clips(data_dir: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every validation clip, all frames decoded at their stored 64x80 size."""
+    import tensorflow as tf
+
+    from tfrecords import Decoder, open_split
+    from tfrecords.decoder import ENCODED_FRAMES, LABEL
+
+    decoder = Decoder()
+    clips, labels = [], []
+    for record in tf.data.TFRecordDataset(open_split(data_dir, "validation").files):
+        decoded = decoder.decode(record)
+        frames = [tf.io.decode_jpeg(encoded).numpy() for encoded in decoded[ENCODED_FRAMES]]
+        clips.append(np.stack(frames))
+        labels.append(int(decoded[LABEL]))
+    return clips, np.asarray(labels)
+
+
+def _confusion(predictions: np.ndarray, labels: np.ndarray) -> list[list[int]]:
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    return confusion.tolist()
+
+
+class TestOneViewEverywhere:
+    def test_eval_export_and_litert_score_the_same_view(self, trained_run, capsys):
+        import tensorflow as tf
+
+        from selfy_tf.cli.main import main
+        from serving.tflite_runtime import TFLiteClassifier
+
+        run_dir, data_dir = trained_run.run_dir, trained_run.data_dir
+        best = os.path.join(run_dir, "checkpoints", "best.keras")
+        # `selfy eval RUN` and `selfy eval best.keras` (outside its run: a copy).
+        copy_dir = trained_run.root / "copied"
+        copy_dir.mkdir()
+        shutil.copy(best, copy_dir / "model.keras")
+        reports = []
+        for model in (run_dir, str(copy_dir / "model.keras")):
+            assert main(["eval", model, "--data", data_dir]) == 0
+            summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            with open(summary["files"]["eval_json"]) as handle:
+                reports.append(json.load(handle))
+        assert reports[0]["eval_view"] == reports[1]["eval_view"] == {"scale_size": 37}
+        # The SavedModel (exported by `selfy export RUN`) and LiteRT (`selfy tflite RUN`).
+        base = str(trained_run.root / "exported")
+        assert main(["export", run_dir, "--out", base]) == 0
+        export_summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        tflite_path = str(trained_run.root / "model.tflite")
+        assert main(["tflite", run_dir, "--out", tflite_path, "--check-clips", "0"]) == 0
+        capsys.readouterr()
+        saved_model = tf.saved_model.load(export_summary["path"])
+        classifier = TFLiteClassifier(tflite_path)
+        clips, labels = _decoded_validation_clips(data_dir)
+        served = np.concatenate(
+            [
+                saved_model.signatures["predict_frames"](frames=tf.constant(clip[None]))["probabilities"].numpy()
+                for clip in clips
+            ]
+        )
+        litert = np.concatenate([classifier.predict_video(clip)["probabilities"] for clip in clips])
+        np.testing.assert_allclose(litert, served, atol=1e-4)
+        for report in reports:
+            assert report["confusion_matrix"] == _confusion(served.argmax(-1), labels)
+            assert report["confusion_matrix"] == _confusion(litert.argmax(-1), labels)
+            assert report["top1"] == pytest.approx(np.mean(served.argmax(-1) == labels))
+
+    def test_multi_view_is_not_far_below_single_view(self, trained_run):
+        from trainer import evaluate
+
+        single = evaluate(trained_run.run_dir, trained_run.data_dir, output_dir=None)
+        multi = evaluate(trained_run.run_dir, trained_run.data_dir, num_clips=2, num_crops=3, output_dir=None)
+        assert single["top1"] > 1 / NUM_CLASSES
+        assert multi["top1"] >= single["top1"] - 0.1
