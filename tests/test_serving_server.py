@@ -63,7 +63,7 @@ def _wait_for(predicate, timeout_s: float, what: str):
 
 @pytest.fixture(scope="module")
 def our_server(exported_model):
-    from serving.server import ModelServer
+    from serving.server import ModelServer, RequestLimits
 
     server = ModelServer(
         exported_model.base,
@@ -72,7 +72,7 @@ def our_server(exported_model):
         grpc_port=0,
         batching=BatchingOptions(max_batch_size=8, batch_timeout_s=0.005),
         version_labels={"stable": 1},
-        max_request_bytes=16 << 20,
+        limits=RequestLimits(max_request_bytes=16 << 20),
     )
     server.start()
     yield server
@@ -302,7 +302,8 @@ class TestRestProtocol:
         response = connection.getresponse()
         answer = json.loads(response.read())
         connection.close()
-        assert response.status == 400 and "exceeds the limit of 16777216 bytes" in answer["error"]
+        assert response.status == 413 and "exceeds the limit of 16777216 bytes" in answer["error"]
+        assert "--max-request-mb" in answer["error"]
         status, answer = _rest(url, "POST", "/v1/models/selfy:predict", b'{"inputs": [[{"b64": "%%"}]]}')
         assert status == 400 and "base64" in answer["error"]
         assert _rest(url, "GET", "/v1/models/selfy")[0] == 200
