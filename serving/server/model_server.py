@@ -79,6 +79,7 @@ class ModelServer:
         self.batcher = DynamicBatcher(batching) if batching is not None else None
         self.predictor = Predictor(self.store, self.batcher, limits)
         self.poll_interval_s = float(poll_interval_s)
+        self._stopped = threading.Event()
         self.rest = self.grpc = None
         try:
             if rest_port is not None:
@@ -88,7 +89,6 @@ class ModelServer:
         except BaseException:
             self.stop()
             raise
-        self._stopped = threading.Event()
 
     @property
     def rest_url(self) -> str | None:

@@ -172,7 +172,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         deadline = time.monotonic() + self.timeout
         chunks, received = [], 0
         while received < length:
-            if time.monotonic() > deadline:
+            chunk = None
+            if time.monotonic() <= deadline:
+                try:
+                    chunk = self.rfile.read1(min(length - received, 1 << 20))
+                except TimeoutError:
+                    pass
+            if chunk is None:
                 self.close_connection = True
                 raise ServingError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -180,7 +186,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     f"({received} of {length} bytes; `selfy serve --rest-timeout`).",
                     http_status=408,
                 )
-            chunk = self.rfile.read1(min(length - received, 1 << 20))
             if not chunk:
                 self.close_connection = True
                 raise invalid_argument(
