@@ -84,7 +84,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fault-clients", default="1,4,16,64", help="client counts (--faults)")
     parser.add_argument("--bad-fractions", default="0,0.1,0.25",
                         help="fractions of bad requests (--faults)")
-    parser.add_argument("--fault-seconds", type=float, default=2.0,
+    parser.add_argument("--fault-seconds", type=float, default=3.0,
                         help="timed seconds per case (--faults)")
     return parser.parse_args(argv)
 

@@ -193,6 +193,45 @@ class TestRequestCaps:
         client.close()
 
 
+class TestFrameHeaders:
+    @pytest.mark.parametrize("image_format", ["JPEG", "JPEG-progressive", "PNG"])
+    def test_size_from_header_matches_the_decoded_image(self, image_format):
+        import io
+
+        from PIL import Image
+
+        from serving.server.image_header import ImageHeaderError, image_size
+
+        for height, width in ((1, 5000), (37, 53), (300, 20)):
+            buffer = io.BytesIO()
+            pixels = np.random.default_rng(height).integers(0, 256, (height, width, 3), np.uint8)
+            if image_format == "JPEG-progressive":
+                Image.fromarray(pixels).save(buffer, format="JPEG", progressive=True)
+            else:
+                Image.fromarray(pixels).save(buffer, format=image_format)
+            data = buffer.getvalue()
+            assert image_size(data) == Image.open(io.BytesIO(data)).size[::-1]
+            with pytest.raises(ImageHeaderError, match="truncated"):
+                image_size(data[: len(data) * 2 // 3])
+
+    def test_open_frame_axis_is_capped(self):
+        import tensorflow as tf
+
+        from serving.errors import ServingError
+        from serving.model_store import SignatureInfo
+        from serving.server.predictor import RequestLimits, check_inputs
+
+        # The frame axis as a variable-length signature declares it.
+        signature = SignatureInfo("predict_frames", {"frames": tf.TensorSpec([None, None, 8, 8, 3], tf.uint8)}, None)
+        limits = RequestLimits(max_clip_frames=6)
+        checked = check_inputs(signature, {"frames": np.zeros((2, 6, 8, 8, 3), np.uint8)}, limits)
+        assert checked["frames"].shape == (2, 6, 8, 8, 3)
+        with pytest.raises(ServingError, match="at most 6 frames per clip .*--max-clip-frames"):
+            check_inputs(signature, {"frames": np.zeros((1, 7, 8, 8, 3), np.uint8)}, limits)
+        with pytest.raises(ServingError, match=r"expects \(-1, -1, 8, 8, 3\)"):
+            check_inputs(signature, {"frames": np.zeros((1, 7, 9, 8, 3), np.uint8)}, limits)
+
+
 class TestBadRequestsInBatches:
     def test_bad_frames_fail_alone_before_joining_a_batch(self, exported_model):
         good = _jpeg_frames(1)

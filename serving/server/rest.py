@@ -211,6 +211,8 @@ class _Server(http.server.HTTPServer):
         self.num_threads = int(num_threads)
         self._slots = threading.BoundedSemaphore(self.num_threads)
         self._pool = concurrent.futures.ThreadPoolExecutor(self.num_threads, thread_name_prefix="rest")
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
         self._refusal_slots = threading.BoundedSemaphore(self._NUM_REFUSAL_THREADS)
         self._refusals = concurrent.futures.ThreadPoolExecutor(
             self._NUM_REFUSAL_THREADS, thread_name_prefix="rest-busy"
@@ -226,11 +228,15 @@ class _Server(http.server.HTTPServer):
             self.shutdown_request(request)
 
     def _serve(self, request, client_address) -> None:
+        with self._open_lock:
+            self._open.add(request)
         try:
             self.finish_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
         finally:
+            with self._open_lock:
+                self._open.discard(request)
             self.shutdown_request(request)
             self._slots.release()
 
@@ -263,6 +269,15 @@ class _Server(http.server.HTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        # Wake threads waiting on kept-alive connections: the pool's threads
+        # are joined at interpreter exit, which would otherwise wait for
+        # each connection's timeout.
+        with self._open_lock:
+            for connection in self._open:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._refusals.shutdown(wait=False, cancel_futures=True)
 
