@@ -316,6 +316,27 @@ class TestRestConnections:
         assert "Traceback" not in capfd.readouterr().err
 
 
+    def test_connection_burst_gets_answers_not_resets(self, exported_model):
+        with _model_server(exported_model.base, rest_threads=2, rest_timeout_s=5.0) as server:
+
+            def status_code(_):
+                connection = http.client.HTTPConnection("127.0.0.1", server.rest.port, timeout=20)
+                try:
+                    connection.request("GET", "/v1/models/selfy")
+                    response = connection.getresponse()
+                    response.read()
+                    return response.status
+                except OSError as error:
+                    return repr(error)
+                finally:
+                    connection.close()
+
+            with concurrent.futures.ThreadPoolExecutor(100) as pool:
+                codes = list(pool.map(status_code, range(200)))
+        assert set(codes) <= {200, 503}, [code for code in codes if code not in (200, 503)][:3]
+        assert 200 in codes
+
+
 class TestErrorReplies:
     def test_bad_frames_name_the_instance_and_frame(self, our_server):
         good = _jpeg_frames(2)

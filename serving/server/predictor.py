@@ -1,8 +1,11 @@
 """Protocol-independent request handling: find the version, check inputs, run.
 
-Both front ends (REST and gRPC) turn a request into numpy inputs and call
-`Predictor.predict`; every way a request can be wrong ends here as a
-`ServingError` with an INVALID_ARGUMENT or NOT_FOUND code, never as a crash.
+Both front ends (REST and gRPC) find the version and signature with
+`Predictor.resolve`, turn the request into numpy inputs (gRPC checks each
+tensor's declared shape against the signature and the `RequestLimits` first,
+with `check_declared_shape`) and call `Predictor.run`; every way a request
+can be wrong ends here as a `ServingError` with an INVALID_ARGUMENT or
+NOT_FOUND code, never as a crash.
 """
 
 from __future__ import annotations
@@ -239,27 +242,6 @@ class Predictor:
         self.check_model_name(name)
         return self.store.get(version=version, label=label)
 
-    def predict(
-        self,
-        name: str,
-        inputs: Mapping[str, np.ndarray],
-        *,
-        signature_name: str | None = None,
-        version: int | None = None,
-        label: str | None = None,
-    ) -> tuple[LoadedVersion, str, dict[str, np.ndarray]]:
-        """Runs a prediction.
-
-        Returns:
-            `(version served, signature name used, outputs)`.
-
-        Raises:
-            ServingError: NOT_FOUND for an unknown model/version;
-                INVALID_ARGUMENT for an unknown signature or bad inputs.
-        """
-        loaded, signature = self.resolve(name, signature_name, version, label)
-        return loaded, signature.name, self.run(loaded, signature, inputs)
-
     def resolve(
         self,
         name: str,
@@ -270,7 +252,8 @@ class Predictor:
         """The version and signature a request names (to check inputs against).
 
         Raises:
-            ServingError: NOT_FOUND / INVALID_ARGUMENT as `predict`.
+            ServingError: NOT_FOUND for an unknown model or version;
+                INVALID_ARGUMENT for an unknown signature.
         """
         loaded = self.version(name, version, label)
         return loaded, loaded.signature(signature_name)

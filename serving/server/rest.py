@@ -202,9 +202,11 @@ class _Server(http.server.HTTPServer):
     # Bursts of connections wait here (the kernel caps it at somaxconn)
     # until the accept loop answers them, with a reply or a 503.
     request_queue_size = 1024
-    # Refusals are written by their own few threads: a client that does not
-    # read its 503 must not stall the accept loop.
+    # Refusals are written by their own few threads, so a client that does
+    # not read its 503 cannot stall the accept loop; a burst of connections
+    # waits in their queue (bounded, beyond it connections are closed).
     _NUM_REFUSAL_THREADS = 4
+    _MAX_QUEUED_REFUSALS = 1024
     _REFUSAL_TIMEOUT_S = 2.0
 
     def __init__(self, address, handler, num_threads: int):
@@ -213,7 +215,7 @@ class _Server(http.server.HTTPServer):
         self._pool = concurrent.futures.ThreadPoolExecutor(self.num_threads, thread_name_prefix="rest")
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
-        self._refusal_slots = threading.BoundedSemaphore(self._NUM_REFUSAL_THREADS)
+        self._refusal_slots = threading.BoundedSemaphore(self._MAX_QUEUED_REFUSALS)
         self._refusals = concurrent.futures.ThreadPoolExecutor(
             self._NUM_REFUSAL_THREADS, thread_name_prefix="rest-busy"
         )
