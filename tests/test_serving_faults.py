@@ -352,6 +352,17 @@ class TestErrorReplies:
             assert f"instance 1, frame 1 cannot be decoded: {reason}" in raised.value.message
         client.close()
 
+    def test_graph_errors_keep_the_op_message(self, exported_model):
+        from serving.errors import ServingError
+        from serving.model_store import LoadedVersion
+
+        # Called directly, without the server's header checks: the decoder's
+        # own message must survive, not only "Graph execution error:".
+        loaded = LoadedVersion(os.path.join(exported_model.base, "selfy", "1"), 1)
+        with pytest.raises(ServingError) as raised:
+            loaded.run(None, {"frames_jpeg": np.array([[b"corrupt"] * 4], dtype=object)})
+        assert raised.value.message.startswith("Unknown image file format"), raised.value.message
+
     def test_deep_json_unknown_dtype_and_methods(self, our_server):
         from tensorflow.core.framework import types_pb2
 

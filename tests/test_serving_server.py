@@ -526,6 +526,17 @@ class TestCommands:
         with pytest.raises(ConnectionRefusedError):
             main(["--debug", "predict", video, "--server", f"http://127.0.0.1:{closed_port}"])
 
+    def test_serve_cap_defaults_are_the_library_defaults(self):
+        from selfy_tf.cli.main import build_parser
+        from serving.server import RequestLimits
+
+        args = build_parser().parse_args(["serve", "BASE"])
+        limits = RequestLimits()
+        assert (args.max_batch_clips, args.max_clip_frames, args.max_frame_size) == (
+            limits.max_batch_clips, limits.max_clip_frames, limits.max_frame_size
+        )
+        assert int(args.max_request_mb * (1 << 20)) == limits.max_request_bytes
+
     def test_serve_starts_and_stops(self, exported_model, monkeypatch, capsys):
         from selfy_tf.cli import serve
         from selfy_tf.cli.main import main

@@ -2,8 +2,10 @@
 `ModelService.GetModelStatus`, from the tensorflow-serving-api protos.
 
 Python gRPC servers accept 4 MB messages by default; this one accepts
-`max_request_bytes` (answered with INVALID_ARGUMENT above it, with headroom
-before gRPC itself refuses with RESOURCE_EXHAUSTED). Classify, Regress and
+`RequestLimits.max_request_bytes` (answered with INVALID_ARGUMENT above it,
+with headroom before gRPC itself refuses with RESOURCE_EXHAUSTED). Each
+request tensor's dtype, declared shape and payload size are checked before
+it is built. The port is bound exclusively. Classify, Regress and
 MultiInference answer UNIMPLEMENTED: the exported model has predict
 signatures only.
 """
@@ -29,7 +31,7 @@ from tensorflow_serving.apis import (
 
 from serving.errors import PortInUseError, ServingError, invalid_argument
 from serving.server import status
-from serving.server.predictor import Predictor, check_declared_shape
+from serving.server.predictor import Predictor, RequestLimits, check_declared_shape
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ def _dtype_name(dtype_enum: int) -> str:
         return "an unknown dtype"
 
 
-def tensor_from_proto(name: str, proto, spec: tf.TensorSpec, predictor: Predictor):
+def tensor_from_proto(name: str, proto, spec: tf.TensorSpec, limits: RequestLimits):
     """A request `TensorProto` as a numpy array, checked before it is built.
 
     The dtype, the declared shape (against the signature and the caps) and
@@ -83,7 +85,7 @@ def tensor_from_proto(name: str, proto, spec: tf.TensorSpec, predictor: Predicto
     if proto.tensor_shape.unknown_rank:
         raise invalid_argument(f"Input `{name}` has no shape (unknown rank).")
     shape = [dim.size for dim in proto.tensor_shape.dim]
-    check_declared_shape(name, spec, shape, predictor.limits)
+    check_declared_shape(name, spec, shape, limits)
     num_elements = math.prod(shape)
     field, per_element = _VALUE_FIELDS[proto.dtype]
     if proto.tensor_content:
@@ -149,9 +151,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 if spec is None:  # check_inputs names every unknown input
                     inputs[name] = None
                     continue
-                inputs[name] = tensor_from_proto(name, proto, spec, self.predictor)
+                inputs[name] = tensor_from_proto(name, proto, spec, self.predictor.limits)
             outputs = self.predictor.run(loaded, signature, inputs)
-            signature_name = signature.name
             output_filter = list(request.output_filter)
             unknown = sorted(set(output_filter) - set(outputs))
             if unknown:
@@ -162,7 +163,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response = predict_pb2.PredictResponse()
             response.model_spec.name = request.model_spec.name
             response.model_spec.version.value = loaded.version
-            response.model_spec.signature_name = signature_name
+            response.model_spec.signature_name = signature.name
             for name in output_filter or outputs:
                 response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name]))
             return response
