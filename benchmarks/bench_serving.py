@@ -235,48 +235,42 @@ def _run_faults(args, workdir: str, good: dict[str, np.ndarray], results: dict) 
     fractions = [float(fraction) for fraction in args.bad_fractions.split(",")]
     protocols = [protocol for protocol in args.protocols.split(",") if protocol]
     results.update({"faults_seconds_per_case": args.fault_seconds, "faults_bad_fractions": fractions})
-    for batching in (False, True):
-        tag = "on" if batching else "off"
-        try:
-            process, rest_url, grpc_target = _start_server(workdir, batching)
-        except Exception as error:
-            results[f"faults_server_batching_{tag}_error"] = repr(error)
-            continue
+    for tag, process, rest_url, grpc_target in _each_server(workdir, results, "faults_"):
         factories = {"grpc": lambda: GrpcClient(grpc_target), "rest": lambda: RestClient(rest_url)}
+        # Untimed, at the most clients: the allocator reaches the size of
+        # the largest merged batches, so the RSS after it is the level the
+        # server should hold, not a growth to explain.
         try:
-            # Untimed, at the most clients: the allocator reaches the size of
-            # the largest merged batches, so the RSS after it is the level the
-            # server should hold, not a growth to explain.
             for protocol in protocols:
                 _measure_faults(factories[protocol], good, bads, max(fractions), max(clients),
                                 args.fault_seconds / 2, args.warmup)
-            warm_rss = _rss_mb(process.pid)
-            for protocol in protocols:
-                for num_clients in clients:
-                    clean = None
-                    for fraction in fractions:
-                        name = (f"faults_{protocol}_batching_{tag}_c{num_clients}"
-                                f"_bad{int(round(fraction * 100))}")
-                        try:
-                            measured = _measure_faults(factories[protocol], good, bads, fraction,
-                                                       num_clients, args.fault_seconds, args.warmup)
-                        except Exception as error:  # record and go on
-                            results[f"{name}_error"] = repr(error)
-                            logger.warning("%s failed: %s", name, error)
-                            continue
-                        if fraction == 0:
-                            clean = measured["good_rps"]
-                        elif clean:
-                            measured["good_ratio"] = round(measured["good_rps"] / clean, 3)
-                        results.update({f"{name}_{key}": value for key, value in measured.items()})
-                        logger.info("%s: %s", name, measured)
-            end_rss = _rss_mb(process.pid)
-            results[f"faults_batching_{tag}_rss_warm_mb"] = warm_rss
-            results[f"faults_batching_{tag}_rss_end_mb"] = end_rss
-            results[f"faults_batching_{tag}_rss_ratio"] = round(end_rss / warm_rss, 3)
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
+        except Exception as error:  # record and go on with the next server
+            results[f"faults_batching_{tag}_warmup_error"] = repr(error)
+            continue
+        warm_rss = _rss_mb(process.pid)
+        for protocol in protocols:
+            for num_clients in clients:
+                clean = None
+                for fraction in fractions:
+                    name = (f"faults_{protocol}_batching_{tag}_c{num_clients}"
+                            f"_bad{int(round(fraction * 100))}")
+                    try:
+                        measured = _measure_faults(factories[protocol], good, bads, fraction,
+                                                   num_clients, args.fault_seconds, args.warmup)
+                    except Exception as error:  # record and go on
+                        results[f"{name}_error"] = repr(error)
+                        logger.warning("%s failed: %s", name, error)
+                        continue
+                    if fraction == 0:
+                        clean = measured["good_rps"]
+                    elif clean:
+                        measured["good_ratio"] = round(measured["good_rps"] / clean, 3)
+                    results.update({f"{name}_{key}": value for key, value in measured.items()})
+                    logger.info("%s: %s", name, measured)
+        end_rss = _rss_mb(process.pid)
+        results[f"faults_batching_{tag}_rss_warm_mb"] = warm_rss
+        results[f"faults_batching_{tag}_rss_end_mb"] = end_rss
+        results[f"faults_batching_{tag}_rss_ratio"] = round(end_rss / warm_rss, 3)
     for fraction in fractions:
         tag = f"_bad{int(round(fraction * 100))}_good_ratio"
         ratios = [value for key, value in results.items() if key.endswith(tag)]
@@ -288,6 +282,23 @@ def _run_faults(args, workdir: str, good: dict[str, np.ndarray], results: dict) 
     results["faults_good_errors_total"] = sum(
         value for key, value in results.items() if key.endswith("_good_errors")
     )
+
+
+def _each_server(workdir: str, results: dict, prefix: str = ""):
+    """Yields `(tag, process, rest_url, grpc_target)` for a `selfy serve` with
+    batching off, then on; stops each when the caller moves on."""
+    for batching in (False, True):
+        tag = "on" if batching else "off"
+        try:
+            process, rest_url, grpc_target = _start_server(workdir, batching)
+        except Exception as error:  # record and go on
+            results[f"{prefix}server_batching_{tag}_error"] = repr(error)
+            continue
+        try:
+            yield tag, process, rest_url, grpc_target
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
 
 
 def _start_server(base: str, batching: bool) -> tuple[subprocess.Popen, str, str]:
@@ -372,34 +383,24 @@ def main(argv=None) -> int:
         "grpc": lambda target, url: (lambda: GrpcClient(target)),
         "rest": lambda target, url: (lambda: RestClient(url)),
     }
-    for batching in (False, True):
-        tag = "on" if batching else "off"
-        try:
-            process, rest_url, grpc_target = _start_server(workdir, batching)
-        except Exception as error:
-            results[f"server_batching_{tag}_error"] = repr(error)
-            continue
-        try:
-            for protocol in protocols:
-                make_client = factories[protocol](grpc_target, rest_url)
-                for kind, request in inputs.items():
-                    for num_clients in clients:
-                        name = f"{protocol}_batching_{tag}_{kind}_c{num_clients}"
-                        if protocol == "rest" and kind == "uint8" and num_clients > 1:
-                            # ~0.3 M pixel values as JSON numbers: parsing, not the
-                            # model, dominates; one client shows it.
-                            continue
-                        try:
-                            measured = _measure(make_client, request, _SIGNATURES[kind],
-                                                num_clients, args.requests, args.warmup)
-                            results.update({f"{name}_{key}": value for key, value in measured.items()})
-                            logger.info("%s: %s", name, measured)
-                        except Exception as error:  # record and go on
-                            results[f"{name}_error"] = repr(error)
-                            logger.warning("%s failed: %s", name, error)
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
+    for tag, _, rest_url, grpc_target in _each_server(workdir, results):
+        for protocol in protocols:
+            make_client = factories[protocol](grpc_target, rest_url)
+            for kind, request in inputs.items():
+                for num_clients in clients:
+                    name = f"{protocol}_batching_{tag}_{kind}_c{num_clients}"
+                    if protocol == "rest" and kind == "uint8" and num_clients > 1:
+                        # ~0.3 M pixel values as JSON numbers: parsing, not the
+                        # model, dominates; one client shows it.
+                        continue
+                    try:
+                        measured = _measure(make_client, request, _SIGNATURES[kind],
+                                            num_clients, args.requests, args.warmup)
+                        results.update({f"{name}_{key}": value for key, value in measured.items()})
+                        logger.info("%s: %s", name, measured)
+                    except Exception as error:  # record and go on
+                        results[f"{name}_error"] = repr(error)
+                        logger.warning("%s failed: %s", name, error)
 
     for protocol in protocols:
         for kind in inputs:
