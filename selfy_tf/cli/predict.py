@@ -53,7 +53,8 @@ def _server_failure(error: Exception, server: str, name: str) -> str | None:
         if error.status in (404, grpc.StatusCode.NOT_FOUND):
             return (
                 f"the server at {server} has no model named {name!r} ({error.message}). "
-                "Check --name: it is the folder name under the served BASE."
+                "Check --name: it is the folder name under the served BASE (or, if the "
+                "name is right, no version of it has loaded yet)."
             )
         if error.status == grpc.StatusCode.UNAVAILABLE and "connect" in error.message.lower():
             return f"no gRPC server answers at {server} ({error.message}); {start_hint}."
