@@ -171,7 +171,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_staging_dirs(model_dir: str) -> list[str]:
+def _remove_stale_staging_dirs(model_dir: str) -> list[str]:
     """Deletes `.tmp-*` staging folders left by exports that were killed.
 
     A folder is stale when the process that made it (its id is in the
@@ -291,9 +291,9 @@ def export_saved_model(
         model = fold(model)
     disable_xla(model)
 
-    remove_stale_staging_dirs(model_dir)
+    _remove_stale_staging_dirs(model_dir)
     # The exporting process's id in the name tells a later export whether
-    # this folder is still being written (see remove_stale_staging_dirs).
+    # this folder is still being written (see _remove_stale_staging_dirs).
     staging_dir = tempfile.mkdtemp(
         prefix=f"{STAGING_PREFIX}{version}-{STAGING_PID_TAG}{os.getpid()}-", dir=model_dir
     )
