@@ -156,7 +156,9 @@ class TestRequestCaps:
 
         cases = {
             "clips": ([2048, 4, 32, 32, 3], {"int_val": [0]}, "--max-batch-clips"),
-            "pixels": ([1, 4, 8000, 8000, 3], {"int_val": [0]}, "expects (-1, 4, 32, 32, 3)"),
+            # Refused by the declared frame size, or by the frame-size cap
+            # where the signature takes frames of any size.
+            "pixels": ([1, 4, 8000, 8000, 3], {"int_val": [0]}, "shape (1, 4, 8000, 8000, 3)"),
             "one_value": ([1, 4, 32, 32, 3], {"int_val": [0]}, "one value per element"),
             "content": ([1, 4, 32, 32, 3], {"tensor_content": b"\0" * 7}, "tensor_content holds 7 bytes"),
         }
@@ -226,10 +228,18 @@ class TestFrameHeaders:
         limits = RequestLimits(max_clip_frames=6)
         checked = check_inputs(signature, {"frames": np.zeros((2, 6, 8, 8, 3), np.uint8)}, limits)
         assert checked["frames"].shape == (2, 6, 8, 8, 3)
-        with pytest.raises(ServingError, match="at most 6 frames per clip .*--max-clip-frames"):
+        with pytest.raises(ServingError, match="7 frames per clip .*at most 6 .*--max-clip-frames"):
             check_inputs(signature, {"frames": np.zeros((1, 7, 8, 8, 3), np.uint8)}, limits)
         with pytest.raises(ServingError, match=r"expects \(-1, -1, 8, 8, 3\)"):
-            check_inputs(signature, {"frames": np.zeros((1, 7, 9, 8, 3), np.uint8)}, limits)
+            check_inputs(signature, {"frames": np.zeros((1, 6, 9, 8, 3), np.uint8)}, limits)
+        with pytest.raises(ServingError, match="empty axis"):
+            check_inputs(signature, {"frames": np.zeros((1, 0, 8, 8, 3), np.uint8)}, limits)
+        # Frames of any size: height and width are capped like encoded frames.
+        any_size = SignatureInfo("predict_frames", {"frames": tf.TensorSpec([None, None, None, None, 3], tf.uint8)}, None)
+        limits = RequestLimits(max_frame_size=16)
+        assert check_inputs(any_size, {"frames": np.zeros((1, 2, 16, 9, 3), np.uint8)}, limits)
+        with pytest.raises(ServingError, match="17 pixels on axis 3 .*--max-frame-size"):
+            check_inputs(any_size, {"frames": np.zeros((1, 2, 16, 17, 3), np.uint8)}, limits)
 
 
 class TestBadRequestsInBatches:

@@ -63,7 +63,7 @@ def register_subparser(subparsers) -> None:
     parser.add_argument(
         "--max-clip-frames",
         type=int,
-        default=256,
+        default=1024,
         help="most frames per clip where the model takes clips of any length",
     )
     parser.add_argument(

@@ -34,16 +34,18 @@ class RequestLimits:
         max_batch_clips: most clips (batch rows) in one request
             (`--max-batch-clips`). Default 64.
         max_clip_frames: most frames per clip where the signature leaves the
-            frame axis open (`--max-clip-frames`). Default 256.
-        max_frame_size: longest side, in pixels, of an encoded frame, read
-            from its JPEG/PNG header before decoding (`--max-frame-size`).
+            frame axis open (`--max-clip-frames`). Default 1024: a client
+            may send a 30 s clip at 30 fps whole and let the graph sample it.
+        max_frame_size: longest side, in pixels, of an encoded frame (read
+            from its JPEG/PNG header before decoding) or of a raw frame
+            where the signature takes any size (`--max-frame-size`).
             Default 4096.
         max_request_bytes: largest request body or message
             (`--max-request-mb`). Default 64 MiB.
     """
 
     max_batch_clips: int = 64
-    max_clip_frames: int = 256
+    max_clip_frames: int = 1024
     max_frame_size: int = 4096
     max_request_bytes: int = 64 << 20
 
@@ -68,9 +70,10 @@ def check_declared_shape(
 
     Runs before the tensor is built (gRPC) so a small message declaring a
     huge shape is refused without allocating it. Dims the signature leaves
-    open (None / -1) accept any size, within the caps: axis 0 is the batch
-    (`max_batch_clips`), any other open axis is the frame axis
-    (`max_clip_frames`).
+    open (None / -1) accept any size from 1, within the caps: axis 0 is the
+    batch (`max_batch_clips`), axis 1 the frames of a clip
+    (`max_clip_frames`), further axes the height and width of raw frames
+    (`max_frame_size`).
 
     Raises:
         ServingError: INVALID_ARGUMENT naming the input, the shape received,
@@ -91,6 +94,11 @@ def check_declared_shape(
         open_axes = list(range(len(shape)))
     if shape and shape[0] == 0:
         raise invalid_argument(f"Input `{name}` has an empty batch: shape {shape}.")
+    if 0 in shape:
+        raise invalid_argument(
+            f"Input `{name}` has an empty axis: shape {shape}. Every clip needs at "
+            "least one frame of at least one pixel."
+        )
     if shape and shape[0] > limits.max_batch_clips:
         raise invalid_argument(
             f"Input `{name}` holds {shape[0]} clips (shape {shape}); this server takes at "
@@ -98,11 +106,17 @@ def check_declared_shape(
             "Send fewer clips per request."
         )
     for axis in open_axes:
-        if axis and shape[axis] > limits.max_clip_frames:
+        if axis == 1 and shape[axis] > limits.max_clip_frames:
             raise invalid_argument(
-                f"Input `{name}` has {shape[axis]} on axis {axis} (shape {shape}); this "
-                f"server takes at most {limits.max_clip_frames} frames per clip "
+                f"Input `{name}` has {shape[axis]} frames per clip (shape {shape}); this "
+                f"server takes at most {limits.max_clip_frames} "
                 "(`selfy serve --max-clip-frames`)."
+            )
+        if axis >= 2 and shape[axis] > limits.max_frame_size:
+            raise invalid_argument(
+                f"Input `{name}` has {shape[axis]} pixels on axis {axis} (shape {shape}); "
+                f"this server takes frames of at most {limits.max_frame_size} pixels a "
+                "side (`selfy serve --max-frame-size`)."
             )
 
 
