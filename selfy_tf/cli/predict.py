@@ -75,7 +75,20 @@ def _server_failure(error: Exception, server: str, name: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.client import ClientError, make_client
+    from serving.client import ClientError
+
+    try:
+        return _predict(args)
+    except (ClientError, OSError) as error:
+        message = _server_failure(error, args.server, args.name) if args.server else None
+        if message is None or getattr(args, "debug", False):
+            raise
+        print(f"selfy predict: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from serving.client import make_client
 
     if args.server is not None and not args.server.startswith(("http://", "grpc://")):
         raise ValueError(
@@ -84,12 +97,6 @@ def run(args: argparse.Namespace) -> int:
     client = make_client(args.server or args.model, model=args.name)
     try:
         prediction = client.predict_video(args.video)
-    except (ClientError, OSError) as error:
-        message = _server_failure(error, args.server, args.name) if args.server else None
-        if message is None or getattr(args, "debug", False):
-            raise
-        print(f"selfy predict: error: {message}", file=sys.stderr)
-        return 1
     finally:
         client.close()
     if args.json:
