@@ -251,7 +251,7 @@ class VideoResNetReference(nn.Module):
     def preprocess(frames: torch.Tensor) -> torch.Tensor:
         """`[B, T, H, W, 3]` 0..255 → normalised `[B*T, 3, H, W]`."""
         x = frames.float() / 255.0
-        x = (x - torch.tensor(_MEAN)) / torch.tensor(_STD)
+        x = (x - torch.tensor(_MEAN, device=x.device)) / torch.tensor(_STD, device=x.device)
         batch, frames_count, height, width, channels = x.shape
         return x.reshape(batch * frames_count, height, width, channels).permute(0, 3, 1, 2)
 
