@@ -304,18 +304,25 @@ class TestRestConnections:
     def test_saturated_server_answers_503_and_abandoned_connections_log_nothing(
         self, exported_model, capfd
     ):
-        with _model_server(exported_model.base, rest_threads=2, rest_timeout_s=5.0) as server:
+        with _model_server(exported_model.base, rest_threads=2, rest_timeout_s=15.0) as server:
             port = server.rest.port
             holders = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
             for holder in holders:
                 holder.sendall(b"GET /v1/models/selfy HTTP/1.1\r\n")
-            time.sleep(0.3)
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            connection.request("GET", "/v1/models/selfy")
-            response = connection.getresponse()
-            body = json.loads(response.read())
-            connection.close()
-            assert response.status == 503 and response.getheader("Retry-After") == "1"
+
+            def busy_answer():
+                # 200 until the server has taken both holders into its threads.
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                try:
+                    connection.request("GET", "/v1/models/selfy")
+                    response = connection.getresponse()
+                    body = json.loads(response.read())
+                    return (response, body) if response.status == 503 else None
+                finally:
+                    connection.close()
+
+            response, body = _wait_for(busy_answer, 10, "a 503 from the saturated server")
+            assert response.getheader("Retry-After") == "1"
             assert "--rest-threads" in body["error"]
             for holder in holders:
                 # Reset instead of a clean close: an abandoned client.
