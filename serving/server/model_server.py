@@ -87,6 +87,7 @@ class ModelServer:
             if grpc_port is not None:
                 self.grpc = GrpcServer(self.predictor, grpc_port)
         except BaseException:
+            # A taken port: release the other port and the batch threads.
             self.stop()
             raise
 
