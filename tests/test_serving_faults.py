@@ -148,6 +148,23 @@ class TestPorts:
             f"other server or choose another port with --{protocol}-port (0: any free port)."
         ]
         assert RestClient(our_server.rest_url).status()["model_version_status"][0]["state"] == "AVAILABLE"
+        from serving.errors import PortInUseError
+
+        with pytest.raises(PortInUseError):
+            main(["--debug"] + argv)
+
+    def test_disk_errors_are_one_line(self, exported_model, monkeypatch, capsys):
+        from selfy_tf.cli.main import main
+        from serving.server.model_server import ModelServer
+
+        def full_disk(self):
+            raise OSError(28, "No space left on device", "/var/log/serve.log")
+
+        monkeypatch.setattr(ModelServer, "start", full_disk)
+        argv = ["serve", exported_model.base, "--grpc-port", "0", "--rest-port", "0"]
+        assert main(argv) == 1
+        error = capsys.readouterr().err.strip()
+        assert error == "selfy serve: error: [Errno 28] No space left on device: '/var/log/serve.log'"
 
 
 class TestRequestCaps:

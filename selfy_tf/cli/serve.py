@@ -129,9 +129,11 @@ def _serve(args: argparse.Namespace) -> int:
         rest_threads=args.rest_threads,
         rest_timeout_s=args.rest_timeout,
     )
-    server.start()
-    logger.info("serving %s: REST %s, gRPC %s (Ctrl-C stops)", args.name, server.rest_url, server.grpc_target)
     try:
+        server.start()
+        logger.info(
+            "serving %s: REST %s, gRPC %s (Ctrl-C stops)", args.name, server.rest_url, server.grpc_target
+        )
         server.wait()
     except KeyboardInterrupt:
         logger.info("stopping")
