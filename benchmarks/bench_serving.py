@@ -18,6 +18,24 @@ Keys: `*_p50_ms`, `*_p99_ms`, `*_clips_per_sec`, and
 over the in-process p50, minus 100 %. Prints one JSON line on stdout; logs
 go to stderr; a failing case records `<case>_error` and the sweep goes on.
 TF runs with 2 threads in both processes.
+
+With `--faults` it runs the load matrix under bad requests instead:
+
+    python benchmarks/bench_serving.py --faults --results-file faults.json
+
+`faults_<protocol>_batching_<on|off>_c<clients>_bad<percent>_*` for REST and
+gRPC, `--fault-clients` (1/4/16/64) concurrent clients, and
+`--bad-fractions` (0, 10 %, 25 %) of bad requests (alternately a frame that
+is not an image and a truncated JPEG, spread evenly over each client's
+requests), each case running `--fault-seconds` after a warm-up:
+`good_rps` (good requests answered per second), `good_p50_ms`,
+`good_p99_ms`, `good_errors` (good requests that failed: should be 0),
+`bad_rejected` (bad requests answered 400 / INVALID_ARGUMENT),
+`bad_unexpected` (bad requests answered otherwise: should be 0), and
+`good_ratio` = good_rps over the clean run's (`faults_median_bad<p>_good_ratio`
+and `faults_min_...` over the matrix). Per server:
+`faults_batching_<on|off>_rss_warm_mb` (after a warm-up at the most
+clients), `..._rss_end_mb` and `..._rss_ratio` (end over warm).
 """
 
 from __future__ import annotations
@@ -62,6 +80,13 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed requests per client")
     parser.add_argument("--protocols", default="grpc,rest", help="protocols to measure")
     parser.add_argument("--results-file", default=None, help="also write the JSON here")
+    parser.add_argument("--faults", action="store_true",
+                        help="run the load matrix with bad requests instead")
+    parser.add_argument("--fault-clients", default="1,4,16,64", help="client counts (--faults)")
+    parser.add_argument("--bad-fractions", default="0,0.1,0.25",
+                        help="fractions of bad requests (--faults)")
+    parser.add_argument("--fault-seconds", type=float, default=3.0,
+                        help="timed seconds per case (--faults)")
     return parser.parse_args(argv)
 
 
@@ -115,6 +140,165 @@ def _measure(make_client, inputs, signature, num_clients, num_requests, num_warm
         "p99_ms": round(float(np.percentile(milliseconds, 99)), 3),
         "clips_per_sec": round(len(latencies) / elapsed, 2),
     }
+
+
+def _bad_requests(good: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Two bad variants of a JPEG request: one frame not an image, one truncated."""
+    frames = list(good["frames_jpeg"][0])
+    garbage = frames.copy()
+    garbage[1] = b"this is not an image"
+    truncated = frames.copy()
+    truncated[1] = frames[1][: len(frames[1]) // 2]
+    return [{"frames_jpeg": np.array([variant], dtype=object)} for variant in (garbage, truncated)]
+
+
+def _is_bad_request_error(error: Exception) -> bool:
+    import grpc
+
+    from serving.client import ClientError
+
+    return isinstance(error, ClientError) and error.status in (400, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def _measure_faults(make_client, good, bads, bad_fraction, num_clients, seconds, num_warmup) -> dict:
+    """Clients send good and bad requests (bad ones spread evenly) for `seconds`."""
+    latencies: list[float] = []
+    counts = {"good_errors": 0, "bad_rejected": 0, "bad_unexpected": 0}
+    lock = threading.Lock()
+    barrier = threading.Barrier(num_clients + 1)
+    stop = threading.Event()
+
+    def worker(index: int) -> None:
+        client = make_client()
+        for _ in range(num_warmup):
+            client.predict(good)
+        barrier.wait()
+        mine, local = [], dict.fromkeys(counts, 0)
+        # Offset per client so the bad requests do not arrive in lockstep.
+        sent = index
+        while not stop.is_set():
+            bad = int((sent + 1) * bad_fraction) > int(sent * bad_fraction)
+            request = bads[sent % len(bads)] if bad else good
+            sent += 1
+            start = time.perf_counter()
+            try:
+                client.predict(request)
+                if bad:
+                    local["bad_unexpected"] += 1
+                else:
+                    mine.append(time.perf_counter() - start)
+            except Exception as error:  # counted below
+                if not bad:
+                    local["good_errors"] += 1
+                    logger.warning("good request failed: %s", error)
+                elif _is_bad_request_error(error):
+                    local["bad_rejected"] += 1
+                else:
+                    local["bad_unexpected"] += 1
+        with lock:
+            latencies.extend(mine)
+            for key, value in local.items():
+                counts[key] += value
+        client.close()
+
+    with concurrent.futures.ThreadPoolExecutor(num_clients) as pool:
+        futures = [pool.submit(worker, index) for index in range(num_clients)]
+        barrier.wait()
+        started = time.perf_counter()
+        time.sleep(seconds)
+        stop.set()
+        for future in futures:
+            future.result()
+        elapsed = time.perf_counter() - started
+    milliseconds = np.array(latencies or [float("nan")]) * 1000.0
+    return {
+        "good_rps": round(len(latencies) / elapsed, 2),
+        "good_p50_ms": round(float(np.percentile(milliseconds, 50)), 3),
+        "good_p99_ms": round(float(np.percentile(milliseconds, 99)), 3),
+        **counts,
+    }
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def _run_faults(args, workdir: str, good: dict[str, np.ndarray], results: dict) -> None:
+    from serving.client import GrpcClient, RestClient
+
+    bads = _bad_requests(good)
+    clients = [int(count) for count in args.fault_clients.split(",")]
+    fractions = [float(fraction) for fraction in args.bad_fractions.split(",")]
+    protocols = [protocol for protocol in args.protocols.split(",") if protocol]
+    results.update({"faults_seconds_per_case": args.fault_seconds, "faults_bad_fractions": fractions})
+    for tag, process, rest_url, grpc_target in _each_server(workdir, results, "faults_"):
+        factories = {"grpc": lambda: GrpcClient(grpc_target), "rest": lambda: RestClient(rest_url)}
+        # Untimed, at the most clients: the allocator reaches the size of
+        # the largest merged batches, so the RSS after it is the level the
+        # server should hold, not a growth to explain.
+        try:
+            for protocol in protocols:
+                _measure_faults(factories[protocol], good, bads, max(fractions), max(clients),
+                                args.fault_seconds / 2, args.warmup)
+        except Exception as error:  # record and go on with the next server
+            results[f"faults_batching_{tag}_warmup_error"] = repr(error)
+            continue
+        warm_rss = _rss_mb(process.pid)
+        for protocol in protocols:
+            for num_clients in clients:
+                clean = None
+                for fraction in fractions:
+                    name = (f"faults_{protocol}_batching_{tag}_c{num_clients}"
+                            f"_bad{int(round(fraction * 100))}")
+                    try:
+                        measured = _measure_faults(factories[protocol], good, bads, fraction,
+                                                   num_clients, args.fault_seconds, args.warmup)
+                    except Exception as error:  # record and go on
+                        results[f"{name}_error"] = repr(error)
+                        logger.warning("%s failed: %s", name, error)
+                        continue
+                    if fraction == 0:
+                        clean = measured["good_rps"]
+                    elif clean:
+                        measured["good_ratio"] = round(measured["good_rps"] / clean, 3)
+                    results.update({f"{name}_{key}": value for key, value in measured.items()})
+                    logger.info("%s: %s", name, measured)
+        end_rss = _rss_mb(process.pid)
+        results[f"faults_batching_{tag}_rss_warm_mb"] = warm_rss
+        results[f"faults_batching_{tag}_rss_end_mb"] = end_rss
+        results[f"faults_batching_{tag}_rss_ratio"] = round(end_rss / warm_rss, 3)
+    for fraction in fractions:
+        tag = f"_bad{int(round(fraction * 100))}_good_ratio"
+        ratios = [value for key, value in results.items() if key.endswith(tag)]
+        if ratios:
+            # The median over the matrix: single 3 s cases move by +-20 % on a
+            # shared 2-core machine.
+            results[f"faults_median{tag}"] = round(float(np.median(ratios)), 3)
+            results[f"faults_min{tag}"] = min(ratios)
+    results["faults_good_errors_total"] = sum(
+        value for key, value in results.items() if key.endswith("_good_errors")
+    )
+
+
+def _each_server(workdir: str, results: dict, prefix: str = ""):
+    """Yields `(tag, process, rest_url, grpc_target)` for a `selfy serve` with
+    batching off, then on; stops each when the caller moves on."""
+    for batching in (False, True):
+        tag = "on" if batching else "off"
+        try:
+            process, rest_url, grpc_target = _start_server(workdir, batching)
+        except Exception as error:  # record and go on
+            results[f"{prefix}server_batching_{tag}_error"] = repr(error)
+            continue
+        try:
+            yield tag, process, rest_url, grpc_target
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
 
 
 def _start_server(base: str, batching: bool) -> tuple[subprocess.Popen, str, str]:
@@ -180,6 +364,11 @@ def main(argv=None) -> int:
     results["jpeg_request_bytes"] = int(sum(len(frame) for frame in inputs["jpeg"]["frames_jpeg"][0]))
     results["uint8_request_bytes"] = int(inputs["uint8"]["frames"].nbytes)
 
+    if args.faults:
+        _run_faults(args, workdir, inputs["jpeg"], results)
+        write_results(results, args.results_file)
+        return 0
+
     local = LocalClient(export.path)
     for kind, request in inputs.items():
         name = f"inproc_{kind}"
@@ -194,34 +383,24 @@ def main(argv=None) -> int:
         "grpc": lambda target, url: (lambda: GrpcClient(target)),
         "rest": lambda target, url: (lambda: RestClient(url)),
     }
-    for batching in (False, True):
-        tag = "on" if batching else "off"
-        try:
-            process, rest_url, grpc_target = _start_server(workdir, batching)
-        except Exception as error:
-            results[f"server_batching_{tag}_error"] = repr(error)
-            continue
-        try:
-            for protocol in protocols:
-                make_client = factories[protocol](grpc_target, rest_url)
-                for kind, request in inputs.items():
-                    for num_clients in clients:
-                        name = f"{protocol}_batching_{tag}_{kind}_c{num_clients}"
-                        if protocol == "rest" and kind == "uint8" and num_clients > 1:
-                            # ~0.3 M pixel values as JSON numbers: parsing, not the
-                            # model, dominates; one client shows it.
-                            continue
-                        try:
-                            measured = _measure(make_client, request, _SIGNATURES[kind],
-                                                num_clients, args.requests, args.warmup)
-                            results.update({f"{name}_{key}": value for key, value in measured.items()})
-                            logger.info("%s: %s", name, measured)
-                        except Exception as error:  # record and go on
-                            results[f"{name}_error"] = repr(error)
-                            logger.warning("%s failed: %s", name, error)
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
+    for tag, _, rest_url, grpc_target in _each_server(workdir, results):
+        for protocol in protocols:
+            make_client = factories[protocol](grpc_target, rest_url)
+            for kind, request in inputs.items():
+                for num_clients in clients:
+                    name = f"{protocol}_batching_{tag}_{kind}_c{num_clients}"
+                    if protocol == "rest" and kind == "uint8" and num_clients > 1:
+                        # ~0.3 M pixel values as JSON numbers: parsing, not the
+                        # model, dominates; one client shows it.
+                        continue
+                    try:
+                        measured = _measure(make_client, request, _SIGNATURES[kind],
+                                            num_clients, args.requests, args.warmup)
+                        results.update({f"{name}_{key}": value for key, value in measured.items()})
+                        logger.info("%s: %s", name, measured)
+                    except Exception as error:  # record and go on
+                        results[f"{name}_error"] = repr(error)
+                        logger.warning("%s failed: %s", name, error)
 
     for protocol in protocols:
         for kind in inputs:

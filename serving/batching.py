@@ -5,8 +5,12 @@ Like TF Serving's `--enable_batching`: a request waits at most
 `max_batch_size` rows, and the queue is bounded (`max_enqueued_requests`;
 beyond it requests fail fast with UNAVAILABLE instead of piling up).
 Requests are only merged when every input has the same dtype and non-batch
-shape. If a merged batch fails (one request had a corrupt JPEG), each request
-is re-run alone, so only the bad one gets the error.
+shape. The server checks each request (shapes, caps, frame headers) before
+it is queued, so a bad request fails alone without touching a batch. If a
+merged batch still fails (damage only the decoder sees), it is split in
+halves and each half re-run, so the bad request gets the error and the
+others their answers, after about log2(batch) extra runs instead of one
+per request.
 """
 
 from __future__ import annotations
@@ -195,6 +199,9 @@ class DynamicBatcher:
 
     def _run_batch(self, batch: list[_Task]) -> None:
         self.batch_sizes[sum(task.num_rows for task in batch)] += 1
+        self._run_merged(batch)
+
+    def _run_merged(self, batch: list[_Task]) -> None:
         if len(batch) == 1:
             self._run_alone(batch[0])
             return
@@ -203,9 +210,10 @@ class DynamicBatcher:
         try:
             outputs = batch[0].run_function(merged)
         except Exception as error:  # isolate the request that broke the batch
-            logger.debug("merged batch of %d requests failed (%s); re-running alone", len(batch), error)
-            for task in batch:
-                self._run_alone(task)
+            logger.debug("merged batch of %d requests failed (%s); splitting it", len(batch), error)
+            half = len(batch) // 2
+            self._run_merged(batch[:half])
+            self._run_merged(batch[half:])
             return
         start = 0
         for task in batch:

@@ -111,6 +111,50 @@ def model_input_facts(model: keras.Model) -> tuple[int, int, int]:
     return int(input_shape[1]), int(input_shape[2]), int(output_shape[-1])
 
 
+STAGING_PREFIX = ".tmp-"
+STAGING_PID_TAG = "pid"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _remove_stale_staging_dirs(model_dir: str) -> list[str]:
+    """Deletes `.tmp-*` staging folders left by exports that were killed.
+
+    A folder is stale when the process that made it (its id is in the
+    name) is gone, or when its name carries no process id (older exports).
+    Folders of exports still running are kept. Numbered versions are never
+    touched: an export only renames a complete SavedModel to its number.
+
+    Returns:
+        the removed paths.
+    """
+    removed = []
+    for entry in sorted(os.listdir(model_dir)):
+        path = os.path.join(model_dir, entry)
+        if not entry.startswith(STAGING_PREFIX) or not os.path.isdir(path):
+            continue
+        fields = entry[len(STAGING_PREFIX) :].split("-")
+        pid_fields = [
+            field[len(STAGING_PID_TAG) :]
+            for field in fields
+            if field.startswith(STAGING_PID_TAG) and field[len(STAGING_PID_TAG) :].isdigit()
+        ]
+        if pid_fields and _process_alive(int(pid_fields[0])):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        logger.info("removed %s, left by an interrupted export", path)
+        removed.append(path)
+    return removed
+
+
 def _next_version(model_dir: str, version: int | None) -> int:
     existing = list_versions(model_dir)
     if version is None:
@@ -203,7 +247,12 @@ def export_saved_model(
         model = fold(model)
     disable_xla(model)
 
-    staging_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
+    _remove_stale_staging_dirs(model_dir)
+    # The exporting process's id in the name tells a later export whether
+    # this folder is still being written (see _remove_stale_staging_dirs).
+    staging_dir = tempfile.mkdtemp(
+        prefix=f"{STAGING_PREFIX}{version}-{STAGING_PID_TAG}{os.getpid()}-", dir=model_dir
+    )
     try:
         labels_file = os.path.join(staging_dir, "source", LABELS_ASSET)
         os.makedirs(os.path.dirname(labels_file))

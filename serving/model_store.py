@@ -1,11 +1,18 @@
 """Loads the versions of one exported model and picks up new ones while serving.
 
-Follows TF Serving's default version policy: the newest `num_versions`
-numbered folders under `BASE/<name>` are served; a version that appears
-later is loaded (and warmed up with its `assets.extra` requests) in the
-background, then becomes the default; versions that fall out of the policy
-are unloaded. A version that fails to load is reported in the status with
-its error and the older ones keep serving.
+Follows TF Serving's default `latest` version policy: the newest
+`num_versions` numbered folders under `BASE/<name>` that load are served.
+A version that appears later is loaded (and warmed up with its
+`assets.extra` requests) in the background, then becomes the default;
+versions that fall out of the policy are unloaded, always after their
+replacement is serving. When the newest version's folder disappears, the
+next newest on disk is loaded and takes over.
+
+A version that fails to load (e.g. caught mid-copy) is reported in the
+status with its error and is not counted by the policy, so older versions
+keep serving. It is tried again once its files change (size or mtime),
+no sooner than a back-off that doubles from `RETRY_BACKOFF_S` to
+`MAX_RETRY_BACKOFF_S` with each failure.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from typing import Mapping
 
 import grpc
@@ -30,6 +38,57 @@ logger = logging.getLogger(__name__)
 STATE_LOADING = "LOADING"
 STATE_AVAILABLE = "AVAILABLE"
 STATE_END = "END"
+
+RETRY_BACKOFF_S = 1.0
+MAX_RETRY_BACKOFF_S = 30.0
+
+
+def _folder_fingerprint(path: str) -> tuple:
+    """(relative path, size, mtime) of every file under `path`: changes when a
+    copy into the folder progresses or a repair lands."""
+    entries = []
+    for root, folders, files in os.walk(path):
+        folders.sort()
+        for file_name in sorted(files):
+            file_path = os.path.join(root, file_name)
+            try:
+                stat = os.stat(file_path)
+            except OSError:  # removed while walking
+                continue
+            entries.append((os.path.relpath(file_path, path), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _graph_error_message(error: Exception) -> str:
+    """The line of a TensorFlow runtime error that says what was wrong.
+
+    A failing signature reports `Graph execution error:`, then the node and
+    stack, then the op's own message (e.g. `Unknown image file format`)
+    followed by `[[{{node ...}}]]`.
+    """
+    message = getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in message.strip().splitlines()]
+    useful = [
+        line
+        for line in lines
+        if line
+        and not line.startswith(("Graph execution error", "Detected at node", "[[", "File \""))
+        and not line.endswith(":")
+    ]
+    text = useful[-1] if useful else (lines[0] if lines else type(error).__name__)
+    return text.split("\t [[")[0].split(" [[")[0].strip()
+
+
+@dataclasses.dataclass
+class _LoadFailure:
+    fingerprint: tuple
+    attempts: int
+    retry_at: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +150,7 @@ class LoadedVersion:
         try:
             outputs = signature.function(**tensors)
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
-            message = getattr(error, "message", None) or str(error)
-            raise invalid_argument(message.strip().splitlines()[0]) from error
+            raise invalid_argument(_graph_error_message(error)) from error
         return {key: value.numpy() for key, value in outputs.items()}
 
     def warm_up(self) -> int:
@@ -160,6 +218,7 @@ class ModelStore:
         self.warmup = warmup
         self._loaded: dict[int, LoadedVersion] = {}
         self._status: dict[int, VersionStatus] = {}
+        self._failures: dict[int, _LoadFailure] = {}
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -169,20 +228,18 @@ class ModelStore:
         """Loads new versions and unloads old ones; returns the served versions."""
         with self._refresh_lock:
             present = export_lib.list_versions(self.model_base_path)
-            # Versions that failed to load are not retried and do not count
-            # towards the policy, so the previous version keeps serving.
-            failed = {
-                version
-                for version, status in self._status.items()
-                if status.state == STATE_END and version not in self._loaded
-            }
-            candidates = [version for version in present if version not in failed]
-            for version in sorted(set(candidates[-self.num_versions :]) - set(self._loaded), reverse=True):
-                self._load(version)
-                if version not in self._loaded:
-                    candidates.remove(version)
-            wanted = set(candidates[-self.num_versions :]) | set(self.version_labels.values())
-            wanted &= set(present)
+            serving = []
+            # Newest first: a version that does not load is skipped, so the
+            # policy falls back to the next newest and never drops a serving
+            # version for a newer one that failed.
+            for version in reversed(present):
+                if len(serving) == self.num_versions:
+                    break
+                if version not in self._loaded and self._may_load(version):
+                    self._load(version)
+                if version in self._loaded:
+                    serving.append(version)
+            wanted = set(serving) | (set(self.version_labels.values()) & set(present))
             with self._lock:
                 for version in set(self._loaded) - wanted:
                     del self._loaded[version]
@@ -190,22 +247,45 @@ class ModelStore:
                     logger.info("unloaded %s version %d", self.name, version)
                 for version in set(self._status) - set(present) - set(self._loaded):
                     del self._status[version]
+                for version in set(self._failures) - set(present):
+                    del self._failures[version]
                 return sorted(self._loaded)
+
+    def _may_load(self, version: int) -> bool:
+        failure = self._failures.get(version)
+        if failure is None:
+            return True
+        if time.monotonic() < failure.retry_at:
+            return False
+        path = os.path.join(self.model_base_path, str(version))
+        return _folder_fingerprint(path) != failure.fingerprint
 
     def _load(self, version: int) -> None:
         path = os.path.join(self.model_base_path, str(version))
+        # Taken before loading: files that change during the attempt count
+        # as a change, so a copy still in progress is tried again.
+        fingerprint = _folder_fingerprint(path)
         with self._lock:
             self._status[version] = VersionStatus(version, STATE_LOADING)
         try:
             loaded = LoadedVersion(path, version)
             warmed = loaded.warm_up() if self.warmup else 0
         except Exception as error:  # a broken version must not stop the server
-            logger.error("cannot load %s version %d from %s: %s", self.name, version, path, error)
+            previous = self._failures.get(version)
+            attempts = 1 if previous is None else previous.attempts + 1
+            backoff_s = min(RETRY_BACKOFF_S * 2 ** (attempts - 1), MAX_RETRY_BACKOFF_S)
+            self._failures[version] = _LoadFailure(fingerprint, attempts, time.monotonic() + backoff_s)
+            logger.error(
+                "cannot load %s version %d from %s (attempt %d; tried again when its files "
+                "change): %s",
+                self.name, version, path, attempts, _first_line(error),
+            )
             with self._lock:
                 self._status[version] = VersionStatus(
-                    version, STATE_END, grpc.StatusCode.UNKNOWN, str(error).splitlines()[0]
+                    version, STATE_END, grpc.StatusCode.UNKNOWN, _first_line(error)
                 )
             return
+        self._failures.pop(version, None)
         with self._lock:
             self._loaded[version] = loaded
             self._status[version] = VersionStatus(version, STATE_AVAILABLE)

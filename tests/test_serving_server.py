@@ -63,7 +63,7 @@ def _wait_for(predicate, timeout_s: float, what: str):
 
 @pytest.fixture(scope="module")
 def our_server(exported_model):
-    from serving.server import ModelServer
+    from serving.server import ModelServer, RequestLimits
 
     server = ModelServer(
         exported_model.base,
@@ -72,7 +72,7 @@ def our_server(exported_model):
         grpc_port=0,
         batching=BatchingOptions(max_batch_size=8, batch_timeout_s=0.005),
         version_labels={"stable": 1},
-        max_request_bytes=16 << 20,
+        limits=RequestLimits(max_request_bytes=16 << 20),
     )
     server.start()
     yield server
@@ -303,7 +303,8 @@ class TestRestProtocol:
         response = connection.getresponse()
         answer = json.loads(response.read())
         connection.close()
-        assert response.status == 400 and "exceeds the limit of 16777216 bytes" in answer["error"]
+        assert response.status == 413 and "exceeds the limit of 16777216 bytes" in answer["error"]
+        assert "--max-request-mb" in answer["error"]
         status, answer = _rest(url, "POST", "/v1/models/selfy:predict", b'{"inputs": [[{"b64": "%%"}]]}')
         assert status == 400 and "base64" in answer["error"]
         assert _rest(url, "GET", "/v1/models/selfy")[0] == 200
@@ -505,6 +506,37 @@ class TestCommands:
         assert lines[0].split("\t")[2] == over_rest["top_k"][0]["label"]
         assert main(["predict", video, "--server", "ftp://127.0.0.1:1"]) == 1
         assert "must start with http:// or grpc://" in capsys.readouterr().err
+
+    def test_predict_names_server_problems_in_one_line(self, our_server, tmp_path, capsys):
+        from selfy_tf.cli.main import main
+
+        video = str(tmp_path / "clip.mp4")
+        _write_video(video)
+        closed_port = _free_port()
+        cases = [
+            (f"http://127.0.0.1:{closed_port}", "selfy", "no server answers at", "selfy serve"),
+            (f"grpc://127.0.0.1:{closed_port}", "selfy", "no gRPC server answers at", "selfy serve"),
+            (our_server.rest_url, "nope", "has no model named 'nope'", "Check --name"),
+            (f"grpc://{our_server.grpc_target}", "nope", "has no model named 'nope'", "Check --name"),
+        ]
+        for server, name, problem, fix in cases:
+            assert main(["predict", video, "--server", server, "--name", name]) == 1
+            error = capsys.readouterr().err.strip()
+            assert error.startswith("selfy predict: error: ") and len(error.splitlines()) == 1, error
+            assert problem in error and fix in error, error
+        with pytest.raises(ConnectionRefusedError):
+            main(["--debug", "predict", video, "--server", f"http://127.0.0.1:{closed_port}"])
+
+    def test_serve_cap_defaults_are_the_library_defaults(self):
+        from selfy_tf.cli.main import build_parser
+        from serving.server import RequestLimits
+
+        args = build_parser().parse_args(["serve", "BASE"])
+        limits = RequestLimits()
+        assert (args.max_batch_clips, args.max_clip_frames, args.max_frame_size) == (
+            limits.max_batch_clips, limits.max_clip_frames, limits.max_frame_size
+        )
+        assert int(args.max_request_mb * (1 << 20)) == limits.max_request_bytes
 
     def test_serve_starts_and_stops(self, exported_model, monkeypatch, capsys):
         from selfy_tf.cli import serve

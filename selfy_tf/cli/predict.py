@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import sys
 
 
 def register_subparser(subparsers) -> None:
@@ -46,7 +48,53 @@ def register_subparser(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
+def _server_failure(error: Exception, server: str, name: str) -> str | None:
+    """One line saying what went wrong talking to `server` and what to do, or
+    None for an error that is not about the server (a bad video path)."""
+    import grpc
+
+    from serving.client import ClientError
+
+    start_hint = "start one with `selfy serve BASE` or check the host and port of --server"
+    if isinstance(error, ClientError):
+        if error.status in (404, grpc.StatusCode.NOT_FOUND):
+            return (
+                f"the server at {server} has no model named {name!r} ({error.message}). "
+                "Check --name: it is the folder name under the served BASE (or, if the "
+                "name is right, no version of it has loaded yet)."
+            )
+        if error.status == grpc.StatusCode.UNAVAILABLE and "connect" in error.message.lower():
+            return f"no gRPC server answers at {server} ({error.message}); {start_hint}."
+        if error.status in (503, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            return f"the server at {server} is busy or unavailable ({error.message}). Retry later."
+        if error.status == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"the server at {server} did not answer in time ({error.message})."
+        return f"the server at {server} refused the request: {error.status}: {error.message}"
+    if isinstance(error, ConnectionRefusedError):
+        return f"no server answers at {server} (connection refused); {start_hint}."
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve the host of {server} ({error}); check --server."
+    if isinstance(error, TimeoutError):
+        return f"the server at {server} did not answer in time; check that it is a model server."
+    if isinstance(error, ConnectionError):
+        return f"the connection to {server} failed ({error}); {start_hint}."
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    from serving.client import ClientError
+
+    try:
+        return _predict(args)
+    except (ClientError, OSError) as error:
+        message = _server_failure(error, args.server, args.name) if args.server else None
+        if message is None or getattr(args, "debug", False):
+            raise
+        print(f"selfy predict: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _predict(args: argparse.Namespace) -> int:
     from serving.client import make_client
     from tfrecords.video import read_clip
 

@@ -4,14 +4,16 @@
 
 Serves the newest version under `BASE/<name>/` on 127.0.0.1, picks up
 versions exported later without a restart, and batches concurrent requests.
+Each request is capped (clips, frames, frame size, bytes; see the flags).
 For production, run `tensorflow_model_server` (or its container) on the
-same folder: see README "Export and serving".
+same folder: see docs/serving.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,34 @@ def register_subparser(subparsers) -> None:
         "--batch-timeout-ms", type=float, default=2.0, help="longest wait for a batch to fill"
     )
     parser.add_argument(
-        "--max-request-mb", type=float, default=64.0, help="largest request body accepted"
+        "--max-request-mb",
+        type=float,
+        default=64.0,
+        help="largest request body (REST: 413 above it) or gRPC message accepted, in MiB",
+    )
+    parser.add_argument(
+        "--max-batch-clips", type=int, default=64, help="most clips one request may hold"
+    )
+    parser.add_argument(
+        "--max-clip-frames",
+        type=int,
+        default=1024,
+        help="most frames per clip where the model takes clips of any length",
+    )
+    parser.add_argument(
+        "--max-frame-size",
+        type=int,
+        default=4096,
+        help="longest side in pixels of an encoded frame (read from its header)",
+    )
+    parser.add_argument(
+        "--rest-threads", type=int, default=128, help="REST connections served at once (503 beyond)"
+    )
+    parser.add_argument(
+        "--rest-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a REST client has to send its headers, then its body; idle keep-alive limit",
     )
     parser.add_argument(
         "--poll-interval", type=float, default=1.0, help="seconds between checks for new versions"
@@ -63,8 +92,19 @@ def register_subparser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _serve(args)
+    except OSError as error:
+        # A taken port or a failing disk: one line, the traceback with --debug.
+        if getattr(args, "debug", False):
+            raise
+        print(f"selfy serve: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
     from serving.batching import BatchingOptions
-    from serving.server import ModelServer
+    from serving.server import ModelServer, RequestLimits
 
     batching = None
     if not args.no_batching:
@@ -80,11 +120,20 @@ def run(args: argparse.Namespace) -> int:
         poll_interval_s=args.poll_interval,
         num_versions=args.num_versions,
         version_labels=_version_labels(args.version_labels),
-        max_request_bytes=int(args.max_request_mb * (1 << 20)),
+        limits=RequestLimits(
+            max_batch_clips=args.max_batch_clips,
+            max_clip_frames=args.max_clip_frames,
+            max_frame_size=args.max_frame_size,
+            max_request_bytes=int(args.max_request_mb * (1 << 20)),
+        ),
+        rest_threads=args.rest_threads,
+        rest_timeout_s=args.rest_timeout,
     )
-    server.start()
-    logger.info("serving %s: REST %s, gRPC %s (Ctrl-C stops)", args.name, server.rest_url, server.grpc_target)
     try:
+        server.start()
+        logger.info(
+            "serving %s: REST %s, gRPC %s (Ctrl-C stops)", args.name, server.rest_url, server.grpc_target
+        )
         server.wait()
     except KeyboardInterrupt:
         logger.info("stopping")

@@ -21,12 +21,10 @@ from typing import Mapping
 from serving.batching import BatchingOptions, DynamicBatcher
 from serving.model_store import ModelStore
 from serving.server.grpc_service import GrpcServer
-from serving.server.predictor import Predictor
+from serving.server.predictor import Predictor, RequestLimits
 from serving.server.rest import LOOPBACK_HOST, RestServer
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 
 
 class ModelServer:
@@ -41,8 +39,16 @@ class ModelServer:
         poll_interval_s: how often to look for new versions. Default 1.0.
         num_versions: newest versions served. Default 1.
         version_labels: label → version for `/labels/<label>` requests.
-        max_request_bytes: largest request accepted. Default 64 MiB.
+        limits: `RequestLimits`, the caps on what one request may cost
+            (clips, frames, frame size, bytes).
+        rest_threads: REST connections served at once; more get 503.
+            Default 128.
+        rest_timeout_s: REST header, body and keep-alive idle timeout.
+            Default 30.
         warmup: replay warm-up requests when loading a version.
+
+    Raises:
+        PortInUseError: when a port is taken (before anything is loaded).
     """
 
     def __init__(
@@ -56,13 +62,13 @@ class ModelServer:
         poll_interval_s: float = 1.0,
         num_versions: int = 1,
         version_labels: Mapping[str, int] | None = None,
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        limits: RequestLimits = RequestLimits(),
+        rest_threads: int = 128,
+        rest_timeout_s: float = 30.0,
         warmup: bool = True,
     ):
         if rest_port is None and grpc_port is None:
             raise ValueError("Give `rest_port` or `grpc_port` (or both); received neither.")
-        if max_request_bytes < 1:
-            raise ValueError(f"`max_request_bytes` must be positive. Received: {max_request_bytes}.")
         self.store = ModelStore(
             os.path.join(base_path, name),
             name=name,
@@ -71,15 +77,19 @@ class ModelServer:
             warmup=warmup,
         )
         self.batcher = DynamicBatcher(batching) if batching is not None else None
-        self.predictor = Predictor(self.store, self.batcher)
+        self.predictor = Predictor(self.store, self.batcher, limits)
         self.poll_interval_s = float(poll_interval_s)
-        self.rest = (
-            RestServer(self.predictor, rest_port, max_request_bytes) if rest_port is not None else None
-        )
-        self.grpc = (
-            GrpcServer(self.predictor, grpc_port, max_request_bytes) if grpc_port is not None else None
-        )
         self._stopped = threading.Event()
+        self.rest = self.grpc = None
+        try:
+            if rest_port is not None:
+                self.rest = RestServer(self.predictor, rest_port, rest_threads, rest_timeout_s)
+            if grpc_port is not None:
+                self.grpc = GrpcServer(self.predictor, grpc_port)
+        except BaseException:
+            # A taken port: release the other port and the batch threads.
+            self.stop()
+            raise
 
     @property
     def rest_url(self) -> str | None:

@@ -34,6 +34,11 @@ def parse_body(body: bytes) -> dict:
         document = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise invalid_argument(f"JSON Parse error: {error}") from error
+    except RecursionError as error:
+        raise invalid_argument(
+            "JSON Parse error: the body nests arrays or objects too deeply. A predict "
+            "body needs at most one level per tensor dimension."
+        ) from error
     if not isinstance(document, dict):
         raise invalid_argument(
             f"JSON Value: {json.dumps(document)[:80]} Is not an object. Expected a "

@@ -1,0 +1,439 @@
+"""Fault suite of `selfy serve`: what a careless client, a second server or a
+half-finished copy must not be able to do to a running endpoint.
+
+Version policy under deletion and repair, port clashes, request caps,
+bad requests inside merged batches, half-sent REST connections and
+saturation, error codes and messages, and stale export temporaries.
+Everything listens on 127.0.0.1 and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from serving.batching import BatchingOptions
+from serving.client import ClientError, GrpcClient, RestClient
+from test_serving_server import _clip, _jpeg, _rest, _wait_for, our_server  # noqa: F401 (fixture)
+
+WAIT_S = 30
+FRAMES = np.zeros((1, 4, 32, 32, 3), np.uint8)
+
+
+def _model_server(base, **kwargs):
+    from serving.server import ModelServer
+
+    options = dict(name="selfy", rest_port=0, grpc_port=None, batching=None,
+                   poll_interval_s=0.1, warmup=False)
+    options.update(kwargs)
+    return ModelServer(str(base), **options)
+
+
+def _states(client: RestClient) -> dict[int, str]:
+    return {int(entry["version"]): entry["state"] for entry in client.status()["model_version_status"]}
+
+
+def _serving_version(client: RestClient) -> int:
+    return int(client.metadata()["model_spec"]["version"])
+
+
+@pytest.fixture
+def model_copy(exported_model, tmp_path):
+    """A writable copy of the export base holding `selfy/1`."""
+    base = tmp_path / "base"
+    shutil.copytree(exported_model.base, base)
+    return base
+
+
+def _jpeg_frames(seed: int = 0) -> list[bytes]:
+    return [_jpeg(frame) for frame in _clip(seed)[:4]]
+
+
+def _grpc_predict(target: str, tensors: dict, signature_name: str = ""):
+    """A raw PredictRequest built from TensorProtos (bypassing the client's checks)."""
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "selfy"
+    request.model_spec.signature_name = signature_name
+    for name, proto in tensors.items():
+        request.inputs[name].CopyFrom(proto)
+    channel = grpc.insecure_channel(target)
+    try:
+        return request.ByteSize(), prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+            request, timeout=WAIT_S
+        )
+    finally:
+        channel.close()
+
+
+def _declared_tensor(shape, dtype: int, **values):
+    from tensorflow.core.framework import tensor_pb2
+
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    for size in shape:
+        proto.tensor_shape.dim.add(size=size)
+    for field, content in values.items():
+        if field == "tensor_content":
+            proto.tensor_content = content
+        else:
+            getattr(proto, field).extend(content)
+    return proto
+
+
+class TestVersionPolicy:
+    def test_deleting_the_newest_version_serves_the_previous_one(self, model_copy):
+        model_dir = model_copy / "selfy"
+        with _model_server(model_copy) as server:
+            client = RestClient(server.rest_url)
+            shutil.copytree(model_dir / "1", model_dir / ".copy-2")
+            os.rename(model_dir / ".copy-2", model_dir / "2")
+            _wait_for(lambda: _serving_version(client) == 2, WAIT_S, "version 2 to serve")
+            shutil.rmtree(model_dir / "2")
+            _wait_for(lambda: _serving_version(client) == 1, WAIT_S, "version 1 to serve again")
+            assert client.predict({"frames": FRAMES}, "predict_frames")["logits"].shape == (1, 5)
+            assert _states(client) == {1: "AVAILABLE"}
+            client.close()
+
+    def test_failed_version_is_retried_once_its_files_change(self, model_copy):
+        model_dir = model_copy / "selfy"
+        # A version caught mid-copy: the graph is there, the variables not yet.
+        (model_dir / "2").mkdir()
+        shutil.copy2(model_dir / "1" / "saved_model.pb", model_dir / "2")
+        with _model_server(model_copy) as server:
+            client = RestClient(server.rest_url)
+            _wait_for(lambda: _states(client) == {1: "AVAILABLE", 2: "END"}, WAIT_S, "version 2 to fail")
+            error = client.status()["model_version_status"][0]["status"]
+            assert error["error_code"] != "OK" and error["error_message"]
+            # The serving version is kept while the newer one is broken.
+            assert _serving_version(client) == 1
+            shutil.copytree(model_dir / "1", model_dir / "2", dirs_exist_ok=True)
+            _wait_for(lambda: _serving_version(client) == 2, WAIT_S, "repaired version 2 to serve")
+            assert client.predict({"frames": FRAMES}, "predict_frames")["logits"].shape == (1, 5)
+            client.close()
+
+
+class TestPorts:
+    @pytest.mark.parametrize("protocol", ["grpc", "rest"])
+    def test_second_server_on_a_taken_port_exits_with_one_line(
+        self, protocol, our_server, exported_model, monkeypatch, capsys
+    ):
+        from selfy_tf.cli.main import main
+        from serving.server.model_server import ModelServer
+
+        # Were the port shared, `serve` would start and block in wait().
+        monkeypatch.setattr(ModelServer, "wait", lambda self: None)
+        taken = our_server.grpc.port if protocol == "grpc" else our_server.rest.port
+        ports = {"grpc": "0", "rest": "0"}
+        ports[protocol] = str(taken)
+        argv = ["serve", exported_model.base, "--grpc-port", ports["grpc"],
+                "--rest-port", ports["rest"], "--no-batching"]
+        assert main(argv) == 1
+        error_lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        name = "gRPC" if protocol == "grpc" else "REST"
+        assert error_lines == [
+            f"selfy serve: error: {name} port {taken} is already in use on 127.0.0.1. Stop the "
+            f"other server or choose another port with --{protocol}-port (0: any free port)."
+        ]
+        assert RestClient(our_server.rest_url).status()["model_version_status"][0]["state"] == "AVAILABLE"
+        from serving.errors import PortInUseError
+
+        with pytest.raises(PortInUseError):
+            main(["--debug"] + argv)
+
+    def test_disk_errors_are_one_line(self, exported_model, monkeypatch, capsys):
+        from selfy_tf.cli.main import main
+        from serving.server.model_server import ModelServer
+
+        def full_disk(self):
+            raise OSError(28, "No space left on device", "/var/log/serve.log")
+
+        monkeypatch.setattr(ModelServer, "start", full_disk)
+        argv = ["serve", exported_model.base, "--grpc-port", "0", "--rest-port", "0"]
+        assert main(argv) == 1
+        error = capsys.readouterr().err.strip()
+        assert error == "selfy serve: error: [Errno 28] No space left on device: '/var/log/serve.log'"
+
+
+class TestRequestCaps:
+    def test_grpc_declared_shape_and_payload_are_checked_before_allocating(self, our_server):
+        from tensorflow.core.framework import types_pb2
+
+        cases = {
+            "clips": ([2048, 4, 32, 32, 3], {"int_val": [0]}, "--max-batch-clips"),
+            # Refused by the declared frame size, or by the frame-size cap
+            # where the signature takes frames of any size.
+            "pixels": ([1, 4, 8000, 8000, 3], {"int_val": [0]}, "shape (1, 4, 8000, 8000, 3)"),
+            "one_value": ([1, 4, 32, 32, 3], {"int_val": [0]}, "one value per element"),
+            "content": ([1, 4, 32, 32, 3], {"tensor_content": b"\0" * 7}, "tensor_content holds 7 bytes"),
+        }
+        for case, (shape, values, message) in cases.items():
+            tensor = _declared_tensor(shape, types_pb2.DT_UINT8, **values)
+            with pytest.raises(grpc.RpcError) as raised:
+                size, _ = _grpc_predict(our_server.grpc_target, {"frames": tensor}, "predict_frames")
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
+            assert message in raised.value.details(), case
+        assert _declared_tensor([2048, 4, 32, 32, 3], types_pb2.DT_UINT8, int_val=[0]).ByteSize() < 70
+
+    def test_frame_size_and_batch_caps(self, our_server):
+        from PIL import Image
+        import io
+
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros((1, 5000, 3), np.uint8)).save(buffer, format="JPEG")
+        wide = buffer.getvalue()
+        request = {"frames_jpeg": np.array([[wide] * 4], dtype=object)}
+        for client in (RestClient(our_server.rest_url), GrpcClient(our_server.grpc_target)):
+            with pytest.raises(ClientError) as raised:
+                client.predict(request)
+            assert raised.value.status in (400, grpc.StatusCode.INVALID_ARGUMENT)
+            assert "instance 0, frame 0 is 5000x1 pixels" in raised.value.message
+            assert "--max-frame-size" in raised.value.message
+            client.close()
+        clips = np.array([_jpeg_frames()] * 65, dtype=object)
+        client = RestClient(our_server.rest_url)
+        with pytest.raises(ClientError) as raised:
+            client.predict({"frames_jpeg": clips})
+        assert raised.value.status == 400 and "holds 65 clips" in raised.value.message
+        assert "--max-batch-clips" in raised.value.message
+        assert client.predict({"frames_jpeg": clips[:2]})["logits"].shape == (2, 5)
+        client.close()
+
+
+class TestFrameHeaders:
+    @pytest.mark.parametrize("image_format", ["JPEG", "JPEG-progressive", "PNG"])
+    def test_size_from_header_matches_the_decoded_image(self, image_format):
+        import io
+
+        from PIL import Image
+
+        from serving.server.image_header import ImageHeaderError, image_size
+
+        for height, width in ((1, 5000), (37, 53), (300, 20)):
+            buffer = io.BytesIO()
+            pixels = np.random.default_rng(height).integers(0, 256, (height, width, 3), np.uint8)
+            if image_format == "JPEG-progressive":
+                Image.fromarray(pixels).save(buffer, format="JPEG", progressive=True)
+            else:
+                Image.fromarray(pixels).save(buffer, format=image_format)
+            data = buffer.getvalue()
+            assert image_size(data) == Image.open(io.BytesIO(data)).size[::-1]
+            with pytest.raises(ImageHeaderError, match="truncated"):
+                image_size(data[: len(data) * 2 // 3])
+
+    def test_open_frame_axis_is_capped(self):
+        import tensorflow as tf
+
+        from serving.errors import ServingError
+        from serving.model_store import SignatureInfo
+        from serving.server.predictor import RequestLimits, check_inputs
+
+        # The frame axis as a variable-length signature declares it.
+        signature = SignatureInfo("predict_frames", {"frames": tf.TensorSpec([None, None, 8, 8, 3], tf.uint8)}, None)
+        limits = RequestLimits(max_clip_frames=6)
+        checked = check_inputs(signature, {"frames": np.zeros((2, 6, 8, 8, 3), np.uint8)}, limits)
+        assert checked["frames"].shape == (2, 6, 8, 8, 3)
+        with pytest.raises(ServingError, match="7 frames per clip .*at most 6 .*--max-clip-frames"):
+            check_inputs(signature, {"frames": np.zeros((1, 7, 8, 8, 3), np.uint8)}, limits)
+        with pytest.raises(ServingError, match=r"expects \(-1, -1, 8, 8, 3\)"):
+            check_inputs(signature, {"frames": np.zeros((1, 6, 9, 8, 3), np.uint8)}, limits)
+        with pytest.raises(ServingError, match="empty axis"):
+            check_inputs(signature, {"frames": np.zeros((1, 0, 8, 8, 3), np.uint8)}, limits)
+        # Frames of any size: height and width are capped like encoded frames.
+        any_size = SignatureInfo("predict_frames", {"frames": tf.TensorSpec([None, None, None, None, 3], tf.uint8)}, None)
+        limits = RequestLimits(max_frame_size=16)
+        assert check_inputs(any_size, {"frames": np.zeros((1, 2, 16, 9, 3), np.uint8)}, limits)
+        with pytest.raises(ServingError, match="17 pixels on axis 3 .*--max-frame-size"):
+            check_inputs(any_size, {"frames": np.zeros((1, 2, 16, 17, 3), np.uint8)}, limits)
+
+
+class TestBadRequestsInBatches:
+    def test_bad_frames_fail_alone_before_joining_a_batch(self, exported_model):
+        good = _jpeg_frames(1)
+        bad = {
+            "garbage": [good[0], b"not an image", good[2], good[3]],
+            "truncated": [good[0], good[1][: len(good[1]) // 2], good[2], good[3]],
+        }
+        # One batch thread and a long timeout: the 8 requests would share batches.
+        batching = BatchingOptions(max_batch_size=16, batch_timeout_s=0.3, num_batch_threads=1)
+        with _model_server(exported_model.base, rest_port=None, grpc_port=0, batching=batching) as server:
+            reference = GrpcClient(server.grpc_target).predict(
+                {"frames_jpeg": np.array([good], dtype=object)}
+            )["logits"]
+            server.batcher.batch_sizes.clear()
+            requests = [good] * 6 + list(bad.values())
+
+            def send(frames):
+                client = GrpcClient(server.grpc_target)
+                try:
+                    return client.predict({"frames_jpeg": np.array([frames], dtype=object)})
+                except ClientError as error:
+                    return error
+                finally:
+                    client.close()
+
+            with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+                results = list(pool.map(send, requests))
+            rows = sum(size * count for size, count in server.batcher.batch_sizes.items())
+        for result in results[:6]:
+            np.testing.assert_allclose(result["logits"], reference, atol=1e-4)
+        garbage, truncated = results[6:]
+        for error, reason in ((garbage, "not a JPEG or PNG"), (truncated, "truncated JPEG")):
+            assert isinstance(error, ClientError) and error.status == grpc.StatusCode.INVALID_ARGUMENT
+            assert "instance 0, frame 1 cannot be decoded" in error.message and reason in error.message
+        assert rows == 6  # the bad requests never reached the batcher
+
+
+class TestRestConnections:
+    def test_half_sent_requests_time_out(self, exported_model):
+        with _model_server(exported_model.base, rest_timeout_s=1.0) as server:
+            port = server.rest.port
+            headers_only = socket.create_connection(("127.0.0.1", port), timeout=10)
+            headers_only.sendall(b"POST /v1/models/selfy:predict HTTP/1.1\r\nHost: x\r\n")
+            half_body = socket.create_connection(("127.0.0.1", port), timeout=10)
+            half_body.sendall(
+                b"POST /v1/models/selfy:predict HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 1000\r\n\r\n{\"inputs\": "
+            )
+            started = time.monotonic()
+            assert headers_only.recv(1024) == b""  # closed by the server
+            answer = b""
+            while chunk := half_body.recv(4096):  # the server closes after its reply
+                answer += chunk
+            assert time.monotonic() - started < 8
+            assert answer.startswith(b"HTTP/1.1 408") and b"--rest-timeout" in answer
+            headers_only.close()
+            half_body.close()
+            assert _rest(server.rest_url, "GET", "/v1/models/selfy")[0] == 200
+
+    def test_saturated_server_answers_503_and_abandoned_connections_log_nothing(
+        self, exported_model, capfd
+    ):
+        with _model_server(exported_model.base, rest_threads=2, rest_timeout_s=15.0) as server:
+            port = server.rest.port
+            holders = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+            for holder in holders:
+                holder.sendall(b"GET /v1/models/selfy HTTP/1.1\r\n")
+
+            def busy_answer():
+                # 200 until the server has taken both holders into its threads.
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                try:
+                    connection.request("GET", "/v1/models/selfy")
+                    response = connection.getresponse()
+                    body = json.loads(response.read())
+                    return (response, body) if response.status == 503 else None
+                finally:
+                    connection.close()
+
+            response, body = _wait_for(busy_answer, 10, "a 503 from the saturated server")
+            assert response.getheader("Retry-After") == "1"
+            assert "--rest-threads" in body["error"]
+            for holder in holders:
+                # Reset instead of a clean close: an abandoned client.
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                holder.close()
+            _wait_for(lambda: _rest(server.rest_url, "GET", "/v1/models/selfy")[0] == 200,
+                      WAIT_S, "a free REST thread")
+        assert "Traceback" not in capfd.readouterr().err
+
+
+    def test_connection_burst_gets_answers_not_resets(self, exported_model):
+        with _model_server(exported_model.base, rest_threads=2, rest_timeout_s=5.0) as server:
+
+            def status_code(_):
+                connection = http.client.HTTPConnection("127.0.0.1", server.rest.port, timeout=20)
+                try:
+                    connection.request("GET", "/v1/models/selfy")
+                    response = connection.getresponse()
+                    response.read()
+                    return response.status
+                except OSError as error:
+                    return repr(error)
+                finally:
+                    connection.close()
+
+            with concurrent.futures.ThreadPoolExecutor(100) as pool:
+                codes = list(pool.map(status_code, range(200)))
+        assert set(codes) <= {200, 503}, [code for code in codes if code not in (200, 503)][:3]
+        assert 200 in codes
+
+
+class TestErrorReplies:
+    def test_bad_frames_name_the_instance_and_frame(self, our_server):
+        good = _jpeg_frames(2)
+        cases = {
+            "not a JPEG or PNG image": [good[0], b"corrupt", good[2], good[3]],
+            "truncated JPEG: no end-of-image marker": [good[0], good[1][:-40], good[2], good[3]],
+        }
+        client = RestClient(our_server.rest_url)
+        for reason, frames in cases.items():
+            with pytest.raises(ClientError) as raised:
+                client.predict({"frames_jpeg": np.array([good, frames], dtype=object)})
+            assert raised.value.status == 400
+            assert f"instance 1, frame 1 cannot be decoded: {reason}" in raised.value.message
+        client.close()
+
+    def test_graph_errors_keep_the_op_message(self, exported_model):
+        from serving.errors import ServingError
+        from serving.model_store import LoadedVersion
+
+        # Called directly, without the server's header checks: the decoder's
+        # own message must survive, not only "Graph execution error:".
+        loaded = LoadedVersion(os.path.join(exported_model.base, "selfy", "1"), 1)
+        with pytest.raises(ServingError) as raised:
+            loaded.run(None, {"frames_jpeg": np.array([[b"corrupt"] * 4], dtype=object)})
+        assert raised.value.message.startswith("Unknown image file format"), raised.value.message
+
+    def test_deep_json_unknown_dtype_and_methods(self, our_server):
+        from tensorflow.core.framework import types_pb2
+
+        deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        status, answer = _rest(our_server.rest_url, "POST", "/v1/models/selfy:predict", deep)
+        assert status == 400 and "nests arrays or objects too deeply" in answer["error"]
+        with pytest.raises(grpc.RpcError) as raised:
+            _grpc_predict(our_server.grpc_target, {"frames": _declared_tensor([1], 21)}, "predict_frames")
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "DT_VARIANT (enum 21)" in raised.value.details() and "uint8" in raised.value.details()
+        assert types_pb2.DataType.Name(21) == "DT_VARIANT"
+        for method in ("PUT", "DELETE", "PATCH"):
+            status, answer = _rest(our_server.rest_url, method, "/v1/models/selfy", b"{}")
+            assert status == 501 and "Unsupported method" in answer["error"], method
+
+
+class TestExportTemporaries:
+    def test_export_removes_staging_folders_of_killed_exports(self, exported_model, tmp_path):
+        from serving.export import export_saved_model
+
+        model_dir = tmp_path / "base" / "selfy"
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        try:
+            stale = model_dir / f".tmp-1-pid{dead.pid}-a1b2c3"
+            legacy = model_dir / ".tmp-1-k3j4h5g6"
+            running = model_dir / f".tmp-2-pid{alive.pid}-d4e5f6"
+            for folder in (stale, legacy, running):
+                (folder / "saved_model").mkdir(parents=True)
+                (folder / "saved_model" / "saved_model.pb").write_bytes(b"half written")
+            result = export_saved_model(
+                exported_model.model, str(tmp_path / "base"), name="selfy",
+                labels=exported_model.labels, top_k=3,
+            )
+            assert sorted(os.listdir(model_dir)) == sorted(["1", running.name])
+            assert result.version == 1
+        finally:
+            alive.kill()
+            alive.wait()
