@@ -220,7 +220,42 @@ class TestEvaluate:
         assert report["confusion_matrix"] == [[1, 0, 0], [1, 0, 0], [0, 1, 1]]
 
 
+def _write_shard(path: str, labels: list[int]) -> None:
+    """A shard written by hand (not by the converter), with the given labels."""
+    import tensorflow as tf
+
+    from tfrecords import encode_clip
+
+    rng = np.random.default_rng(0)
+    with tf.io.TFRecordWriter(path) as writer:
+        for label in labels:
+            writer.write(encode_clip(rng.integers(0, 255, (6, 40, 48, 3), dtype=np.uint8), label))
+
+
 class TestDataErrors:
+    def test_eval_cli_stops_at_a_label_outside_the_classes(self, runs, tmp_path, capsys):
+        from selfy_tf.cli.main import main
+
+        (tmp_path / "labels.txt").write_text("red\ngreen\nblue\nyellow\n")
+        shard = str(tmp_path / "validation-00000-of-00001.tfrecord")
+        _write_shard(shard, [0, 1, 2, 3, 1, 999, 0])
+        assert main(["eval", runs["reference_dir"], "--data", str(tmp_path), "--out", str(tmp_path)]) == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith(f"selfy eval: error: shard {shard} record 5: label 999 is outside [0, 4)")
+
+    def test_train_cli_stops_at_a_label_outside_the_classes(self, tmp_path, capsys):
+        from selfy_tf.cli.main import main
+
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        (data_dir / "labels.txt").write_text("red\ngreen\nblue\nyellow\n")
+        shard = str(data_dir / "train-00000-of-00001.tfrecord")
+        _write_shard(shard, [0, 1, -1, 3])
+        command = ["train", "--preset", "tiny_cpu", "--data", str(data_dir), "--out", str(tmp_path / "run")]
+        assert main([*command, "--set", "train.epochs=1"]) == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith(f"selfy train: error: shard {shard} record 2: label -1 is outside [0, 4)")
+
     def test_class_count_mismatch(self, data_dir):
         from trainer.train import inspect_data_dir
 

@@ -266,6 +266,7 @@ def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int
             scales=config.data.crop_scales,
             input_context=input_context,
             repeat=True,
+            num_classes=config.model.num_classes,
         )
         dataset = dataset.map(_one_hot(config.model.num_classes))
         # Batches of this epoch already trained on before an interruption.
@@ -292,6 +293,7 @@ def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
             # runs the same number of steps.
             repeat=True,
             drop_remainder=True,
+            num_classes=config.model.num_classes,
         )
         return dataset.map(_one_hot(config.model.num_classes))
 
