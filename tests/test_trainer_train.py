@@ -45,27 +45,89 @@ def data_dir(tmp_path_factory):
     return write_color_dataset(str(tmp_path_factory.mktemp("color_data")), num_classes=NUM_CLASSES)
 
 
+# Runs `selfy train` and kills itself with SIGKILL at a phase of the second
+# epoch: "validation" (first validation batch) or "checkpoint" (last.keras
+# written to its temporary name, not yet renamed).
+_KILL_AT_PHASE = r"""
+import importlib, os, signal, sys
+import keras
+
+train_module = importlib.import_module("trainer.train")
+
+phase, argv = sys.argv[1], sys.argv[2:]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if phase == "validation":
+    class KillInValidation(keras.callbacks.Callback):
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_test_batch_end(self, batch, logs=None):
+            if self.epoch == 1:
+                die()
+
+    original_train = train_module.train
+    train_module.train = lambda *args, **kwargs: original_train(
+        *args, extra_callbacks=[KillInValidation()], **kwargs
+    )
+else:
+    from selfy_tf.files import atomic_path
+
+    original_save = train_module._save_model
+    last_saves = []
+
+    def save_then_die(model, path):
+        if path.endswith("last.keras"):
+            last_saves.append(path)
+            if len(last_saves) == 2:
+                with atomic_path(path, suffix=".keras") as temporary:
+                    model.save(temporary)
+                    die()
+        original_save(model, path)
+
+    train_module._save_model = save_then_die
+
+from selfy_tf.cli.main import main
+sys.exit(main(argv))
+"""
+KILL_PHASES = ("mid_epoch", "validation", "checkpoint")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir):
-    """An uninterrupted run and a run killed with SIGKILL mid-epoch, then resumed.
+    """An uninterrupted run, and runs killed with SIGKILL in the second epoch
+    (mid-epoch, during validation, while writing checkpoints), then resumed.
 
-    Both start at once (two processes) to save wall time.
+    The runs start at once (several processes) to save wall time.
     """
     root = tmp_path_factory.mktemp("runs")
-    reference_dir, resumed_dir = str(root / "reference"), str(root / "resumed")
+    reference_dir = str(root / "reference")
+    phase_dirs = {phase: str(root / phase) for phase in KILL_PHASES}
     reference = subprocess.Popen(
         _train_command(data_dir, reference_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=_environment(),
     )
-    victim = subprocess.Popen(
-        _train_command(data_dir, resumed_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=_environment(),
-    )
+    victim_logs = {phase: open(root / f"{phase}.stderr", "w") for phase in KILL_PHASES}
+    victims = {
+        phase: subprocess.Popen(
+            [sys.executable, "-c", _KILL_AT_PHASE, phase, *_train_command(data_dir, phase_dirs[phase])[3:]]
+            if phase != "mid_epoch"
+            else _train_command(data_dir, phase_dirs[phase]),
+            # A file, not a pipe: nobody reads while the victims run.
+            stdout=subprocess.DEVNULL, stderr=victim_logs[phase], env=_environment(),
+        )
+        for phase in KILL_PHASES
+    }
+    victim = victims["mid_epoch"]
     killed_at = None
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and victim.poll() is None:
         try:
-            state = read_backup_state(os.path.join(resumed_dir, "backup"))
+            state = read_backup_state(os.path.join(phase_dirs["mid_epoch"], "backup"))
         except (OSError, ValueError, KeyError):
             state = None
         # Kill inside the second epoch, after a mid-epoch backup.
@@ -78,18 +140,33 @@ def runs(tmp_path_factory, data_dir):
     if killed_at is None:
         victim.kill()
         pytest.fail("the run to interrupt finished or stalled before a mid-epoch backup")
-    stdout, stderr = reference.communicate(timeout=240)
+    for phase in KILL_PHASES:
+        victims[phase].wait(timeout=300)
+        victim_logs[phase].close()
+    for phase in ("validation", "checkpoint"):
+        stderr = (root / f"{phase}.stderr").read_text()
+        assert victims[phase].returncode == -signal.SIGKILL, f"{phase}: {stderr[-3000:]}"
+    stdout, stderr = reference.communicate(timeout=300)
     assert reference.returncode == 0, stderr[-3000:]
-    resumed = subprocess.run(
-        _train_command(data_dir, resumed_dir), capture_output=True, text=True, env=_environment(), timeout=240
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumes = {
+        phase: subprocess.Popen(
+            _train_command(data_dir, phase_dirs[phase]), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=_environment(),
+        )
+        for phase in KILL_PHASES
+    }
+    resumed = {}
+    for phase, process in resumes.items():
+        resumed_stdout, resumed_stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, f"{phase}: {resumed_stderr[-3000:]}"
+        resumed[phase] = _result(resumed_stdout)
     return {
         "reference": _result(stdout),
-        "resumed": _result(resumed.stdout),
+        "resumed": resumed["mid_epoch"],
         "killed_at": killed_at,
         "reference_dir": reference_dir,
-        "resumed_dir": resumed_dir,
+        "resumed_dir": phase_dirs["mid_epoch"],
+        "phases": {phase: {"result": resumed[phase], "dir": phase_dirs[phase]} for phase in KILL_PHASES},
     }
 
 
@@ -146,14 +223,25 @@ class TestResume:
         with open(os.path.join(runs["resumed_dir"], "history.csv")) as stream:
             assert [int(row["epoch"]) for row in csv.DictReader(stream)] == [1, 2, 3]
 
-    def test_resumed_run_equals_uninterrupted_run(self, runs):
+    @pytest.mark.parametrize("phase", KILL_PHASES)
+    def test_resumed_run_equals_uninterrupted_run(self, runs, phase):
         # Same batches in the same order, restored optimizer and running
-        # metrics: the histories agree to float32 round-off.
-        reference, resumed = runs["reference"]["history"], runs["resumed"]["history"]
+        # metrics: the histories agree to float32 round-off, in the result
+        # and in history.csv, whatever the phase the run was killed in.
+        resumed_dir = runs["phases"][phase]["dir"]
+        reference, resumed = runs["reference"]["history"], runs["phases"][phase]["result"]["history"]
+        assert resumed["epoch"] == reference["epoch"] == [1, 2, 3]
         for key in ("loss", "top1", "val_loss", "val_top1", "lr"):
             np.testing.assert_allclose(resumed[key], reference[key], rtol=1e-4, atol=1e-5, err_msg=key)
+        with open(os.path.join(resumed_dir, "history.csv")) as stream:
+            rows = list(csv.DictReader(stream))
+        assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
+        for key in ("loss", "top1", "val_loss", "val_top1", "lr"):
+            np.testing.assert_allclose(
+                [float(row[key]) for row in rows], reference[key], rtol=1e-4, atol=1e-5, err_msg=key
+            )
         with np.load(os.path.join(runs["reference_dir"], "backup", "backup.npz")) as first, np.load(
-            os.path.join(runs["resumed_dir"], "backup", "backup.npz")
+            os.path.join(resumed_dir, "backup", "backup.npz")
         ) as second:
             model_keys = [key for key in first.files if key.startswith("model/")]
             assert model_keys

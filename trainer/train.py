@@ -471,6 +471,7 @@ def train(
                 callbacks_lib.Backup(
                     backup_dir,
                     config.train.backup_every_steps,
+                    steps_per_epoch,
                     epoch,
                     first_step,
                     {key: value for key, value in state.items() if key not in ("epoch", "step_in_epoch")},
@@ -515,9 +516,11 @@ def train(
                 history=history,
                 finished=epoch + 1 >= config.train.epochs,
             )
-            callbacks_lib.save_backup(backup_dir, model, state, include_metrics=False)
+            # The history first: once the backup says the epoch is done, a
+            # resumed run never writes this epoch's row again.
             if chief:
                 callbacks_lib.write_history_csv(output.history, history)
+            callbacks_lib.save_backup(backup_dir, model, state, include_metrics=False)
             logger.info(
                 "Epoch %d/%d: %s",
                 epoch + 1,
