@@ -473,3 +473,59 @@ def test_a_crashing_worker_fails_only_its_task():
              functools.partial(abs, -3), functools.partial(abs, -4)]
     results = list(writer._parallel_map(operator.call, tasks, 2, lambda task: "crashed"))
     assert results == [1, "crashed", 3, 4]
+
+
+
+def _process_state(pid: int) -> tuple[str, int] | None:
+    """`(state letter, parent pid)` of a process from /proc, or None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            # The command name is in parentheses and may hold spaces.
+            fields = stream.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def _live_children(pid: int) -> dict[int, str]:
+    """`{pid: command line}` of the live (not zombie) child processes of `pid`."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        state = _process_state(int(entry))
+        if state is None or state[1] != pid or state[0] == "Z":
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as stream:
+                children[int(entry)] = stream.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return children
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc (Linux) to list processes")
+def test_workers_exit_when_the_converting_process_is_killed():
+    # The conversion pool, busy with tasks that would block for a minute.
+    script = (
+        "import time\nfrom tfrecords import writer\n"
+        "list(writer._parallel_map(time.sleep, [60] * 4, 2, lambda task: None))\n"
+    )
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": repository})
+    try:
+        deadline = time.monotonic() + 60
+        workers = {}
+        while len(workers) < 2:
+            assert time.monotonic() < deadline and process.poll() is None, "no worker processes started"
+            time.sleep(0.1)
+            workers = {pid: line for pid, line in _live_children(process.pid).items() if "spawn_main" in line}
+    finally:
+        process.kill()  # SIGKILL: the executor gets no chance to stop its workers
+        process.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    alive = set(workers)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = {pid for pid in alive if (_process_state(pid) or ("Z",))[0] != "Z"}
+    for pid in alive:
+        os.kill(pid, 9)
+    assert not alive, f"worker processes {sorted(alive)} outlived their parent by 10 s"

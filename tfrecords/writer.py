@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -159,11 +160,32 @@ def _crashed_clip(task: tuple) -> ClipResult:
     )
 
 
+def _exit_when_parent_dies() -> None:
+    """Worker initializer: ends this worker when the converting process dies.
+
+    A worker waits for tasks on a queue whose write end it holds itself, so
+    it never sees the end of input when its parent is killed (`kill -9`
+    leaves no time for the executor's shutdown): it would wait forever.
+    A daemon thread waits on the parent's sentinel and exits instead.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="selfy-parent-watch", daemon=True).start()
+
+
 def _new_executor(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     # "spawn": workers import only the TensorFlow-free modules they need,
     # instead of forking a process that may hold TensorFlow threads.
     return concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_when_parent_dies,
     )
 
 
