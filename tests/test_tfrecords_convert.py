@@ -171,6 +171,95 @@ class TestFolders:
 
 
 @pytest.fixture(scope="module")
+def split_root(tmp_path_factory):
+    """`root/train/<class>/` (2 clips per class) and `root/validation/<class>/` (1 per class)."""
+    root = tmp_path_factory.mktemp("split_folders")
+    number = 0
+    for split, count in (("train", 2), ("validation", 1)):
+        for name in FOLDER_CLASSES:
+            os.makedirs(root / split / name)
+            for clip in range(count):
+                _write_video(str(root / split / name / f"{split}{clip}.mp4"), _frames(number, 3))
+                number += 1
+    return str(root)
+
+
+class TestFolderSplits:
+    def test_train_and_validation_folders_give_both_splits(self, split_root, tmp_path, capsys):
+        out = str(tmp_path / "out")
+        assert _build("--format", "folders", "--root", split_root, "--out", out) == 0
+        summaries = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+        assert [(item["split"], item["converted"]) for item in summaries] == [("train", 4), ("validation", 2)]
+        assert writer.read_labels(out) == FOLDER_CLASSES
+        assert _manifest(out, "validation")["per_class"] == {name: 1 for name in FOLDER_CLASSES}
+        validation = _read_records(out, "validation")
+        assert sorted((record["media_id"], record["label"]) for record in validation) == [
+            (f"{name}/validation0.mp4", label) for label, name in enumerate(FOLDER_CLASSES)
+        ]
+        # `--split` picks one of them.
+        other = str(tmp_path / "other")
+        assert _build("--format", "folders", "--root", split_root, "--out", other, "--split", "validation") == 0
+        assert [name for name in os.listdir(other) if name.endswith(".tfrecord")] == [
+            "validation-00000-of-00001.tfrecord"
+        ]
+
+    def test_validation_fraction_is_stratified_and_deterministic(self, tmp_path):
+        root = tmp_path / "flat"
+        sizes = {"a": 10, "b": 5, "c": 2, "d": 1}
+        for name, count in sizes.items():
+            os.makedirs(root / name)
+            for index in range(count):
+                (root / name / f"v{index}.mp4").write_bytes(b"x")
+        listing = sources.list_folders(str(root))
+        splits = sources.split_validation(listing, 0.2)
+        per_class = {
+            split: {name: sum(clip.label_index == label for clip in item.clips) for label, name in enumerate("abcd")}
+            for split, item in splits.items()
+        }
+        # round(n * 0.2), at least one for two clips or more, never the whole class.
+        assert per_class["validation"] == {"a": 2, "b": 1, "c": 1, "d": 0}
+        assert {name: per_class["train"][name] + per_class["validation"][name] for name in sizes} == sizes
+        # Deterministic per file: another listing order, or more files in a
+        # class, keeps the files that were in validation there (class a).
+        shuffled = sources.Listing(listing.labels, listing.clips[::-1])
+        validation_ids = {clip.media_id for clip in splits["validation"].clips}
+        assert {clip.media_id for clip in sources.split_validation(shuffled, 0.2)["validation"].clips} == validation_ids
+        for index in range(10, 15):
+            (root / "a" / f"v{index}.mp4").write_bytes(b"x")
+        grown = sources.split_validation(sources.list_folders(str(root)), 0.2)["validation"].clips
+        assert {clip.media_id for clip in splits["validation"].clips if clip.label_index == 0} <= {
+            clip.media_id for clip in grown
+        }
+
+    def test_validation_fraction_through_the_cli(self, folders_root, tmp_path, capsys):
+        root, _ = folders_root
+        out = str(tmp_path / "out")
+        assert _build("--format", "folders", "--root", root, "--out", out, "--validation-fraction", "0.5") == 0
+        summaries = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+        assert [item["split"] for item in summaries] == ["train", "validation"]
+        assert sum(item["listed"] for item in summaries) == 7
+        train_ids = {record["media_id"] for record in _read_records(out, "train")}
+        validation_ids = {record["media_id"] for record in _read_records(out, "validation")}
+        assert train_ids and validation_ids and not train_ids & validation_ids
+
+    def test_layout_errors(self, split_root, tmp_path, capsys):
+        empty = tmp_path / "empty"
+        os.makedirs(empty / "train")
+        os.makedirs(empty / "validation")
+        out = str(tmp_path / "out")
+        assert main(["tfrecords", "build", "--format", "folders", "--root", str(empty), "--out", out]) == 1
+        error = capsys.readouterr().err
+        assert "no video files in its class subfolders" in error and "index files" not in error
+        assert _build("--format", "folders", "--root", split_root, "--out", out, "--validation-fraction", "0.2") == 1
+        assert "already has split folders (train, validation)" in capsys.readouterr().err
+        flat = tmp_path / "flat"
+        os.makedirs(flat / "a")
+        (flat / "a" / "v.mp4").write_bytes(b"x")
+        assert _build("--format", "folders", "--root", str(flat), "--out", out, "--validation-fraction", "1") == 1
+        assert "must be between 0 and 1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
 def ssv1_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("ssv1")
     frames_root = root / "frames"
