@@ -194,7 +194,8 @@ class TestTraining:
         assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
         assert {"loss", "top1", "top5", "val_top1", "lr", "clips_per_sec"} <= set(rows[0])
         saved = configs.load_yaml(os.path.join(run_dir, "config.yaml"))
-        expected = configs.apply_overrides(configs.get_preset("tiny_cpu"), COMMON_SETS)
+        # The class count came from the data's labels.txt.
+        expected = configs.apply_overrides(configs.get_preset("tiny_cpu"), [*COMMON_SETS, "model.num_classes=4"])
         assert configs.config_to_dict(saved) == configs.config_to_dict(expected)
         with open(os.path.join(run_dir, "labels.txt")) as stream:
             assert stream.read().split() == ["red", "green", "blue", "yellow"]
@@ -369,3 +370,66 @@ class TestDataErrors:
         (tmp_path / "labels.txt").write_text("a\nb\nc\nd\n")
         with pytest.raises(ValueError, match="No training clips"):
             inspect_data_dir(str(tmp_path), config)
+
+
+class TestCommandLine:
+    """What `selfy train` works out by itself, and how it reports."""
+
+    def test_num_classes_from_labels_and_presets_that_disagree(self, data_dir):
+        from trainer.train import inspect_data_dir, with_data_classes
+
+        config = configs.get_preset("tiny_cpu")
+        assert config.model.num_classes is None
+        resolved = with_data_classes(config, inspect_data_dir(data_dir, config))
+        assert resolved.model.num_classes == NUM_CLASSES and config.model.num_classes is None
+        paper = configs.get_preset("ssv1_selfy_r50_8f")
+        assert paper.model.num_classes == 174
+        with pytest.raises(ValueError, match="lists 4 classes but `model.num_classes`=174"):
+            inspect_data_dir(data_dir, paper)
+
+    def test_shortcuts_apply_before_set(self, tmp_path):
+        from selfy_tf.cli.main import build_parser
+        from selfy_tf.cli.train import _resolve_config
+
+        base = ["train", "--preset", "tiny_cpu", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+        args = build_parser().parse_args([*base, "--epochs", "7", "--batch-size", "3", "--lr", "0.05"])
+        config = _resolve_config(args)
+        assert (config.train.epochs, config.data.batch_size, config.optimizer.lr) == (7, 3, 0.05)
+        args = build_parser().parse_args([*base, "--epochs", "7", "--set", "train.epochs=9"])
+        assert _resolve_config(args).train.epochs == 9
+
+    def test_refused_run_leaves_no_run_directory(self, data_dir, tmp_path, capsys):
+        from selfy_tf.cli.main import main
+
+        run_dir = tmp_path / "run"
+        command = ["train", "--preset", "ssv1_selfy_r50_8f", "--data", data_dir, "--out", str(run_dir)]
+        assert main(command) == 1
+        assert "lists 4 classes but `model.num_classes`=174" in capsys.readouterr().err
+        assert not run_dir.exists()
+        command = ["train", "--preset", "tiny_cpu", "--data", data_dir, "--out", str(run_dir), "--batch-size", "64"]
+        assert main(command) == 1
+        assert "fewer than one global batch" in capsys.readouterr().err
+        assert not run_dir.exists()
+
+    def test_no_validation_split_warns_and_terminal_gets_a_summary(self, tmp_path, capsys, monkeypatch):
+        from selfy_tf.cli.main import main
+
+        data = write_color_dataset(str(tmp_path / "data"), num_classes=3, num_train=8, num_validation=0, num_shards=1)
+        run_dir = tmp_path / "run"
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+        command = ["train", "--preset", "tiny_cpu", "--data", data, "--out", str(run_dir), "--epochs", "1"]
+        assert main(command) == 0
+        captured = capsys.readouterr()
+        assert "WARNING: no validation split in" in captured.err
+        assert captured.out.startswith(f"Trained 1 epoch (2 steps) into {run_dir}")
+        assert "  warning: no validation split in" in captured.out
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(captured.out.strip().splitlines()[-1])
+        with open(run_dir / "result.json") as stream:
+            result = json.load(stream)
+        assert result["epochs_completed"] == 1 and "no validation split" in result["warnings"][0]
+        assert "no validation split" in (run_dir / "train.log").read_text()
+        assert configs.load_yaml(str(run_dir / "config.yaml")).model.num_classes == 3
+        # --json: the result on stdout even on a terminal (the finished run returns at once).
+        assert main([*command, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"] == str(run_dir)

@@ -64,7 +64,9 @@ class ModelConfig:
     """
 
     name: str = "selfy_tsm_r50"
-    num_classes: int = 174
+    # None: the class count of the data's labels.txt (the paper presets fix
+    # theirs, and a dataset that disagrees is refused).
+    num_classes: int | None = None
     num_frames: int = 8
     input_size: int = 224
     dropout: float = 0.5
@@ -286,7 +288,6 @@ def tiny_cpu() -> ExperimentConfig:
     config = ExperimentConfig()
     config.model = ModelConfig(
         name="selfy_tsm_r18",
-        num_classes=4,
         num_frames=4,
         input_size=32,
         dropout=0.0,
@@ -503,7 +504,10 @@ def validate(config: ExperimentConfig) -> None:
         config.runtime,
     )
     checks = [
-        (model.num_classes >= 2, f"`model.num_classes` must be >= 2. Received: {model.num_classes}."),
+        (
+            model.num_classes is None or model.num_classes >= 2,
+            f"`model.num_classes` must be >= 2 or none (from labels.txt). Received: {model.num_classes}.",
+        ),
         (model.num_frames >= 1, f"`model.num_frames` must be >= 1. Received: {model.num_frames}."),
         (model.input_size >= 16, f"`model.input_size` must be >= 16. Received: {model.input_size}."),
         (0.0 <= model.dropout < 1.0, f"`model.dropout` must be in [0, 1). Received: {model.dropout}."),
@@ -514,7 +518,7 @@ def validate(config: ExperimentConfig) -> None:
             f"Received: {data.validation_num_clips}, {data.validation_num_crops}.",
         ),
         (
-            all(0 <= index < model.num_classes for index in data.no_flip_classes),
+            model.num_classes is None or all(0 <= index < model.num_classes for index in data.no_flip_classes),
             f"`data.no_flip_classes` must be class indices below `model.num_classes`="
             f"{model.num_classes}. Received: {data.no_flip_classes}.",
         ),
