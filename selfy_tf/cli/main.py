@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show tracebacks for expected errors"
     )
-    parser.add_argument("--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "--verbose", action="store_true", help="log at DEBUG level and show TensorFlow's start-up messages"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).register_subparser(subparsers)
@@ -116,7 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs `selfy` with `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    """Runs `selfy` with `argv` (default: `sys.argv[1:]`); returns the exit status.
+
+    Run as the `selfy` command (`argv` None), TensorFlow's start-up lines are
+    kept off stderr unless `--verbose` is given.
+    """
+    if argv is None and "--verbose" not in sys.argv[1:]:
+        from selfy_tf.cli._quiet import quiet_tensorflow
+
+        quiet_tensorflow()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
