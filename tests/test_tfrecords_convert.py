@@ -618,3 +618,25 @@ def test_workers_exit_when_the_converting_process_is_killed():
     for pid in alive:
         os.kill(pid, 9)
     assert not alive, f"worker processes {sorted(alive)} outlived their parent by 10 s"
+
+
+def test_reasons_manifest_and_inspect_read_plainly(tmp_path, capsys):
+    root = tmp_path / "videos"
+    os.makedirs(root / "a")
+    _write_video(str(root / "a" / "good.mp4"), _frames(0, 3))
+    (root / "a" / "empty.mp4").write_bytes(b"")
+    (root / "a" / "corrupt.mp4").write_bytes(b"this is not a video" * 50)
+    out = str(tmp_path / "out")
+    assert _build("--format", "folders", "--root", str(root), "--out", out) == 0
+    manifest = _manifest(out)
+    reasons = {os.path.basename(item["source"]): item["reason"] for item in manifest["failures"]}
+    assert reasons["empty.mp4"] == f"empty file (0 bytes): {root / 'a' / 'empty.mp4'}"
+    corrupt = str(root / "a" / "corrupt.mp4")
+    assert reasons["corrupt.mp4"].startswith(f"cannot decode {corrupt}: ")
+    assert reasons["corrupt.mp4"].count(corrupt) == 1  # FFmpeg's copy of the path is dropped
+    # A sum of frame heights means nothing; a sum of frames does.
+    assert manifest["height"] == {"min": HEIGHT, "max": HEIGHT, "mean": float(HEIGHT)}
+    assert manifest["frames"]["total"] == 3
+    capsys.readouterr()
+    assert main(["tfrecords", "inspect", out]) == 0
+    assert f"frame size: {HEIGHT}x{WIDTH}\n" in capsys.readouterr().out

@@ -373,16 +373,17 @@ def _commit_hook(path: str) -> None:
     logger.debug("committed %s", path)
 
 
-def _statistics(values: Sequence[int]) -> dict:
-    if not values:
-        return {"min": 0, "max": 0, "mean": 0.0, "total": 0}
+def _statistics(values: Sequence[int], with_total: bool = False) -> dict:
+    """min / max / mean of `values`, and their sum when it means something (frames)."""
     array = np.asarray(values, dtype=np.int64)
-    return {
-        "min": int(array.min()),
-        "max": int(array.max()),
-        "mean": round(float(array.mean()), 3),
-        "total": int(array.sum()),
+    statistics = {
+        "min": int(array.min()) if array.size else 0,
+        "max": int(array.max()) if array.size else 0,
+        "mean": round(float(array.mean()), 3) if array.size else 0.0,
     }
+    if with_total:
+        statistics["total"] = int(array.sum())
+    return statistics
 
 
 def _write_manifest(
@@ -405,7 +406,7 @@ def _write_manifest(
         "failures": [{"source": item["source"], "reason": item["reason"]} for item in failures],
         "num_classes": len(labels),
         "per_class": per_class,
-        "frames": _statistics([clip["num_frames"] for clip in clips]),
+        "frames": _statistics([clip["num_frames"] for clip in clips], with_total=True),
         "height": _statistics([clip["height"] for clip in clips]),
         "width": _statistics([clip["width"] for clip in clips]),
         "num_shards": split_writer.num_shards,

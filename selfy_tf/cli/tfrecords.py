@@ -232,6 +232,12 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0 if summary.get("ok", True) else 1
 
 
+def _size_range(statistics: dict) -> str:
+    """`128` for a fixed side, `128-240` for sides that vary."""
+    low, high = statistics["min"], statistics["max"]
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def _print_summary(summary: dict) -> None:
     labels = summary["labels"]
     shown = ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else "")
@@ -245,8 +251,7 @@ def _print_summary(summary: dict) -> None:
             frames = info["frames"]
             print(f"    frames per clip: min {frames['min']}, mean {frames['mean']}, max {frames['max']}")
         if "height" in info:
-            print(f"    frame size: {info['height']['min']}-{info['height']['max']} x "
-                  f"{info['width']['min']}-{info['width']['max']}")
+            print(f"    frame size: {_size_range(info['height'])}x{_size_range(info['width'])}")
         sample = info["sample"]
         if not sample.get("empty"):
             print(f"    sample {sample['file']}: {sample['media_id']!r} label {sample['label']} "
