@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     from trainer.run_dir import RunPaths
     from trainer.train import train
 
-    created = not os.path.exists(args.out)
+    # Only the first worker owns the run directory (other workers share it).
+    created = _is_first_worker() and not os.path.exists(args.out)
     handler = None
     if _is_first_worker():
         os.makedirs(args.out, exist_ok=True)
