@@ -99,3 +99,16 @@ sys.stderr.write("\rdone\nselfy: error: kept\n")
         b"W0000 00:00:1796410667.184967    5634 other.cc:1] a warning that stays\n"
         b"\r 3/8 [====>\rdone\nselfy: error: kept\n"
     )
+
+
+def test_retracing_warning_is_dropped(caplog):
+    import logging
+
+    from selfy_tf.cli._quiet import drop_retracing_warnings
+
+    drop_retracing_warnings()
+    logger = logging.getLogger("tensorflow")
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        logger.warning("5 out of the last 5 calls to <function f> triggered tf.function retracing.")
+        logger.warning("another TensorFlow warning")
+    assert [record.getMessage() for record in caplog.records] == ["another TensorFlow warning"]

@@ -105,9 +105,16 @@ class StderrFilter:
             self._thread.join(timeout=2.0)
 
 
+def drop_retracing_warnings() -> None:
+    """Drops TensorFlow's tf.function retracing warnings (once per process)."""
+    logger = logging.getLogger("tensorflow")
+    if not any(isinstance(item, _DropRetracing) for item in logger.filters):
+        logger.addFilter(_DropRetracing())
+
+
 def quiet_tensorflow() -> StderrFilter | None:
     """Filters TensorFlow's start-up lines from stderr (POSIX only); returns the filter."""
-    logging.getLogger("tensorflow").addFilter(_DropRetracing())
+    drop_retracing_warnings()
     if os.name != "posix":
         return None
     stderr_filter = StderrFilter()
