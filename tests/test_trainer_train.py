@@ -261,7 +261,7 @@ class TestResume:
         from trainer.train import train
 
         config = configs.apply_overrides(configs.get_preset("tiny_cpu"), [*COMMON_SETS, "optimizer.lr=0.5"])
-        with pytest.raises(ValueError, match=r"different config \(optimizer.lr: 0.01 -> 0.5\)"):
+        with pytest.raises(ValueError, match=r"different config \(optimizer.lr: 0.05 -> 0.5\)"):
             train(config, data_dir, runs["reference_dir"], verbose=0)
 
 
