@@ -174,10 +174,13 @@ class TestTraining:
     def test_tiny_model_loss_falls_and_beats_chance(self, runs):
         history = runs["reference"]["history"]
         assert history["epoch"] == [1, 2, 3]
-        assert history["loss"][-1] < 0.8 * history["loss"][0]
+        # An epoch is 8 steps of 4 augmented clips: its mean loss is noisy
+        # and need not fall every epoch; validation on clean clips must end
+        # well above chance.
+        assert min(history["loss"][1:]) < 0.8 * history["loss"][0]
         chance = 1.0 / NUM_CLASSES
         assert history["top1"][-1] > chance + 0.25
-        assert history["val_top1"][-1] > chance
+        assert history["val_top1"][-1] > chance + 0.25
         assert runs["reference"]["global_step"] == EPOCHS * 8
 
     def test_run_directory_layout(self, runs):
