@@ -147,7 +147,15 @@ def _print_summary(result: dict, data_dir: str) -> None:
     for warning in result["warnings"]:
         print(f"  warning: {warning}")
     print(f"  next: selfy eval {result['run_dir']} --data {data_dir}")
-    print(f"  details: {os.path.join(result['run_dir'], 'result.json')}")
+    from trainer.run_dir import RunPaths
+
+    print(f"  details: {RunPaths(result['run_dir']).result}")
+
+
+def _detach(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,16 +180,12 @@ def run(args: argparse.Namespace) -> int:
         # A run refused (or stopped) before its first backup has nothing to
         # resume: leave no half-made run directory behind.
         if created and not os.path.exists(os.path.join(RunPaths(args.out).backup, BACKUP_FILE)):
-            if handler is not None:
-                logging.getLogger().removeHandler(handler)
-                handler.close()
-                handler = None
+            _detach(handler)
+            handler = None
             shutil.rmtree(args.out, ignore_errors=True)
         raise
     finally:
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+        _detach(handler)
     if args.json or not sys.stdout.isatty():
         print(json.dumps(result))
     else:
