@@ -14,6 +14,7 @@ import atexit
 import logging
 import os
 import re
+import select
 import sys
 import threading
 
@@ -71,6 +72,14 @@ class StderrFilter:
     def _pump(self) -> None:
         pending = b""
         while True:
+            # Child processes (conversion workers, the resource tracker) may
+            # hold the pipe open after this process stops: once stopped, end
+            # when the pipe is drained instead of waiting for its end.
+            ready, _, _ = select.select([self._read_fd], [], [], 0.1)
+            if not ready:
+                if self._stopped:
+                    break
+                continue
             try:
                 chunk = os.read(self._read_fd, 65536)
             except OSError:
@@ -93,14 +102,14 @@ class StderrFilter:
         """Puts the real stderr back and copies what is left in the pipe."""
         if self._saved_fd is None or self._stopped:
             return
-        self._stopped = True
         try:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
-        # Closes this process's write end; worker processes may hold another
-        # until they exit, hence the bounded wait.
         os.dup2(self._saved_fd, 2)
+        # Everything this process wrote is in the pipe now: the thread copies
+        # it, then stops at the first quiet 0.1 s.
+        self._stopped = True
         if self._thread is not None:
             self._thread.join(timeout=2.0)
 
