@@ -257,6 +257,8 @@ class TestFolderSplits:
         (flat / "a" / "v.mp4").write_bytes(b"x")
         assert _build("--format", "folders", "--root", str(flat), "--out", out, "--validation-fraction", "1") == 1
         assert "must be between 0 and 1" in capsys.readouterr().err
+        assert _build("--format", "folders", "--root", str(flat), "--out", out, "--validation-fraction", "0.5") == 1
+        assert "leaves no validation clip: no class has two videos or more" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -444,7 +444,8 @@ def split_validation(listing: Listing, validation_fraction: float) -> dict[str, 
     when the class has two clips or more, never all of them).
 
     Raises:
-        ValueError: `validation_fraction` not in (0, 1).
+        ValueError: `validation_fraction` not in (0, 1), or no class with two
+            clips or more (no validation clip).
     """
     if not 0.0 < float(validation_fraction) < 1.0:
         raise ValueError(
@@ -457,6 +458,11 @@ def split_validation(listing: Listing, validation_fraction: float) -> dict[str, 
         count = round(len(members) * float(validation_fraction))
         count = min(max(count, 1 if len(members) >= 2 else 0), max(len(members) - 1, 0))
         validation_ids.update(clip.media_id for clip in members[:count])
+    if not validation_ids:
+        raise ValueError(
+            f"`--validation-fraction` {validation_fraction} leaves no validation clip: no class has "
+            "two videos or more. Add videos, or train without a validation split."
+        )
     return {
         "train": Listing(listing.labels, [clip for clip in listing.clips if clip.media_id not in validation_ids]),
         "validation": Listing(listing.labels, [clip for clip in listing.clips if clip.media_id in validation_ids]),
