@@ -30,7 +30,7 @@ logger = logging.getLogger("bench_train")
 
 MODELS = {
     # name: (preset, overrides, stored frame size (h, w), stored frames)
-    "tiny_cpu": ("tiny_cpu", [], (40, 48), 6),
+    "tiny_cpu": ("tiny_cpu", ["model.num_classes=4"], (40, 48), 6),
     "selfy_tsm_r50": (
         "ssv1_selfy_r50_8f",
         ["data.batch_size=2", "model.num_classes=174"],

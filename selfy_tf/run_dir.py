@@ -9,6 +9,7 @@
     RUN/backup/                resumable state (weights, optimizer, progress)
     RUN/logs/                  TensorBoard: loss, top-1/top-5, lr, clips/s
     RUN/history.csv            one row per finished epoch
+    RUN/result.json            what `selfy train` reports at the end
     RUN/eval.json              written by `selfy eval`
 
 Every file is written atomically (`selfy_tf.files`), so a crash never leaves
@@ -86,6 +87,10 @@ class RunPaths:
     @property
     def history(self) -> str:
         return os.path.join(self.root, "history.csv")
+
+    @property
+    def result(self) -> str:
+        return os.path.join(self.root, "result.json")
 
     @property
     def eval_json(self) -> str:

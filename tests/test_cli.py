@@ -22,3 +22,93 @@ def test_unknown_command_is_bad_usage():
     with pytest.raises(SystemExit) as exit_info:
         main(["no-such-command"])
     assert exit_info.value.code == 2
+
+
+# TensorFlow's start-up lines on a CPU machine (`selfy` keeps them off stderr).
+_STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers",
+    "failed call to cuInit",
+)
+
+
+def _selfy(*argv: str) -> "subprocess.CompletedProcess":
+    """Runs the `selfy` command of this checkout in a subprocess."""
+    import os
+    import subprocess
+    import sys
+
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = {**os.environ, "PYTHONPATH": repository, "CUDA_VISIBLE_DEVICES": ""}
+    environment.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "selfy_tf.cli.main", *argv],
+        capture_output=True, text=True, env=environment, timeout=120,
+    )
+
+
+class TestQuietStart:
+    @pytest.fixture(scope="class")
+    def data_dir(self, tmp_path_factory):
+        from trainer.synthetic import write_color_dataset
+
+        return write_color_dataset(str(tmp_path_factory.mktemp("quiet")), num_classes=2, num_train=2, num_validation=0)
+
+    def test_tensorflow_startup_lines_are_filtered(self, data_dir):
+        quiet = _selfy("tfrecords", "inspect", data_dir)
+        assert quiet.returncode == 0, quiet.stderr
+        assert "2 classes" in quiet.stdout
+        for noise in _STARTUP_NOISE:
+            assert noise not in quiet.stderr, quiet.stderr
+        # --verbose shows them again (where this TensorFlow prints any).
+        verbose = _selfy("--verbose", "tfrecords", "inspect", data_dir)
+        assert verbose.returncode == 0 and verbose.stdout == quiet.stdout
+        assert len(verbose.stderr) >= len(quiet.stderr)
+
+
+def test_stderr_filter_drops_only_the_startup_lines():
+    import subprocess
+    import sys
+
+    # Lines as TensorFlow writes them (straight to descriptor 2), a progress
+    # bar fragment without newline, and ordinary output.
+    script = r"""
+import os, sys
+from selfy_tf.cli._quiet import StderrFilter
+stderr_filter = StderrFilter()
+stderr_filter.start()
+os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+os.write(2, b"I0000 00:00:1796410665.873137    5634 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.\n")
+os.write(2, b"E0000 00:00:1796410667.184967    5634 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n")
+os.write(2, b"I0000 00:00:1796410665.873137    5634 port.cc:153] oneDNN custom ")
+os.write(2, b"operations are on. You may see slightly different numerical results.\n")
+os.write(2, b"W0000 00:00:1796410667.184967    5634 other.cc:1] a warning that stays\n")
+os.write(2, b"\r 3/8 [====>")
+sys.stderr.write("\rdone\nselfy: error: kept\n")
+"""
+    import os
+
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, env={**os.environ, "PYTHONPATH": repository},
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert result.stderr == (
+        b"W0000 00:00:1796410667.184967    5634 other.cc:1] a warning that stays\n"
+        b"\r 3/8 [====>\rdone\nselfy: error: kept\n"
+    )
+
+
+def test_retracing_warning_is_dropped(caplog):
+    import logging
+
+    from selfy_tf.cli._quiet import drop_retracing_warnings
+
+    drop_retracing_warnings()
+    logger = logging.getLogger("tensorflow")
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        logger.warning("5 out of the last 5 calls to <function f> triggered tf.function retracing.")
+        logger.warning("another TensorFlow warning")
+    assert [record.getMessage() for record in caplog.records] == ["another TensorFlow warning"]

@@ -100,6 +100,9 @@ class TestDemoEndToEnd:
         assert main(["demo", "--quick", "--out", str(out)]) == 0
         stdout = capsys.readouterr().out
         assert "selfy_tsm_r18" in stdout and "report:" in stdout
+        # The summary alone: Keras's epoch lines go to stderr.
+        assert "step - " not in stdout and "/step" not in stdout and "loss" not in stdout
+        assert "quick run: a path check" in stdout
 
         results = json.loads((out / "results.json").read_text())
         assert set(results["models"]) == {"tsn_r18", "tsm_r18", "selfy_tsm_r18"}
@@ -113,6 +116,7 @@ class TestDemoEndToEnd:
         assert prediction["top_k"][0]["label"] in results["settings"]["classes"]
 
         html = (out / "report.html").read_text()
+        assert "This was the quick path check" in html and "does not hold" not in html
         for figure in ("figures/accuracy.png", "figures/training_curves.png", "stss_query.png",
                        "pixel_motion_field.png", "gradcam.png", "confusion_selfy_tsm_r18.png"):
             assert figure in html, figure
@@ -121,3 +125,15 @@ class TestDemoEndToEnd:
         clip = results["figures"]["clips"][0]
         for path in clip["model"]["files"].values():
             assert os.path.getsize(path) > 0
+
+
+def test_training_curves_have_markers(tmp_path, monkeypatch):
+    # A one-epoch run is a single point: without markers its curve is invisible.
+    from selfy_tf.viz import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save_figure", lambda figure, path: drawn.append(figure) or path)
+    plots.plot_training_curves({"a": {"loss": [1.0]}, "b": {"loss": [0.5, 0.4]}}, str(tmp_path / "c.png"), ["loss"])
+    lines = drawn[0].axes[0].lines
+    assert [len(line.get_xdata()) for line in lines] == [1, 2]
+    assert all(line.get_marker() not in (None, "None", "", " ") for line in lines)

@@ -171,6 +171,97 @@ class TestFolders:
 
 
 @pytest.fixture(scope="module")
+def split_root(tmp_path_factory):
+    """`root/train/<class>/` (2 clips per class) and `root/validation/<class>/` (1 per class)."""
+    root = tmp_path_factory.mktemp("split_folders")
+    number = 0
+    for split, count in (("train", 2), ("validation", 1)):
+        for name in FOLDER_CLASSES:
+            os.makedirs(root / split / name)
+            for clip in range(count):
+                _write_video(str(root / split / name / f"{split}{clip}.mp4"), _frames(number, 3))
+                number += 1
+    return str(root)
+
+
+class TestFolderSplits:
+    def test_train_and_validation_folders_give_both_splits(self, split_root, tmp_path, capsys):
+        out = str(tmp_path / "out")
+        assert _build("--format", "folders", "--root", split_root, "--out", out) == 0
+        summaries = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+        assert [(item["split"], item["converted"]) for item in summaries] == [("train", 4), ("validation", 2)]
+        assert writer.read_labels(out) == FOLDER_CLASSES
+        assert _manifest(out, "validation")["per_class"] == {name: 1 for name in FOLDER_CLASSES}
+        validation = _read_records(out, "validation")
+        assert sorted((record["media_id"], record["label"]) for record in validation) == [
+            (f"{name}/validation0.mp4", label) for label, name in enumerate(FOLDER_CLASSES)
+        ]
+        # `--split` picks one of them.
+        other = str(tmp_path / "other")
+        assert _build("--format", "folders", "--root", split_root, "--out", other, "--split", "validation") == 0
+        assert [name for name in os.listdir(other) if name.endswith(".tfrecord")] == [
+            "validation-00000-of-00001.tfrecord"
+        ]
+
+    def test_validation_fraction_is_stratified_and_deterministic(self, tmp_path):
+        root = tmp_path / "flat"
+        sizes = {"a": 10, "b": 5, "c": 2, "d": 1}
+        for name, count in sizes.items():
+            os.makedirs(root / name)
+            for index in range(count):
+                (root / name / f"v{index}.mp4").write_bytes(b"x")
+        listing = sources.list_folders(str(root))
+        splits = sources.split_validation(listing, 0.2)
+        per_class = {
+            split: {name: sum(clip.label_index == label for clip in item.clips) for label, name in enumerate("abcd")}
+            for split, item in splits.items()
+        }
+        # round(n * 0.2), at least one for two clips or more, never the whole class.
+        assert per_class["validation"] == {"a": 2, "b": 1, "c": 1, "d": 0}
+        assert {name: per_class["train"][name] + per_class["validation"][name] for name in sizes} == sizes
+        # Deterministic per file: another listing order, or more files in a
+        # class, keeps the files that were in validation there (class a).
+        shuffled = sources.Listing(listing.labels, listing.clips[::-1])
+        validation_ids = {clip.media_id for clip in splits["validation"].clips}
+        assert {clip.media_id for clip in sources.split_validation(shuffled, 0.2)["validation"].clips} == validation_ids
+        for index in range(10, 15):
+            (root / "a" / f"v{index}.mp4").write_bytes(b"x")
+        grown = sources.split_validation(sources.list_folders(str(root)), 0.2)["validation"].clips
+        assert {clip.media_id for clip in splits["validation"].clips if clip.label_index == 0} <= {
+            clip.media_id for clip in grown
+        }
+
+    def test_validation_fraction_through_the_cli(self, folders_root, tmp_path, capsys):
+        root, _ = folders_root
+        out = str(tmp_path / "out")
+        assert _build("--format", "folders", "--root", root, "--out", out, "--validation-fraction", "0.5") == 0
+        summaries = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+        assert [item["split"] for item in summaries] == ["train", "validation"]
+        assert sum(item["listed"] for item in summaries) == 7
+        train_ids = {record["media_id"] for record in _read_records(out, "train")}
+        validation_ids = {record["media_id"] for record in _read_records(out, "validation")}
+        assert train_ids and validation_ids and not train_ids & validation_ids
+
+    def test_layout_errors(self, split_root, tmp_path, capsys):
+        empty = tmp_path / "empty"
+        os.makedirs(empty / "train")
+        os.makedirs(empty / "validation")
+        out = str(tmp_path / "out")
+        assert main(["tfrecords", "build", "--format", "folders", "--root", str(empty), "--out", out]) == 1
+        error = capsys.readouterr().err
+        assert "no video files in its class subfolders" in error and "index files" not in error
+        assert _build("--format", "folders", "--root", split_root, "--out", out, "--validation-fraction", "0.2") == 1
+        assert "already has split folders (train, validation)" in capsys.readouterr().err
+        flat = tmp_path / "flat"
+        os.makedirs(flat / "a")
+        (flat / "a" / "v.mp4").write_bytes(b"x")
+        assert _build("--format", "folders", "--root", str(flat), "--out", out, "--validation-fraction", "1") == 1
+        assert "must be between 0 and 1" in capsys.readouterr().err
+        assert _build("--format", "folders", "--root", str(flat), "--out", out, "--validation-fraction", "0.5") == 1
+        assert "leaves no validation clip: no class has two videos or more" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
 def ssv1_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("ssv1")
     frames_root = root / "frames"
@@ -473,3 +564,81 @@ def test_a_crashing_worker_fails_only_its_task():
              functools.partial(abs, -3), functools.partial(abs, -4)]
     results = list(writer._parallel_map(operator.call, tasks, 2, lambda task: "crashed"))
     assert results == [1, "crashed", 3, 4]
+
+
+
+def _process_state(pid: int) -> tuple[str, int] | None:
+    """`(state letter, parent pid)` of a process from /proc, or None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            # The command name is in parentheses and may hold spaces.
+            fields = stream.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def _live_children(pid: int) -> dict[int, str]:
+    """`{pid: command line}` of the live (not zombie) child processes of `pid`."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        state = _process_state(int(entry))
+        if state is None or state[1] != pid or state[0] == "Z":
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as stream:
+                children[int(entry)] = stream.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return children
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc (Linux) to list processes")
+def test_workers_exit_when_the_converting_process_is_killed():
+    # The conversion pool, busy with tasks that would block for a minute.
+    script = (
+        "import time\nfrom tfrecords import writer\n"
+        "list(writer._parallel_map(time.sleep, [60] * 4, 2, lambda task: None))\n"
+    )
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": repository})
+    try:
+        deadline = time.monotonic() + 60
+        workers = {}
+        while len(workers) < 2:
+            assert time.monotonic() < deadline and process.poll() is None, "no worker processes started"
+            time.sleep(0.1)
+            workers = {pid: line for pid, line in _live_children(process.pid).items() if "spawn_main" in line}
+    finally:
+        process.kill()  # SIGKILL: the executor gets no chance to stop its workers
+        process.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    alive = set(workers)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = {pid for pid in alive if (_process_state(pid) or ("Z",))[0] != "Z"}
+    for pid in alive:
+        os.kill(pid, 9)
+    assert not alive, f"worker processes {sorted(alive)} outlived their parent by 10 s"
+
+
+def test_reasons_manifest_and_inspect_read_plainly(tmp_path, capsys):
+    root = tmp_path / "videos"
+    os.makedirs(root / "a")
+    _write_video(str(root / "a" / "good.mp4"), _frames(0, 3))
+    (root / "a" / "empty.mp4").write_bytes(b"")
+    (root / "a" / "corrupt.mp4").write_bytes(b"this is not a video" * 50)
+    out = str(tmp_path / "out")
+    assert _build("--format", "folders", "--root", str(root), "--out", out) == 0
+    manifest = _manifest(out)
+    reasons = {os.path.basename(item["source"]): item["reason"] for item in manifest["failures"]}
+    assert reasons["empty.mp4"] == f"empty file (0 bytes): {root / 'a' / 'empty.mp4'}"
+    corrupt = str(root / "a" / "corrupt.mp4")
+    assert reasons["corrupt.mp4"].startswith(f"cannot decode {corrupt}: ")
+    assert reasons["corrupt.mp4"].count(corrupt) == 1  # FFmpeg's copy of the path is dropped
+    # A sum of frame heights means nothing; a sum of frames does.
+    assert manifest["height"] == {"min": HEIGHT, "max": HEIGHT, "mean": float(HEIGHT)}
+    assert manifest["frames"]["total"] == 3
+    capsys.readouterr()
+    assert main(["tfrecords", "inspect", out]) == 0
+    assert f"frame size: {HEIGHT}x{WIDTH}\n" in capsys.readouterr().out

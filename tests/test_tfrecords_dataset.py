@@ -237,3 +237,41 @@ def test_encode_clip_layout():
     frames = example.feature_lists.feature_list[tfrecords.IMAGE_KEY].feature
     assert len(frames) == 2
     assert tf.io.decode_jpeg(frames[0].bytes_list.value[0]).shape == (*SIZE, 3)
+
+
+class TestLabelRange:
+    """Hand-written records with labels outside `[0, num_classes)` stop the pipeline."""
+
+    @staticmethod
+    def _write(directory, labels) -> str:
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, "validation-00000-of-00001.tfrecord")
+        with tf.io.TFRecordWriter(path) as writer:
+            for number, label in enumerate(labels):
+                writer.write(tfrecords.encode_clip(_clip_frames(number, 3), label))
+        with open(os.path.join(directory, "labels.txt"), "w") as stream:
+            stream.write("".join(f"{name}\n" for name in LABELS))
+        return path
+
+    @pytest.mark.parametrize("training", [False, True])
+    @pytest.mark.parametrize("bad_label", [-1, 999])
+    def test_error_names_shard_record_and_label(self, tmp_path, training, bad_label):
+        path = self._write(str(tmp_path), [0, 2, bad_label, 1])
+        dataset = tfrecords.make_dataset(
+            path, training=training, num_frames=3, batch_size=1, crop_size=CROP, eval_size=None, seed=1,
+        )
+        expected = rf"shard {path} record 2: label {bad_label} is outside \[0, 3\)"
+        with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+            _collect(dataset)
+
+    def test_explicit_num_classes_and_opt_out(self, tmp_path):
+        path = self._write(str(tmp_path), [0, 2, 1])
+        dataset = tfrecords.make_dataset(
+            path, training=False, num_frames=3, batch_size=3, crop_size=CROP, eval_size=None, num_classes=2,
+        )
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"record 1: label 2 is outside \[0, 2\)"):
+            _collect(dataset)
+        unchecked = tfrecords.make_dataset(
+            path, training=False, num_frames=3, batch_size=3, crop_size=CROP, eval_size=None, num_classes=None,
+        )
+        assert _collect(unchecked)[0][1].tolist() == [0, 2, 1]

@@ -8,6 +8,7 @@ sample/decode/augment with AUTOTUNE parallelism → batch → prefetch.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Mapping, Sequence
 
 import tensorflow as tf
@@ -59,6 +60,44 @@ def shard_files(files: Sequence[str], input_context: tf.distribute.InputContext 
     return list(files[input_context.input_pipeline_id :: pipelines])
 
 
+def _labels_beside(files: Sequence[str]) -> int | None:
+    """Class count of the `labels.txt` next to the first shard, or None."""
+    from tfrecords import writer
+
+    directory = os.path.dirname(files[0]) if files else ""
+    if not os.path.isfile(os.path.join(directory, writer.LABELS_FILE)):
+        return None
+    return len(writer.read_labels(directory))
+
+
+def check_label(label: tf.Tensor, num_classes: int, shard: tf.Tensor, record_index: tf.Tensor) -> tf.Tensor:
+    """`label`, after checking that it lies in `[0, num_classes)`.
+
+    A label outside the range would silently become an all-zero one-hot
+    target (training) or the last class / an IndexError (evaluation), so the
+    pipeline stops with `tf.errors.InvalidArgumentError` whose message names
+    the shard, the record index (0-based, within the shard) and the label.
+    """
+    valid = tf.logical_and(label >= 0, label < num_classes)
+    message = tf.strings.join(
+        [
+            "shard ", shard, " record ", tf.strings.as_string(record_index), ": label ",
+            tf.strings.as_string(label),
+            f" is outside [0, {num_classes}) (num_classes={num_classes}). Labels index "
+            "the lines of labels.txt; rewrite the record with a label in that range.",
+        ]
+    )
+    check = tf.debugging.Assert(valid, [message], summarize=1)
+    with tf.control_dependencies([check]):
+        return tf.identity(label)
+
+
+def _read_indexed_shard(path: tf.Tensor) -> tf.data.Dataset:
+    """`(serialized, shard path, record index)` for each record of one shard."""
+    records = tf.data.TFRecordDataset(path).enumerate()
+    return records.map(lambda index, serialized: (serialized, path, index))
+
+
 def make_dataset(
     file_pattern: "str | Sequence[str]",
     *,
@@ -81,6 +120,7 @@ def make_dataset(
     repeat: bool = False,
     cycle_length: int | None = None,
     scales: Sequence[float] = augment.MULTI_SCALE_CROP_SCALES,
+    num_classes: int | None | str = "auto",
 ) -> tf.data.Dataset:
     """Builds the training or evaluation dataset of clip TFRecords.
 
@@ -117,6 +157,10 @@ def make_dataset(
         repeat: repeat the data forever (e.g. with `steps_per_epoch`).
         cycle_length: shards read at once (default: min(files, 16)).
         scales: multi-scale crop scales (training).
+        num_classes: labels must lie in `[0, num_classes)`; a record outside
+            stops the pipeline with an error naming its shard, record index
+            and label. "auto": the class count of the `labels.txt` beside the
+            first shard (no check without one); None: no check.
 
     Returns:
         A dataset of `(frames, label)`: frames uint8 `[batch, num_frames,
@@ -145,7 +189,10 @@ def make_dataset(
         scales=scales,
     )
     clip_decoder = decoder_lib.Decoder(feature_keys)
-    files = shard_files(match_files(file_pattern), input_context)
+    all_files = match_files(file_pattern)
+    if num_classes == "auto":
+        num_classes = _labels_beside(all_files)
+    files = shard_files(all_files, input_context)
     pipeline_id = 0
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(int(batch_size))
@@ -157,7 +204,7 @@ def make_dataset(
     if training:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.interleave(
-        tf.data.TFRecordDataset,
+        _read_indexed_shard,
         cycle_length=min(len(files), cycle_length or 16),
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -167,6 +214,14 @@ def make_dataset(
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
+
+    def decode(record):
+        serialized, shard, record_index = record
+        decoded = clip_decoder.decode(serialized)
+        if num_classes is not None:
+            label = check_label(decoded[decoder_lib.LABEL], int(num_classes), shard, record_index)
+            decoded = {**decoded, decoder_lib.LABEL: label}
+        return decoded
 
     def finish(decoded, frames, label):
         if as_dict:
@@ -181,15 +236,15 @@ def make_dataset(
         dataset = tf.data.Dataset.zip(dataset, seeds)
         parse = clip_parser.parse_fn(True)
 
-        def process(serialized, element_seed_pair):
-            decoded = clip_decoder.decode(serialized)
+        def process(record, element_seed_pair):
+            decoded = decode(record)
             return finish(decoded, *parse(decoded, element_seed_pair))
 
     else:
         parse = clip_parser.parse_fn(False)
 
-        def process(serialized):
-            decoded = clip_decoder.decode(serialized)
+        def process(*record):
+            decoded = decode(record)
             return finish(decoded, *parse(decoded))
 
     dataset = dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)

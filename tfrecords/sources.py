@@ -18,13 +18,17 @@ Formats:
 - `ssv2`: Something-Something V2 — `<id>.webm` videos, the labels JSON
   (`{"class name": "index"}`) and a split JSON (`[{"id", "template"}, ...]`).
 - `kinetics`: videos plus a CSV `label,youtube_id,time_start,time_end,split`.
-- `folders`: `root/<class name>/<video file>`.
+- `folders`: `root/<class name>/<video file>`, or one such tree per split:
+  `root/train/<class name>/...` and `root/validation/<class name>/...`
+  (`list_folder_splits`); a flat tree can be split into train and
+  validation with `validation_fraction`.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -373,7 +377,108 @@ def list_folders(root: str, known_labels: Sequence[str] | None = None) -> Listin
             clips.append(ClipSource(path, media_id, index_of[name], "video", path))
     if skipped:
         logger.info("%s: skipped %d files that are not videos", root, skipped)
+    if not clips:
+        raise ValueError(
+            f"`--root` {root}: no video files in its class subfolders "
+            f"({', '.join(class_folders[:5])}{', ...' if len(class_folders) > 5 else ''}). "
+            f"Expected root/<class>/<video> with one of the extensions {', '.join(video.VIDEO_EXTENSIONS)}, "
+            f"or root/{FOLDER_SPLITS[0]}/<class>/<video> and root/{FOLDER_SPLITS[1]}/<class>/<video>."
+        )
     return Listing(labels, clips)
+
+
+# Split folders recognised by `list_folder_splits`, in the order they are converted.
+FOLDER_SPLITS = ("train", "validation")
+
+
+def _has_split_folders(root: str) -> bool:
+    """True when `root/train` (or `root/validation`) holds class folders, not videos."""
+    for split in FOLDER_SPLITS:
+        path = os.path.join(root, split)
+        if os.path.isdir(path) and any(entry.is_dir() for entry in os.scandir(path)):
+            return True
+    return False
+
+
+def _validation_rank(clip: ClipSource) -> str:
+    # A hash of the clip's own name: the same file always lands in the same
+    # split, whatever else the folder holds or the order it is listed in.
+    return hashlib.sha256(clip.media_id.encode("utf-8")).hexdigest()
+
+
+def split_validation(listing: Listing, validation_fraction: float) -> dict[str, Listing]:
+    """Splits one listing into `train` and `validation`, stratified per class.
+
+    In each class of `n` clips, the `round(n * validation_fraction)` clips
+    with the lowest hash of their media id go to validation (at least one
+    when the class has two clips or more, never all of them).
+
+    Raises:
+        ValueError: `validation_fraction` not in (0, 1), or no class with two
+            clips or more (no validation clip).
+    """
+    if not 0.0 < float(validation_fraction) < 1.0:
+        raise ValueError(
+            "`--validation-fraction` must be between 0 and 1 (exclusive), e.g. 0.2. "
+            f"Received: {validation_fraction}."
+        )
+    validation_ids = set()
+    for label_index in range(len(listing.labels)):
+        members = sorted((clip for clip in listing.clips if clip.label_index == label_index), key=_validation_rank)
+        count = round(len(members) * float(validation_fraction))
+        count = min(max(count, 1 if len(members) >= 2 else 0), max(len(members) - 1, 0))
+        validation_ids.update(clip.media_id for clip in members[:count])
+    if not validation_ids:
+        raise ValueError(
+            f"`--validation-fraction` {validation_fraction} leaves no validation clip: no class has "
+            "two videos or more. Add videos, or train without a validation split."
+        )
+    return {
+        "train": Listing(listing.labels, [clip for clip in listing.clips if clip.media_id not in validation_ids]),
+        "validation": Listing(listing.labels, [clip for clip in listing.clips if clip.media_id in validation_ids]),
+    }
+
+
+def list_folder_splits(
+    root: str,
+    known_labels: Sequence[str] | None = None,
+    validation_fraction: float | None = None,
+    split: str = "train",
+) -> dict[str, Listing]:
+    """Lists the splits of a folder dataset: `{split name: Listing}`.
+
+    Layouts:
+
+    - `root/train/<class>/<video>` and `root/validation/<class>/<video>`:
+      one listing per split folder present; the classes are the sorted class
+      folders of all splits, so both splits share one `labels.txt`.
+    - `root/<class>/<video>`: the whole tree is `split`, or, with
+      `validation_fraction`, a `train` and a `validation` listing
+      (`split_validation`).
+
+    Raises:
+        ValueError: `validation_fraction` given for a tree that already has
+            split folders, or a layout without videos (naming the root).
+    """
+    _require_file(root, "--root", "folders")
+    if not _has_split_folders(root):
+        listing = list_folders(root, known_labels)
+        if validation_fraction:
+            return split_validation(listing, validation_fraction)
+        return {split: listing}
+    present = [name for name in FOLDER_SPLITS if os.path.isdir(os.path.join(root, name))]
+    if validation_fraction:
+        raise ValueError(
+            f"`--validation-fraction` splits a flat root/<class>/<video> tree, but {root} already "
+            f"has split folders ({', '.join(present)}). Drop the flag to convert them as they are."
+        )
+    if known_labels:
+        labels = list(known_labels)
+    else:
+        labels = sorted(
+            {entry.name for name in present for entry in os.scandir(os.path.join(root, name)) if entry.is_dir()}
+        )
+    return {name: list_folders(os.path.join(root, name), labels) for name in present}
 
 
 def frame_paths(clip: ClipSource, options: LoadOptions) -> list[str]:

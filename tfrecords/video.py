@@ -110,6 +110,8 @@ def read_video_frames(
         raise ValueError(f"`fps` must be positive. Received: {fps}.")
     if not os.path.isfile(path):
         raise VideoDecodeError(f"video file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(f"empty file (0 bytes): {path}")
     frames: list[np.ndarray] = []
     times: list[float] = []
     duration = None
@@ -142,10 +144,12 @@ def read_video_frames(
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, EOFError) as error:
+        # FFmpeg's message ends with the file name, already in ours.
+        reason = getattr(error, "strerror", None) or str(error)
         if not frames:
-            raise VideoDecodeError(f"cannot decode {path}: {error}") from error
+            raise VideoDecodeError(f"cannot decode {path}: {reason}") from error
         raise VideoDecodeError(
-            f"corrupt or truncated {path}: decoding failed after {len(frames)} frames: {error}"
+            f"corrupt or truncated {path}: decoding failed after {len(frames)} frames: {reason}"
         ) from error
     if not frames:
         raise VideoDecodeError(f"no frames decoded from {path} (zero-frame video)")

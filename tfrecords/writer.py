@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -142,11 +143,32 @@ def _crashed_clip(task: tuple) -> ClipResult:
     )
 
 
+def _exit_when_parent_dies() -> None:
+    """Worker initializer: ends this worker when the converting process dies.
+
+    A worker waits for tasks on a queue whose write end it holds itself, so
+    it never sees the end of input when its parent is killed (`kill -9`
+    leaves no time for the executor's shutdown): it would wait forever.
+    A daemon thread waits on the parent's sentinel and exits instead.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="selfy-parent-watch", daemon=True).start()
+
+
 def _new_executor(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     # "spawn": workers import only the TensorFlow-free modules they need,
     # instead of forking a process that may hold TensorFlow threads.
     return concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_when_parent_dies,
     )
 
 
@@ -334,16 +356,17 @@ def _commit_hook(path: str) -> None:
     logger.debug("committed %s", path)
 
 
-def _statistics(values: Sequence[int]) -> dict:
-    if not values:
-        return {"min": 0, "max": 0, "mean": 0.0, "total": 0}
+def _statistics(values: Sequence[int], with_total: bool = False) -> dict:
+    """min / max / mean of `values`, and their sum when it means something (frames)."""
     array = np.asarray(values, dtype=np.int64)
-    return {
-        "min": int(array.min()),
-        "max": int(array.max()),
-        "mean": round(float(array.mean()), 3),
-        "total": int(array.sum()),
+    statistics = {
+        "min": int(array.min()) if array.size else 0,
+        "max": int(array.max()) if array.size else 0,
+        "mean": round(float(array.mean()), 3) if array.size else 0.0,
     }
+    if with_total:
+        statistics["total"] = int(array.sum())
+    return statistics
 
 
 def _write_manifest(
@@ -366,7 +389,7 @@ def _write_manifest(
         "failures": [{"source": item["source"], "reason": item["reason"]} for item in failures],
         "num_classes": len(labels),
         "per_class": per_class,
-        "frames": _statistics([clip["num_frames"] for clip in clips]),
+        "frames": _statistics([clip["num_frames"] for clip in clips], with_total=True),
         "height": _statistics([clip["height"] for clip in clips]),
         "width": _statistics([clip["width"] for clip in clips]),
         "num_shards": split_writer.num_shards,

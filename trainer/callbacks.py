@@ -158,11 +158,16 @@ class Backup(keras.callbacks.Callback):
     """Saves a resumable backup every `every_steps` steps within an epoch.
 
     The epoch-end backup is written by the trainer (it knows the history and
-    best score); this callback covers the steps in between.
+    best score); this callback covers the steps in between. The epoch's last
+    step gets no backup of its own: a run killed after it (in validation, or
+    while writing checkpoints) would resume with no training step left to
+    produce the epoch's logs, and its history would lose that epoch's row. It
+    resumes from the previous backup instead and replays the steps since.
 
     Args:
         directory: where `backup.npz` goes.
         every_steps: int, steps between backups.
+        steps_per_epoch: int, training steps of a whole epoch.
         epoch: the epoch this `fit` call trains.
         first_step: steps of this epoch already done before this `fit` call
             (skipped in the input pipeline); `on_train_batch_end`'s `batch`
@@ -176,6 +181,7 @@ class Backup(keras.callbacks.Callback):
         self,
         directory: str,
         every_steps: int,
+        steps_per_epoch: int,
         epoch: int,
         first_step: int,
         state: dict[str, Any],
@@ -184,6 +190,7 @@ class Backup(keras.callbacks.Callback):
         super().__init__()
         self.directory = directory
         self.every_steps = int(every_steps)
+        self.steps_per_epoch = int(steps_per_epoch)
         self.epoch = int(epoch)
         self.first_step = int(first_step)
         self.state = state
@@ -197,7 +204,7 @@ class Backup(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step_in_epoch = self.first_step + batch + 1
-        if step_in_epoch % self.every_steps:
+        if step_in_epoch % self.every_steps or step_in_epoch >= self.steps_per_epoch:
             return
         state = dict(self.state, epoch=self.epoch, step_in_epoch=step_in_epoch)
         save_backup(self.directory, self.model, state, include_metrics=True)

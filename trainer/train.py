@@ -9,6 +9,7 @@ with the restored weights, optimizer state and running metrics.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -61,6 +62,8 @@ class TrainResult:
         resumed_from: `{"epoch": e, "step_in_epoch": s}` when this call
             resumed from a backup, else None.
         global_batch_size / num_replicas: the distribution used.
+        warnings: what the run could not do as asked (e.g. no validation
+            split), also logged.
     """
 
     run_dir: str
@@ -73,6 +76,7 @@ class TrainResult:
     resumed_from: dict[str, int] | None
     global_batch_size: int
     num_replicas: int
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -122,7 +126,7 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
                 )
         splits[split] = (opened.files, opened.num_examples)
     labels = opened.labels
-    if len(labels) != config.model.num_classes:
+    if config.model.num_classes is not None and len(labels) != config.model.num_classes:
         raise ValueError(
             f"{labels_path(data_dir)} lists {len(labels)} classes but "
             f"`model.num_classes`={config.model.num_classes}. Set "
@@ -136,6 +140,23 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
         )
     validation_files, num_validation = splits[config.data.validation_split]
     return DataInfo(data_dir, labels, train_files, num_train, validation_files, num_validation)
+
+
+def with_data_classes(config: configs.ExperimentConfig, data: DataInfo) -> configs.ExperimentConfig:
+    """`config` with `model.num_classes` set from the data's labels.txt when unset.
+
+    Raises:
+        ValueError: `data.no_flip_classes` names a class the data lacks.
+    """
+    if config.model.num_classes is not None:
+        return config
+    config = copy.deepcopy(config)
+    config.model.num_classes = len(data.labels)
+    logger.info(
+        "model.num_classes=%d, from %s.", config.model.num_classes, labels_path(data.data_dir)
+    )
+    configs.validate(config)
+    return config
 
 
 def build_model(config: configs.ExperimentConfig) -> keras.Model:
@@ -247,6 +268,7 @@ def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int
             scales=config.data.crop_scales,
             input_context=input_context,
             repeat=True,
+            num_classes=config.model.num_classes,
         )
         dataset = dataset.map(_one_hot(config.model.num_classes))
         # Batches of this epoch already trained on before an interruption.
@@ -276,6 +298,7 @@ def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
             # runs the same number of steps.
             repeat=True,
             drop_remainder=True,
+            num_classes=config.model.num_classes,
         )
         return dataset.map(_one_hot(config.model.num_classes))
 
@@ -332,7 +355,7 @@ def train(
         config: the experiment (see `trainer.configs`).
         data_dir: converted dataset: `train-*.tfrecord`, optionally
             `validation-*.tfrecord`, and `labels.txt`.
-        run_dir: output directory (layout in `trainer.run_dir`).
+        run_dir: output directory (layout in `selfy_tf.run_dir`).
         strategy: a `tf.distribute.Strategy`; default: from
             `config.runtime.strategy`.
         verbose: Keras verbosity; "auto" shows a progress bar on a terminal
@@ -351,6 +374,24 @@ def train(
     if strategy is None:
         strategy = strategy_lib.make_strategy(config.runtime.strategy)
     data = inspect_data_dir(data_dir, config)
+    config = with_data_classes(config, data)
+    num_replicas = strategy.num_replicas_in_sync
+    global_batch = config.data.batch_size * num_replicas
+    steps_per_epoch = config.train.steps_per_epoch or data.num_train_examples // global_batch
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"The train split of {data_dir} has {data.num_train_examples} clips, fewer than one "
+            f"global batch ({config.data.batch_size} per replica x {num_replicas} replicas). "
+            "Lower `data.batch_size` or set `train.steps_per_epoch`."
+        )
+    warnings = []
+    if not data.validation_files:
+        warnings.append(
+            f"no validation split in {data_dir} (no '{config.data.validation_split}-*.tfrecord'): the run "
+            "reports training accuracy only, and best.keras is chosen by it. Build one with "
+            "`selfy tfrecords build ... --validation-fraction 0.2`."
+        )
+        logger.warning("%s", warnings[-1])
     chief = strategy_lib.is_chief(strategy)
     worker = strategy_lib.worker_index(strategy)
     paths = RunPaths(os.path.abspath(run_dir))
@@ -367,15 +408,6 @@ def train(
         configs.save_yaml(config, paths.config)
         write_labels(paths.labels, data.labels)
 
-    num_replicas = strategy.num_replicas_in_sync
-    global_batch = config.data.batch_size * num_replicas
-    steps_per_epoch = config.train.steps_per_epoch or data.num_train_examples // global_batch
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"The train split of {data_dir} has {data.num_train_examples} clips, fewer than one "
-            f"global batch ({config.data.batch_size} per replica x {num_replicas} replicas). "
-            "Lower `data.batch_size` or set `train.steps_per_epoch`."
-        )
     validation_steps = 0
     if data.validation_files:
         validation_steps = config.train.validation_steps or max(1, data.num_validation_examples // global_batch)
@@ -453,6 +485,7 @@ def train(
                 callbacks_lib.Backup(
                     backup_dir,
                     config.train.backup_every_steps,
+                    steps_per_epoch,
                     epoch,
                     first_step,
                     {key: value for key, value in state.items() if key not in ("epoch", "step_in_epoch")},
@@ -497,9 +530,11 @@ def train(
                 history=history,
                 finished=epoch + 1 >= config.train.epochs,
             )
-            callbacks_lib.save_backup(backup_dir, model, state, include_metrics=False)
+            # The history first: once the backup says the epoch is done, a
+            # resumed run never writes this epoch's row again.
             if chief:
                 callbacks_lib.write_history_csv(output.history, history)
+            callbacks_lib.save_backup(backup_dir, model, state, include_metrics=False)
             logger.info(
                 "Epoch %d/%d: %s",
                 epoch + 1,
@@ -516,7 +551,7 @@ def train(
         keras.config.set_dtype_policy(previous_policy)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    return TrainResult(
+    result = TrainResult(
         run_dir=paths.root,
         history=history,
         epochs_completed=int(state["epoch"]),
@@ -527,7 +562,11 @@ def train(
         resumed_from=resumed_from,
         global_batch_size=global_batch,
         num_replicas=num_replicas,
+        warnings=warnings,
     )
+    if chief:
+        atomic_write_text(paths.result, json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
 
 
 class _StopAfterEpoch(keras.callbacks.Callback):

@@ -12,8 +12,10 @@ an interrupted demo.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import sys
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
         settings = settings.with_num_seeds(args.seeds)
     if args.via_videos:
         settings = dataclasses.replace(settings, via="videos")
-    results = run_demo(args.out, settings)
+    # Keras prints epoch lines to stdout: keep stdout for the summary.
+    with contextlib.redirect_stdout(sys.stderr):
+        results = run_demo(args.out, settings)
     print(format_summary_table(results))
     prediction = results["prediction"]
     top = prediction["top_k"][0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from typing import Sequence
 
@@ -80,6 +81,19 @@ def setup_logging(verbose: bool = False, log_file: str | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _data_error_message(error: BaseException) -> str | None:
+    """The message of a failed check in a tf.data pipeline (bad record), or None.
+
+    Input pipelines check records with `tf.debugging.Assert`; TensorFlow
+    raises `InvalidArgumentError` wrapped in graph details, of which the
+    user needs only the asserted text.
+    """
+    if type(error).__name__ != "InvalidArgumentError":
+        return None
+    match = re.search(r"assertion failed: \[(.*)\]\s*(?:\n|$)", str(error))
+    return match.group(1) if match else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfy",
@@ -94,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show tracebacks for expected errors"
     )
-    parser.add_argument("--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "--verbose", action="store_true", help="log at DEBUG level and show TensorFlow's start-up messages"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).register_subparser(subparsers)
@@ -102,7 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs `selfy` with `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    """Runs `selfy` with `argv` (default: `sys.argv[1:]`); returns the exit status.
+
+    Run as the `selfy` command (`argv` None), TensorFlow's start-up lines are
+    kept off stderr unless `--verbose` is given.
+    """
+    if argv is None and "--verbose" not in sys.argv[1:]:
+        from selfy_tf.cli._quiet import quiet_tensorflow
+
+        quiet_tensorflow()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
@@ -115,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"selfy {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        message = _data_error_message(error)
+        if message is None or args.debug:
+            raise
+        print(f"selfy {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"selfy {args.command}: interrupted", file=sys.stderr)

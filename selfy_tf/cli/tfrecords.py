@@ -1,6 +1,6 @@
 """`selfy tfrecords`: convert video datasets to TFRecord clips, and inspect them.
 
-    selfy tfrecords build --format folders --root videos/ --out data/ --split train --shards 8
+    selfy tfrecords build --format folders --root videos/ --out data/ --validation-fraction 0.2
     selfy tfrecords build --format ssv1 --list train_videofolder.txt \\
         --frames-root 20bn-something-something-v1 --labels category.txt \\
         --out data/ --split train --shards 64
@@ -8,8 +8,12 @@
 
 `build` writes `OUT/<split>-0000k-of-000NN.tfrecord`, `OUT/labels.txt` and
 `OUT/<split>.manifest.json`; re-running the same command after an
-interruption finishes only the missing shards. It prints a JSON summary on
-stdout and exits 1 only when no clip could be converted.
+interruption finishes only the missing shards. It prints a JSON summary line
+per split on stdout and exits 1 when a split has no clip converted.
+
+`--format folders` converts `root/<class>/<video>` as one split, or as
+`train` and `validation` with `--validation-fraction F`; a root with
+`train/<class>/...` and `validation/<class>/...` gives both splits at once.
 """
 
 from __future__ import annotations
@@ -43,8 +47,12 @@ def register_subparser(subparsers) -> None:
     build.add_argument("--format", required=True, choices=sorted(sources.FORMATS),
                        help="source format")
     build.add_argument("--out", required=True, help="output directory")
-    build.add_argument("--split", default="train",
-                       help="split name (the trainer reads 'train' and 'validation')")
+    build.add_argument("--split", default=None,
+                       help="split name (the trainer reads 'train' and 'validation'); default: "
+                            "'train', or for folders every split the root holds")
+    build.add_argument("--validation-fraction", type=float, default=None, metavar="F",
+                       help="folders: put this fraction of each class of a flat root/<class>/ tree "
+                            "in the validation split (deterministic per file)")
     build.add_argument("--shards", type=int, default=1, help="number of shard files")
     build.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="parallel worker processes (1: convert in-process)")
@@ -109,22 +117,40 @@ def _frame_size(args: argparse.Namespace) -> tuple[int, int] | None:
     return video.parse_size(args.size)
 
 
-def _listing(args: argparse.Namespace):
+def _listings(args: argparse.Namespace) -> dict:
+    """`{split: Listing}` of the splits to convert."""
     from tfrecords import sources, writer
 
     labels_path = os.path.join(args.out, writer.LABELS_FILE)
     known = writer.read_labels(args.out) if os.path.exists(labels_path) else None
-    if args.format == "ssv1":
-        return sources.list_ssv1(args.list, args.frames_root, args.labels, known)
-    if args.format == "ssv2":
-        return sources.list_ssv2(args.annotations, args.videos_root, args.labels, known)
-    if args.format == "kinetics":
-        return sources.list_kinetics(
-            args.csv, args.videos_root, args.labels, known, args.video_template
+    if args.format != "folders" and args.validation_fraction is not None:
+        raise ValueError(
+            f"`--validation-fraction` splits a `--format folders` tree; {args.format} datasets come "
+            "with their own validation list. Convert it with `--split validation`."
         )
+    split = args.split or "train"
+    if args.format == "ssv1":
+        return {split: sources.list_ssv1(args.list, args.frames_root, args.labels, known)}
+    if args.format == "ssv2":
+        return {split: sources.list_ssv2(args.annotations, args.videos_root, args.labels, known)}
+    if args.format == "kinetics":
+        return {split: sources.list_kinetics(args.csv, args.videos_root, args.labels, known, args.video_template)}
     if args.labels:
         logger.warning("folders: --labels is ignored; classes are the subfolder names")
-    return sources.list_folders(args.root, known)
+    listings = sources.list_folder_splits(args.root, known, args.validation_fraction, split)
+    if args.split is not None and len(listings) > 1:
+        if args.split not in listings:
+            raise ValueError(
+                f"`--split` {args.split!r} is not among the splits of {args.root}: {sorted(listings)}."
+            )
+        listings = {args.split: listings[args.split]}
+    if args.split is None and "validation" not in listings:
+        logger.warning(
+            "no validation split: training will report no validation accuracy. Add "
+            "`--validation-fraction 0.2`, or put the videos in %s/train/<class>/ and "
+            "%s/validation/<class>/.", args.root, args.root,
+        )
+    return listings
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -150,14 +176,23 @@ def run_build(args: argparse.Namespace) -> int:
         frame_template=args.frame_template,
         frame_start=args.frame_start,
     )
-    listing = _listing(args)
+    status = 0
+    for split, listing in _listings(args).items():
+        if _build_split(args, split, listing, options):
+            status = 1
+    return status
+
+
+def _build_split(args: argparse.Namespace, split: str, listing, options) -> int:
+    from tfrecords import writer
+
     logger.info(
         "%s: %d clips listed, %d classes, %d shards, %d workers",
-        args.split, len(listing.clips), len(listing.labels), args.shards, args.workers,
+        split, len(listing.clips), len(listing.labels), args.shards, args.workers,
     )
     manifest = writer.convert_split(
         args.out,
-        args.split,
+        split,
         listing,
         options=options,
         num_shards=args.shards,
@@ -173,7 +208,7 @@ def run_build(args: argparse.Namespace) -> int:
         logger.warning("... %d more failures in the manifest", manifest["failed"] - 10)
     print(json.dumps({
         "out": args.out,
-        "split": args.split,
+        "split": split,
         "listed": manifest["listed"],
         "converted": manifest["converted"],
         "failed": manifest["failed"],
@@ -181,7 +216,7 @@ def run_build(args: argparse.Namespace) -> int:
     }))
     if manifest["converted"] == 0:
         logger.error("no clip of %d could be converted: see %s.manifest.json",
-                     manifest["listed"], os.path.join(args.out, args.split))
+                     manifest["listed"], os.path.join(args.out, split))
         return 1
     return 0
 
@@ -197,6 +232,12 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0 if summary.get("ok", True) else 1
 
 
+def _size_range(statistics: dict) -> str:
+    """`128` for a fixed side, `128-240` for sides that vary."""
+    low, high = statistics["min"], statistics["max"]
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def _print_summary(summary: dict) -> None:
     labels = summary["labels"]
     shown = ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else "")
@@ -210,8 +251,7 @@ def _print_summary(summary: dict) -> None:
             frames = info["frames"]
             print(f"    frames per clip: min {frames['min']}, mean {frames['mean']}, max {frames['max']}")
         if "height" in info:
-            print(f"    frame size: {info['height']['min']}-{info['height']['max']} x "
-                  f"{info['width']['min']}-{info['width']['max']}")
+            print(f"    frame size: {_size_range(info['height'])}x{_size_range(info['width'])}")
         sample = info["sample"]
         if not sample.get("empty"):
             print(f"    sample {sample['file']}: {sample['media_id']!r} label {sample['label']} "

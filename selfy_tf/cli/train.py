@@ -3,10 +3,16 @@
     selfy train --preset ssv1_selfy_r50_8f --data DATA_DIR --out RUN_DIR \\
         --set optimizer.base_lr=0.02 --set train.epochs=5
 
+    selfy train --preset tiny_cpu --data DATA_DIR --out RUN_DIR --epochs 10 --lr 0.05
+
 Re-running the same command after an interruption continues from the last
-backup in `RUN_DIR/backup/`. The result (history, checkpoint paths) is
-printed to stdout as JSON; progress and logs go to stderr and
-`RUN_DIR/train.log`.
+backup in `RUN_DIR/backup/`. The number of classes comes from the data's
+`labels.txt` unless the preset or `--set model.num_classes=N` fixes it. The
+result (history, checkpoint paths, warnings) is written to
+`RUN_DIR/result.json`; on a terminal the run ends with a short summary, and
+the JSON goes to stdout with `--json` or when stdout is not a terminal.
+Progress and logs go to stderr and `RUN_DIR/train.log`. A run refused
+before its first backup leaves no run directory behind.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 
 logger = logging.getLogger(__name__)
@@ -53,6 +60,17 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="config override such as optimizer.base_lr=0.02, applied last (repeatable)",
     )
+    parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: from the config)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="data.batch_size, clips per replica (default: from the config)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None,
+        help="optimizer.lr, the peak learning rate of the global batch (default: base_lr scaled by the batch)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as JSON on stdout (always when stdout is not a terminal)"
+    )
     parser.add_argument(
         "--strategy",
         choices=STRATEGY_NAMES,
@@ -87,7 +105,10 @@ def _resolve_config(args: argparse.Namespace):
     config = configs.get_preset(args.preset) if args.preset else configs.ExperimentConfig()
     for path in args.config:
         config = configs.load_yaml(path, base=config)
-    overrides = list(args.overrides)
+    shortcuts = (("train.epochs", args.epochs), ("data.batch_size", args.batch_size), ("optimizer.lr", args.lr))
+    # Before the `--set`s, so an explicit `--set` of the same key wins.
+    overrides = [f"{key}={value}" for key, value in shortcuts if value is not None]
+    overrides += list(args.overrides)
     if args.strategy is not None:
         overrides.append(f"runtime.strategy={args.strategy}")
     if args.jit is not None:
@@ -109,17 +130,64 @@ def _is_first_worker() -> bool:
     return task.get("type") in (None, "chief") or (task.get("type") == "worker" and int(task.get("index", 0)) == 0)
 
 
+def _print_summary(result: dict, data_dir: str) -> None:
+    history = result["history"]
+    epochs = result["epochs_completed"]
+    print(
+        f"Trained {epochs} epoch{'' if epochs == 1 else 's'} ({result['global_step']} steps) into {result['run_dir']}"
+    )
+    if history.get("epoch"):
+        last = ", ".join(
+            f"{key} {history[key][-1]:.4g}" for key in ("loss", "top1", "val_loss", "val_top1") if history.get(key)
+        )
+        print(f"  last epoch: {last}")
+    best = result["best_metric"]
+    if best["value"] is not None:
+        print(f"  best {best['name']} {best['value']:.4g}: {result['best_checkpoint']}")
+    for warning in result["warnings"]:
+        print(f"  warning: {warning}")
+    print(f"  next: selfy eval {result['run_dir']} --data {data_dir}")
+    from trainer.run_dir import RunPaths
+
+    print(f"  details: {RunPaths(result['run_dir']).result}")
+
+
+def _detach(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
 def run(args: argparse.Namespace) -> int:
     config = _resolve_config(args)
+    from trainer.callbacks import BACKUP_FILE
+    from trainer.run_dir import RunPaths
     from trainer.train import train
 
+    # Only the first worker owns the run directory (other workers share it).
+    created = _is_first_worker() and not os.path.exists(args.out)
+    handler = None
     if _is_first_worker():
         os.makedirs(args.out, exist_ok=True)
         handler = logging.FileHandler(os.path.join(args.out, "train.log"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
-    # Keras prints progress to stdout; keep stdout for the JSON result.
-    with contextlib.redirect_stdout(sys.stderr):
-        result = train(config, args.data, args.out)
-    print(json.dumps(result.to_dict()))
+    try:
+        # Keras prints progress to stdout; keep stdout for the result.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = train(config, args.data, args.out).to_dict()
+    except BaseException:
+        # A run refused (or stopped) before its first backup has nothing to
+        # resume: leave no half-made run directory behind.
+        if created and not os.path.exists(os.path.join(RunPaths(args.out).backup, BACKUP_FILE)):
+            _detach(handler)
+            handler = None
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
+    finally:
+        _detach(handler)
+    if args.json or not sys.stdout.isatty():
+        print(json.dumps(result))
+    else:
+        _print_summary(result, args.data)
     return 0

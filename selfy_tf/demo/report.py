@@ -66,7 +66,15 @@ def format_summary_table(results: dict) -> str:
         f"seeds: {len(results['settings']['seeds'])}   "
         f"validation clips: {results['settings']['num_validation']}"
     )
+    if results["settings"].get("quick"):
+        lines.append(_QUICK_NOTE)
     return "\n".join(lines)
+
+
+_QUICK_NOTE = (
+    "quick run: a path check (every step runs, the report is written); its accuracies "
+    "compare nothing. Run `selfy demo` without --quick to compare the models."
+)
 
 
 def _claims_text(results: dict) -> str:
@@ -84,6 +92,15 @@ def _claims_text(results: dict) -> str:
         f"TSN {mean('tsn_r18')}, TSM {mean('tsm_r18')}, SELFY {mean('selfy_tsm_r18')}; "
         f"chance is {_percent(chance)} %."
     ]
+    if results["settings"].get("quick"):
+        settings = results["settings"]
+        parts.append(
+            f"This was the quick path check ({settings['num_train']} training clips, "
+            f"{settings['epochs']} epoch, one seed): it shows that data conversion, training, "
+            "evaluation, export and serving run end to end, not which model is better. "
+            "Run `selfy demo` without --quick to test the claims."
+        )
+        return " ".join(parts)
     statements = {
         "selfy_ge_tsm": ("SELFY ≥ TSM", "holds", "does not hold"),
         "tsm_gt_tsn": ("TSM > TSN", "holds", "does not hold"),

@@ -39,6 +39,8 @@ class DemoSettings:
             field and Grad-CAM in the report.
         via: how the dataset is written: `"tfrecords"` (straight to
             TFRecords) or `"videos"` (MP4 files, then the folders converter).
+        quick: a path check (`quick_settings`): the report says its
+            accuracies compare nothing instead of testing the claims.
     """
 
     num_train: int = 1500
@@ -60,6 +62,7 @@ class DemoSettings:
     dataset_seed: int = 0
     num_visualized_clips: int = 3
     via: str = "tfrecords"
+    quick: bool = False
 
     def with_num_seeds(self, num_seeds: int) -> "DemoSettings":
         """A copy that trains with seeds `0 .. num_seeds - 1`.
@@ -97,4 +100,5 @@ def quick_settings() -> DemoSettings:
         selfy_channels=8,
         dropout=0.0,
         num_visualized_clips=1,
+        quick=True,
     )

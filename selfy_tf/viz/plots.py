@@ -339,7 +339,8 @@ def plot_training_curves(
         for index, (name, history) in enumerate(histories.items()):
             values = history.get(metric)
             if values is not None and len(values):
-                axis.plot(range(1, len(values) + 1), values, color=f"C{index}", label=name)
+                # Markers: a run of one or a few epochs is a point, not a line.
+                axis.plot(range(1, len(values) + 1), values, color=f"C{index}", label=name, marker="o", markersize=3)
         axis.set_title(metric, fontsize=9)
         axis.set_xlabel("epoch", fontsize=8)
     axes[0][0].legend(fontsize=7)
