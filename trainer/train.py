@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -21,8 +22,10 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
+from selfy_tf.files import atomic_write_text
 from selfy_tf.run_dir import RunPaths, save_model, write_labels
 from tfrecords.eval_view import EvalView
+from tfrecords.split import labels_path
 from trainer import callbacks as callbacks_lib
 from trainer import configs
 from trainer import strategy as strategy_lib
@@ -104,7 +107,7 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
             `model.num_classes`; every clip has fewer frames than
             `model.num_frames`.
     """
-    from tfrecords.split import labels_path, open_split
+    from tfrecords.split import open_split
 
     splits = {}
     for split in (config.data.train_split, config.data.validation_split):
