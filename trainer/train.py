@@ -107,8 +107,17 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
             `model.num_classes`; every clip has fewer frames than
             `model.num_frames`.
     """
-    from tfrecords.split import open_split
+    from tfrecords.split import open_split, read_labels
 
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"Data directory not found: {data_dir}")
+    labels = read_labels(data_dir)
+    if config.model.num_classes is not None and len(labels) != config.model.num_classes:
+        raise ValueError(
+            f"{labels_path(data_dir)} lists {len(labels)} classes but "
+            f"`model.num_classes`={config.model.num_classes}. Set "
+            f"`--set model.num_classes={len(labels)}` or use the matching data directory."
+        )
     splits = {}
     for split in (config.data.train_split, config.data.validation_split):
         opened = open_split(data_dir, split, required=False)
@@ -128,13 +137,6 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
                     config.model.num_frames,
                 )
         splits[split] = (opened.files, opened.num_examples)
-    labels = opened.labels
-    if config.model.num_classes is not None and len(labels) != config.model.num_classes:
-        raise ValueError(
-            f"{labels_path(data_dir)} lists {len(labels)} classes but "
-            f"`model.num_classes`={config.model.num_classes}. Set "
-            f"`--set model.num_classes={len(labels)}` or use the matching data directory."
-        )
     train_files, num_train = splits[config.data.train_split]
     if require_train and (not train_files or num_train == 0):
         raise ValueError(
