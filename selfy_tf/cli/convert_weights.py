@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from selfy_tf.cli._help import HelpFormatter
 from selfy_tf.files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         "convert-weights",
         help="convert an official PyTorch SELFY/TSM checkpoint to Keras weights",
         description=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("src", help="official checkpoint (.pth.tar with a state_dict)")
     parser.add_argument("dst", help="output Keras weights file, must end with .weights.h5")

@@ -15,6 +15,8 @@ import argparse
 import logging
 import os
 
+from selfy_tf.cli._help import HelpFormatter
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,7 +30,7 @@ def register_subparser(subparsers) -> None:
             "one served prediction and writes DIR/report.html and DIR/results.json. "
             "The full demo (3 seeds) takes about 15 minutes on 2 CPU cores."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--quick", action="store_true",

@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from selfy_tf.cli._help import HelpFormatter
+
 
 def register_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="evaluate a run directory or .keras model on a dataset split",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("model", metavar="RUN_DIR|MODEL", help="run directory or .keras file")
     parser.add_argument("--data", required=True, metavar="DIR", help="converted dataset directory")

@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from selfy_tf.cli._help import HelpFormatter
+
 
 def register_subparser(subparsers) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export a model as a TF Serving SavedModel",
         description="Export a trained model as a versioned TF Serving SavedModel.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "model_or_run",

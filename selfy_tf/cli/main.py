@@ -16,6 +16,7 @@ import logging
 import sys
 from typing import Sequence
 
+from selfy_tf.cli._help import HelpFormatter
 from selfy_tf.runtime import set_tensorflow_environment_defaults
 from selfy_tf.version import __version__
 
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
             "datasets and weights, train, evaluate, export, serve, convert to "
             "TFLite."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"selfy-tf {__version__}")
     parser.add_argument(

@@ -18,13 +18,15 @@ import json
 import socket
 import sys
 
+from selfy_tf.cli._help import HelpFormatter
+
 
 def register_subparser(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="classify a video with a served or exported model",
         description="Classify one video with TF Serving / `selfy serve` or a local SavedModel.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "video",

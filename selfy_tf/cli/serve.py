@@ -15,6 +15,8 @@ import argparse
 import logging
 import sys
 
+from selfy_tf.cli._help import HelpFormatter
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,7 +40,7 @@ def register_subparser(subparsers) -> None:
         "serve",
         help="serve exported models over TF Serving's REST and gRPC APIs (127.0.0.1)",
         description="Serve BASE/<name>/<version> SavedModels on 127.0.0.1.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("base", metavar="BASE", help="export base directory")
     parser.add_argument("--name", default="selfy", help="model name (BASE/<name>)")

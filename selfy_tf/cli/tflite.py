@@ -20,6 +20,8 @@ import logging
 
 import numpy as np
 
+from selfy_tf.cli._help import HelpFormatter
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,7 +33,7 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         "tflite",
         help="convert a model to TFLite / LiteRT (none, fp16, dynamic or int8)",
         description=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "model_or_run", metavar="MODEL_OR_RUN", help="run directory or .keras model file"

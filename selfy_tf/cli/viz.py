@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from selfy_tf.cli._help import HelpFormatter
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,7 +38,7 @@ def register_subparser(subparsers) -> None:
             "soft-argmax (arrows over the frames) and Grad-CAM of the predicted "
             "class (PNG and GIF)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "video", metavar="VIDEO",
