@@ -16,6 +16,7 @@ import logging
 import sys
 from typing import Sequence
 
+from selfy_tf.cli._errors import EXPECTED_ERRORS, error_line
 from selfy_tf.cli._help import HelpFormatter
 from selfy_tf.runtime import set_tensorflow_environment_defaults
 from selfy_tf.version import __version__
@@ -112,10 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(verbose=args.verbose)
     try:
         status = args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as error:
+    except EXPECTED_ERRORS as error:
+        # Bad input or a failing disk or network: one line; --debug shows the traceback.
         if args.debug:
             raise
-        print(f"selfy {args.command}: error: {error}", file=sys.stderr)
+        print(f"selfy {args.command}: error: {error_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"selfy {args.command}: interrupted", file=sys.stderr)
