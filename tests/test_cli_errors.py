@@ -86,6 +86,10 @@ class TestHelp:
         for command in ("predict", "viz"):
             args = parser.parse_args([command, "clip.mp4", "--model", "M"])
             assert (args.model, args.video) == ("M", "clip.mp4")
+        # An architecture name is --arch (its earlier name --model still parses).
+        for flag in ("--arch", "--model"):
+            args = parser.parse_args(["convert-weights", "c.pth.tar", "w.weights.h5", flag, "tsm_r18", "--num-classes", "2"])
+            assert args.arch == "tsm_r18"
 
     def test_view_flags_of_eval_and_export(self):
         parser = build_parser()
