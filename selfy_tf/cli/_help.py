@@ -39,8 +39,15 @@ class HelpFormatter(argparse.HelpFormatter):
             if paragraph.startswith((" ", "\t")) or paragraph.lstrip().startswith(("-", "*")):
                 filled.append("\n".join(indent + line for line in paragraph.splitlines()))
             else:
-                filled.append(textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent,
-                                            subsequent_indent=indent))
+                filled.append(
+                    textwrap.fill(
+                        " ".join(paragraph.split()),
+                        width,
+                        initial_indent=indent,
+                        subsequent_indent=indent,
+                        break_on_hyphens=False,
+                    )
+                )
         return "\n\n".join(filled) + "\n"
 
     def _get_help_string(self, action: argparse.Action) -> str:

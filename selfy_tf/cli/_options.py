@@ -16,12 +16,15 @@ MODEL_HELP = (
     "training run directory (its checkpoints/best.keras), .keras file, or exported SavedModel "
     "(BASE/<name> for the newest version, or BASE/<name>/<version>)"
 )
-KERAS_ONLY_HELP = "; a SavedModel is refused: this command needs the Keras model"
+KERAS_MODEL_HELP = (
+    "training run directory (its checkpoints/best.keras) or .keras file; not an exported "
+    "SavedModel (this command needs the Keras model)"
+)
 
 
 def add_model_argument(parser: argparse.ArgumentParser, *, option: bool = False, keras_only: bool = False) -> None:
     """Adds MODEL: positional (`args.model`), or `--model MODEL` (required) with `option`."""
-    help_text = MODEL_HELP + (KERAS_ONLY_HELP if keras_only else "")
+    help_text = KERAS_MODEL_HELP if keras_only else MODEL_HELP
     if option:
         parser.add_argument("--model", metavar="MODEL", required=True, help=help_text)
     else:
@@ -29,13 +32,13 @@ def add_model_argument(parser: argparse.ArgumentParser, *, option: bool = False,
 
 
 def add_labels_argument(parser: argparse.ArgumentParser) -> None:
-    """Adds `--labels FILE`, overriding the class names found with MODEL."""
+    """Adds `--labels FILE`, overriding the class names found with a Keras MODEL."""
     parser.add_argument(
         "--labels",
         metavar="FILE",
         default=None,
-        help="class names, one per line (default: the run's labels.txt, one beside the .keras "
-        "file, or the SavedModel's)",
+        help="class names, one per line (default: the run's labels.txt, else one beside the "
+        ".keras file)",
     )
 
 
@@ -58,8 +61,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_view_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
-    """Adds `--eval-size HxW` | `--scale-size N`; returns their group (for aliases)."""
+def add_view_arguments(parser: argparse.ArgumentParser, scale_alias: str | None = None) -> None:
+    """Adds `--eval-size HxW` | `--scale-size N`, and `scale_alias` as a hidden `--scale-size`."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--eval-size",
@@ -77,7 +80,8 @@ def add_view_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExc
         help="resize the short side to N (aspect ratio kept) before the crop instead "
         "(default: the stored view, else input size x 256/224)",
     )
-    return group
+    if scale_alias:
+        group.add_argument(scale_alias, dest="scale_size", type=_positive_int, help=argparse.SUPPRESS)
 
 
 def view_override(args: argparse.Namespace) -> dict[str, Any] | None:

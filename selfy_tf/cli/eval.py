@@ -1,7 +1,7 @@
 """`selfy eval`: top-1/top-5, per-class accuracy and confusion matrix of a trained model.
 
-    selfy eval RUN_DIR --data DATA_DIR --num-clips 2 --num-crops 3
-    selfy eval model.keras --data DATA_DIR --eval-size 240x320
+    selfy eval runs/mine --data data/mine --num-clips 2 --num-crops 3
+    selfy eval model.keras --data data/mine --eval-size 240x320
 
 Frames go through the evaluation view stored with the model (the one its
 training validated with; see docs/evaluation.md), so a run directory and its

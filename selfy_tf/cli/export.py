@@ -38,9 +38,8 @@ def register_subparser(subparsers) -> None:
     )
     add_labels_argument(parser)
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes in the top_k_* outputs")
-    view = add_view_arguments(parser)
-    # The flag's earlier name, kept working.
-    view.add_argument("--resize-short", dest="scale_size", type=int, help=argparse.SUPPRESS)
+    # `--resize-short`: the earlier name of `--scale-size`, kept working.
+    add_view_arguments(parser, scale_alias="--resize-short")
     parser.add_argument(
         "--dtype-policy",
         default=None,

@@ -27,7 +27,7 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n", 2)[2],
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("model", metavar="MODEL", help=".tflite file")
+    parser.add_argument("model", metavar="TFLITE_FILE", help=".tflite file (from `selfy tflite`)")
     parser.add_argument(
         "--threads",
         type=int,
