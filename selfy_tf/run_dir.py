@@ -380,9 +380,9 @@ def load_model(
     if saved_model_dir is not None:
         if not allow_saved_model:
             raise _keras_needed_error(os.fspath(path), keras_needed_for)
-        labels_path = labels_path or os.path.join(saved_model_dir, SAVED_MODEL_LABELS)
-        if not os.path.isfile(labels_path) and not require_labels:
-            labels_path = None
+        if labels_path is None:
+            asset = os.path.join(saved_model_dir, SAVED_MODEL_LABELS)
+            labels_path = asset if os.path.isfile(asset) or require_labels else None
         labels = read_labels(labels_path) if labels_path else None
         return LoadedModel(None, labels, None, saved_model_dir, None)
     import keras

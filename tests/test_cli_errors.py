@@ -142,12 +142,16 @@ class TestModelKinds:
         assert main(["predict", str(folder), "--model", os.path.join(exported_model.base, "selfy"), "--json"]) == 0
         served = json.loads(capsys.readouterr().out)["top_k"]
         assert len(served) == 3 and served[0]["label"] in exported_model.labels
+        from selfy_tf.run_dir import load_model
+
+        opened = load_model(os.path.join(exported_model.base, "selfy"), allow_saved_model=True)
+        assert opened.is_saved_model and opened.labels == exported_model.labels
+        assert opened.model_path == exported_model.result.path
         # A run directory runs its Keras model here; the SavedModel's
         # predict_frames signature (the TensorFlow view) is the reference.
         paths, _ = keras_run
         assert main(["predict", str(folder), "--model", paths.root, "--json"]) == 0
         local = json.loads(capsys.readouterr().out)["top_k"]
-        from selfy_tf.run_dir import load_model
         from serving.export import export_saved_model
 
         loaded = load_model(paths.root)
