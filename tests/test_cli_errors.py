@@ -202,6 +202,33 @@ class TestDiskAndLabels:
             main(["--debug"] + argv)
         assert raised.value.errno == errno.ENOSPC
 
+    def test_full_disk_in_a_tensorflow_writer_is_one_line(self, keras_run, tmp_path, monkeypatch, capsys):
+        import tensorflow as tf
+
+        import serving.export
+
+        def full_disk(*args, **kwargs):
+            raise tf.errors.ResourceExhaustedError(None, None, "/data/exported/variables.data; No space left on device")
+
+        monkeypatch.setattr(serving.export, "export_saved_model", full_disk)
+        paths, _ = keras_run
+        assert main(["export", paths.root, "--out", str(tmp_path / "exported")]) == 1
+        assert _one_error_line(capsys, "export").endswith(
+            "no space left on the device (/data/exported/variables.data; No space left on device). "
+            "Free disk space or write to another disk."
+        )
+
+    def test_bugs_keep_their_traceback(self, keras_run, tmp_path, monkeypatch):
+        import serving.export
+
+        def bug(*args, **kwargs):
+            raise KeyError("a bug, not a user's mistake")
+
+        monkeypatch.setattr(serving.export, "export_saved_model", bug)
+        paths, _ = keras_run
+        with pytest.raises(KeyError):
+            main(["export", paths.root, "--out", str(tmp_path / "exported")])
+
     def test_full_disk_while_serving_is_one_line(self, exported_model, monkeypatch, capsys):
         from serving.server.model_server import ModelServer
 

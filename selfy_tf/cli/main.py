@@ -16,7 +16,7 @@ import logging
 import sys
 from typing import Sequence
 
-from selfy_tf.cli._errors import EXPECTED_ERRORS, error_line
+from selfy_tf.cli._errors import error_line, is_expected
 from selfy_tf.cli._help import HelpFormatter
 from selfy_tf.runtime import set_tensorflow_environment_defaults
 from selfy_tf.version import __version__
@@ -113,9 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(verbose=args.verbose)
     try:
         status = args.handler(args)
-    except EXPECTED_ERRORS as error:
+    except Exception as error:
         # Bad input or a failing disk or network: one line; --debug shows the traceback.
-        if args.debug:
+        if args.debug or not is_expected(error):
             raise
         print(f"selfy {args.command}: error: {error_line(error)}", file=sys.stderr)
         return 1
