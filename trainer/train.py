@@ -89,9 +89,9 @@ def resolve_jit_compile(setting: bool | None) -> bool:
     """XLA for `model.fit`: the explicit setting, else on for GPU/TPU and off on CPU.
 
     Keras's `jit_compile="auto"` silently turns XLA off on CPU and under
-    distribution strategies; we choose from measurement instead: on CPU XLA
-    made a SELFY block's forward+backward ~15x slower than graph mode, while
-    on GPUs it is usually faster.
+    distribution strategies; we choose from measurement instead: on CPU XLA's
+    convolutions make a SELFY block's training step much slower than graph
+    mode (benchmarks/README.md), while on GPUs XLA is usually faster.
     """
     if setting is not None:
         return bool(setting)

@@ -43,7 +43,7 @@ def register_subparser(subparsers) -> None:
     parser.add_argument(
         "--dtype-policy",
         default=None,
-        help="Keras dtype policy to compute with, e.g. mixed_bfloat16 (about 1.6x faster on CPUs "
+        help="Keras dtype policy to compute with, e.g. mixed_bfloat16 (faster on CPUs "
         "with AVX512-BF16 or AMX); default: the model's own",
     )
     parser.add_argument(
