@@ -321,7 +321,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     """
 
     def __init__(self, **kwargs):
+        # Keras's layer accepts `synchronized=True` on TensorFlow only.
+        synchronized = kwargs.pop("synchronized", False)
         super().__init__(**kwargs)
+        self.synchronized = synchronized
         if self.axis != -1 or self.renorm:
             raise ValueError(
                 "`FusedBatchNormalization` supports only axis=-1 without renorm. "
