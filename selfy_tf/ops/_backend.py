@@ -14,7 +14,7 @@ package under `KERAS_BACKEND=jax` never imports TensorFlow.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -33,6 +33,21 @@ def require_tensorflow(feature: str) -> None:
             f"{feature} needs the TensorFlow backend of Keras "
             f"(KERAS_BACKEND=tensorflow); Keras runs on {keras.config.backend()!r}."
         )
+
+
+def xla_compiled(function: Callable) -> Callable:
+    """`function` as an inner XLA-compiled `tf.function` on TensorFlow.
+
+    Other backends compile whole steps (`jax.jit`), so `function` is
+    returned unchanged there. An inner XLA function is saved into
+    SavedModels as `_XlaMustCompile`: use it only on paths that exported
+    inference graphs do not take.
+    """
+    if not is_tensorflow():
+        return function
+    import tensorflow as tf
+
+    return tf.function(function, jit_compile=True, autograph=False)
 
 
 def matmul(a: Any, b: Any, transpose_a: bool = False, transpose_b: bool = False) -> Any:

@@ -441,7 +441,9 @@ def _band_gather_fn(plan: _MatmulPlan, jit: bool) -> Callable:
         )
 
     if jit:
-        forward, backward = _xla_compiled(forward), _xla_compiled(backward)
+        # TensorFlow's CPU Gather kernel is several times slower than XLA's
+        # on the band gather.
+        forward, backward = _backend.xla_compiled(forward), _backend.xla_compiled(backward)
 
     @ops.custom_gradient
     def band_gather(*similarities):
@@ -452,20 +454,6 @@ def _band_gather_fn(plan: _MatmulPlan, jit: bool) -> Callable:
         return forward(*similarities), grad
 
     return band_gather
-
-
-def _xla_compiled(function: Callable) -> Callable:
-    """`function` as an inner XLA-compiled `tf.function` on TensorFlow.
-
-    TensorFlow's CPU Gather kernel is several times slower than XLA's on the
-    band gather; other backends compile the whole step anyway, so the
-    function is returned unchanged there.
-    """
-    if not _backend.is_tensorflow():
-        return function
-    import tensorflow as tf
-
-    return tf.function(function, jit_compile=True, autograph=False)
 
 
 def _flat_upstream(upstream: tuple) -> tuple:
