@@ -148,7 +148,7 @@ _MIRRORED_SYNC_BATCH_NORM_SCRIPT = textwrap.dedent(
         "whole_gradients": [
             g.numpy().tolist() for g in tape.gradient(loss, whole.trainable_variables)
         ],
-        "inference": ops.convert_to_numpy(synced(inputs)).tolist(),
+        "inference": synced(inputs).numpy().tolist(),
         "weights": [w.tolist() for w in synced.get_weights()],
         "inputs": inputs.tolist(),
     }))

@@ -14,6 +14,7 @@ package under `KERAS_BACKEND=jax` never imports TensorFlow.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import keras
@@ -35,11 +36,12 @@ def require_tensorflow(feature: str) -> None:
         )
 
 
+@functools.lru_cache(maxsize=None)
 def xla_compiled(function: Callable) -> Callable:
     """`function` as an inner XLA-compiled `tf.function` on TensorFlow.
 
     Other backends compile whole steps (`jax.jit`), so `function` is
-    returned unchanged there. An inner XLA function is saved into
+    returned unchanged there. One compiled function per `function`. An inner XLA function is saved into
     SavedModels as `_XlaMustCompile`: use it only on paths that exported
     inference graphs do not take.
     """
