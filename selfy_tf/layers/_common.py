@@ -193,26 +193,21 @@ def _exact_sum(rows):
     `_SUM_BLOCK` rows are summed by a matrix product with a vector of ones
     (blocked accumulation, and neither backend rewrites it into a plain
     reduction), then the block sums likewise, until one block is left: the
-    error stays near float32 rounding for any `n`, at the cost of padding
-    copies when `n` is not a multiple of the block (tiny after the first
-    level).
+    error stays near float32 rounding, at the cost of a padding copy when
+    `n` is not a multiple of the block (tiny after the first level).
     """
     channels = rows.shape[-1]
     ones = ops.ones([1, 1, _SUM_BLOCK], rows.dtype)
-    while rows.shape[0] is None or rows.shape[0] > _SUM_BLOCK:
+    # Three levels leave n / 256**3 rows: a few at most, also when n is
+    # unknown while tracing (TensorFlow graph with a dynamic batch).
+    for _ in range(3):
+        if rows.shape[0] is not None and rows.shape[0] <= _SUM_BLOCK:
+            break
         if rows.shape[0] is None or rows.shape[0] % _SUM_BLOCK:
             missing = (-ops.shape(rows)[0]) % _SUM_BLOCK
             rows = ops.pad(rows, [[0, missing], [0, 0]])
         blocks = ops.reshape(rows, [-1, _SUM_BLOCK, channels])
         rows = ops.reshape(_backend.matmul(ones, blocks), [-1, channels])
-        if rows.shape[0] is None:
-            # Unknown size (TensorFlow graph with a dynamic batch): a second
-            # level brings any realistic count down to one block.
-            missing = (-ops.shape(rows)[0]) % _SUM_BLOCK
-            rows = ops.pad(rows, [[0, missing], [0, 0]])
-            blocks = ops.reshape(rows, [-1, _SUM_BLOCK, channels])
-            rows = ops.reshape(_backend.matmul(ones, blocks), [-1, channels])
-            break
     return ops.sum(rows, axis=0)
 
 
@@ -319,8 +314,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     whole global batch, as `keras.layers.BatchNormalization(synchronized=True)`
     does. On TensorFlow each replica sums its inputs and its element count,
     then its squared deviations from the global mean; both are all-reduced
-    across the replicas of the current `tf.distribute` strategy (gradients
-    flow through them). On JAX, a batch sharded by
+    across the replicas of the current `tf.distribute` strategy, and so are
+    the two sums of the gradient. On JAX, a batch sharded by
     `keras.distribution.DataParallel` is one global array, so the statistics
     are those of the global batch anyway. Unlike Keras's layer, the moving
     variance is still updated with the unbiased variance of the global batch,
