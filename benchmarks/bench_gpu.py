@@ -334,9 +334,17 @@ def _recipe_optimizer(keras):
     try:
         from trainer.optimizer import TorchSGD
 
-        return TorchSGD(learning_rate=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                        clip_global_norm=20.0), "TorchSGD"
-    except Exception as error:  # noqa: BLE001 - e.g. the trainer needs TensorFlow
+        def make():
+            return TorchSGD(learning_rate=0.01, momentum=0.9, nesterov=True,
+                            weight_decay=5e-4, clip_global_norm=20.0)
+
+        probe, variable = make(), keras.Variable(np.ones((2,), np.float32))
+        probe.build([variable])
+        probe.stateless_apply(
+            [v.value for v in probe.variables], [keras.ops.ones((2,))], [variable.value]
+        )
+        return make(), "TorchSGD"
+    except Exception as error:  # noqa: BLE001 - no TensorFlow, or TorchSGD is TensorFlow-only
         logger.info("TorchSGD unavailable here (%s); timing keras.optimizers.SGD", error)
         return keras.optimizers.SGD(
             learning_rate=0.01, momentum=0.9, nesterov=True, global_clipnorm=20.0
