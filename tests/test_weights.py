@@ -30,6 +30,10 @@ from selfy_tf.weights import torch_reference  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_selfy_tsm_r18"
 CHECKPOINT = FIXTURE / "checkpoint.pth.tar"
+MISSING_FIXTURE = (
+    f"official parity fixture not found at {FIXTURE}: put the project's shared/ folder "
+    "beside this checkout (README.md, \"Set up\")"
+)
 TINY = {"width_multiplier": 0.125, "selfy_channels": 16}
 
 def _fixture_io() -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +148,7 @@ class TestWeightsBasic:
 
 
 class TestWeightsCorrectness:
-    @pytest.mark.skipif(not CHECKPOINT.exists(), reason=f"parity fixture missing: {FIXTURE}")
+    @pytest.mark.skipif(not CHECKPOINT.exists(), reason=MISSING_FIXTURE)
     def test_official_fixture_parity(self):
         """The converted model reproduces the official PyTorch logits."""
         model = _fixture_model()
@@ -157,7 +161,7 @@ class TestWeightsCorrectness:
         frames, logits = _fixture_io()
         np.testing.assert_allclose(model.predict(frames, verbose=0), logits, atol=1e-4, rtol=0)
 
-    @pytest.mark.skipif(not CHECKPOINT.exists(), reason=f"parity fixture missing: {FIXTURE}")
+    @pytest.mark.skipif(not CHECKPOINT.exists(), reason=MISSING_FIXTURE)
     def test_torch_reference_matches_official_fixture(self):
         """The PyTorch reference used below reproduces the official code's output."""
         reference = torch_reference.build_reference("selfy_tsm_r18", 10, 2)
@@ -233,7 +237,7 @@ class TestWeightsCorrectness:
 
 
 class TestConvertWeightsCommand:
-    @pytest.mark.skipif(not CHECKPOINT.exists(), reason=f"parity fixture missing: {FIXTURE}")
+    @pytest.mark.skipif(not CHECKPOINT.exists(), reason=MISSING_FIXTURE)
     def test_convert_fixture(self, tmp_path, capsys):
         destination = tmp_path / "selfy_tsm_r18.weights.h5"
         keras_out = tmp_path.parent / f"{tmp_path.name}-model.keras"
