@@ -138,14 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status = args.handler(args)
     except Exception as error:
-        # Bad input or a failing disk or network: one line; --debug shows the traceback.
-        if args.debug or not is_expected(error):
-            raise
-        print(f"selfy {args.command}: error: {error_line(error)}", file=sys.stderr)
-        return 1
-    except Exception as error:
+        # Bad input, a bad record, a failing disk or network: one line;
+        # --debug shows the traceback, and anything else keeps it.
         message = _data_error_message(error)
-        if message is None or args.debug:
+        if message is None and is_expected(error):
+            message = error_line(error)
+        if args.debug or message is None:
             raise
         print(f"selfy {args.command}: error: {message}", file=sys.stderr)
         return 1
