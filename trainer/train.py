@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import tensorflow as tf
 
+from selfy_tf.files import atomic_write_text
 from selfy_tf.run_dir import RunPaths, save_model, write_labels
 from tfrecords.eval_view import EvalView
 from trainer import callbacks as callbacks_lib
@@ -106,11 +108,22 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
     """
     from tfrecords.split import labels_path, open_split
 
+    opened = {
+        split: open_split(data_dir, split, required=False)
+        for split in (config.data.train_split, config.data.validation_split)
+    }
+    # The class count first: a wrong data directory is the likelier mistake.
+    labels = opened[config.data.train_split].labels
+    if config.model.num_classes is not None and len(labels) != config.model.num_classes:
+        raise ValueError(
+            f"{labels_path(data_dir)} lists {len(labels)} classes but "
+            f"`model.num_classes`={config.model.num_classes}. Set "
+            f"`--set model.num_classes={len(labels)}` or use the matching data directory."
+        )
     splits = {}
-    for split in (config.data.train_split, config.data.validation_split):
-        opened = open_split(data_dir, split, required=False)
-        frames = opened.frames
-        if opened.files:
+    for split, split_data in opened.items():
+        frames = split_data.frames
+        if split_data.files:
             if frames.get("max", config.model.num_frames) < config.model.num_frames:
                 raise ValueError(
                     f"The {split} clips in {data_dir} have at most {frames['max']} frames but "
@@ -124,14 +137,7 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
                     frames["min"],
                     config.model.num_frames,
                 )
-        splits[split] = (opened.files, opened.num_examples)
-    labels = opened.labels
-    if config.model.num_classes is not None and len(labels) != config.model.num_classes:
-        raise ValueError(
-            f"{labels_path(data_dir)} lists {len(labels)} classes but "
-            f"`model.num_classes`={config.model.num_classes}. Set "
-            f"`--set model.num_classes={len(labels)}` or use the matching data directory."
-        )
+        splits[split] = (split_data.files, split_data.num_examples)
     train_files, num_train = splits[config.data.train_split]
     if require_train and (not train_files or num_train == 0):
         raise ValueError(
@@ -150,6 +156,8 @@ def with_data_classes(config: configs.ExperimentConfig, data: DataInfo) -> confi
     """
     if config.model.num_classes is not None:
         return config
+    from tfrecords.split import labels_path
+
     config = copy.deepcopy(config)
     config.model.num_classes = len(data.labels)
     logger.info(
@@ -160,7 +168,11 @@ def with_data_classes(config: configs.ExperimentConfig, data: DataInfo) -> confi
 
 
 def build_model(config: configs.ExperimentConfig) -> keras.Model:
-    """Creates the configured model and loads its initial weights (`model.init`)."""
+    """Creates the configured model and loads its initial weights (`model.init`).
+
+    The SELFY options (`selfy_stage`, `stss_*`, `selfy_channels`) are passed to
+    every family: TSN and TSM builders accept and ignore them.
+    """
     from selfy_tf.models import create_model
 
     model_config = config.model
@@ -170,12 +182,12 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
         num_frames=model_config.num_frames,
         input_size=model_config.input_size,
         dropout=model_config.dropout,
-        selfy_stage=model_config.selfy_stage if model_config.name.startswith("selfy") else None,
-        stss_backend=model_config.stss_backend if model_config.name.startswith("selfy") else None,
+        selfy_stage=model_config.selfy_stage,
+        stss_backend=model_config.stss_backend,
         width_multiplier=model_config.width_multiplier,
-        selfy_channels=model_config.selfy_channels if model_config.name.startswith("selfy") else None,
+        selfy_channels=model_config.selfy_channels,
         sync_batchnorm=model_config.sync_batchnorm,
-        stss_jit=model_config.stss_jit if model_config.name.startswith("selfy") else None,
+        stss_jit=model_config.stss_jit,
     )
     if model_config.init:
         kind, _, path = model_config.init.partition(":")
@@ -335,44 +347,41 @@ def _best_improved(value: float | None, best: float | None) -> bool:
     return value is not None and (best is None or value > best)
 
 
-def train(
-    config: configs.ExperimentConfig,
-    data_dir: str,
-    run_dir: str,
-    *,
-    strategy: tf.distribute.Strategy | None = None,
-    verbose: int | str = "auto",
-    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
-) -> TrainResult:
-    """Trains `config` on `data_dir`, writing (or resuming) `run_dir`.
+@dataclasses.dataclass
+class _PreparedRun:
+    """What `_prepare_run` settled before anything is built.
 
-    Re-running the same call after an interruption (even `kill -9`) resumes
-    from the last backup: finished epochs are not redone and the batches of
-    the interrupted epoch that were trained on are skipped. A finished run
-    returns at once.
-
-    Args:
-        config: the experiment (see `trainer.configs`).
-        data_dir: converted dataset: `train-*.tfrecord`, optionally
-            `validation-*.tfrecord`, and `labels.txt`.
-        run_dir: output directory (layout in `selfy_tf.run_dir`).
-        strategy: a `tf.distribute.Strategy`; default: from
-            `config.runtime.strategy`.
-        verbose: Keras verbosity; "auto" shows a progress bar on a terminal
-            and one line per epoch otherwise.
-        extra_callbacks: more Keras callbacks for every epoch's `fit`.
-
-    Returns:
-        A `TrainResult` (history, paths, steps).
-
-    Raises:
-        ValueError: invalid config, data that does not fit the model, or a
-            run directory holding a run with another config.
-        FileNotFoundError: missing data directory, labels or init weights.
+    `output` is where logs and checkpoints go: the run directory on the chief,
+    a scratch directory (`scratch`, removed at the end) on other workers.
     """
-    configs.validate(config)
-    if strategy is None:
-        strategy = strategy_lib.make_strategy(config.runtime.strategy)
+
+    config: configs.ExperimentConfig
+    data: DataInfo
+    paths: RunPaths
+    output: RunPaths
+    backup_dir: str
+    chief: bool
+    scratch: str | None
+    num_replicas: int
+    global_batch: int
+    steps_per_epoch: int
+    validation_steps: int
+    warnings: list[str]
+
+
+@dataclasses.dataclass
+class _Inputs:
+    """The input pipelines of a run: `train(epoch, skip_steps, num_steps)` and validation."""
+
+    train: Callable[[int, int, int], Any]
+    validation: Any | None
+
+
+def _prepare_run(
+    config: configs.ExperimentConfig, data_dir: str, run_dir: str, strategy: tf.distribute.Strategy
+) -> _PreparedRun:
+    """Step 1: checks the data, sizes the batches and steps, refuses a resume
+    with another config, creates the run directory with its config and labels."""
     data = inspect_data_dir(data_dir, config)
     config = with_data_classes(config, data)
     num_replicas = strategy.num_replicas_in_sync
@@ -407,165 +416,266 @@ def train(
     if chief:
         configs.save_yaml(config, paths.config)
         write_labels(paths.labels, data.labels)
-
     validation_steps = 0
     if data.validation_files:
         validation_steps = config.train.validation_steps or max(1, data.num_validation_examples // global_batch)
-    peak_lr = _peak_learning_rate(config, global_batch)
-    schedule = make_schedule(config.schedule, peak_lr, steps_per_epoch, config.train.epochs)
+    return _PreparedRun(
+        config=config,
+        data=data,
+        paths=paths,
+        output=output,
+        backup_dir=backup_dir,
+        chief=chief,
+        scratch=scratch,
+        num_replicas=num_replicas,
+        global_batch=global_batch,
+        steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps,
+        warnings=warnings,
+    )
+
+
+def _build_inputs(run: _PreparedRun, strategy: tf.distribute.Strategy) -> _Inputs:
+    """Step 2: the training pipeline of any epoch, and the validation pipeline."""
+    config, data = run.config, run.data
+
+    def train_dataset(epoch: int, skip_steps: int, num_steps: int):
+        return _train_dataset(strategy, config, data, epoch, skip_steps, num_steps, run.global_batch)
+
+    validation = _validation_dataset(strategy, config, data, run.global_batch) if run.validation_steps else None
+    return _Inputs(train=train_dataset, validation=validation)
+
+
+def _build_and_compile(run: _PreparedRun, strategy: tf.distribute.Strategy):
+    """Step 3: the model, its initial weights, optimizer and schedule, compiled
+    in the strategy's scope with every variable built. Returns `(model, schedule)`.
+
+    The global dtype policy must already be `runtime.mixed_precision`.
+    """
+    config = run.config
+    peak_lr = _peak_learning_rate(config, run.global_batch)
+    schedule = make_schedule(config.schedule, peak_lr, run.steps_per_epoch, config.train.epochs)
     jit_compile = resolve_jit_compile(config.runtime.jit_compile)
     logger.info(
         "Training %s: %d train clips (%d steps of %d = %d replicas x %d), %d validation clips, "
         "lr %.5g, XLA %s, precision %s.",
         config.model.name,
-        data.num_train_examples,
-        steps_per_epoch,
-        global_batch,
-        num_replicas,
+        run.data.num_train_examples,
+        run.steps_per_epoch,
+        run.global_batch,
+        run.num_replicas,
         config.data.batch_size,
-        data.num_validation_examples,
+        run.data.num_validation_examples,
         peak_lr,
         "on" if jit_compile else "off",
         config.runtime.mixed_precision,
     )
-
     # Same seed, same initial weights (and dropout masks) on every worker
     # and in every restart.
     keras.utils.set_random_seed(int(config.train.seed))
+    with strategy.scope():
+        model = build_model(config)
+        compile_for_training(model, config, schedule, jit_compile)
+        # Every checkpoint stores the view validation scores (`_save_model`).
+        model.selfy_eval_view = _eval_view(config)
+        # Build metric variables now (Keras would on the first step) so a
+        # mid-epoch backup's running metrics can be restored; see
+        # `prepare_model_for_fit` for why `fit` must not build from data.
+        batch_spec = (
+            tf.TensorSpec((None, config.model.num_frames, config.model.input_size, config.model.input_size, 3), tf.uint8),
+            tf.TensorSpec((None, config.model.num_classes), tf.float32),
+        )
+        strategy_lib.prepare_model_for_fit(model, strategy, batch_spec)
+    return model, schedule
+
+
+def _restore_state(run: _PreparedRun, model: keras.Model) -> tuple[dict[str, Any], dict[str, int] | None]:
+    """The progress to continue from (restoring the backup into `model`), and
+    `{"epoch", "step_in_epoch"}` when it came from a backup."""
+    state = callbacks_lib.load_backup(run.backup_dir, model)
+    if state is None:
+        return {"epoch": 0, "step_in_epoch": 0, "history": {}, "best": None, "finished": False}, None
+    logger.info(
+        "Resuming from %s: epoch %d, step %d of %d.",
+        run.backup_dir,
+        state["epoch"] + 1,
+        state["step_in_epoch"],
+        run.steps_per_epoch,
+    )
+    return state, {"epoch": state["epoch"], "step_in_epoch": state["step_in_epoch"]}
+
+
+def _run_epochs(
+    run: _PreparedRun,
+    inputs: _Inputs,
+    model: keras.Model,
+    schedule,
+    state: dict[str, Any],
+    monitor: str,
+    verbosity: int,
+    extra_callbacks: Sequence[keras.callbacks.Callback],
+) -> dict[str, list[float]]:
+    """Step 4: one `fit` per epoch from `state` on, with validation, checkpoints,
+    backups and history; updates `state` and returns the history."""
+    config, output, backup_dir = run.config, run.output, run.backup_dir
+    steps_per_epoch = run.steps_per_epoch
+    training_logger = (
+        callbacks_lib.TrainingLogger(
+            output.logs, run.global_batch, config.train.log_every_steps, lambda step: schedule(step)
+        )
+        if run.chief
+        else None
+    )
+    history: dict[str, list[float]] = {key: list(values) for key, values in state["history"].items()}
+    for epoch in range(state["epoch"], config.train.epochs):
+        first_step = state["step_in_epoch"] if epoch == state["epoch"] else 0
+        resume_metrics = backup_dir if first_step else None
+        dataset = inputs.train(epoch, first_step, steps_per_epoch - first_step)
+        validate_now = inputs.validation is not None and (
+            (epoch + 1) % config.train.validation_every_epochs == 0 or epoch + 1 == config.train.epochs
+        )
+        epoch_callbacks = [
+            callbacks_lib.Backup(
+                backup_dir,
+                config.train.backup_every_steps,
+                steps_per_epoch,
+                epoch,
+                first_step,
+                {key: value for key, value in state.items() if key not in ("epoch", "step_in_epoch")},
+                restore_metric_state=resume_metrics,
+            ),
+            *([training_logger] if training_logger else []),
+            *extra_callbacks,
+            _StopAfterEpoch(),
+        ]
+        fit_history = model.fit(
+            dataset,
+            # The full count keeps Keras's "Epoch e/E" right; `_StopAfterEpoch` ends
+            # this call after one epoch.
+            epochs=config.train.epochs,
+            initial_epoch=epoch,
+            steps_per_epoch=steps_per_epoch - first_step,
+            validation_data=inputs.validation if validate_now else None,
+            validation_steps=run.validation_steps if validate_now else None,
+            callbacks=epoch_callbacks,
+            verbose=verbosity,
+            shuffle=False,
+        )
+        logs = {key: float(values[-1]) for key, values in fit_history.history.items()}
+        if training_logger is not None:
+            logs.update(training_logger.epoch_summary(epoch, logs))
+        else:
+            logs["lr"] = float(schedule(int(keras.ops.convert_to_numpy(model.optimizer.iterations)) - 1))
+        history.setdefault("epoch", []).append(epoch + 1)
+        for key, value in logs.items():
+            history.setdefault(key, []).append(value)
+        value = logs.get(monitor)
+        improved = _best_improved(value, state["best"])
+        if improved:
+            state["best"] = value
+        if run.chief:
+            _save_model(model, output.last_checkpoint)
+            if improved or not os.path.exists(output.best_checkpoint):
+                _save_model(model, output.best_checkpoint)
+        state.update(
+            epoch=epoch + 1,
+            step_in_epoch=0,
+            history=history,
+            finished=epoch + 1 >= config.train.epochs,
+        )
+        # The history first: once the backup says the epoch is done, a
+        # resumed run never writes this epoch's row again.
+        if run.chief:
+            callbacks_lib.write_history_csv(output.history, history)
+        callbacks_lib.save_backup(backup_dir, model, state, include_metrics=False)
+        logger.info(
+            "Epoch %d/%d: %s",
+            epoch + 1,
+            config.train.epochs,
+            ", ".join(f"{key} {value:.4g}" for key, value in logs.items()),
+        )
+    if run.chief and not os.path.exists(output.last_checkpoint):
+        _save_model(model, output.last_checkpoint)
+        _save_model(model, output.best_checkpoint)
+    if training_logger is not None:
+        training_logger.close()
+    return history
+
+
+def train(
+    config: configs.ExperimentConfig,
+    data_dir: str,
+    run_dir: str,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    verbose: int | str = "auto",
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Trains `config` on `data_dir`, writing (or resuming) `run_dir`.
+
+    Re-running the same call after an interruption (even `kill -9`) resumes
+    from the last backup: finished epochs are not redone and the batches of
+    the interrupted epoch that were trained on are skipped. A finished run
+    returns at once.
+
+    The work is done in four steps: `_prepare_run` (data, run directory,
+    resume check), `_build_inputs`, `_build_and_compile` (model, optimizer,
+    schedule in the strategy's scope) and `_run_epochs`.
+
+    Args:
+        config: the experiment (see `trainer.configs`).
+        data_dir: converted dataset: `train-*.tfrecord`, optionally
+            `validation-*.tfrecord`, and `labels.txt`.
+        run_dir: output directory (layout in `selfy_tf.run_dir`).
+        strategy: a `tf.distribute.Strategy`; default: from
+            `config.runtime.strategy`.
+        verbose: Keras verbosity; "auto" shows a progress bar on a terminal
+            and one line per epoch otherwise.
+        extra_callbacks: more Keras callbacks for every epoch's `fit`.
+
+    Returns:
+        A `TrainResult` (history, paths, steps).
+
+    Raises:
+        ValueError: invalid config, data that does not fit the model, or a
+            run directory holding a run with another config.
+        FileNotFoundError: missing data directory, labels or init weights.
+    """
+    configs.validate(config)
+    if strategy is None:
+        strategy = strategy_lib.make_strategy(config.runtime.strategy)
+    run = _prepare_run(config, data_dir, run_dir, strategy)
+    config = run.config
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.runtime.mixed_precision)
     try:
-        with strategy.scope():
-            model = build_model(config)
-            compile_for_training(model, config, schedule, jit_compile)
-            # Build metric variables now (Keras would on the first step) so a
-            # mid-epoch backup's running metrics can be restored; see
-            # `prepare_model_for_fit` for why `fit` must not build from data.
-            batch_spec = (
-                tf.TensorSpec((None, config.model.num_frames, config.model.input_size, config.model.input_size, 3), tf.uint8),
-                tf.TensorSpec((None, config.model.num_classes), tf.float32),
-            )
-            strategy_lib.prepare_model_for_fit(model, strategy, batch_spec)
-
-        state = callbacks_lib.load_backup(backup_dir, model)
-        resumed_from = None
-        if state is None:
-            state = {"epoch": 0, "step_in_epoch": 0, "history": {}, "best": None, "finished": False}
-        else:
-            resumed_from = {"epoch": state["epoch"], "step_in_epoch": state["step_in_epoch"]}
-            logger.info(
-                "Resuming from %s: epoch %d, step %d of %d.",
-                backup_dir,
-                state["epoch"] + 1,
-                state["step_in_epoch"],
-                steps_per_epoch,
-            )
-        monitor = config.train.monitor if data.validation_files else config.train.monitor.removeprefix("val_")
-        training_logger = (
-            callbacks_lib.TrainingLogger(
-                output.logs, global_batch, config.train.log_every_steps, lambda step: schedule(step)
-            )
-            if chief
-            else None
+        model, schedule = _build_and_compile(run, strategy)
+        state, resumed_from = _restore_state(run, model)
+        monitor = config.train.monitor if run.data.validation_files else config.train.monitor.removeprefix("val_")
+        inputs = _build_inputs(run, strategy)
+        history = _run_epochs(
+            run, inputs, model, schedule, state, monitor, _verbosity(verbose), extra_callbacks
         )
-        validation = _validation_dataset(strategy, config, data, global_batch) if validation_steps else None
-        verbosity = _verbosity(verbose)
-        history: dict[str, list[float]] = {key: list(values) for key, values in state["history"].items()}
-
-        for epoch in range(state["epoch"], config.train.epochs):
-            first_step = state["step_in_epoch"] if epoch == state["epoch"] else 0
-            resume_metrics = backup_dir if first_step else None
-            dataset = _train_dataset(
-                strategy, config, data, epoch, first_step, steps_per_epoch - first_step, global_batch
-            )
-            validate_now = validation is not None and (
-                (epoch + 1) % config.train.validation_every_epochs == 0 or epoch + 1 == config.train.epochs
-            )
-            epoch_callbacks = [
-                callbacks_lib.Backup(
-                    backup_dir,
-                    config.train.backup_every_steps,
-                    steps_per_epoch,
-                    epoch,
-                    first_step,
-                    {key: value for key, value in state.items() if key not in ("epoch", "step_in_epoch")},
-                    restore_metric_state=resume_metrics,
-                ),
-                *([training_logger] if training_logger else []),
-                *extra_callbacks,
-                _StopAfterEpoch(),
-            ]
-            fit_history = model.fit(
-                dataset,
-                # The full count keeps Keras's "Epoch e/E" right; `_StopAfterEpoch` ends
-                # this call after one epoch.
-                epochs=config.train.epochs,
-                initial_epoch=epoch,
-                steps_per_epoch=steps_per_epoch - first_step,
-                validation_data=validation if validate_now else None,
-                validation_steps=validation_steps if validate_now else None,
-                callbacks=epoch_callbacks,
-                verbose=verbosity,
-                shuffle=False,
-            )
-            logs = {key: float(values[-1]) for key, values in fit_history.history.items()}
-            if training_logger is not None:
-                logs.update(training_logger.epoch_summary(epoch, logs))
-            else:
-                logs["lr"] = float(schedule(int(keras.ops.convert_to_numpy(model.optimizer.iterations)) - 1))
-            history.setdefault("epoch", []).append(epoch + 1)
-            for key, value in logs.items():
-                history.setdefault(key, []).append(value)
-            value = logs.get(monitor)
-            improved = _best_improved(value, state["best"])
-            if improved:
-                state["best"] = value
-            if chief:
-                _save_model(model, output.last_checkpoint, config)
-                if improved or not os.path.exists(output.best_checkpoint):
-                    _save_model(model, output.best_checkpoint, config)
-            state.update(
-                epoch=epoch + 1,
-                step_in_epoch=0,
-                history=history,
-                finished=epoch + 1 >= config.train.epochs,
-            )
-            # The history first: once the backup says the epoch is done, a
-            # resumed run never writes this epoch's row again.
-            if chief:
-                callbacks_lib.write_history_csv(output.history, history)
-            callbacks_lib.save_backup(backup_dir, model, state, include_metrics=False)
-            logger.info(
-                "Epoch %d/%d: %s",
-                epoch + 1,
-                config.train.epochs,
-                ", ".join(f"{key} {value:.4g}" for key, value in logs.items()),
-            )
-        if chief and not os.path.exists(output.last_checkpoint):
-            _save_model(model, output.last_checkpoint, config)
-            _save_model(model, output.best_checkpoint, config)
-        if training_logger is not None:
-            training_logger.close()
         global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     finally:
         keras.config.set_dtype_policy(previous_policy)
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        if run.scratch is not None:
+            shutil.rmtree(run.scratch, ignore_errors=True)
     result = TrainResult(
-        run_dir=paths.root,
+        run_dir=run.paths.root,
         history=history,
         epochs_completed=int(state["epoch"]),
         global_step=global_step,
-        best_checkpoint=paths.best_checkpoint,
-        last_checkpoint=paths.last_checkpoint,
+        best_checkpoint=run.paths.best_checkpoint,
+        last_checkpoint=run.paths.last_checkpoint,
         best_metric={"name": monitor, "value": state["best"]},
         resumed_from=resumed_from,
-        global_batch_size=global_batch,
-        num_replicas=num_replicas,
-        warnings=warnings,
+        global_batch_size=run.global_batch,
+        num_replicas=run.num_replicas,
+        warnings=run.warnings,
     )
-    if chief:
-        atomic_write_text(paths.result, json.dumps(result.to_dict(), indent=2) + "\n")
+    if run.chief:
+        atomic_write_text(run.paths.result, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
 
 
@@ -586,5 +696,6 @@ def _eval_view(config: configs.ExperimentConfig) -> EvalView:
     )
 
 
-def _save_model(model: keras.Model, path: str, config: configs.ExperimentConfig) -> None:
-    save_model(model, path, _eval_view(config))
+def _save_model(model: keras.Model, path: str) -> None:
+    """Saves a checkpoint with the evaluation view `_build_and_compile` attached to `model`."""
+    save_model(model, path, getattr(model, "selfy_eval_view", None))

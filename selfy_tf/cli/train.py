@@ -147,7 +147,7 @@ def _print_summary(result: dict, data_dir: str) -> None:
     for warning in result["warnings"]:
         print(f"  warning: {warning}")
     print(f"  next: selfy eval {result['run_dir']} --data {data_dir}")
-    from trainer.run_dir import RunPaths
+    from selfy_tf.run_dir import RunPaths
 
     print(f"  details: {RunPaths(result['run_dir']).result}")
 
@@ -161,7 +161,7 @@ def _detach(handler: logging.Handler | None) -> None:
 def run(args: argparse.Namespace) -> int:
     config = _resolve_config(args)
     from trainer.callbacks import BACKUP_FILE
-    from trainer.run_dir import RunPaths
+    from selfy_tf.run_dir import RunPaths
     from trainer.train import train
 
     # Only the first worker owns the run directory (other workers share it).
