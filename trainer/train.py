@@ -1,5 +1,10 @@
 """`train(config, data_dir, run_dir)`: the paper's recipe with Keras `model.fit`.
 
+Runs on TensorFlow (`tf.distribute` strategies) and on JAX
+(`keras.distribution.DataParallel`), see `trainer.distribution`; the input is
+the TFRecord pipeline (tf.data, also under JAX) or, without TensorFlow,
+in-memory clips (`trainer.numpy_data`).
+
 One `fit` call per epoch. The training data of epoch `e` is a deterministic
 function of `(train.seed, e)`, which is what makes mid-epoch resume exact:
 after a restart the interrupted epoch's pipeline is rebuilt and the batches
@@ -17,19 +22,21 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import keras
-import tensorflow as tf
 
 from selfy_tf.files import atomic_write_text
 from selfy_tf.run_dir import RunPaths, save_model, write_labels
 from tfrecords.eval_view import EvalView
 from trainer import callbacks as callbacks_lib
 from trainer import configs
-from trainer import strategy as strategy_lib
+from trainer import distribution as distribution_lib
 from trainer.optimizer import TorchSGD, group_policies, parameter_groups
 from trainer.schedules import make_schedule, scaled_learning_rate
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,12 @@ class DataInfo:
     num_train_examples: int
     validation_files: list[str]
     num_validation_examples: int
+    # In-memory clips (`trainer.numpy_data.ClipArrays`) instead of shards.
+    arrays: Any = None
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.validation_files) or (self.arrays is not None and self.num_validation_examples > 0)
 
 
 @dataclasses.dataclass
@@ -66,6 +79,7 @@ class TrainResult:
         global_batch_size / num_replicas: the distribution used.
         warnings: what the run could not do as asked (e.g. no validation
             split), also logged.
+        backend: the Keras backend that trained ("tensorflow", "jax").
     """
 
     run_dir: str
@@ -79,13 +93,15 @@ class TrainResult:
     global_batch_size: int
     num_replicas: int
     warnings: list[str] = dataclasses.field(default_factory=list)
+    backend: str = "tensorflow"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def resolve_jit_compile(setting: bool | None) -> bool:
-    """XLA for `model.fit`: the explicit setting, else on for GPU/TPU and off on CPU.
+    """XLA for `model.fit`: the explicit setting, else on for GPU/TPU and off on CPU
+    (TensorFlow), always on under JAX.
 
     Keras's `jit_compile="auto"` silently turns XLA off on CPU and under
     distribution strategies; we choose from measurement instead: on CPU XLA
@@ -94,6 +110,11 @@ def resolve_jit_compile(setting: bool | None) -> bool:
     """
     if setting is not None:
         return bool(setting)
+    if keras.backend.backend() == "jax":
+        # Without jit JAX runs op by op; compiled is its only fast mode.
+        return True
+    import tensorflow as tf
+
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
@@ -146,6 +167,20 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
         )
     validation_files, num_validation = splits[config.data.validation_split]
     return DataInfo(data_dir, labels, train_files, num_train, validation_files, num_validation)
+
+
+def inspect_numpy_source(source: str, config: configs.ExperimentConfig) -> DataInfo:
+    """`inspect_data_dir` for in-memory clips (`synthetic:...` or `.npz`, see `trainer.numpy_data`)."""
+    from trainer.numpy_data import load_clip_arrays
+
+    arrays = load_clip_arrays(source, config.model.num_frames)
+    if config.model.num_classes is not None and len(arrays.labels) != config.model.num_classes:
+        raise ValueError(
+            f"{source} has {len(arrays.labels)} classes but `model.num_classes`={config.model.num_classes}. "
+            f"Set `--set model.num_classes={len(arrays.labels)}`."
+        )
+    num_validation = 0 if arrays.validation_labels is None else len(arrays.validation_labels)
+    return DataInfo(source, arrays.labels, [], len(arrays.train_labels), [], num_validation, arrays=arrays)
 
 
 def with_data_classes(config: configs.ExperimentConfig, data: DataInfo) -> configs.ExperimentConfig:
@@ -258,6 +293,8 @@ def _epoch_seed(config: configs.ExperimentConfig, epoch: int) -> int:
 
 
 def _one_hot(num_classes: int):
+    import tensorflow as tf
+
     def convert(frames, label):
         return frames, tf.one_hot(label, num_classes, dtype=tf.float32)
 
@@ -267,8 +304,13 @@ def _one_hot(num_classes: int):
 def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int, num_steps: int, global_batch: int):
     from tfrecords import make_dataset
 
-    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        replicas_per_pipeline = max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines)
+    def dataset_fn(input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
+        # Without an input context (no strategy) one pipeline makes global batches.
+        replicas_per_pipeline = (
+            1
+            if input_context is None
+            else max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines)
+        )
         dataset = make_dataset(
             data.train_files,
             training=True,
@@ -288,7 +330,7 @@ def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int
             dataset = dataset.skip(skip_steps * replicas_per_pipeline)
         return dataset.take(num_steps * replicas_per_pipeline)
 
-    return strategy.distribute_datasets_from_function(dataset_fn)
+    return _distribute(strategy, dataset_fn)
 
 
 def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
@@ -296,7 +338,7 @@ def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
 
     view = _eval_view(config)
 
-    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+    def dataset_fn(input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
         dataset = make_dataset(
             data.validation_files,
             training=False,
@@ -314,6 +356,13 @@ def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
         )
         return dataset.map(_one_hot(config.model.num_classes))
 
+    return _distribute(strategy, dataset_fn)
+
+
+def _distribute(strategy: tf.distribute.Strategy | None, dataset_fn):
+    """`dataset_fn` per input pipeline of `strategy`, or called once (no strategy: JAX)."""
+    if strategy is None:
+        return dataset_fn(None)
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
@@ -378,13 +427,18 @@ class _Inputs:
 
 
 def _prepare_run(
-    config: configs.ExperimentConfig, data_dir: str, run_dir: str, strategy: tf.distribute.Strategy
+    config: configs.ExperimentConfig, data_dir: str, run_dir: str, replicas
 ) -> _PreparedRun:
     """Step 1: checks the data, sizes the batches and steps, refuses a resume
     with another config, creates the run directory with its config and labels."""
-    data = inspect_data_dir(data_dir, config)
+    from trainer.numpy_data import is_numpy_source
+
+    if is_numpy_source(data_dir):
+        data = inspect_numpy_source(data_dir, config)
+    else:
+        data = inspect_data_dir(data_dir, config)
     config = with_data_classes(config, data)
-    num_replicas = strategy.num_replicas_in_sync
+    num_replicas = replicas.num_replicas
     global_batch = config.data.batch_size * num_replicas
     steps_per_epoch = config.train.steps_per_epoch or data.num_train_examples // global_batch
     if steps_per_epoch < 1:
@@ -394,15 +448,14 @@ def _prepare_run(
             "Lower `data.batch_size` or set `train.steps_per_epoch`."
         )
     warnings = []
-    if not data.validation_files:
+    if not data.has_validation:
         warnings.append(
             f"no validation split in {data_dir} (no '{config.data.validation_split}-*.tfrecord'): the run "
             "reports training accuracy only, and best.keras is chosen by it. Build one with "
             "`selfy tfrecords build ... --validation-fraction 0.2`."
         )
         logger.warning("%s", warnings[-1])
-    chief = strategy_lib.is_chief(strategy)
-    worker = strategy_lib.worker_index(strategy)
+    chief, worker = replicas.chief, replicas.worker
     paths = RunPaths(os.path.abspath(run_dir))
     # Non-chief workers keep their own backup (to resume) and write logs
     # and checkpoints to a temporary directory that is removed at the end.
@@ -417,7 +470,7 @@ def _prepare_run(
         configs.save_yaml(config, paths.config)
         write_labels(paths.labels, data.labels)
     validation_steps = 0
-    if data.validation_files:
+    if data.has_validation:
         validation_steps = config.train.validation_steps or max(1, data.num_validation_examples // global_batch)
     return _PreparedRun(
         config=config,
@@ -435,9 +488,14 @@ def _prepare_run(
     )
 
 
-def _build_inputs(run: _PreparedRun, strategy: tf.distribute.Strategy) -> _Inputs:
+def _build_inputs(run: _PreparedRun, replicas) -> _Inputs:
     """Step 2: the training pipeline of any epoch, and the validation pipeline."""
     config, data = run.config, run.data
+    if data.arrays is not None:
+        return _numpy_inputs(run)
+
+    # None off TensorFlow: one pipeline of global batches, split by Keras.
+    strategy = getattr(replicas, "strategy", None)
 
     def train_dataset(epoch: int, skip_steps: int, num_steps: int):
         return _train_dataset(strategy, config, data, epoch, skip_steps, num_steps, run.global_batch)
@@ -446,9 +504,43 @@ def _build_inputs(run: _PreparedRun, strategy: tf.distribute.Strategy) -> _Input
     return _Inputs(train=train_dataset, validation=validation)
 
 
-def _build_and_compile(run: _PreparedRun, strategy: tf.distribute.Strategy):
+def _numpy_inputs(run: _PreparedRun) -> _Inputs:
+    """In-memory clips as `PyDataset`s of global batches (Keras splits them over devices)."""
+    from trainer.numpy_data import EvalBatches, TrainBatches
+
+    config, arrays = run.config, run.data.arrays
+
+    def train_dataset(epoch: int, skip_steps: int, num_steps: int):
+        return TrainBatches(
+            arrays.train_frames,
+            arrays.train_labels,
+            config.model.num_classes,
+            run.global_batch,
+            seed=_epoch_seed(config, epoch),
+            skip_steps=skip_steps,
+            num_steps=num_steps,
+            num_frames=config.model.num_frames,
+            crop_size=config.model.input_size,
+            scales=config.data.crop_scales,
+            no_flip_classes=config.data.no_flip_classes,
+        )
+
+    validation = None
+    if run.validation_steps:
+        validation = EvalBatches(
+            arrays.validation_frames,
+            arrays.validation_labels,
+            config.model.num_classes,
+            run.global_batch,
+            run.validation_steps,
+            _eval_view(config),
+        )
+    return _Inputs(train=train_dataset, validation=validation)
+
+
+def _build_and_compile(run: _PreparedRun, replicas):
     """Step 3: the model, its initial weights, optimizer and schedule, compiled
-    in the strategy's scope with every variable built. Returns `(model, schedule)`.
+    in the replicas' scope with every variable built. Returns `(model, schedule)`.
 
     The global dtype policy must already be `runtime.mixed_precision`.
     """
@@ -473,19 +565,17 @@ def _build_and_compile(run: _PreparedRun, strategy: tf.distribute.Strategy):
     # Same seed, same initial weights (and dropout masks) on every worker
     # and in every restart.
     keras.utils.set_random_seed(int(config.train.seed))
-    with strategy.scope():
+    with replicas.build_scope():
         model = build_model(config)
         compile_for_training(model, config, schedule, jit_compile)
         # Every checkpoint stores the view validation scores (`_save_model`).
         model.selfy_eval_view = _eval_view(config)
         # Build metric variables now (Keras would on the first step) so a
         # mid-epoch backup's running metrics can be restored; see
-        # `prepare_model_for_fit` for why `fit` must not build from data.
-        batch_spec = (
-            tf.TensorSpec((None, config.model.num_frames, config.model.input_size, config.model.input_size, 3), tf.uint8),
-            tf.TensorSpec((None, config.model.num_classes), tf.float32),
-        )
-        strategy_lib.prepare_model_for_fit(model, strategy, batch_spec)
+        # `trainer.strategy.prepare_model_for_fit` for why `fit` must not
+        # build from data.
+        size = config.model.input_size
+        replicas.prepare_model_for_fit(model, (config.model.num_frames, size, size, 3), config.model.num_classes)
     return model, schedule
 
 
@@ -620,15 +710,17 @@ def train(
 
     The work is done in four steps: `_prepare_run` (data, run directory,
     resume check), `_build_inputs`, `_build_and_compile` (model, optimizer,
-    schedule in the strategy's scope) and `_run_epochs`.
+    schedule in the replicas' scope) and `_run_epochs`, all on the Keras
+    backend in use (`keras.backend.backend()`).
 
     Args:
         config: the experiment (see `trainer.configs`).
         data_dir: converted dataset: `train-*.tfrecord`, optionally
-            `validation-*.tfrecord`, and `labels.txt`.
+            `validation-*.tfrecord`, and `labels.txt`; or in-memory clips,
+            `synthetic:motion[:...]` or a `.npz` file (`trainer.numpy_data`).
         run_dir: output directory (layout in `selfy_tf.run_dir`).
-        strategy: a `tf.distribute.Strategy`; default: from
-            `config.runtime.strategy`.
+        strategy: a `tf.distribute.Strategy` (TensorFlow backend only);
+            default: from `config.runtime.strategy` (`trainer.distribution`).
         verbose: Keras verbosity; "auto" shows a progress bar on a terminal
             and one line per epoch otherwise.
         extra_callbacks: more Keras callbacks for every epoch's `fit`.
@@ -642,21 +734,21 @@ def train(
         FileNotFoundError: missing data directory, labels or init weights.
     """
     configs.validate(config)
-    if strategy is None:
-        strategy = strategy_lib.make_strategy(config.runtime.strategy)
-    run = _prepare_run(config, data_dir, run_dir, strategy)
+    replicas = distribution_lib.make_replicas(config.runtime.strategy, strategy)
+    run = _prepare_run(config, data_dir, run_dir, replicas)
     config = run.config
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.runtime.mixed_precision)
     try:
-        model, schedule = _build_and_compile(run, strategy)
-        state, resumed_from = _restore_state(run, model)
-        monitor = config.train.monitor if run.data.validation_files else config.train.monitor.removeprefix("val_")
-        inputs = _build_inputs(run, strategy)
-        history = _run_epochs(
-            run, inputs, model, schedule, state, monitor, _verbosity(verbose), extra_callbacks
-        )
-        global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        with replicas.run_scope():
+            model, schedule = _build_and_compile(run, replicas)
+            state, resumed_from = _restore_state(run, model)
+            monitor = config.train.monitor if run.data.has_validation else config.train.monitor.removeprefix("val_")
+            inputs = _build_inputs(run, replicas)
+            history = _run_epochs(
+                run, inputs, model, schedule, state, monitor, _verbosity(verbose), extra_callbacks
+            )
+            global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     finally:
         keras.config.set_dtype_policy(previous_policy)
         if run.scratch is not None:
@@ -673,6 +765,7 @@ def train(
         global_batch_size=run.global_batch,
         num_replicas=run.num_replicas,
         warnings=run.warnings,
+        backend=keras.backend.backend(),
     )
     if run.chief:
         atomic_write_text(run.paths.result, json.dumps(result.to_dict(), indent=2) + "\n")
