@@ -29,6 +29,7 @@ import keras
 from selfy_tf.files import atomic_write_text
 from selfy_tf.run_dir import RunPaths, save_model, write_labels
 from tfrecords.eval_view import EvalView
+from tfrecords.split import labels_path
 from trainer import callbacks as callbacks_lib
 from trainer import configs
 from trainer import distribution as distribution_lib
@@ -127,7 +128,7 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
             `model.num_classes`; every clip has fewer frames than
             `model.num_frames`.
     """
-    from tfrecords.split import labels_path, open_split
+    from tfrecords.split import open_split
 
     opened = {
         split: open_split(data_dir, split, required=False)
