@@ -286,3 +286,15 @@ def test_data_parallel_over_two_devices_matches_one_device(tmp_path):
     assert (single["replicas"], parallel["replicas"]) == (1, 2) and single["batch"] == parallel["batch"] == 4
     for key in ("loss", "val_loss", "top1"):
         np.testing.assert_allclose(parallel["history"][key], single["history"][key], rtol=2e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_optimizer_and_schedule_tests_pass_under_jax():
+    """TorchSGD against the NumPy torch reference, and the schedules, under `KERAS_BACKEND=jax`."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(REPO, "tests", "test_trainer_optimizer.py"),
+         "-k", "TorchSGD or Schedules"],
+        capture_output=True, text=True, env=_environment(), cwd=REPO, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:]
+    assert " passed" in completed.stdout and "failed" not in completed.stdout

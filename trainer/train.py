@@ -192,8 +192,6 @@ def with_data_classes(config: configs.ExperimentConfig, data: DataInfo) -> confi
     """
     if config.model.num_classes is not None:
         return config
-    from tfrecords.split import labels_path
-
     config = copy.deepcopy(config)
     config.model.num_classes = len(data.labels)
     logger.info(
