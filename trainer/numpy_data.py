@@ -5,8 +5,8 @@ For machines with Keras on JAX and no TensorFlow (`selfy train --backend jax
 
 - `synthetic:motion[:NUM_TRAIN[:NUM_VALIDATION[:SIZE]]]`: the synthetic motion
   dataset (`selfy_tf.datasets.synthetic_motion`) generated in memory, by
-  default 800 + 200 clips of 8 frames of 64x64 (those of `selfy demo`),
-  dataset seed 0.
+  default 800 + 200 clips of 8 frames (or `model.num_frames` if more) of
+  64x64, as in `selfy demo`, dataset seed 0.
 - `PATH.npz`: `train_frames` uint8 `[clips, frames, height, width, 3]`,
   `train_labels` integer `[clips]`, optionally `validation_frames` /
   `validation_labels`, and `labels` (class names, strings; default
@@ -69,7 +69,7 @@ class ClipArrays:
     validation_labels: np.ndarray | None
 
 
-def _synthetic(source: str, seed: int = 0) -> ClipArrays:
+def _synthetic(source: str, num_frames: int, seed: int = 0) -> ClipArrays:
     from selfy_tf.datasets import synthetic_motion
 
     name, *numbers = source[len(SYNTHETIC_PREFIX):].split(":")
@@ -81,11 +81,13 @@ def _synthetic(source: str, seed: int = 0) -> ClipArrays:
     num_train, num_validation, size = [int(value) for value in numbers] + list(_SYNTHETIC_DEFAULTS[len(numbers):])
     if num_train < 1:
         raise ValueError(f"{source!r}: NUM_TRAIN must be at least 1. Received: {num_train}.")
-    train_frames, train_labels = synthetic_motion.generate_split(num_train, seed, "train", size=size)
+    # 8 frames as in `selfy demo`, more when the model samples more.
+    length = max(8, int(num_frames))
+    train_frames, train_labels = synthetic_motion.generate_split(num_train, seed, "train", length, size)
     validation_frames = validation_labels = None
     if num_validation:
         validation_frames, validation_labels = synthetic_motion.generate_split(
-            num_validation, seed, "validation", size=size
+            num_validation, seed, "validation", length, size
         )
     return ClipArrays(
         source, list(synthetic_motion.CLASS_NAMES), train_frames, train_labels, validation_frames, validation_labels
@@ -140,7 +142,7 @@ def load_clip_arrays(source: str, num_frames: int) -> ClipArrays:
             label outside `[0, len(labels))`, or clips with fewer frames than
             `num_frames`.
     """
-    arrays = _synthetic(source) if source.startswith(SYNTHETIC_PREFIX) else _npz(source)
+    arrays = _synthetic(source, num_frames) if source.startswith(SYNTHETIC_PREFIX) else _npz(source)
     for split in ("train", "validation"):
         frames = getattr(arrays, f"{split}_frames")
         labels = getattr(arrays, f"{split}_labels")
