@@ -34,28 +34,20 @@ Examples:
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import logging
 import os
+import platform
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable
 
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave room for PyTorch
-if os.environ.setdefault("KERAS_BACKEND", "jax") != "jax":
-    raise SystemExit(
-        f"bench_gpu.py runs Keras on JAX; KERAS_BACKEND={os.environ['KERAS_BACKEND']!r} "
-        "was set. Unset it or set KERAS_BACKEND=jax."
-    )
+import numpy as np
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import logging  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import zlib  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from _common import write_results  # noqa: E402
+from _common import write_results
 
 logger = logging.getLogger("bench_gpu")
 
@@ -724,5 +716,16 @@ def _profile(side: JaxSide, directory: str) -> dict:
     return {"trace_dir": directory}
 
 
+def _set_backend_environment() -> None:
+    """Keras on JAX, and JAX leaving GPU memory to PyTorch; before Keras is imported."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if os.environ.setdefault("KERAS_BACKEND", "jax") != "jax":
+        raise SystemExit(
+            f"bench_gpu.py runs Keras on JAX; KERAS_BACKEND={os.environ['KERAS_BACKEND']!r} "
+            "was set. Unset it or set KERAS_BACKEND=jax."
+        )
+
+
 if __name__ == "__main__":
+    _set_backend_environment()
     sys.exit(main())

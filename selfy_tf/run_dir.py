@@ -47,6 +47,9 @@ MAX_LABEL_LENGTH = 512
 # The member of a `.keras` archive holding the evaluation view.
 MODEL_INFO_MEMBER = "selfy.json"
 KERAS_EXTENSION = ".keras"
+SAVED_MODEL_FILE = "saved_model.pb"
+# Where an export keeps its class names (`serving.export` writes them).
+SAVED_MODEL_LABELS = os.path.join("assets", LABELS_FILE)
 _UTF8_BOM = "\ufeff"
 
 
@@ -178,11 +181,34 @@ def write_labels(path: str, labels: Sequence[str]) -> str:
 
 def is_saved_model(path: str) -> bool:
     """True for a SavedModel directory (or a `BASE/<name>` folder of numbered versions)."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return True
-    return os.path.isdir(path) and any(
-        entry.isdigit() and os.path.isfile(os.path.join(path, entry, "saved_model.pb"))
+    return saved_model_version_dir(path) is not None
+
+
+def saved_model_version_dir(path: str) -> str | None:
+    """The SavedModel folder behind `path`, or None when `path` holds none.
+
+    `path` is a version folder (`BASE/<name>/<version>`, holding
+    `saved_model.pb`) or a model folder (`BASE/<name>`), whose newest
+    numbered version is taken.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
+        return path
+    if not os.path.isdir(path):
+        return None
+    versions = sorted(
+        int(entry)
         for entry in os.listdir(path)
+        if entry.isdigit() and os.path.isfile(os.path.join(path, entry, SAVED_MODEL_FILE))
+    )
+    return os.path.join(path, str(versions[-1])) if versions else None
+
+
+def _keras_needed_error(path: str, reason: str | None) -> ValueError:
+    because = f"; {reason}" if reason else ""
+    return ValueError(
+        f"{path!r} is an exported SavedModel, not a Keras model{because}. Pass the training run "
+        "directory or the .keras file it was exported from."
     )
 
 
@@ -204,11 +230,7 @@ def find_model_file(path: str) -> str:
             f"No model at {path!r}. Pass a training run directory or a .keras file."
         )
     if is_saved_model(path):
-        raise ValueError(
-            f"{path!r} is an exported SavedModel, not a Keras model. Serve it (`selfy serve`) "
-            "or classify with it (`selfy predict --model`); evaluate the run directory or "
-            "its .keras file instead."
-        )
+        raise _keras_needed_error(path, None)
     paths = RunPaths(path)
     for candidate in (paths.best_checkpoint, paths.last_checkpoint):
         if os.path.isfile(candidate):
@@ -284,25 +306,34 @@ def _run_config_view(run_dir: str | None) -> dict[str, Any] | None:
 
 @dataclasses.dataclass
 class LoadedModel:
-    """A trained Keras model with what belongs to it.
+    """A trained model with what belongs to it: a Keras model, or an exported SavedModel.
 
     Attributes:
-        model: the `keras.Model`.
+        model: the `keras.Model`; None for a SavedModel (its signatures are
+            run by `serving.client.make_client(model_path)`).
         labels: class names (None when no `labels.txt` was found).
         view_settings: the stored evaluation view (`EvalView.resize_settings()`),
-            None when unknown (the default rule then applies).
-        model_path: the `.keras` file loaded.
+            None when unknown (the default rule then applies) or held in a
+            SavedModel's graph.
+        model_path: the `.keras` file loaded, or the SavedModel version folder.
         run_dir: its run directory, or None.
     """
 
-    model: "keras.Model"
+    model: "keras.Model | None"
     labels: list[str] | None
     view_settings: dict[str, Any] | None
     model_path: str
     run_dir: str | None
 
+    @property
+    def is_saved_model(self) -> bool:
+        """True for an exported SavedModel (no Keras model)."""
+        return self.model is None
+
     def eval_view(self, num_clips: int = 1, num_crops: int = 1) -> eval_view_lib.EvalView:
-        """The model's evaluation view, with `num_clips` x `num_crops` views."""
+        """The Keras model's evaluation view, with `num_clips` x `num_crops` views."""
+        if self.model is None:
+            raise _keras_needed_error(self.model_path, "its evaluation view is inside its graph")
         return eval_view_lib.view_from_clip_shape(
             self.model.inputs[0].shape, self.view_settings, num_clips=num_clips, num_crops=num_crops
         )
@@ -320,23 +351,45 @@ def _register_custom_objects() -> None:
         pass
 
 
-def load_model(path: str, labels_path: str | None = None, require_labels: bool = False) -> LoadedModel:
-    """Loads a trained model from a run directory or a `.keras` file.
+def load_model(
+    path: str,
+    labels_path: str | None = None,
+    require_labels: bool = False,
+    *,
+    allow_saved_model: bool = False,
+    keras_needed_for: str | None = None,
+) -> LoadedModel:
+    """Loads a trained model: what every `selfy` command means by MODEL.
 
     Args:
         path: a run directory (its `checkpoints/best.keras`, else
-            `last.keras`) or a `.keras` file.
+            `last.keras`), a `.keras` file, or an exported SavedModel
+            (`BASE/<name>/<version>`, or `BASE/<name>` for its newest version).
         labels_path: a `labels.txt` overriding the one found with the model
-            (the run's, or one beside the file).
+            (the run's, one beside the file, or the SavedModel's asset).
         require_labels: raise when no labels are found.
+        allow_saved_model: open a SavedModel (its folder and labels; the
+            graph is loaded by whoever runs it). When False a SavedModel is
+            refused with a message naming what to pass instead.
+        keras_needed_for: why the caller needs the Keras model, said in
+            that message (e.g. "selfy tflite converts the Keras layers").
 
     Returns:
         A `LoadedModel`.
 
     Raises:
         FileNotFoundError: no model, or no labels with `require_labels`.
-        ValueError: a SavedModel path, or bad labels.
+        ValueError: a SavedModel without `allow_saved_model`, or bad labels.
     """
+    saved_model_dir = saved_model_version_dir(path)
+    if saved_model_dir is not None:
+        if not allow_saved_model:
+            raise _keras_needed_error(os.fspath(path), keras_needed_for)
+        if labels_path is None:
+            asset = os.path.join(saved_model_dir, SAVED_MODEL_LABELS)
+            labels_path = asset if os.path.isfile(asset) or require_labels else None
+        labels = read_labels(labels_path) if labels_path else None
+        return LoadedModel(None, labels, None, saved_model_dir, None)
     import keras
 
     model_path = find_model_file(path)
@@ -345,7 +398,7 @@ def load_model(path: str, labels_path: str | None = None, require_labels: bool =
     if labels_path is None and require_labels:
         raise FileNotFoundError(
             f"No {LABELS_FILE} for {path!r}: expected one in its run directory or beside the "
-            "model file. Pass a labels file (one class name per line)."
+            "model file. Pass one with --labels FILE (one class name per line)."
         )
     labels = read_labels(labels_path) if labels_path else None
     info = read_model_info(model_path)
@@ -399,5 +452,6 @@ __all__ = [
     "read_labels",
     "read_model_info",
     "save_model",
+    "saved_model_version_dir",
     "write_labels",
 ]

@@ -423,12 +423,10 @@ class LocalClient(_ClipClient):
     """
 
     def __init__(self, model_dir: str):
-        from serving.export import list_versions
+        from selfy_tf.run_dir import saved_model_version_dir
         from serving.model_store import LoadedVersion
 
-        versions = list_versions(model_dir)
-        if versions and not os.path.isfile(os.path.join(model_dir, "saved_model.pb")):
-            model_dir = os.path.join(model_dir, str(versions[-1]))
+        model_dir = saved_model_version_dir(model_dir) or model_dir
         if not os.path.isfile(os.path.join(model_dir, "saved_model.pb")):
             raise FileNotFoundError(
                 f"no SavedModel in {model_dir}: expected BASE/<name>/<version>/saved_model.pb "

@@ -153,19 +153,6 @@ class TestPorts:
         with pytest.raises(PortInUseError):
             main(["--debug"] + argv)
 
-    def test_disk_errors_are_one_line(self, exported_model, monkeypatch, capsys):
-        from selfy_tf.cli.main import main
-        from serving.server.model_server import ModelServer
-
-        def full_disk(self):
-            raise OSError(28, "No space left on device", "/var/log/serve.log")
-
-        monkeypatch.setattr(ModelServer, "start", full_disk)
-        argv = ["serve", exported_model.base, "--grpc-port", "0", "--rest-port", "0"]
-        assert main(argv) == 1
-        error = capsys.readouterr().err.strip()
-        assert error == "selfy serve: error: [Errno 28] No space left on device: '/var/log/serve.log'"
-
 
 class TestRequestCaps:
     def test_grpc_declared_shape_and_payload_are_checked_before_allocating(self, our_server):

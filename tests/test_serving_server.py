@@ -507,26 +507,6 @@ class TestCommands:
         assert main(["predict", video, "--server", "ftp://127.0.0.1:1"]) == 1
         assert "must start with http:// or grpc://" in capsys.readouterr().err
 
-    def test_predict_names_server_problems_in_one_line(self, our_server, tmp_path, capsys):
-        from selfy_tf.cli.main import main
-
-        video = str(tmp_path / "clip.mp4")
-        _write_video(video)
-        closed_port = _free_port()
-        cases = [
-            (f"http://127.0.0.1:{closed_port}", "selfy", "no server answers at", "selfy serve"),
-            (f"grpc://127.0.0.1:{closed_port}", "selfy", "no gRPC server answers at", "selfy serve"),
-            (our_server.rest_url, "nope", "has no model named 'nope'", "Check --name"),
-            (f"grpc://{our_server.grpc_target}", "nope", "has no model named 'nope'", "Check --name"),
-        ]
-        for server, name, problem, fix in cases:
-            assert main(["predict", video, "--server", server, "--name", name]) == 1
-            error = capsys.readouterr().err.strip()
-            assert error.startswith("selfy predict: error: ") and len(error.splitlines()) == 1, error
-            assert problem in error and fix in error, error
-        with pytest.raises(ConnectionRefusedError):
-            main(["--debug", "predict", video, "--server", f"http://127.0.0.1:{closed_port}"])
-
     def test_serve_cap_defaults_are_the_library_defaults(self):
         from selfy_tf.cli.main import build_parser
         from serving.server import RequestLimits

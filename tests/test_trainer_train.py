@@ -80,14 +80,14 @@ else:
     original_save = train_module._save_model
     last_saves = []
 
-    def save_then_die(model, path):
+    def save_then_die(model, path, *arguments):
         if path.endswith("last.keras"):
             last_saves.append(path)
             if len(last_saves) == 2:
                 with atomic_path(path, suffix=".keras") as temporary:
                     model.save(temporary)
                     die()
-        original_save(model, path)
+        original_save(model, path, *arguments)
 
     train_module._save_model = save_then_die
 

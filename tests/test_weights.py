@@ -239,7 +239,7 @@ class TestConvertWeightsCommand:
         keras_out = tmp_path.parent / f"{tmp_path.name}-model.keras"
         status = main([
             "convert-weights", str(CHECKPOINT), str(destination),
-            "--model", "selfy_tsm_r18", "--num-classes", "10", "--num-frames", "2",
+            "--arch", "selfy_tsm_r18", "--num-classes", "10", "--num-frames", "2",
             "--input-size", "64", "--keras-out", str(keras_out),
         ])
         assert status == 0

@@ -41,6 +41,8 @@ from tfrecords import sampling
 
 # The ImageNet/TSN test ratio: a 224 crop from frames whose short side is 256.
 SCALE_RATIO = 256 / 224
+# Crops per clip: the centre one, or three along the long side.
+NUM_CROPS_CHOICES = (1, 3)
 
 
 def default_scale_size(crop_size: int) -> int:
@@ -79,7 +81,7 @@ class EvalView:
             if int(value) < 1:
                 raise ValueError(f"`{name}` must be at least 1. Received: {name}={value}.")
             object.__setattr__(self, name, int(value))
-        if self.num_crops not in (1, 3):
+        if self.num_crops not in NUM_CROPS_CHOICES:
             raise ValueError(f"`num_crops` must be 1 or 3. Received: num_crops={self.num_crops}.")
         eval_size = tuple(self.eval_size) if self.eval_size is not None else ()
         if eval_size:
@@ -350,6 +352,7 @@ def view_from_clip_shape(
 
 __all__ = [
     "EvalView",
+    "NUM_CROPS_CHOICES",
     "SCALE_RATIO",
     "default_scale_size",
     "resize_bilinear_numpy",

@@ -75,8 +75,9 @@ class ModelConfig:
     width_multiplier: float = 1.0
     selfy_channels: int | None = None
     sync_batchnorm: bool = False
-    # Compile the STSS op alone with XLA (its gathers run 4-8x faster that
-    # way, even on CPU); export and TFLite conversion switch it off.
+    # Compile the STSS op alone with XLA (its gathers are faster that way,
+    # even on CPU: benchmarks/README.md); export and TFLite conversion
+    # switch it off, as TF Serving and LiteRT run graphs without XLA.
     stss_jit: bool = True
     init: str = ""
 
@@ -175,8 +176,8 @@ class RuntimeConfig:
 
     # auto: mirrored when several devices are visible, else none.
     strategy: str = "auto"
-    # None: XLA on GPU/TPU, off on CPU (XLA made a SELFY block's
-    # forward+backward ~15x slower on CPU; DESIGN.md §6).
+    # None: XLA on GPU/TPU, off on CPU, where XLA's convolutions are much
+    # slower than oneDNN's (benchmarks/README.md, "Training").
     jit_compile: bool | None = None
     mixed_precision: str = "float32"
     steps_per_execution: int = 1

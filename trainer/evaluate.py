@@ -104,7 +104,7 @@ def _plot_confusion(confusion: np.ndarray, class_names: list[str], path: str) ->
 
 
 def evaluate(
-    model_or_run_dir: keras.Model | str,
+    model_or_run_dir: keras.Model | run_dir.LoadedModel | str,
     data_dir: str,
     *,
     split: str = "validation",
@@ -120,8 +120,9 @@ def evaluate(
     """Evaluates a trained model on a split of a converted dataset.
 
     Args:
-        model_or_run_dir: a Keras model, a `.keras` file, or a run directory
-            (its `best.keras`, else `last.keras`, and its `config.yaml`).
+        model_or_run_dir: a Keras model, a `run_dir.LoadedModel`, a `.keras`
+            file, or a run directory (its `best.keras`, else `last.keras`,
+            and its `config.yaml`).
         data_dir: dataset directory with `<split>-*.tfrecord` and `labels.txt`.
         split: split name, default "validation".
         num_clips: clips per video (score-averaged), default 1.
@@ -135,7 +136,7 @@ def evaluate(
         scale_size: short side before cropping when `eval_size` is None
             (default `round(crop * 256 / 224)`).
         output_dir: where `eval.json`, `confusion_matrix.json` and
-            `confusion_matrix.png` go; "auto": the run directory (or the
+            `confusion_matrix.png` go; "auto": the run directory (else the
             `.keras` file's directory), nothing for an in-memory model; None:
             write nothing.
         max_batches: stop after this many batches (quick checks).
@@ -161,11 +162,16 @@ def evaluate(
         default_output = None
         model_name = model.name
     else:
-        path = os.fspath(model_or_run_dir)
-        loaded = run_dir.load_model(path)
+        if isinstance(model_or_run_dir, run_dir.LoadedModel):
+            loaded = model_or_run_dir
+            model_name = loaded.model_path
+        else:
+            model_name = os.fspath(model_or_run_dir)
+            loaded = run_dir.load_model(model_name)
+        if loaded.model is None:
+            raise ValueError(f"{loaded.model_path!r} is an exported SavedModel; evaluate its Keras model.")
         model, view_settings = loaded.model, loaded.view_settings
-        model_name = path
-        default_output = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+        default_output = loaded.run_dir or os.path.dirname(os.path.abspath(loaded.model_path))
     if output_dir == "auto":
         output_dir = default_output
     if eval_size != "auto":

@@ -105,9 +105,9 @@ def resolve_jit_compile(setting: bool | None) -> bool:
     (TensorFlow), always on under JAX.
 
     Keras's `jit_compile="auto"` silently turns XLA off on CPU and under
-    distribution strategies; we choose from measurement instead: on CPU XLA
-    made a SELFY block's forward+backward ~15x slower than graph mode, while
-    on GPUs it is usually faster.
+    distribution strategies; we choose from measurement instead: on CPU XLA's
+    convolutions make a SELFY block's training step much slower than graph
+    mode (benchmarks/README.md), while on GPUs XLA is usually faster.
     """
     if setting is not None:
         return bool(setting)
@@ -128,14 +128,11 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
             `model.num_classes`; every clip has fewer frames than
             `model.num_frames`.
     """
-    from tfrecords.split import open_split
+    from tfrecords.split import open_split, read_labels
 
-    opened = {
-        split: open_split(data_dir, split, required=False)
-        for split in (config.data.train_split, config.data.validation_split)
-    }
-    # The class count first: a wrong data directory is the likelier mistake.
-    labels = opened[config.data.train_split].labels
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"Data directory not found: {data_dir}")
+    labels = read_labels(data_dir)
     if config.model.num_classes is not None and len(labels) != config.model.num_classes:
         raise ValueError(
             f"{labels_path(data_dir)} lists {len(labels)} classes but "
@@ -143,9 +140,10 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
             f"`--set model.num_classes={len(labels)}` or use the matching data directory."
         )
     splits = {}
-    for split, split_data in opened.items():
-        frames = split_data.frames
-        if split_data.files:
+    for split in (config.data.train_split, config.data.validation_split):
+        opened = open_split(data_dir, split, required=False)
+        frames = opened.frames
+        if opened.files:
             if frames.get("max", config.model.num_frames) < config.model.num_frames:
                 raise ValueError(
                     f"The {split} clips in {data_dir} have at most {frames['max']} frames but "
@@ -159,7 +157,7 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
                     frames["min"],
                     config.model.num_frames,
                 )
-        splits[split] = (split_data.files, split_data.num_examples)
+        splits[split] = (opened.files, opened.num_examples)
     train_files, num_train = splits[config.data.train_split]
     if require_train and (not train_files or num_train == 0):
         raise ValueError(
@@ -567,8 +565,6 @@ def _build_and_compile(run: _PreparedRun, replicas):
     with replicas.build_scope():
         model = build_model(config)
         compile_for_training(model, config, schedule, jit_compile)
-        # Every checkpoint stores the view validation scores (`_save_model`).
-        model.selfy_eval_view = _eval_view(config)
         # Build metric variables now (Keras would on the first step) so a
         # mid-epoch backup's running metrics can be restored; see
         # `trainer.strategy.prepare_model_for_fit` for why `fit` must not
@@ -663,9 +659,9 @@ def _run_epochs(
         if improved:
             state["best"] = value
         if run.chief:
-            _save_model(model, output.last_checkpoint)
+            _save_model(model, output.last_checkpoint, config)
             if improved or not os.path.exists(output.best_checkpoint):
-                _save_model(model, output.best_checkpoint)
+                _save_model(model, output.best_checkpoint, config)
         state.update(
             epoch=epoch + 1,
             step_in_epoch=0,
@@ -684,8 +680,8 @@ def _run_epochs(
             ", ".join(f"{key} {value:.4g}" for key, value in logs.items()),
         )
     if run.chief and not os.path.exists(output.last_checkpoint):
-        _save_model(model, output.last_checkpoint)
-        _save_model(model, output.best_checkpoint)
+        _save_model(model, output.last_checkpoint, config)
+        _save_model(model, output.best_checkpoint, config)
     if training_logger is not None:
         training_logger.close()
     return history
@@ -788,6 +784,5 @@ def _eval_view(config: configs.ExperimentConfig) -> EvalView:
     )
 
 
-def _save_model(model: keras.Model, path: str) -> None:
-    """Saves a checkpoint with the evaluation view `_build_and_compile` attached to `model`."""
-    save_model(model, path, getattr(model, "selfy_eval_view", None))
+def _save_model(model: keras.Model, path: str, config: configs.ExperimentConfig) -> None:
+    save_model(model, path, _eval_view(config))

@@ -1,7 +1,7 @@
 """`selfy convert-weights`: official PyTorch checkpoint → Keras `.weights.h5`.
 
     selfy convert-weights ckpt.best.pth.tar selfy_tsm_r50_sthv1.weights.h5 \\
-        --model selfy_tsm_r50 --num-classes 174 --num-frames 8 \\
+        --arch selfy_tsm_r50 --num-classes 174 --num-frames 8 \\
         --keras-out selfy_tsm_r50_sthv1.keras
 
 Builds the named model, loads the checkpoint strictly (every tensor except
@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from selfy_tf.cli._help import HelpFormatter
 from selfy_tf.files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -34,11 +35,14 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         "convert-weights",
         help="convert an official PyTorch SELFY/TSM checkpoint to Keras weights",
         description=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("src", help="official checkpoint (.pth.tar with a state_dict)")
     parser.add_argument("dst", help="output Keras weights file, must end with .weights.h5")
-    parser.add_argument("--model", required=True, choices=list_models(), help="zoo model name")
+    arch = parser.add_mutually_exclusive_group(required=True)
+    arch.add_argument("--arch", choices=list_models(), help="zoo architecture name")
+    # The flag's earlier name; `--model` elsewhere names a trained model.
+    arch.add_argument("--model", dest="arch", choices=list_models(), help=argparse.SUPPRESS)
     parser.add_argument("--num-classes", type=int, required=True, help="classes of the checkpoint")
     parser.add_argument("--num-frames", type=int, default=8, help="frames per clip (T)")
     parser.add_argument("--input-size", type=int, default=224, help="frame height and width")
@@ -65,13 +69,13 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.exists(args.src):
         raise FileNotFoundError(f"Checkpoint not found: {args.src!r}.")
     model = create_model(
-        args.model,
+        args.arch,
         num_classes=args.num_classes,
         num_frames=args.num_frames,
         input_size=args.input_size,
     )
     report = load_official_checkpoint(model, args.src, strict=True)
-    summary = {"model": args.model, **report.summary(), "weights": args.dst}
+    summary = {"model": args.arch, **report.summary(), "weights": args.dst}
 
     with atomic_path(args.dst, suffix=".weights.h5") as temporary:
         model.save_weights(temporary)
@@ -105,7 +109,7 @@ def _validate(model, args: argparse.Namespace) -> dict[str, object]:
         return {"validation": "skipped (torch not installed)"}
     import keras
 
-    reference = torch_reference.build_reference(args.model, args.num_classes, args.num_frames)
+    reference = torch_reference.build_reference(args.arch, args.num_classes, args.num_frames)
     state_dict = normalize_official_keys(load_torch_state_dict(args.src))
     reference_state = {
         key[len("module."):]: torch.from_numpy(np.asarray(value))

@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 
+from selfy_tf.cli._help import HelpFormatter
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,7 +32,7 @@ def register_subparser(subparsers) -> None:
             "one served prediction and writes DIR/report.html and DIR/results.json. "
             "The full demo (3 seeds) takes about 15 minutes on 2 CPU cores."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--quick", action="store_true",

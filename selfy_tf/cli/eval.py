@@ -1,10 +1,12 @@
 """`selfy eval`: top-1/top-5, per-class accuracy and confusion matrix of a trained model.
 
-    selfy eval RUN_DIR --data DATA_DIR --num-clips 2 --num-crops 3
+    selfy eval runs/mine --data data/mine --num-clips 2 --num-crops 3
+    selfy eval model.keras --data data/mine --eval-size 240x320
 
 Frames go through the evaluation view stored with the model (the one its
 training validated with; see docs/evaluation.md), so a run directory and its
-`.keras` file score the same. Writes `eval.json`, `confusion_matrix.json` and
+`.keras` file score the same; `--eval-size` or `--scale-size` overrides its
+resize. Writes `eval.json`, `confusion_matrix.json` and
 `confusion_matrix.png` into the run directory (or `--out`), and prints the
 summary as JSON on stdout.
 """
@@ -14,22 +16,27 @@ from __future__ import annotations
 import argparse
 import json
 
+from selfy_tf.cli._help import HelpFormatter
+from selfy_tf.cli._options import add_model_argument, add_view_arguments
+from tfrecords.eval_view import NUM_CROPS_CHOICES
+
 
 def register_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="evaluate a run directory or .keras model on a dataset split",
+        help="evaluate a model on a dataset split",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("model", metavar="RUN_DIR|MODEL", help="run directory or .keras file")
+    add_model_argument(parser, keras_only=True)
     parser.add_argument("--data", required=True, metavar="DIR", help="converted dataset directory")
-    parser.add_argument("--split", default="validation", help="split to evaluate (default: validation)")
-    parser.add_argument("--num-clips", type=int, default=1, help="clips per video, scores averaged (default: 1)")
+    parser.add_argument("--split", default="validation", help="split to evaluate")
+    parser.add_argument("--num-clips", type=int, default=1, metavar="N", help="clips per video, scores averaged")
     parser.add_argument(
-        "--num-crops", type=int, choices=(1, 3), default=1, help="crops per clip, scores averaged (default: 1)"
+        "--num-crops", type=int, choices=NUM_CROPS_CHOICES, default=1, help="crops per clip, scores averaged"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="videos per batch (default: 8)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="videos per batch")
+    add_view_arguments(parser)
     parser.add_argument(
         "--out", default=None, metavar="DIR", help="where to write eval.json and the confusion matrix "
         "(default: the run directory or the model's directory)"
@@ -38,15 +45,21 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from selfy_tf.run_dir import load_model
     from trainer.evaluate import evaluate
 
+    loaded = load_model(args.model, keras_needed_for="selfy eval runs the Keras model on the dataset's clips")
+    # No override: the view stored with the model ("auto").
+    overridden = args.eval_size is not None or args.scale_size is not None
     report = evaluate(
-        args.model,
+        loaded,
         args.data,
         split=args.split,
         num_clips=args.num_clips,
         num_crops=args.num_crops,
         batch_size=args.batch_size,
+        eval_size=args.eval_size if overridden else "auto",
+        scale_size=args.scale_size,
         output_dir=args.out if args.out else "auto",
     )
     summary = {key: value for key, value in report.items() if key not in ("per_class", "confusion_matrix")}

@@ -3,10 +3,14 @@
     selfy export runs/ssv1_selfy_r50 --out exported --name selfy
     selfy export model.keras --labels labels.txt --out exported --name selfy --top-k 5
 
-Writes `OUT/<name>/<version>/` (version: the next free number unless
+MODEL is a training run directory or a `.keras` file. Frames are resized by
+the evaluation view stored with the model unless `--eval-size` or
+`--scale-size` overrides it.
+
+Writes `BASE/<name>/<version>/` (version: the next free number unless
 `--version` is given) with the `serving_default` (JPEG frames) and
 `predict_frames` (uint8 frames) signatures and warm-up requests, plus
-`OUT/models.config` and `OUT/batching.config` examples. Prints a JSON
+`BASE/models.config` and `BASE/batching.config` examples. Prints a JSON
 summary on stdout.
 """
 
@@ -15,48 +19,31 @@ from __future__ import annotations
 import argparse
 import json
 
+from selfy_tf.cli._help import HelpFormatter
+from selfy_tf.cli._options import add_labels_argument, add_model_argument, add_view_arguments, view_override
+
 
 def register_subparser(subparsers) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export a model as a TF Serving SavedModel",
-        description="Export a trained model as a versioned TF Serving SavedModel.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "model_or_run",
-        metavar="MODEL_OR_RUN",
-        help="training run directory (checkpoints/best.keras, labels.txt) or a .keras file",
-    )
-    parser.add_argument("--out", required=True, help="export base directory (BASE)")
+    add_model_argument(parser, keras_only=True)
+    parser.add_argument("--out", required=True, metavar="BASE", help="export base directory")
     parser.add_argument("--name", default="selfy", help="model name: BASE/<name>/<version>")
     parser.add_argument(
         "--version", type=int, default=None, help="version number (default: next free number)"
     )
-    parser.add_argument(
-        "--labels",
-        default=None,
-        help="class names, one per line (default: the run's labels.txt, or one beside the "
-        ".keras file)",
-    )
-    parser.add_argument("--top-k", type=int, default=5, help="classes in the top_k_* outputs")
-    parser.add_argument(
-        "--resize-short",
-        type=int,
-        default=None,
-        help="short side frames are resized to before the centre crop (default: the "
-        "evaluation view stored with the model, else input size x 256/224)",
-    )
-    parser.add_argument(
-        "--eval-size",
-        default=None,
-        help="resize frames to HEIGHTxWIDTH before the centre crop instead, e.g. 240x320 "
-        "(default: the evaluation view stored with the model)",
-    )
+    add_labels_argument(parser)
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes in the top_k_* outputs")
+    # `--resize-short`: the earlier name of `--scale-size`, kept working.
+    add_view_arguments(parser, scale_alias="--resize-short")
     parser.add_argument(
         "--dtype-policy",
         default=None,
-        help="Keras dtype policy to compute with, e.g. mixed_bfloat16 (about 1.6x faster on CPUs "
+        help="Keras dtype policy to compute with, e.g. mixed_bfloat16 (faster on CPUs "
         "with AVX512-BF16 or AMX); default: the model's own",
     )
     parser.add_argument(
@@ -71,19 +58,15 @@ def register_subparser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from selfy_tf.run_dir import load_model
     from serving.export import export_saved_model
-    from tfrecords.video import parse_size
 
-    eval_size = parse_size(args.eval_size) if args.eval_size else None
-    if eval_size is not None and args.resize_short is not None:
-        raise ValueError(
-            f"Pass --resize-short or --eval-size, not both. Received: --resize-short "
-            f"{args.resize_short} --eval-size {args.eval_size}."
-        )
-    loaded = load_model(args.model_or_run, args.labels, require_labels=True)
+    loaded = load_model(
+        args.model,
+        args.labels,
+        require_labels=True,
+        keras_needed_for="selfy export builds the SavedModel from the Keras model",
+    )
     model, labels = loaded.model, loaded.labels
-    view_settings = dict(loaded.view_settings or {})
-    if eval_size is not None or args.resize_short is not None:
-        view_settings = {"eval_size": eval_size, "scale_size": args.resize_short}
+    view_settings = view_override(args) or loaded.view_settings or {}
     if args.dtype_policy is not None:
         from selfy_tf.models import with_dtype_policy
 

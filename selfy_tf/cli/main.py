@@ -17,6 +17,8 @@ import re
 import sys
 from typing import Sequence
 
+from selfy_tf.cli._errors import error_line, is_expected
+from selfy_tf.cli._help import HelpFormatter
 from selfy_tf.runtime import set_tensorflow_environment_defaults
 from selfy_tf.version import __version__
 
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
             "datasets and weights, train, evaluate, export, serve, convert to "
             "TFLite."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"selfy-tf {__version__}")
     parser.add_argument(
@@ -135,10 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(verbose=args.verbose)
     try:
         status = args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as error:
-        if args.debug:
+    except Exception as error:
+        # Bad input or a failing disk or network: one line; --debug shows the traceback.
+        if args.debug or not is_expected(error):
             raise
-        print(f"selfy {args.command}: error: {error}", file=sys.stderr)
+        print(f"selfy {args.command}: error: {error_line(error)}", file=sys.stderr)
         return 1
     except Exception as error:
         message = _data_error_message(error)

@@ -1,14 +1,16 @@
-"""`selfy predict`: classify a video with a served or exported model.
+"""`selfy predict`: classify a video with a served model or a local one.
 
     selfy predict clip.mp4 --server http://127.0.0.1:8501
     selfy predict clip.mp4 --server grpc://127.0.0.1:8500 --name selfy
     selfy predict clip.mp4 --model exported/selfy
-    selfy predict frames_dir/ --model exported/selfy
+    selfy predict frames_dir/ --model runs/selfy_r18
 
-VIDEO is a video file, a folder of frame images or a `.npy` clip. Its
-frames are sent as JPEGs to the `serving_default` signature, which samples,
-resizes and crops them with the model's evaluation view (as `selfy eval`). Prints one line per top-k class
-(`rank<TAB>score<TAB>label`), or a JSON object with `--json`.
+VIDEO is a video file, a folder of frame images or a `.npy` clip. With
+`--server` or an exported SavedModel its frames go as JPEGs to the
+`serving_default` signature; with a run directory or a `.keras` file the
+Keras model runs here. Either way frames are sampled, resized and cropped
+with the model's evaluation view (as `selfy eval`). Prints one line per
+top-k class (`rank<TAB>score<TAB>label`), or a JSON object with `--json`.
 """
 
 from __future__ import annotations
@@ -18,13 +20,19 @@ import json
 import socket
 import sys
 
+from selfy_tf.cli._help import HelpFormatter
+from selfy_tf.cli._options import MODEL_HELP
+
+# Classes printed for a Keras model (a SavedModel returns its exported top-k).
+KERAS_TOP_K = 5
+
 
 def register_subparser(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="classify a video with a served or exported model",
-        description="Classify one video with TF Serving / `selfy serve` or a local SavedModel.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "video",
@@ -36,14 +44,11 @@ def register_subparser(subparsers) -> None:
     source.add_argument(
         "--server",
         default=None,
+        metavar="URL",
         help="server URL: http://HOST:PORT (REST) or grpc://HOST:PORT (gRPC)",
     )
-    source.add_argument(
-        "--model",
-        default=None,
-        help="exported model folder, BASE/<name> (newest version) or BASE/<name>/<version>",
-    )
-    parser.add_argument("--name", default="selfy", help="model name on the server")
+    source.add_argument("--model", metavar="MODEL", default=None, help=MODEL_HELP)
+    parser.add_argument("--name", default="selfy", help="model name on the server (with --server)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run)
 
@@ -102,13 +107,23 @@ def _predict(args: argparse.Namespace) -> int:
         raise ValueError(
             f"`--server` must start with http:// or grpc://. Received: {args.server!r}."
         )
+    target = args.server
+    loaded = None
+    if target is None:
+        from selfy_tf.run_dir import load_model
+
+        loaded = load_model(args.model, allow_saved_model=True)
+        target = loaded.model_path if loaded.is_saved_model else None
     # Read here so that frame folders and .npy clips work as in `selfy viz`.
     frames = read_clip(args.video)
-    client = make_client(args.server or args.model, model=args.name)
-    try:
-        prediction = client.predict_video(frames)
-    finally:
-        client.close()
+    if target is None:
+        prediction = _keras_prediction(loaded, frames)
+    else:
+        client = make_client(target, model=args.name)
+        try:
+            prediction = client.predict_video(frames)
+        finally:
+            client.close()
     if args.json:
         print(
             json.dumps(
@@ -127,3 +142,22 @@ def _predict(args: argparse.Namespace) -> int:
         for rank, (label, score) in enumerate(prediction.top_k, start=1):
             print(f"{rank}\t{score:.4f}\t{label}")
     return 0
+
+
+def _keras_prediction(loaded, frames):
+    """Top classes of `frames` by a Keras model, through its evaluation view."""
+    import numpy as np
+
+    from serving.client import ClipPrediction
+
+    clip = loaded.eval_view().views_numpy(frames)
+    logits = np.asarray(loaded.model(clip.astype(np.float32), training=False), np.float64)[0]
+    scores = np.exp(logits - logits.max())
+    scores /= scores.sum()
+    indices = np.argsort(-scores, kind="stable")[: min(KERAS_TOP_K, scores.shape[0])]
+    names = loaded.labels or [f"class {index}" for index in range(scores.shape[0])]
+    return ClipPrediction(
+        labels=[names[index] for index in indices],
+        scores=[float(scores[index]) for index in indices],
+        indices=[int(index) for index in indices],
+    )

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+
+from selfy_tf.cli._help import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def register_subparser(subparsers) -> None:
         "serve",
         help="serve exported models over TF Serving's REST and gRPC APIs (127.0.0.1)",
         description="Serve BASE/<name>/<version> SavedModels on 127.0.0.1.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("base", metavar="BASE", help="export base directory")
     parser.add_argument("--name", default="selfy", help="model name (BASE/<name>)")
@@ -92,17 +93,7 @@ def register_subparser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _serve(args)
-    except OSError as error:
-        # A taken port or a failing disk: one line, the traceback with --debug.
-        if getattr(args, "debug", False):
-            raise
-        print(f"selfy serve: error: {error}", file=sys.stderr)
-        return 1
-
-
-def _serve(args: argparse.Namespace) -> int:
+    # A taken port or a failing disk raises OSError: `selfy` prints one line.
     from serving.batching import BatchingOptions
     from serving.server import ModelServer, RequestLimits
 

@@ -3,7 +3,7 @@
     selfy tflite runs/selfy_r18 --out selfy_r18_int8.tflite --quantize int8 \\
         --calibration-data data/ssv1 --report
 
-MODEL_OR_RUN is a training run directory (`RUN/checkpoints/best.keras` and
+MODEL is a training run directory (`RUN/checkpoints/best.keras` and
 `RUN/labels.txt`) or a `.keras` file (with `--labels` unless a labels.txt
 lies beside it). Writes the flatbuffer, the class names beside it
 (`<out>.labels.txt`) and its evaluation view (`<out>.view.json`), checks
@@ -20,6 +20,9 @@ import logging
 
 import numpy as np
 
+from selfy_tf.cli._help import HelpFormatter
+from selfy_tf.cli._options import add_labels_argument, add_model_argument
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,11 +34,9 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         "tflite",
         help="convert a model to TFLite / LiteRT (none, fp16, dynamic or int8)",
         description=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "model_or_run", metavar="MODEL_OR_RUN", help="run directory or .keras model file"
-    )
+    add_model_argument(parser, keras_only=True)
     parser.add_argument("--out", required=True, help="output .tflite file")
     parser.add_argument(
         "--quantize",
@@ -66,9 +67,7 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         choices=tflite.INPUT_DTYPES,
         help="dtype of the `frames` input (values 0..255 either way)",
     )
-    parser.add_argument(
-        "--labels", default=None, help="class names file (default: the run's labels.txt, or one beside the .keras file)"
-    )
+    add_labels_argument(parser)
     parser.add_argument(
         "--stss-backend",
         default=None,
@@ -112,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"`--check-clips` must be 0 or more. Received: --check-clips={args.check_clips}."
         )
-    loaded = load_model(args.model_or_run, args.labels, require_labels=True)
+    loaded = load_model(
+        args.model, args.labels, require_labels=True, keras_needed_for="selfy tflite converts the Keras layers"
+    )
     model, labels, view = loaded.model, loaded.labels, loaded.eval_view()
     num_frames, height, width = tflite.clip_shape(model)
     num_classes = int(model.outputs[0].shape[-1])

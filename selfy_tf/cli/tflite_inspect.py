@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from selfy_tf.cli._help import HelpFormatter
+
 
 def register_subparser(subparsers: argparse._SubParsersAction) -> None:
     from serving import tflite_inspect
@@ -23,9 +25,9 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         "tflite-inspect",
         help="report size, ops, Flex ops and per-op latency of a .tflite model",
         description=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("model", metavar="MODEL", help=".tflite file")
+    parser.add_argument("model", metavar="TFLITE_FILE", help=".tflite file (from `selfy tflite`)")
     parser.add_argument(
         "--threads",
         type=int,

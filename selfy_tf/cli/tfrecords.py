@@ -23,6 +23,8 @@ import json
 import logging
 import os
 
+from selfy_tf.cli._help import HelpFormatter
+
 logger = logging.getLogger(__name__)
 
 # Frame size of the official Something-Something preprocessing.
@@ -38,7 +40,7 @@ def register_subparser(subparsers) -> None:
         description="Convert video datasets to TFRecord clips and inspect them.",
     )
     commands = parser.add_subparsers(dest="tfrecords_command", metavar="ACTION", required=True)
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = HelpFormatter
 
     build = commands.add_parser(
         "build", help="convert a dataset split", formatter_class=formatter,

@@ -32,6 +32,8 @@ import os
 import shutil
 import sys
 
+from selfy_tf.cli._help import HelpFormatter
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("tensorflow", "jax")
@@ -85,7 +87,7 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a model (resumable; MirroredStrategy / multi-worker)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--preset",

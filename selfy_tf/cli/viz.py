@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from selfy_tf.cli._help import HelpFormatter
+from selfy_tf.cli._options import add_labels_argument, add_model_argument
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,26 +39,20 @@ def register_subparser(subparsers) -> None:
             "soft-argmax (arrows over the frames) and Grad-CAM of the predicted "
             "class (PNG and GIF)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "video", metavar="VIDEO",
         help="video file, folder of frame images, or .npy array [frames, height, width, 3]",
     )
-    parser.add_argument(
-        "--model", required=True,
-        help="a .keras model file or a training run directory (checkpoints/best.keras)",
-    )
+    add_model_argument(parser, option=True, keras_only=True)
     parser.add_argument("--out", default="viz_out", help="output folder")
     parser.add_argument(
         "--query", type=_query, default=None,
         help="query point FRAME,ROW,COLUMN in STSS cells (default: the middle "
         "frame's cell where a moved match most beats standing still)",
     )
-    parser.add_argument(
-        "--labels", default=None,
-        help="labels.txt with one class name per line (default: the run's labels.txt)",
-    )
+    add_labels_argument(parser)
     parser.add_argument(
         "--temperature", type=float, default=0.05, help="soft-argmax temperature"
     )
@@ -68,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from selfy_tf.run_dir import load_model
     from selfy_tf.viz import explain
 
-    loaded = load_model(args.model, args.labels)
+    loaded = load_model(
+        args.model, args.labels, keras_needed_for="selfy viz reads the Keras layers (STSS maps, Grad-CAM)"
+    )
     frames = explain.load_clip(args.video, loaded.eval_view())
     result = explain.visualize_clip(
         loaded.model,
