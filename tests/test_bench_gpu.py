@@ -49,6 +49,7 @@ def _run_bench(*arguments: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_smoke_configuration_runs_every_case_on_cpu(tmp_path):
     reference = tmp_path / "reference.npz"
     made = _run_bench("--make-reference", "--reference", str(reference))

@@ -48,6 +48,7 @@ def _selfy(*argv: str) -> "subprocess.CompletedProcess":
     )
 
 
+@pytest.mark.slow
 class TestQuietStart:
     @pytest.fixture(scope="class")
     def data_dir(self, tmp_path_factory):

@@ -92,6 +92,7 @@ class TestDemoBasic:
         assert "chance: 10.0 %" in table
 
 
+@pytest.mark.slow
 class TestDemoEndToEnd:
     def test_quick_demo_writes_report_and_results(self, tmp_path, capsys):
         from selfy_tf.cli.main import main

@@ -180,6 +180,7 @@ def _confusion(predictions: np.ndarray, labels: np.ndarray) -> list[list[int]]:
     return confusion.tolist()
 
 
+@pytest.mark.slow
 class TestOneViewEverywhere:
     def test_eval_export_and_litert_score_the_same_view(self, trained_run, capsys):
         import tensorflow as tf

@@ -84,6 +84,7 @@ def data_dir(tmp_path_factory):
     return write_color_dataset(str(tmp_path_factory.mktemp("color_data")), num_train=24, num_validation=8)
 
 
+@pytest.mark.slow
 def test_mirrored_two_devices_matches_one_device(data_dir, tmp_path):
     completed = subprocess.run(
         [sys.executable, "-c", _MIRRORED_SCRIPT, data_dir, str(tmp_path)],
@@ -99,6 +100,7 @@ def test_mirrored_two_devices_matches_one_device(data_dir, tmp_path):
     np.testing.assert_allclose(mirrored["losses"], single["losses"], rtol=2e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_two_process_multi_worker_run_completes_and_workers_agree(data_dir, tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}

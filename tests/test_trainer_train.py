@@ -213,6 +213,7 @@ class TestTraining:
         assert {"epoch/loss", "epoch/top1", "epoch/top5", "epoch/lr", "epoch/clips_per_sec", "step/lr"} <= tags
 
 
+@pytest.mark.slow
 class TestResume:
     def test_resumed_mid_epoch_without_redoing_finished_epochs(self, runs):
         killed_at = runs["killed_at"]
