@@ -46,7 +46,7 @@ from tfrecords.crop_windows import multi_scale_crop_window_numpy
 from tfrecords.eval_view import EvalView, resize_bilinear_numpy
 from tfrecords.sampling import sample_train_indices
 
-__all__ = ["ClipArrays", "EvalBatches", "TrainBatches", "is_numpy_source", "load_clip_arrays"]
+__all__ = ["ClipArrays", "EvalBatches", "TrainBatches", "augment_clip", "is_numpy_source", "load_clip_arrays"]
 
 SYNTHETIC_PREFIX = "synthetic:"
 _SYNTHETIC_DEFAULTS = (800, 200, 64)
