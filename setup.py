@@ -48,7 +48,7 @@ setup(
     install_requires=_INSTALL_REQUIRES,
     extras_require={
         "torch": _TORCH,
-        "test": ["pytest>=8.0", *_TORCH],
+        "test": ["pytest>=8.0", "jax[cpu]>=0.10.2", *_TORCH],
     },
     entry_points={"console_scripts": ["selfy=selfy_tf.cli.main:main"]},
     classifiers=[

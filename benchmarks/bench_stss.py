@@ -11,6 +11,14 @@ Runs with 2 intra-op and 2 inter-op threads. Cases:
 - `selfy_block_<mode>`: `SELFYBlock` on `[16, 28, 28, 512]` (8 frames) with
   `training=True`, forward and forward + backward; modes `graph` (its op runs
   with `jit=True`), `graph_nojit` and `xla`.
+- `batch_norm_exact`: the package's training-mode batch norm (exact
+  statistics) on the first STSS extraction activation, `[15680, 9, 9, 4]`
+  (1.27 M elements per channel); on TensorFlow also `batch_norm_fused_kernel`,
+  TensorFlow's fused kernel on the same tensor (the implementation before the
+  statistics were made exact), and the ratio `batch_norm_exact_cost_ratio`.
+
+Under `KERAS_BACKEND=jax` the same cases run as `jax.jit`-compiled functions
+(mode `jit`; "patches" is TensorFlow-only and skipped).
 
 Each figure is the minimum (and median) over repeats of the mean time of a
 fixed number of calls, after untimed warm-up calls (tracing, XLA compilation).
@@ -32,10 +40,16 @@ import sys
 import time
 from typing import Callable
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from _common import limit_threads, write_results
+
+ON_TENSORFLOW = keras.config.backend() == "tensorflow"
+if ON_TENSORFLOW:
+    import tensorflow as tf
+else:
+    import jax
 
 logger = logging.getLogger("bench_stss")
 
@@ -43,7 +57,8 @@ STSS_SHAPE = (2, 8, 14, 14, 128)
 WINDOW = (5, 9, 9)
 BLOCK_SHAPE = (16, 28, 28, 512)
 BLOCK_FRAMES = 8
-DEFAULT_CASE = "stss_matmul_graph_jit"
+BATCH_NORM_SHAPE = (15680, 9, 9, 4)
+DEFAULT_CASE = "stss_matmul_graph_jit" if ON_TENSORFLOW else "stss_matmul_jit"
 
 
 def _time_calls(
@@ -61,13 +76,35 @@ def _time_calls(
         start = time.perf_counter()
         for _ in range(calls):
             result = function()
-        _ = [np.asarray(value) for value in tf.nest.flatten(result)][:1]
+        _ = [np.asarray(value) for value in keras.tree.flatten(result)][:1]
         times.append((time.perf_counter() - start) / calls * 1e3)
     return float(np.min(times)), float(np.median(times))
 
 
+def _jax_case(function: Callable, values, variables=()) -> tuple[Callable, Callable]:
+    """`jax.jit` forward and forward + backward of `sum(function(values)**2)`."""
+    variables = list(variables)
+
+    def run(tensor, state):
+        with keras.StatelessScope(state_mapping=list(zip(variables, state))):
+            return function(tensor)
+
+    def loss(tensor, state):
+        output = run(tensor, state)
+        return keras.ops.sum(output * output)
+
+    forward = jax.jit(run)
+    forward_backward = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    state = [variable.value for variable in variables]
+    return (lambda: forward(values, state)), (lambda: forward_backward(values, state))
+
+
 def _stss_case(backend: str, mode: str) -> tuple[Callable, Callable]:
     from selfy_tf.ops import stss
+
+    if not ON_TENSORFLOW:
+        features = np.random.default_rng(1).normal(size=STSS_SHAPE).astype("float32")
+        return _jax_case(lambda values: stss(values, WINDOW, backend=backend), features)
 
     features = tf.random.stateless_normal(STSS_SHAPE, seed=(1, 2))
     jit = mode == "graph_jit"
@@ -92,8 +129,15 @@ def _block_case(mode: str) -> tuple[Callable, Callable]:
     from selfy_tf.layers import SELFYBlock  # written alongside; may be missing
 
     block = SELFYBlock(num_frames=BLOCK_FRAMES, stss_jit=(mode == "graph"))
-    features = tf.random.stateless_normal(BLOCK_SHAPE, seed=(3, 4))
     block.build(BLOCK_SHAPE)
+    if not ON_TENSORFLOW:
+        features = np.random.default_rng(3).normal(size=BLOCK_SHAPE).astype("float32")
+        return _jax_case(
+            lambda values: block(values, training=True),
+            features,
+            block.trainable_variables + block.non_trainable_variables,
+        )
+    features = tf.random.stateless_normal(BLOCK_SHAPE, seed=(3, 4))
 
     def forward(values):
         return block(values, training=True)
@@ -109,6 +153,37 @@ def _block_case(mode: str) -> tuple[Callable, Callable]:
     forward = tf.function(forward, jit_compile=compile_whole)
     forward_backward = tf.function(forward_backward, jit_compile=compile_whole)
     return (lambda: forward(features)), (lambda: forward_backward(features))
+
+
+def _batch_norm_case(kernel: str) -> tuple[Callable, Callable]:
+    from selfy_tf.layers._common import FusedBatchNormalization
+
+    values = np.random.default_rng(5).normal(2.0, 1.0, BATCH_NORM_SHAPE).astype("float32")
+    layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
+    layer.build(BATCH_NORM_SHAPE)
+    if not ON_TENSORFLOW:
+        return _jax_case(
+            lambda tensor: layer(tensor, training=True), values, layer.weights
+        )
+    values = tf.constant(values)
+
+    def normalize(tensor):
+        if kernel == "exact":
+            return layer(tensor, training=True)
+        return tf.compat.v1.nn.fused_batch_norm(
+            tensor, layer.gamma.value, layer.beta.value, epsilon=1e-5, is_training=True
+        )[0]
+
+    def forward_backward(tensor):
+        with tf.GradientTape() as tape:
+            tape.watch(tensor)
+            output = normalize(tensor)
+            loss = tf.reduce_sum(output * output)
+        return loss, tape.gradient(loss, [tensor, layer.gamma.value, layer.beta.value])
+
+    forward = tf.function(normalize)
+    forward_backward = tf.function(forward_backward)
+    return (lambda: forward(values)), (lambda: forward_backward(values))
 
 
 def _run_case(
@@ -157,11 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 
-    limit_threads(2)
+    if ON_TENSORFLOW:
+        limit_threads(2)
 
     results: dict = {
         "benchmark": "stss",
-        "tf_version": tf.__version__,
+        "keras_backend": keras.config.backend(),
+        "tf_version": tf.__version__ if ON_TENSORFLOW else None,
+        "jax_version": None if ON_TENSORFLOW else jax.__version__,
         "device": "cpu",
         "cpu": platform.processor() or platform.machine(),
         "intra_op_threads": 2,
@@ -187,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         modes = ("graph", "xla")
         if backend == "matmul":
             modes = ("graph_jit", *modes)
+        if not ON_TENSORFLOW:
+            if backend == "patches":
+                continue
+            modes = ("jit",)
         for mode in modes:
             _run_case(
                 f"stss_{backend}_{mode}",
@@ -194,8 +276,15 @@ def main(argv: list[str] | None = None) -> int:
                 args,
                 results,
             )
+    for kernel in ("exact", "fused_kernel") if ON_TENSORFLOW else ("exact",):
+        _run_case(
+            f"batch_norm_{kernel}",
+            lambda kernel=kernel: _batch_norm_case(kernel),
+            args,
+            results,
+        )
     if not args.skip_block:
-        for mode in ("graph", "graph_nojit", "xla"):
+        for mode in ("graph", "graph_nojit", "xla") if ON_TENSORFLOW else ("jit",):
             _run_case(
                 f"selfy_block_{mode}",
                 lambda mode=mode: _block_case(mode),
@@ -213,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 case = key[: -len(f"_{phase}_ms")]
                 results[f"{case}_{phase}_ratio"] = round(results[key] / baseline, 3)
+    for phase in ("fwd", "fwdbwd"):
+        exact = results.get(f"batch_norm_exact_{phase}_ms")
+        fused = results.get(f"batch_norm_fused_kernel_{phase}_ms")
+        if exact and fused:
+            results[f"batch_norm_exact_cost_{phase}_ratio"] = round(exact / fused, 3)
     results["load_average_end"] = os.getloadavg()[0]
 
     write_results(results, args.results_file)

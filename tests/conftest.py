@@ -43,6 +43,52 @@ def _isolate_keras_state():
     keras.utils.clear_session(free_memory=False)
 
 
+def _value_and_gradients(function, inputs, variables=(), seed=99):
+    """`function(inputs)` and the gradients of `sum(output * weights)` with
+    respect to `inputs` and `variables` (fixed random `weights`), on the
+    current Keras backend (TensorFlow or JAX), as numpy arrays."""
+    import keras
+    import numpy as np
+    from keras import ops
+
+    output = function(ops.convert_to_tensor(inputs))
+    weights = np.random.default_rng(seed).normal(size=tuple(output.shape)).astype("float32")
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tensor = tf.convert_to_tensor(inputs)
+        with tf.GradientTape() as tape:
+            tape.watch(tensor)
+            loss = tf.reduce_sum(tf.cast(function(tensor), tf.float32) * weights)
+        gradients = tape.gradient(loss, [tensor, *[v.value for v in variables]])
+    elif backend == "jax":
+        import jax
+
+        def loss(tensor, values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                result = function(tensor)
+            return ops.sum(ops.cast(result, "float32") * weights)
+
+        gradient, variable_gradients = jax.grad(loss, argnums=(0, 1))(
+            ops.convert_to_tensor(inputs), [variable.value for variable in variables]
+        )
+        gradients = [gradient, *variable_gradients]
+    else:
+        pytest.skip(f"gradients are tested on tensorflow and jax, not {backend}")
+    return ops.convert_to_numpy(output), [
+        None if g is None else ops.convert_to_numpy(ops.convert_to_tensor(g)) for g in gradients
+    ]
+
+
+@pytest.fixture
+def value_and_gradients():
+    """`value_and_gradients(function, inputs, variables=())` -> `(output,
+    [d inputs, d variables...])` of `sum(function(inputs) * fixed weights)`,
+    on TensorFlow or JAX (see `_value_and_gradients`)."""
+    return _value_and_gradients
+
+
 # Tiny zoo models (model zoo) -------------------------------------------------
 TINY_WIDTH_MULTIPLIER = 0.125
 TINY_SELFY_CHANNELS = 16

@@ -8,9 +8,20 @@ import sys
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from selfy_tf.ops import STSS_BACKENDS, stss
+
+ON_TENSORFLOW = keras.config.backend() == "tensorflow"
+# "patches" is tf.image.extract_patches: TensorFlow only.
+BACKENDS = STSS_BACKENDS if ON_TENSORFLOW else ("matmul", "shift")
+tensorflow_only = pytest.mark.skipif(
+    not ON_TENSORFLOW,
+    reason="TensorFlow graphs, inner XLA or TFLite; the other backends' "
+    "equivalents are in test_backends.py",
+)
+if ON_TENSORFLOW:
+    import tensorflow as tf
 
 stss_module = sys.modules["selfy_tf.ops.stss"]
 
@@ -47,6 +58,21 @@ def random_features(shape, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
+def gradient_of(loss, features):
+    """The gradient of scalar `loss(features)` on the current Keras backend."""
+    if ON_TENSORFLOW:
+        features = tf.convert_to_tensor(features)
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            value = loss(features)
+        return tape.gradient(value, features)
+    if keras.config.backend() == "jax":
+        import jax
+
+        return jax.grad(loss)(ops.convert_to_tensor(features))
+    pytest.skip(f"gradients are tested on tensorflow and jax, not {keras.config.backend()}")
+
+
 # (features shape, window): T < L, maps smaller than the window, U != V, ...
 CASES = [
     ((2, 3, 4, 5, 3), (5, 3, 3)),  # T < L
@@ -72,11 +98,11 @@ class TestSTSSBasic:
     def test_backends_constant(self):
         assert STSS_BACKENDS == ("matmul", "shift", "patches")
 
-    @pytest.mark.parametrize("backend", STSS_BACKENDS)
+    @pytest.mark.parametrize("backend", BACKENDS)
     def test_output_shape_and_dtype(self, backend):
         output = stss(random_features((2, 3, 4, 5, 6)), (3, 3, 5), backend, jit=False)
         assert output.shape == (2, 3, 4, 5, 3, 3, 5)
-        assert output.dtype == tf.float32
+        assert keras.backend.standardize_dtype(output.dtype) == "float32"
 
     def test_default_window(self):
         output = stss(random_features((1, 2, 3, 3, 4)))
@@ -96,6 +122,7 @@ class TestSTSSBasic:
                 output, reference_stss(features, (3, 3, 3)), atol=1e-5
             )
 
+    @tensorflow_only
     def test_graph_without_xla_when_jit_false(self):
         function = tf.function(lambda features: stss(features, (3, 3, 3), jit=False))
         graph = function.get_concrete_function(
@@ -109,13 +136,13 @@ class TestSTSSBasic:
 
 
 class TestSTSSCorrectness:
-    @pytest.mark.parametrize("backend", STSS_BACKENDS)
+    @pytest.mark.parametrize("backend", BACKENDS)
     @pytest.mark.parametrize("shape,window", CASES)
     def test_matches_reference(self, backend, shape, window):
         features = random_features(shape)
         output = stss(features, window, backend=backend, jit=False)
         np.testing.assert_allclose(
-            output.numpy(), reference_stss(features, window), atol=1e-5
+            np.asarray(output), reference_stss(features, window), atol=1e-5
         )
 
     @pytest.mark.parametrize("tile", [(2, 3), (3, 2), (1, 1), (4, 4)])
@@ -126,19 +153,20 @@ class TestSTSSCorrectness:
         for jit in (False, True):
             output = stss(features, (3, 3, 5), jit=jit)
             np.testing.assert_allclose(
-                output.numpy(), reference_stss(features, (3, 3, 5)), atol=1e-5
+                np.asarray(output), reference_stss(features, (3, 3, 5)), atol=1e-5
             )
 
     def test_backends_agree(self):
         features = random_features((2, 4, 7, 8, 16), seed=4)
         outputs = [
-            stss(features, (5, 5, 7), backend=backend, jit=False).numpy()
-            for backend in STSS_BACKENDS
+            np.asarray(stss(features, (5, 5, 7), backend=backend, jit=False))
+            for backend in BACKENDS
         ]
         for output in outputs[1:]:
             np.testing.assert_allclose(output, outputs[0], atol=1e-5)
 
-    @pytest.mark.parametrize("backend", STSS_BACKENDS)
+    @pytest.mark.parametrize("backend", BACKENDS)
+    @tensorflow_only
     def test_eager_function_and_xla(self, backend):
         # A small window keeps the XLA compilation of "shift" short.
         window = (3, 1, 3)
@@ -159,26 +187,27 @@ class TestSTSSCorrectness:
         }
         for name, output in runs.items():
             np.testing.assert_allclose(
-                output.numpy(), expected, atol=1e-5, err_msg=name
+                np.asarray(output), expected, atol=1e-5, err_msg=name
             )
 
     @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
     def test_other_float_dtypes(self, dtype):
-        features = tf.cast(random_features((1, 3, 4, 4, 8), seed=6), dtype)
+        features = ops.cast(random_features((1, 3, 4, 4, 8), seed=6), dtype)
         output = stss(features, (3, 3, 3))
-        assert output.dtype == tf.float32
-        expected = reference_stss(tf.cast(features, tf.float64).numpy(), (3, 3, 3))
-        np.testing.assert_allclose(output.numpy(), expected, atol=1e-5)
+        assert keras.backend.standardize_dtype(output.dtype) == "float32"
+        expected = reference_stss(np.asarray(ops.cast(features, "float32")), (3, 3, 3))
+        np.testing.assert_allclose(np.asarray(output), expected, atol=1e-5)
 
     def test_float16_large_values_do_not_overflow(self):
         # The sum of squares of these features (8 * 300**2) exceeds float16.
-        features = tf.fill([1, 2, 3, 3, 8], tf.constant(300.0, tf.float16))
-        output = stss(features, (1, 1, 1)).numpy()
+        features = ops.full([1, 2, 3, 3, 8], 300.0, "float16")
+        output = np.asarray(stss(features, (1, 1, 1)))
         np.testing.assert_allclose(output, np.ones_like(output), atol=1e-5)
 
     @pytest.mark.parametrize(
         "backend,jit",
-        [("matmul", False), ("matmul", True), ("shift", False), ("patches", False)],
+        [("matmul", False), ("matmul", True), ("shift", False)]
+        + ([("patches", False)] if ON_TENSORFLOW else []),
     )
     def test_gradient_matches_finite_differences(self, backend, jit, forced_tiles):
         if backend == "matmul":
@@ -199,22 +228,22 @@ class TestSTSSCorrectness:
             minus[index] -= step
             numeric[index] = (loss(plus) - loss(minus)) / (2 * step)
 
-        variable = tf.constant(features)
-        with tf.GradientTape() as tape:
-            tape.watch(variable)
-            output = stss(variable, window, backend=backend, jit=jit)
-            value = tf.reduce_sum(output * tf.constant(weights, tf.float32))
-        gradient = tape.gradient(value, variable).numpy()
+        gradient = np.asarray(
+            gradient_of(
+                lambda values: ops.sum(
+                    stss(values, window, backend=backend, jit=jit)
+                    * weights.astype(np.float32)
+                ),
+                features,
+            )
+        )
         np.testing.assert_allclose(gradient, numeric, atol=2e-4, rtol=1e-3)
 
     def test_gradient_of_half_precision_input(self):
-        features = tf.cast(random_features((1, 2, 3, 3, 4), seed=9), tf.bfloat16)
-        with tf.GradientTape() as tape:
-            tape.watch(features)
-            value = tf.reduce_sum(stss(features, (3, 3, 3)))
-        gradient = tape.gradient(value, features)
-        assert gradient.dtype == tf.bfloat16
-        assert np.all(np.isfinite(tf.cast(gradient, tf.float32).numpy()))
+        features = ops.cast(random_features((1, 2, 3, 3, 4), seed=9), "bfloat16")
+        gradient = gradient_of(lambda values: ops.sum(stss(values, (3, 3, 3))), features)
+        assert keras.backend.standardize_dtype(gradient.dtype) == "bfloat16"
+        assert np.all(np.isfinite(np.asarray(ops.cast(gradient, "float32"))))
 
 
 class TestSTSSErrors:
@@ -246,14 +275,16 @@ class TestSTSSErrors:
 
     def test_integer_features(self):
         with pytest.raises(ValueError, match=r"floating-point.*int32"):
-            stss(tf.ones([1, 2, 3, 3, 2], tf.int32), (3, 3, 3))
+            stss(ops.ones([1, 2, 3, 3, 2], "int32"), (3, 3, 3))
 
+    @tensorflow_only
     def test_dynamic_frames(self):
         function = tf.function(lambda features: stss(features, (3, 3, 3)))
         with pytest.raises(ValueError, match=r"static num_frames"):
             function.get_concrete_function(tf.TensorSpec([1, None, 3, 3, 2]))
 
 
+@tensorflow_only
 class TestSTSSTFLite:
     @pytest.mark.parametrize("tile", [None, (2, 3)])
     def test_matmul_backend_converts_to_builtins(self, forced_tiles, tile):

@@ -21,11 +21,13 @@ leading unit axis.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
+
+from selfy_tf.ops import _backend
 
 # PyTorch BatchNorm defaults: eps 1e-5, momentum 0.1 (Keras momentum 0.9).
 BATCH_NORM_EPSILON = 1e-5
@@ -176,31 +178,150 @@ def make_conv(
     )
 
 
+# Rows summed in one block by `_exact_sum`; the partial sums are summed again.
+_SUM_BLOCK = 256
+# Rows whose mean is the shift of the batch statistics (`_shift_estimate`).
+_SHIFT_ROWS = 256
+
+
+def _exact_sum(rows):
+    """Float32 column sums of `[n, C]` rows, precise for millions of rows.
+
+    TensorFlow's CPU kernels sum a column in one running float32 total,
+    whose error grows with the number of rows (about 1e-3 relative at 2 M
+    rows), and XLA may merge nested reductions into one. Here blocks of
+    `_SUM_BLOCK` rows are summed by a matrix product with a vector of ones
+    (blocked accumulation, and neither backend rewrites it into a plain
+    reduction), then the block sums likewise, until one block is left: the
+    error stays near float32 rounding, at the cost of a padding copy when
+    `n` is not a multiple of the block (tiny after the first level).
+    """
+    channels = rows.shape[-1]
+    ones = ops.ones([1, 1, _SUM_BLOCK], rows.dtype)
+    # Three levels leave n / 256**3 rows: a few at most, also when n is
+    # unknown while tracing (TensorFlow graph with a dynamic batch).
+    for _ in range(3):
+        if rows.shape[0] is not None and rows.shape[0] <= _SUM_BLOCK:
+            break
+        if rows.shape[0] is None or rows.shape[0] % _SUM_BLOCK:
+            missing = (-ops.shape(rows)[0]) % _SUM_BLOCK
+            rows = ops.pad(rows, [[0, missing], [0, 0]])
+        blocks = ops.reshape(rows, [-1, _SUM_BLOCK, channels])
+        rows = ops.reshape(_backend.matmul(ones, blocks), [-1, channels])
+    return ops.sum(rows, axis=0)
+
+
+def _identity(tensor):
+    return tensor
+
+
+def _shift_estimate(rows):
+    """A rough per-channel mean of `[n, C]` rows: the mean of the first rows.
+
+    Statistics of `rows - shift` lose no precision to a large mean (the
+    float32 `E[x^2] - E[x]^2` of a channel with mean 100 and std 1 keeps no
+    correct digit); any shift near the mean will do.
+    """
+    return ops.stop_gradient(ops.mean(rows[:_SHIFT_ROWS], axis=0))
+
+
+def batch_moments(rows, total=None):
+    """Exact float32 `(mean, variance, count)` of `[n, C]` rows over axis 0.
+
+    Shifted two-pass sums (`_shift_estimate`, `_exact_sum`): within a few
+    float32 roundings of the float64 statistics for millions of rows and
+    means far larger than the spread. The result carries no gradient.
+
+    Args:
+        rows: `[n, C]` float32 tensor.
+        total: optional `sum(tensor) -> tensor` that sums across replicas
+            (synchronized batch norm); the shift is then averaged too.
+    """
+    rows = ops.stop_gradient(rows)
+    shift = _shift_estimate(rows)
+    count = ops.cast(ops.shape(rows)[0], "float32")
+    if total is None:
+        total = _identity
+    else:
+        # Every replica must subtract the same shift.
+        shift = total(shift) / total(ops.ones([1], "float32"))
+    centered = rows - shift
+    sums = total(ops.concatenate([_exact_sum(centered), ops.reshape(count, [1])], 0))
+    count = sums[-1]
+    centered_mean = sums[:-1] / count
+    variance = total(_exact_sum(ops.square(centered - centered_mean))) / count
+    return shift + centered_mean, variance, count
+
+
+def _normalize_exact(
+    rows, mean, variance, count, scale, offset, epsilon: float, total=None
+):
+    """Training-mode batch norm of `[n, C]` float32 rows with given batch statistics.
+
+    `mean`, `variance` and `count` must be the statistics of `rows` (from
+    `batch_moments`, with the same `total`); the gradient is written out (it
+    accounts for their dependence on `rows`) so that its two column sums are
+    `_exact_sum`s too, all-reduced by `total` for a synchronized batch norm.
+    """
+    inverse = ops.rsqrt(variance + epsilon)
+    total = total or _identity
+
+    @ops.custom_gradient
+    def normalize(rows, scale, offset):
+        normalized = (rows - mean) * inverse
+
+        def grad(upstream):
+            offset_grad = _exact_sum(upstream)
+            scale_grad = _exact_sum(upstream * normalized)
+            rows_grad = (scale * inverse) * (
+                upstream
+                - total(offset_grad) / count
+                - normalized * (total(scale_grad) / count)
+            )
+            # Variables get this replica's share; the optimizer sums replicas.
+            return rows_grad, scale_grad, offset_grad
+
+        return normalized * scale + offset, grad
+
+    return normalize(rows, scale, offset)
+
+
+def _train_batch_norm(rows, scale, offset, epsilon: float, total=None):
+    """Training-mode batch norm of `[n, C]` float32 rows: `(outputs, mean, variance, count)`."""
+    mean, variance, count = batch_moments(rows, total)
+    outputs = _normalize_exact(rows, mean, variance, count, scale, offset, epsilon, total)
+    return outputs, mean, variance, count
+
+
 @keras.saving.register_keras_serializable(package="selfy")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """Channels-last batch norm computed by TensorFlow's fused kernel.
+    """Channels-last batch norm with exact batch statistics.
 
     Same variables, arguments and results as `keras.layers.BatchNormalization`
-    with `axis=-1`, but each call is one `FusedBatchNormV3` op (and one
-    gradient op), which is much faster on the huge batches of tiny maps of
-    the SELFY block, and which the CPU graph optimiser can fuse with the
-    convolution before it at inference. Inputs of any rank >= 2 are viewed as
-    4-D. As in PyTorch, the moving variance is updated with the unbiased
-    batch variance (normalisation uses the biased one). Float16 / bfloat16
-    inputs are normalised with float32 statistics.
+    with `axis=-1`. Training-mode statistics are computed from shifted,
+    block-wise float32 sums (`batch_moments`), so output and gradient stay
+    within about 1e-6 of float64 even with millions of elements per channel
+    and a mean a hundred times the spread, where TensorFlow's fused kernel
+    and `tf.nn.moments` are off by 1e-3 and more. As in PyTorch, the moving
+    variance is updated with the unbiased batch variance (normalisation uses
+    the biased one). Float16 / bfloat16 inputs are normalised with float32
+    statistics. At inference, on TensorFlow, each call is one
+    `FusedBatchNormV3` op, which the CPU graph optimiser fuses with the
+    convolution before it; on other backends it is the same affine map in
+    `keras.ops`.
 
     With `synchronized=True` training-mode statistics are computed over the
     whole global batch, as `keras.layers.BatchNormalization(synchronized=True)`
-    does: each replica sums its inputs and its element count, and
-    then sums its squared deviations from the global mean; both are
-    all-reduced across the replicas of the current `tf.distribute` strategy
-    (two small all-reduces per call, gradients flow through them), and the
-    normalisation is an unfused `tf.nn.batch_normalization`.
-    Unlike Keras's layer, the moving variance is still updated with the
-    unbiased variance of the global batch, so results do not depend on
-    `synchronized`. Without a strategy (one replica) the statistics are
-    those of the local batch. Inference never synchronizes and still uses
-    the fused kernel.
+    does. On TensorFlow each replica sums its inputs and its element count,
+    then its squared deviations from the global mean; both are all-reduced
+    across the replicas of the current `tf.distribute` strategy, and so are
+    the two sums of the gradient. On JAX, a batch sharded by
+    `keras.distribution.DataParallel` is one global array, so the statistics
+    are those of the global batch anyway. Unlike Keras's layer, the moving
+    variance is still updated with the unbiased variance of the global batch,
+    so results do not depend on `synchronized`. Without a strategy (one
+    replica) the statistics are those of the local batch. Inference never
+    synchronizes.
 
     Args:
         **kwargs: arguments of `keras.layers.BatchNormalization`; `axis` must
@@ -209,12 +330,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     Example:
 
     >>> layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
-    >>> layer(keras.ops.ones((2, 3, 3, 4))).shape
-    TensorShape([2, 3, 3, 4])
+    >>> tuple(layer(keras.ops.ones((2, 3, 3, 4))).shape)
+    (2, 3, 3, 4)
     """
 
     def __init__(self, **kwargs):
+        # Keras's layer accepts `synchronized=True` on TensorFlow only.
+        synchronized = kwargs.pop("synchronized", False)
         super().__init__(**kwargs)
+        self.synchronized = synchronized
         if self.axis != -1 or self.renorm:
             raise ValueError(
                 "`FusedBatchNormalization` supports only axis=-1 without renorm. "
@@ -225,75 +349,81 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if mask is not None:
             raise ValueError("`FusedBatchNormalization` does not support masks.")
         channels = inputs.shape[-1]
-        rank = inputs.shape.rank
-        maps = inputs if rank == 4 else tf.reshape(inputs, [-1, 1, 1, channels])
-        if maps.dtype not in (tf.float16, tf.bfloat16, tf.float32):
-            maps = tf.cast(maps, tf.float32)
-        scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
-        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
-        if training and self.trainable and self.synchronized:
-            return tf.cast(self._synchronized_call(inputs, scale, offset), self.compute_dtype)
-        if training and self.trainable:
-            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                maps, scale, offset, epsilon=self.epsilon, is_training=True
-            )[:3]
-            self.moving_mean.assign(
-                self.moving_mean * self.momentum + mean * (1.0 - self.momentum)
-            )
-            self.moving_variance.assign(
-                self.moving_variance * self.momentum
-                + variance * (1.0 - self.momentum)
+        scale = ops.cast(self.gamma, "float32") if self.scale else ops.ones([channels])
+        offset = ops.cast(self.beta, "float32") if self.center else ops.zeros([channels])
+        if not (training and self.trainable):
+            if _backend.is_tensorflow():
+                return _fused_inference(self, inputs, scale, offset)
+            scale, bias = folded_batch_norm(self)
+            return ops.cast(ops.cast(inputs, "float32") * scale + bias, self.compute_dtype)
+        rows = ops.reshape(ops.cast(inputs, "float32"), [-1, channels])
+        total = None
+        if self.synchronized and _backend.is_tensorflow():
+            total = _replica_sum()
+        if total is None:
+            # TensorFlow's element-wise kernels are slow on the few channels
+            # of the STSS extraction ([n, 4]): XLA fuses the whole batch norm
+            # (about 5x faster there); it runs in training only, so exported
+            # inference graphs need no XLA.
+            outputs, mean, variance, count = _backend.xla_compiled(_train_batch_norm)(
+                rows, scale, offset, self.epsilon
             )
         else:
-            outputs = tf.compat.v1.nn.fused_batch_norm(
-                maps,
-                scale,
-                offset,
-                mean=tf.cast(self.moving_mean, tf.float32),
-                variance=tf.cast(self.moving_variance, tf.float32),
-                epsilon=self.epsilon,
-                is_training=False,
-            )[0]
-        if rank != 4:
-            outputs = tf.reshape(outputs, tf.shape(inputs))
-        return tf.cast(outputs, self.compute_dtype)
-
-    def _synchronized_call(
-        self, inputs: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor
-    ) -> tf.Tensor:
-        """Training-mode batch norm with statistics of the global batch."""
-        maps = tf.cast(inputs, tf.float32)
-        axes = list(range(inputs.shape.rank - 1))
-        replica_context = tf.distribute.get_replica_context()
-        synchronize = (
-            replica_context is not None and replica_context.num_replicas_in_sync > 1
-        )
-
-        def global_sum(tensor: tf.Tensor) -> tf.Tensor:
-            if not synchronize:
-                return tensor
-            return replica_context.all_reduce(tf.distribute.ReduceOp.SUM, tensor)
-
-        # Two passes (mean, then squared deviations) rather than
-        # E[x^2] - E[x]^2, which loses all precision when |mean| >> spread.
-        count = tf.cast(tf.reduce_prod(tf.shape(maps)[:-1]), tf.float32)
-        totals = global_sum(tf.concat([tf.reduce_sum(maps, axis=axes), count[None]], 0))
-        count = totals[-1]
-        mean = totals[:-1] / count
-        variance = global_sum(tf.reduce_sum(tf.square(maps - mean), axis=axes)) / count
-        outputs = tf.nn.batch_normalization(
-            maps, mean, variance, offset, scale, self.epsilon
-        )
-        unbiased = variance * (count / tf.maximum(count - 1.0, 1.0))
+            outputs, mean, variance, count = _train_batch_norm(
+                rows, scale, offset, self.epsilon, total
+            )
+        unbiased = variance * (count / ops.maximum(count - 1.0, 1.0))
         self.moving_mean.assign(
-            self.moving_mean * self.momentum
-            + tf.stop_gradient(mean) * (1.0 - self.momentum)
+            self.moving_mean * self.momentum + mean * (1.0 - self.momentum)
         )
         self.moving_variance.assign(
-            self.moving_variance * self.momentum
-            + tf.stop_gradient(unbiased) * (1.0 - self.momentum)
+            self.moving_variance * self.momentum + unbiased * (1.0 - self.momentum)
         )
-        return outputs
+        outputs = ops.reshape(outputs, ops.shape(inputs))
+        return ops.cast(outputs, self.compute_dtype)
+
+
+def _fused_inference(layer: keras.layers.BatchNormalization, inputs, scale, offset):
+    """Inference-mode batch norm as one TensorFlow `FusedBatchNormV3` op.
+
+    Inputs of any rank >= 2 are viewed as 4-D.
+    """
+    import tensorflow as tf
+
+    channels = inputs.shape[-1]
+    rank = inputs.shape.rank
+    maps = inputs if rank == 4 else tf.reshape(inputs, [-1, 1, 1, channels])
+    if maps.dtype not in (tf.float16, tf.bfloat16, tf.float32):
+        maps = tf.cast(maps, tf.float32)
+    outputs = tf.compat.v1.nn.fused_batch_norm(
+        maps,
+        scale,
+        offset,
+        mean=tf.cast(layer.moving_mean, tf.float32),
+        variance=tf.cast(layer.moving_variance, tf.float32),
+        epsilon=layer.epsilon,
+        is_training=False,
+    )[0]
+    if rank != 4:
+        outputs = tf.reshape(outputs, tf.shape(inputs))
+    return tf.cast(outputs, layer.compute_dtype)
+
+
+def _replica_sum():
+    """`sum(tensor)` across the replicas of the current `tf.distribute` strategy.
+
+    None without a strategy or with one replica.
+    """
+    import tensorflow as tf
+
+    replica_context = tf.distribute.get_replica_context()
+    if replica_context is None or replica_context.num_replicas_in_sync <= 1:
+        return None
+
+    def total(tensor):
+        return replica_context.all_reduce(tf.distribute.ReduceOp.SUM, tensor)
+
+    return total
 
 
 def make_batch_norm(
@@ -304,10 +434,10 @@ def make_batch_norm(
     gamma_initializer: str = "ones",
     synchronized: bool = False,
 ) -> keras.layers.BatchNormalization:
-    """A channels-last fused batch norm with PyTorch-equivalent settings.
+    """A channels-last batch norm with exact statistics and PyTorch-equivalent settings.
 
-    `synchronized=True` computes training statistics across the replicas of
-    the current `tf.distribute` strategy (see `FusedBatchNormalization`).
+    `synchronized=True` computes training statistics over the global batch
+    (see `FusedBatchNormalization`).
     """
     return FusedBatchNormalization(
         axis=-1,
@@ -320,10 +450,10 @@ def make_batch_norm(
     )
 
 
-def dim(tensor: tf.Tensor, axis: int) -> int | tf.Tensor:
+def dim(tensor: Any, axis: int) -> Any:
     """The static size of `axis` when known, else the dynamic one."""
     static = tensor.shape[axis]
-    return static if static is not None else tf.shape(tensor)[axis]
+    return static if static is not None else ops.shape(tensor)[axis]
 
 
 def check_positive_int(name: str, value: object) -> int:
@@ -419,15 +549,15 @@ def unrolled_conv_selection(height: int, width: int) -> np.ndarray:
 
 
 def linear_batch_norm(
-    inputs: tf.Tensor,
-    linear: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+    inputs: Any,
+    linear: Callable[[Any, Any], Any],
     kernel: keras.Variable,
     batch_norm: keras.layers.BatchNormalization,
     training: bool | None,
     relu: bool = True,
     compute_dtype: str = "float32",
     flat_map_shape: tuple[int, int] | None = None,
-) -> tf.Tensor:
+) -> Any:
     """`relu(batch_norm(linear(inputs, kernel)))` for a bias-free linear map.
 
     With batch statistics (training a trainable batch norm) the batch norm
@@ -458,46 +588,41 @@ def linear_batch_norm(
     """
     map_shape = None if flat_map_shape is None else [-1, *flat_map_shape, kernel.shape[-1]]
     if training and batch_norm.trainable:
-        outputs = linear(inputs, tf.cast(kernel, compute_dtype))
+        outputs = linear(inputs, ops.cast(kernel, compute_dtype))
         if map_shape is not None:
-            outputs = tf.reshape(outputs, map_shape)
+            outputs = ops.reshape(outputs, map_shape)
         outputs = batch_norm(outputs, training=True)
-        return tf.nn.relu(outputs) if relu else outputs
+        return ops.relu(outputs) if relu else outputs
     scale, bias = folded_batch_norm(batch_norm)
-    folded = tf.cast(tf.cast(kernel, tf.float32) * scale, compute_dtype)
+    folded = ops.cast(ops.cast(kernel, "float32") * scale, compute_dtype)
     if map_shape is not None:
-        bias = tf.tile(bias, [flat_map_shape[0] * flat_map_shape[1]])
-    outputs = tf.nn.bias_add(linear(inputs, folded), tf.cast(bias, compute_dtype))
-    outputs = tf.nn.relu(outputs) if relu else outputs
-    return outputs if map_shape is None else tf.reshape(outputs, map_shape)
+        bias = ops.tile(bias, [flat_map_shape[0] * flat_map_shape[1]])
+    outputs = _backend.bias_add(linear(inputs, folded), ops.cast(bias, compute_dtype))
+    outputs = ops.relu(outputs) if relu else outputs
+    return outputs if map_shape is None else ops.reshape(outputs, map_shape)
 
 
 def folded_batch_norm(
     batch_norm: keras.layers.BatchNormalization,
-) -> tuple[tf.Tensor, tf.Tensor]:
+) -> tuple[Any, Any]:
     """`(scale, bias)` in float32 with `batch_norm(x) == x * scale + bias` at inference."""
-    scale = tf.math.rsqrt(
-        tf.cast(batch_norm.moving_variance, tf.float32) + batch_norm.epsilon
-    )
+    scale = ops.rsqrt(ops.cast(batch_norm.moving_variance, "float32") + batch_norm.epsilon)
     if batch_norm.scale:
-        scale = scale * tf.cast(batch_norm.gamma, tf.float32)
-    bias = -tf.cast(batch_norm.moving_mean, tf.float32) * scale
+        scale = scale * ops.cast(batch_norm.gamma, "float32")
+    bias = -ops.cast(batch_norm.moving_mean, "float32") * scale
     if batch_norm.center:
-        bias = bias + tf.cast(batch_norm.beta, tf.float32)
+        bias = bias + ops.cast(batch_norm.beta, "float32")
     return scale, bias
 
 
-def conv2d(strides: int, padding: str | int) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+def conv2d(strides: int, padding: str | int) -> Callable[[Any, Any], Any]:
     """`linear(inputs, kernel)` of a bias-free 2-D convolution.
 
     `padding` is "SAME", "VALID" or an int: symmetric zero padding of both
-    spatial axes (PyTorch style), given to the convolution as explicit
-    padding so that no padded copy of the input is written.
+    spatial axes (PyTorch style; see `selfy_tf.ops._backend.conv2d`).
     """
-    if not isinstance(padding, str):
-        padding = [[0, 0], [padding, padding], [padding, padding], [0, 0]] if padding else "VALID"
 
-    def linear(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-        return tf.nn.conv2d(inputs, kernel, strides, padding)
+    def linear(inputs: Any, kernel: Any) -> Any:
+        return _backend.conv2d(inputs, kernel, strides, padding)
 
     return linear

@@ -28,13 +28,13 @@ record's `convert(array)` applies its transform and checks the shape.
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from selfy_tf import ops
 from selfy_tf.layers import _common
 from selfy_tf.layers.stss_extraction import STSSExtraction
 from selfy_tf.layers.stss_integration import STSSIntegration
 from selfy_tf.layers.stss_transformation import STSSTransformation
+from selfy_tf.ops import STSS_BACKENDS
 
 # The official prefix of the block's keys in a SELFYNet state dict.
 TORCH_PREFIX = "module.base_model.selfy."
@@ -72,8 +72,9 @@ class SELFYBlock(keras.layers.Layer):
             convolution.
         stss_backend: str, default "matmul", the `backend` of
             `selfy_tf.ops.stss`.
-        stss_jit: bool, default False, compile the STSS op with XLA. Keep it
-            off for models that are exported (TF Serving, TFLite).
+        stss_jit: bool, default False, compile the STSS op with XLA on
+            TensorFlow (ignored elsewhere). Keep it off for models that are
+            exported (TF Serving, TFLite).
         zero_init_last: bool, default True, zero-initialise the gamma of the
             last batch norm so that the block starts as the identity (up to
             the final ReLU).
@@ -81,8 +82,8 @@ class SELFYBlock(keras.layers.Layer):
         batch_norm_epsilon: float, default 1e-5 (as PyTorch).
         sync_batchnorm: bool, default False, synchronized batch norm in all
             three stages: training-mode statistics are computed over the
-            global batch of all replicas of the current `tf.distribute`
-            strategy; inference is unaffected.
+            global batch (see `FusedBatchNormalization`); inference is
+            unaffected.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -102,8 +103,8 @@ class SELFYBlock(keras.layers.Layer):
     >>> block = SELFYBlock(num_frames=2, hidden_channels=8, window=(3, 9, 9),
     ...                    extraction_channels=(2, 4, 8, 8),
     ...                    integration_channels=(8, 8, 8, 8))
-    >>> block(keras.ops.ones((4, 8, 8, 16))).shape
-    TensorShape([4, 8, 8, 16])
+    >>> tuple(block(keras.ops.ones((4, 8, 8, 16))).shape)
+    (4, 8, 8, 16)
     """
 
     def __init__(
@@ -139,9 +140,9 @@ class SELFYBlock(keras.layers.Layer):
         self.integration_channels = _common.check_channels(
             "integration_channels", integration_channels, 4
         )
-        if stss_backend not in ops.STSS_BACKENDS:
+        if stss_backend not in STSS_BACKENDS:
             raise ValueError(
-                f"`stss_backend` must be one of {ops.STSS_BACKENDS}. "
+                f"`stss_backend` must be one of {STSS_BACKENDS}. "
                 f"Received: stss_backend={stss_backend!r}."
             )
         self.stss_backend = stss_backend
@@ -211,7 +212,7 @@ class SELFYBlock(keras.layers.Layer):
         similarity = self.stss_transformation(inputs, training=training)
         features = self.stss_extraction(similarity, training=training)
         motion = self.stss_integration(features, training=training)
-        return tf.nn.relu(inputs + tf.cast(motion, inputs.dtype))
+        return ops.relu(inputs + ops.cast(motion, inputs.dtype))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from selfy_tf.layers import _common
+from selfy_tf.ops import _backend
 
 # (stride, padding) of the four (1, 3, 3) convolutions of the reference.
 _CONV_GEOMETRY = ((1, 1), (2, 1), (2, 1), (1, 0))
@@ -65,9 +66,8 @@ class STSSExtraction(keras.layers.Layer):
         batch_norm_momentum: float, default 0.9 (PyTorch momentum 0.1).
         batch_norm_epsilon: float, default 1e-5 (as PyTorch).
         sync_batchnorm: bool, default False, compute the training-mode
-            batch norm statistics over the global batch of all replicas of
-            the current `tf.distribute` strategy (synchronized batch norm);
-            inference is unaffected.
+            batch norm statistics over the global batch (synchronized batch
+            norm, see `FusedBatchNormalization`); inference is unaffected.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -84,8 +84,8 @@ class STSSExtraction(keras.layers.Layer):
     Example:
 
     >>> layer = STSSExtraction(channels=(2, 4, 8, 8))
-    >>> layer(keras.ops.ones((1, 2, 3, 3, 5, 9, 9))).shape
-    TensorShape([1, 2, 3, 3, 5, 8])
+    >>> tuple(layer(keras.ops.ones((1, 2, 3, 3, 5, 9, 9))).shape)
+    (1, 2, 3, 3, 5, 8)
     """
 
     def __init__(
@@ -164,12 +164,12 @@ class STSSExtraction(keras.layers.Layer):
         # a single matrix product, several times faster than a convolution.
         # Its output stays flat until after the bias and ReLU, which fuse.
         def conv0(maps, kernel):
-            return tf.matmul(maps, tf.reshape(self._conv0_matrix(kernel), [positions, -1]))
+            return ops.matmul(maps, ops.reshape(self._conv0_matrix(kernel), [positions, -1]))
 
         # conv3 covers the whole 3x3 map: a matrix product on flattened maps.
         def conv3(maps, kernel):
             size = 9 * kernel.shape[2]
-            return tf.matmul(tf.reshape(maps, [-1, size]), tf.reshape(kernel, [size, -1]))
+            return ops.matmul(ops.reshape(maps, [-1, size]), ops.reshape(kernel, [size, -1]))
 
         linears = [
             conv0,
@@ -177,7 +177,7 @@ class STSSExtraction(keras.layers.Layer):
             _common.conv2d(2, self._paddings[2]),
             conv3,
         ]
-        maps = tf.reshape(tf.cast(inputs, self.compute_dtype), [-1, positions])
+        maps = ops.reshape(ops.cast(inputs, self.compute_dtype), [-1, positions])
         first = 0
         if not any(training and bn.trainable for bn in self.bns[:2]):
             maps = self._folded_conv0_conv1(maps)
@@ -192,15 +192,14 @@ class STSSExtraction(keras.layers.Layer):
                 compute_dtype=self.compute_dtype,
                 flat_map_shape=(height_window, width_window) if index == 0 else None,
             )
-        output_shape = tf.concat([tf.shape(inputs)[:5], [self.channels[-1]]], axis=0)
-        return tf.reshape(maps, output_shape)
+        return ops.reshape(maps, [*ops.shape(inputs)[:5], self.channels[-1]])
 
-    def _conv0_matrix(self, kernel: tf.Tensor) -> tf.Tensor:
+    def _conv0_matrix(self, kernel):
         """conv0 (3x3, pad 1, one input channel) as a dense `[U*V, U*V, c0]` tensor."""
-        selection = tf.constant(self._conv0_selection, kernel.dtype)
-        return tf.einsum("yxo,yxpq->pqo", kernel[:, :, 0, :], selection)
+        selection = ops.convert_to_tensor(self._conv0_selection, kernel.dtype)
+        return ops.einsum("yxo,yxpq->pqo", kernel[:, :, 0, :], selection)
 
-    def _folded_conv0_conv1(self, maps: tf.Tensor) -> tf.Tensor:
+    def _folded_conv0_conv1(self, maps):
         """conv0 and conv1 with their batch norms folded in, as two matrix products.
 
         Convolution kernels are slow on conv1's maps of a few channels.
@@ -222,21 +221,23 @@ class STSSExtraction(keras.layers.Layer):
         positions = maps.shape[-1]
         width = bands.columns.shape[1]
         scale, bias = _common.folded_batch_norm(self.bns[0])
-        matrix = self._conv0_matrix(tf.cast(self.convs[0].kernel, tf.float32) * scale)
-        matrix = tf.gather(tf.pad(matrix, [[0, 0], [0, 1], [0, 0]]), bands.rows, axis=1)
+        matrix = self._conv0_matrix(ops.cast(self.convs[0].kernel, "float32") * scale)
+        matrix = ops.take(ops.pad(matrix, [[0, 0], [0, 1], [0, 0]]), bands.rows, axis=1)
         bias = bands.inside[:, None] * bias
-        hidden = tf.matmul(maps, tf.cast(tf.reshape(matrix, [positions, -1]), dtype))
-        hidden = tf.nn.relu(tf.nn.bias_add(hidden, tf.cast(tf.reshape(bias, [-1]), dtype)))
-        hidden = tf.reshape(hidden, [-1, 3 * width * self.channels[0]])
+        hidden = ops.matmul(maps, ops.cast(ops.reshape(matrix, [positions, -1]), dtype))
+        hidden = ops.relu(
+            _backend.bias_add(hidden, ops.cast(ops.reshape(bias, [-1]), dtype))
+        )
+        hidden = ops.reshape(hidden, [-1, 3 * width * self.channels[0]])
 
         scale, bias = _common.folded_batch_norm(self.bns[1])
-        kernel = tf.cast(self.convs[1].kernel, tf.float32) * scale
-        matrix = tf.einsum("rdco,dxj->rxcjo", kernel, tf.constant(bands.columns))
-        matrix = tf.reshape(matrix, [3 * width * self.channels[0], -1])
-        outputs = tf.matmul(hidden, tf.cast(matrix, dtype))
-        bias = tf.tile(bias, [bands.out_cols])
-        outputs = tf.nn.relu(tf.nn.bias_add(outputs, tf.cast(bias, dtype)))
-        return tf.reshape(outputs, [-1, bands.out_rows, bands.out_cols, self.channels[1]])
+        kernel = ops.cast(self.convs[1].kernel, "float32") * scale
+        matrix = ops.einsum("rdco,dxj->rxcjo", kernel, bands.columns)
+        matrix = ops.reshape(matrix, [3 * width * self.channels[0], -1])
+        outputs = ops.matmul(hidden, ops.cast(matrix, dtype))
+        bias = ops.tile(bias, [bands.out_cols])
+        outputs = ops.relu(_backend.bias_add(outputs, ops.cast(bias, dtype)))
+        return ops.reshape(outputs, [-1, bands.out_rows, bands.out_cols, self.channels[1]])
 
     def compute_output_shape(self, input_shape):
         return (*tuple(input_shape)[:5], self.channels[-1])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from selfy_tf.layers import _common
 
@@ -40,9 +40,8 @@ class STSSIntegration(keras.layers.Layer):
         batch_norm_momentum: float, default 0.9 (PyTorch momentum 0.1).
         batch_norm_epsilon: float, default 1e-5 (as PyTorch).
         sync_batchnorm: bool, default False, compute the training-mode
-            batch norm statistics over the global batch of all replicas of
-            the current `tf.distribute` strategy (synchronized batch norm);
-            inference is unaffected.
+            batch norm statistics over the global batch (synchronized batch
+            norm, see `FusedBatchNormalization`); inference is unaffected.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -58,8 +57,8 @@ class STSSIntegration(keras.layers.Layer):
     Example:
 
     >>> layer = STSSIntegration(output_channels=16, channels=(8, 8, 8, 8))
-    >>> layer(keras.ops.ones((1, 2, 4, 4, 3, 8))).shape
-    TensorShape([2, 8, 8, 16])
+    >>> tuple(layer(keras.ops.ones((1, 2, 4, 4, 3, 8))).shape)
+    (2, 8, 8, 16)
     """
 
     def __init__(
@@ -138,29 +137,27 @@ class STSSIntegration(keras.layers.Layer):
     def call(self, inputs, training=None):
         num_frames, length = inputs.shape[1], inputs.shape[4]
         height, width = _common.dim(inputs, 2), _common.dim(inputs, 3)
-        batch_frames = tf.shape(inputs)[0] * num_frames
         dtype = self.compute_dtype
         # Each (1, 3, 3) convolution is a 'SAME' 2-D convolution over folded
         # frames ('SAME' equals PyTorch's symmetric padding 1 at stride 1).
         conv = _common.conv2d(1, "SAME")
         # [B, T, h, w, L, C] -> [B * T * L, h, w, C]: each offset l separately.
-        maps = tf.transpose(tf.cast(inputs, dtype), [0, 1, 4, 2, 3, 5])
-        maps = tf.reshape(maps, [-1, height, width, inputs.shape[5]])
+        maps = ops.transpose(ops.cast(inputs, dtype), [0, 1, 4, 2, 3, 5])
+        maps = ops.reshape(maps, [-1, height, width, inputs.shape[5]])
         for layer, bn in zip(self.convs, self.bns):
             maps = _common.linear_batch_norm(
                 maps, conv, layer.kernel, bn, training, compute_dtype=dtype
             )
         # Back to one map per frame with the L groups on channels, l-major.
-        maps = tf.reshape(maps, [-1, length, height, width, self.channels[2]])
-        maps = tf.transpose(maps, [0, 2, 3, 1, 4])
-        maps = tf.reshape(maps, [-1, height, width, length * self.channels[2]])
+        maps = ops.reshape(maps, [-1, length, height, width, self.channels[2]])
+        maps = ops.transpose(maps, [0, 2, 3, 1, 4])
+        maps = ops.reshape(maps, [-1, height, width, length * self.channels[2]])
         maps = _common.linear_batch_norm(
             maps, conv, self.fuse_conv.kernel, self.fuse_bn, training, compute_dtype=dtype
         )
 
         def upsample(maps, kernel):
-            maps = tf.nn.conv2d(maps, kernel, 1, "VALID")
-            return _interleave_zeros(maps, batch_frames)
+            return _interleave_zeros(_common.conv2d(1, "VALID")(maps, kernel))
 
         return _common.linear_batch_norm(
             maps,
@@ -226,7 +223,7 @@ class STSSIntegration(keras.layers.Layer):
         return config
 
 
-def _interleave_zeros(maps: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
+def _interleave_zeros(maps):
     """Puts `[N, h, w, C]` on the even rows and columns of a `[N, 2h, 2w, C]` zero map.
 
     One 5-D pad (`[N * h, 1, w, 1, C]` -> `[N * h, 2, w, 2, C]`) and reshapes,
@@ -234,9 +231,9 @@ def _interleave_zeros(maps: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
     """
     height, width = _common.dim(maps, 1), _common.dim(maps, 2)
     channels = maps.shape[-1]
-    cells = tf.reshape(maps, [batch * height, 1, width, 1, channels])
-    cells = tf.pad(cells, [[0, 0], [0, 1], [0, 0], [0, 1], [0, 0]])
-    return tf.reshape(cells, [batch, 2 * height, 2 * width, channels])
+    cells = ops.reshape(maps, [-1, 1, width, 1, channels])
+    cells = ops.pad(cells, [[0, 0], [0, 1], [0, 0], [0, 1], [0, 0]])
+    return ops.reshape(cells, [-1, 2 * height, 2 * width, channels])
 
 
 def _plus(size: int | None, amount: int) -> int | None:

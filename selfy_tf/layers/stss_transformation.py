@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from selfy_tf import ops
 from selfy_tf.layers import _common
+from selfy_tf.ops import STSS_BACKENDS, stss
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -33,14 +33,14 @@ class STSSTransformation(keras.layers.Layer):
             window in frames, rows and columns.
         stss_backend: str, default "matmul", the `backend` of
             `selfy_tf.ops.stss`.
-        stss_jit: bool, default False, compile the STSS op with XLA. Keep it
-            off for models that are exported (TF Serving, TFLite).
+        stss_jit: bool, default False, compile the STSS op with XLA on
+            TensorFlow (ignored elsewhere). Keep it off for models that are
+            exported (TF Serving, TFLite).
         batch_norm_momentum: float, default 0.9 (PyTorch momentum 0.1).
         batch_norm_epsilon: float, default 1e-5 (as PyTorch).
         sync_batchnorm: bool, default False, compute the training-mode
-            batch norm statistics over the global batch of all replicas of
-            the current `tf.distribute` strategy (synchronized batch norm);
-            inference is unaffected.
+            batch norm statistics over the global batch (synchronized batch
+            norm, see `FusedBatchNormalization`); inference is unaffected.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -57,8 +57,8 @@ class STSSTransformation(keras.layers.Layer):
     Example:
 
     >>> layer = STSSTransformation(num_frames=2, hidden_channels=8, window=(3, 9, 9))
-    >>> layer(keras.ops.ones((4, 8, 8, 16))).shape
-    TensorShape([2, 2, 4, 4, 3, 9, 9])
+    >>> tuple(layer(keras.ops.ones((4, 8, 8, 16))).shape)
+    (2, 2, 4, 4, 3, 9, 9)
     """
 
     def __init__(
@@ -79,9 +79,9 @@ class STSSTransformation(keras.layers.Layer):
             "hidden_channels", hidden_channels
         )
         self.window = _common.check_window(window)
-        if stss_backend not in ops.STSS_BACKENDS:
+        if stss_backend not in STSS_BACKENDS:
             raise ValueError(
-                f"`stss_backend` must be one of {ops.STSS_BACKENDS}. "
+                f"`stss_backend` must be one of {STSS_BACKENDS}. "
                 f"Received: stss_backend={stss_backend!r}."
             )
         self.stss_backend = stss_backend
@@ -127,7 +127,7 @@ class STSSTransformation(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         hidden = _common.linear_batch_norm(
-            tf.cast(inputs, self.compute_dtype),
+            ops.cast(inputs, self.compute_dtype),
             _common.conv2d(2, self._padding),
             self.conv.kernel,
             self.bn,
@@ -135,13 +135,13 @@ class STSSTransformation(keras.layers.Layer):
             compute_dtype=self.compute_dtype,
         )
         height, width = _common.dim(hidden, 1), _common.dim(hidden, 2)
-        clips = tf.reshape(
+        clips = ops.reshape(
             hidden, [-1, self.num_frames, height, width, self.hidden_channels]
         )
-        similarity = ops.stss(
+        similarity = stss(
             clips, window=self.window, backend=self.stss_backend, jit=self.stss_jit
         )
-        return tf.cast(similarity, self.compute_dtype)
+        return ops.cast(similarity, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape

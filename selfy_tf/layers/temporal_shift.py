@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from selfy_tf.layers import _common
+from selfy_tf.ops import _backend
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -40,8 +41,8 @@ class TemporalShift(keras.layers.Layer):
     Example:
 
     >>> layer = TemporalShift(num_frames=4)
-    >>> layer(keras.ops.ones((8, 7, 7, 16))).shape
-    TensorShape([8, 7, 7, 16])
+    >>> tuple(layer(keras.ops.ones((8, 7, 7, 16))).shape)
+    (8, 7, 7, 16)
     """
 
     def __init__(self, num_frames: int, fold_div: int = 8, **kwargs):
@@ -76,8 +77,8 @@ class TemporalShift(keras.layers.Layer):
         if fold == 0:
             return inputs
         height, width = _common.dim(inputs, 1), _common.dim(inputs, 2)
-        clips = tf.reshape(inputs, [-1, self.num_frames, height, width, channels])
-        return tf.reshape(_shift_clips(clips, fold), tf.shape(inputs))
+        clips = ops.reshape(inputs, [-1, self.num_frames, height, width, channels])
+        return ops.reshape(_shift_clips(clips, fold), ops.shape(inputs))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -88,17 +89,17 @@ class TemporalShift(keras.layers.Layer):
         return config
 
 
-def _from_next(clips: tf.Tensor, start: int, stop: int) -> tf.Tensor:
+def _from_next(clips, start: int, stop: int):
     """Channels [start, stop) of frame t + 1 at frame t; zeros at the last frame."""
-    return tf.pad(clips[:, 1:, :, :, start:stop], [[0, 0], [0, 1], [0, 0], [0, 0], [0, 0]])
+    return ops.pad(clips[:, 1:, :, :, start:stop], [[0, 0], [0, 1], [0, 0], [0, 0], [0, 0]])
 
 
-def _from_previous(clips: tf.Tensor, start: int, stop: int) -> tf.Tensor:
+def _from_previous(clips, start: int, stop: int):
     """Channels [start, stop) of frame t - 1 at frame t; zeros at the first frame."""
-    return tf.pad(clips[:, :-1, :, :, start:stop], [[0, 0], [1, 0], [0, 0], [0, 0], [0, 0]])
+    return ops.pad(clips[:, :-1, :, :, start:stop], [[0, 0], [1, 0], [0, 0], [0, 0], [0, 0]])
 
 
-def _shift(clips: tf.Tensor, fold: int, backward: bool) -> tf.Tensor:
+def _shift(clips, fold: int, backward: bool):
     """Channels [0, fold) from frame t + 1 and [fold, 2 fold) from t - 1.
 
     With `backward` the directions swap: the transpose of the shift, i.e. its
@@ -106,17 +107,20 @@ def _shift(clips: tf.Tensor, fold: int, backward: bool) -> tf.Tensor:
     """
     first, second = (_from_previous, _from_next) if backward else (_from_next, _from_previous)
     parts = [first(clips, 0, fold), second(clips, fold, 2 * fold), clips[..., 2 * fold :]]
-    return tf.concat(parts, -1)
+    return ops.concatenate(parts, -1)
 
 
-def _shift_clips(clips: tf.Tensor, fold: int) -> tf.Tensor:
-    """The temporal shift of `[clips, T, H, W, C]`, with its gradient written out.
+def _shift_clips(clips, fold: int):
+    """The temporal shift of `[clips, T, H, W, C]`.
 
-    TensorFlow's own gradient goes through StridedSliceGrad, about 6x slower
-    on CPU than shifting the upstream gradient the other way.
+    On TensorFlow its gradient is written out: TensorFlow's own goes through
+    StridedSliceGrad, about 6x slower on CPU than shifting the upstream
+    gradient the other way. Other backends differentiate the slices.
     """
+    if not _backend.is_tensorflow():
+        return _shift(clips, fold, backward=False)
 
-    @tf.custom_gradient
+    @ops.custom_gradient
     def shift(clips):
         def grad(upstream):
             return _shift(upstream, fold, backward=True)

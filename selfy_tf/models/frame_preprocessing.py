@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,8 +44,8 @@ class FramePreprocessing(keras.layers.Layer):
     Example:
 
     >>> layer = FramePreprocessing(num_frames=2)
-    >>> layer(keras.ops.zeros((3, 2, 8, 8, 3), dtype="uint8")).shape
-    TensorShape([6, 8, 8, 3])
+    >>> tuple(layer(keras.ops.zeros((3, 2, 8, 8, 3), dtype="uint8")).shape)
+    (6, 8, 8, 3)
     """
 
     def __init__(
@@ -91,17 +91,12 @@ class FramePreprocessing(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
-        frames = tf.cast(inputs, tf.float32)
-        mean = tf.constant(self.mean, tf.float32)
-        std = tf.constant(self.std, tf.float32)
+        frames = ops.cast(inputs, "float32")
+        mean = ops.convert_to_tensor(self.mean, "float32")
+        std = ops.convert_to_tensor(self.std, "float32")
         normalized = (frames / self.scale - mean) / std
-        shape = tf.shape(normalized)
-        folded = tf.reshape(
-            normalized,
-            tf.concat([[-1], shape[2:]], axis=0),
-        )
-        folded = tf.ensure_shape(folded, self.compute_output_shape(inputs.shape))
-        return tf.cast(folded, self.compute_dtype)
+        folded = ops.reshape(normalized, [-1, *ops.shape(normalized)[2:]])
+        return ops.cast(folded, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         batch = input_shape[0]

@@ -27,7 +27,6 @@ import math
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from selfy_tf.layers.selfy_block import SELFYBlock
 
@@ -92,6 +91,25 @@ def _layer_macs(layer: keras.layers.Layer, input_shape: tuple, output_shape: tup
     return 0
 
 
+def _trace(function: Any, shape: tuple, dtype: str) -> None:
+    """Calls `function` on a symbolic `shape` input: shapes only, nothing runs.
+
+    TensorFlow traces a graph, JAX evaluates shapes; other backends run the
+    function on zeros.
+    """
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.function(function).get_concrete_function(tf.TensorSpec(shape, dtype))
+    elif backend == "jax":
+        import jax
+
+        jax.eval_shape(function, jax.ShapeDtypeStruct(shape, dtype))
+    else:
+        function(keras.ops.zeros(shape, dtype))
+
+
 def _counted(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, _CONV + _CONV_TRANSPOSE + _DEPTHWISE + (keras.layers.Dense, SELFYBlock))
 
@@ -124,8 +142,8 @@ def count_macs(model: keras.Model, by_layer: bool = False) -> int | dict[str, in
         @functools.wraps(original)
         def call(inputs, *args: Any, **kwargs: Any):
             outputs = original(inputs, *args, **kwargs)
-            first_input = tf.nest.flatten(inputs)[0]
-            first_output = tf.nest.flatten(outputs)[0]
+            first_input = keras.tree.flatten(inputs)[0]
+            first_output = keras.tree.flatten(outputs)[0]
             if isinstance(layer, SELFYBlock):
                 stages = selfy_block_macs(layer, tuple(first_input.shape))
             else:
@@ -147,9 +165,11 @@ def count_macs(model: keras.Model, by_layer: bool = False) -> int | dict[str, in
             object.__setattr__(layer, "call", wrap(layer, layer.call))
             patched.append(layer)
     try:
-        spec = tf.TensorSpec((1, *input_shape[1:]), model.inputs[0].dtype)
-        # Tracing only: shapes are static for a batch of one, nothing runs.
-        tf.function(lambda clip: model(clip, training=False)).get_concrete_function(spec)
+        _trace(
+            lambda clip: model(clip, training=False),
+            (1, *input_shape[1:]),
+            model.inputs[0].dtype,
+        )
     finally:
         for layer in patched:
             object.__delattr__(layer, "call")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -33,8 +33,8 @@ class SegmentConsensus(keras.layers.Layer):
     Example:
 
     >>> layer = SegmentConsensus(num_frames=4)
-    >>> layer(keras.ops.ones((8, 10))).shape
-    TensorShape([2, 10])
+    >>> tuple(layer(keras.ops.ones((8, 10))).shape)
+    (2, 10)
     """
 
     def __init__(self, num_frames: int, **kwargs):
@@ -60,10 +60,10 @@ class SegmentConsensus(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
-        per_frame = tf.reshape(
-            tf.cast(inputs, tf.float32), [-1, self.num_frames, inputs.shape[-1]]
+        per_frame = ops.reshape(
+            ops.cast(inputs, "float32"), [-1, self.num_frames, inputs.shape[-1]]
         )
-        return tf.reduce_mean(per_frame, axis=1)
+        return ops.mean(per_frame, axis=1)
 
     def compute_output_shape(self, input_shape):
         batch = input_shape[0]

@@ -15,16 +15,19 @@ Three backends compute the same numbers:
   offsets are read from the transposed entries. Queries are grouped in spatial
   tiles so that each tile only meets the keys its window can reach. All index
   tables are static NumPy arrays, built once per shape, so the op is made of
-  TensorFlow builtins only (Gather, BatchMatMul, Reshape, Concat, Mul, ...)
-  and converts to TFLite builtins. The gradient of the fixed gather is itself
+  gathers, batched matrix products, reshapes and products only (on TensorFlow
+  Gather, BatchMatMul, Reshape, Concat, Mul, ...: TFLite builtins). The gradient of the fixed gather is itself
   a gather, since every similarity is read at most twice.
 - `"shift"`: one zero-padded shift and channel sum per displacement. Simple,
   slow; the readable reference.
 - `"patches"`: `tf.image.extract_patches` of the keys, one temporal offset at
   a time. `ExtractImagePatches` is not a TFLite builtin, so this backend does
-  not convert to TFLite.
+  not convert to TFLite; it exists on the TensorFlow backend only.
 
-With `jit=True` the fixed gathers of the `"matmul"` backend (forward and
+The op is written in `keras.ops` and runs on TensorFlow and JAX; its custom
+gradients use `keras.ops.custom_gradient`.
+
+On TensorFlow, with `jit=True` the fixed gathers of the `"matmul"` backend (forward and
 backward) run as an XLA-compiled inner `tf.function`; the matrix products stay
 TensorFlow kernels, which are faster than XLA's on CPU. An inner
 `tf.function(jit_compile=True)` is saved into SavedModels as `_XlaMustCompile`,
@@ -35,10 +38,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
+
+from selfy_tf.ops import _backend
 
 logger = logging.getLogger(__name__)
 
@@ -66,19 +72,19 @@ def _validate_window(window: Sequence[int]) -> tuple[int, int, int]:
     return tuple(int(size) for size in sizes)
 
 
-def _validate_features(features) -> tf.Tensor:
-    if not tf.is_tensor(features):
-        features = tf.convert_to_tensor(features)
-    if features.shape.rank != 5:
+def _validate_features(features):
+    features = ops.convert_to_tensor(features)
+    if len(features.shape) != 5:
         raise ValueError(
             "`features` must have rank 5, [batch, num_frames, height, width, "
             f"channels]. Received: features.shape={tuple(features.shape)}."
         )
-    if not features.dtype.is_floating:
+    dtype = keras.backend.standardize_dtype(features.dtype)
+    if "float" not in dtype:
         raise ValueError(
             "`features` must be a floating-point tensor (float16, bfloat16, "
-            f"float32 or float64). Received: features.dtype={features.dtype.name}. "
-            "Cast it first, e.g. tf.cast(features, tf.float32)."
+            f"float32 or float64). Received: features.dtype={dtype}. "
+            "Cast it first, e.g. keras.ops.cast(features, 'float32')."
         )
     static_dims = features.shape[1:]
     if any(size is None for size in static_dims):
@@ -90,20 +96,16 @@ def _validate_features(features) -> tf.Tensor:
     return features
 
 
-def _normalize(features: tf.Tensor) -> tf.Tensor:
+def _normalize(features):
     # Upcast before the sum of squares: float16 overflows (and bfloat16 loses
     # most digits) for feature norms that are ordinary after a ReLU.
-    features = tf.cast(features, tf.float32)
+    features = ops.cast(features, "float32")
     # Normalise a 2-D view: the TFLite converter fuses this into
     # L2_NORMALIZATION, whose kernels (int8 calibration included) accept at
     # most 4-D inputs.
-    rows = tf.reshape(features, [-1, features.shape[-1]])
-    rows = rows * tf.math.rsqrt(
-        tf.reduce_sum(tf.square(rows), axis=-1, keepdims=True) + _EPSILON
-    )
-    normalized = tf.reshape(rows, tf.shape(features))
-    normalized.set_shape(features.shape)
-    return normalized
+    rows = ops.reshape(features, [-1, features.shape[-1]])
+    rows = rows * ops.rsqrt(ops.sum(ops.square(rows), axis=-1, keepdims=True) + _EPSILON)
+    return ops.reshape(rows, [-1, *features.shape[1:]])
 
 
 # ---------------------------------------------------------------------------
@@ -391,13 +393,11 @@ def _matmul_plan(
     )
 
 
-def _masked_gather(
-    params: tf.Tensor, index: np.ndarray, mask: np.ndarray, axis: int
-) -> tf.Tensor:
-    return tf.gather(params, index, axis=axis) * mask
+def _masked_gather(params, index: np.ndarray, mask: np.ndarray, axis: int):
+    return _backend.take(params, index, axis=axis) * mask
 
 
-def _band_gather_fn(plan: _MatmulPlan, jit: bool) -> Callable[..., tf.Tensor]:
+def _band_gather_fn(plan: _MatmulPlan, jit: bool) -> Callable:
     """The fixed gather from frame-pair similarities to the STSS window.
 
     It takes one `[batch, num_frames - d, num_tiles, tile_queries, tile_keys]`
@@ -408,19 +408,16 @@ def _band_gather_fn(plan: _MatmulPlan, jit: bool) -> Callable[..., tf.Tensor]:
         (plan.num_frames - offset) * plan.num_tiles * plan.tile_queries * plan.tile_keys
         for offset in range(plan.max_offset + 1)
     ]
+    split_points = np.cumsum(sizes)[:-1].tolist()
 
-    def forward(*similarities: tf.Tensor) -> tf.Tensor:
-        batch = tf.shape(similarities[0])[0]
-        rows = tf.concat(
-            [
-                tf.reshape(part, [batch, size])
-                for part, size in zip(similarities, sizes)
-            ],
+    def forward(*similarities):
+        rows = ops.concatenate(
+            [ops.reshape(part, [-1, size]) for part, size in zip(similarities, sizes)],
             axis=1,
         )
         return _masked_gather(rows, plan.band_index, plan.band_mask, axis=1)
 
-    def backward(upstream: tf.Tensor) -> list[tf.Tensor]:
+    def backward(upstream):
         gradient = _masked_gather(
             upstream, plan.first_reader, plan.first_mask, axis=1
         )
@@ -428,13 +425,12 @@ def _band_gather_fn(plan: _MatmulPlan, jit: bool) -> Callable[..., tf.Tensor]:
             gradient += _masked_gather(
                 upstream, plan.second_reader, plan.second_mask, axis=1
             )
-        batch = tf.shape(upstream)[0]
-        parts = tf.split(gradient, sizes, axis=1)
-        return [
-            tf.reshape(
+        parts = ops.split(gradient, split_points, axis=1) if split_points else [gradient]
+        return tuple(
+            ops.reshape(
                 part,
                 [
-                    batch,
+                    -1,
                     plan.num_frames - offset,
                     plan.num_tiles,
                     plan.tile_queries,
@@ -442,29 +438,40 @@ def _band_gather_fn(plan: _MatmulPlan, jit: bool) -> Callable[..., tf.Tensor]:
                 ],
             )
             for offset, part in enumerate(parts)
-        ]
+        )
 
     if jit:
-        forward = tf.function(forward, jit_compile=True, autograph=False)
-        backward = tf.function(backward, jit_compile=True, autograph=False)
+        # TensorFlow's CPU Gather kernel is several times slower than XLA's
+        # on the band gather.
+        forward, backward = _backend.xla_compiled(forward), _backend.xla_compiled(backward)
 
-    @tf.custom_gradient
+    @ops.custom_gradient
     def band_gather(*similarities):
-        def grad(upstream):
-            return backward(upstream)
+        def grad(*upstream):
+            gradients = backward(upstream[0])
+            return gradients if len(gradients) > 1 else gradients[0]
 
         return forward(*similarities), grad
 
     return band_gather
 
 
+def _flat_upstream(upstream: tuple) -> tuple:
+    """The upstream gradients of a function with several outputs, one per output.
+
+    TensorFlow passes them as separate arguments, JAX as one tuple or list
+    shaped like the outputs.
+    """
+    if len(upstream) == 1 and isinstance(upstream[0], (list, tuple)):
+        return tuple(upstream[0])
+    return tuple(upstream)
+
+
 def _frame_padding(before: int, after: int) -> list[list[int]]:
     return [[0, 0], [before, after], [0, 0], [0, 0], [0, 0]]
 
 
-def _pair_similarities(
-    queries: tf.Tensor, keys: tf.Tensor, max_offset: int
-) -> list[tf.Tensor]:
+def _pair_similarities(queries, keys, max_offset: int) -> list:
     """Similarities of frame t's queries with frame t + d's keys, d = 0..max.
 
     Args:
@@ -480,50 +487,51 @@ def _pair_similarities(
 
     # The gradient is written out because TensorFlow's gradient of the frame
     # slices (StridedSliceGrad) is far slower on CPU than padding.
-    @tf.custom_gradient
+    @ops.custom_gradient
     def similarities(queries, keys):
         outputs = [
-            tf.matmul(
+            _backend.matmul(
                 queries[:, : num_frames - offset], keys[:, offset:], transpose_b=True
             )
             for offset in range(max_offset + 1)
         ]
 
         def grad(*upstream):
-            query_grads, key_grads = [], []
-            for offset, part in enumerate(upstream):
-                query_grad = tf.matmul(part, keys[:, offset:])
-                key_grad = tf.matmul(
+            query_grad = key_grad = None
+            for offset, part in enumerate(_flat_upstream(upstream)):
+                query_part = _backend.matmul(part, keys[:, offset:])
+                key_part = _backend.matmul(
                     part, queries[:, : num_frames - offset], transpose_a=True
                 )
                 if offset:
                     # Back to num_frames frames: queries lose the last
                     # `offset` frames, keys the first.
-                    query_grad = tf.pad(query_grad, _frame_padding(0, offset))
-                    key_grad = tf.pad(key_grad, _frame_padding(offset, 0))
-                query_grads.append(query_grad)
-                key_grads.append(key_grad)
-            return tf.add_n(query_grads), tf.add_n(key_grads)
+                    query_part = ops.pad(query_part, _frame_padding(0, offset))
+                    key_part = ops.pad(key_part, _frame_padding(offset, 0))
+                query_grad = query_part if query_grad is None else query_grad + query_part
+                key_grad = key_part if key_grad is None else key_grad + key_part
+            return query_grad, key_grad
 
         return outputs, grad
 
     return similarities(queries, keys)
 
 
-def _tile_rows(frames: tf.Tensor, plan: _MatmulPlan) -> tuple[tf.Tensor, tf.Tensor]:
+def _tile_rows(frames, plan: _MatmulPlan) -> tuple:
     """Query and key tiles of `[batch, num_frames, H*W, channels]` frames.
 
     Their gradients are gathers too: a query is read from its owning tile
     only, and a key position sums the slots of the tiles that hold it.
     """
 
-    @tf.custom_gradient
+    @ops.custom_gradient
     def tiles(frames):
-        queries = tf.gather(frames, plan.query_positions, axis=2)
-        keys = tf.gather(frames, plan.key_positions, axis=2)
+        queries = _backend.take(frames, plan.query_positions, axis=2)
+        keys = _backend.take(frames, plan.key_positions, axis=2)
 
-        def grad(query_upstream, key_upstream):
-            gradient = tf.gather(query_upstream, plan.query_owner, axis=2)
+        def grad(*upstream):
+            query_upstream, key_upstream = _flat_upstream(upstream)
+            gradient = _backend.take(query_upstream, plan.query_owner, axis=2)
             for reader, mask in zip(plan.key_readers, plan.key_reader_mask):
                 gradient += _masked_gather(key_upstream, reader, mask, axis=2)
             return gradient
@@ -541,51 +549,48 @@ def _cached_band_gather(
     window: tuple[int, int, int],
     tile: tuple[int, int],
     jit: bool,
-) -> Callable[..., tf.Tensor]:
+) -> Callable:
     plan = _matmul_plan(num_frames, height, width, window, tile)
     return _band_gather_fn(plan, jit)
 
 
 def _stss_matmul(
-    normalized: tf.Tensor,
+    normalized,
     shape: tuple[int, int, int, int],
     window: tuple[int, int, int],
     jit: bool,
-) -> tf.Tensor:
+):
     num_frames, height, width, channels = shape
     tile = _choose_tiles(height, width, window[1], window[2])
     plan = _matmul_plan(num_frames, height, width, window, tile)
-    batch = tf.shape(normalized)[0]
-    frames = tf.reshape(normalized, [batch, num_frames, height * width, channels])
+    frames = ops.reshape(normalized, [-1, num_frames, height * width, channels])
     if plan.query_positions is None:
         queries = keys = frames
     else:
         queries, keys = _tile_rows(frames, plan)
-    queries = tf.reshape(
-        queries, [batch, num_frames, plan.num_tiles, plan.tile_queries, channels]
+    queries = ops.reshape(
+        queries, [-1, num_frames, plan.num_tiles, plan.tile_queries, channels]
     )
-    keys = tf.reshape(
-        keys, [batch, num_frames, plan.num_tiles, plan.tile_keys, channels]
-    )
+    keys = ops.reshape(keys, [-1, num_frames, plan.num_tiles, plan.tile_keys, channels])
     similarities = _pair_similarities(queries, keys, plan.max_offset)
     band_gather = _cached_band_gather(num_frames, height, width, window, tile, jit)
     band = band_gather(*similarities)
-    return tf.reshape(band, [batch, num_frames, height, width, *window])
+    return ops.reshape(band, [-1, num_frames, height, width, *window])
 
 
 # ---------------------------------------------------------------------------
 # "shift" and "patches" backends
 
 
-def _pad_keys(normalized: tf.Tensor, window: tuple[int, int, int]) -> tf.Tensor:
+def _pad_keys(normalized, window: tuple[int, int, int]):
     half_l, half_u, half_v = (size // 2 for size in window)
-    return tf.pad(
+    return ops.pad(
         normalized,
         [[0, 0], [half_l, half_l], [half_u, half_u], [half_v, half_v], [0, 0]],
     )
 
 
-def _stss_shift(normalized: tf.Tensor, window: tuple[int, int, int]) -> tf.Tensor:
+def _stss_shift(normalized, window: tuple[int, int, int]):
     length, height_window, width_window = window
     _, num_frames, height, width, _ = normalized.shape
     padded = _pad_keys(normalized, window)
@@ -594,12 +599,14 @@ def _stss_shift(normalized: tf.Tensor, window: tuple[int, int, int]) -> tf.Tenso
         for u in range(height_window):
             for v in range(width_window):
                 shifted = padded[:, l : l + num_frames, u : u + height, v : v + width]
-                outputs.append(tf.reduce_sum(normalized * shifted, axis=-1))
-    stacked = tf.stack(outputs, axis=-1)
-    return tf.reshape(stacked, [-1, num_frames, height, width, *window])
+                outputs.append(ops.sum(normalized * shifted, axis=-1))
+    stacked = ops.stack(outputs, axis=-1)
+    return ops.reshape(stacked, [-1, num_frames, height, width, *window])
 
 
-def _stss_patches(normalized: tf.Tensor, window: tuple[int, int, int]) -> tf.Tensor:
+def _stss_patches(normalized, window: tuple[int, int, int]):
+    import tensorflow as tf
+
     length, height_window, width_window = window
     _, num_frames, height, width, channels = normalized.shape
     padded = _pad_keys(normalized, window)
@@ -632,6 +639,8 @@ def _stss_patches(normalized: tf.Tensor, window: tuple[int, int, int]) -> tf.Ten
 
 @functools.lru_cache(maxsize=64)
 def _compiled(backend: str, window: tuple[int, int, int]) -> Callable:
+    import tensorflow as tf
+
     function = _BACKEND_FUNCTIONS[backend]
     return tf.function(
         lambda normalized: function(normalized, window),
@@ -646,11 +655,11 @@ DEFAULT_JIT = True
 
 
 def stss(
-    features: tf.Tensor,
+    features: Any,
     window: Sequence[int] = DEFAULT_WINDOW,
     backend: str = "matmul",
     jit: bool = DEFAULT_JIT,
-) -> tf.Tensor:
+) -> Any:
     """Computes the spatio-temporal self-similarity of a feature volume.
 
     Each feature vector is L2-normalised over channels (epsilon 1e-6 added to
@@ -668,11 +677,12 @@ def stss(
             larger than the clip or the map are allowed (the excess is 0).
         backend: `"matmul"` (default; fastest on CPU, converts to TFLite
             builtins), `"shift"` (one shift per displacement; reference) or
-            `"patches"` (`tf.image.extract_patches`; not TFLite-convertible).
-            All give the same numbers.
-        jit: compile the op's memory-bound part with XLA (an inner
-            `tf.function(jit_compile=True)`). Defaults to True, the fastest
-            choice on CPU. Pass False for graphs that are exported to TF
+            `"patches"` (`tf.image.extract_patches`; not TFLite-convertible;
+            TensorFlow backend only). All give the same numbers.
+        jit: on TensorFlow, compile the op's memory-bound part with XLA (an
+            inner `tf.function(jit_compile=True)`). Defaults to True, the
+            fastest choice on CPU. Ignored on other backends, which compile
+            whole functions. Pass False for graphs that are exported to TF
             Serving or converted to TFLite, which must not require XLA. When
             the caller already compiles with XLA, the flag changes nothing.
 
@@ -683,14 +693,16 @@ def stss(
     Raises:
         ValueError: if `features` is not rank 5 with static non-batch
             dimensions or not floating point, if `window` is not three odd
-            positive integers, or if `backend` is unknown.
+            positive integers, if `backend` is unknown, or if it is
+            `"patches"` on a backend other than TensorFlow.
 
     Example:
 
-    >>> import tensorflow as tf
+    >>> import numpy as np
     >>> from selfy_tf.ops import stss
-    >>> stss(tf.random.normal([2, 4, 6, 6, 8]), window=(3, 5, 5)).shape
-    TensorShape([2, 4, 6, 6, 3, 5, 5])
+    >>> features = np.random.normal(size=(2, 4, 6, 6, 8)).astype("float32")
+    >>> tuple(stss(features, window=(3, 5, 5)).shape)
+    (2, 4, 6, 6, 3, 5, 5)
     """
     window = _validate_window(window)
     if backend not in STSS_BACKENDS:
@@ -699,9 +711,14 @@ def stss(
         )
     features = _validate_features(features)
     shape = tuple(int(size) for size in features.shape[1:])
+    if backend == "patches":
+        _backend.require_tensorflow("The STSS backend 'patches' (tf.image.extract_patches)")
     normalized = _normalize(features)
+    # XLA compilation of a part of the op is a TensorFlow option; other
+    # backends compile whole functions (jax.jit) and ignore `jit`.
+    jit = bool(jit) and _backend.is_tensorflow()
     if backend == "matmul":
-        return _stss_matmul(normalized, shape, window, bool(jit))
+        return _stss_matmul(normalized, shape, window, jit)
     if jit:
         return _compiled(backend, window)(normalized)
     return _BACKEND_FUNCTIONS[backend](normalized, window)
