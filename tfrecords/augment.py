@@ -17,15 +17,12 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
-MULTI_SCALE_CROP_SCALES = (1.0, 0.875, 0.75, 0.66)
-
-# The 13 fixed crop positions of the official multi-scale crop, as multiples
-# of a step of a quarter of the free space: 4 corners, centre, 4 edge
-# midpoints, 4 quarter points. Pairs are (x multiple, y multiple).
-MULTI_SCALE_CROP_OFFSETS = (
-    (0, 0), (4, 0), (0, 4), (4, 4), (2, 2),
-    (0, 2), (4, 2), (2, 4), (2, 0),
-    (1, 1), (3, 1), (1, 3), (3, 3),
+# The crop geometry is plain Python (shared with the NumPy input path).
+from tfrecords.crop_windows import (  # noqa: F401  (re-exported)
+    _SNAP_PIXELS,
+    MULTI_SCALE_CROP_OFFSETS,
+    MULTI_SCALE_CROP_SCALES,
+    scale_pairs,
 )
 
 # Something-Something V1 classes whose meaning swaps under a horizontal flip:
@@ -33,20 +30,6 @@ MULTI_SCALE_CROP_OFFSETS = (
 # "Turning the camera left/right while filming something".
 SSV1_FLIP_LABEL_MAP = {86: 87, 87: 86, 93: 94, 94: 93, 166: 167, 167: 166}
 SSV1_NO_FLIP_CLASSES = tuple(sorted(SSV1_FLIP_LABEL_MAP))
-
-# A crop side this close to the output size is snapped to it (as the official
-# implementation does, so that e.g. a 222-pixel crop is not resized to 224).
-_SNAP_PIXELS = 3
-
-
-def scale_pairs(num_scales: int, max_distort: int = 1) -> list[tuple[int, int]]:
-    """`(height scale index, width scale index)` pairs whose indices differ by ≤ `max_distort`."""
-    return [
-        (height_index, width_index)
-        for height_index in range(num_scales)
-        for width_index in range(num_scales)
-        if abs(height_index - width_index) <= max_distort
-    ]
 
 
 def multi_scale_crop_window(

@@ -12,7 +12,10 @@ skips the batches of the interrupted epoch that were already trained on
 the epoch's running metrics, so the run continues where it stopped.
 
 `TrainingLogger` writes TensorBoard scalars (loss, top-1/top-5, lr, clips/s,
-gradient norm) and `history.csv`; only the chief worker gets one.
+gradient norm) and `history.csv`; only the chief worker gets one. TensorBoard
+files are written with `tf.summary`, imported when first needed: where
+TensorFlow is not installed (training on JAX) the run has no TensorBoard
+scalars and says so once; `history.csv` holds the epoch figures.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from selfy_tf.files import atomic_path, atomic_write_text
 
@@ -228,15 +230,36 @@ class TrainingLogger(keras.callbacks.Callback):
         self.every_steps = int(every_steps)
         self.learning_rate_fn = learning_rate_fn
         self._writer = None
+        self._no_tensorboard = False
         self._epoch_start = None
         self._epoch_steps = 0
         self._window_start = None
         self._window_steps = 0
 
     def _get_writer(self):
-        if self._writer is None:
+        if self._writer is None and not self._no_tensorboard:
+            try:
+                import tensorflow as tf
+            except ImportError:
+                self._no_tensorboard = True
+                logger.warning(
+                    "No TensorBoard scalars in %s: TensorFlow is not installed (history.csv has "
+                    "the epoch figures).",
+                    self.log_dir,
+                )
+                return None
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
         return self._writer
+
+    def _write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        writer = self._get_writer()
+        if writer is None:
+            return
+        import tensorflow as tf
+
+        with writer.as_default(step=step):
+            for name, value in scalars.items():
+                tf.summary.scalar(name, value)
 
     def _global_step(self) -> int:
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -255,16 +278,15 @@ class TrainingLogger(keras.callbacks.Callback):
         now = time.perf_counter()
         step = self._global_step()
         clips_per_sec = self._window_steps * self.global_batch_size / max(now - self._window_start, 1e-9)
-        with self._get_writer().as_default(step=step):
-            for name, value in (logs or {}).items():
-                tf.summary.scalar(f"step/{name}", float(value))
-            tf.summary.scalar("step/lr", float(self.learning_rate_fn(step)))
-            tf.summary.scalar("step/clips_per_sec", clips_per_sec)
-            norm = getattr(self.model.optimizer, "gradient_norm", None)
-            if norm is None and hasattr(self.model.optimizer, "inner_optimizer"):
-                norm = getattr(self.model.optimizer.inner_optimizer, "gradient_norm", None)
-            if norm is not None:
-                tf.summary.scalar("step/gradient_norm", float(keras.ops.convert_to_numpy(norm)))
+        scalars = {f"step/{name}": float(value) for name, value in (logs or {}).items()}
+        scalars["step/lr"] = float(self.learning_rate_fn(step))
+        scalars["step/clips_per_sec"] = clips_per_sec
+        norm = getattr(self.model.optimizer, "gradient_norm", None)
+        if norm is None and hasattr(self.model.optimizer, "inner_optimizer"):
+            norm = getattr(self.model.optimizer.inner_optimizer, "gradient_norm", None)
+        if norm is not None:
+            scalars["step/gradient_norm"] = float(keras.ops.convert_to_numpy(norm))
+        self._write_scalars(step, scalars)
         self._window_start = now
         self._window_steps = 0
 
@@ -275,10 +297,9 @@ class TrainingLogger(keras.callbacks.Callback):
             "lr": float(self.learning_rate_fn(self._global_step() - 1)),
             "clips_per_sec": self._epoch_steps * self.global_batch_size / elapsed,
         }
-        with self._get_writer().as_default(step=epoch + 1):
-            for name, value in {**logs, **extra}.items():
-                tf.summary.scalar(f"epoch/{name}", float(value))
-        self._get_writer().flush()
+        self._write_scalars(epoch + 1, {f"epoch/{name}": float(value) for name, value in {**logs, **extra}.items()})
+        if self._writer is not None:
+            self._writer.flush()
         return extra
 
     def close(self) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from selfy_tf import run_dir
 from selfy_tf.files import atomic_path, atomic_write_json
@@ -198,6 +197,8 @@ def evaluate(
         scale_size=view.scale_size,
     )
     num_views = num_clips * num_crops
+    # TensorFlow only here: `import trainer` must not need it (training on JAX).
+    import tensorflow as tf
 
     @tf.function
     def predict(frames):

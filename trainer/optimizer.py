@@ -35,6 +35,11 @@ gradient of the global batch. Keras's `clipnorm` / `global_clipnorm` clip in
 gradients in `_backend_update_step`, i.e. each replica clips its own partial
 gradient. `TorchSGD` therefore clips inside `_backend_update_step`, after the
 all-reduce, and leaves Keras's own clipping off.
+
+The update is written in `keras.ops` and runs on every Keras backend. Only
+the TensorFlow all-reduce above is backend-specific; on JAX (with or without
+`keras.distribution.DataParallel`) the gradients `fit` hands the optimizer
+are already those of the global batch's loss, so they are clipped as they are.
 """
 
 from __future__ import annotations
@@ -43,7 +48,6 @@ import logging
 from typing import Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 logger = logging.getLogger(__name__)
@@ -264,7 +268,26 @@ class TorchSGD(keras.optimizers.Optimizer):
         # Weight decay is applied as L2 inside `update_step`, not decoupled.
         return
 
+    def _clip(self, grads):
+        """`(clipped grads, global norm before clipping)`, as torch's `clip_grad_norm_`."""
+        norm = ops.sqrt(sum(ops.sum(ops.square(ops.cast(gradient, "float32"))) for gradient in grads))
+        if self.clip_global_norm:
+            scale = ops.minimum(1.0, self.clip_global_norm / (norm + _CLIP_EPSILON))
+            grads = [gradient * ops.cast(scale, gradient.dtype) for gradient in grads]
+        return grads, norm
+
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if keras.backend.backend() == "tensorflow":
+            self._tensorflow_update_step(grads, trainable_variables, learning_rate)
+            return
+        grads, norm = self._clip(grads)
+        for gradient, variable in zip(grads, trainable_variables):
+            self.update_step(gradient, variable, learning_rate)
+        self.gradient_norm.assign(norm)
+
+    def _tensorflow_update_step(self, grads, trainable_variables, learning_rate):
+        import tensorflow as tf
+
         trainable_variables = [
             variable.value if isinstance(variable, keras.Variable) else variable
             for variable in trainable_variables
@@ -272,11 +295,7 @@ class TorchSGD(keras.optimizers.Optimizer):
         # Sum over replicas first (each replica's loss is already divided by
         # the number of replicas), so the norm below is the global batch's.
         grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
-        grads = [gradient for gradient, _ in grads_and_vars]
-        norm = tf.linalg.global_norm([tf.cast(gradient, "float32") for gradient in grads])
-        if self.clip_global_norm:
-            scale = tf.minimum(1.0, self.clip_global_norm / (norm + _CLIP_EPSILON))
-            grads = [gradient * tf.cast(scale, gradient.dtype) for gradient in grads]
+        grads, norm = self._clip([gradient for gradient, _ in grads_and_vars])
         grads_and_vars = list(zip(grads, [variable for _, variable in grads_and_vars]))
 
         def update(distribution, grads_and_vars, learning_rate, norm):

@@ -3,7 +3,8 @@
 The official recipe decays the learning rate by 0.1 at epochs 30 and 40,
 changing it at epoch boundaries; `EpochStepDecay` does that from the step
 counter (`epoch = step / steps_per_epoch`), with an optional linear warm-up.
-`EpochCosineDecay` is the cosine alternative.
+`EpochCosineDecay` is the cosine alternative. Both are written in
+`keras.ops`, so they run on every Keras backend.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 __all__ = ["EpochCosineDecay", "EpochStepDecay", "make_schedule", "scaled_learning_rate"]
 
@@ -25,8 +26,8 @@ def scaled_learning_rate(base_lr: float, base_batch_size: int, global_batch_size
 def _warmup_factor(epoch, warmup_epochs: float):
     """Linear warm-up from ~0 to 1 over `warmup_epochs` (1 when there is none)."""
     if warmup_epochs <= 0:
-        return tf.constant(1.0, tf.float32)
-    return tf.minimum(1.0, epoch / warmup_epochs)
+        return ops.ones((), "float32")
+    return ops.minimum(1.0, epoch / warmup_epochs)
 
 
 class _EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -40,10 +41,10 @@ class _EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def _epoch(self, step):
         # Step k runs with the rate at the start of step k (torch sets it
         # before the epoch's first step); warm-up counts step k as k + 1.
-        return tf.cast(step, tf.float32) / float(self.steps_per_epoch)
+        return ops.cast(step, "float32") / float(self.steps_per_epoch)
 
     def _warmup(self, step):
-        epoch = (tf.cast(step, tf.float32) + 1.0) / float(self.steps_per_epoch)
+        epoch = (ops.cast(step, "float32") + 1.0) / float(self.steps_per_epoch)
         return _warmup_factor(epoch, self.warmup_epochs)
 
     def get_config(self) -> dict[str, Any]:
@@ -87,10 +88,10 @@ class EpochStepDecay(_EpochSchedule):
 
     def __call__(self, step):
         epoch = self._epoch(step)
-        passed = tf.constant(0.0)
+        passed = ops.zeros((), "float32")
         for boundary in self.decay_epochs:
-            passed += tf.cast(epoch >= boundary, tf.float32)
-        rate = self.peak_lr * tf.pow(self.decay_rate, passed)
+            passed = passed + ops.cast(epoch >= boundary, "float32")
+        rate = self.peak_lr * ops.power(self.decay_rate, passed)
         return rate * self._warmup(step)
 
     def get_config(self) -> dict[str, Any]:
@@ -131,8 +132,8 @@ class EpochCosineDecay(_EpochSchedule):
     def __call__(self, step):
         epoch = self._epoch(step)
         length = max(self.total_epochs - self.warmup_epochs, 1e-8)
-        progress = tf.clip_by_value((epoch - self.warmup_epochs) / length, 0.0, 1.0)
-        cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
+        progress = ops.clip((epoch - self.warmup_epochs) / length, 0.0, 1.0)
+        cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
         floor = self.final_lr_fraction
         rate = self.peak_lr * (floor + (1.0 - floor) * cosine)
         return rate * self._warmup(step)

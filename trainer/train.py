@@ -1,5 +1,10 @@
 """`train(config, data_dir, run_dir)`: the paper's recipe with Keras `model.fit`.
 
+Runs on TensorFlow (`tf.distribute` strategies) and on JAX
+(`keras.distribution.DataParallel`), see `trainer.distribution`; the input is
+the TFRecord pipeline (tf.data, also under JAX) or, without TensorFlow,
+in-memory clips (`trainer.numpy_data`).
+
 One `fit` call per epoch. The training data of epoch `e` is a deterministic
 function of `(train.seed, e)`, which is what makes mid-epoch resume exact:
 after a restart the interrupted epoch's pipeline is rebuilt and the batches
@@ -17,10 +22,9 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import keras
-import tensorflow as tf
 
 from selfy_tf.files import atomic_write_text
 from selfy_tf.run_dir import RunPaths, save_model, write_labels
@@ -28,9 +32,12 @@ from tfrecords.eval_view import EvalView
 from tfrecords.split import labels_path
 from trainer import callbacks as callbacks_lib
 from trainer import configs
-from trainer import strategy as strategy_lib
+from trainer import distribution as distribution_lib
 from trainer.optimizer import TorchSGD, group_policies, parameter_groups
 from trainer.schedules import make_schedule, scaled_learning_rate
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,12 @@ class DataInfo:
     num_train_examples: int
     validation_files: list[str]
     num_validation_examples: int
+    # In-memory clips (`trainer.numpy_data.ClipArrays`) instead of shards.
+    arrays: Any = None
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.validation_files) or (self.arrays is not None and self.num_validation_examples > 0)
 
 
 @dataclasses.dataclass
@@ -67,6 +80,7 @@ class TrainResult:
         global_batch_size / num_replicas: the distribution used.
         warnings: what the run could not do as asked (e.g. no validation
             split), also logged.
+        backend: the Keras backend that trained ("tensorflow", "jax").
     """
 
     run_dir: str
@@ -80,13 +94,15 @@ class TrainResult:
     global_batch_size: int
     num_replicas: int
     warnings: list[str] = dataclasses.field(default_factory=list)
+    backend: str = "tensorflow"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def resolve_jit_compile(setting: bool | None) -> bool:
-    """XLA for `model.fit`: the explicit setting, else on for GPU/TPU and off on CPU.
+    """XLA for `model.fit`: the explicit setting, else on for GPU/TPU and off on CPU
+    (TensorFlow), always on under JAX.
 
     Keras's `jit_compile="auto"` silently turns XLA off on CPU and under
     distribution strategies; we choose from measurement instead: on CPU XLA's
@@ -95,6 +111,11 @@ def resolve_jit_compile(setting: bool | None) -> bool:
     """
     if setting is not None:
         return bool(setting)
+    if keras.backend.backend() == "jax":
+        # Without jit JAX runs op by op; compiled is its only fast mode.
+        return True
+    import tensorflow as tf
+
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
@@ -147,6 +168,20 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
     return DataInfo(data_dir, labels, train_files, num_train, validation_files, num_validation)
 
 
+def inspect_numpy_source(source: str, config: configs.ExperimentConfig) -> DataInfo:
+    """`inspect_data_dir` for in-memory clips (`synthetic:...` or `.npz`, see `trainer.numpy_data`)."""
+    from trainer.numpy_data import load_clip_arrays
+
+    arrays = load_clip_arrays(source, config.model.num_frames)
+    if config.model.num_classes is not None and len(arrays.labels) != config.model.num_classes:
+        raise ValueError(
+            f"{source} has {len(arrays.labels)} classes but `model.num_classes`={config.model.num_classes}. "
+            f"Set `--set model.num_classes={len(arrays.labels)}`."
+        )
+    num_validation = 0 if arrays.validation_labels is None else len(arrays.validation_labels)
+    return DataInfo(source, arrays.labels, [], len(arrays.train_labels), [], num_validation, arrays=arrays)
+
+
 def with_data_classes(config: configs.ExperimentConfig, data: DataInfo) -> configs.ExperimentConfig:
     """`config` with `model.num_classes` set from the data's labels.txt when unset.
 
@@ -165,7 +200,11 @@ def with_data_classes(config: configs.ExperimentConfig, data: DataInfo) -> confi
 
 
 def build_model(config: configs.ExperimentConfig) -> keras.Model:
-    """Creates the configured model and loads its initial weights (`model.init`)."""
+    """Creates the configured model and loads its initial weights (`model.init`).
+
+    The SELFY options (`selfy_stage`, `stss_*`, `selfy_channels`) are passed to
+    every family: TSN and TSM builders accept and ignore them.
+    """
     from selfy_tf.models import create_model
 
     model_config = config.model
@@ -175,12 +214,12 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
         num_frames=model_config.num_frames,
         input_size=model_config.input_size,
         dropout=model_config.dropout,
-        selfy_stage=model_config.selfy_stage if model_config.name.startswith("selfy") else None,
-        stss_backend=model_config.stss_backend if model_config.name.startswith("selfy") else None,
+        selfy_stage=model_config.selfy_stage,
+        stss_backend=model_config.stss_backend,
         width_multiplier=model_config.width_multiplier,
-        selfy_channels=model_config.selfy_channels if model_config.name.startswith("selfy") else None,
+        selfy_channels=model_config.selfy_channels,
         sync_batchnorm=model_config.sync_batchnorm,
-        stss_jit=model_config.stss_jit if model_config.name.startswith("selfy") else None,
+        stss_jit=model_config.stss_jit,
     )
     if model_config.init:
         kind, _, path = model_config.init.partition(":")
@@ -251,6 +290,8 @@ def _epoch_seed(config: configs.ExperimentConfig, epoch: int) -> int:
 
 
 def _one_hot(num_classes: int):
+    import tensorflow as tf
+
     def convert(frames, label):
         return frames, tf.one_hot(label, num_classes, dtype=tf.float32)
 
@@ -260,8 +301,13 @@ def _one_hot(num_classes: int):
 def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int, num_steps: int, global_batch: int):
     from tfrecords import make_dataset
 
-    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        replicas_per_pipeline = max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines)
+    def dataset_fn(input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
+        # Without an input context (no strategy) one pipeline makes global batches.
+        replicas_per_pipeline = (
+            1
+            if input_context is None
+            else max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines)
+        )
         dataset = make_dataset(
             data.train_files,
             training=True,
@@ -281,7 +327,7 @@ def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int
             dataset = dataset.skip(skip_steps * replicas_per_pipeline)
         return dataset.take(num_steps * replicas_per_pipeline)
 
-    return strategy.distribute_datasets_from_function(dataset_fn)
+    return _distribute(strategy, dataset_fn)
 
 
 def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
@@ -289,7 +335,7 @@ def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
 
     view = _eval_view(config)
 
-    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+    def dataset_fn(input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
         dataset = make_dataset(
             data.validation_files,
             training=False,
@@ -307,6 +353,13 @@ def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
         )
         return dataset.map(_one_hot(config.model.num_classes))
 
+    return _distribute(strategy, dataset_fn)
+
+
+def _distribute(strategy: tf.distribute.Strategy | None, dataset_fn):
+    """`dataset_fn` per input pipeline of `strategy`, or called once (no strategy: JAX)."""
+    if strategy is None:
+        return dataset_fn(None)
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
@@ -340,6 +393,300 @@ def _best_improved(value: float | None, best: float | None) -> bool:
     return value is not None and (best is None or value > best)
 
 
+@dataclasses.dataclass
+class _PreparedRun:
+    """What `_prepare_run` settled before anything is built.
+
+    `output` is where logs and checkpoints go: the run directory on the chief,
+    a scratch directory (`scratch`, removed at the end) on other workers.
+    """
+
+    config: configs.ExperimentConfig
+    data: DataInfo
+    paths: RunPaths
+    output: RunPaths
+    backup_dir: str
+    chief: bool
+    scratch: str | None
+    num_replicas: int
+    global_batch: int
+    steps_per_epoch: int
+    validation_steps: int
+    warnings: list[str]
+
+
+@dataclasses.dataclass
+class _Inputs:
+    """The input pipelines of a run: `train(epoch, skip_steps, num_steps)` and validation."""
+
+    train: Callable[[int, int, int], Any]
+    validation: Any | None
+
+
+def _prepare_run(
+    config: configs.ExperimentConfig, data_dir: str, run_dir: str, replicas
+) -> _PreparedRun:
+    """Step 1: checks the data, sizes the batches and steps, refuses a resume
+    with another config, creates the run directory with its config and labels."""
+    from trainer.numpy_data import is_numpy_source
+
+    if is_numpy_source(data_dir):
+        data = inspect_numpy_source(data_dir, config)
+    else:
+        data = inspect_data_dir(data_dir, config)
+    config = with_data_classes(config, data)
+    num_replicas = replicas.num_replicas
+    global_batch = config.data.batch_size * num_replicas
+    steps_per_epoch = config.train.steps_per_epoch or data.num_train_examples // global_batch
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"The train split of {data_dir} has {data.num_train_examples} clips, fewer than one "
+            f"global batch ({config.data.batch_size} per replica x {num_replicas} replicas). "
+            "Lower `data.batch_size` or set `train.steps_per_epoch`."
+        )
+    warnings = []
+    if not data.has_validation:
+        warnings.append(
+            f"no validation split in {data_dir} (no '{config.data.validation_split}-*.tfrecord'): the run "
+            "reports training accuracy only, and best.keras is chosen by it. Build one with "
+            "`selfy tfrecords build ... --validation-fraction 0.2`."
+        )
+        logger.warning("%s", warnings[-1])
+    chief, worker = replicas.chief, replicas.worker
+    paths = RunPaths(os.path.abspath(run_dir))
+    # Non-chief workers keep their own backup (to resume) and write logs
+    # and checkpoints to a temporary directory that is removed at the end.
+    scratch = None if chief else tempfile.mkdtemp(prefix=f"selfy-worker{worker}-")
+    output = paths if chief else RunPaths(scratch)
+    backup_dir = paths.backup if chief else os.path.join(paths.backup, f"worker-{worker}")
+    if callbacks_lib.read_backup_state(backup_dir) is not None:
+        _check_resumable(paths, config)
+    output.make_dirs()
+    os.makedirs(backup_dir, exist_ok=True)
+    if chief:
+        configs.save_yaml(config, paths.config)
+        write_labels(paths.labels, data.labels)
+    validation_steps = 0
+    if data.has_validation:
+        validation_steps = config.train.validation_steps or max(1, data.num_validation_examples // global_batch)
+    return _PreparedRun(
+        config=config,
+        data=data,
+        paths=paths,
+        output=output,
+        backup_dir=backup_dir,
+        chief=chief,
+        scratch=scratch,
+        num_replicas=num_replicas,
+        global_batch=global_batch,
+        steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps,
+        warnings=warnings,
+    )
+
+
+def _build_inputs(run: _PreparedRun, replicas) -> _Inputs:
+    """Step 2: the training pipeline of any epoch, and the validation pipeline."""
+    config, data = run.config, run.data
+    if data.arrays is not None:
+        return _numpy_inputs(run)
+
+    # None off TensorFlow: one pipeline of global batches, split by Keras.
+    strategy = getattr(replicas, "strategy", None)
+
+    def train_dataset(epoch: int, skip_steps: int, num_steps: int):
+        return _train_dataset(strategy, config, data, epoch, skip_steps, num_steps, run.global_batch)
+
+    validation = _validation_dataset(strategy, config, data, run.global_batch) if run.validation_steps else None
+    return _Inputs(train=train_dataset, validation=validation)
+
+
+def _numpy_inputs(run: _PreparedRun) -> _Inputs:
+    """In-memory clips as `PyDataset`s of global batches (Keras splits them over devices)."""
+    from trainer.numpy_data import EvalBatches, TrainBatches
+
+    config, arrays = run.config, run.data.arrays
+
+    def train_dataset(epoch: int, skip_steps: int, num_steps: int):
+        return TrainBatches(
+            arrays.train_frames,
+            arrays.train_labels,
+            config.model.num_classes,
+            run.global_batch,
+            seed=_epoch_seed(config, epoch),
+            skip_steps=skip_steps,
+            num_steps=num_steps,
+            num_frames=config.model.num_frames,
+            crop_size=config.model.input_size,
+            scales=config.data.crop_scales,
+            no_flip_classes=config.data.no_flip_classes,
+        )
+
+    validation = None
+    if run.validation_steps:
+        validation = EvalBatches(
+            arrays.validation_frames,
+            arrays.validation_labels,
+            config.model.num_classes,
+            run.global_batch,
+            run.validation_steps,
+            _eval_view(config),
+        )
+    return _Inputs(train=train_dataset, validation=validation)
+
+
+def _build_and_compile(run: _PreparedRun, replicas):
+    """Step 3: the model, its initial weights, optimizer and schedule, compiled
+    in the replicas' scope with every variable built. Returns `(model, schedule)`.
+
+    The global dtype policy must already be `runtime.mixed_precision`.
+    """
+    config = run.config
+    peak_lr = _peak_learning_rate(config, run.global_batch)
+    schedule = make_schedule(config.schedule, peak_lr, run.steps_per_epoch, config.train.epochs)
+    jit_compile = resolve_jit_compile(config.runtime.jit_compile)
+    logger.info(
+        "Training %s: %d train clips (%d steps of %d = %d replicas x %d), %d validation clips, "
+        "lr %.5g, XLA %s, precision %s.",
+        config.model.name,
+        run.data.num_train_examples,
+        run.steps_per_epoch,
+        run.global_batch,
+        run.num_replicas,
+        config.data.batch_size,
+        run.data.num_validation_examples,
+        peak_lr,
+        "on" if jit_compile else "off",
+        config.runtime.mixed_precision,
+    )
+    # Same seed, same initial weights (and dropout masks) on every worker
+    # and in every restart.
+    keras.utils.set_random_seed(int(config.train.seed))
+    with replicas.build_scope():
+        model = build_model(config)
+        compile_for_training(model, config, schedule, jit_compile)
+        # Build metric variables now (Keras would on the first step) so a
+        # mid-epoch backup's running metrics can be restored; see
+        # `trainer.strategy.prepare_model_for_fit` for why `fit` must not
+        # build from data.
+        size = config.model.input_size
+        replicas.prepare_model_for_fit(model, (config.model.num_frames, size, size, 3), config.model.num_classes)
+    return model, schedule
+
+
+def _restore_state(run: _PreparedRun, model: keras.Model) -> tuple[dict[str, Any], dict[str, int] | None]:
+    """The progress to continue from (restoring the backup into `model`), and
+    `{"epoch", "step_in_epoch"}` when it came from a backup."""
+    state = callbacks_lib.load_backup(run.backup_dir, model)
+    if state is None:
+        return {"epoch": 0, "step_in_epoch": 0, "history": {}, "best": None, "finished": False}, None
+    logger.info(
+        "Resuming from %s: epoch %d, step %d of %d.",
+        run.backup_dir,
+        state["epoch"] + 1,
+        state["step_in_epoch"],
+        run.steps_per_epoch,
+    )
+    return state, {"epoch": state["epoch"], "step_in_epoch": state["step_in_epoch"]}
+
+
+def _run_epochs(
+    run: _PreparedRun,
+    inputs: _Inputs,
+    model: keras.Model,
+    schedule,
+    state: dict[str, Any],
+    monitor: str,
+    verbosity: int,
+    extra_callbacks: Sequence[keras.callbacks.Callback],
+) -> dict[str, list[float]]:
+    """Step 4: one `fit` per epoch from `state` on, with validation, checkpoints,
+    backups and history; updates `state` and returns the history."""
+    config, output, backup_dir = run.config, run.output, run.backup_dir
+    steps_per_epoch = run.steps_per_epoch
+    training_logger = (
+        callbacks_lib.TrainingLogger(
+            output.logs, run.global_batch, config.train.log_every_steps, lambda step: schedule(step)
+        )
+        if run.chief
+        else None
+    )
+    history: dict[str, list[float]] = {key: list(values) for key, values in state["history"].items()}
+    for epoch in range(state["epoch"], config.train.epochs):
+        first_step = state["step_in_epoch"] if epoch == state["epoch"] else 0
+        resume_metrics = backup_dir if first_step else None
+        dataset = inputs.train(epoch, first_step, steps_per_epoch - first_step)
+        validate_now = inputs.validation is not None and (
+            (epoch + 1) % config.train.validation_every_epochs == 0 or epoch + 1 == config.train.epochs
+        )
+        epoch_callbacks = [
+            callbacks_lib.Backup(
+                backup_dir,
+                config.train.backup_every_steps,
+                steps_per_epoch,
+                epoch,
+                first_step,
+                {key: value for key, value in state.items() if key not in ("epoch", "step_in_epoch")},
+                restore_metric_state=resume_metrics,
+            ),
+            *([training_logger] if training_logger else []),
+            *extra_callbacks,
+            _StopAfterEpoch(),
+        ]
+        fit_history = model.fit(
+            dataset,
+            # The full count keeps Keras's "Epoch e/E" right; `_StopAfterEpoch` ends
+            # this call after one epoch.
+            epochs=config.train.epochs,
+            initial_epoch=epoch,
+            steps_per_epoch=steps_per_epoch - first_step,
+            validation_data=inputs.validation if validate_now else None,
+            validation_steps=run.validation_steps if validate_now else None,
+            callbacks=epoch_callbacks,
+            verbose=verbosity,
+            shuffle=False,
+        )
+        logs = {key: float(values[-1]) for key, values in fit_history.history.items()}
+        if training_logger is not None:
+            logs.update(training_logger.epoch_summary(epoch, logs))
+        else:
+            logs["lr"] = float(schedule(int(keras.ops.convert_to_numpy(model.optimizer.iterations)) - 1))
+        history.setdefault("epoch", []).append(epoch + 1)
+        for key, value in logs.items():
+            history.setdefault(key, []).append(value)
+        value = logs.get(monitor)
+        improved = _best_improved(value, state["best"])
+        if improved:
+            state["best"] = value
+        if run.chief:
+            _save_model(model, output.last_checkpoint, config)
+            if improved or not os.path.exists(output.best_checkpoint):
+                _save_model(model, output.best_checkpoint, config)
+        state.update(
+            epoch=epoch + 1,
+            step_in_epoch=0,
+            history=history,
+            finished=epoch + 1 >= config.train.epochs,
+        )
+        # The history first: once the backup says the epoch is done, a
+        # resumed run never writes this epoch's row again.
+        if run.chief:
+            callbacks_lib.write_history_csv(output.history, history)
+        callbacks_lib.save_backup(backup_dir, model, state, include_metrics=False)
+        logger.info(
+            "Epoch %d/%d: %s",
+            epoch + 1,
+            config.train.epochs,
+            ", ".join(f"{key} {value:.4g}" for key, value in logs.items()),
+        )
+    if run.chief and not os.path.exists(output.last_checkpoint):
+        _save_model(model, output.last_checkpoint, config)
+        _save_model(model, output.best_checkpoint, config)
+    if training_logger is not None:
+        training_logger.close()
+    return history
+
+
 def train(
     config: configs.ExperimentConfig,
     data_dir: str,
@@ -356,13 +703,19 @@ def train(
     the interrupted epoch that were trained on are skipped. A finished run
     returns at once.
 
+    The work is done in four steps: `_prepare_run` (data, run directory,
+    resume check), `_build_inputs`, `_build_and_compile` (model, optimizer,
+    schedule in the replicas' scope) and `_run_epochs`, all on the Keras
+    backend in use (`keras.backend.backend()`).
+
     Args:
         config: the experiment (see `trainer.configs`).
         data_dir: converted dataset: `train-*.tfrecord`, optionally
-            `validation-*.tfrecord`, and `labels.txt`.
+            `validation-*.tfrecord`, and `labels.txt`; or in-memory clips,
+            `synthetic:motion[:...]` or a `.npz` file (`trainer.numpy_data`).
         run_dir: output directory (layout in `selfy_tf.run_dir`).
-        strategy: a `tf.distribute.Strategy`; default: from
-            `config.runtime.strategy`.
+        strategy: a `tf.distribute.Strategy` (TensorFlow backend only);
+            default: from `config.runtime.strategy` (`trainer.distribution`).
         verbose: Keras verbosity; "auto" shows a progress bar on a terminal
             and one line per epoch otherwise.
         extra_callbacks: more Keras callbacks for every epoch's `fit`.
@@ -376,201 +729,41 @@ def train(
         FileNotFoundError: missing data directory, labels or init weights.
     """
     configs.validate(config)
-    if strategy is None:
-        strategy = strategy_lib.make_strategy(config.runtime.strategy)
-    data = inspect_data_dir(data_dir, config)
-    config = with_data_classes(config, data)
-    num_replicas = strategy.num_replicas_in_sync
-    global_batch = config.data.batch_size * num_replicas
-    steps_per_epoch = config.train.steps_per_epoch or data.num_train_examples // global_batch
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"The train split of {data_dir} has {data.num_train_examples} clips, fewer than one "
-            f"global batch ({config.data.batch_size} per replica x {num_replicas} replicas). "
-            "Lower `data.batch_size` or set `train.steps_per_epoch`."
-        )
-    warnings = []
-    if not data.validation_files:
-        warnings.append(
-            f"no validation split in {data_dir} (no '{config.data.validation_split}-*.tfrecord'): the run "
-            "reports training accuracy only, and best.keras is chosen by it. Build one with "
-            "`selfy tfrecords build ... --validation-fraction 0.2`."
-        )
-        logger.warning("%s", warnings[-1])
-    chief = strategy_lib.is_chief(strategy)
-    worker = strategy_lib.worker_index(strategy)
-    paths = RunPaths(os.path.abspath(run_dir))
-    # Non-chief workers keep their own backup (to resume) and write logs
-    # and checkpoints to a temporary directory that is removed at the end.
-    scratch = None if chief else tempfile.mkdtemp(prefix=f"selfy-worker{worker}-")
-    output = paths if chief else RunPaths(scratch)
-    backup_dir = paths.backup if chief else os.path.join(paths.backup, f"worker-{worker}")
-    if callbacks_lib.read_backup_state(backup_dir) is not None:
-        _check_resumable(paths, config)
-    output.make_dirs()
-    os.makedirs(backup_dir, exist_ok=True)
-    if chief:
-        configs.save_yaml(config, paths.config)
-        write_labels(paths.labels, data.labels)
-
-    validation_steps = 0
-    if data.validation_files:
-        validation_steps = config.train.validation_steps or max(1, data.num_validation_examples // global_batch)
-    peak_lr = _peak_learning_rate(config, global_batch)
-    schedule = make_schedule(config.schedule, peak_lr, steps_per_epoch, config.train.epochs)
-    jit_compile = resolve_jit_compile(config.runtime.jit_compile)
-    logger.info(
-        "Training %s: %d train clips (%d steps of %d = %d replicas x %d), %d validation clips, "
-        "lr %.5g, XLA %s, precision %s.",
-        config.model.name,
-        data.num_train_examples,
-        steps_per_epoch,
-        global_batch,
-        num_replicas,
-        config.data.batch_size,
-        data.num_validation_examples,
-        peak_lr,
-        "on" if jit_compile else "off",
-        config.runtime.mixed_precision,
-    )
-
-    # Same seed, same initial weights (and dropout masks) on every worker
-    # and in every restart.
-    keras.utils.set_random_seed(int(config.train.seed))
+    replicas = distribution_lib.make_replicas(config.runtime.strategy, strategy)
+    run = _prepare_run(config, data_dir, run_dir, replicas)
+    config = run.config
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.runtime.mixed_precision)
     try:
-        with strategy.scope():
-            model = build_model(config)
-            compile_for_training(model, config, schedule, jit_compile)
-            # Build metric variables now (Keras would on the first step) so a
-            # mid-epoch backup's running metrics can be restored; see
-            # `prepare_model_for_fit` for why `fit` must not build from data.
-            batch_spec = (
-                tf.TensorSpec((None, config.model.num_frames, config.model.input_size, config.model.input_size, 3), tf.uint8),
-                tf.TensorSpec((None, config.model.num_classes), tf.float32),
+        with replicas.run_scope():
+            model, schedule = _build_and_compile(run, replicas)
+            state, resumed_from = _restore_state(run, model)
+            monitor = config.train.monitor if run.data.has_validation else config.train.monitor.removeprefix("val_")
+            inputs = _build_inputs(run, replicas)
+            history = _run_epochs(
+                run, inputs, model, schedule, state, monitor, _verbosity(verbose), extra_callbacks
             )
-            strategy_lib.prepare_model_for_fit(model, strategy, batch_spec)
-
-        state = callbacks_lib.load_backup(backup_dir, model)
-        resumed_from = None
-        if state is None:
-            state = {"epoch": 0, "step_in_epoch": 0, "history": {}, "best": None, "finished": False}
-        else:
-            resumed_from = {"epoch": state["epoch"], "step_in_epoch": state["step_in_epoch"]}
-            logger.info(
-                "Resuming from %s: epoch %d, step %d of %d.",
-                backup_dir,
-                state["epoch"] + 1,
-                state["step_in_epoch"],
-                steps_per_epoch,
-            )
-        monitor = config.train.monitor if data.validation_files else config.train.monitor.removeprefix("val_")
-        training_logger = (
-            callbacks_lib.TrainingLogger(
-                output.logs, global_batch, config.train.log_every_steps, lambda step: schedule(step)
-            )
-            if chief
-            else None
-        )
-        validation = _validation_dataset(strategy, config, data, global_batch) if validation_steps else None
-        verbosity = _verbosity(verbose)
-        history: dict[str, list[float]] = {key: list(values) for key, values in state["history"].items()}
-
-        for epoch in range(state["epoch"], config.train.epochs):
-            first_step = state["step_in_epoch"] if epoch == state["epoch"] else 0
-            resume_metrics = backup_dir if first_step else None
-            dataset = _train_dataset(
-                strategy, config, data, epoch, first_step, steps_per_epoch - first_step, global_batch
-            )
-            validate_now = validation is not None and (
-                (epoch + 1) % config.train.validation_every_epochs == 0 or epoch + 1 == config.train.epochs
-            )
-            epoch_callbacks = [
-                callbacks_lib.Backup(
-                    backup_dir,
-                    config.train.backup_every_steps,
-                    steps_per_epoch,
-                    epoch,
-                    first_step,
-                    {key: value for key, value in state.items() if key not in ("epoch", "step_in_epoch")},
-                    restore_metric_state=resume_metrics,
-                ),
-                *([training_logger] if training_logger else []),
-                *extra_callbacks,
-                _StopAfterEpoch(),
-            ]
-            fit_history = model.fit(
-                dataset,
-                # The full count keeps Keras's "Epoch e/E" right; `_StopAfterEpoch` ends
-                # this call after one epoch.
-                epochs=config.train.epochs,
-                initial_epoch=epoch,
-                steps_per_epoch=steps_per_epoch - first_step,
-                validation_data=validation if validate_now else None,
-                validation_steps=validation_steps if validate_now else None,
-                callbacks=epoch_callbacks,
-                verbose=verbosity,
-                shuffle=False,
-            )
-            logs = {key: float(values[-1]) for key, values in fit_history.history.items()}
-            if training_logger is not None:
-                logs.update(training_logger.epoch_summary(epoch, logs))
-            else:
-                logs["lr"] = float(schedule(int(keras.ops.convert_to_numpy(model.optimizer.iterations)) - 1))
-            history.setdefault("epoch", []).append(epoch + 1)
-            for key, value in logs.items():
-                history.setdefault(key, []).append(value)
-            value = logs.get(monitor)
-            improved = _best_improved(value, state["best"])
-            if improved:
-                state["best"] = value
-            if chief:
-                _save_model(model, output.last_checkpoint, config)
-                if improved or not os.path.exists(output.best_checkpoint):
-                    _save_model(model, output.best_checkpoint, config)
-            state.update(
-                epoch=epoch + 1,
-                step_in_epoch=0,
-                history=history,
-                finished=epoch + 1 >= config.train.epochs,
-            )
-            # The history first: once the backup says the epoch is done, a
-            # resumed run never writes this epoch's row again.
-            if chief:
-                callbacks_lib.write_history_csv(output.history, history)
-            callbacks_lib.save_backup(backup_dir, model, state, include_metrics=False)
-            logger.info(
-                "Epoch %d/%d: %s",
-                epoch + 1,
-                config.train.epochs,
-                ", ".join(f"{key} {value:.4g}" for key, value in logs.items()),
-            )
-        if chief and not os.path.exists(output.last_checkpoint):
-            _save_model(model, output.last_checkpoint, config)
-            _save_model(model, output.best_checkpoint, config)
-        if training_logger is not None:
-            training_logger.close()
-        global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+            global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     finally:
         keras.config.set_dtype_policy(previous_policy)
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        if run.scratch is not None:
+            shutil.rmtree(run.scratch, ignore_errors=True)
     result = TrainResult(
-        run_dir=paths.root,
+        run_dir=run.paths.root,
         history=history,
         epochs_completed=int(state["epoch"]),
         global_step=global_step,
-        best_checkpoint=paths.best_checkpoint,
-        last_checkpoint=paths.last_checkpoint,
+        best_checkpoint=run.paths.best_checkpoint,
+        last_checkpoint=run.paths.last_checkpoint,
         best_metric={"name": monitor, "value": state["best"]},
         resumed_from=resumed_from,
-        global_batch_size=global_batch,
-        num_replicas=num_replicas,
-        warnings=warnings,
+        global_batch_size=run.global_batch,
+        num_replicas=run.num_replicas,
+        warnings=run.warnings,
+        backend=keras.backend.backend(),
     )
-    if chief:
-        atomic_write_text(paths.result, json.dumps(result.to_dict(), indent=2) + "\n")
+    if run.chief:
+        atomic_write_text(run.paths.result, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
 
 

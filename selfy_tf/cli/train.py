@@ -5,6 +5,13 @@
 
     selfy train --preset tiny_cpu --data DATA_DIR --out RUN_DIR --epochs 10 --lr 0.05
 
+    selfy train --backend jax --preset tiny_cpu --data synthetic:motion --out RUN_DIR
+
+`--backend jax` (or `KERAS_BACKEND=jax`) trains with Keras on JAX, over all
+local devices (`keras.distribution.DataParallel`); `--data` may then also be
+in-memory clips (`synthetic:motion` or a `.npz` file), which need no
+TensorFlow. See docs/training.md, "Training on JAX".
+
 Re-running the same command after an interruption continues from the last
 backup in `RUN_DIR/backup/`. The number of classes comes from the data's
 `labels.txt` unless the preset or `--set model.num_classes=N` fixes it. The
@@ -29,6 +36,49 @@ from selfy_tf.cli._help import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
+BACKENDS = ("tensorflow", "jax")
+# Set in the environment of a process this command restarted, so that it
+# never restarts again.
+_RESTARTED = "SELFY_TRAIN_BACKEND_RESTARTED"
+
+
+def _use_backend(backend: str | None) -> None:
+    """Makes `backend` the Keras backend of this process, restarting it if needed.
+
+    Keras reads `KERAS_BACKEND` once, when it is first imported, and the
+    `selfy` command imports it to build its parser (the model names). When
+    the backend asked for is not the one loaded, the process starts again
+    with the same command line and `KERAS_BACKEND` set: there is no other way
+    to switch. A Python caller that passed its own arguments to `main` (not
+    the command line) gets an error instead of a restart.
+
+    Raises:
+        ValueError: the backend cannot be switched in this process.
+    """
+    if backend is None:
+        return
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = backend
+        return
+    import keras
+
+    if keras.backend.backend() == backend:
+        return
+    started_with_backend = any(item == "--backend" or item.startswith("--backend=") for item in sys.argv[1:])
+    if os.environ.get(_RESTARTED) or not started_with_backend:
+        raise ValueError(
+            f"--backend {backend}: Keras is already running on {keras.backend.backend()!r} in this process. "
+            f"Set KERAS_BACKEND={backend} before Python starts."
+        )
+    logger.debug("Restarting with KERAS_BACKEND=%s.", backend)
+    # `execve` replaces the process without running exit handlers; run them
+    # now (the stderr filter of `selfy` puts the real stderr back).
+    import atexit
+
+    atexit._run_exitfuncs()
+    environment = {**os.environ, "KERAS_BACKEND": backend, _RESTARTED: "1"}
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
+
 
 def register_subparser(subparsers: argparse._SubParsersAction) -> None:
     from trainer.configs import INIT_KINDS, PRECISION_NAMES, STRATEGY_NAMES, list_presets
@@ -52,7 +102,12 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         metavar="YAML",
         help="YAML config file(s) applied after the preset, in order (repeatable)",
     )
-    parser.add_argument("--data", required=True, metavar="DIR", help="converted dataset directory")
+    parser.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="converted dataset directory, or in-memory clips: synthetic:motion[:TRAIN[:VALIDATION[:SIZE]]] or FILE.npz",
+    )
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (created or resumed)")
     parser.add_argument(
         "--set",
@@ -97,6 +152,12 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="KIND:PATH",
         help=f"initial weights, KIND one of {', '.join(INIT_KINDS)} (model.init); default: random",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="Keras backend to train with (default: KERAS_BACKEND, else tensorflow)",
     )
     parser.set_defaults(handler=run)
 
@@ -161,6 +222,7 @@ def _detach(handler: logging.Handler | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _use_backend(args.backend)
     config = _resolve_config(args)
     from trainer.callbacks import BACKUP_FILE
     from selfy_tf.run_dir import RunPaths
@@ -193,3 +255,27 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_summary(result, args.data)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m selfy_tf.cli.train ARGS`: `selfy train ARGS` on its own.
+
+    For machines without TensorFlow (training on JAX from in-memory clips):
+    the full `selfy` parser imports TensorFlow to register the export and
+    LiteRT commands, this one registers `train` only.
+    """
+    from selfy_tf.cli.main import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m selfy_tf.cli.train")
+    register_subparser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    setup_logging(verbose=False)
+    try:
+        return run(args)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
+        print(f"selfy train: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
