@@ -24,10 +24,9 @@ TENSORFLOW_ENVIRONMENT_DEFAULTS: dict[str, str] = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
     # TensorFlow's default CPU allocator returns every large freed tensor to
     # the OS, so the next step page-faults the memory in again: on a virtual
-    # machine that costs up to four times the work of the op that writes it.
-    # The BFC allocator keeps freed memory for reuse (as on GPUs): on a 2-core
-    # virtual machine ResNet-50 video models inferred 10-13 % faster and
-    # selfy_tsm_r50 trained ~20 % faster (README, "CPU memory allocator").
+    # machine that can cost more than the op that writes it. The BFC
+    # allocator keeps freed memory for reuse, as on GPUs (figures:
+    # benchmarks/README.md, "CPU memory allocator").
     "TF_CPU_ALLOCATOR_USE_BFC": "true",
 }
 

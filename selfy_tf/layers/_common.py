@@ -363,7 +363,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if total is None:
             # TensorFlow's element-wise kernels are slow on the few channels
             # of the STSS extraction ([n, 4]): XLA fuses the whole batch norm
-            # (about 5x faster there); it runs in training only, so exported
+            # (benchmarks/README.md); it runs in training only, so exported
             # inference graphs need no XLA.
             outputs, mean, variance, count = _backend.xla_compiled(_train_batch_norm)(
                 rows, scale, offset, self.epsilon

@@ -161,7 +161,8 @@ class STSSExtraction(keras.layers.Layer):
         positions = height_window * width_window
 
         # conv0 has one input channel: as one dense [U*V, U*V*c0] matrix it is
-        # a single matrix product, several times faster than a convolution.
+        # a single matrix product, which CPU kernels run much faster than a
+        # one-channel convolution.
         # Its output stays flat until after the bias and ReLU, which fuse.
         def conv0(maps, kernel):
             return ops.matmul(maps, ops.reshape(self._conv0_matrix(kernel), [positions, -1]))

@@ -114,8 +114,8 @@ def _shift_clips(clips, fold: int):
     """The temporal shift of `[clips, T, H, W, C]`.
 
     On TensorFlow its gradient is written out: TensorFlow's own goes through
-    StridedSliceGrad, about 6x slower on CPU than shifting the upstream
-    gradient the other way. Other backends differentiate the slices.
+    StridedSliceGrad, much slower on CPU than shifting the upstream
+    gradient the other way (benchmarks/README.md, "Model inference"). Other backends differentiate the slices.
     """
     if not _backend.is_tensorflow():
         return _shift(clips, fold, backward=False)

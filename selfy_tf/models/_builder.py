@@ -65,8 +65,8 @@ def create_model(
             saved by Keras for the same architecture.
         dtype_policy: Keras dtype policy of every layer [the global policy,
             `keras.config.dtype_policy()`], e.g. `"mixed_bfloat16"`: bfloat16
-            compute with float32 variables, about 1.6x faster inference on
-            CPUs with AVX512-BF16 or AMX; `"mixed_float16"` on GPUs. The
+            compute with float32 variables, faster inference on CPUs with
+            AVX512-BF16 or AMX (benchmarks/README.md); `"mixed_float16"` on GPUs. The
             logits stay float32. The global policy is left unchanged.
         **kwargs: further family arguments, e.g. `stss_jit` [False] (compile
             the STSS op with XLA; keep it off for models you export).

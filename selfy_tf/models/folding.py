@@ -7,7 +7,7 @@ channels' kernels scaled by `s` and that bias. TensorFlow's CPU graph
 optimiser fuses convolution + bias + ReLU (+ residual add) into one oneDNN
 call, but leaves the batch norm unfused under bfloat16 and the residual add
 unfused behind a batch norm in float32; folding ahead of time removes both
-(measured on 2 CPU cores, 8×224² clip: `tsm_r50` ~14 % faster in bfloat16).
+(figures: benchmarks/README.md, "Model inference").
 """
 
 from __future__ import annotations
