@@ -32,6 +32,12 @@ tensorflow_only = pytest.mark.skipif(
     reason="compares a TensorFlow-only fast path with the generic keras.ops path",
 )
 NEEDS_JAX = pytest.mark.skipif(not HAVE_JAX, reason="jax is not installed")
+# Tests that start their own JAX and TensorFlow subprocesses do the same
+# whatever backend runs pytest: they run once, in the TensorFlow run.
+SUBPROCESS_BACKENDS = pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="starts its own JAX and TensorFlow subprocesses: run by the TensorFlow run of this module",
+)
 
 
 # Importing without TensorFlow ------------------------------------------------
@@ -63,6 +69,7 @@ def _run_python(code: str, backend: str, timeout: float = 300) -> str:
 
 
 @NEEDS_JAX
+@SUBPROCESS_BACKENDS
 def test_core_imports_and_runs_under_jax_without_tensorflow():
     code = _BLOCK_TENSORFLOW + textwrap.dedent(
         """
@@ -279,6 +286,7 @@ def save_and_check(folder: str, other: str | None) -> dict:
 
 
 @NEEDS_JAX
+@SUBPROCESS_BACKENDS
 def test_weights_move_between_jax_and_tensorflow(tmp_path):
     other_backend = "tensorflow" if BACKEND == "jax" else "jax"
     here, there = tmp_path / BACKEND, tmp_path / other_backend

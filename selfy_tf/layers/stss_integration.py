@@ -135,7 +135,7 @@ class STSSIntegration(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        num_frames, length = inputs.shape[1], inputs.shape[4]
+        length = inputs.shape[4]
         height, width = _common.dim(inputs, 2), _common.dim(inputs, 3)
         dtype = self.compute_dtype
         # Each (1, 3, 3) convolution is a 'SAME' 2-D convolution over folded
