@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 
+from _resume import kill_after_mid_epoch_backup
 from tfrecords import crop_windows
 from trainer import numpy_data
 
@@ -213,7 +212,6 @@ def test_jax_resume_after_kill_mid_epoch_equals_uninterrupted_run(tmp_path):
     """`selfy train --backend jax` (which restarts the command under JAX), killed
     with SIGKILL after a mid-epoch backup of the second epoch, resumes to the
     history of an uninterrupted run. TFRecords read by tf.data, as on TensorFlow."""
-    from trainer.callbacks import read_backup_state
     from trainer.synthetic import write_color_dataset
 
     data_dir = write_color_dataset(str(tmp_path / "data"), num_classes=4)
@@ -223,22 +221,7 @@ def test_jax_resume_after_kill_mid_epoch_equals_uninterrupted_run(tmp_path):
                                  stderr=subprocess.PIPE, text=True, env=environment)
     victim = subprocess.Popen(_train_command(data_dir, victim_dir), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=environment)
-    killed_at = None
-    deadline = time.monotonic() + 500
-    while time.monotonic() < deadline and victim.poll() is None:
-        try:
-            state = read_backup_state(os.path.join(victim_dir, "backup"))
-        except (OSError, ValueError, KeyError):
-            state = None
-        if state and state["epoch"] >= 1 and state["step_in_epoch"] > 0:
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
-            killed_at = state
-            break
-        time.sleep(0.02)
-    if killed_at is None:
-        victim.kill()
-        pytest.fail("the run to interrupt finished or stalled before a mid-epoch backup")
+    killed_at = kill_after_mid_epoch_backup(victim, victim_dir, timeout_s=500)
     stdout, stderr = reference.communicate(timeout=500)
     assert reference.returncode == 0, stderr[-3000:]
     resumed = subprocess.run(_train_command(data_dir, victim_dir), capture_output=True, text=True,

@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
+from _resume import kill_after_mid_epoch_backup
 from trainer import configs
-from trainer.callbacks import read_backup_state
 from trainer.synthetic import write_color_dataset
 
 NUM_CLASSES = 4
@@ -123,23 +122,8 @@ def runs(tmp_path_factory, data_dir):
         for phase in KILL_PHASES
     }
     victim = victims["mid_epoch"]
-    killed_at = None
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and victim.poll() is None:
-        try:
-            state = read_backup_state(os.path.join(phase_dirs["mid_epoch"], "backup"))
-        except (OSError, ValueError, KeyError):
-            state = None
-        # Kill inside the second epoch, after a mid-epoch backup.
-        if state and state["epoch"] >= 1 and state["step_in_epoch"] > 0:
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
-            killed_at = state
-            break
-        time.sleep(0.02)
-    if killed_at is None:
-        victim.kill()
-        pytest.fail("the run to interrupt finished or stalled before a mid-epoch backup")
+    # Kill inside the second epoch, after a mid-epoch backup.
+    killed_at = kill_after_mid_epoch_backup(victim, phase_dirs["mid_epoch"], timeout_s=300)
     for phase in KILL_PHASES:
         victims[phase].wait(timeout=300)
         victim_logs[phase].close()
