@@ -35,6 +35,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -232,7 +233,7 @@ class JaxSide:
     def logits(self, model, clips: np.ndarray, precision: str | None = None) -> np.ndarray:
         forward = self.forward_fn(model)
         trainable, non_trainable = self.state(model)
-        context = self.jax.default_matmul_precision(precision) if precision else _nullcontext()
+        context = self.jax.default_matmul_precision(precision) if precision else contextlib.nullcontext()
         with context:
             return np.asarray(forward(trainable, non_trainable, clips))
 
@@ -349,14 +350,6 @@ def _recipe_optimizer(keras):
         return keras.optimizers.SGD(
             learning_rate=0.01, momentum=0.9, nesterov=True, global_clipnorm=20.0
         ), "keras.optimizers.SGD"
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # --------------------------------------------------------------------------- PyTorch side
