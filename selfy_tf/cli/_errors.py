@@ -9,6 +9,7 @@ these types are bugs and keep their traceback.
 from __future__ import annotations
 
 import errno
+import re
 import sys
 
 # Raised for bad input or a failing environment, not for bugs in selfy-tf.
@@ -52,4 +53,17 @@ def error_line(error: BaseException) -> str:
     return " ".join(lines) or type(error).__name__
 
 
-__all__ = ["EXPECTED_ERRORS", "error_line", "is_expected"]
+def pipeline_check_message(error: BaseException) -> str | None:
+    """The message of a failed check in a tf.data pipeline (bad record), or None.
+
+    Input pipelines check records with `tf.debugging.Assert`; TensorFlow
+    raises `InvalidArgumentError` wrapped in graph details, of which the
+    user needs only the asserted text.
+    """
+    if type(error).__name__ != "InvalidArgumentError":
+        return None
+    match = re.search(r"assertion failed: \[(.*)\]\s*(?:\n|$)", str(error))
+    return match.group(1) if match else None
+
+
+__all__ = ["EXPECTED_ERRORS", "error_line", "is_expected", "pipeline_check_message"]

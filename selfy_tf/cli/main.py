@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import re
 import sys
 from typing import Sequence
 
-from selfy_tf.cli._errors import error_line, is_expected
+from selfy_tf.cli._errors import error_line, is_expected, pipeline_check_message
 from selfy_tf.cli._help import HelpFormatter
 from selfy_tf.runtime import set_tensorflow_environment_defaults
 from selfy_tf.version import __version__
@@ -83,19 +82,6 @@ def setup_logging(verbose: bool = False, log_file: str | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _data_error_message(error: BaseException) -> str | None:
-    """The message of a failed check in a tf.data pipeline (bad record), or None.
-
-    Input pipelines check records with `tf.debugging.Assert`; TensorFlow
-    raises `InvalidArgumentError` wrapped in graph details, of which the
-    user needs only the asserted text.
-    """
-    if type(error).__name__ != "InvalidArgumentError":
-        return None
-    match = re.search(r"assertion failed: \[(.*)\]\s*(?:\n|$)", str(error))
-    return match.group(1) if match else None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfy",
@@ -140,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         # Bad input, a bad record, a failing disk or network: one line;
         # --debug shows the traceback, and anything else keeps it.
-        message = _data_error_message(error)
+        message = pipeline_check_message(error)
         if message is None and is_expected(error):
             message = error_line(error)
         if args.debug or message is None:
