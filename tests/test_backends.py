@@ -17,7 +17,6 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from selfy_tf.layers import SELFYBlock, TemporalShift
 from selfy_tf.layers._common import FusedBatchNormalization
@@ -181,6 +180,11 @@ def _batch_norm_reference(inputs: np.ndarray, weights: np.ndarray, epsilon: floa
     return normalized, gradient, rows.mean(axis=0), rows.var(axis=0, ddof=1)
 
 
+# On TensorFlow the fused-kernel path and the generic keras.ops path.
+BATCH_NORM_PATHS = ["fast", "generic"] if keras.config.backend() == "tensorflow" else ["generic"]
+
+
+@pytest.mark.parametrize("path", BATCH_NORM_PATHS)
 @pytest.mark.parametrize(
     "shape,mean,std",
     [
@@ -189,12 +193,18 @@ def _batch_norm_reference(inputs: np.ndarray, weights: np.ndarray, epsilon: floa
         ((7, 3, 5, 3), 5.0, 2.0),  # rank 4, fewer rows than one block
     ],
 )
-def test_training_batch_norm_matches_float64(shape, mean, std, value_and_gradients):
+def test_training_batch_norm_matches_float64(
+    monkeypatch, path, shape, mean, std, value_and_gradients
+):
+    if path == "generic":
+        _generic(monkeypatch)
     rng = np.random.default_rng(8)
     inputs = (mean + std * rng.normal(size=shape)).astype("float32")
     layer = FusedBatchNormalization(momentum=0.0, epsilon=1e-5)
     layer.build(shape)
-    output, (gradient,) = value_and_gradients(lambda x: layer(x, training=True), inputs)
+    output, (gradient, gamma_gradient, beta_gradient) = value_and_gradients(
+        lambda x: layer(x, training=True), inputs, [layer.gamma, layer.beta]
+    )
     weights = np.random.default_rng(99).normal(size=shape).astype("float32")
     expected, expected_gradient, batch_mean, unbiased = _batch_norm_reference(
         inputs, weights, 1e-5
@@ -204,6 +214,9 @@ def test_training_batch_norm_matches_float64(shape, mean, std, value_and_gradien
     gradient = gradient.reshape(-1, channels)
     assert np.abs(output - expected).max() <= 1e-5 * np.abs(expected).max()
     assert np.abs(gradient - expected_gradient).max() <= 1e-5 * np.abs(expected_gradient).max()
+    weights = weights.reshape(-1, channels).astype(np.float64)
+    np.testing.assert_allclose(gamma_gradient, (weights * expected).sum(0), rtol=1e-5)
+    np.testing.assert_allclose(beta_gradient, weights.sum(0), rtol=1e-5)
     # momentum 0: the moving statistics are those of the last batch.
     np.testing.assert_allclose(np.asarray(layer.moving_mean), batch_mean, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(layer.moving_variance), unbiased, rtol=1e-5)

@@ -181,11 +181,12 @@ def _last_json(stdout: str) -> dict:
 
 
 @pytest.mark.slow
-def test_jax_training_without_tensorflow(tmp_path):
-    """`selfy train --backend jax` on in-memory synthetic clips, with TensorFlow unimportable."""
+def test_jax_mixed_precision_training_without_tensorflow_then_export(tmp_path, capsys):
+    """`selfy train --backend jax` in mixed bfloat16 on in-memory synthetic clips, with
+    TensorFlow unimportable; then `selfy export` of that run directory on TensorFlow."""
     run_dir = str(tmp_path / "run")
     arguments = ["--backend", "jax", "--preset", "tiny_cpu", "--data", "synthetic:motion:24:8:32", "--out", run_dir]
-    for item in _TINY_SETS:
+    for item in [*_TINY_SETS, "runtime.mixed_precision=mixed_bfloat16"]:
         arguments += ["--set", item]
     completed = subprocess.run(
         [sys.executable, "-c", _WITHOUT_TENSORFLOW, *arguments],
@@ -197,6 +198,24 @@ def test_jax_training_without_tensorflow(tmp_path):
     assert result["backend"] == "jax" and result["epochs_completed"] == 2 and result["global_step"] == 8
     assert len(result["history"]["val_top1"]) == 2 and np.all(np.isfinite(result["history"]["loss"]))
     assert os.path.getsize(result["best_checkpoint"]) > 0 and os.path.exists(os.path.join(run_dir, "history.csv"))
+
+    import tensorflow as tf
+
+    from selfy_tf.cli.main import main
+    from selfy_tf.models import with_dtype_policy
+    from selfy_tf.run_dir import load_model
+
+    model = load_model(run_dir).model
+    assert {variable.dtype for variable in model.trainable_variables} == {"float32"}
+    assert {layer.dtype_policy.name for layer in model.layers if layer.weights} == {"mixed_bfloat16"}
+    capsys.readouterr()
+    status = main(["export", run_dir, "--out", str(tmp_path / "export"), "--dtype-policy", "float32"])
+    assert status == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    frames = np.random.default_rng(2).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)
+    outputs = tf.saved_model.load(summary["path"]).signatures["predict_frames"](frames=tf.constant(frames))
+    expected = with_dtype_policy(model, "float32")(frames.astype(np.float32), training=False)
+    np.testing.assert_allclose(outputs["logits"].numpy(), np.asarray(expected), atol=1e-5, rtol=0)
 
 
 def _train_command(data: str, run_dir: str) -> list[str]:

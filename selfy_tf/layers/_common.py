@@ -248,9 +248,9 @@ def batch_moments(rows, total=None):
     centered = rows - shift
     sums = total(ops.concatenate([_exact_sum(centered), ops.reshape(count, [1])], 0))
     count = sums[-1]
-    centered_mean = sums[:-1] / count
-    variance = total(_exact_sum(ops.square(centered - centered_mean))) / count
-    return shift + centered_mean, variance, count
+    mean = shift + sums[:-1] / count
+    variance = total(_exact_sum(_backend.squared_difference(rows, mean))) / count
+    return mean, variance, count
 
 
 def _normalize_exact(
@@ -286,10 +286,55 @@ def _normalize_exact(
     return normalize(rows, scale, offset)
 
 
+def _normalize_tensorflow(rows, mean, variance, scale, offset, epsilon: float):
+    """`_normalize_exact` (one replica) as TensorFlow's fused batch norm kernels.
+
+    The statistics are given, so the forward pass is one inference-mode
+    `FusedBatchNormV3` and the gradient one `FusedBatchNormGradV3` fed the
+    exact batch statistics: the input gradient needs only its sums of the
+    upstream gradient (mean near zero), where float32 running sums stay
+    precise; the scale and offset gradients are `_exact_sum`s. Fewer passes
+    over the rows than the same maths in element-wise kernels (figures in
+    benchmarks/README.md).
+    """
+    import tensorflow as tf
+
+    maps = tf.reshape(rows, [-1, 1, 1, rows.shape[-1]])
+
+    @tf.custom_gradient
+    def normalize(maps, scale, offset):
+        outputs = tf.compat.v1.nn.fused_batch_norm(
+            maps, scale, offset, mean=mean, variance=variance,
+            epsilon=epsilon, is_training=False,
+        )[0]
+
+        def grad(upstream):
+            maps_grad = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=upstream, x=maps, scale=scale,
+                reserve_space_1=mean, reserve_space_2=variance,
+                reserve_space_3=tf.zeros([0]), epsilon=epsilon, is_training=True,
+            )[0]
+            # The kernel's own scale and offset gradients are running sums
+            # over all rows (1e-5 relative off at 2 M rows).
+            upstream_rows = tf.reshape(upstream, [-1, maps.shape[-1]])
+            offset_grad = _exact_sum(upstream_rows)
+            scale_grad = _exact_sum(upstream_rows * (rows - mean)) * tf.math.rsqrt(
+                variance + epsilon
+            )
+            return maps_grad, scale_grad, offset_grad
+
+        return outputs, grad
+
+    return tf.reshape(normalize(maps, scale, offset), tf.shape(rows))
+
+
 def _train_batch_norm(rows, scale, offset, epsilon: float, total=None):
     """Training-mode batch norm of `[n, C]` float32 rows: `(outputs, mean, variance, count)`."""
     mean, variance, count = batch_moments(rows, total)
-    outputs = _normalize_exact(rows, mean, variance, count, scale, offset, epsilon, total)
+    if total is None and _backend.is_tensorflow():
+        outputs = _normalize_tensorflow(rows, mean, variance, scale, offset, epsilon)
+    else:
+        outputs = _normalize_exact(rows, mean, variance, count, scale, offset, epsilon, total)
     return outputs, mean, variance, count
 
 
@@ -305,7 +350,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     and `tf.nn.moments` are off by 1e-3 and more. As in PyTorch, the moving
     variance is updated with the unbiased batch variance (normalisation uses
     the biased one). Float16 / bfloat16 inputs are normalised with float32
-    statistics. At inference, on TensorFlow, each call is one
+    statistics. In training, on TensorFlow, TensorFlow's fused kernels
+    normalise and compute the input gradient from these exact statistics
+    (without a `tf.distribute` all-reduce). At inference, on TensorFlow, each call is one
     `FusedBatchNormV3` op, which the CPU graph optimiser fuses with the
     convolution before it; on other backends it is the same affine map in
     `keras.ops`.
@@ -360,18 +407,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         total = None
         if self.synchronized and _backend.is_tensorflow():
             total = _replica_sum()
-        if total is None:
-            # TensorFlow's element-wise kernels are slow on the few channels
-            # of the STSS extraction ([n, 4]): XLA fuses the whole batch norm
-            # (benchmarks/README.md); it runs in training only, so exported
-            # inference graphs need no XLA.
-            outputs, mean, variance, count = _backend.xla_compiled(_train_batch_norm)(
-                rows, scale, offset, self.epsilon
-            )
-        else:
-            outputs, mean, variance, count = _train_batch_norm(
-                rows, scale, offset, self.epsilon, total
-            )
+        outputs, mean, variance, count = _train_batch_norm(
+            rows, scale, offset, self.epsilon, total
+        )
         unbiased = variance * (count / ops.maximum(count - 1.0, 1.0))
         self.moving_mean.assign(
             self.moving_mean * self.momentum + mean * (1.0 - self.momentum)

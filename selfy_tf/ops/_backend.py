@@ -95,6 +95,19 @@ def bias_add(inputs: Any, bias: Any) -> Any:
     return ops.add(inputs, bias)
 
 
+def squared_difference(a: Any, b: Any) -> Any:
+    """`(a - b) ** 2`, element-wise with broadcasting.
+
+    On TensorFlow one `SquaredDifference` kernel, which writes no `a - b`
+    temporary.
+    """
+    if is_tensorflow():
+        import tensorflow as tf
+
+        return tf.math.squared_difference(a, b)
+    return ops.square(ops.subtract(a, b))
+
+
 def conv2d(inputs: Any, kernel: Any, strides: int, padding: str | int) -> Any:
     """Bias-free channels-last 2-D convolution.
 
