@@ -14,13 +14,13 @@ import keras
 from keras import ops
 
 from selfy_tf.layers import (
-    TORCH_TRANSFORMS,
     SELFYBlock,
     STSSExtraction,
     STSSIntegration,
     STSSTransformation,
     TemporalShift,
 )
+from selfy_tf.weights import selfy_block_mapping
 
 ON_TENSORFLOW = keras.config.backend() == "tensorflow"
 if ON_TENSORFLOW:
@@ -271,28 +271,6 @@ class TestLayersBasic:
             ops.convert_to_numpy(ops.cast(outputs, "float32")), expected, rtol=0.1, atol=0.1
         )
 
-    def test_weight_mapping_covers_every_variable_once(self):
-        block = SELFYBlock(**TINY_BLOCK_ARGS)
-        block.build(TINY_INPUT_SHAPE)
-        records = block.torch_weight_mapping()
-        assert sorted(id(r.variable) for r in records) == sorted(id(v) for v in block.weights)
-        keys = [r.torch_key for r in records]
-        assert len(set(keys)) == len(keys)
-        assert "module.base_model.selfy.stss_integration.conv3_fuse.1.weight" in keys
-        assert "module.base_model.selfy.stss_integration.upsample.1.running_var" in keys
-        skipped = block.torch_skipped_keys()
-        assert len(skipped) == 10
-        assert "module.base_model.selfy.stss_extraction.conv3.1.num_batches_tracked" in skipped
-
-    def test_weight_mapping_rejects_wrong_shape(self):
-        block = SELFYBlock(**TINY_BLOCK_ARGS)
-        block.build(TINY_INPUT_SHAPE)
-        record = block.torch_weight_mapping()[0]
-        with pytest.raises(ValueError, match="converted with `conv2d` has shape"):
-            record.convert(np.zeros((4, 8, 5, 5)))
-        with pytest.raises(ValueError, match=r"shape \(out, in, 1, k, k\)"):
-            TORCH_TRANSFORMS["conv3d_1kk"](np.zeros((4, 8, 3, 3, 3)))
-
 
 class TestLayersErrors:
     def test_block_odd_spatial_size(self):
@@ -347,10 +325,6 @@ class TestLayersErrors:
             TemporalShift(num_frames=2).build((2, 3, 3))
         with pytest.raises(ValueError, match=r"\(batch, num_frames, height, width, L, channels\)"):
             STSSIntegration(output_channels=4).build((2, 3, 3, 4))
-
-    def test_mapping_needs_built_block(self):
-        with pytest.raises(ValueError, match="needs a built `SELFYBlock`"):
-            SELFYBlock().torch_weight_mapping()
 
 
 # ----------------------------------------------------------------------------
@@ -562,7 +536,7 @@ class TestLayersCorrectness:
         block.build(TINY_INPUT_SHAPE)
         # Random weights in the PyTorch layout, loaded through the mapping.
         weights = {}
-        for record in block.torch_weight_mapping():
+        for record in selfy_block_mapping(block):
             kind = record.torch_key.rsplit(".", 1)[-1]
             keras_shape = tuple(record.variable.shape)
             if kind == "weight" and len(keras_shape) == 4:

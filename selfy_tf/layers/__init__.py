@@ -1,6 +1,5 @@
 """Keras layers of SELFY: the temporal shift of TSM and the SELFY block with its stages."""
 
-from selfy_tf.layers._common import TORCH_TRANSFORMS, WeightMapping
 from selfy_tf.layers.selfy_block import SELFYBlock
 from selfy_tf.layers.stss_extraction import STSSExtraction
 from selfy_tf.layers.stss_integration import STSSIntegration
@@ -12,7 +11,5 @@ __all__ = [
     "STSSExtraction",
     "STSSIntegration",
     "STSSTransformation",
-    "TORCH_TRANSFORMS",
     "TemporalShift",
-    "WeightMapping",
 ]

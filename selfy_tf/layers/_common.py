@@ -1,26 +1,7 @@
-"""Shared pieces of the SELFY layers: initialisers, batch norm and weight mapping.
-
-The mapping between our Keras variables and the official PyTorch state-dict
-keys is expressed with `WeightMapping` records. Each record names one Keras
-variable, one PyTorch key and the name of the layout transform that turns the
-PyTorch tensor into the Keras one (`TORCH_TRANSFORMS`):
-
-| transform               | PyTorch tensor          | Keras variable        |
-| ----------------------- | ----------------------- | --------------------- |
-| `conv2d`                | Conv2d `[o, i, kh, kw]` | Conv2D `[kh, kw, i, o]` |
-| `conv3d_1kk`            | Conv3d `[o, i, 1, kh, kw]` | Conv2D `[kh, kw, i, o]` |
-| `conv_transpose3d_k1`   | ConvTranspose3d `[i, o, 1, 1, 1]` | Conv2D `[1, 1, i, o]` |
-| `linear`                | Linear `[o, i]` / Conv1d `[o, i, 1]` | Dense `[i, o]` |
-| `identity`              | BN `weight`, `bias`, `running_mean`, `running_var` | `gamma`, `beta`, `moving_mean`, `moving_variance` |
-
-Every (1, k, k) 3-D convolution of the reference is a 2-D convolution here
-(the frame / window axis is folded into the batch), so 3-D kernels lose their
-leading unit axis.
-"""
+"""Shared pieces of the SELFY layers: initialisers, batch norm and checks."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import keras
@@ -32,10 +13,6 @@ from selfy_tf.ops import _backend
 # PyTorch BatchNorm defaults: eps 1e-5, momentum 0.1 (Keras momentum 0.9).
 BATCH_NORM_EPSILON = 1e-5
 BATCH_NORM_MOMENTUM = 0.9
-
-# Suffix of PyTorch BatchNorm keys that have no Keras counterpart.
-TORCH_BATCH_NORM_SKIPPED_SUFFIX = "num_batches_tracked"
-
 
 def torch_conv_initializer() -> keras.initializers.Initializer:
     """Kaiming-normal (fan-out, ReLU) as the official release initialises convolutions."""
@@ -54,107 +31,6 @@ def torch_conv_transpose_initializer() -> keras.initializers.Initializer:
     return keras.initializers.VarianceScaling(
         scale=2.0, mode="fan_in", distribution="untruncated_normal"
     )
-
-
-def _conv2d(array: np.ndarray) -> np.ndarray:
-    return np.transpose(array, (2, 3, 1, 0))
-
-
-def _conv3d_1kk(array: np.ndarray) -> np.ndarray:
-    if array.ndim != 5 or array.shape[2] != 1:
-        raise ValueError(
-            "A (1, k, k) Conv3d weight must have shape (out, in, 1, k, k). "
-            f"Received: shape={tuple(array.shape)}."
-        )
-    return np.transpose(array[:, :, 0], (2, 3, 1, 0))
-
-
-def _conv_transpose3d_k1(array: np.ndarray) -> np.ndarray:
-    if array.ndim != 5 or array.shape[2:] != (1, 1, 1):
-        raise ValueError(
-            "A kernel-1 ConvTranspose3d weight must have shape (in, out, 1, 1, 1). "
-            f"Received: shape={tuple(array.shape)}."
-        )
-    return array[:, :, 0, 0, 0][None, None]
-
-
-def _linear(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim != 2:
-        raise ValueError(
-            "A Linear / kernel-1 Conv1d weight must have shape (out, in) or (out, in, 1). "
-            f"Received: shape={tuple(array.shape)}."
-        )
-    return np.transpose(array)
-
-
-def _identity(array: np.ndarray) -> np.ndarray:
-    return array
-
-
-TORCH_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "conv2d": _conv2d,
-    "conv3d_1kk": _conv3d_1kk,
-    "conv_transpose3d_k1": _conv_transpose3d_k1,
-    "linear": _linear,
-    "identity": _identity,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightMapping:
-    """One Keras variable and the PyTorch state-dict entry it comes from.
-
-    Attributes:
-        variable: the Keras variable.
-        torch_key: the full PyTorch state-dict key.
-        transform: name of the layout transform in `TORCH_TRANSFORMS`.
-    """
-
-    variable: keras.Variable
-    torch_key: str
-    transform: str
-
-    def convert(self, array: np.ndarray) -> np.ndarray:
-        """Returns the PyTorch `array` in the layout of `variable`.
-
-        Raises:
-            ValueError: if the converted shape differs from the variable's.
-        """
-        converted = TORCH_TRANSFORMS[self.transform](np.asarray(array))
-        if tuple(converted.shape) != tuple(self.variable.shape):
-            raise ValueError(
-                f"`{self.torch_key}` of shape {tuple(np.shape(array))} converted with "
-                f"`{self.transform}` has shape {tuple(converted.shape)}, but "
-                f"`{self.variable.path}` expects {tuple(self.variable.shape)}."
-            )
-        return converted
-
-
-def conv_bn_mapping(
-    conv: keras.layers.Layer,
-    batch_norm: keras.layers.Layer,
-    conv_key: str,
-    batch_norm_prefix: str,
-    transform: str,
-) -> list[WeightMapping]:
-    """Mapping records for one convolution kernel and the batch norm after it."""
-    records = [WeightMapping(conv.kernel, conv_key, transform)]
-    for keras_name, torch_name in (
-        ("gamma", "weight"),
-        ("beta", "bias"),
-        ("moving_mean", "running_mean"),
-        ("moving_variance", "running_var"),
-    ):
-        records.append(
-            WeightMapping(
-                getattr(batch_norm, keras_name),
-                f"{batch_norm_prefix}.{torch_name}",
-                "identity",
-            )
-        )
-    return records
 
 
 def make_conv(

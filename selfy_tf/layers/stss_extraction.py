@@ -243,26 +243,6 @@ class STSSExtraction(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return (*tuple(input_shape)[:5], self.channels[-1])
 
-    def torch_weight_mapping(self, prefix: str) -> list[_common.WeightMapping]:
-        """Records mapping this layer's variables to official PyTorch keys.
-
-        Args:
-            prefix: key prefix of the official module, e.g.
-                `"module.base_model.selfy.stss_extraction."`.
-
-        Returns:
-            `WeightMapping` records for `conv{i}.0` (Conv3d `[o, i, 1, 3, 3]`
-            → Conv2D kernel `[3, 3, i, o]`) and `conv{i}.1` (BatchNorm3d),
-            i = 0..3.
-        """
-        records = []
-        for index, (conv, bn) in enumerate(zip(self.convs, self.bns)):
-            records += _common.conv_bn_mapping(
-                conv, bn, f"{prefix}conv{index}.0.weight",
-                f"{prefix}conv{index}.1", "conv3d_1kk",
-            )
-        return records
-
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -178,36 +178,6 @@ class STSSIntegration(keras.layers.Layer):
             self.output_channels,
         )
 
-    def torch_weight_mapping(self, prefix: str) -> list[_common.WeightMapping]:
-        """Records mapping this layer's variables to official PyTorch keys.
-
-        Args:
-            prefix: key prefix of the official module, e.g.
-                `"module.base_model.selfy.stss_integration."`.
-
-        Returns:
-            `WeightMapping` records: `conv{i}.0` (Conv3d `[o, i, 1, 3, 3]` →
-            Conv2D kernel `[3, 3, i, o]`) and `conv{i}.1` for i = 0, 1, 2;
-            `conv3_fuse.1` (Conv3d `[o, L * i, 1, 3, 3]`, same transform) and
-            `conv3_fuse.2`; `upsample.0` (ConvTranspose3d `[i, o, 1, 1, 1]` →
-            Conv2D kernel `[1, 1, i, o]`) and `upsample.1`.
-        """
-        records = []
-        for index, (conv, bn) in enumerate(zip(self.convs, self.bns)):
-            records += _common.conv_bn_mapping(
-                conv, bn, f"{prefix}conv{index}.0.weight",
-                f"{prefix}conv{index}.1", "conv3d_1kk",
-            )
-        records += _common.conv_bn_mapping(
-            self.fuse_conv, self.fuse_bn, f"{prefix}conv3_fuse.1.weight",
-            f"{prefix}conv3_fuse.2", "conv3d_1kk",
-        )
-        records += _common.conv_bn_mapping(
-            self.upsample_conv, self.upsample_bn, f"{prefix}upsample.0.weight",
-            f"{prefix}upsample.1", "conv_transpose3d_k1",
-        )
-        return records
-
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -153,22 +153,6 @@ class STSSTransformation(keras.layers.Layer):
             *self.window,
         )
 
-    def torch_weight_mapping(self, prefix: str) -> list[_common.WeightMapping]:
-        """Records mapping this layer's variables to official PyTorch keys.
-
-        Args:
-            prefix: key prefix of the official module, e.g.
-                `"module.base_model.selfy.stss_transformation."`.
-
-        Returns:
-            `WeightMapping` records for `downsample.0` (Conv2d `[o, i, 3, 3]`
-            → Conv2D kernel `[3, 3, i, o]`) and `downsample.1` (BatchNorm2d).
-        """
-        return _common.conv_bn_mapping(
-            self.conv, self.bn, f"{prefix}downsample.0.weight",
-            f"{prefix}downsample.1", "conv2d",
-        )
-
     def get_config(self):
         config = super().get_config()
         config.update(
