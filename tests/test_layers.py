@@ -311,7 +311,7 @@ class TestLayersErrors:
             STSSIntegration(output_channels=0)
 
     def test_bad_sync_batchnorm(self):
-        from selfy_tf.layers._common import FusedBatchNormalization
+        from selfy_tf.layers._batch_norm import FusedBatchNormalization
 
         with pytest.raises(ValueError, match=r"`sync_batchnorm` must be a bool. Received: sync_batchnorm='yes'"):
             SELFYBlock(sync_batchnorm="yes")
@@ -448,7 +448,7 @@ class TestLayersCorrectness:
     @pytest.mark.parametrize("synchronized", [False, True])
     @pytest.mark.parametrize("shape", [(6, 3, 2, 5), (40, 5)])
     def test_fused_batch_norm_matches_numpy(self, shape, synchronized):
-        from selfy_tf.layers._common import FusedBatchNormalization
+        from selfy_tf.layers._batch_norm import FusedBatchNormalization
 
         x = np.random.default_rng(2).normal(1.0, 2.0, size=shape).astype("float32")
         layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from selfy_tf.layers import _common
+from selfy_tf.layers import _batch_norm, _checks, _conv
 from selfy_tf.layers.stss_extraction import STSSExtraction
 from selfy_tf.layers.stss_integration import STSSIntegration
 from selfy_tf.layers.stss_transformation import STSSTransformation
@@ -89,27 +89,27 @@ class SELFYBlock(keras.layers.Layer):
         stss_backend: str = "matmul",
         stss_jit: bool = False,
         zero_init_last: bool = True,
-        batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
-        batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
+        batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
+        batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_frames = _common.check_positive_int("num_frames", num_frames)
-        self.hidden_channels = _common.check_positive_int(
+        self.num_frames = _checks.check_positive_int("num_frames", num_frames)
+        self.hidden_channels = _checks.check_positive_int(
             "hidden_channels", hidden_channels
         )
-        self.window = _common.check_window(window)
-        if any(_common.extraction_output_size(size) != 1 for size in self.window[1:]):
+        self.window = _checks.check_window(window)
+        if any(_conv.extraction_output_size(size) != 1 for size in self.window[1:]):
             raise ValueError(
                 "The spatial sizes (U, V) of `window` must each be 9 or 11, the "
                 "sizes that the extraction convolutions reduce to 1. "
                 f"Received: window={window!r}. Try window=(5, 9, 9)."
             )
-        self.extraction_channels = _common.check_channels(
+        self.extraction_channels = _checks.check_channels(
             "extraction_channels", extraction_channels, 4
         )
-        self.integration_channels = _common.check_channels(
+        self.integration_channels = _checks.check_channels(
             "integration_channels", integration_channels, 4
         )
         if stss_backend not in STSS_BACKENDS:
@@ -122,7 +122,7 @@ class SELFYBlock(keras.layers.Layer):
         self.zero_init_last = bool(zero_init_last)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
-        self.sync_batchnorm = _common.check_bool("sync_batchnorm", sync_batchnorm)
+        self.sync_batchnorm = _checks.check_bool("sync_batchnorm", sync_batchnorm)
         batch_norm_args = {
             "batch_norm_momentum": self.batch_norm_momentum,
             "batch_norm_epsilon": self.batch_norm_epsilon,

@@ -1,57 +1,21 @@
-"""Shared pieces of the SELFY layers: initialisers, batch norm and checks."""
+"""The exact batch norm of every layer and model: `FusedBatchNormalization`.
+
+Training-mode statistics from shifted, blocked float32 sums, an optional
+all-reduce across replicas (synchronized batch norm), and inference as one
+fused TensorFlow op or the folded affine map (`_batch_norm_folding`).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import keras
-import numpy as np
 from keras import ops
 
+from selfy_tf.layers._batch_norm_folding import folded_batch_norm
 from selfy_tf.ops import _backend
 
 # PyTorch BatchNorm defaults: eps 1e-5, momentum 0.1 (Keras momentum 0.9).
 BATCH_NORM_EPSILON = 1e-5
 BATCH_NORM_MOMENTUM = 0.9
-
-def torch_conv_initializer() -> keras.initializers.Initializer:
-    """Kaiming-normal (fan-out, ReLU) as the official release initialises convolutions."""
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_out", distribution="untruncated_normal"
-    )
-
-
-def torch_conv_transpose_initializer() -> keras.initializers.Initializer:
-    """Kaiming-normal for the ConvTranspose3d written as a Conv2D `[1, 1, i, o]`.
-
-    PyTorch computes the fan-out of a transposed convolution from its first
-    weight axis, the input channels; for our `[1, 1, i, o]` kernel that is the
-    Keras fan-in.
-    """
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_in", distribution="untruncated_normal"
-    )
-
-
-def make_conv(
-    filters: int,
-    kernel_size: int,
-    strides: int,
-    name: str,
-    dtype: object,
-    kernel_initializer: keras.initializers.Initializer | None = None,
-) -> keras.layers.Conv2D:
-    """A bias-free 'valid' Conv2D (padding, when needed, is explicit)."""
-    return keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="valid",
-        use_bias=False,
-        kernel_initializer=kernel_initializer or torch_conv_initializer(),
-        name=name,
-        dtype=dtype,
-    )
 
 
 # Rows summed in one block by `_exact_sum`; the partial sums are summed again.
@@ -324,181 +288,3 @@ def make_batch_norm(
         name=name,
         dtype=dtype,
     )
-
-
-def dim(tensor: Any, axis: int) -> Any:
-    """The static size of `axis` when known, else the dynamic one."""
-    static = tensor.shape[axis]
-    return static if static is not None else ops.shape(tensor)[axis]
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """Returns `value` as an int, or raises a ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}."
-        )
-    return int(value)
-
-
-def check_bool(name: str, value: object) -> bool:
-    """Returns `value` as a bool, or raises a ValueError naming `name`."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}.")
-    return bool(value)
-
-
-def check_channels(name: str, value: object, length: int) -> tuple[int, ...]:
-    """Returns `value` as a tuple of `length` positive ints, or raises."""
-    try:
-        channels = tuple(value)
-    except TypeError:
-        channels = ()
-    if len(channels) != length or not all(
-        isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c > 0
-        for c in channels
-    ):
-        raise ValueError(
-            f"`{name}` must be {length} positive integers. Received: {name}={value!r}."
-        )
-    return tuple(int(c) for c in channels)
-
-
-def check_window(value: object) -> tuple[int, int, int]:
-    """Returns the STSS window `(L, U, V)` as ints, or raises a ValueError."""
-    try:
-        window = tuple(value)
-    except TypeError:
-        window = ()
-    if len(window) != 3 or not all(
-        isinstance(size, (int, np.integer)) and not isinstance(size, bool)
-        and size > 0 and size % 2 == 1
-        for size in window
-    ):
-        raise ValueError(
-            "`window` must be three odd integers (L, U, V). "
-            f"Received: window={value!r}. Try window=(5, 9, 9)."
-        )
-    return tuple(int(size) for size in window)
-
-
-def extraction_output_size(size: int) -> int:
-    """Spatial size of the STSS extraction output for a window side `size`.
-
-    Two stride-2 (pad 1) convolutions, then a 'valid' 3x3 one.
-    """
-    for _ in range(2):
-        size = (size - 1) // 2 + 1
-    return size - 2
-
-
-def same_matches_torch(size: int, kernel: int, stride: int, padding: int) -> bool:
-    """Whether TF 'SAME' padding reads exactly what PyTorch's symmetric `padding` reads.
-
-    TF pads `floor(total / 2)` before and the rest after; the result is the
-    same as PyTorch's when the output size and the leading pad agree (a
-    different trailing pad is never read).
-    """
-    torch_size = (size + 2 * padding - kernel) // stride + 1
-    same_size = -(-size // stride)
-    total = max((same_size - 1) * stride + kernel - size, 0)
-    return torch_size == same_size and total // 2 == padding
-
-
-def unrolled_conv_selection(height: int, width: int) -> np.ndarray:
-    """0/1 tensor `[3, 3, height * width, height * width]` of a 3x3 pad-1 convolution.
-
-    `selection[ky, kx, p, q]` is 1 when input position `p` meets kernel tap
-    `(ky, kx)` for output position `q`, so that contracting a kernel with it
-    gives the convolution as one dense matrix (useful for maps with one input
-    channel, where a matrix product is much faster than a convolution).
-    """
-    selection = np.zeros((3, 3, height * width, height * width), np.float32)
-    for out_y in range(height):
-        for out_x in range(width):
-            for ky in range(3):
-                for kx in range(3):
-                    in_y, in_x = out_y + ky - 1, out_x + kx - 1
-                    if 0 <= in_y < height and 0 <= in_x < width:
-                        selection[ky, kx, in_y * width + in_x, out_y * width + out_x] = 1
-    return selection
-
-
-def linear_batch_norm(
-    inputs: Any,
-    linear: Callable[[Any, Any], Any],
-    kernel: keras.Variable,
-    batch_norm: keras.layers.BatchNormalization,
-    training: bool | None,
-    relu: bool = True,
-    compute_dtype: str = "float32",
-    flat_map_shape: tuple[int, int] | None = None,
-) -> Any:
-    """`relu(batch_norm(linear(inputs, kernel)))` for a bias-free linear map.
-
-    With batch statistics (training a trainable batch norm) the batch norm
-    layer is called. Otherwise its moving statistics are folded into the
-    kernel (`kernel * scale`, then a bias), which gives the same result with
-    one pass less over the output and lets the graph optimiser fuse the
-    bias and ReLU into the convolution or matrix product.
-
-    Args:
-        inputs: input tensor of `linear`.
-        linear: `linear(inputs, kernel)`, linear in `kernel`, whose last
-            axis is the output channel axis.
-        kernel: the kernel variable, output channels last.
-        batch_norm: a built channels-last batch norm layer.
-        training: whether batch statistics are used (with a trainable
-            `batch_norm`).
-        relu: apply a ReLU at the end.
-        compute_dtype: dtype of `inputs` and of the result.
-        flat_map_shape: `(height, width)` when `linear` returns whole maps
-            flattened, `[rows, height * width * channels]` (channels
-            fastest), e.g. a convolution written as one matrix product. The
-            result is then `[rows, height, width, channels]`; at inference the
-            bias and ReLU are applied before the reshape, so they fuse into
-            the matrix product.
-
-    Returns:
-        The normalised (and rectified) output of `linear`.
-    """
-    map_shape = None if flat_map_shape is None else [-1, *flat_map_shape, kernel.shape[-1]]
-    if training and batch_norm.trainable:
-        outputs = linear(inputs, ops.cast(kernel, compute_dtype))
-        if map_shape is not None:
-            outputs = ops.reshape(outputs, map_shape)
-        outputs = batch_norm(outputs, training=True)
-        return ops.relu(outputs) if relu else outputs
-    scale, bias = folded_batch_norm(batch_norm)
-    folded = ops.cast(ops.cast(kernel, "float32") * scale, compute_dtype)
-    if map_shape is not None:
-        bias = ops.tile(bias, [flat_map_shape[0] * flat_map_shape[1]])
-    outputs = _backend.bias_add(linear(inputs, folded), ops.cast(bias, compute_dtype))
-    outputs = ops.relu(outputs) if relu else outputs
-    return outputs if map_shape is None else ops.reshape(outputs, map_shape)
-
-
-def folded_batch_norm(
-    batch_norm: keras.layers.BatchNormalization,
-) -> tuple[Any, Any]:
-    """`(scale, bias)` in float32 with `batch_norm(x) == x * scale + bias` at inference."""
-    scale = ops.rsqrt(ops.cast(batch_norm.moving_variance, "float32") + batch_norm.epsilon)
-    if batch_norm.scale:
-        scale = scale * ops.cast(batch_norm.gamma, "float32")
-    bias = -ops.cast(batch_norm.moving_mean, "float32") * scale
-    if batch_norm.center:
-        bias = bias + ops.cast(batch_norm.beta, "float32")
-    return scale, bias
-
-
-def conv2d(strides: int, padding: str | int) -> Callable[[Any, Any], Any]:
-    """`linear(inputs, kernel)` of a bias-free 2-D convolution.
-
-    `padding` is "SAME", "VALID" or an int: symmetric zero padding of both
-    spatial axes (PyTorch style; see `selfy_tf.ops._backend.conv2d`).
-    """
-
-    def linear(inputs: Any, kernel: Any) -> Any:
-        return _backend.conv2d(inputs, kernel, strides, padding)
-
-    return linear
