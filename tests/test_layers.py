@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import numpy as np
 import pytest
@@ -14,10 +15,12 @@ import keras
 from keras import ops
 
 from selfy_tf.layers import (
+    FramePreprocessing,
     SELFYBlock,
     STSSExtraction,
     STSSIntegration,
     STSSTransformation,
+    SegmentConsensus,
     TemporalShift,
 )
 from selfy_tf.weights import selfy_block_mapping
@@ -58,7 +61,26 @@ def _tiny_layers():
             (2, 6, 4, 7),
         ),
         (SELFYBlock(**TINY_BLOCK_ARGS, zero_init_last=False), TINY_INPUT_SHAPE, TINY_INPUT_SHAPE),
+        (FramePreprocessing(num_frames=2), (2, 2, 4, 4, 3), (4, 4, 4, 3)),
+        (SegmentConsensus(num_frames=2), (4, 5), (2, 5)),
     ]
+
+
+def _set_modules(config: object, modules: dict[str, str]) -> int:
+    """Writes, for each serialized class named in `modules`, its former module and
+    registered name (`selfy>ClassName`) as older `.keras` files hold them; returns the count."""
+    count = 0
+    if isinstance(config, dict):
+        if config.get("class_name") in modules and "module" in config:
+            config["module"] = modules[config["class_name"]]
+            config["registered_name"] = f"selfy>{config['class_name']}"
+            count += 1
+        for value in config.values():
+            count += _set_modules(value, modules)
+    elif isinstance(config, list):
+        for value in config:
+            count += _set_modules(value, modules)
+    return count
 
 
 def _randomize_batch_norms(layer: keras.layers.Layer, seed: int = 0) -> None:
@@ -157,7 +179,7 @@ _MIRRORED_SYNC_BATCH_NORM_SCRIPT = textwrap.dedent(
 
 
 class TestLayersBasic:
-    @pytest.mark.parametrize("index", range(5))
+    @pytest.mark.parametrize("index", range(7))
     def test_shapes_config_and_saving(self, index, tmp_path):
         layer, input_shape, output_shape = _tiny_layers()[index]
         inputs = np.random.default_rng(index).uniform(-1, 1, input_shape).astype("float32")
@@ -179,6 +201,41 @@ class TestLayersBasic:
         model.save(path)
         loaded = keras.models.load_model(path)
         assert type(loaded.layers[-1]) is type(layer)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(inputs)), expected)
+
+    def test_keras_files_from_former_modules_load(self, tmp_path):
+        """`.keras` files name each class's module: the classes moved, their files still load."""
+        from selfy_tf.layers._batch_norm import FusedBatchNormalization
+
+        former_modules = {
+            "FramePreprocessing": "selfy_tf.models.frame_preprocessing",
+            "SegmentConsensus": "selfy_tf.models.segment_consensus",
+            "FusedBatchNormalization": "selfy_tf.layers._common",
+        }
+        for cls in (FramePreprocessing, SegmentConsensus, FusedBatchNormalization):
+            assert keras.saving.get_registered_name(cls) == f"selfy>{cls.__name__}"
+        clips = keras.Input((2, 4, 4, 3))
+        frames = FramePreprocessing(num_frames=2)(clips)
+        features = FusedBatchNormalization(name="bn")(keras.layers.Conv2D(5, 3)(frames))
+        logits = SegmentConsensus(num_frames=2)(keras.layers.GlobalAveragePooling2D()(features))
+        model = keras.Model(clips, logits)
+        _randomize_batch_norms(model)
+        inputs = np.random.default_rng(0).uniform(0, 255, (3, 2, 4, 4, 3)).astype("float32")
+        expected = keras.ops.convert_to_numpy(model(inputs))
+
+        saved, former = tmp_path / "model.keras", tmp_path / "former.keras"
+        model.save(saved)
+        with zipfile.ZipFile(saved) as source, zipfile.ZipFile(former, "w") as target:
+            for item in source.infolist():
+                data = source.read(item.filename)
+                if item.filename == "config.json":
+                    config = json.loads(data)
+                    rewritten = _set_modules(config, former_modules)
+                    assert rewritten == len(former_modules)
+                    data = json.dumps(config).encode()
+                target.writestr(item, data)
+        loaded = keras.models.load_model(former)
+        assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(inputs)), expected)
 
     def test_block_weight_count_reference(self):

@@ -25,14 +25,14 @@ from typing import Any, Mapping
 import keras
 
 from selfy_tf.layers import _batch_norm, _checks, _conv
-from selfy_tf.layers.temporal_shift import TemporalShift
-from selfy_tf.models._registry import register_model, register_pretrained_cfgs
-from selfy_tf.models.frame_preprocessing import (
+from selfy_tf.layers.frame_preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FramePreprocessing,
 )
-from selfy_tf.models.segment_consensus import SegmentConsensus
+from selfy_tf.layers.segment_consensus import SegmentConsensus
+from selfy_tf.layers.temporal_shift import TemporalShift
+from selfy_tf.models._registry import register_model, register_pretrained_cfgs
 
 logger = logging.getLogger(__name__)
 
