@@ -171,6 +171,19 @@ def conv_bn_mapping(
     )
 
 
+def _numbered_conv_bn_mapping(
+    layer: STSSExtraction | STSSIntegration, prefix: str
+) -> list[WeightMapping]:
+    """Records of `layer.convs[i]` / `layer.bns[i]` as `conv{i}.0` / `conv{i}.1` (Conv3d, BN3d)."""
+    records = []
+    for index, (conv, bn) in enumerate(zip(layer.convs, layer.bns)):
+        records += conv_bn_mapping(
+            conv, bn, f"{prefix}conv{index}.0.weight",
+            f"{prefix}conv{index}.1", "conv3d_1kk",
+        )
+    return records
+
+
 def stss_transformation_mapping(
     layer: STSSTransformation, prefix: str
 ) -> list[WeightMapping]:
@@ -203,13 +216,7 @@ def stss_extraction_mapping(layer: STSSExtraction, prefix: str) -> list[WeightMa
         Records for `conv{i}.0` (Conv3d `[o, i, 1, 3, 3]` → Conv2D kernel
         `[3, 3, i, o]`) and `conv{i}.1` (BatchNorm3d), i = 0..3.
     """
-    records = []
-    for index, (conv, bn) in enumerate(zip(layer.convs, layer.bns)):
-        records += conv_bn_mapping(
-            conv, bn, f"{prefix}conv{index}.0.weight",
-            f"{prefix}conv{index}.1", "conv3d_1kk",
-        )
-    return records
+    return _numbered_conv_bn_mapping(layer, prefix)
 
 
 def stss_integration_mapping(layer: STSSIntegration, prefix: str) -> list[WeightMapping]:
@@ -227,12 +234,7 @@ def stss_integration_mapping(layer: STSSIntegration, prefix: str) -> list[Weight
         `upsample.0` (ConvTranspose3d `[i, o, 1, 1, 1]` → Conv2D kernel
         `[1, 1, i, o]`) and `upsample.1`.
     """
-    records = []
-    for index, (conv, bn) in enumerate(zip(layer.convs, layer.bns)):
-        records += conv_bn_mapping(
-            conv, bn, f"{prefix}conv{index}.0.weight",
-            f"{prefix}conv{index}.1", "conv3d_1kk",
-        )
+    records = _numbered_conv_bn_mapping(layer, prefix)
     records += conv_bn_mapping(
         layer.fuse_conv, layer.fuse_bn, f"{prefix}conv3_fuse.1.weight",
         f"{prefix}conv3_fuse.2", "conv3d_1kk",
