@@ -156,7 +156,7 @@ def _block_case(mode: str) -> tuple[Callable, Callable]:
 
 
 def _batch_norm_case(kernel: str) -> tuple[Callable, Callable]:
-    from selfy_tf.layers._common import FusedBatchNormalization
+    from selfy_tf.layers._batch_norm import FusedBatchNormalization
 
     values = np.random.default_rng(5).normal(2.0, 1.0, BATCH_NORM_SHAPE).astype("float32")
     layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from selfy_tf.layers import SELFYBlock, TemporalShift
-from selfy_tf.layers._common import FusedBatchNormalization
+from selfy_tf.layers._batch_norm import FusedBatchNormalization
 from selfy_tf.models import create_model
 from selfy_tf.ops import _backend
 

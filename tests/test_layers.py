@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import numpy as np
 import pytest
@@ -14,13 +15,15 @@ import keras
 from keras import ops
 
 from selfy_tf.layers import (
-    TORCH_TRANSFORMS,
+    FramePreprocessing,
     SELFYBlock,
     STSSExtraction,
     STSSIntegration,
     STSSTransformation,
+    SegmentConsensus,
     TemporalShift,
 )
+from selfy_tf.weights import selfy_block_mapping
 
 ON_TENSORFLOW = keras.config.backend() == "tensorflow"
 if ON_TENSORFLOW:
@@ -58,7 +61,26 @@ def _tiny_layers():
             (2, 6, 4, 7),
         ),
         (SELFYBlock(**TINY_BLOCK_ARGS, zero_init_last=False), TINY_INPUT_SHAPE, TINY_INPUT_SHAPE),
+        (FramePreprocessing(num_frames=2), (2, 2, 4, 4, 3), (4, 4, 4, 3)),
+        (SegmentConsensus(num_frames=2), (4, 5), (2, 5)),
     ]
+
+
+def _set_modules(config: object, modules: dict[str, str]) -> int:
+    """Writes, for each serialized class named in `modules`, its former module and
+    registered name (`selfy>ClassName`) as older `.keras` files hold them; returns the count."""
+    count = 0
+    if isinstance(config, dict):
+        if config.get("class_name") in modules and "module" in config:
+            config["module"] = modules[config["class_name"]]
+            config["registered_name"] = f"selfy>{config['class_name']}"
+            count += 1
+        for value in config.values():
+            count += _set_modules(value, modules)
+    elif isinstance(config, list):
+        for value in config:
+            count += _set_modules(value, modules)
+    return count
 
 
 def _randomize_batch_norms(layer: keras.layers.Layer, seed: int = 0) -> None:
@@ -157,7 +179,7 @@ _MIRRORED_SYNC_BATCH_NORM_SCRIPT = textwrap.dedent(
 
 
 class TestLayersBasic:
-    @pytest.mark.parametrize("index", range(5))
+    @pytest.mark.parametrize("index", range(7))
     def test_shapes_config_and_saving(self, index, tmp_path):
         layer, input_shape, output_shape = _tiny_layers()[index]
         inputs = np.random.default_rng(index).uniform(-1, 1, input_shape).astype("float32")
@@ -179,6 +201,41 @@ class TestLayersBasic:
         model.save(path)
         loaded = keras.models.load_model(path)
         assert type(loaded.layers[-1]) is type(layer)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(inputs)), expected)
+
+    def test_keras_files_from_former_modules_load(self, tmp_path):
+        """`.keras` files name each class's module: the classes moved, their files still load."""
+        from selfy_tf.layers._batch_norm import FusedBatchNormalization
+
+        former_modules = {
+            "FramePreprocessing": "selfy_tf.models.frame_preprocessing",
+            "SegmentConsensus": "selfy_tf.models.segment_consensus",
+            "FusedBatchNormalization": "selfy_tf.layers._common",
+        }
+        for cls in (FramePreprocessing, SegmentConsensus, FusedBatchNormalization):
+            assert keras.saving.get_registered_name(cls) == f"selfy>{cls.__name__}"
+        clips = keras.Input((2, 4, 4, 3))
+        frames = FramePreprocessing(num_frames=2)(clips)
+        features = FusedBatchNormalization(name="bn")(keras.layers.Conv2D(5, 3)(frames))
+        logits = SegmentConsensus(num_frames=2)(keras.layers.GlobalAveragePooling2D()(features))
+        model = keras.Model(clips, logits)
+        _randomize_batch_norms(model)
+        inputs = np.random.default_rng(0).uniform(0, 255, (3, 2, 4, 4, 3)).astype("float32")
+        expected = keras.ops.convert_to_numpy(model(inputs))
+
+        saved, former = tmp_path / "model.keras", tmp_path / "former.keras"
+        model.save(saved)
+        with zipfile.ZipFile(saved) as source, zipfile.ZipFile(former, "w") as target:
+            for item in source.infolist():
+                data = source.read(item.filename)
+                if item.filename == "config.json":
+                    config = json.loads(data)
+                    rewritten = _set_modules(config, former_modules)
+                    assert rewritten == len(former_modules)
+                    data = json.dumps(config).encode()
+                target.writestr(item, data)
+        loaded = keras.models.load_model(former)
+        assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(inputs)), expected)
 
     def test_block_weight_count_reference(self):
@@ -271,28 +328,6 @@ class TestLayersBasic:
             ops.convert_to_numpy(ops.cast(outputs, "float32")), expected, rtol=0.1, atol=0.1
         )
 
-    def test_weight_mapping_covers_every_variable_once(self):
-        block = SELFYBlock(**TINY_BLOCK_ARGS)
-        block.build(TINY_INPUT_SHAPE)
-        records = block.torch_weight_mapping()
-        assert sorted(id(r.variable) for r in records) == sorted(id(v) for v in block.weights)
-        keys = [r.torch_key for r in records]
-        assert len(set(keys)) == len(keys)
-        assert "module.base_model.selfy.stss_integration.conv3_fuse.1.weight" in keys
-        assert "module.base_model.selfy.stss_integration.upsample.1.running_var" in keys
-        skipped = block.torch_skipped_keys()
-        assert len(skipped) == 10
-        assert "module.base_model.selfy.stss_extraction.conv3.1.num_batches_tracked" in skipped
-
-    def test_weight_mapping_rejects_wrong_shape(self):
-        block = SELFYBlock(**TINY_BLOCK_ARGS)
-        block.build(TINY_INPUT_SHAPE)
-        record = block.torch_weight_mapping()[0]
-        with pytest.raises(ValueError, match="converted with `conv2d` has shape"):
-            record.convert(np.zeros((4, 8, 5, 5)))
-        with pytest.raises(ValueError, match=r"shape \(out, in, 1, k, k\)"):
-            TORCH_TRANSFORMS["conv3d_1kk"](np.zeros((4, 8, 3, 3, 3)))
-
 
 class TestLayersErrors:
     def test_block_odd_spatial_size(self):
@@ -333,7 +368,7 @@ class TestLayersErrors:
             STSSIntegration(output_channels=0)
 
     def test_bad_sync_batchnorm(self):
-        from selfy_tf.layers._common import FusedBatchNormalization
+        from selfy_tf.layers._batch_norm import FusedBatchNormalization
 
         with pytest.raises(ValueError, match=r"`sync_batchnorm` must be a bool. Received: sync_batchnorm='yes'"):
             SELFYBlock(sync_batchnorm="yes")
@@ -347,10 +382,6 @@ class TestLayersErrors:
             TemporalShift(num_frames=2).build((2, 3, 3))
         with pytest.raises(ValueError, match=r"\(batch, num_frames, height, width, L, channels\)"):
             STSSIntegration(output_channels=4).build((2, 3, 3, 4))
-
-    def test_mapping_needs_built_block(self):
-        with pytest.raises(ValueError, match="needs a built `SELFYBlock`"):
-            SELFYBlock().torch_weight_mapping()
 
 
 # ----------------------------------------------------------------------------
@@ -474,7 +505,7 @@ class TestLayersCorrectness:
     @pytest.mark.parametrize("synchronized", [False, True])
     @pytest.mark.parametrize("shape", [(6, 3, 2, 5), (40, 5)])
     def test_fused_batch_norm_matches_numpy(self, shape, synchronized):
-        from selfy_tf.layers._common import FusedBatchNormalization
+        from selfy_tf.layers._batch_norm import FusedBatchNormalization
 
         x = np.random.default_rng(2).normal(1.0, 2.0, size=shape).astype("float32")
         layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized)
@@ -562,7 +593,7 @@ class TestLayersCorrectness:
         block.build(TINY_INPUT_SHAPE)
         # Random weights in the PyTorch layout, loaded through the mapping.
         weights = {}
-        for record in block.torch_weight_mapping():
+        for record in selfy_block_mapping(block):
             kind = record.torch_key.rsplit(".", 1)[-1]
             keras_shape = tuple(record.variable.shape)
             if kind == "weight" and len(keras_shape) == 4:

@@ -19,10 +19,14 @@ torch = pytest.importorskip("torch", reason='weight import needs torch: pip inst
 
 from selfy_tf.cli.main import main  # noqa: E402
 from selfy_tf.models import create_model  # noqa: E402
+from selfy_tf.layers import SELFYBlock  # noqa: E402
 from selfy_tf.weights import (  # noqa: E402
+    TORCH_TRANSFORMS,
     load_imagenet_resnet,
     load_official_checkpoint,
     load_official_state_dict,
+    selfy_block_mapping,
+    selfy_block_skipped_keys,
     torch_module_name,
     torch_weight_mapping,
 )
@@ -62,6 +66,19 @@ def _clip(batch: int, num_frames: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (batch, num_frames, size, size, 3), dtype=np.uint8)
 
 
+def _tiny_selfy_block() -> SELFYBlock:
+    """A built SELFY block on 2 clips of 2 frames, 8x8x8 features."""
+    block = SELFYBlock(
+        num_frames=2,
+        hidden_channels=4,
+        window=(3, 9, 9),
+        extraction_channels=(2, 3, 4, 5),
+        integration_channels=(3, 4, 5, 6),
+    )
+    block.build((4, 8, 8, 8))
+    return block
+
+
 class TestWeightsBasic:
     def test_torch_module_names(self):
         assert torch_module_name("conv1") == "conv1"
@@ -81,6 +98,29 @@ class TestWeightsBasic:
         assert "module.base_model.layer2.0.downsample.0.weight" in keys
         assert "module.base_model.selfy.stss_integration.upsample.0.weight" in keys
         assert {"module.new_fc.weight", "module.new_fc.bias"} <= set(keys)
+
+    def test_selfy_block_mapping_covers_every_variable_once(self):
+        block = _tiny_selfy_block()
+        records = selfy_block_mapping(block)
+        assert sorted(id(r.variable) for r in records) == sorted(id(v) for v in block.weights)
+        keys = [r.torch_key for r in records]
+        assert len(set(keys)) == len(keys)
+        assert "module.base_model.selfy.stss_integration.conv3_fuse.1.weight" in keys
+        assert "module.base_model.selfy.stss_integration.upsample.1.running_var" in keys
+        skipped = selfy_block_skipped_keys(block)
+        assert len(skipped) == 10
+        assert "module.base_model.selfy.stss_extraction.conv3.1.num_batches_tracked" in skipped
+
+    def test_selfy_block_mapping_rejects_wrong_shape(self):
+        record = selfy_block_mapping(_tiny_selfy_block())[0]
+        with pytest.raises(ValueError, match="converted with `conv2d` has shape"):
+            record.convert(np.zeros((4, 8, 5, 5)))
+        with pytest.raises(ValueError, match=r"shape \(out, in, 1, k, k\)"):
+            TORCH_TRANSFORMS["conv3d_1kk"](np.zeros((4, 8, 3, 3, 3)))
+
+    def test_selfy_block_mapping_needs_built_block(self):
+        with pytest.raises(ValueError, match="needs a built `SELFYBlock`"):
+            selfy_block_mapping(SELFYBlock())
 
     def test_linear_transform(self, tiny_model_factory):
         model = tiny_model_factory("tsm_r18", num_classes=3, num_frames=2)

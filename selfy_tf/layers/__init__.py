@@ -1,6 +1,11 @@
-"""Keras layers of SELFY: the temporal shift of TSM and the SELFY block with its stages."""
+"""Keras layers of the zoo's video classifiers.
 
-from selfy_tf.layers._common import TORCH_TRANSFORMS, WeightMapping
+Frame preprocessing, the temporal shift of TSM, the SELFY block with its
+stages, and the segment consensus.
+"""
+
+from selfy_tf.layers.frame_preprocessing import FramePreprocessing
+from selfy_tf.layers.segment_consensus import SegmentConsensus
 from selfy_tf.layers.selfy_block import SELFYBlock
 from selfy_tf.layers.stss_extraction import STSSExtraction
 from selfy_tf.layers.stss_integration import STSSIntegration
@@ -8,11 +13,11 @@ from selfy_tf.layers.stss_transformation import STSSTransformation
 from selfy_tf.layers.temporal_shift import TemporalShift
 
 __all__ = [
+    "FramePreprocessing",
     "SELFYBlock",
     "STSSExtraction",
     "STSSIntegration",
     "STSSTransformation",
-    "TORCH_TRANSFORMS",
+    "SegmentConsensus",
     "TemporalShift",
-    "WeightMapping",
 ]

@@ -1,43 +1,15 @@
-"""The SELFY block: self-similarity as generalized motion, added back as a residual.
-
-Weight mapping to the official PyTorch release
-----------------------------------------------
-`SELFYBlock.torch_weight_mapping(prefix)` lists `WeightMapping(variable,
-torch_key, transform)` records for every variable of the block, and
-`SELFYBlock.torch_skipped_keys(prefix)` the PyTorch keys that have no
-counterpart (BatchNorm `num_batches_tracked`). With the official prefix
-`module.base_model.selfy.`:
-
-| Keras variable (layer path)                         | PyTorch key (after prefix)                | transform             |
-| --------------------------------------------------- | ----------------------------------------- | --------------------- |
-| `stss_transformation/downsample_conv/kernel` `[3, 3, d_in, d_hid]` | `stss_transformation.downsample.0.weight` `[d_hid, d_in, 3, 3]` | `conv2d` |
-| `stss_transformation/downsample_bn/{gamma,beta,moving_mean,moving_variance}` | `stss_transformation.downsample.1.{weight,bias,running_mean,running_var}` | `identity` |
-| `stss_extraction/conv{i}/kernel` `[3, 3, i, o]`, i = 0..3 | `stss_extraction.conv{i}.0.weight` `[o, i, 1, 3, 3]` | `conv3d_1kk` |
-| `stss_extraction/conv{i}_bn/*`                      | `stss_extraction.conv{i}.1.*`             | `identity` |
-| `stss_integration/conv{i}/kernel` `[3, 3, i, o]`, i = 0..2 | `stss_integration.conv{i}.0.weight` `[o, i, 1, 3, 3]` | `conv3d_1kk` |
-| `stss_integration/conv{i}_bn/*`                     | `stss_integration.conv{i}.1.*`            | `identity` |
-| `stss_integration/conv3_fuse/kernel` `[3, 3, L*64, 64]` | `stss_integration.conv3_fuse.1.weight` `[64, L*64, 1, 3, 3]` | `conv3d_1kk` |
-| `stss_integration/conv3_fuse_bn/*`                  | `stss_integration.conv3_fuse.2.*`         | `identity` |
-| `stss_integration/upsample_conv/kernel` `[1, 1, 64, d_in]` | `stss_integration.upsample.0.weight` `[64, d_in, 1, 1, 1]` | `conv_transpose3d_k1` |
-| `stss_integration/upsample_bn/*`                    | `stss_integration.upsample.1.*`           | `identity` |
-
-The transforms are defined in `selfy_tf.layers.TORCH_TRANSFORMS`; the
-record's `convert(array)` applies its transform and checks the shape.
-"""
+"""The SELFY block: self-similarity as generalized motion, added back as a residual."""
 
 from __future__ import annotations
 
 import keras
 from keras import ops
 
-from selfy_tf.layers import _common
+from selfy_tf.layers import _batch_norm, _checks, _conv
 from selfy_tf.layers.stss_extraction import STSSExtraction
 from selfy_tf.layers.stss_integration import STSSIntegration
 from selfy_tf.layers.stss_transformation import STSSTransformation
 from selfy_tf.ops import STSS_BACKENDS
-
-# The official prefix of the block's keys in a SELFYNet state dict.
-TORCH_PREFIX = "module.base_model.selfy."
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -54,8 +26,8 @@ class SELFYBlock(keras.layers.Layer):
     `relu(inputs + integration)`. With `zero_init_last=True` the block starts
     as `relu(inputs)`.
 
-    Weights mirror the official PyTorch `SELFYBlock` (see the module
-    docstring and `torch_weight_mapping`).
+    Weights mirror the official PyTorch `SELFYBlock`
+    (`selfy_tf.weights.selfy_block_mapping` lists the correspondence).
 
     Args:
         num_frames: int, default 8, frames per clip (`T`); the batch axis
@@ -117,27 +89,27 @@ class SELFYBlock(keras.layers.Layer):
         stss_backend: str = "matmul",
         stss_jit: bool = False,
         zero_init_last: bool = True,
-        batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
-        batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
+        batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
+        batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_frames = _common.check_positive_int("num_frames", num_frames)
-        self.hidden_channels = _common.check_positive_int(
+        self.num_frames = _checks.check_positive_int("num_frames", num_frames)
+        self.hidden_channels = _checks.check_positive_int(
             "hidden_channels", hidden_channels
         )
-        self.window = _common.check_window(window)
-        if any(_common.extraction_output_size(size) != 1 for size in self.window[1:]):
+        self.window = _checks.check_window(window)
+        if any(_conv.extraction_output_size(size) != 1 for size in self.window[1:]):
             raise ValueError(
                 "The spatial sizes (U, V) of `window` must each be 9 or 11, the "
                 "sizes that the extraction convolutions reduce to 1. "
                 f"Received: window={window!r}. Try window=(5, 9, 9)."
             )
-        self.extraction_channels = _common.check_channels(
+        self.extraction_channels = _checks.check_channels(
             "extraction_channels", extraction_channels, 4
         )
-        self.integration_channels = _common.check_channels(
+        self.integration_channels = _checks.check_channels(
             "integration_channels", integration_channels, 4
         )
         if stss_backend not in STSS_BACKENDS:
@@ -150,7 +122,7 @@ class SELFYBlock(keras.layers.Layer):
         self.zero_init_last = bool(zero_init_last)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
-        self.sync_batchnorm = _common.check_bool("sync_batchnorm", sync_batchnorm)
+        self.sync_batchnorm = _checks.check_bool("sync_batchnorm", sync_batchnorm)
         batch_norm_args = {
             "batch_norm_momentum": self.batch_norm_momentum,
             "batch_norm_epsilon": self.batch_norm_epsilon,
@@ -216,49 +188,6 @@ class SELFYBlock(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
-
-    def torch_weight_mapping(
-        self, prefix: str = TORCH_PREFIX
-    ) -> list[_common.WeightMapping]:
-        """Records mapping every variable of the block to an official PyTorch key.
-
-        Args:
-            prefix: prefix of the block's keys in the PyTorch state dict,
-                default `"module.base_model.selfy."`.
-
-        Returns:
-            One `WeightMapping(variable, torch_key, transform)` per variable
-            (the table in the module docstring); `record.convert(array)`
-            turns the PyTorch tensor into the variable's layout.
-
-        Raises:
-            ValueError: if the block is not built yet.
-        """
-        if not self.built:
-            raise ValueError(
-                "`torch_weight_mapping` needs a built `SELFYBlock`: call it on "
-                "an input or call `build(input_shape)` first."
-            )
-        return (
-            self.stss_transformation.torch_weight_mapping(f"{prefix}stss_transformation.")
-            + self.stss_extraction.torch_weight_mapping(f"{prefix}stss_extraction.")
-            + self.stss_integration.torch_weight_mapping(f"{prefix}stss_integration.")
-        )
-
-    def torch_skipped_keys(self, prefix: str = TORCH_PREFIX) -> list[str]:
-        """PyTorch keys of the block that have no Keras variable, on purpose.
-
-        These are the `num_batches_tracked` counters of the batch norms (used
-        only when PyTorch's BN momentum is None).
-        """
-        keys = []
-        for record in self.torch_weight_mapping(prefix):
-            if record.torch_key.endswith(".running_mean"):
-                keys.append(
-                    record.torch_key[: -len("running_mean")]
-                    + _common.TORCH_BATCH_NORM_SKIPPED_SUFFIX
-                )
-        return keys
 
     def get_config(self):
         config = super().get_config()

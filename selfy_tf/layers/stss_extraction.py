@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from selfy_tf.layers import _common
+from selfy_tf.layers import _batch_norm, _batch_norm_folding, _checks, _conv
 from selfy_tf.ops import _backend
 
 # (stride, padding) of the four (1, 3, 3) convolutions of the reference.
@@ -91,28 +91,28 @@ class STSSExtraction(keras.layers.Layer):
     def __init__(
         self,
         channels: tuple[int, int, int, int] = (4, 16, 64, 64),
-        batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
-        batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
+        batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
+        batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.channels = _common.check_channels("channels", channels, 4)
+        self.channels = _checks.check_channels("channels", channels, 4)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
-        self.sync_batchnorm = _common.check_bool("sync_batchnorm", sync_batchnorm)
+        self.sync_batchnorm = _checks.check_bool("sync_batchnorm", sync_batchnorm)
         self.convs = []
         self.bns = []
         for index, (filters, (stride, _)) in enumerate(
             zip(self.channels, _CONV_GEOMETRY)
         ):
             self.convs.append(
-                _common.make_conv(
+                _conv.make_conv(
                     filters, 3, stride, name=f"conv{index}", dtype=self.dtype_policy
                 )
             )
             self.bns.append(
-                _common.make_batch_norm(
+                _batch_norm.make_batch_norm(
                     f"conv{index}_bn",
                     self.dtype_policy,
                     self.batch_norm_momentum,
@@ -130,7 +130,7 @@ class STSSExtraction(keras.layers.Layer):
             )
         height_window, width_window = input_shape[5], input_shape[6]
         for size in (height_window, width_window):
-            if size is None or _common.extraction_output_size(size) != 1:
+            if size is None or _conv.extraction_output_size(size) != 1:
                 raise ValueError(
                     "The STSS window sizes U and V (the last two input axes) "
                     "must each be 9 or 11, the sizes that the extraction "
@@ -141,7 +141,7 @@ class STSSExtraction(keras.layers.Layer):
         self._paddings = []
         for conv, bn, (stride, padding) in zip(self.convs, self.bns, _CONV_GEOMETRY):
             same = all(
-                _common.same_matches_torch(size, 3, stride, padding)
+                _conv.same_matches_torch(size, 3, stride, padding)
                 for size in shape[1:3]
             )
             self._paddings.append("SAME" if same else padding)
@@ -150,7 +150,7 @@ class STSSExtraction(keras.layers.Layer):
             shape = conv.compute_output_shape(padded)
             # The last convolution is applied as a matrix product on vectors.
             bn.build(shape if conv is not self.convs[-1] else (None, shape[-1]))
-        self._conv0_selection = _common.unrolled_conv_selection(
+        self._conv0_selection = _conv.unrolled_conv_selection(
             height_window, width_window
         )
         self._conv1_bands = _Conv1Bands(height_window, width_window)
@@ -174,8 +174,8 @@ class STSSExtraction(keras.layers.Layer):
 
         linears = [
             conv0,
-            _common.conv2d(2, self._paddings[1]),
-            _common.conv2d(2, self._paddings[2]),
+            _conv.conv2d(2, self._paddings[1]),
+            _conv.conv2d(2, self._paddings[2]),
             conv3,
         ]
         maps = ops.reshape(ops.cast(inputs, self.compute_dtype), [-1, positions])
@@ -184,7 +184,7 @@ class STSSExtraction(keras.layers.Layer):
             maps = self._folded_conv0_conv1(maps)
             first = 2
         for index in range(first, 4):
-            maps = _common.linear_batch_norm(
+            maps = _batch_norm_folding.linear_batch_norm(
                 maps,
                 linears[index],
                 self.convs[index].kernel,
@@ -221,7 +221,7 @@ class STSSExtraction(keras.layers.Layer):
         dtype = self.compute_dtype
         positions = maps.shape[-1]
         width = bands.columns.shape[1]
-        scale, bias = _common.folded_batch_norm(self.bns[0])
+        scale, bias = _batch_norm_folding.folded_batch_norm(self.bns[0])
         matrix = self._conv0_matrix(ops.cast(self.convs[0].kernel, "float32") * scale)
         matrix = ops.take(ops.pad(matrix, [[0, 0], [0, 1], [0, 0]]), bands.rows, axis=1)
         bias = bands.inside[:, None] * bias
@@ -231,7 +231,7 @@ class STSSExtraction(keras.layers.Layer):
         )
         hidden = ops.reshape(hidden, [-1, 3 * width * self.channels[0]])
 
-        scale, bias = _common.folded_batch_norm(self.bns[1])
+        scale, bias = _batch_norm_folding.folded_batch_norm(self.bns[1])
         kernel = ops.cast(self.convs[1].kernel, "float32") * scale
         matrix = ops.einsum("rdco,dxj->rxcjo", kernel, bands.columns)
         matrix = ops.reshape(matrix, [3 * width * self.channels[0], -1])
@@ -242,26 +242,6 @@ class STSSExtraction(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (*tuple(input_shape)[:5], self.channels[-1])
-
-    def torch_weight_mapping(self, prefix: str) -> list[_common.WeightMapping]:
-        """Records mapping this layer's variables to official PyTorch keys.
-
-        Args:
-            prefix: key prefix of the official module, e.g.
-                `"module.base_model.selfy.stss_extraction."`.
-
-        Returns:
-            `WeightMapping` records for `conv{i}.0` (Conv3d `[o, i, 1, 3, 3]`
-            → Conv2D kernel `[3, 3, i, o]`) and `conv{i}.1` (BatchNorm3d),
-            i = 0..3.
-        """
-        records = []
-        for index, (conv, bn) in enumerate(zip(self.convs, self.bns)):
-            records += _common.conv_bn_mapping(
-                conv, bn, f"{prefix}conv{index}.0.weight",
-                f"{prefix}conv{index}.1", "conv3d_1kk",
-            )
-        return records
 
     def get_config(self):
         config = super().get_config()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from selfy_tf.layers import _common
+from selfy_tf.layers import _batch_norm, _batch_norm_folding, _checks, _conv
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -66,23 +66,23 @@ class STSSIntegration(keras.layers.Layer):
         output_channels: int,
         channels: tuple[int, int, int, int] = (64, 64, 64, 64),
         zero_init_last: bool = True,
-        batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
-        batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
+        batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
+        batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.output_channels = _common.check_positive_int(
+        self.output_channels = _checks.check_positive_int(
             "output_channels", output_channels
         )
-        self.channels = _common.check_channels("channels", channels, 4)
+        self.channels = _checks.check_channels("channels", channels, 4)
         self.zero_init_last = bool(zero_init_last)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
-        self.sync_batchnorm = _common.check_bool("sync_batchnorm", sync_batchnorm)
+        self.sync_batchnorm = _checks.check_bool("sync_batchnorm", sync_batchnorm)
 
         def batch_norm(name, gamma_initializer="ones"):
-            return _common.make_batch_norm(
+            return _batch_norm.make_batch_norm(
                 name,
                 self.dtype_policy,
                 self.batch_norm_momentum,
@@ -92,21 +92,21 @@ class STSSIntegration(keras.layers.Layer):
             )
 
         self.convs = [
-            _common.make_conv(filters, 3, 1, name=f"conv{index}", dtype=self.dtype_policy)
+            _conv.make_conv(filters, 3, 1, name=f"conv{index}", dtype=self.dtype_policy)
             for index, filters in enumerate(self.channels[:3])
         ]
         self.bns = [batch_norm(f"conv{index}_bn") for index in range(3)]
-        self.fuse_conv = _common.make_conv(
+        self.fuse_conv = _conv.make_conv(
             self.channels[3], 3, 1, name="conv3_fuse", dtype=self.dtype_policy
         )
         self.fuse_bn = batch_norm("conv3_fuse_bn")
-        self.upsample_conv = _common.make_conv(
+        self.upsample_conv = _conv.make_conv(
             self.output_channels,
             1,
             1,
             name="upsample_conv",
             dtype=self.dtype_policy,
-            kernel_initializer=_common.torch_conv_transpose_initializer(),
+            kernel_initializer=_conv.torch_conv_transpose_initializer(),
         )
         self.upsample_bn = batch_norm(
             "upsample_bn", "zeros" if self.zero_init_last else "ones"
@@ -136,30 +136,30 @@ class STSSIntegration(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         length = inputs.shape[4]
-        height, width = _common.dim(inputs, 2), _common.dim(inputs, 3)
+        height, width = _conv.dim(inputs, 2), _conv.dim(inputs, 3)
         dtype = self.compute_dtype
         # Each (1, 3, 3) convolution is a 'SAME' 2-D convolution over folded
         # frames ('SAME' equals PyTorch's symmetric padding 1 at stride 1).
-        conv = _common.conv2d(1, "SAME")
+        conv = _conv.conv2d(1, "SAME")
         # [B, T, h, w, L, C] -> [B * T * L, h, w, C]: each offset l separately.
         maps = ops.transpose(ops.cast(inputs, dtype), [0, 1, 4, 2, 3, 5])
         maps = ops.reshape(maps, [-1, height, width, inputs.shape[5]])
         for layer, bn in zip(self.convs, self.bns):
-            maps = _common.linear_batch_norm(
+            maps = _batch_norm_folding.linear_batch_norm(
                 maps, conv, layer.kernel, bn, training, compute_dtype=dtype
             )
         # Back to one map per frame with the L groups on channels, l-major.
         maps = ops.reshape(maps, [-1, length, height, width, self.channels[2]])
         maps = ops.transpose(maps, [0, 2, 3, 1, 4])
         maps = ops.reshape(maps, [-1, height, width, length * self.channels[2]])
-        maps = _common.linear_batch_norm(
+        maps = _batch_norm_folding.linear_batch_norm(
             maps, conv, self.fuse_conv.kernel, self.fuse_bn, training, compute_dtype=dtype
         )
 
         def upsample(maps, kernel):
-            return _interleave_zeros(_common.conv2d(1, "VALID")(maps, kernel))
+            return _interleave_zeros(_conv.conv2d(1, "VALID")(maps, kernel))
 
-        return _common.linear_batch_norm(
+        return _batch_norm_folding.linear_batch_norm(
             maps,
             upsample,
             self.upsample_conv.kernel,
@@ -177,36 +177,6 @@ class STSSIntegration(keras.layers.Layer):
             None if width is None else 2 * width,
             self.output_channels,
         )
-
-    def torch_weight_mapping(self, prefix: str) -> list[_common.WeightMapping]:
-        """Records mapping this layer's variables to official PyTorch keys.
-
-        Args:
-            prefix: key prefix of the official module, e.g.
-                `"module.base_model.selfy.stss_integration."`.
-
-        Returns:
-            `WeightMapping` records: `conv{i}.0` (Conv3d `[o, i, 1, 3, 3]` →
-            Conv2D kernel `[3, 3, i, o]`) and `conv{i}.1` for i = 0, 1, 2;
-            `conv3_fuse.1` (Conv3d `[o, L * i, 1, 3, 3]`, same transform) and
-            `conv3_fuse.2`; `upsample.0` (ConvTranspose3d `[i, o, 1, 1, 1]` →
-            Conv2D kernel `[1, 1, i, o]`) and `upsample.1`.
-        """
-        records = []
-        for index, (conv, bn) in enumerate(zip(self.convs, self.bns)):
-            records += _common.conv_bn_mapping(
-                conv, bn, f"{prefix}conv{index}.0.weight",
-                f"{prefix}conv{index}.1", "conv3d_1kk",
-            )
-        records += _common.conv_bn_mapping(
-            self.fuse_conv, self.fuse_bn, f"{prefix}conv3_fuse.1.weight",
-            f"{prefix}conv3_fuse.2", "conv3d_1kk",
-        )
-        records += _common.conv_bn_mapping(
-            self.upsample_conv, self.upsample_bn, f"{prefix}upsample.0.weight",
-            f"{prefix}upsample.1", "conv_transpose3d_k1",
-        )
-        return records
 
     def get_config(self):
         config = super().get_config()
@@ -229,7 +199,7 @@ def _interleave_zeros(maps):
     One 5-D pad (`[N * h, 1, w, 1, C]` -> `[N * h, 2, w, 2, C]`) and reshapes,
     which TFLite supports as builtins.
     """
-    height, width = _common.dim(maps, 1), _common.dim(maps, 2)
+    height, width = _conv.dim(maps, 1), _conv.dim(maps, 2)
     channels = maps.shape[-1]
     cells = ops.reshape(maps, [-1, 1, width, 1, channels])
     cells = ops.pad(cells, [[0, 0], [0, 1], [0, 0], [0, 1], [0, 0]])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from selfy_tf.layers import _common
+from selfy_tf.layers import _batch_norm, _batch_norm_folding, _checks, _conv
 from selfy_tf.ops import STSS_BACKENDS, stss
 
 
@@ -68,17 +68,17 @@ class STSSTransformation(keras.layers.Layer):
         window: tuple[int, int, int] = (5, 9, 9),
         stss_backend: str = "matmul",
         stss_jit: bool = False,
-        batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
-        batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
+        batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
+        batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_frames = _common.check_positive_int("num_frames", num_frames)
-        self.hidden_channels = _common.check_positive_int(
+        self.num_frames = _checks.check_positive_int("num_frames", num_frames)
+        self.hidden_channels = _checks.check_positive_int(
             "hidden_channels", hidden_channels
         )
-        self.window = _common.check_window(window)
+        self.window = _checks.check_window(window)
         if stss_backend not in STSS_BACKENDS:
             raise ValueError(
                 f"`stss_backend` must be one of {STSS_BACKENDS}. "
@@ -88,11 +88,11 @@ class STSSTransformation(keras.layers.Layer):
         self.stss_jit = bool(stss_jit)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
-        self.sync_batchnorm = _common.check_bool("sync_batchnorm", sync_batchnorm)
-        self.conv = _common.make_conv(
+        self.sync_batchnorm = _checks.check_bool("sync_batchnorm", sync_batchnorm)
+        self.conv = _conv.make_conv(
             self.hidden_channels, 3, 2, name="downsample_conv", dtype=self.dtype_policy
         )
-        self.bn = _common.make_batch_norm(
+        self.bn = _batch_norm.make_batch_norm(
             "downsample_bn",
             self.dtype_policy,
             self.batch_norm_momentum,
@@ -115,7 +115,7 @@ class STSSTransformation(keras.layers.Layer):
                 f"input_shape={tuple(input_shape)}."
             )
         same = all(
-            size is not None and _common.same_matches_torch(size, 3, 2, 1)
+            size is not None and _conv.same_matches_torch(size, 3, 2, 1)
             for size in (height, width)
         )
         self._padding = "SAME" if same else 1
@@ -126,15 +126,15 @@ class STSSTransformation(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        hidden = _common.linear_batch_norm(
+        hidden = _batch_norm_folding.linear_batch_norm(
             ops.cast(inputs, self.compute_dtype),
-            _common.conv2d(2, self._padding),
+            _conv.conv2d(2, self._padding),
             self.conv.kernel,
             self.bn,
             training,
             compute_dtype=self.compute_dtype,
         )
-        height, width = _common.dim(hidden, 1), _common.dim(hidden, 2)
+        height, width = _conv.dim(hidden, 1), _conv.dim(hidden, 2)
         clips = ops.reshape(
             hidden, [-1, self.num_frames, height, width, self.hidden_channels]
         )
@@ -151,22 +151,6 @@ class STSSTransformation(keras.layers.Layer):
             _half(height),
             _half(width),
             *self.window,
-        )
-
-    def torch_weight_mapping(self, prefix: str) -> list[_common.WeightMapping]:
-        """Records mapping this layer's variables to official PyTorch keys.
-
-        Args:
-            prefix: key prefix of the official module, e.g.
-                `"module.base_model.selfy.stss_transformation."`.
-
-        Returns:
-            `WeightMapping` records for `downsample.0` (Conv2d `[o, i, 3, 3]`
-            → Conv2D kernel `[3, 3, i, o]`) and `downsample.1` (BatchNorm2d).
-        """
-        return _common.conv_bn_mapping(
-            self.conv, self.bn, f"{prefix}downsample.0.weight",
-            f"{prefix}downsample.1", "conv2d",
         )
 
     def get_config(self):

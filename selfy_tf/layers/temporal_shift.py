@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from selfy_tf.layers import _common
+from selfy_tf.layers import _checks, _conv
 from selfy_tf.ops import _backend
 
 
@@ -52,7 +52,7 @@ class TemporalShift(keras.layers.Layer):
                 "`fold_div` must be an integer >= 2 (channels / fold_div move in "
                 f"each direction). Received: fold_div={fold_div!r}. Try fold_div=8."
             )
-        self.num_frames = _common.check_positive_int("num_frames", num_frames)
+        self.num_frames = _checks.check_positive_int("num_frames", num_frames)
         self.fold_div = int(fold_div)
 
     def build(self, input_shape):
@@ -76,7 +76,7 @@ class TemporalShift(keras.layers.Layer):
         fold = channels // self.fold_div
         if fold == 0:
             return inputs
-        height, width = _common.dim(inputs, 1), _common.dim(inputs, 2)
+        height, width = _conv.dim(inputs, 1), _conv.dim(inputs, 2)
         clips = ops.reshape(inputs, [-1, self.num_frames, height, width, channels])
         return ops.reshape(_shift_clips(clips, fold), ops.shape(inputs))
 

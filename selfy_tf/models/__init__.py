@@ -4,6 +4,8 @@
     >>> model = create_model("selfy_tsm_r50", num_classes=174)
 """
 
+from selfy_tf.layers.frame_preprocessing import FramePreprocessing
+from selfy_tf.layers.segment_consensus import SegmentConsensus
 from selfy_tf.models import tsm_resnet  # noqa: F401  (registers the family)
 from selfy_tf.models._builder import create_model, load_weights_file
 from selfy_tf.models._registry import (
@@ -15,10 +17,8 @@ from selfy_tf.models._registry import (
 )
 from selfy_tf.models.folded_batch_norm import FoldedBatchNorm
 from selfy_tf.models.folding import fold_batch_norms
-from selfy_tf.models.frame_preprocessing import FramePreprocessing
 from selfy_tf.models.macs import count_macs
 from selfy_tf.models.precision import with_dtype_policy
-from selfy_tf.models.segment_consensus import SegmentConsensus
 from selfy_tf.models.tsm_resnet import resolve_selfy_channels
 
 __all__ = [

@@ -1,9 +1,9 @@
 """Batch norms folded into the convolutions before them, for fast inference.
 
-At inference a batch norm is an affine map per channel,
-`y = x * s + (beta - mean * s)` with `s = gamma / sqrt(variance + epsilon)`,
-so a convolution followed by one equals the convolution with its output
-channels' kernels scaled by `s` and that bias. TensorFlow's CPU graph
+This module rewrites a model (which convolution feeds which batch norm, the
+clone, the `FoldedBatchNorm` place-holders); the folding maths, shared with
+the layers that fold their own batch norms at run time, is
+`selfy_tf.layers._batch_norm_folding`. TensorFlow's CPU graph
 optimiser fuses convolution + bias + ReLU (+ residual add) into one oneDNN
 call, but leaves the batch norm unfused under bfloat16 and the residual add
 unfused behind a batch norm in float32; folding ahead of time removes both
@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import keras
-import numpy as np
 
+from selfy_tf.layers._batch_norm_folding import fold_into_conv
 from selfy_tf.models.folded_batch_norm import FoldedBatchNorm
 
 __all__ = ["fold_batch_norms"]
@@ -64,22 +64,6 @@ def _foldable_pairs(model: keras.Model, config: dict) -> dict[str, str]:
         ):
             pairs[conv.name] = layer.name
     return pairs
-
-
-def _folded_kernel_and_bias(
-    conv: keras.layers.Conv2D, norm: keras.layers.BatchNormalization
-) -> tuple[np.ndarray, np.ndarray]:
-    channels = conv.filters
-    gamma = np.asarray(norm.gamma, np.float64) if norm.scale else np.ones(channels)
-    beta = np.asarray(norm.beta, np.float64) if norm.center else np.zeros(channels)
-    mean = np.asarray(norm.moving_mean, np.float64)
-    variance = np.asarray(norm.moving_variance, np.float64)
-    scale = gamma / np.sqrt(variance + norm.epsilon)
-    kernel = np.asarray(conv.kernel, np.float64) * scale
-    bias = beta - mean * scale
-    if conv.use_bias:
-        bias = bias + np.asarray(conv.bias, np.float64) * scale
-    return kernel.astype(np.float32), bias.astype(np.float32)
 
 
 def fold_batch_norms(model: keras.Model) -> keras.Model:
@@ -133,7 +117,7 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
     # clone_model keeps the layer order (input layers may be renamed).
     for layer, cloned in zip(model.layers, copy.layers):
         if layer.name in pairs:
-            cloned.set_weights(_folded_kernel_and_bias(layer, model.get_layer(pairs[layer.name])))
+            cloned.set_weights(fold_into_conv(layer, model.get_layer(pairs[layer.name])))
         elif layer.name not in folded_norms:
             cloned.set_weights(layer.get_weights())
     return copy

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import keras
 
-from selfy_tf.models.segment_consensus import SegmentConsensus
+from selfy_tf.layers.segment_consensus import SegmentConsensus
 
 
 def resolve_dtype_policy(dtype_policy: str | keras.DTypePolicy) -> keras.DTypePolicy:

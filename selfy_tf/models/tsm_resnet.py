@@ -24,15 +24,15 @@ from typing import Any, Mapping
 
 import keras
 
-from selfy_tf.layers import _common
-from selfy_tf.layers.temporal_shift import TemporalShift
-from selfy_tf.models._registry import register_model, register_pretrained_cfgs
-from selfy_tf.models.frame_preprocessing import (
+from selfy_tf.layers import _batch_norm, _checks, _conv
+from selfy_tf.layers.frame_preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FramePreprocessing,
 )
-from selfy_tf.models.segment_consensus import SegmentConsensus
+from selfy_tf.layers.segment_consensus import SegmentConsensus
+from selfy_tf.layers.temporal_shift import TemporalShift
+from selfy_tf.models._registry import register_model, register_pretrained_cfgs
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +160,9 @@ def resolve_selfy_channels(selfy_channels: int | Mapping[str, Any] | None) -> di
             )
         resolved = dict(reference)
         resolved.update(selfy_channels)
-        _common.check_positive_int("selfy_channels['hidden_channels']", resolved["hidden_channels"])
+        _checks.check_positive_int("selfy_channels['hidden_channels']", resolved["hidden_channels"])
         for key in ("extraction_channels", "integration_channels"):
-            resolved[key] = _common.check_channels(f"selfy_channels['{key}']", resolved[key], 4)
+            resolved[key] = _checks.check_channels(f"selfy_channels['{key}']", resolved[key], 4)
         return resolved
     if isinstance(selfy_channels, bool) or not isinstance(selfy_channels, int) or selfy_channels < 1:
         raise ValueError(
@@ -195,15 +195,15 @@ class _LayerFactory:
             strides=strides,
             padding=padding,
             use_bias=False,
-            kernel_initializer=_common.torch_conv_initializer(),
+            kernel_initializer=_conv.torch_conv_initializer(),
             name=name,
         )
 
     def batch_norm(self, name: str, zero_init: bool = False):
-        return _common.FusedBatchNormalization(
+        return _batch_norm.FusedBatchNormalization(
             axis=-1,
-            momentum=_common.BATCH_NORM_MOMENTUM,
-            epsilon=_common.BATCH_NORM_EPSILON,
+            momentum=_batch_norm.BATCH_NORM_MOMENTUM,
+            epsilon=_batch_norm.BATCH_NORM_EPSILON,
             gamma_initializer="zeros" if zero_init else "ones",
             synchronized=self.sync_batchnorm,
             name=name,

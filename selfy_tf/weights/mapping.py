@@ -1,14 +1,15 @@
 """Mapping between PyTorch state-dict keys and the Keras variables of the zoo.
 
-`torch_weight_mapping(model)` is the one place that says which PyTorch key
-fills which Keras variable and how its layout is converted:
+`torch_weight_mapping(model)` walks a model and says which PyTorch key fills
+which Keras variable and how its layout is converted; the records of each
+block kind come from `selfy_tf.weights._torch_keys`:
 
 | layer kind (Keras layer)              | PyTorch tensor                    | Keras variable                  | transform             |
 | ------------------------------------- | --------------------------------- | ------------------------------- | --------------------- |
 | Conv2D (`conv1`, `layer2_0_conv1`, `layer2_0_downsample_0`) | Conv2d `[o, i, kh, kw]` | kernel `[kh, kw, i, o]` | `conv2d` |
 | BatchNormalization (`bn1`, `layer2_0_bn1`, `layer2_0_downsample_1`) | `weight`, `bias`, `running_mean`, `running_var` | `gamma`, `beta`, `moving_mean`, `moving_variance` | `identity` |
 | Dense (`new_fc`)                      | Conv1d `[o, i, 1]` or Linear `[o, i]`, `bias` `[o]` | kernel `[i, o]`, bias `[o]` | `linear`, `identity` |
-| SELFY block (`selfy`): (1, k, k) Conv3d, ConvTranspose3d, BN3d | see `selfy_tf.layers.selfy_block` | | `conv3d_1kk`, `conv_transpose3d_k1`, `identity` |
+| SELFY block (`selfy`): (1, k, k) Conv3d, ConvTranspose3d, BN3d | see `selfy_tf.weights._torch_keys` | | `conv3d_1kk`, `conv_transpose3d_k1`, `identity` |
 
 A Keras backbone layer named `layer2_0_conv1` is the PyTorch module
 `layer2.0.conv1` (dots written as underscores). Keys skipped on purpose:
@@ -25,9 +26,14 @@ from typing import Callable, Iterable, Mapping
 import keras
 import numpy as np
 
-from selfy_tf.layers import _common
-from selfy_tf.layers._common import WeightMapping
 from selfy_tf.layers.selfy_block import SELFYBlock
+from selfy_tf.weights._torch_keys import (
+    BATCH_NORM_SKIPPED_SUFFIX,
+    WeightMapping,
+    batch_norm_mapping,
+    dense_mapping,
+    selfy_block_mapping,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +41,10 @@ OFFICIAL_BACKBONE_PREFIX = "module.base_model."
 OFFICIAL_CLASSIFIER_PREFIX = "module.new_fc."
 CLASSIFIER_LAYER = "new_fc"
 SELFY_LAYER = "selfy"
-SKIPPED_SUFFIXES = (f".{_common.TORCH_BATCH_NORM_SKIPPED_SUFFIX}",)
+SKIPPED_SUFFIXES = (f".{BATCH_NORM_SKIPPED_SUFFIX}",)
 
 _BACKBONE_NAME = re.compile(
     r"^(?:(conv1|bn1)|layer(\d+)_(\d+)_(conv\d+|bn\d+|downsample_\d+))$"
-)
-_BATCH_NORM_KEYS = (
-    ("gamma", "weight"),
-    ("beta", "bias"),
-    ("moving_mean", "running_mean"),
-    ("moving_variance", "running_var"),
 )
 
 
@@ -106,23 +106,15 @@ def torch_weight_mapping(
                 )
                 continue
             if isinstance(layer, keras.layers.BatchNormalization):
-                for keras_name, torch_name in _BATCH_NORM_KEYS:
-                    records.append(
-                        WeightMapping(
-                            getattr(layer, keras_name),
-                            f"{backbone_prefix}{module}.{torch_name}",
-                            "identity",
-                        )
-                    )
+                records.extend(batch_norm_mapping(layer, f"{backbone_prefix}{module}"))
                 continue
         elif isinstance(layer, SELFYBlock):
             if include_selfy:
-                records.extend(layer.torch_weight_mapping(f"{backbone_prefix}{layer.name}."))
+                records.extend(selfy_block_mapping(layer, f"{backbone_prefix}{layer.name}."))
             continue
         elif layer.name == CLASSIFIER_LAYER and isinstance(layer, keras.layers.Dense):
             if include_classifier:
-                records.append(WeightMapping(layer.kernel, f"{classifier_prefix}weight", "linear"))
-                records.append(WeightMapping(layer.bias, f"{classifier_prefix}bias", "identity"))
+                records.extend(dense_mapping(layer, classifier_prefix))
             continue
         raise ValueError(
             f"Layer `{layer.name}` ({type(layer).__name__}) of model `{model.name}` has "
