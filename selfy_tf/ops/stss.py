@@ -441,7 +441,7 @@ def _band_table(
     )
     key_local = tiling.key_local(tile_y, tile_x, comparisons.key_y, comparisons.key_x)
     similarity = (
-        pair * tiling.num_tiles * tiling.tile_queries + query_slot
+        pair * (tiling.num_tiles * tiling.tile_queries) + query_slot
     ) * tiling.tile_keys + key_local
     band_index = np.full(num_outputs, -1, np.int64)
     band_index[comparisons.outputs] = similarity
