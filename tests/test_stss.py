@@ -246,6 +246,201 @@ class TestSTSSCorrectness:
         assert np.all(np.isfinite(np.asarray(ops.cast(gradient, "float32"))))
 
 
+# (num_frames, height, width, window, tile) for the "matmul" plan: overlapping
+# tiles, one tile over the whole map, T < L, a single frame, a window larger
+# than the map, U != V.
+PLAN_CASES = [
+    (4, 5, 7, (3, 3, 5), (2, 3)),
+    (3, 4, 5, (5, 3, 3), (4, 5)),
+    (1, 3, 3, (5, 3, 3), (2, 2)),
+    (2, 6, 6, (3, 9, 9), (3, 3)),
+    (5, 6, 4, (3, 5, 1), (4, 2)),
+]
+
+
+def brute_force_pairs(num_frames: int, max_offset: int) -> list[tuple[int, int]]:
+    """Frame pairs `(t, t + d)`, `0 <= d <= max_offset`, offset-major."""
+    pairs = [
+        (frame, other)
+        for frame, other in itertools.product(range(num_frames), repeat=2)
+        if 0 <= other - frame <= max_offset
+    ]
+    return sorted(pairs, key=lambda pair: (pair[1] - pair[0], pair[0]))
+
+
+def plan_tables(num_frames, height, width, window, tile):
+    """The tiling, the tile table and the band table of one plan case."""
+    max_offset = min(window[0] // 2, num_frames - 1)
+    tiling = stss_module._tiling(height, width, window, tile)
+    query_positions, key_positions, query_owner = stss_module._tile_table(
+        tiling, height, width
+    )
+    band_index = stss_module._band_table(
+        stss_module._window_comparisons(num_frames, height, width, window),
+        num_frames * height * width * int(np.prod(window)),
+        stss_module._pair_table(num_frames, max_offset),
+        tiling,
+    )
+    return tiling, query_positions, key_positions, query_owner, band_index
+
+
+class TestMatmulPlan:
+    """The "matmul" backend's index tables against brute-force definitions."""
+
+    @pytest.mark.parametrize("num_frames,max_offset", [(1, 0), (4, 2), (5, 4), (8, 2)])
+    def test_pair_table_numbers_each_forward_pair_once(self, num_frames, max_offset):
+        table = stss_module._pair_table(num_frames, max_offset)
+        expected = np.full((num_frames, max_offset + 1), -1)
+        pairs = brute_force_pairs(num_frames, max_offset)
+        for index, (frame, other) in enumerate(pairs):
+            expected[frame, other - frame] = index
+        np.testing.assert_array_equal(table, expected)
+
+    @pytest.mark.parametrize("num_frames,height,width,window,tile", PLAN_CASES)
+    def test_tiles_cover_the_map_and_each_window(
+        self, num_frames, height, width, window, tile
+    ):
+        tiling, query_positions, key_positions, query_owner, _ = plan_tables(
+            num_frames, height, width, window, tile
+        )
+        queries = query_positions.reshape(tiling.num_tiles, -1)
+        keys = key_positions.reshape(tiling.num_tiles, -1)
+        assert set(queries.reshape(-1)) == set(range(height * width))
+        # The owning slot holds the position itself.
+        np.testing.assert_array_equal(
+            queries.reshape(-1)[query_owner], np.arange(height * width)
+        )
+        half_u, half_v = window[1] // 2, window[2] // 2
+        for tile_queries, tile_keys in zip(queries, keys):
+            assert len(set(tile_queries)) == tile[0] * tile[1]
+            assert len(set(tile_keys)) == len(tile_keys)
+            assert np.all((tile_keys >= 0) & (tile_keys < height * width))
+            for position in tile_queries:
+                y, x = divmod(int(position), width)
+                window_positions = {
+                    other_y * width + other_x
+                    for other_y in range(y - half_u, y + half_u + 1)
+                    for other_x in range(x - half_v, x + half_v + 1)
+                    if 0 <= other_y < height and 0 <= other_x < width
+                }
+                assert window_positions <= set(tile_keys)
+
+    @pytest.mark.parametrize("num_frames,height,width,window,tile", PLAN_CASES)
+    def test_band_table_reads_the_compared_pair(
+        self, num_frames, height, width, window, tile
+    ):
+        tiling, query_positions, key_positions, query_owner, band_index = plan_tables(
+            num_frames, height, width, window, tile
+        )
+        pairs = brute_force_pairs(num_frames, min(window[0] // 2, num_frames - 1))
+        # Similarities are laid out [pair, tile, tile_queries, tile_keys].
+        pair_size = tiling.num_tiles * tiling.tile_queries * tiling.tile_keys
+        band = band_index.reshape(num_frames, height, width, *window)
+        length, height_window, width_window = window
+        for t, y, x, l, u, v in np.ndindex(band.shape):
+            other = (
+                t + l - length // 2,
+                y + u - height_window // 2,
+                x + v - width_window // 2,
+            )
+            if not (
+                0 <= other[0] < num_frames
+                and 0 <= other[1] < height
+                and 0 <= other[2] < width
+            ):
+                assert band[t, y, x, l, u, v] == -1
+                continue
+            # Only pairs (t, t + d), d >= 0, are computed: for d < 0 the
+            # displaced position is the query.
+            query, key = ((t, y, x), other) if other[0] >= t else (other, (t, y, x))
+            pair, rest = divmod(int(band[t, y, x, l, u, v]), pair_size)
+            query_slot, key_slot = divmod(rest, tiling.tile_keys)
+            tile_index = query_slot // tiling.tile_queries
+            assert pairs[pair] == (query[0], key[0])
+            assert query_positions[query_slot] == query[1] * width + query[2]
+            assert query_owner[query[1] * width + query[2]] == query_slot
+            assert (
+                key_positions[tile_index * tiling.tile_keys + key_slot]
+                == key[1] * width + key[2]
+            )
+
+    @pytest.mark.parametrize("num_frames,height,width,window,tile", PLAN_CASES)
+    def test_reader_tables_list_every_reader(
+        self, num_frames, height, width, window, tile
+    ):
+        *_, key_positions, _, band_index = plan_tables(
+            num_frames, height, width, window, tile
+        )
+        num_similarities = int(band_index.max()) + 3  # two never read
+        readers = stss_module._band_reader_table(band_index, num_similarities)
+        for similarity in range(num_similarities):
+            outputs = list(np.flatnonzero(band_index == similarity))
+            assert len(outputs) <= 2
+            assert list(readers[:, similarity]) == outputs + [-1] * (2 - len(outputs))
+        key_readers = stss_module._key_reader_table(key_positions, height * width)
+        counts = [np.count_nonzero(key_positions == p) for p in range(height * width)]
+        assert key_readers.shape == (max(counts), height * width)
+        for position in range(height * width):
+            slots = list(np.flatnonzero(key_positions == position))
+            expected = slots + [-1] * (len(key_readers) - len(slots))
+            assert list(key_readers[:, position]) == expected
+
+    @pytest.mark.parametrize("num_frames,height,width,window,tile", PLAN_CASES)
+    def test_plan_gathers_give_the_reference_and_its_transpose(
+        self, num_frames, height, width, window, tile
+    ):
+        # The op's steps in NumPy: tile gathers, pair products, band gather.
+        plan = stss_module._matmul_plan(num_frames, height, width, window, tile)
+        features = random_features((1, num_frames, height, width, 4), seed=11)
+        frames = features[0].astype(np.float64).reshape(num_frames, height * width, 4)
+        frames /= np.sqrt(np.sum(frames**2, axis=-1, keepdims=True) + 1e-6)
+        whole_map = np.arange(height * width)
+        query_positions, key_positions = (
+            whole_map if positions is None else positions
+            for positions in (plan.query_positions, plan.key_positions)
+        )
+        queries = frames[:, query_positions].reshape(
+            num_frames, plan.num_tiles, plan.tile_queries, 4
+        )
+        keys = frames[:, key_positions].reshape(
+            num_frames, plan.num_tiles, plan.tile_keys, 4
+        )
+        similarities = np.concatenate(
+            [
+                np.einsum(
+                    "tnqc,tnkc->tnqk", queries[: num_frames - offset], keys[offset:]
+                ).reshape(-1)
+                for offset in range(plan.max_offset + 1)
+            ]
+        )
+        assert similarities.size == plan.num_similarities
+        output = similarities[plan.band_index] * plan.band_mask
+        np.testing.assert_allclose(
+            output.reshape(1, num_frames, height, width, *window),
+            reference_stss(features, window),
+            atol=1e-12,
+        )
+
+        # The reader gathers sum the upstream of every output that reads a
+        # similarity: the transpose of the band gather.
+        upstream = np.random.default_rng(12).normal(size=plan.band_index.size)
+        expected = np.zeros(plan.num_similarities)
+        np.add.at(expected, plan.band_index, upstream * plan.band_mask)
+        gradient = upstream[plan.first_reader] * plan.first_mask
+        if plan.second_reader is not None:
+            gradient += upstream[plan.second_reader] * plan.second_mask
+        np.testing.assert_allclose(gradient, expected, atol=1e-12)
+        if plan.key_readers is not None:
+            key_upstream = np.random.default_rng(13).normal(size=key_positions.size)
+            expected = np.zeros(height * width)
+            np.add.at(expected, key_positions, key_upstream)
+            gradient = sum(
+                key_upstream[reader] * mask[:, 0]
+                for reader, mask in zip(plan.key_readers, plan.key_reader_mask)
+            )
+            np.testing.assert_allclose(gradient, expected, atol=1e-12)
+
+
 class TestSTSSErrors:
     @pytest.mark.parametrize(
         "window", [(5, 8, 9), (5, 9), (0, 3, 3), (-1, 3, 3), (3.0, 3, 3), 5]
