@@ -269,6 +269,69 @@ class TestModelsBasic:
         assert any(changed)
 
 
+class TestPretrainedTags:
+    """`create_model("arch.tag")` builds the architecture of a pretrained config."""
+
+    TINY = {"width_multiplier": 0.125, "selfy_channels": 16}
+
+    def test_tag_fields_are_defaults(self):
+        # sthv1_16f: Something-Something V1 (174 classes), 16 frames.
+        model = create_model("selfy_tsm_r50.sthv1_16f", input_size=32, **self.TINY)
+        assert model.input.shape == (None, 16, 32, 32, 3)
+        assert model.output.shape == (None, 174)
+        assert model.get_layer("selfy").num_frames == 16
+        assert model.name == "selfy_tsm_r50"
+
+    def test_explicit_arguments_override_the_tag(self):
+        model = create_model(
+            "selfy_tsm_r18.sthv1_8f", num_classes=3, num_frames=2, input_size=32, **self.TINY
+        )
+        assert model.input.shape == (None, 2, 32, 32, 3)
+        assert model.output.shape == (None, 3)
+
+    def test_unknown_tag_names_it_and_lists_the_valid_tags(self):
+        with pytest.raises(ValueError) as raised:
+            create_model("selfy_tsm_r50.kinetics_32f")
+        message = str(raised.value)
+        assert "`kinetics_32f`" in message
+        for tag in ("sthv1_8f", "sthv1_16f", "sthv2_8f", "sthv2_16f"):
+            assert tag in message
+        # Tags of other architectures are not offered.
+        with pytest.raises(ValueError, match=r"Valid tags of `tsm_r50`: sthv1_8f\.$"):
+            create_model("tsm_r50.sthv1_16f")
+        with pytest.raises(ValueError, match="Unknown model `name`: 'resnet50'"):
+            create_model("resnet50.sthv1_8f")
+
+    def test_pretrained_loads_the_tag_weights_file(self, tmp_path, monkeypatch):
+        from selfy_tf.models import _registry
+
+        arguments = {"num_classes": 3, "num_frames": 2, "input_size": 32, **self.TINY}
+        source = create_model("selfy_tsm_r18", **arguments)
+        for variable in source.weights:
+            if variable.path.endswith("gamma"):
+                variable.assign(np.full(variable.shape, 0.7, "float32"))
+        path = tmp_path / "tiny.weights.h5"
+        source.save_weights(path)
+        monkeypatch.setitem(
+            _registry._pretrained_cfgs,
+            "selfy_tsm_r18.tiny_test",
+            tsm_resnet._cfg(weights_file=str(path), **arguments),
+        )
+        loaded = create_model("selfy_tsm_r18.tiny_test", pretrained=True)
+        clip = _clip(2, 2, 32).astype("float32")
+        np.testing.assert_array_equal(
+            np.asarray(loaded(clip, training=False)), np.asarray(source(clip, training=False))
+        )
+        with pytest.raises(ValueError, match="either `pretrained=True`.*or `weights=PATH`"):
+            create_model("selfy_tsm_r18.tiny_test", pretrained=True, weights=str(path))
+
+    def test_pretrained_needs_a_tag_with_a_weights_file(self):
+        with pytest.raises(ValueError, match="`pretrained=True` needs a pretrained config"):
+            create_model("selfy_tsm_r18", pretrained=True)
+        with pytest.raises(ValueError, match="'selfy_tsm_r18.sthv1_8f' has no `weights_file`"):
+            create_model("selfy_tsm_r18.sthv1_8f", pretrained=True)
+
+
 class TestModelsCorrectness:
     def test_frame_preprocessing_matches_numpy(self):
         clip = _clip(2, 3, 8)

@@ -19,6 +19,7 @@ PyTorch counterpart carry a suffix (`layer2_0_shift`, `layer2_0_conv1_pad`,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Mapping
 
@@ -72,12 +73,37 @@ RESNET_ARCHS: dict[str, ResNetArch] = {
 }
 
 
+# The family's builder arguments and their defaults: the one copy, read by
+# the builders, `create_model` and `_cfg`, and by the trainer for its
+# unset `model.*` fields (`selfy_tf.models.model_args`). `create_model`
+# documents them.
+MODEL_DEFAULTS: dict[str, Any] = {
+    "num_classes": 174,
+    "num_frames": 8,
+    "input_size": 224,
+    "dropout": 0.5,
+    "selfy_stage": "res3",
+    "stss_backend": "matmul",
+    "stss_jit": False,
+    "width_multiplier": 1.0,
+    # None: the reference SELFY widths, REFERENCE_SELFY_CHANNELS.
+    "selfy_channels": None,
+    "sync_batchnorm": False,
+}
+
+_register = functools.partial(register_model, defaults=MODEL_DEFAULTS)
+
+
 def _cfg(**overrides: Any) -> dict[str, Any]:
-    """A pretrained config with the family's shared defaults."""
+    """A pretrained config with the family's shared defaults.
+
+    Its keys that are builder arguments (`MODEL_DEFAULTS`) are the
+    architecture of the config: `create_model("arch.tag")` builds with them.
+    """
     cfg = {
-        "num_classes": 174,
-        "num_frames": 8,
-        "input_size": 224,
+        "num_classes": MODEL_DEFAULTS["num_classes"],
+        "num_frames": MODEL_DEFAULTS["num_frames"],
+        "input_size": MODEL_DEFAULTS["input_size"],
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
         # The official release publishes no weight files: convert checkpoints
@@ -332,21 +358,38 @@ def _create_tsm_resnet(
     depth: str,
     shift: bool,
     selfy: bool,
-    num_classes: int = 174,
-    num_frames: int = 8,
-    input_size: int = 224,
-    dropout: float = 0.5,
-    selfy_stage: str = "res3",
-    stss_backend: str = "matmul",
-    stss_jit: bool = False,
-    width_multiplier: float = 1.0,
-    selfy_channels: int | Mapping[str, Any] | None = None,
-    sync_batchnorm: bool = False,
+    **kwargs: Any,
 ) -> keras.Model:
     """Builds one TSN / TSM / SELFYNet ResNet as a Keras functional model.
 
-    See `selfy_tf.models.create_model` for the arguments.
+    `kwargs` override `MODEL_DEFAULTS`; see `selfy_tf.models.create_model`
+    for the arguments.
     """
+    unknown = sorted(set(kwargs) - set(MODEL_DEFAULTS))
+    if unknown:
+        raise TypeError(
+            f"{variant}() got unexpected arguments {unknown}. Valid arguments: "
+            f"{', '.join(MODEL_DEFAULTS)}."
+        )
+    return _build(variant, depth, shift, selfy, **{**MODEL_DEFAULTS, **kwargs})
+
+
+def _build(
+    variant: str,
+    depth: str,
+    shift: bool,
+    selfy: bool,
+    num_classes: int,
+    num_frames: int,
+    input_size: int,
+    dropout: float,
+    selfy_stage: str,
+    stss_backend: str,
+    stss_jit: bool,
+    width_multiplier: float,
+    selfy_channels: int | Mapping[str, Any] | None,
+    sync_batchnorm: bool,
+) -> keras.Model:
     _check_args(variant, num_classes, num_frames, input_size, dropout, selfy, selfy_stage, width_multiplier)
     arch = RESNET_ARCHS[depth]
     width_multiplier = float(width_multiplier)
@@ -390,73 +433,73 @@ def _create_tsm_resnet(
     return model
 
 
-@register_model
+@_register
 def tsn_r18(**kwargs: Any) -> keras.Model:
     """TSN ResNet-18: per-frame ResNet-18, average of frame logits."""
     return _create_tsm_resnet("tsn_r18", "r18", shift=False, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsn_r34(**kwargs: Any) -> keras.Model:
     """TSN ResNet-34."""
     return _create_tsm_resnet("tsn_r34", "r34", shift=False, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsn_r50(**kwargs: Any) -> keras.Model:
     """TSN ResNet-50."""
     return _create_tsm_resnet("tsn_r50", "r50", shift=False, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsn_r101(**kwargs: Any) -> keras.Model:
     """TSN ResNet-101."""
     return _create_tsm_resnet("tsn_r101", "r101", shift=False, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsm_r18(**kwargs: Any) -> keras.Model:
     """TSM ResNet-18: temporal shift at the start of every residual branch."""
     return _create_tsm_resnet("tsm_r18", "r18", shift=True, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsm_r34(**kwargs: Any) -> keras.Model:
     """TSM ResNet-34."""
     return _create_tsm_resnet("tsm_r34", "r34", shift=True, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsm_r50(**kwargs: Any) -> keras.Model:
     """TSM ResNet-50."""
     return _create_tsm_resnet("tsm_r50", "r50", shift=True, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsm_r101(**kwargs: Any) -> keras.Model:
     """TSM ResNet-101."""
     return _create_tsm_resnet("tsm_r101", "r101", shift=True, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def selfy_tsm_r18(**kwargs: Any) -> keras.Model:
     """SELFYNet-TSM-ResNet-18: TSM ResNet-18 with a SELFY block after res3."""
     return _create_tsm_resnet("selfy_tsm_r18", "r18", shift=True, selfy=True, **kwargs)
 
 
-@register_model
+@_register
 def selfy_tsm_r34(**kwargs: Any) -> keras.Model:
     """SELFYNet-TSM-ResNet-34."""
     return _create_tsm_resnet("selfy_tsm_r34", "r34", shift=True, selfy=True, **kwargs)
 
 
-@register_model
+@_register
 def selfy_tsm_r50(**kwargs: Any) -> keras.Model:
     """SELFYNet-TSM-ResNet-50, the paper's main model."""
     return _create_tsm_resnet("selfy_tsm_r50", "r50", shift=True, selfy=True, **kwargs)
 
 
-@register_model
+@_register
 def selfy_tsm_r101(**kwargs: Any) -> keras.Model:
     """SELFYNet-TSM-ResNet-101."""
     return _create_tsm_resnet("selfy_tsm_r101", "r101", shift=True, selfy=True, **kwargs)
