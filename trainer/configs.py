@@ -6,7 +6,10 @@ no defaults of its own). A config is resolved in this order:
     preset (or the defaults) -> YAML files (`--config`) -> `a.b=c` overrides (`--set`)
 
 Unknown keys are errors that name the key and the config class, and
-`validate(config)` runs the cross-field checks before any work starts.
+`validate(config)` runs the cross-field checks before any work starts. The
+model's architecture is not repeated here: `model.*` fields left `None` take
+the defaults of the registry name `model.name` (`resolve_model(config)`,
+done before a run, so that `RUN/config.yaml` holds every value).
 
 Example:
 
@@ -44,6 +47,7 @@ __all__ = [
     "list_presets",
     "load_yaml",
     "register_preset",
+    "resolve_model",
     "save_yaml",
     "validate",
 ]
@@ -58,23 +62,30 @@ INIT_KINDS = ("imagenet", "official")
 class ModelConfig:
     """Which network to build (arguments of `selfy_tf.models.create_model`).
 
+    `name` is a registered model (`selfy_tsm_r50`) or pretrained config
+    (`selfy_tsm_r50.sthv1_8f`, `selfy_tf.models.list_pretrained()`). The
+    architecture fields left `None` take the defaults of that name
+    (`selfy_tf.models.model_args(name)`: the family's, updated by the
+    config's), filled in by `resolve_model`.
+
     `init` is `""` (random initialisation), `"imagenet:PATH"` (an ImageNet
     ResNet checkpoint for the backbone) or `"official:PATH"` (a checkpoint
     of the official PyTorch release).
     """
 
     name: str = "selfy_tsm_r50"
-    # None: the class count of the data's labels.txt (the paper presets fix
-    # theirs, and a dataset that disagrees is refused).
+    # None: the class count of the pretrained config `name`, else of the
+    # data's labels.txt (a dataset that disagrees with a set count is refused).
     num_classes: int | None = None
-    num_frames: int = 8
-    input_size: int = 224
-    dropout: float = 0.5
-    selfy_stage: str = "res3"
-    stss_backend: str = "matmul"
-    width_multiplier: float = 1.0
+    num_frames: int | None = None
+    input_size: int | None = None
+    dropout: float | None = None
+    selfy_stage: str | None = None
+    stss_backend: str | None = None
+    width_multiplier: float | None = None
+    # Resolved None: the reference SELFY widths.
     selfy_channels: int | None = None
-    sync_batchnorm: bool = False
+    sync_batchnorm: bool | None = None
     # Compile the STSS op alone with XLA (its gathers are faster that way,
     # even on CPU: benchmarks/README.md); export and TFLite conversion
     # switch it off, as TF Serving and LiteRT run graphs without XLA.
@@ -317,6 +328,33 @@ def tiny_cpu() -> ExperimentConfig:
     return config
 
 
+def resolve_model(config: ExperimentConfig) -> ExperimentConfig:
+    """A copy of `config` whose unset (`None`) `model.*` fields hold the
+    defaults of `model.name` (`selfy_tf.models.model_args`).
+
+    `model.num_classes` is taken from the pretrained config `model.name`
+    only; without one it stays `None` (the data's class count). Idempotent.
+
+    Raises:
+        ValueError: `model.name` is not a registered model or pretrained
+            config (the message lists the valid names or tags).
+    """
+    from selfy_tf.models import get_pretrained_cfg, model_args
+
+    config = copy.deepcopy(config)
+    model = config.model
+    try:
+        defaults = model_args(model.name)
+    except ValueError as error:
+        raise ValueError(f"`model.name`: {error}") from None
+    for name, value in defaults.items():
+        if name != "num_classes" and hasattr(model, name) and getattr(model, name) is None:
+            setattr(model, name, value)
+    if model.num_classes is None and "." in model.name:
+        model.num_classes = get_pretrained_cfg(model.name)["num_classes"]
+    return config
+
+
 # ---------------------------------------------------------------------------
 # Dict / YAML conversion and overrides
 
@@ -508,6 +546,7 @@ def validate(config: ExperimentConfig) -> None:
     Raises:
         ValueError: naming the field, the received value and what is expected.
     """
+    config = resolve_model(config)
     model, data, optimizer, schedule, train, runtime = (
         config.model,
         config.data,

@@ -207,7 +207,7 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
     """
     from selfy_tf.models import create_model
 
-    model_config = config.model
+    model_config = configs.resolve_model(config).model
     model = create_model(
         model_config.name,
         num_classes=model_config.num_classes,
@@ -430,6 +430,9 @@ def _prepare_run(
     with another config, creates the run directory with its config and labels."""
     from trainer.numpy_data import is_numpy_source
 
+    # The model's unset fields from its registry name: the run directory's
+    # config.yaml holds every value.
+    config = configs.resolve_model(config)
     if is_numpy_source(data_dir):
         data = inspect_numpy_source(data_dir, config)
     else:

@@ -34,10 +34,18 @@ from selfy_tf.layers import _common
 from selfy_tf.layers.stss_extraction import STSSExtraction
 from selfy_tf.layers.stss_integration import STSSIntegration
 from selfy_tf.layers.stss_transformation import STSSTransformation
-from selfy_tf.ops import STSS_BACKENDS
+from selfy_tf.ops import DEFAULT_BACKEND, STSS_BACKENDS
 
 # The official prefix of the block's keys in a SELFYNet state dict.
 TORCH_PREFIX = "module.base_model.selfy."
+
+# The reference widths (DESIGN.md §3): the block's defaults, and the model
+# zoo's `selfy_channels=None`.
+REFERENCE_CHANNELS = {
+    "hidden_channels": 128,
+    "extraction_channels": (4, 16, 64, 64),
+    "integration_channels": (64, 64, 64, 64),
+}
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -110,11 +118,11 @@ class SELFYBlock(keras.layers.Layer):
     def __init__(
         self,
         num_frames: int = 8,
-        hidden_channels: int = 128,
+        hidden_channels: int = REFERENCE_CHANNELS["hidden_channels"],
         window: tuple[int, int, int] = (5, 9, 9),
-        extraction_channels: tuple[int, int, int, int] = (4, 16, 64, 64),
-        integration_channels: tuple[int, int, int, int] = (64, 64, 64, 64),
-        stss_backend: str = "matmul",
+        extraction_channels: tuple[int, int, int, int] = REFERENCE_CHANNELS["extraction_channels"],
+        integration_channels: tuple[int, int, int, int] = REFERENCE_CHANNELS["integration_channels"],
+        stss_backend: str = DEFAULT_BACKEND,
         stss_jit: bool = False,
         zero_init_last: bool = True,
         batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,

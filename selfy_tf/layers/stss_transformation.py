@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from selfy_tf.layers import _common
-from selfy_tf.ops import STSS_BACKENDS, stss
+from selfy_tf.ops import DEFAULT_BACKEND, STSS_BACKENDS, stss
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -66,7 +66,7 @@ class STSSTransformation(keras.layers.Layer):
         num_frames: int,
         hidden_channels: int = 128,
         window: tuple[int, int, int] = (5, 9, 9),
-        stss_backend: str = "matmul",
+        stss_backend: str = DEFAULT_BACKEND,
         stss_jit: bool = False,
         batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,

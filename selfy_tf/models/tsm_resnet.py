@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import keras
 
 from selfy_tf.layers import _common
+from selfy_tf.layers.selfy_block import REFERENCE_CHANNELS, SELFYBlock
 from selfy_tf.layers.temporal_shift import TemporalShift
 from selfy_tf.models._registry import register_model, register_pretrained_cfgs
 from selfy_tf.models.frame_preprocessing import (
@@ -34,18 +35,15 @@ from selfy_tf.models.frame_preprocessing import (
     FramePreprocessing,
 )
 from selfy_tf.models.segment_consensus import SegmentConsensus
+from selfy_tf.ops import DEFAULT_BACKEND
 
 logger = logging.getLogger(__name__)
 
 # Output stride of the stage the SELFY block follows.
 SELFY_STAGES: dict[str, int] = {"res2": 4, "res3": 8, "res4": 16}
 
-# Reference SELFY block widths (DESIGN.md §3).
-REFERENCE_SELFY_CHANNELS: dict[str, Any] = {
-    "hidden_channels": 128,
-    "extraction_channels": (4, 16, 64, 64),
-    "integration_channels": (64, 64, 64, 64),
-}
+# Reference SELFY block widths (DESIGN.md §3), the block's defaults.
+REFERENCE_SELFY_CHANNELS: dict[str, Any] = REFERENCE_CHANNELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +81,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "input_size": 224,
     "dropout": 0.5,
     "selfy_stage": "res3",
-    "stss_backend": "matmul",
+    "stss_backend": DEFAULT_BACKEND,
     "stss_jit": False,
     "width_multiplier": 1.0,
     # None: the reference SELFY widths, REFERENCE_SELFY_CHANNELS.
@@ -295,8 +293,6 @@ def _residual_block(
 
 
 def _selfy_block(x, num_frames: int, channels: dict[str, Any], stss_backend: str, stss_jit: bool, sync_batchnorm: bool):
-    from selfy_tf.layers.selfy_block import SELFYBlock
-
     return SELFYBlock(
         num_frames=num_frames,
         hidden_channels=channels["hidden_channels"],

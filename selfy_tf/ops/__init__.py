@@ -1,5 +1,5 @@
 """TensorFlow ops of selfy-tf (compositions of TF ops; no custom kernels)."""
 
-from selfy_tf.ops.stss import STSS_BACKENDS, stss
+from selfy_tf.ops.stss import DEFAULT_BACKEND, STSS_BACKENDS, stss
 
-__all__ = ["STSS_BACKENDS", "stss"]
+__all__ = ["DEFAULT_BACKEND", "STSS_BACKENDS", "stss"]

@@ -49,6 +49,8 @@ from selfy_tf.ops import _backend
 logger = logging.getLogger(__name__)
 
 STSS_BACKENDS = ("matmul", "shift", "patches")
+# The backend of `stss` and of the layers and models that call it.
+DEFAULT_BACKEND = "matmul"
 DEFAULT_WINDOW = (5, 9, 9)
 _EPSILON = 1e-6
 
@@ -657,7 +659,7 @@ DEFAULT_JIT = True
 def stss(
     features: Any,
     window: Sequence[int] = DEFAULT_WINDOW,
-    backend: str = "matmul",
+    backend: str = DEFAULT_BACKEND,
     jit: bool = DEFAULT_JIT,
 ) -> Any:
     """Computes the spatio-temporal self-similarity of a feature volume.
