@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from trainer import configs
@@ -14,6 +16,7 @@ class TestPresets:
 
     def test_paper_presets(self):
         ssv1 = configs.resolve_model(configs.get_preset("ssv1_selfy_r50_8f"))
+        assert ssv1.model.name == "selfy_tsm_r50.sthv1_8f"
         assert (ssv1.model.num_classes, ssv1.model.num_frames) == (174, 8)
         assert ssv1.data.no_flip_classes == (86, 87, 93, 94, 166, 167)
         assert (ssv1.optimizer.base_lr, ssv1.optimizer.base_batch_size) == (0.01, 64)
@@ -47,6 +50,43 @@ class TestPresets:
         ),
     }
 
+    @pytest.mark.parametrize("name", configs.list_presets())
+    def test_presets_name_a_registry_config_instead_of_its_fields(self, name):
+        from selfy_tf.models import list_pretrained
+
+        model = configs.get_preset(name).model
+        assert model.name in list_pretrained()
+        fields = [field.name for field in dataclasses.fields(model) if field.name not in ("name", "init", "stss_jit")]
+        assert {field: getattr(model, field) for field in fields} == dict.fromkeys(fields)
+
+    def test_changing_the_name_takes_its_defaults_and_set_still_wins(self):
+        config = configs.apply_overrides(
+            configs.get_preset("ssv1_selfy_r50_8f"),
+            ["model.name=selfy_tsm_r50.sthv1_16f", "model.dropout=0.2"],
+        )
+        model = configs.resolve_model(config).model
+        assert (model.num_frames, model.dropout, model.num_classes) == (16, 0.2, 174)
+        model = configs.resolve_model(
+            configs.apply_overrides(configs.get_preset("tiny_cpu"), ["model.num_frames=6"])
+        ).model
+        assert (model.num_frames, model.input_size, model.width_multiplier) == (6, 32, 0.125)
+
+    def test_unknown_model_tag_is_refused_by_validate(self):
+        config = configs.apply_overrides(configs.ExperimentConfig(), ["model.name=selfy_tsm_r50.sthv3"])
+        with pytest.raises(ValueError, match=r"`model.name`: Unknown tag `sthv3`.*sthv1_8f"):
+            configs.validate(config)
+
+    def test_resolved_config_file_is_complete(self, tmp_path):
+        path = str(tmp_path / "config.yaml")
+        configs.save_yaml(configs.resolve_model(configs.get_preset("ssv1_selfy_r50_16f")), path)
+        import yaml
+
+        with open(path) as stream:
+            model = yaml.safe_load(stream)["model"]
+        assert model["name"] == "selfy_tsm_r50.sthv1_16f"
+        assert (model["num_classes"], model["num_frames"], model["input_size"], model["dropout"]) == (174, 16, 224, 0.5)
+        assert configs.resolve_model(configs.load_yaml(path)) == configs.load_yaml(path)
+
     def test_expectations_cover_every_preset(self):
         assert sorted(self.EXPECTED_MODELS) == configs.list_presets()
 
@@ -68,7 +108,7 @@ class TestPresets:
             config.model.num_classes = 5
         model = build_model(config)
         size, frames = fields["input_size"], fields["num_frames"]
-        assert model.name == arch
+        assert model.name == arch == model_config.name.split(".")[0]
         assert model.input.shape == (None, frames, size, size, 3)
         assert model.output.shape == (None, fields["num_classes"] or 5)
         block = model.get_layer("selfy")
@@ -145,7 +185,7 @@ class TestYaml:
         path = tmp_path / "exp.yaml"
         path.write_text("preset: tiny_cpu\ntrain:\n  epochs: 9\noptimizer:\n  momentum: 0.8\n")
         config = configs.load_yaml(str(path))
-        assert config.model.name == "selfy_tsm_r18"
+        assert config.model.name == "selfy_tsm_r18.tiny"
         assert (config.train.epochs, config.optimizer.momentum) == (9, 0.8)
 
     def test_unknown_yaml_key_names_file_key_and_class(self, tmp_path):

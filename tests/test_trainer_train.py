@@ -371,7 +371,7 @@ class TestCommandLine:
         resolved = with_data_classes(config, inspect_data_dir(data_dir, config))
         assert resolved.model.num_classes == NUM_CLASSES and config.model.num_classes is None
         paper = configs.get_preset("ssv1_selfy_r50_8f")
-        assert paper.model.num_classes == 174
+        assert configs.resolve_model(paper).model.num_classes == 174
         with pytest.raises(ValueError, match="lists 4 classes but `model.num_classes`=174"):
             inspect_data_dir(data_dir, paper)
 

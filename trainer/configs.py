@@ -246,14 +246,17 @@ def get_preset(name: str) -> ExperimentConfig:
     return _PRESETS[name]()
 
 
+# The presets name a pretrained config of the model registry
+# (`selfy_tf.models.list_pretrained()`), which holds the architecture: its
+# class count, frames, input size and widths.
+
+
 def _something_something_v1(config: ExperimentConfig) -> ExperimentConfig:
-    config.model.num_classes = 174
     config.data.no_flip_classes = SSV1_NO_FLIP_CLASSES
     return config
 
 
 def _something_something_v2(config: ExperimentConfig) -> ExperimentConfig:
-    config.model.num_classes = 174
     # The same left/right classes as V1, renumbered by the V2 label file;
     # set `data.no_flip_classes` from your labels.txt.
     config.data.no_flip_classes = ()
@@ -261,37 +264,39 @@ def _something_something_v2(config: ExperimentConfig) -> ExperimentConfig:
 
 
 def _kinetics400(config: ExperimentConfig) -> ExperimentConfig:
-    config.model.num_classes = 400
     # The official optimizer policy gives the classifier x5 / x10 on Kinetics.
     config.optimizer.classifier_lr_mult = 5.0
     config.optimizer.classifier_bias_lr_mult = 10.0
     return config
 
 
+def _with_model(name: str) -> ExperimentConfig:
+    """The default experiment with the model (or pretrained config) `name`."""
+    return ExperimentConfig(model=ModelConfig(name=name))
+
+
 @register_preset("ssv1_selfy_r50_8f")
 def ssv1_selfy_r50_8f() -> ExperimentConfig:
     """The paper's SS-V1 recipe, 8 frames (52.5 top-1)."""
-    return _something_something_v1(ExperimentConfig())
+    return _something_something_v1(_with_model("selfy_tsm_r50.sthv1_8f"))
 
 
 @register_preset("ssv1_selfy_r50_16f")
 def ssv1_selfy_r50_16f() -> ExperimentConfig:
     """The paper's SS-V1 recipe, 16 frames (54.3 top-1)."""
-    config = _something_something_v1(ExperimentConfig())
-    config.model.num_frames = 16
-    return config
+    return _something_something_v1(_with_model("selfy_tsm_r50.sthv1_16f"))
 
 
 @register_preset("ssv2_selfy_r50_8f")
 def ssv2_selfy_r50_8f() -> ExperimentConfig:
     """The paper's SS-V2 recipe, 8 frames (64.5 top-1)."""
-    return _something_something_v2(ExperimentConfig())
+    return _something_something_v2(_with_model("selfy_tsm_r50.sthv2_8f"))
 
 
 @register_preset("kinetics_selfy_r50_8f")
 def kinetics_selfy_r50_8f() -> ExperimentConfig:
     """Kinetics-400, 8 frames, with the official Kinetics lr multipliers."""
-    config = _kinetics400(ExperimentConfig())
+    config = _kinetics400(_with_model("selfy_tsm_r50.kinetics400_8f"))
     # Kinetics has no left/right classes: flipping is always fine.
     config.data.no_flip_classes = ()
     return config
@@ -304,15 +309,7 @@ def tiny_cpu() -> ExperimentConfig:
     Its classes come from the data; it learns a few easy classes of small
     user data in a few epochs.
     """
-    config = ExperimentConfig()
-    config.model = ModelConfig(
-        name="selfy_tsm_r18",
-        num_frames=4,
-        input_size=32,
-        dropout=0.0,
-        width_multiplier=0.125,
-        selfy_channels=8,
-    )
+    config = _with_model("selfy_tsm_r18.tiny")
     config.data.batch_size = 4
     # Evaluation resizes the short side to `scale_size` (input_size * 256 / 224)
     # before the centre crop, whatever the stored frame size: the view

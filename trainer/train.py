@@ -14,7 +14,6 @@ with the restored weights, optimizer state and running metrics.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -130,6 +129,7 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
     """
     from tfrecords.split import open_split, read_labels
 
+    config = configs.resolve_model(config)
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"Data directory not found: {data_dir}")
     labels = read_labels(data_dir)
@@ -172,6 +172,7 @@ def inspect_numpy_source(source: str, config: configs.ExperimentConfig) -> DataI
     """`inspect_data_dir` for in-memory clips (`synthetic:...` or `.npz`, see `trainer.numpy_data`)."""
     from trainer.numpy_data import load_clip_arrays
 
+    config = configs.resolve_model(config)
     arrays = load_clip_arrays(source, config.model.num_frames)
     if config.model.num_classes is not None and len(arrays.labels) != config.model.num_classes:
         raise ValueError(
@@ -188,9 +189,9 @@ def with_data_classes(config: configs.ExperimentConfig, data: DataInfo) -> confi
     Raises:
         ValueError: `data.no_flip_classes` names a class the data lacks.
     """
+    config = configs.resolve_model(config)
     if config.model.num_classes is not None:
         return config
-    config = copy.deepcopy(config)
     config.model.num_classes = len(data.labels)
     logger.info(
         "model.num_classes=%d, from %s.", config.model.num_classes, labels_path(data.data_dir)

@@ -144,6 +144,17 @@ default_cfgs: dict[str, dict[str, Any]] = {
     "tsm_r50.sthv1_8f": _cfg(
         dataset="something-something-v1", params=23_864_558, gmacs=32.70
     ),
+    # The official Kinetics recipe's architecture (no published score); the
+    # count is the SS-V1 model's with 226 more classes of 2049 weights.
+    "selfy_tsm_r50.kinetics400_8f": _cfg(
+        dataset="kinetics-400", num_classes=400, params=25_293_916
+    ),
+    # A SELFY TSM-R18 small enough to train on a laptop CPU (the trainer's
+    # `tiny_cpu` preset); its class count comes from the data.
+    "selfy_tsm_r18.tiny": _cfg(
+        num_classes=None, num_frames=4, input_size=32, dropout=0.0,
+        width_multiplier=0.125, selfy_channels=8, license=None, paper_ids=None,
+    ),
 }
 
 
