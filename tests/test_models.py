@@ -180,10 +180,62 @@ class TestModelsBasic:
         assert model.get_layer("selfy").hidden_channels == 8
 
     def test_stss_options_pass_through(self, tiny_model_factory):
-        model = tiny_model_factory("selfy_tsm_r18", num_frames=2, stss_backend="shift", stss_jit=True)
+        model = tiny_model_factory("selfy_tsm_r18", num_frames=2, stss_backend="shift")
         block = model.get_layer("selfy")
-        assert (block.stss_backend, block.stss_jit) == ("shift", True)
-        assert tiny_model_factory("selfy_tsm_r18", num_frames=2).get_layer("selfy").stss_jit is False
+        assert block.stss_backend == "shift"
+        assert block.stss_transformation.stss_backend == "shift"
+
+    def test_stss_xla_is_a_runtime_switch_not_a_model_argument(self, tiny_model_factory):
+        import tensorflow as tf
+
+        from selfy_tf.ops import stss_xla, stss_xla_enabled
+        from serving.tflite import xla_functions
+
+        with pytest.raises(TypeError, match="unexpected arguments \\['stss_jit'\\]"):
+            tiny_model_factory("selfy_tsm_r18", num_frames=2, stss_jit=True)
+        model = tiny_model_factory("selfy_tsm_r18", num_frames=2)
+        assert "stss_jit" not in model.get_layer("selfy").get_config()
+        spec = tf.TensorSpec([1, 2, 32, 32, 3], tf.float32)
+
+        def trace():
+            function = tf.function(lambda frames: model(frames, training=False))
+            return xla_functions(function.get_concrete_function(spec))
+
+        assert not stss_xla_enabled() and trace() == []
+        with stss_xla(True):
+            assert trace()
+            with stss_xla(False):
+                assert trace() == []
+            assert stss_xla_enabled()
+        assert not stss_xla_enabled()
+
+    def test_old_keras_file_with_stss_jit_loads(self, tiny_model_factory, tmp_path):
+        import json
+        import zipfile
+
+        model = tiny_model_factory("selfy_tsm_r18", num_frames=2)
+        path = tmp_path / "model.keras"
+        model.save(path)
+        # A file of an earlier version: the SELFY layers stored `stss_jit`.
+        old_path = tmp_path / "old.keras"
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(old_path, "w") as target:
+            for item in source.infolist():
+                data = source.read(item.filename)
+                if item.filename == "config.json":
+                    config = json.loads(data)
+                    layers = config["config"]["layers"]
+                    block = next(layer for layer in layers if layer["class_name"] == "SELFYBlock")
+                    block["config"]["stss_jit"] = True
+                    data = json.dumps(config).encode()
+                target.writestr(item, data)
+        with zipfile.ZipFile(old_path) as archive:
+            assert b'"stss_jit": true' in archive.read("config.json")
+        loaded = keras.models.load_model(old_path)
+        assert "stss_jit" not in loaded.get_layer("selfy").get_config()
+        clip = _clip(2, 2, 32).astype("float32")
+        np.testing.assert_array_equal(
+            np.asarray(loaded(clip, training=False)), np.asarray(model(clip, training=False))
+        )
 
     def test_preset_parameter_counts(self, full_size_r50):
         """Trainable counts of the official release (DESIGN.md §3), via the preset table."""

@@ -56,7 +56,7 @@ class TestPresets:
 
         model = configs.get_preset(name).model
         assert model.name in list_pretrained()
-        fields = [field.name for field in dataclasses.fields(model) if field.name not in ("name", "init", "stss_jit")]
+        fields = [field.name for field in dataclasses.fields(model) if field.name not in ("name", "init")]
         assert {field: getattr(model, field) for field in fields} == dict.fromkeys(fields)
 
     def test_changing_the_name_takes_its_defaults_and_set_still_wins(self):
@@ -187,6 +187,14 @@ class TestYaml:
         config = configs.load_yaml(str(path))
         assert config.model.name == "selfy_tsm_r18.tiny"
         assert (config.train.epochs, config.optimizer.momentum) == (9, 0.8)
+
+    def test_config_of_an_earlier_version_with_model_stss_jit_loads(self, tmp_path):
+        # `model.stss_jit` became the runtime switch `runtime.stss_xla`.
+        path = tmp_path / "config.yaml"
+        path.write_text("model:\n  name: selfy_tsm_r18\n  stss_jit: false\n  num_frames: 4\n")
+        config = configs.load_yaml(str(path))
+        assert (config.runtime.stss_xla, config.model.num_frames) == (False, 4)
+        assert configs.ExperimentConfig().runtime.stss_xla is True
 
     def test_unknown_yaml_key_names_file_key_and_class(self, tmp_path):
         path = tmp_path / "bad.yaml"

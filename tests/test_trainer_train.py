@@ -198,6 +198,37 @@ class TestTraining:
 
 
 @pytest.mark.slow
+class TestStssXla:
+    def test_training_turns_the_stss_xla_switch_on_and_restores_it(self, data_dir, tmp_path):
+        import keras
+
+        from selfy_tf.ops import stss_xla_enabled
+        from trainer.train import train
+
+        class Record(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.seen = []
+
+            # Keras traces the train step on its first call, after this hook.
+            def on_train_batch_begin(self, batch, logs=None):
+                self.seen.append(stss_xla_enabled())
+
+        config = configs.apply_overrides(
+            configs.get_preset("tiny_cpu"),
+            ["train.epochs=1", "train.steps_per_epoch=1", "data.validation_split=none"],
+        )
+        record = Record()
+        assert not stss_xla_enabled()
+        train(config, data_dir, str(tmp_path / "run"), verbose=0, extra_callbacks=[record])
+        assert record.seen == [True]
+        assert not stss_xla_enabled()
+        saved = configs.load_yaml(str(tmp_path / "run" / "config.yaml"))
+        assert saved.runtime.stss_xla is True
+        # The saved config holds the resolved model fields of `selfy_tsm_r18.tiny`.
+        assert (saved.model.num_frames, saved.model.input_size, saved.model.num_classes) == (4, 32, NUM_CLASSES)
+
+
 class TestResume:
     def test_resumed_mid_epoch_without_redoing_finished_epochs(self, runs):
         killed_at = runs["killed_at"]

@@ -86,10 +86,6 @@ class ModelConfig:
     # Resolved None: the reference SELFY widths.
     selfy_channels: int | None = None
     sync_batchnorm: bool | None = None
-    # Compile the STSS op alone with XLA (its gathers are faster that way,
-    # even on CPU: benchmarks/README.md); export and TFLite conversion
-    # switch it off, as TF Serving and LiteRT run graphs without XLA.
-    stss_jit: bool = True
     init: str = ""
 
 
@@ -192,6 +188,11 @@ class RuntimeConfig:
     jit_compile: bool | None = None
     mixed_precision: str = "float32"
     steps_per_execution: int = 1
+    # Compile the STSS op alone with XLA while training and evaluating (its
+    # gathers are faster that way, even on CPU: benchmarks/README.md); a
+    # runtime switch (`selfy_tf.ops.stss_xla`), not part of the saved model,
+    # which export and TFLite conversion trace without it.
+    stss_xla: bool = True
 
 
 @dataclasses.dataclass
@@ -460,6 +461,23 @@ def _set(config: Any, path: list[str], value: Any, full_key: str) -> None:
         node = getattr(node, name)
 
 
+def _moved_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the keys of earlier versions moved to their new place.
+
+    `model.stss_jit` (saved in the `config.yaml` of earlier runs) is now
+    `runtime.stss_xla`.
+    """
+    model = values.get("model")
+    if not isinstance(model, dict) or "stss_jit" not in model:
+        return values
+    values = dict(values)
+    model = dict(model)
+    runtime = dict(values.get("runtime") or {})
+    runtime.setdefault("stss_xla", model.pop("stss_jit"))
+    values["model"], values["runtime"] = model, runtime
+    return values
+
+
 def config_from_dict(values: dict[str, Any], base: ExperimentConfig | None = None) -> ExperimentConfig:
     """Applies a nested dict (e.g. loaded YAML) onto `base` (default: defaults).
 
@@ -470,6 +488,7 @@ def config_from_dict(values: dict[str, Any], base: ExperimentConfig | None = Non
     config = copy.deepcopy(base) if base is not None else ExperimentConfig()
     if not isinstance(values, dict):
         raise ValueError(f"A config must be a mapping of sections. Received: {values!r}.")
+    values = _moved_keys(values)
     for name, value in values.items():
         _set(config, [str(name)], value, str(name))
     return config

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import keras
 
 from selfy_tf.files import atomic_write_text
+from selfy_tf.ops import stss_xla
 from selfy_tf.run_dir import RunPaths, save_model, write_labels
 from tfrecords.eval_view import EvalView
 from tfrecords.split import labels_path
@@ -220,7 +221,6 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
         width_multiplier=model_config.width_multiplier,
         selfy_channels=model_config.selfy_channels,
         sync_batchnorm=model_config.sync_batchnorm,
-        stss_jit=model_config.stss_jit,
     )
     if model_config.init:
         kind, _, path = model_config.init.partition(":")
@@ -739,7 +739,9 @@ def train(
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.runtime.mixed_precision)
     try:
-        with replicas.run_scope():
+        # The STSS op's XLA switch is read when Keras traces the train and
+        # validation steps, inside `fit`.
+        with replicas.run_scope(), stss_xla(config.runtime.stss_xla):
             model, schedule = _build_and_compile(run, replicas)
             state, resumed_from = _restore_state(run, model)
             monitor = config.train.monitor if run.data.has_validation else config.train.monitor.removeprefix("val_")

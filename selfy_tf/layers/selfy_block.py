@@ -80,9 +80,6 @@ class SELFYBlock(keras.layers.Layer):
             convolution.
         stss_backend: str, default "matmul", the `backend` of
             `selfy_tf.ops.stss`.
-        stss_jit: bool, default False, compile the STSS op with XLA on
-            TensorFlow (ignored elsewhere). Keep it off for models that are
-            exported (TF Serving, TFLite).
         zero_init_last: bool, default True, zero-initialise the gamma of the
             last batch norm so that the block starts as the identity (up to
             the final ReLU).
@@ -123,13 +120,15 @@ class SELFYBlock(keras.layers.Layer):
         extraction_channels: tuple[int, int, int, int] = REFERENCE_CHANNELS["extraction_channels"],
         integration_channels: tuple[int, int, int, int] = REFERENCE_CHANNELS["integration_channels"],
         stss_backend: str = DEFAULT_BACKEND,
-        stss_jit: bool = False,
         zero_init_last: bool = True,
         batch_norm_momentum: float = _common.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _common.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
         **kwargs,
     ):
+        # `stss_jit`, saved by earlier versions, is ignored: XLA for the
+        # STSS op is the runtime choice `selfy_tf.ops.stss_xla`.
+        kwargs.pop("stss_jit", None)
         super().__init__(**kwargs)
         self.num_frames = _common.check_positive_int("num_frames", num_frames)
         self.hidden_channels = _common.check_positive_int(
@@ -154,7 +153,6 @@ class SELFYBlock(keras.layers.Layer):
                 f"Received: stss_backend={stss_backend!r}."
             )
         self.stss_backend = stss_backend
-        self.stss_jit = bool(stss_jit)
         self.zero_init_last = bool(zero_init_last)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
@@ -170,7 +168,6 @@ class SELFYBlock(keras.layers.Layer):
             self.hidden_channels,
             self.window,
             stss_backend=self.stss_backend,
-            stss_jit=self.stss_jit,
             name="stss_transformation",
             **batch_norm_args,
         )
@@ -278,7 +275,6 @@ class SELFYBlock(keras.layers.Layer):
                 "extraction_channels": self.extraction_channels,
                 "integration_channels": self.integration_channels,
                 "stss_backend": self.stss_backend,
-                "stss_jit": self.stss_jit,
                 "zero_init_last": self.zero_init_last,
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,

@@ -77,8 +77,8 @@ def create_model(
             compute with float32 variables, faster inference on CPUs with
             AVX512-BF16 or AMX (benchmarks/README.md); `"mixed_float16"` on GPUs. The
             logits stay float32. The global policy is left unchanged.
-        **kwargs: further family arguments, e.g. `stss_jit` [False] (compile
-            the STSS op with XLA; keep it off for models you export).
+        **kwargs: further family arguments. (Compiling the STSS op with XLA
+            is a runtime choice, `selfy_tf.ops.stss_xla`, not an argument.)
 
     Returns:
         A Keras functional model: input `frames`

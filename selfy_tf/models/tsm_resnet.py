@@ -82,7 +82,6 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "dropout": 0.5,
     "selfy_stage": "res3",
     "stss_backend": DEFAULT_BACKEND,
-    "stss_jit": False,
     "width_multiplier": 1.0,
     # None: the reference SELFY widths, REFERENCE_SELFY_CHANNELS.
     "selfy_channels": None,
@@ -303,14 +302,13 @@ def _residual_block(
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _selfy_block(x, num_frames: int, channels: dict[str, Any], stss_backend: str, stss_jit: bool, sync_batchnorm: bool):
+def _selfy_block(x, num_frames: int, channels: dict[str, Any], stss_backend: str, sync_batchnorm: bool):
     return SELFYBlock(
         num_frames=num_frames,
         hidden_channels=channels["hidden_channels"],
         extraction_channels=channels["extraction_channels"],
         integration_channels=channels["integration_channels"],
         stss_backend=stss_backend,
-        stss_jit=stss_jit,
         sync_batchnorm=sync_batchnorm,
         name="selfy",
     )(x)
@@ -392,7 +390,6 @@ def _build(
     dropout: float,
     selfy_stage: str,
     stss_backend: str,
-    stss_jit: bool,
     width_multiplier: float,
     selfy_channels: int | Mapping[str, Any] | None,
     sync_batchnorm: bool,
@@ -428,7 +425,7 @@ def _build(
                 name=f"layer{stage_index + 1}_{block_index}",
             )
         if selfy and stage_names[stage_index] == selfy_stage:
-            x = _selfy_block(x, num_frames, channels, stss_backend, stss_jit, bool(sync_batchnorm))
+            x = _selfy_block(x, num_frames, channels, stss_backend, bool(sync_batchnorm))
 
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
     if dropout > 0:
