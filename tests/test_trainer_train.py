@@ -181,8 +181,12 @@ class TestTraining:
         assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
         assert {"loss", "top1", "top5", "val_top1", "lr", "clips_per_sec"} <= set(rows[0])
         saved = configs.load_yaml(os.path.join(run_dir, "config.yaml"))
-        # The class count came from the data's labels.txt.
-        expected = configs.apply_overrides(configs.get_preset("tiny_cpu"), [*COMMON_SETS, "model.num_classes=4"])
+        # The class count came from the data's labels.txt; the other model
+        # fields are resolved from the preset's registry config.
+        expected = configs.resolve_model(
+            configs.apply_overrides(configs.get_preset("tiny_cpu"), [*COMMON_SETS, "model.num_classes=4"])
+        )
+        assert saved.model.num_frames == 4
         assert configs.config_to_dict(saved) == configs.config_to_dict(expected)
         with open(os.path.join(run_dir, "labels.txt")) as stream:
             assert stream.read().split() == ["red", "green", "blue", "yellow"]
