@@ -6,11 +6,12 @@ Runs with 2 intra-op and 2 inter-op threads. Cases:
   14 x 14 x 128, window 5 x 9 x 9), forward (`fwd_ms`) and forward + backward
   (`fwdbwd_ms`). Modes: `graph` (`tf.function`, op with `jit=False`: plain
   TensorFlow kernels, the export/TFLite configuration), `graph_jit`
-  (`tf.function`, op with its default `jit=True`: XLA-compiled gathers; matmul
-  only) and `xla` (the whole `tf.function` compiled with `jit_compile=True`).
+  (`tf.function`, op with `jit=True`, the training configuration:
+  XLA-compiled gathers; matmul only) and `xla` (the whole `tf.function` compiled with `jit_compile=True`).
 - `selfy_block_<mode>`: `SELFYBlock` on `[16, 28, 28, 512]` (8 frames) with
   `training=True`, forward and forward + backward; modes `graph` (its op runs
-  with `jit=True`), `graph_nojit` and `xla`.
+  with XLA-compiled gathers, `selfy_tf.ops.stss_xla(True)`), `graph_nojit`
+  and `xla`.
 - `batch_norm_exact`: the package's training-mode batch norm (exact
   statistics) on the first STSS extraction activation, `[15680, 9, 9, 4]`
   (1.27 M elements per channel); on TensorFlow also `batch_norm_fused_kernel`,
@@ -23,7 +24,7 @@ Under `KERAS_BACKEND=jax` the same cases run as `jax.jit`-compiled functions
 Each figure is the minimum (and median) over repeats of the mean time of a
 fixed number of calls, after untimed warm-up calls (tracing, XLA compilation).
 Ratios compare each STSS backend and mode with `stss_matmul_graph_jit`, the
-default configuration, measured in the same run.
+training configuration, measured in the same run.
 
 Example:
 
@@ -128,7 +129,11 @@ def _stss_case(backend: str, mode: str) -> tuple[Callable, Callable]:
 def _block_case(mode: str) -> tuple[Callable, Callable]:
     from selfy_tf.layers import SELFYBlock  # written alongside; may be missing
 
-    block = SELFYBlock(num_frames=BLOCK_FRAMES, stss_jit=(mode == "graph"))
+    from selfy_tf.ops import stss_xla
+
+    block = SELFYBlock(num_frames=BLOCK_FRAMES)
+    # Read when the functions below are traced (their first call).
+    xla_gathers = mode == "graph"
     block.build(BLOCK_SHAPE)
     if not ON_TENSORFLOW:
         features = np.random.default_rng(3).normal(size=BLOCK_SHAPE).astype("float32")
@@ -140,10 +145,11 @@ def _block_case(mode: str) -> tuple[Callable, Callable]:
     features = tf.random.stateless_normal(BLOCK_SHAPE, seed=(3, 4))
 
     def forward(values):
-        return block(values, training=True)
+        with stss_xla(xla_gathers):
+            return block(values, training=True)
 
     def forward_backward(values):
-        with tf.GradientTape() as tape:
+        with stss_xla(xla_gathers), tf.GradientTape() as tape:
             tape.watch(values)
             output = block(values, training=True)
             loss = tf.reduce_sum(output * output)

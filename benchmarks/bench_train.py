@@ -45,6 +45,7 @@ def _model_step_case(config, xla: bool, precision: str, warmup: int, iterations:
     import numpy as np
     import tensorflow as tf
 
+    from selfy_tf.ops import stss_xla
     from trainer.schedules import make_schedule
     from trainer.train import build_model, compile_for_training
 
@@ -61,12 +62,15 @@ def _model_step_case(config, xla: bool, precision: str, warmup: int, iterations:
         shape = (batch, config.model.num_frames, config.model.input_size, config.model.input_size, 3)
         frames = tf.constant(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8))
         labels = tf.one_hot(np.arange(batch) % config.model.num_classes, config.model.num_classes)
-        for _ in range(warmup):
-            model.train_on_batch(frames, labels)
-        start = time.perf_counter()
-        for _ in range(iterations):
-            loss = model.train_on_batch(frames, labels)
-        elapsed = time.perf_counter() - start
+        # As `trainer.train` does: the step is traced with the STSS op's
+        # XLA switch of the config.
+        with stss_xla(config.runtime.stss_xla):
+            for _ in range(warmup):
+                model.train_on_batch(frames, labels)
+            start = time.perf_counter()
+            for _ in range(iterations):
+                loss = model.train_on_batch(frames, labels)
+            elapsed = time.perf_counter() - start
         step = elapsed / iterations
         return {"step_time_ms": 1000.0 * step, "clips_per_sec": batch / step, "final_loss": float(np.ravel(loss)[0])}
     finally:
@@ -132,7 +136,7 @@ def main(argv=None) -> int:
     }
     for name in args.models:
         preset, overrides, stored_size, stored_frames = MODELS[name]
-        config = configs.apply_overrides(configs.get_preset(preset), overrides)
+        config = configs.resolve_model(configs.apply_overrides(configs.get_preset(preset), overrides))
         results[f"{name}_batch"] = config.data.batch_size
         results[f"{name}_frames"] = config.model.num_frames
         results[f"{name}_input_size"] = config.model.input_size

@@ -29,6 +29,7 @@ import keras
 
 from selfy_tf import run_dir
 from selfy_tf.files import atomic_write_text
+from selfy_tf.ops import stss_xla
 from serving import signatures as signatures_lib
 from serving import warmup as warmup_lib
 
@@ -63,25 +64,6 @@ def list_versions(model_dir: str) -> list[int]:
         if entry.isdigit() and os.path.isdir(os.path.join(model_dir, entry)):
             versions.append(int(entry))
     return sorted(versions)
-
-
-def disable_xla(model: keras.Model) -> int:
-    """Switches the STSS op's own XLA compilation off in every layer of `model`.
-
-    TF Serving runs SavedModels without XLA unless told to; an inner
-    `tf.function(jit_compile=True)` would be saved as `_XlaMustCompile`.
-
-    Returns:
-        How many layers had it switched on.
-    """
-    switched = 0
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        if getattr(layer, "stss_jit", False):
-            layer.stss_jit = False
-            switched += 1
-    if switched:
-        logger.info("switched STSS XLA compilation off in %d layers for export", switched)
-    return switched
 
 
 def model_input_facts(model: keras.Model) -> tuple[int, int, int]:
@@ -186,8 +168,9 @@ def export_saved_model(
 
     Args:
         model: a clip classifier, frames `[batch, num_frames, size, size, 3]`
-            (0..255) → logits `[batch, num_classes]`. Its STSS XLA switch is
-            turned off (see `disable_xla`).
+            (0..255) → logits `[batch, num_classes]`. Its signatures are
+            traced with the STSS op's XLA switch off (`selfy_tf.ops.stss_xla`),
+            whatever the caller's setting.
         base_dir: the model base folder (`--model_base_path` is
             `base_dir/<name>`).
         name: the model name clients ask for.
@@ -245,7 +228,6 @@ def export_saved_model(
         from selfy_tf.models import fold_batch_norms as fold
 
         model = fold(model)
-    disable_xla(model)
 
     _remove_stale_staging_dirs(model_dir)
     # The exporting process's id in the name tells a later export whether
@@ -283,11 +265,16 @@ def _write_saved_model(
     archive.track(label_table)
     functions = signatures_lib.make_endpoint_functions(model, label_table, config)
     specs = signatures_lib.input_signatures(config)
-    # serving_default first: the archive aliases its first endpoint as the
-    # default signature.
-    for signature_name in signatures_lib.SIGNATURE_NAMES:
-        archive.add_endpoint(signature_name, functions[signature_name], specs[signature_name])
-    archive.write_out(path, verbose=False)
+    # TF Serving runs SavedModels without XLA unless told to; an inner
+    # `tf.function(jit_compile=True)` would be saved as `_XlaMustCompile`.
+    # Off here even when the exporting process turned it on (e.g. after
+    # training).
+    with stss_xla(False):
+        # serving_default first: the archive aliases its first endpoint as
+        # the default signature.
+        for signature_name in signatures_lib.SIGNATURE_NAMES:
+            archive.add_endpoint(signature_name, functions[signature_name], specs[signature_name])
+        archive.write_out(path, verbose=False)
 
 
 def models_config_text(name: str, base_path: str) -> str:
@@ -351,7 +338,6 @@ def saved_model_signature_defs(path: str) -> dict:
 __all__ = [
     "ExportResult",
     "batching_config_text",
-    "disable_xla",
     "export_saved_model",
     "list_versions",
     "model_input_facts",

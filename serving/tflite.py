@@ -26,9 +26,9 @@ Quantization modes (`QUANTIZE_MODES`):
   come back as float32. Needs calibration clips (see
   `serving.tflite_calibration`).
 
-The STSS op is traced with XLA off (`stss_jit=False`): an XLA-compiled inner
-function cannot be converted, and the converted graph must not depend on
-XLA. Its `"patches"` backend uses `tf.image.extract_patches`, which is not a
+The STSS op is traced with its XLA switch off (`selfy_tf.ops.stss_xla`,
+whatever the caller's setting): an XLA-compiled inner function cannot be
+converted, and the converted graph must not depend on XLA. Its `"patches"` backend uses `tf.image.extract_patches`, which is not a
 TFLite builtin: such a model is refused with a message that says how to
 convert it with the `"matmul"` backend (the backends share all weights).
 
@@ -122,7 +122,7 @@ def _stss_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [
         layer
         for layer in model._flatten_layers(include_self=False, recursive=True)
-        if hasattr(layer, "stss_backend") or hasattr(layer, "stss_jit")
+        if hasattr(layer, "stss_backend")
     ]
 
 
@@ -130,8 +130,9 @@ def _stss_layers(model: keras.Model) -> list[keras.layers.Layer]:
 def export_settings(model: keras.Model, stss_backend: str | None = None) -> Iterator[None]:
     """Temporarily sets every STSS layer of `model` up for conversion.
 
-    Inside the context the STSS op runs without XLA, and with `stss_backend`
-    when given. The layers' settings are restored on exit.
+    Inside the context the STSS op runs without XLA (`selfy_tf.ops.stss_xla`
+    off), and with `stss_backend` when given. The layers' backends and the
+    XLA setting are restored on exit.
 
     Args:
         model: the Keras model.
@@ -145,36 +146,26 @@ def export_settings(model: keras.Model, stss_backend: str | None = None) -> Iter
     if stss_backend is not None:
         _check_one_of("stss_backend", stss_backend, ops.STSS_BACKENDS)
     layers = _stss_layers(model)
-    saved = [
-        (layer, getattr(layer, "stss_backend", None), getattr(layer, "stss_jit", None))
-        for layer in layers
-    ]
+    saved = [(layer, layer.stss_backend) for layer in layers]
     try:
-        for layer, backend, jit in saved:
-            if backend is not None:
-                if stss_backend is not None:
-                    layer.stss_backend = stss_backend
-                if layer.stss_backend in NON_CONVERTIBLE_STSS_BACKENDS:
-                    raise ValueError(
-                        f"Layer `{layer.name}` computes the STSS with "
-                        f"stss_backend={layer.stss_backend!r}, which cannot be "
-                        "converted to TFLite builtin ops: "
-                        f"{NON_CONVERTIBLE_STSS_BACKENDS[layer.stss_backend]}. "
-                        f"Convert with stss_backend={CONVERTIBLE_STSS_BACKEND!r} "
-                        "(`--stss-backend matmul`), which gives the same outputs "
-                        "with the same weights."
-                    )
-            if jit:
-                layer.stss_jit = False
-        if any(jit for _, _, jit in saved):
-            logger.info("tracing the STSS op without XLA for conversion")
-        yield
+        for layer, _ in saved:
+            if stss_backend is not None:
+                layer.stss_backend = stss_backend
+            if layer.stss_backend in NON_CONVERTIBLE_STSS_BACKENDS:
+                raise ValueError(
+                    f"Layer `{layer.name}` computes the STSS with "
+                    f"stss_backend={layer.stss_backend!r}, which cannot be "
+                    "converted to TFLite builtin ops: "
+                    f"{NON_CONVERTIBLE_STSS_BACKENDS[layer.stss_backend]}. "
+                    f"Convert with stss_backend={CONVERTIBLE_STSS_BACKEND!r} "
+                    "(`--stss-backend matmul`), which gives the same outputs "
+                    "with the same weights."
+                )
+        with ops.stss_xla(False):
+            yield
     finally:
-        for layer, backend, jit in saved:
-            if backend is not None:
-                layer.stss_backend = backend
-            if jit is not None:
-                layer.stss_jit = jit
+        for layer, backend in saved:
+            layer.stss_backend = backend
 
 
 def xla_functions(concrete_function: tf.types.experimental.ConcreteFunction) -> list[str]:
@@ -240,8 +231,8 @@ def export_for_conversion(
         if needs_xla:
             raise ValueError(
                 "The traced model still contains XLA-compiled functions "
-                f"({', '.join(needs_xla)}), which TFLite cannot convert. Build the "
-                "model's layers with jit off (e.g. stss_jit=False)."
+                f"({', '.join(needs_xla)}), which TFLite cannot convert. A layer other "
+                "than the STSS op (whose XLA switch is off here) compiles with XLA."
             )
         archive = keras.export.ExportArchive()
         archive.track(model)

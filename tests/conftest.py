@@ -140,11 +140,16 @@ def exported_model(tmp_path_factory, tiny_model_factory):
 
     from serving.export import export_saved_model
 
-    model = tiny_model_factory(num_classes=len(SERVING_LABELS), stss_jit=True)
+    from selfy_tf.ops import stss_xla
+
+    model = tiny_model_factory(num_classes=len(SERVING_LABELS))
     base = tmp_path_factory.mktemp("exported")
-    result = export_saved_model(
-        model, str(base), name="selfy", labels=list(SERVING_LABELS), top_k=3
-    )
+    # Exported with the STSS XLA switch on, as after training in the same
+    # process: the export must leave it out of the graph.
+    with stss_xla(True):
+        result = export_saved_model(
+            model, str(base), name="selfy", labels=list(SERVING_LABELS), top_k=3
+        )
     return types.SimpleNamespace(
         model=model, base=str(base), result=result, labels=list(SERVING_LABELS)
     )

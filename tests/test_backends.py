@@ -21,7 +21,7 @@ import pytest
 from selfy_tf.layers import SELFYBlock, TemporalShift
 from selfy_tf.layers._batch_norm import FusedBatchNormalization
 from selfy_tf.models import create_model
-from selfy_tf.ops import _backend
+from selfy_tf.ops import _backend, stss_xla
 
 BACKEND = keras.config.backend()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,7 +127,6 @@ def test_selfy_block_fast_paths_match_generic_paths(monkeypatch, training, value
         window=(3, 9, 9),
         extraction_channels=(2, 4, 8, 8),
         integration_channels=(8, 8, 8, 8),
-        stss_jit=True,
         zero_init_last=False,
     )
     inputs = np.random.default_rng(5).normal(size=(4, 8, 8, 16)).astype("float32")
@@ -137,9 +136,10 @@ def test_selfy_block_fast_paths_match_generic_paths(monkeypatch, training, value
         rng = np.random.default_rng(index)
         variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
     variables = block.trainable_variables
-    fast, fast_grads = value_and_gradients(
-        lambda x: block(x, training=training), inputs, variables
-    )
+    with stss_xla(True):
+        fast, fast_grads = value_and_gradients(
+            lambda x: block(x, training=training), inputs, variables
+        )
     _generic(monkeypatch)
     generic, generic_grads = value_and_gradients(
         lambda x: block(x, training=training), inputs, variables

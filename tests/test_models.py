@@ -180,10 +180,62 @@ class TestModelsBasic:
         assert model.get_layer("selfy").hidden_channels == 8
 
     def test_stss_options_pass_through(self, tiny_model_factory):
-        model = tiny_model_factory("selfy_tsm_r18", num_frames=2, stss_backend="shift", stss_jit=True)
+        model = tiny_model_factory("selfy_tsm_r18", num_frames=2, stss_backend="shift")
         block = model.get_layer("selfy")
-        assert (block.stss_backend, block.stss_jit) == ("shift", True)
-        assert tiny_model_factory("selfy_tsm_r18", num_frames=2).get_layer("selfy").stss_jit is False
+        assert block.stss_backend == "shift"
+        assert block.stss_transformation.stss_backend == "shift"
+
+    def test_stss_xla_is_a_runtime_switch_not_a_model_argument(self, tiny_model_factory):
+        import tensorflow as tf
+
+        from selfy_tf.ops import stss_xla, stss_xla_enabled
+        from serving.tflite import xla_functions
+
+        with pytest.raises(TypeError, match="unexpected arguments \\['stss_jit'\\]"):
+            tiny_model_factory("selfy_tsm_r18", num_frames=2, stss_jit=True)
+        model = tiny_model_factory("selfy_tsm_r18", num_frames=2)
+        assert "stss_jit" not in model.get_layer("selfy").get_config()
+        spec = tf.TensorSpec([1, 2, 32, 32, 3], tf.float32)
+
+        def trace():
+            function = tf.function(lambda frames: model(frames, training=False))
+            return xla_functions(function.get_concrete_function(spec))
+
+        assert not stss_xla_enabled() and trace() == []
+        with stss_xla(True):
+            assert trace()
+            with stss_xla(False):
+                assert trace() == []
+            assert stss_xla_enabled()
+        assert not stss_xla_enabled()
+
+    def test_old_keras_file_with_stss_jit_loads(self, tiny_model_factory, tmp_path):
+        import json
+        import zipfile
+
+        model = tiny_model_factory("selfy_tsm_r18", num_frames=2)
+        path = tmp_path / "model.keras"
+        model.save(path)
+        # A file of an earlier version: the SELFY layers stored `stss_jit`.
+        old_path = tmp_path / "old.keras"
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(old_path, "w") as target:
+            for item in source.infolist():
+                data = source.read(item.filename)
+                if item.filename == "config.json":
+                    config = json.loads(data)
+                    layers = config["config"]["layers"]
+                    block = next(layer for layer in layers if layer["class_name"] == "SELFYBlock")
+                    block["config"]["stss_jit"] = True
+                    data = json.dumps(config).encode()
+                target.writestr(item, data)
+        with zipfile.ZipFile(old_path) as archive:
+            assert b'"stss_jit": true' in archive.read("config.json")
+        loaded = keras.models.load_model(old_path)
+        assert "stss_jit" not in loaded.get_layer("selfy").get_config()
+        clip = _clip(2, 2, 32).astype("float32")
+        np.testing.assert_array_equal(
+            np.asarray(loaded(clip, training=False)), np.asarray(model(clip, training=False))
+        )
 
     def test_preset_parameter_counts(self, full_size_r50):
         """Trainable counts of the official release (DESIGN.md §3), via the preset table."""
@@ -267,6 +319,69 @@ class TestModelsBasic:
         assert np.isfinite(history.history["loss"][0])
         changed = [not np.array_equal(b, np.asarray(a)) for b, a in zip(before, model.trainable_weights)]
         assert any(changed)
+
+
+class TestPretrainedTags:
+    """`create_model("arch.tag")` builds the architecture of a pretrained config."""
+
+    TINY = {"width_multiplier": 0.125, "selfy_channels": 16}
+
+    def test_tag_fields_are_defaults(self):
+        # sthv1_16f: Something-Something V1 (174 classes), 16 frames.
+        model = create_model("selfy_tsm_r50.sthv1_16f", input_size=32, **self.TINY)
+        assert model.input.shape == (None, 16, 32, 32, 3)
+        assert model.output.shape == (None, 174)
+        assert model.get_layer("selfy").num_frames == 16
+        assert model.name == "selfy_tsm_r50"
+
+    def test_explicit_arguments_override_the_tag(self):
+        model = create_model(
+            "selfy_tsm_r18.sthv1_8f", num_classes=3, num_frames=2, input_size=32, **self.TINY
+        )
+        assert model.input.shape == (None, 2, 32, 32, 3)
+        assert model.output.shape == (None, 3)
+
+    def test_unknown_tag_names_it_and_lists_the_valid_tags(self):
+        with pytest.raises(ValueError) as raised:
+            create_model("selfy_tsm_r50.kinetics_32f")
+        message = str(raised.value)
+        assert "`kinetics_32f`" in message
+        for tag in ("sthv1_8f", "sthv1_16f", "sthv2_8f", "sthv2_16f"):
+            assert tag in message
+        # Tags of other architectures are not offered.
+        with pytest.raises(ValueError, match=r"Valid tags of `tsm_r50`: sthv1_8f\.$"):
+            create_model("tsm_r50.sthv1_16f")
+        with pytest.raises(ValueError, match="Unknown model `name`: 'resnet50'"):
+            create_model("resnet50.sthv1_8f")
+
+    def test_pretrained_loads_the_tag_weights_file(self, tmp_path, monkeypatch):
+        from selfy_tf.models import _registry
+
+        arguments = {"num_classes": 3, "num_frames": 2, "input_size": 32, **self.TINY}
+        source = create_model("selfy_tsm_r18", **arguments)
+        for variable in source.weights:
+            if variable.path.endswith("gamma"):
+                variable.assign(np.full(variable.shape, 0.7, "float32"))
+        path = tmp_path / "tiny.weights.h5"
+        source.save_weights(path)
+        monkeypatch.setitem(
+            _registry._pretrained_cfgs,
+            "selfy_tsm_r18.tiny_test",
+            tsm_resnet._cfg(weights_file=str(path), **arguments),
+        )
+        loaded = create_model("selfy_tsm_r18.tiny_test", pretrained=True)
+        clip = _clip(2, 2, 32).astype("float32")
+        np.testing.assert_array_equal(
+            np.asarray(loaded(clip, training=False)), np.asarray(source(clip, training=False))
+        )
+        with pytest.raises(ValueError, match="either `pretrained=True`.*or `weights=PATH`"):
+            create_model("selfy_tsm_r18.tiny_test", pretrained=True, weights=str(path))
+
+    def test_pretrained_needs_a_tag_with_a_weights_file(self):
+        with pytest.raises(ValueError, match="`pretrained=True` needs a pretrained config"):
+            create_model("selfy_tsm_r18", pretrained=True)
+        with pytest.raises(ValueError, match="'selfy_tsm_r18.sthv1_8f' has no `weights_file`"):
+            create_model("selfy_tsm_r18.sthv1_8f", pretrained=True)
 
 
 class TestModelsCorrectness:

@@ -234,15 +234,17 @@ class TestConversionOptions:
 
         from serving import tflite
 
-        model = tiny_model_factory(num_classes=2, num_frames=2, stss_jit=True)
+        from selfy_tf.ops import stss_xla, stss_xla_enabled
+
+        model = tiny_model_factory(num_classes=2, num_frames=2)
         spec = tf.TensorSpec([1, 2, 32, 32, 3], tf.float32)
-        traced = tf.function(lambda frames: model(frames, training=False))
-        assert tflite.xla_functions(traced.get_concrete_function(spec))
-        with tflite.export_settings(model):
-            untraced = tf.function(lambda frames: model(frames, training=False))
-            assert tflite.xla_functions(untraced.get_concrete_function(spec)) == []
-        jit_layers = [layer for layer in tflite._stss_layers(model) if layer.stss_jit]
-        assert jit_layers, "settings are restored after the context"
+        with stss_xla(True):
+            traced = tf.function(lambda frames: model(frames, training=False))
+            assert tflite.xla_functions(traced.get_concrete_function(spec))
+            with tflite.export_settings(model):
+                untraced = tf.function(lambda frames: model(frames, training=False))
+                assert tflite.xla_functions(untraced.get_concrete_function(spec)) == []
+            assert stss_xla_enabled(), "the setting is restored after the context"
 
     def test_patches_backend_is_refused(self, tiny_model_factory):
         from serving import tflite

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from trainer import configs
@@ -13,19 +15,109 @@ class TestPresets:
         configs.validate(configs.get_preset(name))
 
     def test_paper_presets(self):
-        ssv1 = configs.get_preset("ssv1_selfy_r50_8f")
-        assert (ssv1.model.name, ssv1.model.num_classes, ssv1.model.num_frames) == ("selfy_tsm_r50", 174, 8)
+        ssv1 = configs.resolve_model(configs.get_preset("ssv1_selfy_r50_8f"))
+        assert ssv1.model.name == "selfy_tsm_r50.sthv1_8f"
+        assert (ssv1.model.num_classes, ssv1.model.num_frames) == (174, 8)
         assert ssv1.data.no_flip_classes == (86, 87, 93, 94, 166, 167)
         assert (ssv1.optimizer.base_lr, ssv1.optimizer.base_batch_size) == (0.01, 64)
         assert (ssv1.optimizer.momentum, ssv1.optimizer.nesterov, ssv1.optimizer.weight_decay) == (0.9, True, 5e-4)
         assert ssv1.optimizer.clip_global_norm == 20.0
         assert (ssv1.schedule.name, ssv1.schedule.decay_epochs, ssv1.train.epochs) == ("step", (30.0, 40.0), 50)
         assert ssv1.model.dropout == 0.5
-        assert configs.get_preset("ssv1_selfy_r50_16f").model.num_frames == 16
-        kinetics = configs.get_preset("kinetics_selfy_r50_8f")
+        assert configs.resolve_model(configs.get_preset("ssv1_selfy_r50_16f")).model.num_frames == 16
+        kinetics = configs.resolve_model(configs.get_preset("kinetics_selfy_r50_8f"))
         assert (kinetics.model.num_classes, kinetics.optimizer.classifier_lr_mult) == (400, 5.0)
-        tiny = configs.get_preset("tiny_cpu")
-        assert tiny.model.name == "selfy_tsm_r18" and tiny.model.input_size <= 64 and tiny.model.num_frames == 4
+        tiny = configs.resolve_model(configs.get_preset("tiny_cpu"))
+        assert tiny.model.input_size <= 64 and tiny.model.num_frames == 4
+
+    # What every preset built before its model fields named registry defaults
+    # (docs/training.md's preset table; parameter counts of the official
+    # release, DESIGN.md §3, with 2049 weights per class of the ResNet-50
+    # classifier for Kinetics' 400 classes).
+    R50 = {"input_size": 224, "dropout": 0.5, "width_multiplier": 1.0, "selfy_channels": None}
+    EXPECTED_MODELS = {
+        "ssv1_selfy_r50_8f": ("selfy_tsm_r50", {"num_classes": 174, "num_frames": 8, **R50}, 24_830_842),
+        "ssv1_selfy_r50_16f": ("selfy_tsm_r50", {"num_classes": 174, "num_frames": 16, **R50}, 24_830_842),
+        "ssv2_selfy_r50_8f": ("selfy_tsm_r50", {"num_classes": 174, "num_frames": 8, **R50}, 24_830_842),
+        "kinetics_selfy_r50_8f": (
+            "selfy_tsm_r50", {"num_classes": 400, "num_frames": 8, **R50}, 24_830_842 + 226 * 2049
+        ),
+        "tiny_cpu": (
+            "selfy_tsm_r18",
+            {"num_classes": None, "num_frames": 4, "input_size": 32, "dropout": 0.0,
+             "width_multiplier": 0.125, "selfy_channels": 8},
+            None,
+        ),
+    }
+
+    @pytest.mark.parametrize("name", configs.list_presets())
+    def test_presets_name_a_registry_config_instead_of_its_fields(self, name):
+        from selfy_tf.models import list_pretrained
+
+        model = configs.get_preset(name).model
+        assert model.name in list_pretrained()
+        fields = [field.name for field in dataclasses.fields(model) if field.name not in ("name", "init")]
+        assert {field: getattr(model, field) for field in fields} == dict.fromkeys(fields)
+
+    def test_changing_the_name_takes_its_defaults_and_set_still_wins(self):
+        config = configs.apply_overrides(
+            configs.get_preset("ssv1_selfy_r50_8f"),
+            ["model.name=selfy_tsm_r50.sthv1_16f", "model.dropout=0.2"],
+        )
+        model = configs.resolve_model(config).model
+        assert (model.num_frames, model.dropout, model.num_classes) == (16, 0.2, 174)
+        model = configs.resolve_model(
+            configs.apply_overrides(configs.get_preset("tiny_cpu"), ["model.num_frames=6"])
+        ).model
+        assert (model.num_frames, model.input_size, model.width_multiplier) == (6, 32, 0.125)
+
+    def test_unknown_model_tag_is_refused_by_validate(self):
+        config = configs.apply_overrides(configs.ExperimentConfig(), ["model.name=selfy_tsm_r50.sthv3"])
+        with pytest.raises(ValueError, match=r"`model.name`: Unknown tag `sthv3`.*sthv1_8f"):
+            configs.validate(config)
+
+    def test_resolved_config_file_is_complete(self, tmp_path):
+        path = str(tmp_path / "config.yaml")
+        configs.save_yaml(configs.resolve_model(configs.get_preset("ssv1_selfy_r50_16f")), path)
+        import yaml
+
+        with open(path) as stream:
+            model = yaml.safe_load(stream)["model"]
+        assert model["name"] == "selfy_tsm_r50.sthv1_16f"
+        assert (model["num_classes"], model["num_frames"], model["input_size"], model["dropout"]) == (174, 16, 224, 0.5)
+        assert configs.resolve_model(configs.load_yaml(path)) == configs.load_yaml(path)
+
+    def test_expectations_cover_every_preset(self):
+        assert sorted(self.EXPECTED_MODELS) == configs.list_presets()
+
+    @pytest.mark.parametrize("preset", sorted(EXPECTED_MODELS))
+    def test_every_preset_builds_the_same_model_as_before(self, preset):
+        import numpy as np
+
+        from trainer.train import build_model
+
+        arch, fields, params = self.EXPECTED_MODELS[preset]
+        model_config = configs.resolve_model(configs.get_preset(preset)).model
+        resolved = {name: getattr(model_config, name) for name in fields}
+        assert resolved == fields
+        assert (model_config.selfy_stage, model_config.stss_backend, model_config.sync_batchnorm) == (
+            "res3", "matmul", False
+        )
+        config = configs.get_preset(preset)
+        if config.model.num_classes is None and fields["num_classes"] is None:
+            config.model.num_classes = 5
+        model = build_model(config)
+        size, frames = fields["input_size"], fields["num_frames"]
+        assert model.name == arch == model_config.name.split(".")[0]
+        assert model.input.shape == (None, frames, size, size, 3)
+        assert model.output.shape == (None, fields["num_classes"] or 5)
+        block = model.get_layer("selfy")
+        assert (block.num_frames, block.hidden_channels) == (frames, fields["selfy_channels"] or 128)
+        assert model.get_layer("conv1").filters == int(64 * fields["width_multiplier"])
+        dropout = [layer.rate for layer in model.layers if layer.name == "dropout"]
+        assert dropout == ([fields["dropout"]] if fields["dropout"] else [])
+        if params is not None:
+            assert sum(int(np.prod(weight.shape)) for weight in model.trainable_weights) == params
 
     def test_presets_are_fresh_copies(self):
         configs.get_preset("tiny_cpu").train.epochs = 99
@@ -93,8 +185,16 @@ class TestYaml:
         path = tmp_path / "exp.yaml"
         path.write_text("preset: tiny_cpu\ntrain:\n  epochs: 9\noptimizer:\n  momentum: 0.8\n")
         config = configs.load_yaml(str(path))
-        assert config.model.name == "selfy_tsm_r18"
+        assert config.model.name == "selfy_tsm_r18.tiny"
         assert (config.train.epochs, config.optimizer.momentum) == (9, 0.8)
+
+    def test_config_of_an_earlier_version_with_model_stss_jit_loads(self, tmp_path):
+        # `model.stss_jit` became the runtime switch `runtime.stss_xla`.
+        path = tmp_path / "config.yaml"
+        path.write_text("model:\n  name: selfy_tsm_r18\n  stss_jit: false\n  num_frames: 4\n")
+        config = configs.load_yaml(str(path))
+        assert (config.runtime.stss_xla, config.model.num_frames) == (False, 4)
+        assert configs.ExperimentConfig().runtime.stss_xla is True
 
     def test_unknown_yaml_key_names_file_key_and_class(self, tmp_path):
         path = tmp_path / "bad.yaml"

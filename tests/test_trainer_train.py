@@ -181,8 +181,12 @@ class TestTraining:
         assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
         assert {"loss", "top1", "top5", "val_top1", "lr", "clips_per_sec"} <= set(rows[0])
         saved = configs.load_yaml(os.path.join(run_dir, "config.yaml"))
-        # The class count came from the data's labels.txt.
-        expected = configs.apply_overrides(configs.get_preset("tiny_cpu"), [*COMMON_SETS, "model.num_classes=4"])
+        # The class count came from the data's labels.txt; the other model
+        # fields are resolved from the preset's registry config.
+        expected = configs.resolve_model(
+            configs.apply_overrides(configs.get_preset("tiny_cpu"), [*COMMON_SETS, "model.num_classes=4"])
+        )
+        assert saved.model.num_frames == 4
         assert configs.config_to_dict(saved) == configs.config_to_dict(expected)
         with open(os.path.join(run_dir, "labels.txt")) as stream:
             assert stream.read().split() == ["red", "green", "blue", "yellow"]
@@ -198,6 +202,37 @@ class TestTraining:
 
 
 @pytest.mark.slow
+class TestStssXla:
+    def test_training_turns_the_stss_xla_switch_on_and_restores_it(self, data_dir, tmp_path):
+        import keras
+
+        from selfy_tf.ops import stss_xla_enabled
+        from trainer.train import train
+
+        class Record(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.seen = []
+
+            # Keras traces the train step on its first call, after this hook.
+            def on_train_batch_begin(self, batch, logs=None):
+                self.seen.append(stss_xla_enabled())
+
+        config = configs.apply_overrides(
+            configs.get_preset("tiny_cpu"),
+            ["train.epochs=1", "train.steps_per_epoch=1", "data.validation_split=none"],
+        )
+        record = Record()
+        assert not stss_xla_enabled()
+        train(config, data_dir, str(tmp_path / "run"), verbose=0, extra_callbacks=[record])
+        assert record.seen == [True]
+        assert not stss_xla_enabled()
+        saved = configs.load_yaml(str(tmp_path / "run" / "config.yaml"))
+        assert saved.runtime.stss_xla is True
+        # The saved config holds the resolved model fields of `selfy_tsm_r18.tiny`.
+        assert (saved.model.num_frames, saved.model.input_size, saved.model.num_classes) == (4, 32, NUM_CLASSES)
+
+
 class TestResume:
     def test_resumed_mid_epoch_without_redoing_finished_epochs(self, runs):
         killed_at = runs["killed_at"]
@@ -371,7 +406,7 @@ class TestCommandLine:
         resolved = with_data_classes(config, inspect_data_dir(data_dir, config))
         assert resolved.model.num_classes == NUM_CLASSES and config.model.num_classes is None
         paper = configs.get_preset("ssv1_selfy_r50_8f")
-        assert paper.model.num_classes == 174
+        assert configs.resolve_model(paper).model.num_classes == 174
         with pytest.raises(ValueError, match="lists 4 classes but `model.num_classes`=174"):
             inspect_data_dir(data_dir, paper)
 

@@ -6,7 +6,10 @@ no defaults of its own). A config is resolved in this order:
     preset (or the defaults) -> YAML files (`--config`) -> `a.b=c` overrides (`--set`)
 
 Unknown keys are errors that name the key and the config class, and
-`validate(config)` runs the cross-field checks before any work starts.
+`validate(config)` runs the cross-field checks before any work starts. The
+model's architecture is not repeated here: `model.*` fields left `None` take
+the defaults of the registry name `model.name` (`resolve_model(config)`,
+done before a run, so that `RUN/config.yaml` holds every value).
 
 Example:
 
@@ -44,6 +47,7 @@ __all__ = [
     "list_presets",
     "load_yaml",
     "register_preset",
+    "resolve_model",
     "save_yaml",
     "validate",
 ]
@@ -58,27 +62,30 @@ INIT_KINDS = ("imagenet", "official")
 class ModelConfig:
     """Which network to build (arguments of `selfy_tf.models.create_model`).
 
+    `name` is a registered model (`selfy_tsm_r50`) or pretrained config
+    (`selfy_tsm_r50.sthv1_8f`, `selfy_tf.models.list_pretrained()`). The
+    architecture fields left `None` take the defaults of that name
+    (`selfy_tf.models.model_args(name)`: the family's, updated by the
+    config's), filled in by `resolve_model`.
+
     `init` is `""` (random initialisation), `"imagenet:PATH"` (an ImageNet
     ResNet checkpoint for the backbone) or `"official:PATH"` (a checkpoint
     of the official PyTorch release).
     """
 
     name: str = "selfy_tsm_r50"
-    # None: the class count of the data's labels.txt (the paper presets fix
-    # theirs, and a dataset that disagrees is refused).
+    # None: the class count of the pretrained config `name`, else of the
+    # data's labels.txt (a dataset that disagrees with a set count is refused).
     num_classes: int | None = None
-    num_frames: int = 8
-    input_size: int = 224
-    dropout: float = 0.5
-    selfy_stage: str = "res3"
-    stss_backend: str = "matmul"
-    width_multiplier: float = 1.0
+    num_frames: int | None = None
+    input_size: int | None = None
+    dropout: float | None = None
+    selfy_stage: str | None = None
+    stss_backend: str | None = None
+    width_multiplier: float | None = None
+    # Resolved None: the reference SELFY widths.
     selfy_channels: int | None = None
-    sync_batchnorm: bool = False
-    # Compile the STSS op alone with XLA (its gathers are faster that way,
-    # even on CPU: benchmarks/README.md); export and TFLite conversion
-    # switch it off, as TF Serving and LiteRT run graphs without XLA.
-    stss_jit: bool = True
+    sync_batchnorm: bool | None = None
     init: str = ""
 
 
@@ -181,6 +188,11 @@ class RuntimeConfig:
     jit_compile: bool | None = None
     mixed_precision: str = "float32"
     steps_per_execution: int = 1
+    # Compile the STSS op alone with XLA while training and evaluating (its
+    # gathers are faster that way, even on CPU: benchmarks/README.md); a
+    # runtime switch (`selfy_tf.ops.stss_xla`), not part of the saved model,
+    # which export and TFLite conversion trace without it.
+    stss_xla: bool = True
 
 
 @dataclasses.dataclass
@@ -235,14 +247,17 @@ def get_preset(name: str) -> ExperimentConfig:
     return _PRESETS[name]()
 
 
+# The presets name a pretrained config of the model registry
+# (`selfy_tf.models.list_pretrained()`), which holds the architecture: its
+# class count, frames, input size and widths.
+
+
 def _something_something_v1(config: ExperimentConfig) -> ExperimentConfig:
-    config.model.num_classes = 174
     config.data.no_flip_classes = SSV1_NO_FLIP_CLASSES
     return config
 
 
 def _something_something_v2(config: ExperimentConfig) -> ExperimentConfig:
-    config.model.num_classes = 174
     # The same left/right classes as V1, renumbered by the V2 label file;
     # set `data.no_flip_classes` from your labels.txt.
     config.data.no_flip_classes = ()
@@ -250,37 +265,39 @@ def _something_something_v2(config: ExperimentConfig) -> ExperimentConfig:
 
 
 def _kinetics400(config: ExperimentConfig) -> ExperimentConfig:
-    config.model.num_classes = 400
     # The official optimizer policy gives the classifier x5 / x10 on Kinetics.
     config.optimizer.classifier_lr_mult = 5.0
     config.optimizer.classifier_bias_lr_mult = 10.0
     return config
 
 
+def _with_model(name: str) -> ExperimentConfig:
+    """The default experiment with the model (or pretrained config) `name`."""
+    return ExperimentConfig(model=ModelConfig(name=name))
+
+
 @register_preset("ssv1_selfy_r50_8f")
 def ssv1_selfy_r50_8f() -> ExperimentConfig:
     """The paper's SS-V1 recipe, 8 frames (52.5 top-1)."""
-    return _something_something_v1(ExperimentConfig())
+    return _something_something_v1(_with_model("selfy_tsm_r50.sthv1_8f"))
 
 
 @register_preset("ssv1_selfy_r50_16f")
 def ssv1_selfy_r50_16f() -> ExperimentConfig:
     """The paper's SS-V1 recipe, 16 frames (54.3 top-1)."""
-    config = _something_something_v1(ExperimentConfig())
-    config.model.num_frames = 16
-    return config
+    return _something_something_v1(_with_model("selfy_tsm_r50.sthv1_16f"))
 
 
 @register_preset("ssv2_selfy_r50_8f")
 def ssv2_selfy_r50_8f() -> ExperimentConfig:
     """The paper's SS-V2 recipe, 8 frames (64.5 top-1)."""
-    return _something_something_v2(ExperimentConfig())
+    return _something_something_v2(_with_model("selfy_tsm_r50.sthv2_8f"))
 
 
 @register_preset("kinetics_selfy_r50_8f")
 def kinetics_selfy_r50_8f() -> ExperimentConfig:
     """Kinetics-400, 8 frames, with the official Kinetics lr multipliers."""
-    config = _kinetics400(ExperimentConfig())
+    config = _kinetics400(_with_model("selfy_tsm_r50.kinetics400_8f"))
     # Kinetics has no left/right classes: flipping is always fine.
     config.data.no_flip_classes = ()
     return config
@@ -293,15 +310,7 @@ def tiny_cpu() -> ExperimentConfig:
     Its classes come from the data; it learns a few easy classes of small
     user data in a few epochs.
     """
-    config = ExperimentConfig()
-    config.model = ModelConfig(
-        name="selfy_tsm_r18",
-        num_frames=4,
-        input_size=32,
-        dropout=0.0,
-        width_multiplier=0.125,
-        selfy_channels=8,
-    )
+    config = _with_model("selfy_tsm_r18.tiny")
     config.data.batch_size = 4
     # Evaluation resizes the short side to `scale_size` (input_size * 256 / 224)
     # before the centre crop, whatever the stored frame size: the view
@@ -314,6 +323,33 @@ def tiny_cpu() -> ExperimentConfig:
     config.train.epochs = 3
     config.train.backup_every_steps = 5
     config.train.log_every_steps = 5
+    return config
+
+
+def resolve_model(config: ExperimentConfig) -> ExperimentConfig:
+    """A copy of `config` whose unset (`None`) `model.*` fields hold the
+    defaults of `model.name` (`selfy_tf.models.model_args`).
+
+    `model.num_classes` is taken from the pretrained config `model.name`
+    only; without one it stays `None` (the data's class count). Idempotent.
+
+    Raises:
+        ValueError: `model.name` is not a registered model or pretrained
+            config (the message lists the valid names or tags).
+    """
+    from selfy_tf.models import get_pretrained_cfg, model_args
+
+    config = copy.deepcopy(config)
+    model = config.model
+    try:
+        defaults = model_args(model.name)
+    except ValueError as error:
+        raise ValueError(f"`model.name`: {error}") from None
+    for name, value in defaults.items():
+        if name != "num_classes" and hasattr(model, name) and getattr(model, name) is None:
+            setattr(model, name, value)
+    if model.num_classes is None and "." in model.name:
+        model.num_classes = get_pretrained_cfg(model.name)["num_classes"]
     return config
 
 
@@ -425,6 +461,23 @@ def _set(config: Any, path: list[str], value: Any, full_key: str) -> None:
         node = getattr(node, name)
 
 
+def _moved_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the keys of earlier versions moved to their new place.
+
+    `model.stss_jit` (saved in the `config.yaml` of earlier runs) is now
+    `runtime.stss_xla`.
+    """
+    model = values.get("model")
+    if not isinstance(model, dict) or "stss_jit" not in model:
+        return values
+    values = dict(values)
+    model = dict(model)
+    runtime = dict(values.get("runtime") or {})
+    runtime.setdefault("stss_xla", model.pop("stss_jit"))
+    values["model"], values["runtime"] = model, runtime
+    return values
+
+
 def config_from_dict(values: dict[str, Any], base: ExperimentConfig | None = None) -> ExperimentConfig:
     """Applies a nested dict (e.g. loaded YAML) onto `base` (default: defaults).
 
@@ -435,6 +488,7 @@ def config_from_dict(values: dict[str, Any], base: ExperimentConfig | None = Non
     config = copy.deepcopy(base) if base is not None else ExperimentConfig()
     if not isinstance(values, dict):
         raise ValueError(f"A config must be a mapping of sections. Received: {values!r}.")
+    values = _moved_keys(values)
     for name, value in values.items():
         _set(config, [str(name)], value, str(name))
     return config
@@ -508,6 +562,7 @@ def validate(config: ExperimentConfig) -> None:
     Raises:
         ValueError: naming the field, the received value and what is expected.
     """
+    config = resolve_model(config)
     model, data, optimizer, schedule, train, runtime = (
         config.model,
         config.data,

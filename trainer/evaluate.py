@@ -17,6 +17,7 @@ import numpy as np
 
 from selfy_tf import run_dir
 from selfy_tf.files import atomic_path, atomic_write_json
+from selfy_tf.ops import stss_xla
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,9 @@ def evaluate(
     from tqdm import tqdm
 
     all_scores, all_labels = [], []
-    with tqdm(desc=f"eval {split}", unit="video", disable=not verbose, file=sys.stderr) as progress:
+    # `predict` is traced on the first batch, with the STSS op's gathers
+    # XLA-compiled, as in training's validation.
+    with stss_xla(True), tqdm(desc=f"eval {split}", unit="video", disable=not verbose, file=sys.stderr) as progress:
         for batch_index, (frames, labels) in enumerate(dataset):
             if max_batches is not None and batch_index >= max_batches:
                 break

@@ -14,7 +14,6 @@ with the restored weights, optimizer state and running metrics.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import keras
 
 from selfy_tf.files import atomic_write_text
+from selfy_tf.ops import stss_xla
 from selfy_tf.run_dir import RunPaths, save_model, write_labels
 from tfrecords.eval_view import EvalView
 from tfrecords.split import labels_path
@@ -130,6 +130,7 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
     """
     from tfrecords.split import open_split, read_labels
 
+    config = configs.resolve_model(config)
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"Data directory not found: {data_dir}")
     labels = read_labels(data_dir)
@@ -172,6 +173,7 @@ def inspect_numpy_source(source: str, config: configs.ExperimentConfig) -> DataI
     """`inspect_data_dir` for in-memory clips (`synthetic:...` or `.npz`, see `trainer.numpy_data`)."""
     from trainer.numpy_data import load_clip_arrays
 
+    config = configs.resolve_model(config)
     arrays = load_clip_arrays(source, config.model.num_frames)
     if config.model.num_classes is not None and len(arrays.labels) != config.model.num_classes:
         raise ValueError(
@@ -188,9 +190,9 @@ def with_data_classes(config: configs.ExperimentConfig, data: DataInfo) -> confi
     Raises:
         ValueError: `data.no_flip_classes` names a class the data lacks.
     """
+    config = configs.resolve_model(config)
     if config.model.num_classes is not None:
         return config
-    config = copy.deepcopy(config)
     config.model.num_classes = len(data.labels)
     logger.info(
         "model.num_classes=%d, from %s.", config.model.num_classes, labels_path(data.data_dir)
@@ -207,7 +209,7 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
     """
     from selfy_tf.models import create_model
 
-    model_config = config.model
+    model_config = configs.resolve_model(config).model
     model = create_model(
         model_config.name,
         num_classes=model_config.num_classes,
@@ -219,7 +221,6 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
         width_multiplier=model_config.width_multiplier,
         selfy_channels=model_config.selfy_channels,
         sync_batchnorm=model_config.sync_batchnorm,
-        stss_jit=model_config.stss_jit,
     )
     if model_config.init:
         kind, _, path = model_config.init.partition(":")
@@ -430,6 +431,9 @@ def _prepare_run(
     with another config, creates the run directory with its config and labels."""
     from trainer.numpy_data import is_numpy_source
 
+    # The model's unset fields from its registry name: the run directory's
+    # config.yaml holds every value.
+    config = configs.resolve_model(config)
     if is_numpy_source(data_dir):
         data = inspect_numpy_source(data_dir, config)
     else:
@@ -735,7 +739,9 @@ def train(
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.runtime.mixed_precision)
     try:
-        with replicas.run_scope():
+        # The STSS op's XLA switch is read when Keras traces the train and
+        # validation steps, inside `fit`.
+        with replicas.run_scope(), stss_xla(config.runtime.stss_xla):
             model, schedule = _build_and_compile(run, replicas)
             state, resumed_from = _restore_state(run, model)
             monitor = config.train.monitor if run.data.has_validation else config.train.monitor.removeprefix("val_")

@@ -180,7 +180,7 @@ def _resolve_config(args: argparse.Namespace):
         overrides.append(f"runtime.mixed_precision={args.mixed_precision}")
     if args.init is not None:
         overrides.append(f"model.init={args.init}")
-    config = configs.apply_overrides(config, overrides)
+    config = configs.resolve_model(configs.apply_overrides(config, overrides))
     configs.validate(config)
     return config
 

@@ -9,7 +9,15 @@ from selfy_tf.layers import _batch_norm, _checks, _conv
 from selfy_tf.layers.stss_extraction import STSSExtraction
 from selfy_tf.layers.stss_integration import STSSIntegration
 from selfy_tf.layers.stss_transformation import STSSTransformation
-from selfy_tf.ops import STSS_BACKENDS
+from selfy_tf.ops import DEFAULT_BACKEND, STSS_BACKENDS
+
+# The reference widths (DESIGN.md §3): the block's defaults, and the model
+# zoo's `selfy_channels=None`.
+REFERENCE_CHANNELS = {
+    "hidden_channels": 128,
+    "extraction_channels": (4, 16, 64, 64),
+    "integration_channels": (64, 64, 64, 64),
+}
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -44,9 +52,6 @@ class SELFYBlock(keras.layers.Layer):
             convolution.
         stss_backend: str, default "matmul", the `backend` of
             `selfy_tf.ops.stss`.
-        stss_jit: bool, default False, compile the STSS op with XLA on
-            TensorFlow (ignored elsewhere). Keep it off for models that are
-            exported (TF Serving, TFLite).
         zero_init_last: bool, default True, zero-initialise the gamma of the
             last batch norm so that the block starts as the identity (up to
             the final ReLU).
@@ -82,18 +87,20 @@ class SELFYBlock(keras.layers.Layer):
     def __init__(
         self,
         num_frames: int = 8,
-        hidden_channels: int = 128,
+        hidden_channels: int = REFERENCE_CHANNELS["hidden_channels"],
         window: tuple[int, int, int] = (5, 9, 9),
-        extraction_channels: tuple[int, int, int, int] = (4, 16, 64, 64),
-        integration_channels: tuple[int, int, int, int] = (64, 64, 64, 64),
-        stss_backend: str = "matmul",
-        stss_jit: bool = False,
+        extraction_channels: tuple[int, int, int, int] = REFERENCE_CHANNELS["extraction_channels"],
+        integration_channels: tuple[int, int, int, int] = REFERENCE_CHANNELS["integration_channels"],
+        stss_backend: str = DEFAULT_BACKEND,
         zero_init_last: bool = True,
         batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
         **kwargs,
     ):
+        # `stss_jit`, saved by earlier versions, is ignored: XLA for the
+        # STSS op is the runtime choice `selfy_tf.ops.stss_xla`.
+        kwargs.pop("stss_jit", None)
         super().__init__(**kwargs)
         self.num_frames = _checks.check_positive_int("num_frames", num_frames)
         self.hidden_channels = _checks.check_positive_int(
@@ -118,7 +125,6 @@ class SELFYBlock(keras.layers.Layer):
                 f"Received: stss_backend={stss_backend!r}."
             )
         self.stss_backend = stss_backend
-        self.stss_jit = bool(stss_jit)
         self.zero_init_last = bool(zero_init_last)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
@@ -134,7 +140,6 @@ class SELFYBlock(keras.layers.Layer):
             self.hidden_channels,
             self.window,
             stss_backend=self.stss_backend,
-            stss_jit=self.stss_jit,
             name="stss_transformation",
             **batch_norm_args,
         )
@@ -199,7 +204,6 @@ class SELFYBlock(keras.layers.Layer):
                 "extraction_channels": self.extraction_channels,
                 "integration_channels": self.integration_channels,
                 "stss_backend": self.stss_backend,
-                "stss_jit": self.stss_jit,
                 "zero_init_last": self.zero_init_last,
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from selfy_tf.layers import _batch_norm, _batch_norm_folding, _checks, _conv
-from selfy_tf.ops import STSS_BACKENDS, stss
+from selfy_tf.ops import DEFAULT_BACKEND, STSS_BACKENDS, stss
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -33,9 +33,6 @@ class STSSTransformation(keras.layers.Layer):
             window in frames, rows and columns.
         stss_backend: str, default "matmul", the `backend` of
             `selfy_tf.ops.stss`.
-        stss_jit: bool, default False, compile the STSS op with XLA on
-            TensorFlow (ignored elsewhere). Keep it off for models that are
-            exported (TF Serving, TFLite).
         batch_norm_momentum: float, default 0.9 (PyTorch momentum 0.1).
         batch_norm_epsilon: float, default 1e-5 (as PyTorch).
         sync_batchnorm: bool, default False, compute the training-mode
@@ -66,13 +63,15 @@ class STSSTransformation(keras.layers.Layer):
         num_frames: int,
         hidden_channels: int = 128,
         window: tuple[int, int, int] = (5, 9, 9),
-        stss_backend: str = "matmul",
-        stss_jit: bool = False,
+        stss_backend: str = DEFAULT_BACKEND,
         batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
         **kwargs,
     ):
+        # `stss_jit`, saved by earlier versions, is ignored: XLA for the
+        # STSS op is the runtime choice `selfy_tf.ops.stss_xla`.
+        kwargs.pop("stss_jit", None)
         super().__init__(**kwargs)
         self.num_frames = _checks.check_positive_int("num_frames", num_frames)
         self.hidden_channels = _checks.check_positive_int(
@@ -85,7 +84,6 @@ class STSSTransformation(keras.layers.Layer):
                 f"Received: stss_backend={stss_backend!r}."
             )
         self.stss_backend = stss_backend
-        self.stss_jit = bool(stss_jit)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
         self.sync_batchnorm = _checks.check_bool("sync_batchnorm", sync_batchnorm)
@@ -139,7 +137,7 @@ class STSSTransformation(keras.layers.Layer):
             hidden, [-1, self.num_frames, height, width, self.hidden_channels]
         )
         similarity = stss(
-            clips, window=self.window, backend=self.stss_backend, jit=self.stss_jit
+            clips, window=self.window, backend=self.stss_backend
         )
         return ops.cast(similarity, self.compute_dtype)
 
@@ -161,7 +159,6 @@ class STSSTransformation(keras.layers.Layer):
                 "hidden_channels": self.hidden_channels,
                 "window": self.window,
                 "stss_backend": self.stss_backend,
-                "stss_jit": self.stss_jit,
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
                 "sync_batchnorm": self.sync_batchnorm,

@@ -2,6 +2,7 @@
 
     >>> from selfy_tf.models import create_model, list_models
     >>> model = create_model("selfy_tsm_r50", num_classes=174)
+    >>> model = create_model("selfy_tsm_r50.sthv1_16f")  # a pretrained config's architecture
 """
 
 from selfy_tf.layers.frame_preprocessing import FramePreprocessing
@@ -13,6 +14,7 @@ from selfy_tf.models._registry import (
     is_model,
     list_models,
     list_pretrained,
+    model_args,
     register_model,
 )
 from selfy_tf.models.folded_batch_norm import FoldedBatchNorm
@@ -33,6 +35,7 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "load_weights_file",
+    "model_args",
     "register_model",
     "resolve_selfy_channels",
     "with_dtype_policy",

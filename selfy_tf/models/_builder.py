@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import keras
 
-from selfy_tf.models._registry import model_entrypoint
+from selfy_tf.models._registry import get_pretrained_cfg, model_args, model_entrypoint, split_name
 from selfy_tf.models.precision import global_dtype_policy
 
 logger = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ _KERAS_WEIGHTS_SUFFIX = ".weights.h5"
 
 def create_model(
     name: str,
-    num_classes: int,
+    num_classes: int | None = None,
     num_frames: int | None = None,
     input_size: int | None = None,
     dropout: float | None = None,
@@ -28,17 +28,23 @@ def create_model(
     width_multiplier: float | None = None,
     selfy_channels: int | Mapping[str, Any] | None = None,
     sync_batchnorm: bool | None = None,
+    pretrained: bool = False,
     weights: str | os.PathLike | None = None,
     dtype_policy: str | keras.DTypePolicy | None = None,
     **kwargs: Any,
 ) -> keras.Model:
     """Builds a registered video classifier by name, optionally with weights.
 
-    Arguments left as `None` take the family default (shown in brackets).
+    Arguments left as `None` take the defaults of `name`
+    (`selfy_tf.models.model_args(name)`): the family defaults (shown in
+    brackets), updated, for a name `arch.tag` from `list_pretrained()` (e.g.
+    `"selfy_tsm_r50.sthv1_16f"`), by the architecture fields of that
+    pretrained config (num_classes, num_frames, input_size, ...).
 
     Args:
-        name: a name from `list_models()`, e.g. `"selfy_tsm_r50"`.
-        num_classes: int, number of action classes.
+        name: a name from `list_models()`, e.g. `"selfy_tsm_r50"`, or a
+            pretrained config `arch.tag` from `list_pretrained()`.
+        num_classes: int [174], number of action classes.
         num_frames: int [8], frames per clip `T`.
         input_size: int [224], frame height and width. SELFY models need a
             multiple of 16 (with `selfy_stage="res3"`) so that the res3 map
@@ -59,6 +65,9 @@ def create_model(
             in every batch norm of the model, the backbone's and the SELFY
             block's (all are the package's fused-kernel batch norm, whose
             `synchronized=True` path all-reduces the batch moments).
+        pretrained: load the weights file of the pretrained config `name`
+            (its `weights_file`, a local path) after building. Needs a name
+            `arch.tag` whose config has a weights file, and no `weights`.
         weights: optional path to weights loaded after building: an official
             PyTorch checkpoint (`.pth.tar`, strict, see
             `selfy_tf.weights.load_official_checkpoint`) or a `.weights.h5`
@@ -68,8 +77,8 @@ def create_model(
             compute with float32 variables, faster inference on CPUs with
             AVX512-BF16 or AMX (benchmarks/README.md); `"mixed_float16"` on GPUs. The
             logits stay float32. The global policy is left unchanged.
-        **kwargs: further family arguments, e.g. `stss_jit` [False] (compile
-            the STSS op with XLA; keep it off for models you export).
+        **kwargs: further family arguments. (Compiling the STSS op with XLA
+            is a runtime choice, `selfy_tf.ops.stss_xla`, not an argument.)
 
     Returns:
         A Keras functional model: input `frames`
@@ -77,12 +86,16 @@ def create_model(
         or uint8 values), output float32 logits `[batch, num_classes]`.
 
     Raises:
-        ValueError: for an unknown name, bad arguments or weights that do not
-            fit the model.
-        FileNotFoundError: if `weights` does not exist.
+        ValueError: for an unknown name or tag (the message lists the valid
+            tags of the architecture), bad arguments, `pretrained=True`
+            without a weights file, or weights that do not fit the model.
+        FileNotFoundError: if the weights file does not exist.
     """
-    builder = model_entrypoint(name)
-    arguments = {
+    arch, tag = split_name(name)
+    if pretrained:
+        weights = _pretrained_weights(name, tag, weights)
+    builder = model_entrypoint(arch)
+    explicit = {
         "num_classes": num_classes,
         "num_frames": num_frames,
         "input_size": input_size,
@@ -94,13 +107,37 @@ def create_model(
         "sync_batchnorm": sync_batchnorm,
         **kwargs,
     }
-    # Unset arguments take the family's defaults.
-    arguments = {key: value for key, value in arguments.items() if value is not None}
+    # Unset arguments take the defaults of `name` (family, then tag).
+    arguments = model_args(name)
+    arguments.update({key: value for key, value in explicit.items() if value is not None})
     with global_dtype_policy(dtype_policy):
         model = builder(**arguments)
     if weights is not None:
         load_weights_file(model, weights)
     return model
+
+
+def _pretrained_weights(name: str, tag: str | None, weights: str | os.PathLike | None) -> str:
+    """The weights file of the pretrained config `name` (for `pretrained=True`)."""
+    if weights is not None:
+        raise ValueError(
+            f"Pass either `pretrained=True` (the weights file of {name!r}'s config) or "
+            f"`weights=PATH`, not both. Received: weights={os.fspath(weights)!r}."
+        )
+    if tag is None:
+        raise ValueError(
+            f"`pretrained=True` needs a pretrained config `arch.tag`, e.g. "
+            f"{name}.<tag> (`selfy_tf.models.list_pretrained('{name}.*')`). "
+            f"Received: name={name!r}."
+        )
+    path = get_pretrained_cfg(name)["weights_file"]
+    if not path:
+        raise ValueError(
+            f"The pretrained config {name!r} has no `weights_file` (the official release "
+            "publishes none): convert a checkpoint with `selfy convert-weights` and "
+            "pass `weights=PATH`."
+        )
+    return os.path.expanduser(os.fspath(path))
 
 
 def load_weights_file(model: keras.Model, path: str | os.PathLike) -> None:

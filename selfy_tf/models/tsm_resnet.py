@@ -19,6 +19,7 @@ PyTorch counterpart carry a suffix (`layer2_0_shift`, `layer2_0_conv1_pad`,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Mapping
 
@@ -31,20 +32,18 @@ from selfy_tf.layers.frame_preprocessing import (
     FramePreprocessing,
 )
 from selfy_tf.layers.segment_consensus import SegmentConsensus
+from selfy_tf.layers.selfy_block import REFERENCE_CHANNELS, SELFYBlock
 from selfy_tf.layers.temporal_shift import TemporalShift
 from selfy_tf.models._registry import register_model, register_pretrained_cfgs
+from selfy_tf.ops import DEFAULT_BACKEND
 
 logger = logging.getLogger(__name__)
 
 # Output stride of the stage the SELFY block follows.
 SELFY_STAGES: dict[str, int] = {"res2": 4, "res3": 8, "res4": 16}
 
-# Reference SELFY block widths (DESIGN.md §3).
-REFERENCE_SELFY_CHANNELS: dict[str, Any] = {
-    "hidden_channels": 128,
-    "extraction_channels": (4, 16, 64, 64),
-    "integration_channels": (64, 64, 64, 64),
-}
+# Reference SELFY block widths (DESIGN.md §3), the block's defaults.
+REFERENCE_SELFY_CHANNELS: dict[str, Any] = REFERENCE_CHANNELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +71,36 @@ RESNET_ARCHS: dict[str, ResNetArch] = {
 }
 
 
+# The family's builder arguments and their defaults: the one copy, read by
+# the builders, `create_model` and `_cfg`, and by the trainer for its
+# unset `model.*` fields (`selfy_tf.models.model_args`). `create_model`
+# documents them.
+MODEL_DEFAULTS: dict[str, Any] = {
+    "num_classes": 174,
+    "num_frames": 8,
+    "input_size": 224,
+    "dropout": 0.5,
+    "selfy_stage": "res3",
+    "stss_backend": DEFAULT_BACKEND,
+    "width_multiplier": 1.0,
+    # None: the reference SELFY widths, REFERENCE_SELFY_CHANNELS.
+    "selfy_channels": None,
+    "sync_batchnorm": False,
+}
+
+_register = functools.partial(register_model, defaults=MODEL_DEFAULTS)
+
+
 def _cfg(**overrides: Any) -> dict[str, Any]:
-    """A pretrained config with the family's shared defaults."""
+    """A pretrained config with the family's shared defaults.
+
+    Its keys that are builder arguments (`MODEL_DEFAULTS`) are the
+    architecture of the config: `create_model("arch.tag")` builds with them.
+    """
     cfg = {
-        "num_classes": 174,
-        "num_frames": 8,
-        "input_size": 224,
+        "num_classes": MODEL_DEFAULTS["num_classes"],
+        "num_frames": MODEL_DEFAULTS["num_frames"],
+        "input_size": MODEL_DEFAULTS["input_size"],
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
         # The official release publishes no weight files: convert checkpoints
@@ -119,6 +142,17 @@ default_cfgs: dict[str, dict[str, Any]] = {
     ),
     "tsm_r50.sthv1_8f": _cfg(
         dataset="something-something-v1", params=23_864_558, gmacs=32.70
+    ),
+    # The official Kinetics recipe's architecture (no published score); the
+    # count is the SS-V1 model's with 226 more classes of 2049 weights.
+    "selfy_tsm_r50.kinetics400_8f": _cfg(
+        dataset="kinetics-400", num_classes=400, params=25_293_916
+    ),
+    # A SELFY TSM-R18 small enough to train on a laptop CPU (the trainer's
+    # `tiny_cpu` preset); its class count comes from the data.
+    "selfy_tsm_r18.tiny": _cfg(
+        num_classes=None, num_frames=4, input_size=32, dropout=0.0,
+        width_multiplier=0.125, selfy_channels=8, license=None, paper_ids=None,
     ),
 }
 
@@ -268,16 +302,13 @@ def _residual_block(
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _selfy_block(x, num_frames: int, channels: dict[str, Any], stss_backend: str, stss_jit: bool, sync_batchnorm: bool):
-    from selfy_tf.layers.selfy_block import SELFYBlock
-
+def _selfy_block(x, num_frames: int, channels: dict[str, Any], stss_backend: str, sync_batchnorm: bool):
     return SELFYBlock(
         num_frames=num_frames,
         hidden_channels=channels["hidden_channels"],
         extraction_channels=channels["extraction_channels"],
         integration_channels=channels["integration_channels"],
         stss_backend=stss_backend,
-        stss_jit=stss_jit,
         sync_batchnorm=sync_batchnorm,
         name="selfy",
     )(x)
@@ -332,21 +363,37 @@ def _create_tsm_resnet(
     depth: str,
     shift: bool,
     selfy: bool,
-    num_classes: int = 174,
-    num_frames: int = 8,
-    input_size: int = 224,
-    dropout: float = 0.5,
-    selfy_stage: str = "res3",
-    stss_backend: str = "matmul",
-    stss_jit: bool = False,
-    width_multiplier: float = 1.0,
-    selfy_channels: int | Mapping[str, Any] | None = None,
-    sync_batchnorm: bool = False,
+    **kwargs: Any,
 ) -> keras.Model:
     """Builds one TSN / TSM / SELFYNet ResNet as a Keras functional model.
 
-    See `selfy_tf.models.create_model` for the arguments.
+    `kwargs` override `MODEL_DEFAULTS`; see `selfy_tf.models.create_model`
+    for the arguments.
     """
+    unknown = sorted(set(kwargs) - set(MODEL_DEFAULTS))
+    if unknown:
+        raise TypeError(
+            f"{variant}() got unexpected arguments {unknown}. Valid arguments: "
+            f"{', '.join(MODEL_DEFAULTS)}."
+        )
+    return _build(variant, depth, shift, selfy, **{**MODEL_DEFAULTS, **kwargs})
+
+
+def _build(
+    variant: str,
+    depth: str,
+    shift: bool,
+    selfy: bool,
+    num_classes: int,
+    num_frames: int,
+    input_size: int,
+    dropout: float,
+    selfy_stage: str,
+    stss_backend: str,
+    width_multiplier: float,
+    selfy_channels: int | Mapping[str, Any] | None,
+    sync_batchnorm: bool,
+) -> keras.Model:
     _check_args(variant, num_classes, num_frames, input_size, dropout, selfy, selfy_stage, width_multiplier)
     arch = RESNET_ARCHS[depth]
     width_multiplier = float(width_multiplier)
@@ -378,7 +425,7 @@ def _create_tsm_resnet(
                 name=f"layer{stage_index + 1}_{block_index}",
             )
         if selfy and stage_names[stage_index] == selfy_stage:
-            x = _selfy_block(x, num_frames, channels, stss_backend, stss_jit, bool(sync_batchnorm))
+            x = _selfy_block(x, num_frames, channels, stss_backend, bool(sync_batchnorm))
 
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
     if dropout > 0:
@@ -390,73 +437,73 @@ def _create_tsm_resnet(
     return model
 
 
-@register_model
+@_register
 def tsn_r18(**kwargs: Any) -> keras.Model:
     """TSN ResNet-18: per-frame ResNet-18, average of frame logits."""
     return _create_tsm_resnet("tsn_r18", "r18", shift=False, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsn_r34(**kwargs: Any) -> keras.Model:
     """TSN ResNet-34."""
     return _create_tsm_resnet("tsn_r34", "r34", shift=False, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsn_r50(**kwargs: Any) -> keras.Model:
     """TSN ResNet-50."""
     return _create_tsm_resnet("tsn_r50", "r50", shift=False, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsn_r101(**kwargs: Any) -> keras.Model:
     """TSN ResNet-101."""
     return _create_tsm_resnet("tsn_r101", "r101", shift=False, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsm_r18(**kwargs: Any) -> keras.Model:
     """TSM ResNet-18: temporal shift at the start of every residual branch."""
     return _create_tsm_resnet("tsm_r18", "r18", shift=True, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsm_r34(**kwargs: Any) -> keras.Model:
     """TSM ResNet-34."""
     return _create_tsm_resnet("tsm_r34", "r34", shift=True, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsm_r50(**kwargs: Any) -> keras.Model:
     """TSM ResNet-50."""
     return _create_tsm_resnet("tsm_r50", "r50", shift=True, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def tsm_r101(**kwargs: Any) -> keras.Model:
     """TSM ResNet-101."""
     return _create_tsm_resnet("tsm_r101", "r101", shift=True, selfy=False, **kwargs)
 
 
-@register_model
+@_register
 def selfy_tsm_r18(**kwargs: Any) -> keras.Model:
     """SELFYNet-TSM-ResNet-18: TSM ResNet-18 with a SELFY block after res3."""
     return _create_tsm_resnet("selfy_tsm_r18", "r18", shift=True, selfy=True, **kwargs)
 
 
-@register_model
+@_register
 def selfy_tsm_r34(**kwargs: Any) -> keras.Model:
     """SELFYNet-TSM-ResNet-34."""
     return _create_tsm_resnet("selfy_tsm_r34", "r34", shift=True, selfy=True, **kwargs)
 
 
-@register_model
+@_register
 def selfy_tsm_r50(**kwargs: Any) -> keras.Model:
     """SELFYNet-TSM-ResNet-50, the paper's main model."""
     return _create_tsm_resnet("selfy_tsm_r50", "r50", shift=True, selfy=True, **kwargs)
 
 
-@register_model
+@_register
 def selfy_tsm_r101(**kwargs: Any) -> keras.Model:
     """SELFYNet-TSM-ResNet-101."""
     return _create_tsm_resnet("selfy_tsm_r101", "r101", shift=True, selfy=True, **kwargs)

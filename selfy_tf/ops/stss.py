@@ -31,14 +31,18 @@ On TensorFlow, with `jit=True` the fixed gathers of the `"matmul"` backend (forw
 backward) run as an XLA-compiled inner `tf.function`; the matrix products stay
 TensorFlow kernels, which are faster than XLA's on CPU. An inner
 `tf.function(jit_compile=True)` is saved into SavedModels as `_XlaMustCompile`,
-so export and TFLite paths call the op with `jit=False`.
+so it is a runtime choice, off unless turned on: `stss_xla(True)` (a context
+manager) or `set_stss_xla(True)` turns it on for the ops traced meanwhile
+(the trainer does so for training); export and TFLite conversion leave it
+off. An explicit `jit=` of `stss` overrides it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import keras
 import numpy as np
@@ -49,6 +53,8 @@ from selfy_tf.ops import _backend
 logger = logging.getLogger(__name__)
 
 STSS_BACKENDS = ("matmul", "shift", "patches")
+# The backend of `stss` and of the layers and models that call it.
+DEFAULT_BACKEND = "matmul"
 DEFAULT_WINDOW = (5, 9, 9)
 _EPSILON = 1e-6
 
@@ -835,14 +841,54 @@ def _compiled(backend: str, window: tuple[int, int, int]) -> Callable:
 
 _BACKEND_FUNCTIONS = {"shift": _stss_shift, "patches": _stss_patches}
 
-DEFAULT_JIT = True
+# Process-wide, not per thread: the replicas of a distribution strategy
+# trace the op in threads of their own.
+_stss_xla_enabled = False
+
+
+def stss_xla_enabled() -> bool:
+    """Whether `stss` calls without `jit=` compile with XLA (see `stss_xla`)."""
+    return _stss_xla_enabled
+
+
+def set_stss_xla(enabled: bool) -> None:
+    """Turns the XLA compilation of the STSS op on or off (see `stss_xla`)."""
+    global _stss_xla_enabled
+    if not isinstance(enabled, bool):
+        raise ValueError(f"`enabled` must be True or False. Received: enabled={enabled!r}.")
+    _stss_xla_enabled = enabled
+
+
+@contextlib.contextmanager
+def stss_xla(enabled: bool = True) -> Iterator[None]:
+    """Compiles the STSS op with XLA (on TensorFlow) while the context is open.
+
+    The choice is read when the op is traced or run: functions traced inside
+    the context (e.g. Keras's train step, on the first `fit` call) keep it.
+    Off by default, because the inner XLA function would be saved into
+    SavedModels, which TF Serving and LiteRT run without XLA; turn it on
+    for training, where it makes the op's gathers faster
+    (benchmarks/README.md). Other Keras backends compile whole functions and
+    ignore it. Restores the previous setting on exit.
+
+    >>> from selfy_tf.ops import stss_xla, stss_xla_enabled
+    >>> with stss_xla(True):
+    ...     stss_xla_enabled()
+    True
+    """
+    previous = stss_xla_enabled()
+    set_stss_xla(enabled)
+    try:
+        yield
+    finally:
+        set_stss_xla(previous)
 
 
 def stss(
     features: Any,
     window: Sequence[int] = DEFAULT_WINDOW,
-    backend: str = "matmul",
-    jit: bool = DEFAULT_JIT,
+    backend: str = DEFAULT_BACKEND,
+    jit: bool | None = None,
 ) -> Any:
     """Computes the spatio-temporal self-similarity of a feature volume.
 
@@ -864,11 +910,12 @@ def stss(
             `"patches"` (`tf.image.extract_patches`; not TFLite-convertible;
             TensorFlow backend only). All give the same numbers.
         jit: on TensorFlow, compile the op's memory-bound part with XLA (an
-            inner `tf.function(jit_compile=True)`). Defaults to True, the
-            fastest choice on CPU. Ignored on other backends, which compile
-            whole functions. Pass False for graphs that are exported to TF
-            Serving or converted to TFLite, which must not require XLA. When
-            the caller already compiles with XLA, the flag changes nothing.
+            inner `tf.function(jit_compile=True)`), the fastest choice on
+            CPU. Defaults to None: the runtime setting (`stss_xla`, off
+            unless turned on). Ignored on other backends, which compile
+            whole functions. Graphs that are exported to TF Serving or
+            converted to TFLite must not require XLA. When the caller
+            already compiles with XLA, the flag changes nothing.
 
     Returns:
         `[batch, num_frames, height, width, L, U, V]` float32 tensor of cosine
@@ -900,6 +947,8 @@ def stss(
     normalized = _normalize(features)
     # XLA compilation of a part of the op is a TensorFlow option; other
     # backends compile whole functions (jax.jit) and ignore `jit`.
+    if jit is None:
+        jit = stss_xla_enabled()
     jit = bool(jit) and _backend.is_tensorflow()
     if backend == "matmul":
         return _stss_matmul(normalized, shape, window, jit)
