@@ -280,6 +280,25 @@ class TestResume:
         assert result.global_step == runs["reference"]["global_step"]
         assert result.history["loss"] == runs["reference"]["history"]["loss"]
 
+    def test_run_of_an_earlier_version_with_the_bare_model_name_resumes(self, runs, data_dir, tmp_path):
+        # Earlier versions saved the preset's bare architecture name
+        # (`selfy_tsm_r18`); the preset now names its tag (`selfy_tsm_r18.tiny`).
+        import shutil
+
+        from trainer.train import train
+
+        run_dir = str(tmp_path / "run")
+        shutil.copytree(runs["reference_dir"], run_dir)
+        config_path = os.path.join(run_dir, "config.yaml")
+        with open(config_path) as handle:
+            text = handle.read()
+        assert "name: selfy_tsm_r18.tiny\n" in text
+        with open(config_path, "w") as handle:
+            handle.write(text.replace("name: selfy_tsm_r18.tiny\n", "name: selfy_tsm_r18\n"))
+        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), COMMON_SETS)
+        result = train(config, data_dir, run_dir, verbose=0)
+        assert result.global_step == runs["reference"]["global_step"]
+
     def test_resume_with_other_config_is_refused(self, runs, data_dir):
         from trainer.train import train
 

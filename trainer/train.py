@@ -377,6 +377,11 @@ def _check_resumable(paths: RunPaths, config: configs.ExperimentConfig) -> None:
                 differences.append(f"{section}.{name}: {saved.get(section, {}).get(name)!r} -> {value!r}")
     # Changing the length of the run is allowed (e.g. to extend it).
     differences = [item for item in differences if not item.startswith("train.epochs:")]
+    # Runs of earlier versions saved a preset's bare model name; the tag
+    # names the same architecture when every other model field is equal.
+    saved_name = saved.get("model", {}).get("name")
+    if saved_name == config.model.name.split(".", 1)[0]:
+        differences = [item for item in differences if not item.startswith("model.name:")]
     if differences:
         raise ValueError(
             f"{paths.root} holds a run with a different config ({'; '.join(differences)}). "
