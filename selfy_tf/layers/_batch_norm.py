@@ -85,12 +85,57 @@ def batch_moments(rows, total=None):
     else:
         # Every replica must subtract the same shift.
         shift = total(shift) / total(ops.ones([1], "float32"))
-    centered = rows - shift
-    sums = total(ops.concatenate([_exact_sum(centered), ops.reshape(count, [1])], 0))
+    wide = _WideRows(rows)
+    centered_sum = wide.channel_sums(wide.rows - wide.tile(shift))
+    sums = total(ops.concatenate([centered_sum, ops.reshape(count, [1])], 0))
     count = sums[-1]
     mean = shift + sums[:-1] / count
-    variance = total(_exact_sum(_backend.squared_difference(rows, mean))) / count
+    squares = _backend.squared_difference(wide.rows, wide.tile(mean))
+    variance = total(wide.channel_sums(squares)) / count
     return mean, variance, count
+
+
+# Narrow rows ([n, 4] in the STSS extraction) are viewed at least this wide
+# for the element-wise passes of the statistics: TensorFlow's broadcasting
+# kernels are several times slower on 4-wide rows (benchmarks/README.md).
+_WIDE_COLUMNS = 128
+
+
+class _WideRows:
+    """`[n, C]` rows viewed as `[n / k, k * C]` (k consecutive rows per row).
+
+    `k` is the largest power of two with `k * C <= _WIDE_COLUMNS` that
+    divides `n`; 1 when `n` is unknown while tracing.
+    """
+
+    def __init__(self, rows):
+        self.channels = rows.shape[-1]
+        num_rows = rows.shape[0]
+        self.factor = 1
+        while (
+            num_rows is not None
+            and 2 * self.factor * self.channels <= _WIDE_COLUMNS
+            and num_rows % (2 * self.factor) == 0
+        ):
+            self.factor *= 2
+        self.rows = self.view(rows)
+
+    def view(self, rows):
+        """`rows` (shaped like the wrapped ones) in the wide view."""
+        if self.factor == 1:
+            return rows
+        return ops.reshape(rows, [-1, self.factor * self.channels])
+
+    def tile(self, vector):
+        """A per-channel `[C]` vector repeated to a wide row."""
+        return vector if self.factor == 1 else ops.tile(vector, [self.factor])
+
+    def channel_sums(self, wide_rows):
+        """Exact `[C]` sums of wide rows over the original rows."""
+        sums = _exact_sum(wide_rows)
+        if self.factor == 1:
+            return sums
+        return ops.sum(ops.reshape(sums, [self.factor, self.channels]), axis=0)
 
 
 def _normalize_exact(
@@ -156,9 +201,11 @@ def _normalize_tensorflow(rows, mean, variance, scale, offset, epsilon: float):
             )[0]
             # The kernel's own scale and offset gradients are running sums
             # over all rows (1e-5 relative off at 2 M rows).
-            upstream_rows = tf.reshape(upstream, [-1, maps.shape[-1]])
-            offset_grad = _exact_sum(upstream_rows)
-            scale_grad = _exact_sum(upstream_rows * (rows - mean)) * tf.math.rsqrt(
+            wide = _WideRows(rows)
+            upstream_rows = wide.view(tf.reshape(upstream, tf.shape(rows)))
+            offset_grad = wide.channel_sums(upstream_rows)
+            centered = wide.rows - wide.tile(mean)
+            scale_grad = wide.channel_sums(upstream_rows * centered) * tf.math.rsqrt(
                 variance + epsilon
             )
             return maps_grad, scale_grad, offset_grad
