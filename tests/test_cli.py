@@ -102,6 +102,37 @@ sys.stderr.write("\rdone\nselfy: error: kept\n")
     )
 
 
+def test_stderr_filter_survives_native_writes_that_hold_the_gil():
+    # Native code (the TFLite converter) may write far more than a pipe's
+    # buffer to descriptor 2 without releasing the GIL; ctypes.PyDLL calls
+    # `write` that way. A filter that needs the GIL to drain the pipe hangs.
+    import subprocess
+    import sys
+
+    script = r"""
+import ctypes, os, sys
+from selfy_tf.cli._quiet import StderrFilter
+StderrFilter().start()
+libc = ctypes.PyDLL(None)
+line = b"loc(callsite(fused[StridedSlice]) error: op not supported\n"
+payload = line * (1_000_000 // len(line))
+written = 0
+while written < len(payload):
+    written += libc.write(2, payload[written:], len(payload) - written)
+print("finished", flush=True)
+"""
+    import os
+
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, env={**os.environ, "PYTHONPATH": repository},
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stdout == b"finished\n"
+    line = b"loc(callsite(fused[StridedSlice]) error: op not supported\n"
+    assert result.stderr == line * (1_000_000 // len(line))
+
+
 def test_retracing_warning_is_dropped(caplog):
     import logging
 

@@ -5,7 +5,7 @@ notices, the missing CUDA driver, the failed `cuInit`) before its logging is
 initialised, so `TF_CPP_MIN_LOG_LEVEL` cannot silence them. They are written
 straight to file descriptor 2, below Python. `StderrFilter` puts a pipe in
 place of descriptor 2 and copies everything else through to the real stderr
-from a thread; `selfy --verbose` leaves stderr alone.
+from a forked child process; `selfy --verbose` leaves stderr alone.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import atexit
 import logging
 import os
 import re
-import select
+import signal
 import sys
-import threading
+import time
 
 # Whole lines dropped: TensorFlow's start-up notices on a CPU machine.
 _ABSL_PREAMBLE = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
@@ -43,24 +43,57 @@ class _DropRetracing(logging.Filter):
 
 
 class StderrFilter:
-    """Copies file descriptor 2 to the real stderr, less the lines matching `pattern`."""
+    """Copies file descriptor 2 to the real stderr, less the lines matching `pattern`.
+
+    The copying runs in a child process forked by `start`, not in a thread:
+    native code that holds Python's GIL while it writes more than a pipe's
+    buffer to stderr (the TFLite converter's diagnostics of a failed
+    conversion run to hundreds of KB) would wait forever for a thread that
+    needs the GIL to drain the pipe. Start it before other threads exist.
+    """
 
     def __init__(self, pattern: re.Pattern = NOISE) -> None:
         self.pattern = pattern
         self._saved_fd: int | None = None
         self._read_fd: int | None = None
-        self._thread: threading.Thread | None = None
+        self._child: int | None = None
         self._stopped = False
 
     def start(self) -> None:
         sys.stderr.flush()
+        read_fd, write_fd = os.pipe()
+        child = os.fork()
+        if child == 0:
+            self._run_child(read_fd, write_fd)
+        os.close(read_fd)
+        self._child = child
         self._saved_fd = os.dup(2)
-        self._read_fd, write_fd = os.pipe()
         os.dup2(write_fd, 2)
         os.close(write_fd)
-        self._thread = threading.Thread(target=self._pump, name="selfy-stderr-filter", daemon=True)
-        self._thread.start()
         atexit.register(self.stop)
+
+    def _run_child(self, read_fd: int, write_fd: int) -> None:
+        """The child: copies the pipe to its descriptor 2 until every writer is gone."""
+        status = 0
+        try:
+            # It ends with the pipe, after the last line the parent (or its
+            # children) wrote; a Ctrl-C or kill of the process group must
+            # not cut that output short.
+            for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(number, signal.SIG_IGN)
+            os.close(write_fd)
+            # Hold no other descriptor of the parent (its stdout pipe, files).
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            os.closerange(3, read_fd)
+            os.closerange(read_fd + 1, 1 << 16)
+            self._read_fd, self._saved_fd = read_fd, 2
+            self._pump()
+        except BaseException:  # noqa: BLE001 - the child must never return
+            status = 1
+        finally:
+            os._exit(status)
 
     def _could_be_noise(self, fragment: bytes) -> bool:
         return bool(_MAYBE_NOISE.match(fragment)) or _ABSL_PREAMBLE.startswith(fragment)
@@ -72,14 +105,6 @@ class StderrFilter:
     def _pump(self) -> None:
         pending = b""
         while True:
-            # Child processes (conversion workers, the resource tracker) may
-            # hold the pipe open after this process stops: once stopped, end
-            # when the pipe is drained instead of waiting for its end.
-            ready, _, _ = select.select([self._read_fd], [], [], 0.1)
-            if not ready:
-                if self._stopped:
-                    break
-                continue
             try:
                 chunk = os.read(self._read_fd, 65536)
             except OSError:
@@ -99,19 +124,23 @@ class StderrFilter:
             self._write(pending)
 
     def stop(self) -> None:
-        """Puts the real stderr back and copies what is left in the pipe."""
+        """Puts the real stderr back and gives the child 2 s to copy what is left."""
         if self._saved_fd is None or self._stopped:
             return
+        self._stopped = True
         try:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
+        # This process's write end closes here; the child ends once the pipe
+        # is drained and no child of this process (conversion workers, the
+        # resource tracker) holds it any more.
         os.dup2(self._saved_fd, 2)
-        # Everything this process wrote is in the pipe now: the thread copies
-        # it, then stops at the first quiet 0.1 s.
-        self._stopped = True
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            if os.waitpid(self._child, os.WNOHANG) != (0, 0):
+                break
+            time.sleep(0.01)
 
 
 def drop_retracing_warnings() -> None:
