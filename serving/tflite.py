@@ -314,6 +314,22 @@ def convert_saved_model(
     return bytes(model_bytes)
 
 
+def float32_model(model: keras.Model) -> keras.Model:
+    """`model`, or a float32-compute copy of it when its layers compute in
+    float16 / bfloat16 (a model trained with mixed precision).
+
+    TFLite's float kernels are float32 (reduced precision is a quantization
+    mode, `quantize="fp16"`); a bfloat16 graph does not convert to builtins.
+    """
+    if all(layer.compute_dtype == "float32" for layer in model.layers if layer.weights):
+        return model
+    from selfy_tf.models import with_dtype_policy
+
+    logger.info("converting a float32 copy of the model (its layers compute in %s)",
+                sorted({layer.compute_dtype for layer in model.layers if layer.weights}))
+    return with_dtype_policy(model, "float32")
+
+
 def convert_model(
     model: keras.Model,
     quantize: str = "none",
@@ -324,7 +340,9 @@ def convert_model(
     """Converts a Keras clip classifier to a TFLite flatbuffer.
 
     Args:
-        model: a clip classifier (`[batch, T, H, W, 3]` 0..255 → logits).
+        model: a clip classifier (`[batch, T, H, W, 3]` 0..255 → logits);
+            one trained with mixed precision is converted in float32
+            (`float32_model`).
         quantize: one of `QUANTIZE_MODES` (default `"none"`).
         representative_dataset: calibration inputs for `"int8"`, see
             `convert_saved_model` and `serving.tflite_calibration`.
@@ -342,6 +360,7 @@ def convert_model(
     # Fail before the (slow) export.
     _check_calibration(quantize, representative_dataset)
     check_input_dtype(input_dtype)
+    model = float32_model(model)
     directory = tempfile.mkdtemp(prefix="selfy_tflite_")
     try:
         export_for_conversion(model, directory, input_dtype, stss_backend)

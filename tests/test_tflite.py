@@ -246,6 +246,24 @@ class TestConversionOptions:
                 assert tflite.xla_functions(untraced.get_concrete_function(spec)) == []
             assert stss_xla_enabled(), "the setting is restored after the context"
 
+    def test_mixed_precision_model_is_converted_in_float32(self, tiny_model_factory):
+        # A model trained with mixed_bfloat16 (e.g. on a GPU) has bfloat16
+        # layers, which TFLite's builtins do not take.
+        from serving import tflite
+
+        from selfy_tf.models import with_dtype_policy
+
+        model = tiny_model_factory(num_classes=3, num_frames=2)
+        assert tflite.float32_model(model) is model
+        mixed = with_dtype_policy(model, "mixed_bfloat16")
+        converted = tflite.float32_model(mixed)
+        assert {layer.compute_dtype for layer in converted.layers if layer.weights} == {"float32"}
+        clips = np.random.default_rng(3).uniform(0, 255, (2, 2, 32, 32, 3)).astype("float32")
+        np.testing.assert_allclose(
+            np.asarray(converted(clips, training=False)), np.asarray(model(clips, training=False)),
+            rtol=0, atol=1e-6,
+        )
+
     def test_patches_backend_is_refused(self, tiny_model_factory):
         from serving import tflite
 

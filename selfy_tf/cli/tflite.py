@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(
         args.model, args.labels, require_labels=True, keras_needed_for="selfy tflite converts the Keras layers"
     )
-    model, labels, view = loaded.model, loaded.labels, loaded.eval_view()
+    model, labels, view = tflite.float32_model(loaded.model), loaded.labels, loaded.eval_view()
     num_frames, height, width = tflite.clip_shape(model)
     num_classes = int(model.outputs[0].shape[-1])
     representative = None
