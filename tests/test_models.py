@@ -164,7 +164,12 @@ class TestModelsBasic:
             with_dtype_policy(reference, "int7")
 
     def test_width_and_selfy_channels(self):
-        assert resolve_selfy_channels(None) == tsm_resnet.REFERENCE_SELFY_CHANNELS
+        # The reference widths of DESIGN.md §3.
+        assert resolve_selfy_channels(None) == {
+            "hidden_channels": 128,
+            "extraction_channels": (4, 16, 64, 64),
+            "integration_channels": (64, 64, 64, 64),
+        }
         assert resolve_selfy_channels(16) == {
             "hidden_channels": 16,
             "extraction_channels": (1, 2, 8, 8),

@@ -42,9 +42,6 @@ logger = logging.getLogger(__name__)
 # Output stride of the stage the SELFY block follows.
 SELFY_STAGES: dict[str, int] = {"res2": 4, "res3": 8, "res4": 16}
 
-# Reference SELFY block widths (DESIGN.md §3), the block's defaults.
-REFERENCE_SELFY_CHANNELS: dict[str, Any] = REFERENCE_CHANNELS
-
 
 @dataclasses.dataclass(frozen=True)
 class ResNetArch:
@@ -83,7 +80,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "selfy_stage": "res3",
     "stss_backend": DEFAULT_BACKEND,
     "width_multiplier": 1.0,
-    # None: the reference SELFY widths, REFERENCE_SELFY_CHANNELS.
+    # None: the reference SELFY widths (the block's REFERENCE_CHANNELS).
     "selfy_channels": None,
     "sync_batchnorm": False,
 }
@@ -182,7 +179,7 @@ def resolve_selfy_channels(selfy_channels: int | Mapping[str, Any] | None) -> di
     Raises:
         ValueError: for another type, an unknown key or a non-positive width.
     """
-    reference = REFERENCE_SELFY_CHANNELS
+    reference = REFERENCE_CHANNELS
     if selfy_channels is None:
         return dict(reference)
     if isinstance(selfy_channels, Mapping):
@@ -234,13 +231,13 @@ class _LayerFactory:
         )
 
     def batch_norm(self, name: str, zero_init: bool = False):
-        return _batch_norm.FusedBatchNormalization(
-            axis=-1,
+        return _batch_norm.make_batch_norm(
+            name,
+            dtype=None,
             momentum=_batch_norm.BATCH_NORM_MOMENTUM,
             epsilon=_batch_norm.BATCH_NORM_EPSILON,
             gamma_initializer="zeros" if zero_init else "ones",
             synchronized=self.sync_batchnorm,
-            name=name,
         )
 
 
