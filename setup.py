@@ -45,6 +45,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["selfy_tf*", "tfrecords*", "trainer*", "serving*"]),
     include_package_data=True,
+    # The weights of the `.motion` pretrained configs.
+    package_data={"selfy_tf.models": ["pretrained/*.weights.h5", "pretrained/*.json"]},
     install_requires=_INSTALL_REQUIRES,
     extras_require={
         "torch": _TORCH,

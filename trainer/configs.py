@@ -55,7 +55,10 @@ __all__ = [
 SCHEDULE_NAMES = ("step", "cosine", "constant")
 STRATEGY_NAMES = ("auto", "none", "mirrored", "multi_worker")
 PRECISION_NAMES = ("float32", "mixed_float16", "mixed_bfloat16")
-INIT_KINDS = ("imagenet", "official")
+INIT_KINDS = ("imagenet", "official", "keras", "pretrained")
+# Kinds that fine-tune: the classifier is new when the data's class count
+# differs from the weights'.
+FINE_TUNE_INIT_KINDS = ("keras", "pretrained")
 
 
 @dataclasses.dataclass
@@ -69,8 +72,12 @@ class ModelConfig:
     config's), filled in by `resolve_model`.
 
     `init` is `""` (random initialisation), `"imagenet:PATH"` (an ImageNet
-    ResNet checkpoint for the backbone) or `"official:PATH"` (a checkpoint
-    of the official PyTorch release).
+    ResNet checkpoint for the backbone), `"official:PATH"` (a checkpoint
+    of the official PyTorch release), `"keras:PATH"` (a `.keras` model of
+    the same architecture, e.g. an earlier run's `best.keras`) or
+    `"pretrained"` (the weights file of the pretrained config `name`). The
+    last two fine-tune: the class count comes from the data, and a
+    classifier of another size starts afresh.
     """
 
     name: str = "selfy_tsm_r50"
@@ -307,8 +314,9 @@ def kinetics_selfy_r50_8f() -> ExperimentConfig:
 def tiny_cpu() -> ExperimentConfig:
     """A SELFY TSM-R18 small enough to train for a few steps on a laptop CPU.
 
-    Its classes come from the data; it learns a few easy classes of small
-    user data in a few epochs.
+    Its classes come from the data. A path check and the tests' model: from
+    random weights it memorises a few dozen clips rather than learning their
+    motion; for your own videos use `small_videos_cpu`.
     """
     config = _with_model("selfy_tsm_r18.tiny")
     config.data.batch_size = 4
@@ -326,12 +334,47 @@ def tiny_cpu() -> ExperimentConfig:
     return config
 
 
+def fine_tunes(config: ExperimentConfig) -> bool:
+    """Whether `model.init` fine-tunes (`keras:PATH` or `pretrained`)."""
+    return config.model.init.partition(":")[0] in FINE_TUNE_INIT_KINDS
+
+
+@register_preset("small_videos_cpu")
+def small_videos_cpu() -> ExperimentConfig:
+    """Fine-tunes a small motion-pretrained SELFY on a user's own few videos, on a CPU.
+
+    The model is `selfy_tsm_r18.motion` (width 1/8, 8 frames of 32x32, the
+    SELFY block after res2 so that its STSS grid holds the window), whose
+    shipped weights were pretrained on the package's synthetic motion
+    classes (`trainer.motion_pretraining`); only the classifier starts
+    afresh. An epoch is a fixed number of steps, not a pass over the data,
+    so a set of a few dozen clips still gets enough of them (about three
+    minutes on 2 CPU cores). Figures: benchmarks/README.md, "Own videos".
+    """
+    config = _with_model("selfy_tsm_r18.motion")
+    config.model.init = "pretrained"
+    config.data.batch_size = 8
+    # Evaluation resizes the short side to input_size * 256 / 224 before the
+    # centre crop, whatever the stored frame size (training's multi-scale
+    # crops cover that view).
+    config.data.eval_size = ()
+    config.optimizer.lr = 0.01
+    config.optimizer.weight_decay = 1e-4
+    config.schedule = ScheduleConfig(name="cosine", decay_epochs=())
+    config.train.epochs = 15
+    config.train.steps_per_epoch = 20
+    config.train.backup_every_steps = 20
+    config.train.log_every_steps = 10
+    return config
+
+
 def resolve_model(config: ExperimentConfig) -> ExperimentConfig:
     """A copy of `config` whose unset (`None`) `model.*` fields hold the
     defaults of `model.name` (`selfy_tf.models.model_args`).
 
     `model.num_classes` is taken from the pretrained config `model.name`
-    only; without one it stays `None` (the data's class count). Idempotent.
+    only, and not when `model.init` fine-tunes; otherwise it stays `None`
+    (the data's class count). Idempotent.
 
     Raises:
         ValueError: `model.name` is not a registered model or pretrained
@@ -348,7 +391,7 @@ def resolve_model(config: ExperimentConfig) -> ExperimentConfig:
     for name, value in defaults.items():
         if name != "num_classes" and hasattr(model, name) and getattr(model, name) is None:
             setattr(model, name, value)
-    if model.num_classes is None and "." in model.name:
+    if model.num_classes is None and "." in model.name and not fine_tunes(config):
         model.num_classes = get_pretrained_cfg(model.name)["num_classes"]
     return config
 
@@ -643,7 +686,16 @@ def validate(config: ExperimentConfig) -> None:
             raise ValueError(message)
     if model.init:
         kind, _, path = model.init.partition(":")
-        if kind not in INIT_KINDS or not path:
+        if kind not in INIT_KINDS or bool(path) == (kind == "pretrained"):
             raise ValueError(
-                f"`model.init` must be '', 'imagenet:PATH' or 'official:PATH'. Received: {model.init!r}."
+                "`model.init` must be '', 'imagenet:PATH', 'official:PATH', 'keras:PATH' or "
+                f"'pretrained'. Received: {model.init!r}."
             )
+        if kind == "pretrained":
+            from selfy_tf.models import get_pretrained_cfg
+
+            if "." not in model.name or not get_pretrained_cfg(model.name)["weights_file"]:
+                raise ValueError(
+                    "`model.init=pretrained` needs a `model.name` whose pretrained config has a "
+                    f"weights file (e.g. selfy_tsm_r18.motion). Received: model.name={model.name!r}."
+                )

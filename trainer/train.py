@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import keras
 
 from selfy_tf.files import atomic_write_text
+from selfy_tf.layers import SELFYBlock
+from selfy_tf.models import stss_grid_problem
 from selfy_tf.ops import stss_xla
 from selfy_tf.run_dir import RunPaths, save_model, write_labels
 from tfrecords.eval_view import EvalView
@@ -207,7 +209,7 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
     The SELFY options (`selfy_stage`, `stss_*`, `selfy_channels`) are passed to
     every family: TSN and TSM builders accept and ignore them.
     """
-    from selfy_tf.models import create_model
+    from selfy_tf.models import create_model, get_pretrained_cfg
 
     model_config = configs.resolve_model(config).model
     model = create_model(
@@ -222,19 +224,35 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
         selfy_channels=model_config.selfy_channels,
         sync_batchnorm=model_config.sync_batchnorm,
     )
-    if model_config.init:
-        kind, _, path = model_config.init.partition(":")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"`model.init` file not found: {path}")
-        from selfy_tf import weights
-
-        if kind == "imagenet":
-            weights.load_imagenet_resnet(model, path)
-        else:
-            weights.load_official_checkpoint(model, path, strict=True)
-        logger.info("Initialised %s from %s weights %s.", model.name, kind, path)
-    else:
+    if not model_config.init:
         logger.info("Initialised %s randomly (no `model.init`).", model.name)
+        return model
+    from selfy_tf import weights
+
+    kind, _, path = model_config.init.partition(":")
+    if kind == "pretrained":
+        path = get_pretrained_cfg(model_config.name)["weights_file"]
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"`model.init` file not found: {path}")
+    if kind == "imagenet":
+        weights.load_imagenet_resnet(model, path)
+    elif kind == "official":
+        weights.load_official_checkpoint(model, path, strict=True)
+    else:
+        if kind == "pretrained":
+            source = create_model(model_config.name, pretrained=True)
+        else:
+            source = keras.saving.load_model(path, compile=False)
+        fresh = weights.copy_matching_weights(source, model)
+        if fresh:
+            logger.info(
+                "Fine-tuning: %s starts afresh (%d classes here, %d in %s).",
+                ", ".join(fresh),
+                model_config.num_classes,
+                source.output_shape[-1],
+                os.path.basename(path),
+            )
+    logger.info("Initialised %s from %s weights %s.", model.name, kind, path)
     return model
 
 
@@ -580,6 +598,11 @@ def _build_and_compile(run: _PreparedRun, replicas):
         # build from data.
         size = config.model.input_size
         replicas.prepare_model_for_fit(model, (config.model.num_frames, size, size, 3), config.model.num_classes)
+    if any(isinstance(layer, SELFYBlock) for layer in model.layers):
+        # create_model logged it when building; the summary repeats it.
+        problem = stss_grid_problem(size, config.model.selfy_stage, config.model.name)
+        if problem:
+            run.warnings.append(problem)
     return model, schedule
 
 

@@ -21,7 +21,7 @@ from selfy_tf.models.folded_batch_norm import FoldedBatchNorm
 from selfy_tf.models.folding import fold_batch_norms
 from selfy_tf.models.macs import count_macs
 from selfy_tf.models.precision import with_dtype_policy
-from selfy_tf.models.tsm_resnet import resolve_selfy_channels
+from selfy_tf.models.tsm_resnet import resolve_selfy_channels, stss_grid_problem
 
 __all__ = [
     "FoldedBatchNorm",
@@ -38,5 +38,6 @@ __all__ = [
     "model_args",
     "register_model",
     "resolve_selfy_channels",
+    "stss_grid_problem",
     "with_dtype_policy",
 ]

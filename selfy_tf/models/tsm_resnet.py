@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 from typing import Any, Mapping
 
 import keras
@@ -35,12 +36,48 @@ from selfy_tf.layers.segment_consensus import SegmentConsensus
 from selfy_tf.layers.selfy_block import REFERENCE_CHANNELS, SELFYBlock
 from selfy_tf.layers.temporal_shift import TemporalShift
 from selfy_tf.models._registry import register_model, register_pretrained_cfgs
-from selfy_tf.ops import DEFAULT_BACKEND
+from selfy_tf.ops import DEFAULT_BACKEND, DEFAULT_WINDOW
 
 logger = logging.getLogger(__name__)
 
+# Weights files that ship with the package (the `.motion` configs).
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+
 # Output stride of the stage the SELFY block follows.
 SELFY_STAGES: dict[str, int] = {"res2": 4, "res3": 8, "res4": 16}
+
+
+
+
+def stss_grid_problem(input_size: int, selfy_stage: str, variant: str = "the SELFY model") -> str | None:
+    """Why the SELFY block's feature grid cannot hold its STSS window, or None.
+
+    The block compares each position with its `U x V` neighbourhood (9 x 9 by
+    default: offsets -4 .. 4). On a grid of 4 x 4 or less (input 32 after
+    res3) the outermost offsets never fall on the map, and most of every
+    window is zero padding, so the block sees little motion. The message
+    names the smallest input size that fits, at this stage and at res2.
+    """
+    stride = SELFY_STAGES[selfy_stage]
+    grid = input_size // stride
+    window = max(DEFAULT_WINDOW[1:])
+    reach = window // 2 + 1
+    if grid >= reach:
+        return None
+
+    def smallest_input(stage: str) -> int:
+        multiple = 2 * SELFY_STAGES[stage]
+        return max(32, -(-reach * SELFY_STAGES[stage] // multiple) * multiple)
+
+    fixes = f"input_size >= {smallest_input(selfy_stage)}"
+    if selfy_stage != "res2":
+        fixes += f", or selfy_stage='res2' with input_size >= {smallest_input('res2')}"
+    return (
+        f"{variant} with input_size={input_size} and selfy_stage={selfy_stage!r} gives the "
+        f"SELFY block a {grid}x{grid} feature grid, too small for its {window}x{window} STSS "
+        f"window (offsets up to {window // 2} need a grid of {reach}x{reach} or more): the "
+        f"block would see little motion. Use {fixes}."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,12 +182,26 @@ default_cfgs: dict[str, dict[str, Any]] = {
     "selfy_tsm_r50.kinetics400_8f": _cfg(
         dataset="kinetics-400", num_classes=400, params=25_293_916
     ),
-    # A SELFY TSM-R18 small enough to train on a laptop CPU (the trainer's
-    # `tiny_cpu` preset); its class count comes from the data.
+    # A SELFY TSM-R18 small enough to train for a few steps on a laptop CPU
+    # (the trainer's `tiny_cpu` preset); its class count comes from the
+    # data. The block follows res2, whose 8x8 grid holds the STSS window.
     "selfy_tsm_r18.tiny": _cfg(
-        num_classes=None, num_frames=4, input_size=32, dropout=0.0,
+        num_classes=None, num_frames=4, input_size=32, dropout=0.0, selfy_stage="res2",
         width_multiplier=0.125, selfy_channels=8, license=None, paper_ids=None,
     ),
+    # Small models pretrained by this package on its synthetic motion
+    # classes (`python -m trainer.motion_pretraining`, weights shipped in
+    # `selfy_tf/models/pretrained/`), which the `small_videos_cpu` preset
+    # fine-tunes on a user's videos.
+    **{
+        f"{arch}.motion": _cfg(
+            num_classes=10, num_frames=8, input_size=48, dropout=0.2, selfy_stage="res2",
+            width_multiplier=0.125, selfy_channels=16, license="Apache-2.0", paper_ids=None,
+            dataset="selfy_tf.datasets.synthetic_motion",
+            weights_file=os.path.join(PRETRAINED_DIR, f"{arch}_motion.weights.h5"),
+        )
+        for arch in ("selfy_tsm_r18", "tsm_r18", "tsn_r18")
+    },
 }
 
 
@@ -353,6 +404,9 @@ def _check_args(
                 f"SELFY block. Received: input_size={input_size}. Try "
                 f"input_size={suggestion}."
             )
+        problem = stss_grid_problem(input_size, selfy_stage, variant)
+        if problem:
+            logger.warning("%s", problem)
 
 
 def _create_tsm_resnet(

@@ -2,6 +2,7 @@
 
 from selfy_tf.ops.stss import (
     DEFAULT_BACKEND,
+    DEFAULT_WINDOW,
     STSS_BACKENDS,
     set_stss_xla,
     stss,
@@ -9,4 +10,4 @@ from selfy_tf.ops.stss import (
     stss_xla_enabled,
 )
 
-__all__ = ["DEFAULT_BACKEND", "STSS_BACKENDS", "set_stss_xla", "stss", "stss_xla", "stss_xla_enabled"]
+__all__ = ["DEFAULT_BACKEND", "DEFAULT_WINDOW", "STSS_BACKENDS", "set_stss_xla", "stss", "stss_xla", "stss_xla_enabled"]

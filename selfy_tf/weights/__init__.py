@@ -16,6 +16,7 @@ from selfy_tf.weights.mapping import (
     torch_module_name,
     torch_weight_mapping,
 )
+from selfy_tf.weights.transfer import CLASSIFIER_LAYER, copy_matching_weights
 from selfy_tf.weights.official import (
     load_official_checkpoint,
     load_official_state_dict,
@@ -23,7 +24,9 @@ from selfy_tf.weights.official import (
 )
 
 __all__ = [
+    "CLASSIFIER_LAYER",
     "LoadReport",
+    "copy_matching_weights",
     "TORCH_TRANSFORMS",
     "WeightMapping",
     "load_imagenet_resnet",

@@ -1,0 +1,135 @@
+"""Fine-tuning: the STSS grid check, weights copied between models, `model.init`
+kinds `keras:PATH` and `pretrained`, and the shipped motion-pretrained models."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from selfy_tf.models import create_model, get_pretrained_cfg, stss_grid_problem
+from selfy_tf.weights import copy_matching_weights
+from trainer import configs
+
+
+class TestStssGridCheck:
+    # Output strides 4 / 8 / 16 after res2 / res3 / res4; the 9x9 window's
+    # offsets reach 4 cells, which a grid of 5x5 or more holds.
+    @pytest.mark.parametrize(
+        "input_size, stage, grid",
+        [(32, "res3", 4), (32, "res4", 2), (64, "res4", 4), (32, "res2", None), (48, "res3", None), (224, "res3", None)],
+    )
+    def test_grids_too_small_for_the_window_are_named(self, input_size, stage, grid):
+        problem = stss_grid_problem(input_size, stage)
+        if grid is None:
+            assert problem is None
+        else:
+            assert f"{grid}x{grid} feature grid" in problem and "9x9 STSS window" in problem
+
+    def test_the_message_names_sizes_that_fit(self):
+        problem = stss_grid_problem(32, "res3")
+        # res3: 5 cells x 8 = 40, rounded up to the even-map multiple 16 -> 48;
+        # res2: 5 x 4 = 20 -> the backbone's minimum 32.
+        assert "input_size >= 48" in problem and "selfy_stage='res2' with input_size >= 32" in problem
+        assert stss_grid_problem(48, "res3") is None and stss_grid_problem(32, "res2") is None
+
+    def test_create_model_warns_for_selfy_models_only(self, caplog, tiny_model_factory):
+        with caplog.at_level(logging.WARNING, logger="selfy_tf.models.tsm_resnet"):
+            tiny_model_factory("tsm_r18", input_size=32)
+            assert not caplog.records
+            tiny_model_factory("selfy_tsm_r18", input_size=32, selfy_stage="res3")
+        assert len(caplog.records) == 1 and "4x4 feature grid" in caplog.records[0].getMessage()
+
+
+class TestCopyMatchingWeights:
+    def test_everything_but_a_resized_classifier_is_copied(self, tiny_model_factory):
+        source = tiny_model_factory("selfy_tsm_r18", num_classes=7, input_size=32, selfy_stage="res2")
+        target = tiny_model_factory("selfy_tsm_r18", num_classes=3, input_size=32, selfy_stage="res2")
+        classifier = [value.copy() for value in target.get_layer("new_fc").get_weights()]
+        assert copy_matching_weights(source, target) == ["new_fc"]
+        for layer in source.layers:
+            if layer.name == "new_fc":
+                continue
+            for a, b in zip(layer.get_weights(), target.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(a, b)
+        for a, b in zip(classifier, target.get_layer("new_fc").get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+    def test_another_architecture_is_refused(self, tiny_model_factory):
+        source = tiny_model_factory("selfy_tsm_r18", selfy_stage="res2")
+        with pytest.raises(ValueError, match="different architectures"):
+            copy_matching_weights(source, tiny_model_factory("selfy_tsm_r18", selfy_stage="res2", width_multiplier=0.25))
+        with pytest.raises(ValueError, match="Layer `selfy` of .* has no counterpart"):
+            copy_matching_weights(tiny_model_factory("tsm_r18"), tiny_model_factory("selfy_tsm_r18", selfy_stage="res2"))
+
+
+class TestInitKinds:
+    def test_fine_tuning_takes_the_class_count_from_the_data(self):
+        config = configs.resolve_model(configs.get_preset("small_videos_cpu"))
+        assert config.model.init == "pretrained" and config.model.num_classes is None
+        plain = configs.apply_overrides(configs.get_preset("small_videos_cpu"), ["model.init="])
+        assert configs.resolve_model(plain).model.num_classes == 10
+
+    @pytest.mark.parametrize(
+        "init, message",
+        [
+            ("pretrained:/x.keras", "must be ''"),
+            ("keras:", "must be ''"),
+            ("onnx:/x", "must be ''"),
+        ],
+    )
+    def test_bad_init_is_refused(self, init, message):
+        config = configs.apply_overrides(configs.get_preset("small_videos_cpu"), [f"model.init={init}"])
+        with pytest.raises(ValueError, match=message):
+            configs.validate(config)
+
+    def test_pretrained_needs_a_config_with_weights(self):
+        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), ["model.init=pretrained"])
+        with pytest.raises(ValueError, match="needs a `model.name` whose pretrained config has a weights file"):
+            configs.validate(config)
+
+    def test_keras_init_loads_an_earlier_model(self, tmp_path, tiny_model_factory):
+        from trainer.train import build_model
+
+        source = tiny_model_factory("selfy_tsm_r18", num_classes=6, input_size=32, selfy_stage="res2")
+        path = str(tmp_path / "earlier.keras")
+        source.save(path)
+        config = configs.apply_overrides(
+            configs.get_preset("tiny_cpu"),
+            [
+                "model.name=selfy_tsm_r18",
+                "model.num_classes=4",
+                "model.selfy_stage=res2",
+                "model.selfy_channels=16",
+                "model.width_multiplier=0.125",
+                f"model.init=keras:{path}",
+            ],
+        )
+        # tiny_model_factory's widths: hidden 16 -> (1, 2, 8, 8) / (8, 8, 8, 8).
+        model = build_model(config)
+        np.testing.assert_array_equal(
+            model.get_layer("selfy").get_weights()[0], source.get_layer("selfy").get_weights()[0]
+        )
+        assert model.get_layer("new_fc").get_weights()[0].shape[-1] == 4
+
+
+class TestShippedMotionModels:
+    @pytest.mark.parametrize("arch", ["selfy_tsm_r18", "tsm_r18", "tsn_r18"])
+    def test_weights_ship_with_the_package_and_load(self, arch):
+        cfg = get_pretrained_cfg(f"{arch}.motion")
+        assert os.path.isfile(cfg["weights_file"])
+        # A few hundred KB: width 1/8.
+        assert os.path.getsize(cfg["weights_file"]) < 1_500_000
+        model = create_model(f"{arch}.motion", pretrained=True)
+        assert model.output.shape == (None, 10)
+
+    def test_the_shipped_selfy_model_recognises_synthetic_motion(self):
+        # Clips the pretraining never saw (another seed) of its own classes.
+        from selfy_tf.datasets import synthetic_motion
+
+        model = create_model("selfy_tsm_r18.motion", pretrained=True)
+        clips, labels = synthetic_motion.generate_split(60, seed=1234, split="test", num_frames=8, size=32)
+        predictions = np.argmax(model.predict(clips.astype("float32"), verbose=0), axis=-1)
+        assert np.mean(predictions == labels) >= 0.6

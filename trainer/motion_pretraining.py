@@ -1,0 +1,186 @@
+"""Pretrains the small motion models that selfy-tf ships, on synthetic motion clips.
+
+`selfy train --preset small_videos_cpu` fine-tunes `selfy_tsm_r18.motion`, a
+SELFY TSM-R18 at width 1/8 whose weights (`selfy_tf/models/pretrained/`)
+this script made: trained from scratch on the demo's synthetic motion
+classes (`selfy_tf.datasets.synthetic_motion`: ten kinds of translation,
+rotation, scaling and stopping), half of the clips a bright object on a
+dark ground and half the reverse, so that the features key on motion, not
+on one contrast. TSM and TSN of the same size are pretrained the same way,
+to compare the three on a user's data. The user-like videos of
+`selfy_tf.datasets.user_videos` are not used here.
+
+    python -m trainer.motion_pretraining --work /tmp/motion --out selfy_tf/models/pretrained
+
+Each model's run directory stays in `WORK/runs/<model>`: its `history.csv`,
+`result.json` and TensorBoard logs record the pretraining; a rerun resumes
+(the dataset is kept, finished runs are not redone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import sys
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from selfy_tf.files import atomic_write_text
+
+__all__ = ["MOTION_MODELS", "PretrainingSettings", "main", "pretrain", "pretraining_config", "write_pretraining_data"]
+
+# Registry names of the shipped models, and the architecture they share
+# (the `.motion` configs of `selfy_tf.models.list_pretrained()`).
+MOTION_MODELS: tuple[str, ...] = ("selfy_tsm_r18", "tsm_r18", "tsn_r18")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainingSettings:
+    """Data and recipe of the pretraining.
+
+    Args:
+        num_train / num_validation: synthetic clips per split (half of each
+            contrast polarity).
+        frame_size: stored frame side; training crops are resized to the
+            model's input size, as for a user's larger videos.
+        num_frames: frames per clip; the model samples 8 of them (TSN
+            segments), with the jitter of a user's longer clips.
+        epochs / batch_size / learning_rate / weight_decay / warmup_epochs:
+            the SGD recipe (cosine decay after a linear warm-up).
+        seed: dataset and training seed.
+    """
+
+    num_train: int = 4000
+    num_validation: int = 500
+    frame_size: int = 64
+    num_frames: int = 16
+    epochs: int = 12
+    batch_size: int = 16
+    learning_rate: float = 0.1
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    seed: int = 0
+
+
+def _polarity_configs():
+    """Broader ranges than the demo's (smaller and rounder objects, slower and
+    faster motion, at 16 frames per clip), bright on dark and dark on bright."""
+    from selfy_tf.datasets import synthetic_motion
+
+    bright_on_dark = dataclasses.replace(
+        synthetic_motion.DEFAULT_CONFIG,
+        radius_range=(0.06, 0.17),
+        aspect_range=(1.0, 2.0),
+        speed_range=(0.015, 0.045),
+        rotation_degrees_range=(6.0, 14.0),
+    )
+    dark_on_bright = dataclasses.replace(
+        bright_on_dark,
+        background_luminance_range=bright_on_dark.object_luminance_range,
+        object_luminance_range=bright_on_dark.background_luminance_range,
+    )
+    return bright_on_dark, dark_on_bright
+
+
+def _clips(settings: PretrainingSettings, split: str, num_clips: int) -> Iterator[tuple[np.ndarray, int, str]]:
+    """Both polarities of one split, interleaved, with unique media ids."""
+    from selfy_tf.datasets import synthetic_motion
+
+    halves = []
+    for polarity, config in enumerate(_polarity_configs()):
+        count = num_clips // 2 + (num_clips % 2 if polarity == 0 else 0)
+        clips = synthetic_motion.iter_split(
+            count, settings.seed + polarity, split, settings.num_frames, settings.frame_size, config=config
+        )
+        halves.append(((frames, label, f"p{polarity}-{media_id}") for frames, label, media_id in clips))
+    for pair in itertools.zip_longest(*halves):
+        yield from (clip for clip in pair if clip is not None)
+
+
+def write_pretraining_data(out_dir: str, settings: PretrainingSettings) -> None:
+    """Writes the train and validation TFRecord splits (skipped when present)."""
+    import tfrecords
+    from selfy_tf.datasets import synthetic_motion
+
+    for split, count in (("train", settings.num_train), ("validation", settings.num_validation)):
+        if os.path.exists(os.path.join(out_dir, f"{split}.manifest.json")):
+            continue
+        tfrecords.write_split(out_dir, split, _clips(settings, split, count), labels=list(synthetic_motion.CLASS_NAMES))
+
+
+def pretraining_config(model_name: str, settings: PretrainingSettings):
+    """The experiment config that pretrains `model_name` (a `MOTION_MODELS` entry)."""
+    from selfy_tf.datasets import synthetic_motion
+    from trainer import configs
+
+    config = configs.get_preset("small_videos_cpu")
+    config.model.name = f"{model_name}.motion"
+    config.model.init = ""
+    config.model.num_classes = len(synthetic_motion.CLASS_NAMES)
+    config.data.batch_size = settings.batch_size
+    config.data.no_flip_classes = synthetic_motion.no_flip_classes()
+    config.optimizer.lr = settings.learning_rate
+    config.optimizer.weight_decay = settings.weight_decay
+    config.schedule = configs.ScheduleConfig(name="cosine", decay_epochs=(), warmup_epochs=settings.warmup_epochs)
+    config.train.epochs = settings.epochs
+    config.train.steps_per_epoch = None
+    config.train.seed = settings.seed
+    config.train.backup_every_steps = 200
+    return config
+
+
+def pretrain(
+    work_dir: str, out_dir: str, settings: PretrainingSettings, models: Sequence[str] = MOTION_MODELS
+) -> dict:
+    """Writes the data, pretrains each model and saves `OUT/<model>_motion.weights.h5`.
+
+    Returns:
+        `{model: {"val_top1": ..., "weights": path}}`, also written to
+        `OUT/pretraining.json`.
+    """
+    import keras
+
+    from selfy_tf.run_dir import RunPaths
+    from trainer.train import train
+
+    data_dir = os.path.join(work_dir, "data")
+    write_pretraining_data(data_dir, settings)
+    os.makedirs(out_dir, exist_ok=True)
+    summary = {"settings": dataclasses.asdict(settings), "models": {}}
+    for model_name in models:
+        run_dir = os.path.join(work_dir, "runs", model_name)
+        result = train(pretraining_config(model_name, settings), data_dir, run_dir, verbose=2)
+        model = keras.saving.load_model(RunPaths(run_dir).last_checkpoint, compile=False)
+        weights = os.path.join(out_dir, f"{model_name}_motion.weights.h5")
+        temporary = weights + ".tmp.weights.h5"
+        model.save_weights(temporary)
+        os.replace(temporary, weights)
+        summary["models"][model_name] = {
+            "val_top1": result.history["val_top1"][-1],
+            "weights": os.path.basename(weights),
+            "params": int(model.count_params()),
+        }
+    atomic_write_text(os.path.join(out_dir, "pretraining.json"), json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", required=True, help="folder for the dataset and the runs")
+    parser.add_argument("--out", required=True, help="folder for the weights files")
+    parser.add_argument("--models", nargs="+", default=list(MOTION_MODELS), choices=MOTION_MODELS)
+    parser.add_argument("--num-train", type=int, default=PretrainingSettings.num_train)
+    parser.add_argument("--epochs", type=int, default=PretrainingSettings.epochs)
+    args = parser.parse_args(argv)
+    settings = PretrainingSettings(num_train=args.num_train, epochs=args.epochs)
+    summary = pretrain(args.work, args.out, settings, args.models)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
