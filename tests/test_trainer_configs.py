@@ -34,7 +34,7 @@ class TestPresets:
     # (docs/training.md's preset table; parameter counts of the official
     # release, DESIGN.md §3, with 2049 weights per class of the ResNet-50
     # classifier for Kinetics' 400 classes).
-    R50 = {"input_size": 224, "dropout": 0.5, "width_multiplier": 1.0, "selfy_channels": None}
+    R50 = {"input_size": 224, "dropout": 0.5, "width_multiplier": 1.0, "selfy_channels": None, "selfy_stage": "res3"}
     EXPECTED_MODELS = {
         "ssv1_selfy_r50_8f": ("selfy_tsm_r50", {"num_classes": 174, "num_frames": 8, **R50}, 24_830_842),
         "ssv1_selfy_r50_16f": ("selfy_tsm_r50", {"num_classes": 174, "num_frames": 16, **R50}, 24_830_842),
@@ -45,8 +45,17 @@ class TestPresets:
         "tiny_cpu": (
             "selfy_tsm_r18",
             {"num_classes": None, "num_frames": 4, "input_size": 32, "dropout": 0.0,
-             "width_multiplier": 0.125, "selfy_channels": 8},
+             "width_multiplier": 0.125, "selfy_channels": 8, "selfy_stage": "res2"},
             None,
+        ),
+        # Fine-tunes the shipped model: classes from the data, 185,433
+        # weights at its 10 pretraining classes (pretraining.json), less the
+        # classifier's 5 x 65 for 5 classes.
+        "small_videos_cpu": (
+            "selfy_tsm_r18",
+            {"num_classes": None, "num_frames": 8, "input_size": 48, "dropout": 0.2,
+             "width_multiplier": 0.125, "selfy_channels": 16, "selfy_stage": "res2"},
+            185_433 - 5 * 65,
         ),
     }
 
@@ -100,9 +109,7 @@ class TestPresets:
         model_config = configs.resolve_model(configs.get_preset(preset)).model
         resolved = {name: getattr(model_config, name) for name in fields}
         assert resolved == fields
-        assert (model_config.selfy_stage, model_config.stss_backend, model_config.sync_batchnorm) == (
-            "res3", "matmul", False
-        )
+        assert (model_config.stss_backend, model_config.sync_batchnorm) == ("matmul", False)
         config = configs.get_preset(preset)
         if config.model.num_classes is None and fields["num_classes"] is None:
             config.model.num_classes = 5

@@ -67,16 +67,21 @@ class PretrainingSettings:
 
 
 def _polarity_configs():
-    """Broader ranges than the demo's (smaller and rounder objects, slower and
-    faster motion, at 16 frames per clip), bright on dark and dark on bright."""
+    """The demo's ranges at 16 frames per clip (the per-frame speeds halved, so
+    that the 8 frames the model samples move as far), widened: smaller and
+    round objects as well as elongated ones, flat as well as textured, more
+    sensor noise; bright on dark and dark on bright."""
     from selfy_tf.datasets import synthetic_motion
 
+    demo = synthetic_motion.DEFAULT_CONFIG
     bright_on_dark = dataclasses.replace(
-        synthetic_motion.DEFAULT_CONFIG,
-        radius_range=(0.06, 0.17),
-        aspect_range=(1.0, 2.0),
-        speed_range=(0.015, 0.045),
-        rotation_degrees_range=(6.0, 14.0),
+        demo,
+        radius_range=(0.07, demo.radius_range[1]),
+        aspect_range=(1.0, demo.aspect_range[1]),
+        speed_range=tuple(speed / 2 for speed in demo.speed_range),
+        rotation_degrees_range=tuple(degrees / 2 for degrees in demo.rotation_degrees_range),
+        noise_std_range=(2.0, 12.0),
+        object_texture_range=(0.0, 0.25),
     )
     dark_on_bright = dataclasses.replace(
         bright_on_dark,
@@ -84,6 +89,11 @@ def _polarity_configs():
         object_luminance_range=bright_on_dark.background_luminance_range,
     )
     return bright_on_dark, dark_on_bright
+
+
+def _renamed(clips, prefix: str) -> Iterator[tuple[np.ndarray, int, str]]:
+    for frames, label, media_id in clips:
+        yield frames, label, prefix + media_id
 
 
 def _clips(settings: PretrainingSettings, split: str, num_clips: int) -> Iterator[tuple[np.ndarray, int, str]]:
@@ -96,7 +106,7 @@ def _clips(settings: PretrainingSettings, split: str, num_clips: int) -> Iterato
         clips = synthetic_motion.iter_split(
             count, settings.seed + polarity, split, settings.num_frames, settings.frame_size, config=config
         )
-        halves.append(((frames, label, f"p{polarity}-{media_id}") for frames, label, media_id in clips))
+        halves.append(_renamed(clips, f"p{polarity}-"))
     for pair in itertools.zip_longest(*halves):
         yield from (clip for clip in pair if clip is not None)
 
@@ -150,7 +160,14 @@ def pretrain(
     data_dir = os.path.join(work_dir, "data")
     write_pretraining_data(data_dir, settings)
     os.makedirs(out_dir, exist_ok=True)
+    summary_path = os.path.join(out_dir, "pretraining.json")
     summary = {"settings": dataclasses.asdict(settings), "models": {}}
+    if os.path.exists(summary_path):
+        # Models pretrained by earlier calls with the same settings stay listed.
+        with open(summary_path) as stream:
+            earlier = json.load(stream)
+        if earlier.get("settings") == summary["settings"]:
+            summary["models"] = earlier["models"]
     for model_name in models:
         run_dir = os.path.join(work_dir, "runs", model_name)
         result = train(pretraining_config(model_name, settings), data_dir, run_dir, verbose=2)
@@ -164,7 +181,7 @@ def pretrain(
             "weights": os.path.basename(weights),
             "params": int(model.count_params()),
         }
-    atomic_write_text(os.path.join(out_dir, "pretraining.json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
