@@ -33,8 +33,8 @@ _STARTUP_NOISE = (
 )
 
 
-def _selfy(*argv: str) -> "subprocess.CompletedProcess":
-    """Runs the `selfy` command of this checkout in a subprocess."""
+def _selfy(*argv: str, python_options: tuple[str, ...] = ()) -> "subprocess.CompletedProcess":
+    """Runs the `selfy` command of this checkout in a subprocess (`python_options` go to Python)."""
     import os
     import subprocess
     import sys
@@ -43,9 +43,59 @@ def _selfy(*argv: str) -> "subprocess.CompletedProcess":
     environment = {**os.environ, "PYTHONPATH": repository, "CUDA_VISIBLE_DEVICES": ""}
     environment.pop("TF_CPP_MIN_LOG_LEVEL", None)
     return subprocess.run(
-        [sys.executable, "-m", "selfy_tf.cli.main", *argv],
+        [sys.executable, *python_options, "-m", "selfy_tf.cli.main", *argv],
         capture_output=True, text=True, env=environment, timeout=120,
     )
+
+
+def _imported_packages(stderr: str) -> set[str]:
+    """Top-level packages named by `python -X importtime` lines on stderr."""
+    packages = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":
+                packages.add(name.split(".")[0])
+    return packages
+
+
+class TestStartWithoutTensorFlow:
+    # Help and usage errors are answered before any model code is needed.
+    @pytest.mark.parametrize(
+        "argv, status, expected",
+        [
+            (["--help"], 0, "usage: selfy"),
+            (["train", "--help"], 0, "usage: selfy train"),
+            (["eval", "--help"], 0, "usage: selfy eval"),
+            (["train", "--bogus"], 2, "usage: selfy train"),
+            (["train", "--data", "d", "--out", "r", "--bogus"], 2, "unrecognized arguments: --bogus"),
+            (["eval", "run", "--data", "d", "--bogus"], 2, "unrecognized arguments: --bogus"),
+            (["tflite", "run", "--out", "m.tflite", "--bogus"], 2, "unrecognized arguments: --bogus"),
+            (["convert-weights", "--bogus"], 2, "usage: selfy convert-weights"),
+            (["tfrecords", "build", "--bogus"], 2, "usage: selfy tfrecords build"),
+        ],
+    )
+    def test_help_and_usage_errors_import_no_tensorflow_or_keras(self, argv, status, expected):
+        result = _selfy(*argv, python_options=("-X", "importtime"))
+        assert result.returncode == status, result.stderr[-2000:]
+        assert expected in result.stdout + result.stderr
+        packages = _imported_packages(result.stderr)
+        assert "selfy_tf" in packages and "argparse" in packages
+        assert not packages & {"tensorflow", "keras", "jax", "torch"}, sorted(packages)
+
+    def test_lazy_trainer_package_still_exports_its_functions(self):
+        # `trainer.evaluate` and `trainer.train` are functions in modules of
+        # the same name; importing those modules must not replace them.
+        import importlib
+        import types
+
+        import trainer
+
+        for name in ("evaluate", "train"):
+            module = importlib.import_module(f"trainer.{name}")
+            assert isinstance(getattr(trainer, name), types.FunctionType)
+            assert getattr(trainer, name) is getattr(module, name)
+        assert isinstance(importlib.import_module("trainer.configs"), types.ModuleType)
 
 
 @pytest.mark.slow

@@ -5,12 +5,16 @@ SavedModel, opened by `selfy_tf.run_dir.load_model`: positional where the
 model is the command's subject (`eval`, `export`, `tflite`), `--model` where
 a video is (`predict`, `viz`). `--eval-size` / `--scale-size` override the
 evaluation view stored with the model (`tfrecords.eval_view`).
+
+Nothing here imports TensorFlow or Keras: `selfy --help` and bad usage
+answer without them.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import collections.abc
+from typing import Any, Callable, Iterator, Sequence
 
 MODEL_HELP = (
     "training run directory (its checkpoints/best.keras), .keras file, or exported SavedModel "
@@ -20,6 +24,42 @@ KERAS_MODEL_HELP = (
     "training run directory (its checkpoints/best.keras) or .keras file; not an exported "
     "SavedModel (this command needs the Keras model)"
 )
+
+
+class DeferredChoices(collections.abc.Sequence):
+    """A flag's choices, read from the module that owns them when first needed.
+
+    The model registry and the converter's modes live in modules that
+    import TensorFlow. argparse reads `choices` only to check a value given
+    on the command line and to list them in the command's own `--help`, so
+    their owner is imported then, not to print `selfy --help` or a usage
+    error. Give such a flag a `metavar`: the usage line lists the choices
+    of a flag without one.
+
+    Args:
+        load: returns the choices.
+    """
+
+    def __init__(self, load: Callable[[], Sequence[str]]) -> None:
+        self._load = load
+        self._choices: tuple[str, ...] | None = None
+
+    def _resolved(self) -> tuple[str, ...]:
+        if self._choices is None:
+            self._choices = tuple(self._load())
+        return self._choices
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._resolved()[index]
+
+    def __len__(self) -> int:
+        return len(self._resolved())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resolved())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._resolved()
 
 
 def add_model_argument(parser: argparse.ArgumentParser, *, option: bool = False, keras_only: bool = False) -> None:
@@ -93,4 +133,4 @@ def view_override(args: argparse.Namespace) -> dict[str, Any] | None:
     return None
 
 
-__all__ = ["add_labels_argument", "add_model_argument", "add_view_arguments", "view_override"]
+__all__ = ["DeferredChoices", "add_labels_argument", "add_model_argument", "add_view_arguments", "view_override"]

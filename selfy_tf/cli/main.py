@@ -6,6 +6,11 @@
 Each subcommand lives in its own module under `selfy_tf/cli/` that defines
 `register_subparser(subparsers)`; this module only builds the top parser,
 sets up logging once and maps expected errors to exit status 1.
+
+Building the parser imports no TensorFlow, Keras or JAX (the command
+modules import them in their handlers, and choices owned by modules that
+need them are `_options.DeferredChoices`), so `selfy --help` and bad usage
+answer at once.
 """
 
 from __future__ import annotations
