@@ -85,6 +85,10 @@ def setup_logging(verbose: bool = False, log_file: str | None = None) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("absl", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # TensorFlow logs at INFO what only a developer reads, e.g. "Assets
+    # written to: .../.tmp-..." for every SavedModel written by export,
+    # tflite and demo.
+    logging.getLogger("tensorflow").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:
