@@ -1,10 +1,11 @@
 """Options that mean the same thing in every `selfy` command that takes them.
 
 MODEL is always a training run directory, a `.keras` file or an exported
-SavedModel, opened by `selfy_tf.run_dir.load_model`: positional where the
-model is the command's subject (`eval`, `export`, `tflite`), `--model` where
-a video is (`predict`, `viz`). `--eval-size` / `--scale-size` override the
-evaluation view stored with the model (`tfrecords.eval_view`).
+SavedModel, opened by `selfy_tf.run_dir.load_model` (`selfy eval` also takes
+a `.tflite` file): positional where the model is the command's subject
+(`eval`, `export`, `tflite`), `--model` where a video is (`predict`, `viz`).
+`--eval-size` / `--scale-size` override the evaluation view stored with the
+model (`tfrecords.eval_view`).
 
 Nothing here imports TensorFlow or Keras: `selfy --help` and bad usage
 answer without them.
@@ -20,6 +21,7 @@ MODEL_HELP = (
     "training run directory (its checkpoints/best.keras), .keras file, or exported SavedModel "
     "(BASE/<name> for the newest version, or BASE/<name>/<version>)"
 )
+LITERT_MODEL_HELP = MODEL_HELP + ", or .tflite file (run with LiteRT)"
 KERAS_MODEL_HELP = (
     "training run directory (its checkpoints/best.keras) or .keras file; not an exported "
     "SavedModel (this command needs the Keras model)"
@@ -62,9 +64,14 @@ class DeferredChoices(collections.abc.Sequence):
         return value in self._resolved()
 
 
-def add_model_argument(parser: argparse.ArgumentParser, *, option: bool = False, keras_only: bool = False) -> None:
-    """Adds MODEL: positional (`args.model`), or `--model MODEL` (required) with `option`."""
-    help_text = KERAS_MODEL_HELP if keras_only else MODEL_HELP
+def add_model_argument(
+    parser: argparse.ArgumentParser, *, option: bool = False, keras_only: bool = False, litert: bool = False
+) -> None:
+    """Adds MODEL: positional (`args.model`), or `--model MODEL` (required) with `option`.
+
+    `keras_only`: the command needs the Keras model; `litert`: it also takes a `.tflite` file.
+    """
+    help_text = KERAS_MODEL_HELP if keras_only else LITERT_MODEL_HELP if litert else MODEL_HELP
     if option:
         parser.add_argument("--model", metavar="MODEL", required=True, help=help_text)
     else:
