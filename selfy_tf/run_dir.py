@@ -392,7 +392,7 @@ class LoadedModel:
         else:
             raise ValueError(
                 f"{self.model_path!r} holds no {SAVED_MODEL_INFO}: its evaluation view and clip size "
-                "are only inside its graph (an export from an earlier selfy). Export the model again "
+                "are only inside its graph (exported by an older selfy-tf). Export the model again "
                 "with `selfy export`, or pass the training run directory or .keras file."
             )
         return eval_view_lib.view_from_clip_shape(
