@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show tracebacks for expected errors"
     )
     parser.add_argument(
-        "--verbose", action="store_true", help="log at DEBUG level and show TensorFlow's start-up messages"
+        "--verbose", action="store_true", help="log at DEBUG level and show TensorFlow's and LiteRT's own messages"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in _COMMAND_MODULES:
