@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any, Callable, Mapping
 
 
@@ -28,3 +30,28 @@ def lazy_exports(
         return sorted(set(namespace) | set(exports))
 
     return __getattr__, __dir__
+
+
+class _ExportingPackage(types.ModuleType):
+    """A package whose exported names win over its submodules of the same name."""
+
+    _exports: Mapping[str, str] = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Importing `package.name` binds the submodule to `package.name`; an
+        # eager `from package.name import name` used to rebind the function.
+        if isinstance(value, types.ModuleType) and value.__name__ == self._exports.get(name):
+            return
+        super().__setattr__(name, value)
+
+
+def keep_exported_names(package: str, exports: Mapping[str, str]) -> None:
+    """Keeps `package.name` the exported object when a submodule has the same name.
+
+    For a lazy package exporting `evaluate` from `package.evaluate`: once that
+    module is imported (by any import), the import system would make
+    `package.evaluate` the module instead of the function.
+    """
+    module = sys.modules[package]
+    module.__class__ = _ExportingPackage
+    module._exports = dict(exports)

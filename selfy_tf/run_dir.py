@@ -16,7 +16,9 @@ Every file is written atomically (`selfy_tf.files`), so a crash never leaves
 a half-written file behind. A `.keras` file saved by `save_model` also holds
 `selfy.json` in its archive: the model's evaluation view (how frames are
 resized before the crop, see `tfrecords.eval_view`), so a `.keras` file
-copied out of its run is still scored as the run scores it.
+copied out of its run is still scored as the run scores it. An exported
+SavedModel keeps the same record, with its clip size, in
+`<version>/assets.extra/selfy.json` (`write_saved_model_info`).
 
 `labels.txt` (datasets, runs, exports, LiteRT models) is read by
 `read_labels` and written by `write_labels` only.
@@ -50,6 +52,9 @@ KERAS_EXTENSION = ".keras"
 SAVED_MODEL_FILE = "saved_model.pb"
 # Where an export keeps its class names (`serving.export` writes them).
 SAVED_MODEL_LABELS = os.path.join("assets", LABELS_FILE)
+# Where an export records its evaluation view and clip size; TF Serving
+# ignores `assets.extra/` beyond its warm-up requests.
+SAVED_MODEL_INFO = os.path.join("assets.extra", MODEL_INFO_MEMBER)
 _UTF8_BOM = "\ufeff"
 
 
@@ -275,6 +280,44 @@ def read_model_info(model_path: str) -> dict[str, Any]:
     return parse_json_object(text, f"{model_path}: {MODEL_INFO_MEMBER}")
 
 
+def write_saved_model_info(saved_model_dir: str, view: eval_view_lib.EvalView) -> str:
+    """Records the evaluation view of an exported SavedModel in `SAVED_MODEL_INFO`.
+
+    The view is in the signatures' graph too, where no reader can get it
+    back: `selfy eval` reads this record to score the SavedModel on the
+    clips its graph would make.
+
+    Args:
+        saved_model_dir: the SavedModel folder being written.
+        view: the view its signatures apply (one clip, one crop).
+
+    Returns:
+        The path written.
+    """
+    path = os.path.join(saved_model_dir, SAVED_MODEL_INFO)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    record = {
+        "eval_view": view.resize_settings(),
+        "num_frames": view.num_frames,
+        "input_size": view.crop_size,
+    }
+    atomic_write_text(path, json.dumps(record) + "\n")
+    return path
+
+
+def read_saved_model_info(saved_model_dir: str) -> dict[str, Any]:
+    """The record `write_saved_model_info` left in a SavedModel (empty when there is none).
+
+    Raises:
+        ValueError: if the record is not a JSON object, naming the file.
+    """
+    path = os.path.join(saved_model_dir, SAVED_MODEL_INFO)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return parse_json_object(handle.read(), path)
+
+
 def parse_json_object(text: str, source: str) -> dict[str, Any]:
     """Parses a JSON object (a stored evaluation view or model info).
 
@@ -313,10 +356,14 @@ class LoadedModel:
             run by `serving.client.make_client(model_path)`).
         labels: class names (None when no `labels.txt` was found).
         view_settings: the stored evaluation view (`EvalView.resize_settings()`),
-            None when unknown (the default rule then applies) or held in a
-            SavedModel's graph.
+            None when unknown: the default rule then applies to a Keras
+            model; a SavedModel exported without its record keeps its view
+            in its graph only.
         model_path: the `.keras` file loaded, or the SavedModel version folder.
         run_dir: its run directory, or None.
+        clip_shape: `(num_frames, height, width)` a SavedModel takes, from
+            its record; None for a Keras model (its input shape tells) or a
+            SavedModel without the record.
     """
 
     model: "keras.Model | None"
@@ -324,6 +371,7 @@ class LoadedModel:
     view_settings: dict[str, Any] | None
     model_path: str
     run_dir: str | None
+    clip_shape: tuple[int, int, int] | None = None
 
     @property
     def is_saved_model(self) -> bool:
@@ -331,11 +379,24 @@ class LoadedModel:
         return self.model is None
 
     def eval_view(self, num_clips: int = 1, num_crops: int = 1) -> eval_view_lib.EvalView:
-        """The Keras model's evaluation view, with `num_clips` x `num_crops` views."""
-        if self.model is None:
-            raise _keras_needed_error(self.model_path, "its evaluation view is inside its graph")
+        """The model's evaluation view, with `num_clips` x `num_crops` views.
+
+        Raises:
+            ValueError: for a SavedModel exported without its record, naming
+                the file that is missing.
+        """
+        if self.model is not None:
+            clip_shape = self.model.inputs[0].shape
+        elif self.clip_shape is not None:
+            clip_shape = self.clip_shape
+        else:
+            raise ValueError(
+                f"{self.model_path!r} holds no {SAVED_MODEL_INFO}: its evaluation view and clip size "
+                "are only inside its graph (exported by an older selfy-tf). Export the model again "
+                "with `selfy export`, or pass the training run directory or .keras file."
+            )
         return eval_view_lib.view_from_clip_shape(
-            self.model.inputs[0].shape, self.view_settings, num_clips=num_clips, num_crops=num_crops
+            clip_shape, self.view_settings, num_clips=num_clips, num_crops=num_crops
         )
 
 
@@ -389,7 +450,12 @@ def load_model(
             asset = os.path.join(saved_model_dir, SAVED_MODEL_LABELS)
             labels_path = asset if os.path.isfile(asset) or require_labels else None
         labels = read_labels(labels_path) if labels_path else None
-        return LoadedModel(None, labels, None, saved_model_dir, None)
+        info = read_saved_model_info(saved_model_dir)
+        clip_shape = None
+        if "num_frames" in info and "input_size" in info:
+            size = int(info["input_size"])
+            clip_shape = (int(info["num_frames"]), size, size)
+        return LoadedModel(None, labels, info.get("eval_view"), saved_model_dir, None, clip_shape)
     import keras
 
     model_path = find_model_file(path)
@@ -451,7 +517,9 @@ __all__ = [
     "parse_json_object",
     "read_labels",
     "read_model_info",
+    "read_saved_model_info",
     "save_model",
     "saved_model_version_dir",
     "write_labels",
+    "write_saved_model_info",
 ]

@@ -2,8 +2,9 @@
 
 The layout is the one `tensorflow_model_server --model_base_path=BASE/<name>`
 watches: numbered version folders, each a SavedModel with the signatures of
-`serving.signatures`, the class names as an asset, and
-`assets.extra/tf_serving_warmup_requests`. A version folder appears
+`serving.signatures`, the class names as an asset,
+`assets.extra/tf_serving_warmup_requests`, and `assets.extra/selfy.json`
+recording the evaluation view the signatures apply (for `selfy eval`). A version folder appears
 atomically (written under a hidden temporary name, then renamed), so a
 server polling `BASE/<name>` never sees a half-written version.
 
@@ -242,6 +243,7 @@ def export_saved_model(
         saved_model_dir = os.path.join(staging_dir, "saved_model")
         _write_saved_model(model, labels_file, config, saved_model_dir)
         warmup_lib.write_warmup_requests(saved_model_dir, name=name, config=config)
+        run_dir.write_saved_model_info(saved_model_dir, config.view)
         final_dir = os.path.join(model_dir, str(version))
         # os.rename fails if another export took the number meanwhile.
         os.rename(saved_model_dir, final_dir)

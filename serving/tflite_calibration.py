@@ -26,8 +26,6 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from serving import tflite
-
 logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_CLIPS = 100
@@ -108,6 +106,10 @@ def representative_dataset(
         FileNotFoundError: if no TFRecord file matches.
         ValueError: for `num_clips < 1` or a bad `input_dtype`.
     """
+    # The converter (TensorFlow and Keras) only when calibrating: `selfy
+    # tflite --help` reads this module's defaults.
+    from serving import tflite
+
     tflite.check_input_dtype(input_dtype)
     if isinstance(num_clips, bool) or not isinstance(num_clips, int) or num_clips < 1:
         raise ValueError(

@@ -53,6 +53,8 @@ COMPUTE_OPS = (
 )
 FLEX_PREFIX = "Flex"
 DEFAULT_NUM_THREADS = 2
+# Bytes 4..8 of every TFLite flatbuffer.
+TFLITE_FILE_IDENTIFIER = b"TFL3"
 DEFAULT_NUM_RUNS = 5
 
 
@@ -110,7 +112,7 @@ def read_model_bytes(model: str | bytes | os.PathLike) -> bytes:
         with open(path, "rb") as handle:
             data = handle.read()
         source = path
-    if len(data) < 8 or data[4:8] != b"TFL3":
+    if len(data) < 8 or data[4:8] != TFLITE_FILE_IDENTIFIER:
         raise ValueError(
             f"{source} is not a TFLite flatbuffer (expected the file identifier "
             f"'TFL3' at bytes 4..8, got {data[4:8]!r})."

@@ -41,6 +41,15 @@ def labels_path_for(model_path: str) -> str:
     return os.fspath(model_path) + LABELS_SUFFIX
 
 
+def is_tflite_file(path: str | os.PathLike) -> bool:
+    """True for a file holding a TFLite flatbuffer (file identifier `TFL3`), whatever its name."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as handle:
+        return handle.read(8)[4:8] == tflite_inspect.TFLITE_FILE_IDENTIFIER
+
+
 def view_path_for(model_path: str) -> str:
     """Where the evaluation view of `model_path` is written: `<model_path>.view.json`."""
     return os.fspath(model_path) + VIEW_SUFFIX
@@ -76,6 +85,7 @@ class TFLiteClassifier:
     Attributes:
         input_shape: shape of the `frames` input, `(1, T, H, W, 3)`.
         input_dtype: numpy dtype of the `frames` input.
+        num_classes: length of the `logits` output.
         labels: class names, or None.
         view_settings: the resize rule `predict_video` applies, or None.
     """
@@ -105,6 +115,7 @@ class TFLiteClassifier:
         detail = self.runner.get_input_details()[FRAMES_INPUT_KEY]
         self.input_shape = tuple(int(size) for size in detail["shape"])
         self.input_dtype = np.dtype(detail["dtype"])
+        self.num_classes = int(self.runner.get_output_details()[LOGITS_KEY]["shape"][-1])
         is_path = not isinstance(model, (bytes, bytearray, memoryview))
         if labels is None and is_path and os.path.isfile(labels_path_for(os.fspath(model))):
             from selfy_tf.run_dir import read_labels
@@ -185,6 +196,7 @@ __all__ = [
     "SIGNATURE_KEY",
     "TFLiteClassifier",
     "VIEW_SUFFIX",
+    "is_tflite_file",
     "labels_path_for",
     "read_view_settings",
     "view_path_for",

@@ -114,7 +114,6 @@ class TestModelKinds:
     @pytest.mark.parametrize(
         "command, argv, reason",
         [
-            ("eval", ["--data", "D"], "selfy eval runs the Keras model"),
             ("export", ["--out", "B"], "selfy export builds the SavedModel from the Keras model"),
             ("tflite", ["--out", "m.tflite"], "selfy tflite converts the Keras layers"),
         ],
@@ -125,6 +124,19 @@ class TestModelKinds:
         error = _one_error_line(capsys, command)
         assert "is an exported SavedModel" in error and reason in error
         assert "Pass the training run directory or the .keras file" in error
+
+    def test_eval_of_an_export_without_its_recorded_view_is_one_line(self, exported_model, keras_run, tmp_path, capsys):
+        import shutil
+
+        from selfy_tf.run_dir import SAVED_MODEL_INFO
+
+        _, data = keras_run
+        saved_model = tmp_path / "selfy"
+        shutil.copytree(os.path.join(exported_model.base, "selfy"), saved_model)
+        os.remove(saved_model / "1" / SAVED_MODEL_INFO)
+        assert main(["eval", str(saved_model), "--data", data]) == 1
+        error = _one_error_line(capsys, "eval")
+        assert f"holds no {SAVED_MODEL_INFO}" in error and "Export the model again with `selfy export`" in error
 
     def test_viz_refuses_a_saved_model_version_folder(self, exported_model, tmp_path, capsys):
         version = os.path.join(exported_model.base, "selfy", "1")

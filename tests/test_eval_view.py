@@ -174,10 +174,137 @@ def _decoded_validation_clips(data_dir: str) -> tuple[list[np.ndarray], np.ndarr
     return clips, np.asarray(labels)
 
 
-def _confusion(predictions: np.ndarray, labels: np.ndarray) -> list[list[int]]:
-    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+def _confusion(predictions: np.ndarray, labels: np.ndarray, num_classes: int = NUM_CLASSES) -> list[list[int]]:
+    confusion = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(confusion, (labels, predictions), 1)
     return confusion.tolist()
+
+
+# ---------------------------------------------------------------------------
+# `selfy eval` of a model, of its SavedModel export and of its .tflite: the
+# same clips, the same scores, the same report.
+
+KINDS_CLASSES = ["red", "green", "blue"]
+
+
+def _colour_clips(count: int) -> list[tuple[np.ndarray, int, str]]:
+    """Clips of one noisy colour each, 6 frames of 40x48 (resized and cropped by the view)."""
+    rng = np.random.default_rng(3)
+    clips = []
+    for index in range(count):
+        colour = rng.integers(0, 256, (1, 1, 1, 3))
+        frames = np.clip(colour + rng.normal(0, 12, (6, 40, 48, 3)), 0, 255).astype(np.uint8)
+        clips.append((frames, index % len(KINDS_CLASSES), f"clip{index}"))
+    return clips
+
+
+@pytest.fixture(scope="module")
+def model_and_exports(tmp_path_factory, tiny_model_factory):
+    """A tiny model as `.keras` (with a stored view that is not the default), its export and its .tflite."""
+    import types
+
+    import keras
+
+    from selfy_tf import run_dir
+    from selfy_tf.cli.main import main
+    from tfrecords import write_split
+
+    root = tmp_path_factory.mktemp("model_kinds")
+    model = tiny_model_factory(num_classes=len(KINDS_CLASSES))
+    view = EvalView(num_frames=4, crop_size=32, scale_size=36)
+    clips = _colour_clips(9)
+    # A random model gives every clip nearly the same features, so it
+    # predicts one class for all. Its head is fitted instead to map each
+    # clip's features to a chosen class (not always the true one), so that
+    # the predictions, and whether they agree, mean something.
+    features_model = keras.Model(model.inputs[0], model.get_layer("avgpool").output)
+    views = np.concatenate([view.views_numpy(frames) for frames, _, _ in clips]).astype(np.float32)
+    features = np.asarray(features_model(views, training=False)).reshape(len(clips), view.num_frames, -1).mean(1)
+    centre = features.mean(axis=0)
+    centred = features - centre
+    chosen = np.array([0, 1, 2, 0, 2, 1, 1, 2, 2])
+    targets = 4.0 * (np.eye(len(KINDS_CLASSES))[chosen] - 1 / len(KINDS_CLASSES))
+    # Ridge regression: JPEG coding moves the features a little; an exact fit
+    # of 9 clips would amplify that.
+    gram = centred.T @ centred
+    ridge = 0.01 * np.trace(gram) / gram.shape[0] * np.eye(gram.shape[0])
+    kernel = np.linalg.solve(gram + ridge, centred.T @ targets).astype(np.float32)
+    model.get_layer("new_fc").set_weights([kernel, (-centre @ kernel).astype(np.float32)])
+    keras_file = str(root / "model.keras")
+    run_dir.save_model(model, keras_file, view)
+    run_dir.write_labels(str(root / "labels.txt"), KINDS_CLASSES)
+    data_dir = str(root / "data")
+    write_split(data_dir, "validation", clips, KINDS_CLASSES)
+    base = str(root / "exported")
+    assert main(["export", keras_file, "--out", base]) == 0
+    tflite_file = str(root / "model.tflite")
+    assert main(["tflite", keras_file, "--out", tflite_file, "--check-clips", "0"]) == 0
+    return types.SimpleNamespace(
+        model=model, keras_file=keras_file, saved_model=os.path.join(base, "selfy"), tflite_file=tflite_file,
+        data_dir=data_dir,
+    )
+
+
+def _reference_scores(model, data_dir: str, view: EvalView) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax scores averaged over views: NumPy view of every decoded clip, then the Keras model."""
+    clips, labels = _decoded_validation_clips(data_dir)
+    scores = []
+    for clip in clips:
+        logits = np.asarray(model(view.views_numpy(clip).astype(np.float32), training=False), np.float64)
+        probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+        scores.append((probabilities / probabilities.sum(-1, keepdims=True)).mean(axis=0))
+    return np.stack(scores), labels
+
+
+class TestEvalOfExports:
+    def test_eval_of_the_model_its_saved_model_and_its_tflite_agree(self, model_and_exports, tmp_path, capsys):
+        from selfy_tf.cli.main import main
+
+        kinds = model_and_exports
+        reference, labels = _reference_scores(kinds.model, kinds.data_dir, EvalView(4, 32, scale_size=36))
+        predictions = reference.argmax(-1)
+        # Predictions differ between clips, and no two classes are close to a
+        # tie that float rounding could break.
+        assert len(set(predictions.tolist())) > 1 and 0 < np.mean(predictions == labels) < 1, predictions
+        ranked = np.sort(reference, axis=-1)
+        assert np.min(ranked[:, -1] - ranked[:, -2]) > 1e-3, reference
+        for name, model in (("keras", kinds.keras_file), ("saved_model", kinds.saved_model), ("tflite", kinds.tflite_file)):
+            assert main(["eval", model, "--data", kinds.data_dir, "--out", str(tmp_path / name)]) == 0
+            summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            with open(tmp_path / name / "eval.json") as handle:
+                report = json.load(handle)
+            assert summary["top1"] == report["top1"], name
+            assert report["eval_view"] == {"scale_size": 36}, name
+            assert report["num_examples"] == 9, name
+            assert report["top1"] == pytest.approx(np.mean(predictions == labels)), name
+            assert report["confusion_matrix"] == _confusion(predictions, labels, len(KINDS_CLASSES)), name
+            assert os.path.isfile(tmp_path / name / "confusion_matrix.png"), name
+
+    def test_scores_of_several_views_match_the_numpy_reference(self, model_and_exports):
+        from trainer.evaluate import predict_split
+
+        kinds = model_and_exports
+        view = EvalView(4, 32, scale_size=36, num_clips=2, num_crops=3)
+        reference, labels = _reference_scores(kinds.model, kinds.data_dir, view)
+        for model in (kinds.keras_file, kinds.saved_model, kinds.tflite_file):
+            scores = predict_split(model, kinds.data_dir, num_clips=2, num_crops=3, verbose=False)
+            assert scores.view == view, model
+            np.testing.assert_array_equal(scores.labels, labels)
+            # The SavedModel folds its batch norms: equal to float rounding.
+            np.testing.assert_allclose(scores.scores, reference, atol=1e-4, err_msg=model)
+            np.testing.assert_array_equal(scores.scores.argmax(-1), reference.argmax(-1))
+
+    def test_saved_model_report_goes_beside_its_versions(self, model_and_exports, tmp_path):
+        import shutil
+
+        from trainer.evaluate import evaluate
+
+        saved_model = tmp_path / "selfy"
+        shutil.copytree(model_and_exports.saved_model, saved_model)
+        report = evaluate(str(saved_model), model_and_exports.data_dir, verbose=False)
+        assert report["files"]["eval_json"] == str(saved_model / "eval.json")
+        assert os.path.isfile(saved_model / "eval.json")
+        assert sorted(os.listdir(saved_model / "1")) == sorted(os.listdir(os.path.join(model_and_exports.saved_model, "1")))
 
 
 @pytest.mark.slow
@@ -219,6 +346,13 @@ class TestOneViewEverywhere:
         )
         litert = np.concatenate([classifier.predict_video(clip)["probabilities"] for clip in clips])
         np.testing.assert_allclose(litert, served, atol=1e-4)
+        # `selfy eval` of what is served: the SavedModel and the LiteRT model.
+        for model in (os.path.dirname(export_summary["path"]), tflite_path):
+            assert main(["eval", model, "--data", data_dir, "--out", str(trained_run.root / "eval_exported")]) == 0
+            summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            with open(summary["files"]["eval_json"]) as handle:
+                reports.append(json.load(handle))
+        assert [report["eval_view"] for report in reports] == [{"scale_size": 37}] * 4
         for report in reports:
             assert report["confusion_matrix"] == _confusion(served.argmax(-1), labels)
             assert report["confusion_matrix"] == _confusion(litert.argmax(-1), labels)

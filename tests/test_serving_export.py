@@ -43,6 +43,19 @@ class TestExportLayout:
         with open(os.path.join(version_dir, "assets", "labels.txt")) as handle:
             assert handle.read().splitlines() == exported_model.labels
 
+    def test_the_evaluation_view_is_recorded_beside_the_graph(self, exported_model):
+        from selfy_tf.run_dir import load_model
+        from tfrecords.eval_view import EvalView
+
+        version_dir = exported_model.result.path
+        with open(os.path.join(version_dir, "assets.extra", "selfy.json")) as handle:
+            record = json.load(handle)
+        # The tiny model takes 4 frames of 32x32; no view given: the short side to round(32 * 256 / 224).
+        assert record == {"eval_view": {"scale_size": 37}, "num_frames": 4, "input_size": 32}
+        loaded_model = load_model(os.path.dirname(version_dir), allow_saved_model=True)
+        assert (loaded_model.view_settings, loaded_model.clip_shape) == ({"scale_size": 37}, (4, 32, 32))
+        assert loaded_model.eval_view(num_clips=2) == EvalView(4, 32, scale_size=37, num_clips=2)
+
     def test_models_config_is_a_model_server_config(self, exported_model):
         from google.protobuf import text_format
         from tensorflow_serving.config import model_server_config_pb2

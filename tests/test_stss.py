@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
 
@@ -24,6 +25,24 @@ if ON_TENSORFLOW:
     import tensorflow as tf
 
 stss_module = sys.modules["selfy_tf.ops.stss"]
+
+
+def _float64_available(dtype: str) -> contextlib.AbstractContextManager:
+    """Where `dtype` is float64 on JAX: a context with `jax_enable_x64` on.
+
+    JAX computes in at most 32 bits unless `jax_enable_x64` is set, and
+    casting to float64 then gives float32 (with a warning only).
+    """
+    if dtype != "float64" or keras.config.backend() != "jax":
+        return contextlib.nullcontext()
+    import jax
+
+    if not hasattr(jax, "enable_x64"):
+        pytest.skip(
+            f"JAX {jax.__version__} has no `jax.enable_x64` context: float64 needs "
+            "jax_enable_x64 (JAX_ENABLE_X64=1) set before JAX starts"
+        )
+    return jax.enable_x64(True)
 
 
 def reference_stss(features: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
@@ -192,11 +211,14 @@ class TestSTSSCorrectness:
 
     @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
     def test_other_float_dtypes(self, dtype):
-        features = ops.cast(random_features((1, 3, 4, 4, 8), seed=6), dtype)
-        output = stss(features, (3, 3, 3))
-        assert keras.backend.standardize_dtype(output.dtype) == "float32"
-        expected = reference_stss(np.asarray(ops.cast(features, "float32")), (3, 3, 3))
-        np.testing.assert_allclose(np.asarray(output), expected, atol=1e-5)
+        with _float64_available(dtype):
+            features = ops.cast(random_features((1, 3, 4, 4, 8), seed=6), dtype)
+            # JAX would silently make it float32 without jax_enable_x64.
+            assert keras.backend.standardize_dtype(features.dtype) == dtype
+            output = stss(features, (3, 3, 3))
+            assert keras.backend.standardize_dtype(output.dtype) == "float32"
+            expected = reference_stss(np.asarray(ops.cast(features, "float32")), (3, 3, 3))
+            np.testing.assert_allclose(np.asarray(output), expected, atol=1e-5)
 
     def test_float16_large_values_do_not_overflow(self):
         # The sum of squares of these features (8 * 300**2) exceeds float16.

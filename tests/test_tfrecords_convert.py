@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import operator
@@ -442,7 +443,7 @@ class TestLabelsAndReruns:
         root, _ = folders_root
         out = str(tmp_path / "out")
         assert _build("--format", "folders", "--root", root, "--out", out, "--shards", "2") == 0
-        with pytest.raises(ValueError, match="written by a conversion with other inputs or options"):
+        with pytest.raises(ValueError, match="written by a conversion: --max-frames unset before, 2 now"):
             _build_raising("--format", "folders", "--root", root, "--out", out, "--shards", "2",
                            "--max-frames", "2")
         with pytest.raises(ValueError, match="with another shard count"):
@@ -453,6 +454,49 @@ class TestLabelsAndReruns:
             ".train-results", "labels.txt", "train-00000-of-00003.tfrecord",
             "train-00001-of-00003.tfrecord", "train-00002-of-00003.tfrecord", "train.manifest.json",
         ]
+
+    def test_a_refused_rerun_names_what_changed(self, folders_root, tmp_path):
+        root, _ = folders_root
+        out = str(tmp_path / "out")
+        command = ("--format", "folders", "--root", root, "--out", out)
+        assert _build(*command, "--validation-fraction", "0.5", "--resize-short", "24") == 0
+        for options, change in (
+            (["--validation-fraction", "0.5", "--resize-short", "32"], "--resize-short 24 before, 32 now"),
+            (["--validation-fraction", "0.5", "--size", "24x40"],
+             "--resize-short 24 before, unset now; --size unset before, 24x40 now"),
+            (["--validation-fraction", "0.5", "--resize-short", "24", "--jpeg-quality", "80"],
+             "--jpeg-quality 90 before, 80 now"),
+            (["--validation-fraction", "0.2", "--resize-short", "24"], "other clips listed ("),
+        ):
+            with pytest.raises(ValueError) as error:
+                _build_raising(*command, *options)
+            assert f"train-00000-of-00001.tfrecord was written by a conversion: {change}" in str(error.value)
+            assert "Pass --overwrite" in str(error.value)
+        assert "--validation-fraction changed" in str(error.value)
+        # Shards of a conversion that kept no settings: the general message.
+        results = os.path.join(out, ".train-results", "00000-of-00001.json")
+        with open(results) as handle:
+            record = json.load(handle)
+        del record["settings"]
+        with open(results, "w") as handle:
+            json.dump(record, handle)
+        with pytest.raises(ValueError, match="written by a conversion with other inputs or options"):
+            _build_raising(*command, "--validation-fraction", "0.5", "--resize-short", "32")
+
+    def test_every_load_option_is_a_build_flag(self):
+        # The refusal above names each changed `LoadOptions` field as the flag of that name.
+        import argparse
+
+        from selfy_tf.cli.main import build_parser
+
+        def subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+            action = next(item for item in parser._actions if isinstance(item, argparse._SubParsersAction))
+            return action.choices[name]
+
+        build = subcommand(subcommand(build_parser(), "tfrecords"), "build")
+        flags = {option for action in build._actions for option in action.option_strings}
+        for field in dataclasses.fields(sources.LoadOptions):
+            assert "--" + field.name.replace("_", "-") in flags, field.name
 
     @pytest.mark.parametrize(
         "options,message",

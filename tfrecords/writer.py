@@ -16,7 +16,8 @@ result file is renamed first): a shard file that exists is complete and is
 never rewritten. Re-running the same conversion after an interruption (even
 `kill -9`) writes only the missing shards; conversion options and the listing
 are fingerprinted so a re-run with different inputs is refused instead of
-mixing two datasets.
+mixing two datasets, and each result file keeps the settings so the refusal
+names what changed.
 """
 
 from __future__ import annotations
@@ -216,10 +217,59 @@ def _ordered_map(executor, function, tasks: Sequence, window: int) -> Iterator:
         yield result
 
 
-class _SplitWriter:
-    """Writes the shards of one split atomically and records what each holds."""
+def _shown(value: object) -> str:
+    """A setting as a user would write it on the command line."""
+    if value is None:
+        return "unset"
+    if isinstance(value, (list, tuple)):
+        return "x".join(str(item) for item in value)
+    return str(value)
 
-    def __init__(self, out_dir: str, split: str, num_shards: int, fingerprint: str) -> None:
+
+def describe_settings_change(before: dict, now: dict) -> str:
+    """What differs between the settings of two conversions, in `selfy tfrecords build` terms.
+
+    Args:
+        before, now: settings as `convert_split` records them in each shard's
+            result file (`options`, `jpeg_quality`, `num_clips`,
+            `clips_digest`, `num_labels`, `labels_digest`).
+
+    Returns:
+        e.g. "--resize-short 256 before, 320 now; other clips listed (75 before, 80 now)".
+    """
+    changes = []
+    options_before, options_now = before.get("options", {}), now.get("options", {})
+    for field in sorted(set(options_before) | set(options_now)):
+        if options_before.get(field) != options_now.get(field):
+            flag = "--" + field.replace("_", "-")
+            changes.append(f"{flag} {_shown(options_before.get(field))} before, {_shown(options_now.get(field))} now")
+    if before.get("jpeg_quality") != now.get("jpeg_quality"):
+        changes.append(f"--jpeg-quality {before.get('jpeg_quality')} before, {now.get('jpeg_quality')} now")
+    if before.get("labels_digest") != now.get("labels_digest"):
+        changes.append(f"another class list ({before.get('num_labels')} classes before, {now.get('num_labels')} now)")
+    if before.get("clips_digest") != now.get("clips_digest"):
+        changes.append(
+            f"other clips listed ({before.get('num_clips')} before, {now.get('num_clips')} now: the source "
+            "videos, index files or --validation-fraction changed)"
+        )
+    return "; ".join(changes)
+
+
+class _SplitWriter:
+    """Writes the shards of one split atomically and records what each holds.
+
+    Args:
+        out_dir: the dataset directory.
+        split: the split's name.
+        num_shards: its shard count.
+        fingerprint: identifies the conversion; a shard of another one is refused.
+        settings: the conversion's settings (JSON), kept with each shard so a
+            refusal can name what changed; None for in-memory splits.
+    """
+
+    def __init__(
+        self, out_dir: str, split: str, num_shards: int, fingerprint: str, settings: dict | None = None
+    ) -> None:
         if not _SPLIT_NAME.match(split or ""):
             raise ValueError(
                 f"`split` must be letters, digits, '_' or '.'. Received: {split!r}. Try 'train'."
@@ -230,6 +280,8 @@ class _SplitWriter:
         self.split = split
         self.num_shards = int(num_shards)
         self.fingerprint = fingerprint
+        # Through JSON, as read back from a result file (tuples become lists).
+        self.settings = json.loads(json.dumps(settings)) if settings is not None else None
         self.results_dir = os.path.join(out_dir, f".{split}-results")
 
     def shard_path(self, shard_index: int) -> str:
@@ -281,10 +333,14 @@ class _SplitWriter:
                 logger.warning("%s has no result file: rewriting it", self.shard_path(shard_index))
                 continue
             if record.get("fingerprint") != self.fingerprint:
+                change = ""
+                if record.get("settings") and self.settings:
+                    change = describe_settings_change(record["settings"], self.settings)
+                what = f": {change}" if change else " with other inputs or options"
                 raise ValueError(
-                    f"{self.shard_path(shard_index)} was written by a conversion with other "
-                    "inputs or options. Pass --overwrite to replace the split, or choose "
-                    "another output directory."
+                    f"{self.shard_path(shard_index)} was written by a conversion{what}. Pass "
+                    "--overwrite to replace the split, run with the earlier settings to resume "
+                    "it, or choose another output directory."
                 )
             done.add(shard_index)
         return done
@@ -302,6 +358,7 @@ class _SplitWriter:
         path = self.shard_path(shard_index)
         record = {
             "fingerprint": self.fingerprint,
+            "settings": self.settings,
             "file": os.path.basename(path),
             "clips": [],
             "failures": [],
@@ -459,16 +516,25 @@ def convert_split(
     workers = int(workers or os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"`workers` must be at least 1. Received: {workers}.")
+    listed_clips = [dataclasses.astuple(clip)[1:] for clip in clips]
     fingerprint = _fingerprint(
         {
-            "clips": [dataclasses.astuple(clip)[1:] for clip in clips],
+            "clips": listed_clips,
             "labels": listing.labels,
             "options": dataclasses.asdict(options),
             "jpeg_quality": int(jpeg_quality),
             "num_shards": int(num_shards),
         }
     )
-    split_writer = _SplitWriter(out_dir, split, num_shards, fingerprint)
+    settings = {
+        "options": dataclasses.asdict(options),
+        "jpeg_quality": int(jpeg_quality),
+        "num_clips": len(clips),
+        "clips_digest": _fingerprint(listed_clips),
+        "num_labels": len(listing.labels),
+        "labels_digest": _fingerprint(listing.labels),
+    }
+    split_writer = _SplitWriter(out_dir, split, num_shards, fingerprint, settings)
     os.makedirs(out_dir, exist_ok=True)
     if overwrite:
         split_writer.remove_existing()

@@ -5,33 +5,34 @@
     config = apply_overrides(get_preset("tiny_cpu"), ["train.epochs=2"])
     result = train(config, "DATA_DIR", "RUN_DIR")
     report = evaluate("RUN_DIR", "DATA_DIR")
+
+Names are imported on first use, so the configs (`trainer.configs`, read by
+`selfy train --help`) load without Keras or TensorFlow.
 """
 
-from trainer.configs import (
-    ExperimentConfig,
-    apply_overrides,
-    get_preset,
-    list_presets,
-    load_yaml,
-    validate,
-)
-from trainer.evaluate import evaluate
-from trainer.optimizer import TorchSGD, parameter_groups
-from trainer.schedules import EpochCosineDecay, EpochStepDecay
-from trainer.train import TrainResult, train
+from __future__ import annotations
 
-__all__ = [
-    "EpochCosineDecay",
-    "EpochStepDecay",
-    "ExperimentConfig",
-    "TorchSGD",
-    "TrainResult",
-    "apply_overrides",
-    "evaluate",
-    "get_preset",
-    "list_presets",
-    "load_yaml",
-    "parameter_groups",
-    "train",
-    "validate",
-]
+from selfy_tf._lazy import keep_exported_names, lazy_exports
+
+_EXPORTS = {
+    "ExperimentConfig": "trainer.configs",
+    "apply_overrides": "trainer.configs",
+    "get_preset": "trainer.configs",
+    "list_presets": "trainer.configs",
+    "load_yaml": "trainer.configs",
+    "validate": "trainer.configs",
+    "evaluate": "trainer.evaluate",
+    "TorchSGD": "trainer.optimizer",
+    "parameter_groups": "trainer.optimizer",
+    "EpochCosineDecay": "trainer.schedules",
+    "EpochStepDecay": "trainer.schedules",
+    "TrainResult": "trainer.train",
+    "train": "trainer.train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports("trainer", _EXPORTS, globals())
+# `trainer.evaluate` and `trainer.train` name functions, not their modules.
+keep_exported_names("trainer", _EXPORTS)

@@ -1,4 +1,9 @@
-"""`evaluate(model_or_run_dir, data_dir)`: top-1/top-5, per-class accuracy, confusion matrix.
+"""`evaluate(model, data_dir)`: top-1/top-5, per-class accuracy, confusion matrix.
+
+The model is a Keras model, a training run, a `.keras` file, an exported
+SavedModel or a `.tflite` file: each is scored on the clips of its own
+evaluation view (`tfrecords.eval_view`), so the figures of a run and of its
+exports can be compared.
 
 Multi-view testing: each video gives `num_clips` clips (spread evenly over
 it) x `num_crops` crops (1 centre crop, or 3 crops along the long side); the
@@ -7,10 +12,11 @@ softmax scores of its views are averaged before taking the prediction.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -18,10 +24,11 @@ import numpy as np
 from selfy_tf import run_dir
 from selfy_tf.files import atomic_path, atomic_write_json
 from selfy_tf.ops import stss_xla
+from tfrecords.eval_view import EvalView
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate", "classification_report"]
+__all__ = ["SplitScores", "classification_report", "evaluate", "predict_split"]
 
 
 def classification_report(
@@ -104,6 +111,234 @@ def _plot_confusion(confusion: np.ndarray, class_names: list[str], path: str) ->
     plt.close(figure)
 
 
+@dataclasses.dataclass
+class _Classifier:
+    """A trained model of any kind, as evaluation runs it.
+
+    Attributes:
+        name: what the report calls it (its path, or the Keras model's name).
+        clip_shape: `(num_frames, height, width)` it takes.
+        view_settings: its stored evaluation view (`EvalView.resize_settings()`),
+            None for the default rule.
+        num_classes: length of its logits.
+        output_dir: where its report goes by default, or None.
+        logits: uint8 clips `[clips, num_frames, height, width, 3]` (a
+            tensor) -> float32 logits `[clips, num_classes]` (numpy).
+        owner: what `logits` needs kept alive (a loaded SavedModel, whose
+            signatures lose their variables once it is collected).
+    """
+
+    name: str
+    clip_shape: tuple[int, int, int]
+    view_settings: dict[str, Any] | None
+    num_classes: int
+    output_dir: str | None
+    logits: Callable[[Any], np.ndarray]
+    owner: Any = None
+
+
+def _keras_classifier(
+    model: keras.Model, name: str, view_settings: dict[str, Any] | None, output_dir: str | None
+) -> _Classifier:
+    # TensorFlow only here: `import trainer` must not need it (training on JAX).
+    import tensorflow as tf
+
+    # Traced on the first batch, with the STSS op's gathers XLA-compiled (the
+    # caller holds `stss_xla(True)`), as in training's validation.
+    @tf.function
+    def logits(frames):
+        return tf.cast(model(frames, training=False), tf.float32)
+
+    shape = tuple(model.inputs[0].shape)
+    return _Classifier(
+        name=name,
+        clip_shape=tuple(int(size) for size in shape[1:4]),
+        view_settings=view_settings,
+        num_classes=int(model.outputs[0].shape[-1]),
+        output_dir=output_dir,
+        logits=lambda frames: logits(frames).numpy(),
+    )
+
+
+def _saved_model_classifier(loaded: run_dir.LoadedModel) -> _Classifier:
+    import tensorflow as tf
+
+    from serving import signatures
+
+    # Raises for an export without its recorded view, naming the fix.
+    view = loaded.eval_view()
+    saved_model = tf.saved_model.load(loaded.model_path)
+    # `predict_frames` takes clips already at the model's size as they are
+    # (its graph only samples them, which keeps all `num_frames`): the same
+    # pixels as the Keras model gets, through the graph TF Serving runs.
+    function = saved_model.signatures[signatures.PREDICT_FRAMES]
+
+    def logits(frames) -> np.ndarray:
+        return function(**{signatures.FRAMES_INPUT_KEY: frames})[signatures.LOGITS_KEY].numpy()
+
+    return _Classifier(
+        name=loaded.model_path,
+        clip_shape=(view.num_frames, view.crop_size, view.crop_size),
+        view_settings=loaded.view_settings,
+        num_classes=int(function.structured_outputs[signatures.LOGITS_KEY].shape[-1]),
+        # Beside the version folders, as beside a `.keras` file: the version
+        # folder itself is what TF Serving loads.
+        output_dir=os.path.dirname(os.path.abspath(loaded.model_path)),
+        logits=logits,
+        owner=saved_model,
+    )
+
+
+def _litert_classifier(path: str) -> _Classifier:
+    from serving.tflite_runtime import TFLiteClassifier
+
+    classifier = TFLiteClassifier(path)
+
+    def logits(frames) -> np.ndarray:
+        # The converted model takes one clip per call.
+        return np.concatenate([classifier.predict(clip)["logits"] for clip in np.asarray(frames)])
+
+    return _Classifier(
+        name=path,
+        clip_shape=tuple(classifier.input_shape[1:4]),
+        view_settings=classifier.view_settings,
+        num_classes=classifier.num_classes,
+        output_dir=os.path.dirname(os.path.abspath(path)),
+        logits=logits,
+    )
+
+
+def _open_classifier(model: keras.Model | run_dir.LoadedModel | str) -> _Classifier:
+    if isinstance(model, keras.Model):
+        return _keras_classifier(model, model.name, None, None)
+    if isinstance(model, run_dir.LoadedModel):
+        loaded = model
+    else:
+        from serving.tflite_runtime import is_tflite_file
+
+        path = os.fspath(model)
+        if is_tflite_file(path):
+            return _litert_classifier(path)
+        loaded = run_dir.load_model(path, allow_saved_model=True)
+    if loaded.is_saved_model:
+        return _saved_model_classifier(loaded)
+    output_dir = loaded.run_dir or os.path.dirname(os.path.abspath(loaded.model_path))
+    return _keras_classifier(loaded.model, loaded.model_path, loaded.view_settings, output_dir)
+
+
+@dataclasses.dataclass
+class SplitScores:
+    """A model's scores on every video of a split, in file order.
+
+    Attributes:
+        scores: float `[num_videos, num_classes]`, the softmax scores of each
+            video's views, averaged.
+        labels: int64 `[num_videos]`, the true classes.
+        class_names: the dataset's class names.
+        view: the evaluation view the clips were made with.
+        model_name: the model's path (or a Keras model's name).
+        default_output_dir: where `evaluate` writes by default, or None.
+    """
+
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    view: EvalView
+    model_name: str
+    default_output_dir: str | None
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def predict_split(
+    model: keras.Model | run_dir.LoadedModel | str,
+    data_dir: str,
+    *,
+    split: str = "validation",
+    num_clips: int = 1,
+    num_crops: int = 1,
+    batch_size: int = 8,
+    eval_size: tuple[int, int] | None | str = "auto",
+    scale_size: int | None = None,
+    max_batches: int | None = None,
+    verbose: bool | str = "auto",
+) -> SplitScores:
+    """Scores every video of a split of a converted dataset.
+
+    Args:
+        model: a Keras model, a `run_dir.LoadedModel`, or a path: a run
+            directory (its `best.keras`, else `last.keras`), a `.keras`
+            file, an exported SavedModel (`BASE/<name>` for its newest
+            version, or `BASE/<name>/<version>`; run through its
+            `predict_frames` signature) or a `.tflite` file (run with LiteRT).
+        data_dir, split, num_clips, num_crops, batch_size, eval_size,
+            scale_size, max_batches, verbose: as in `evaluate`.
+
+    Returns:
+        A `SplitScores`.
+
+    Raises:
+        FileNotFoundError: missing model, data directory or labels.
+        ValueError: no shards for `split`, labels that do not fit the
+            model's number of classes, or a SavedModel exported without its
+            evaluation view.
+    """
+    from tfrecords import make_dataset, open_split
+    from tfrecords.eval_view import view_from_clip_shape
+    from tfrecords.split import labels_path
+
+    classifier = _open_classifier(model)
+    view_settings = classifier.view_settings
+    if eval_size != "auto":
+        view_settings = {"eval_size": eval_size} if eval_size else {"scale_size": scale_size}
+    view = view_from_clip_shape(classifier.clip_shape, view_settings, num_clips=num_clips, num_crops=num_crops)
+    split_info = open_split(data_dir, split)
+    class_names = split_info.labels
+    if len(class_names) != classifier.num_classes:
+        raise ValueError(
+            f"{labels_path(data_dir)} lists {len(class_names)} classes but the model "
+            f"{classifier.name} predicts {classifier.num_classes}."
+        )
+    dataset = make_dataset(
+        split_info.files,
+        training=False,
+        num_frames=view.num_frames,
+        batch_size=int(batch_size),
+        crop_size=view.crop_size,
+        num_clips=view.num_clips,
+        num_crops=view.num_crops,
+        eval_size=view.eval_size,
+        scale_size=view.scale_size,
+    )
+    import tensorflow as tf
+
+    num_views = view.num_views
+    if verbose == "auto":
+        verbose = sys.stderr.isatty()
+    from tqdm import tqdm
+
+    all_scores, all_labels = [], []
+    with stss_xla(True), tqdm(desc=f"eval {split}", unit="video", disable=not verbose, file=sys.stderr) as progress:
+        for batch_index, (frames, labels) in enumerate(dataset):
+            if max_batches is not None and batch_index >= max_batches:
+                break
+            if num_views > 1:
+                # [batch, views, ...] -> [batch * views, ...]: one clip per row.
+                shape = tf.shape(frames)
+                frames = tf.reshape(frames, tf.concat([[shape[0] * num_views], shape[2:]], axis=0))
+            probabilities = _softmax(classifier.logits(frames).astype(np.float64))
+            all_scores.append(probabilities.reshape(int(labels.shape[0]), num_views, -1).mean(axis=1))
+            all_labels.append(labels.numpy())
+            progress.update(int(labels.shape[0]))
+    num_classes = classifier.num_classes
+    scores = np.concatenate(all_scores, axis=0) if all_scores else np.zeros((0, num_classes))
+    labels = np.concatenate(all_labels, axis=0).astype(np.int64) if all_labels else np.zeros((0,), np.int64)
+    return SplitScores(scores, labels, class_names, view, classifier.name, classifier.output_dir)
+
+
 def evaluate(
     model_or_run_dir: keras.Model | run_dir.LoadedModel | str,
     data_dir: str,
@@ -121,9 +356,10 @@ def evaluate(
     """Evaluates a trained model on a split of a converted dataset.
 
     Args:
-        model_or_run_dir: a Keras model, a `run_dir.LoadedModel`, a `.keras`
-            file, or a run directory (its `best.keras`, else `last.keras`,
-            and its `config.yaml`).
+        model_or_run_dir: a Keras model, a `run_dir.LoadedModel`, or a path:
+            a run directory (its `best.keras`, else `last.keras`, and its
+            `config.yaml`), a `.keras` file, an exported SavedModel
+            (`BASE/<name>` or `BASE/<name>/<version>`) or a `.tflite` file.
         data_dir: dataset directory with `<split>-*.tfrecord` and `labels.txt`.
         split: split name, default "validation".
         num_clips: clips per video (score-averaged), default 1.
@@ -131,15 +367,18 @@ def evaluate(
         batch_size: videos per batch, default 8.
         eval_size: `(height, width)` frames are resized to before cropping;
             "auto" takes the evaluation view stored with the model (the one
-            its training validated with; for an in-memory model or a file
-            without one, the short side to `round(crop * 256 / 224)`); None
-            resizes the short side to `scale_size`. See `tfrecords.eval_view`.
+            its training validated with, recorded in `.keras` files, exported
+            SavedModels and beside `.tflite` files; for an in-memory model or
+            a file without one, the short side to `round(crop * 256 / 224)`);
+            None resizes the short side to `scale_size`. See
+            `tfrecords.eval_view`.
         scale_size: short side before cropping when `eval_size` is None
             (default `round(crop * 256 / 224)`).
         output_dir: where `eval.json`, `confusion_matrix.json` and
-            `confusion_matrix.png` go; "auto": the run directory (else the
-            `.keras` file's directory), nothing for an in-memory model; None:
-            write nothing.
+            `confusion_matrix.png` go; "auto": the run directory, else the
+            folder holding the model (the `.keras` or `.tflite` file's, a
+            SavedModel's `BASE/<name>`), nothing for an in-memory model;
+            None: write nothing.
         max_batches: stop after this many batches (quick checks).
         verbose: progress bar on stderr ("auto": when it is a terminal).
 
@@ -150,91 +389,34 @@ def evaluate(
 
     Raises:
         FileNotFoundError: missing model, data directory or labels.
-        ValueError: no shards for `split`, or labels that do not fit the
-            model's number of classes.
+        ValueError: no shards for `split`, labels that do not fit the
+            model's number of classes, or a SavedModel exported without its
+            evaluation view.
     """
-    from tfrecords import make_dataset, open_split
-    from tfrecords.eval_view import view_from_clip_shape
-    from tfrecords.split import labels_path
-
-    view_settings = None
-    if isinstance(model_or_run_dir, keras.Model):
-        model = model_or_run_dir
-        default_output = None
-        model_name = model.name
-    else:
-        if isinstance(model_or_run_dir, run_dir.LoadedModel):
-            loaded = model_or_run_dir
-            model_name = loaded.model_path
-        else:
-            model_name = os.fspath(model_or_run_dir)
-            loaded = run_dir.load_model(model_name)
-        if loaded.model is None:
-            raise ValueError(f"{loaded.model_path!r} is an exported SavedModel; evaluate its Keras model.")
-        model, view_settings = loaded.model, loaded.view_settings
-        default_output = loaded.run_dir or os.path.dirname(os.path.abspath(loaded.model_path))
-    if output_dir == "auto":
-        output_dir = default_output
-    if eval_size != "auto":
-        view_settings = {"eval_size": eval_size} if eval_size else {"scale_size": scale_size}
-    view = view_from_clip_shape(model.input_shape, view_settings, num_clips=num_clips, num_crops=num_crops)
-    num_classes = int(model.output_shape[-1])
-    split_info = open_split(data_dir, split)
-    class_names = split_info.labels
-    if len(class_names) != num_classes:
-        raise ValueError(
-            f"{labels_path(data_dir)} lists {len(class_names)} classes but the model "
-            f"{model_name} predicts {num_classes}."
-        )
-    dataset = make_dataset(
-        split_info.files,
-        training=False,
-        num_frames=view.num_frames,
-        batch_size=int(batch_size),
-        crop_size=view.crop_size,
-        num_clips=view.num_clips,
-        num_crops=view.num_crops,
-        eval_size=view.eval_size,
-        scale_size=view.scale_size,
+    predicted = predict_split(
+        model_or_run_dir,
+        data_dir,
+        split=split,
+        num_clips=num_clips,
+        num_crops=num_crops,
+        batch_size=batch_size,
+        eval_size=eval_size,
+        scale_size=scale_size,
+        max_batches=max_batches,
+        verbose=verbose,
     )
-    num_views = num_clips * num_crops
-    # TensorFlow only here: `import trainer` must not need it (training on JAX).
-    import tensorflow as tf
-
-    @tf.function
-    def predict(frames):
-        if num_views > 1:
-            shape = tf.shape(frames)
-            flat = tf.reshape(frames, tf.concat([[shape[0] * num_views], shape[2:]], axis=0))
-            probabilities = tf.nn.softmax(tf.cast(model(flat, training=False), tf.float32), axis=-1)
-            return tf.reduce_mean(tf.reshape(probabilities, [shape[0], num_views, -1]), axis=1)
-        return tf.nn.softmax(tf.cast(model(frames, training=False), tf.float32), axis=-1)
-
-    if verbose == "auto":
-        verbose = sys.stderr.isatty()
-    from tqdm import tqdm
-
-    all_scores, all_labels = [], []
-    # `predict` is traced on the first batch, with the STSS op's gathers
-    # XLA-compiled, as in training's validation.
-    with stss_xla(True), tqdm(desc=f"eval {split}", unit="video", disable=not verbose, file=sys.stderr) as progress:
-        for batch_index, (frames, labels) in enumerate(dataset):
-            if max_batches is not None and batch_index >= max_batches:
-                break
-            all_scores.append(predict(frames).numpy())
-            all_labels.append(labels.numpy())
-            progress.update(int(labels.shape[0]))
-    scores = np.concatenate(all_scores, axis=0) if all_scores else np.zeros((0, num_classes))
-    labels = np.concatenate(all_labels, axis=0).astype(np.int64) if all_labels else np.zeros((0,), np.int64)
-    report = classification_report(scores, labels, class_names)
+    if output_dir == "auto":
+        output_dir = predicted.default_output_dir
+    class_names = predicted.class_names
+    report = classification_report(predicted.scores, predicted.labels, class_names)
     report.update(
         {
             "num_clips": int(num_clips),
             "num_crops": int(num_crops),
-            "eval_view": view.resize_settings(),
+            "eval_view": predicted.view.resize_settings(),
             "split": split,
             "data_dir": os.path.abspath(data_dir),
-            "model": model_name,
+            "model": predicted.model_name,
             "files": {},
         }
     )

@@ -1,30 +1,77 @@
 """Options that mean the same thing in every `selfy` command that takes them.
 
 MODEL is always a training run directory, a `.keras` file or an exported
-SavedModel, opened by `selfy_tf.run_dir.load_model`: positional where the
-model is the command's subject (`eval`, `export`, `tflite`), `--model` where
-a video is (`predict`, `viz`). `--eval-size` / `--scale-size` override the
-evaluation view stored with the model (`tfrecords.eval_view`).
+SavedModel, opened by `selfy_tf.run_dir.load_model` (`selfy eval` also takes
+a `.tflite` file): positional where the model is the command's subject
+(`eval`, `export`, `tflite`), `--model` where a video is (`predict`, `viz`).
+`--eval-size` / `--scale-size` override the evaluation view stored with the
+model (`tfrecords.eval_view`).
+
+Nothing here imports TensorFlow or Keras: `selfy --help` and bad usage
+answer without them.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import collections.abc
+from typing import Any, Callable, Iterator, Sequence
 
 MODEL_HELP = (
     "training run directory (its checkpoints/best.keras), .keras file, or exported SavedModel "
     "(BASE/<name> for the newest version, or BASE/<name>/<version>)"
 )
+LITERT_MODEL_HELP = MODEL_HELP + ", or .tflite file (run with LiteRT)"
 KERAS_MODEL_HELP = (
     "training run directory (its checkpoints/best.keras) or .keras file; not an exported "
     "SavedModel (this command needs the Keras model)"
 )
 
 
-def add_model_argument(parser: argparse.ArgumentParser, *, option: bool = False, keras_only: bool = False) -> None:
-    """Adds MODEL: positional (`args.model`), or `--model MODEL` (required) with `option`."""
-    help_text = KERAS_MODEL_HELP if keras_only else MODEL_HELP
+class DeferredChoices(collections.abc.Sequence):
+    """A flag's choices, read from the module that owns them when first needed.
+
+    The model registry and the converter's modes live in modules that
+    import TensorFlow. argparse reads `choices` only to check a value given
+    on the command line and to list them in the command's own `--help`, so
+    their owner is imported then, not to print `selfy --help` or a usage
+    error. Give such a flag a `metavar`: the usage line lists the choices
+    of a flag without one.
+
+    Args:
+        load: returns the choices.
+    """
+
+    def __init__(self, load: Callable[[], Sequence[str]]) -> None:
+        self._load = load
+        self._choices: tuple[str, ...] | None = None
+
+    def _resolved(self) -> tuple[str, ...]:
+        if self._choices is None:
+            self._choices = tuple(self._load())
+        return self._choices
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._resolved()[index]
+
+    def __len__(self) -> int:
+        return len(self._resolved())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resolved())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._resolved()
+
+
+def add_model_argument(
+    parser: argparse.ArgumentParser, *, option: bool = False, keras_only: bool = False, litert: bool = False
+) -> None:
+    """Adds MODEL: positional (`args.model`), or `--model MODEL` (required) with `option`.
+
+    `keras_only`: the command needs the Keras model; `litert`: it also takes a `.tflite` file.
+    """
+    help_text = KERAS_MODEL_HELP if keras_only else LITERT_MODEL_HELP if litert else MODEL_HELP
     if option:
         parser.add_argument("--model", metavar="MODEL", required=True, help=help_text)
     else:
@@ -93,4 +140,4 @@ def view_override(args: argparse.Namespace) -> dict[str, Any] | None:
     return None
 
 
-__all__ = ["add_labels_argument", "add_model_argument", "add_view_arguments", "view_override"]
+__all__ = ["DeferredChoices", "add_labels_argument", "add_model_argument", "add_view_arguments", "view_override"]

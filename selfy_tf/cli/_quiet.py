@@ -1,11 +1,13 @@
-"""Keeps TensorFlow's start-up chatter off the `selfy` command's stderr.
+"""Keeps TensorFlow's and LiteRT's native chatter off the `selfy` command's stderr.
 
 TensorFlow's C++ core logs a few lines on every CPU-only start (oneDNN
 notices, the missing CUDA driver, the failed `cuInit`) before its logging is
-initialised, so `TF_CPP_MIN_LOG_LEVEL` cannot silence them. They are written
-straight to file descriptor 2, below Python. `StderrFilter` puts a pipe in
-place of descriptor 2 and copies everything else through to the real stderr
-from a forked child process; `selfy --verbose` leaves stderr alone.
+initialised, so `TF_CPP_MIN_LOG_LEVEL` cannot silence them; oneDNN repeats
+its notice when a kernel falls back (`selfy viz`), and the LiteRT
+interpreter announces its XNNPACK delegate (`selfy tflite`). They are
+written straight to file descriptor 2, below Python. `StderrFilter` puts a
+pipe in place of descriptor 2 and copies everything else through to the real
+stderr from a forked child process; `selfy --verbose` leaves stderr alone.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ import signal
 import sys
 import time
 
-# Whole lines dropped: TensorFlow's start-up notices on a CPU machine.
+# Whole lines dropped as they are.
 _ABSL_PREAMBLE = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_XNNPACK_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+_LITERAL_NOISE = (_ABSL_PREAMBLE, _XNNPACK_NOTICE)
+# Whole lines dropped: the literal ones, and TensorFlow's notices on a CPU machine.
 NOISE = re.compile(
-    rb"^(?:" + re.escape(_ABSL_PREAMBLE) + rb"$"
-    rb"|[IWE]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] (?:"
+    rb"^(?:" + rb"|".join(re.escape(line) for line in _LITERAL_NOISE) + rb")$"
+    rb"|^[IWE]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] (?:"
     rb"oneDNN custom operations are on"
     rb"|Could not find cuda drivers"
     rb"|failed call to cuInit"
-    rb"|oneDNN supports DT_UINT8 only on platforms with AVX-512"
-    rb"))"
+    rb"|oneDNN supports DT_\w+ only on platforms with AVX-512"
+    rb")"
 )
 # A line start that may still become a dropped line: held until its newline.
 _MAYBE_NOISE = re.compile(rb"^[IWE](?:\d{0,4}$|\d{4} )")
@@ -96,7 +101,7 @@ class StderrFilter:
             os._exit(status)
 
     def _could_be_noise(self, fragment: bytes) -> bool:
-        return bool(_MAYBE_NOISE.match(fragment)) or _ABSL_PREAMBLE.startswith(fragment)
+        return bool(_MAYBE_NOISE.match(fragment)) or any(line.startswith(fragment) for line in _LITERAL_NOISE)
 
     def _write(self, data: bytes) -> None:
         while data:

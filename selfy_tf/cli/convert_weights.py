@@ -23,14 +23,20 @@ import os
 import numpy as np
 
 from selfy_tf.cli._help import HelpFormatter
+from selfy_tf.cli._options import DeferredChoices
 from selfy_tf.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
 
-def register_subparser(subparsers: argparse._SubParsersAction) -> None:
+def _model_names() -> list[str]:
     from selfy_tf.models import list_models
 
+    return list_models()
+
+
+def register_subparser(subparsers: argparse._SubParsersAction) -> None:
+    architectures = DeferredChoices(_model_names)
     parser = subparsers.add_parser(
         "convert-weights",
         help="convert an official PyTorch SELFY/TSM checkpoint to Keras weights",
@@ -40,9 +46,11 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("src", help="official checkpoint (.pth.tar with a state_dict)")
     parser.add_argument("dst", help="output Keras weights file, must end with .weights.h5")
     arch = parser.add_mutually_exclusive_group(required=True)
-    arch.add_argument("--arch", choices=list_models(), help="zoo architecture name")
+    arch.add_argument(
+        "--arch", choices=architectures, metavar="ARCH", help="zoo architecture name: %(choices)s"
+    )
     # The flag's earlier name; `--model` elsewhere names a trained model.
-    arch.add_argument("--model", dest="arch", choices=list_models(), help=argparse.SUPPRESS)
+    arch.add_argument("--model", dest="arch", choices=architectures, metavar="ARCH", help=argparse.SUPPRESS)
     parser.add_argument("--num-classes", type=int, required=True, help="classes of the checkpoint")
     parser.add_argument("--num-frames", type=int, default=8, help="frames per clip (T)")
     parser.add_argument("--input-size", type=int, default=224, help="frame height and width")

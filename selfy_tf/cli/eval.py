@@ -2,13 +2,18 @@
 
     selfy eval runs/mine --data data/mine --num-clips 2 --num-crops 3
     selfy eval model.keras --data data/mine --eval-size 240x320
+    selfy eval exported/mine --data data/mine
+    selfy eval mine.tflite --data data/mine
 
-Frames go through the evaluation view stored with the model (the one its
-training validated with; see docs/evaluation.md), so a run directory and its
-`.keras` file score the same; `--eval-size` or `--scale-size` overrides its
-resize. Writes `eval.json`, `confusion_matrix.json` and
-`confusion_matrix.png` into the run directory (or `--out`), and prints the
-summary as JSON on stdout.
+MODEL is a run directory, a `.keras` file, an exported SavedModel (run
+through its `predict_frames` signature, as TF Serving runs it) or a
+`.tflite` file (run with LiteRT). Frames go through the evaluation view
+stored with the model (the one its training validated with, which `selfy
+export` and `selfy tflite` record; see docs/evaluation.md), so a run and
+its exports score the same clips; `--eval-size` or `--scale-size` overrides
+its resize. Writes `eval.json`, `confusion_matrix.json` and
+`confusion_matrix.png` into the run directory, else the folder holding the
+model (or `--out`), and prints the summary as JSON on stdout.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=HelpFormatter,
     )
-    add_model_argument(parser, keras_only=True)
+    add_model_argument(parser, litert=True)
     parser.add_argument("--data", required=True, metavar="DIR", help="converted dataset directory")
     parser.add_argument("--split", default="validation", help="split to evaluate")
     parser.add_argument("--num-clips", type=int, default=1, metavar="N", help="clips per video, scores averaged")
@@ -39,20 +44,18 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
     add_view_arguments(parser)
     parser.add_argument(
         "--out", default=None, metavar="DIR", help="where to write eval.json and the confusion matrix "
-        "(default: the run directory or the model's directory)"
+        "(default: the run directory, else the folder holding the model)"
     )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from selfy_tf.run_dir import load_model
     from trainer.evaluate import evaluate
 
-    loaded = load_model(args.model, keras_needed_for="selfy eval runs the Keras model on the dataset's clips")
     # No override: the view stored with the model ("auto").
     overridden = args.eval_size is not None or args.scale_size is not None
     report = evaluate(
-        loaded,
+        args.model,
         args.data,
         split=args.split,
         num_clips=args.num_clips,

@@ -6,6 +6,11 @@
 Each subcommand lives in its own module under `selfy_tf/cli/` that defines
 `register_subparser(subparsers)`; this module only builds the top parser,
 sets up logging once and maps expected errors to exit status 1.
+
+Building the parser imports no TensorFlow, Keras or JAX (the command
+modules import them in their handlers, and choices owned by modules that
+need them are `_options.DeferredChoices`), so `selfy --help` and bad usage
+answer at once.
 """
 
 from __future__ import annotations
@@ -80,6 +85,10 @@ def setup_logging(verbose: bool = False, log_file: str | None = None) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("absl", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # TensorFlow logs at INFO what only a developer reads, e.g. "Assets
+    # written to: .../.tmp-..." for every SavedModel written by export,
+    # tflite and demo.
+    logging.getLogger("tensorflow").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show tracebacks for expected errors"
     )
     parser.add_argument(
-        "--verbose", action="store_true", help="log at DEBUG level and show TensorFlow's start-up messages"
+        "--verbose", action="store_true", help="log at DEBUG level and show TensorFlow's and LiteRT's own messages"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in _COMMAND_MODULES:

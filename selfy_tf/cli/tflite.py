@@ -21,14 +21,32 @@ import logging
 import numpy as np
 
 from selfy_tf.cli._help import HelpFormatter
-from selfy_tf.cli._options import add_labels_argument, add_model_argument
+from selfy_tf.cli._options import DeferredChoices, add_labels_argument, add_model_argument
 
 logger = logging.getLogger(__name__)
 
 
-def register_subparser(subparsers: argparse._SubParsersAction) -> None:
+def _quantize_modes() -> tuple[str, ...]:
+    from serving import tflite
+
+    return tflite.QUANTIZE_MODES
+
+
+def _input_dtypes() -> tuple[str, ...]:
+    from serving import tflite
+
+    return tflite.INPUT_DTYPES
+
+
+def _convertible_stss_backends() -> list[str]:
     from selfy_tf import ops
-    from serving import tflite, tflite_calibration, tflite_inspect
+    from serving import tflite
+
+    return [name for name in ops.STSS_BACKENDS if name not in tflite.NON_CONVERTIBLE_STSS_BACKENDS]
+
+
+def register_subparser(subparsers: argparse._SubParsersAction) -> None:
+    from serving import tflite_calibration, tflite_inspect
 
     parser = subparsers.add_parser(
         "tflite",
@@ -41,7 +59,8 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quantize",
         default="none",
-        choices=tflite.QUANTIZE_MODES,
+        choices=DeferredChoices(_quantize_modes),
+        metavar="MODE",
         help="none: float32; fp16: float16 weights; dynamic: int8 weights; "
         "int8: full-integer (needs --calibration-data)",
     )
@@ -64,15 +83,17 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--input-dtype",
         default="uint8",
-        choices=tflite.INPUT_DTYPES,
-        help="dtype of the `frames` input (values 0..255 either way)",
+        choices=DeferredChoices(_input_dtypes),
+        metavar="DTYPE",
+        help="%(choices)s: dtype of the `frames` input (values 0..255 either way)",
     )
     add_labels_argument(parser)
     parser.add_argument(
         "--stss-backend",
         default=None,
-        choices=[name for name in ops.STSS_BACKENDS if name not in tflite.NON_CONVERTIBLE_STSS_BACKENDS],
-        help="STSS backend to trace with instead of the model's own",
+        choices=DeferredChoices(_convertible_stss_backends),
+        metavar="BACKEND",
+        help="%(choices)s: STSS backend to trace with instead of the model's own",
     )
     parser.add_argument(
         "--check-clips",

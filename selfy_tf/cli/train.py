@@ -136,10 +136,14 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     jit = parser.add_mutually_exclusive_group()
     jit.add_argument(
-        "--jit", dest="jit", action="store_true", default=None, help="compile training with XLA (runtime.jit_compile)"
+        "--jit", dest="jit", action="store_true", default=None,
+        help="compile training with XLA (runtime.jit_compile; default on GPU/TPU)",
     )
     jit.add_argument(
-        "--no-jit", dest="jit", action="store_false", help="no XLA (default on CPU: XLA is slower there)"
+        "--no-jit", dest="jit", action="store_false",
+        help="no XLA (default on CPU: a full-size model's step is slower with XLA there; tiny_cpu's is "
+        "faster, but XLA's compilation of tens of seconds costs more than it saves in short runs; "
+        "see benchmarks/README.md, Training)",
     )
     parser.add_argument(
         "--mixed-precision",
