@@ -572,6 +572,8 @@ def validate(config: ExperimentConfig) -> None:
         config.runtime,
     )
     checks = [
+        # First: other checks (`schedule.warmup_epochs`) compare with it.
+        (train.epochs >= 1, f"`train.epochs` must be >= 1. Received: {train.epochs}."),
         (
             model.num_classes is None or model.num_classes >= 2,
             f"`model.num_classes` must be >= 2 or none (from labels.txt). Received: {model.num_classes}.",
@@ -623,7 +625,6 @@ def validate(config: ExperimentConfig) -> None:
             f"`schedule.warmup_epochs`={schedule.warmup_epochs} must not exceed `train.epochs`={train.epochs}.",
         ),
         (0.0 <= config.loss.label_smoothing < 1.0, f"`loss.label_smoothing` must be in [0, 1). Received: {config.loss.label_smoothing}."),
-        (train.epochs >= 1, f"`train.epochs` must be >= 1. Received: {train.epochs}."),
         (
             train.steps_per_epoch is None or train.steps_per_epoch >= 1,
             f"`train.steps_per_epoch` must be >= 1 or none. Received: {train.steps_per_epoch}.",
