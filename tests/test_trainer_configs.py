@@ -223,6 +223,7 @@ class TestValidate:
             ("data.eval_size=[100, 320]", r"`data.eval_size` must be empty or \(height, width\) no smaller than"),
             # Before the checks that compare with it (`schedule.warmup_epochs`).
             ("train.epochs=-1", r"^`train.epochs` must be >= 1. Received: -1.$"),
+            ("data.flip=mirror", r"`data.flip` must be one of \('auto', 'none', 'all'\). Received: 'mirror'"),
         ],
     )
     def test_cross_field_errors(self, override, message):

@@ -16,6 +16,7 @@ from trainer.configs import (
     validate,
 )
 from trainer.evaluate import evaluate
+from trainer.flips import plan_flips
 from trainer.optimizer import TorchSGD, parameter_groups
 from trainer.schedules import EpochCosineDecay, EpochStepDecay
 from trainer.train import TrainResult, train
@@ -32,6 +33,7 @@ __all__ = [
     "list_presets",
     "load_yaml",
     "parameter_groups",
+    "plan_flips",
     "train",
     "validate",
 ]

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from selfy_tf.files import atomic_write_text
+from trainer.flips import FLIP_POLICIES
 
 __all__ = [
     "DataConfig",
@@ -97,8 +98,13 @@ class DataConfig:
     validation_split: str = "validation"
     # Clips per replica per step; the global batch is this times the replicas.
     batch_size: int = 8
-    # Classes whose meaning changes under a horizontal flip (SS-V1: 86, 87,
-    # 93, 94, 166, 167) are not flipped in training.
+    # Horizontal flips in training (`trainer.flips`): "auto" flips clips with
+    # probability 1/2 and reads labels.txt: a class named with left/right
+    # (clockwise/counterclockwise) takes its mirror class's label when
+    # flipped, and is never flipped if it has no mirror class; "none" never
+    # flips; "all" flips every class and keeps its label.
+    flip: str = "auto"
+    # Classes never flipped, whatever `flip` (SS-V1: 86, 87, 93, 94, 166, 167).
     no_flip_classes: tuple[int, ...] = ()
     # Training crop sides as fractions of the short side (the official
     # multi-scale crop, = tfrecords.augment.MULTI_SCALE_CROP_SCALES); (1.0,)
@@ -587,6 +593,7 @@ def validate(config: ExperimentConfig) -> None:
             "`data.validation_num_clips` must be >= 1 and `data.validation_num_crops` 1 or 3. "
             f"Received: {data.validation_num_clips}, {data.validation_num_crops}.",
         ),
+        (data.flip in FLIP_POLICIES, f"`data.flip` must be one of {FLIP_POLICIES}. Received: {data.flip!r}."),
         (
             model.num_classes is None or all(0 <= index < model.num_classes for index in data.no_flip_classes),
             f"`data.no_flip_classes` must be class indices below `model.num_classes`="

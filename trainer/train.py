@@ -33,6 +33,7 @@ from tfrecords.split import labels_path
 from trainer import callbacks as callbacks_lib
 from trainer import configs
 from trainer import distribution as distribution_lib
+from trainer.flips import FlipPlan, plan_flips
 from trainer.optimizer import TorchSGD, group_policies, parameter_groups
 from trainer.schedules import make_schedule, scaled_learning_rate
 
@@ -299,8 +300,14 @@ def _one_hot(num_classes: int):
     return convert
 
 
+def _flip_plan(config: configs.ExperimentConfig, data: DataInfo) -> FlipPlan:
+    return plan_flips(data.labels, config.data.flip, config.data.no_flip_classes)
+
+
 def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int, num_steps: int, global_batch: int):
     from tfrecords import make_dataset
+
+    flips = _flip_plan(config, data)
 
     def dataset_fn(input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
         # Without an input context (no strategy) one pipeline makes global batches.
@@ -316,7 +323,8 @@ def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int
             batch_size=global_batch,
             crop_size=config.model.input_size,
             seed=_epoch_seed(config, epoch),
-            no_flip_classes=config.data.no_flip_classes,
+            no_flip_classes=flips.no_flip_classes,
+            flip_label_map=flips.flip_label_map,
             scales=config.data.crop_scales,
             input_context=input_context,
             repeat=True,
@@ -418,6 +426,7 @@ class _PreparedRun:
     global_batch: int
     steps_per_epoch: int
     validation_steps: int
+    flips: FlipPlan
     warnings: list[str]
 
 
@@ -453,6 +462,8 @@ def _prepare_run(
             f"global batch ({config.data.batch_size} per replica x {num_replicas} replicas). "
             "Lower `data.batch_size` or set `train.steps_per_epoch`."
         )
+    flips = _flip_plan(config, data)
+    logger.info("%s", flips.describe())
     warnings = []
     if not data.has_validation:
         warnings.append(
@@ -490,6 +501,7 @@ def _prepare_run(
         global_batch=global_batch,
         steps_per_epoch=steps_per_epoch,
         validation_steps=validation_steps,
+        flips=flips,
         warnings=warnings,
     )
 
@@ -528,7 +540,8 @@ def _numpy_inputs(run: _PreparedRun) -> _Inputs:
             num_frames=config.model.num_frames,
             crop_size=config.model.input_size,
             scales=config.data.crop_scales,
-            no_flip_classes=config.data.no_flip_classes,
+            no_flip_classes=run.flips.no_flip_classes,
+            flip_label_map=run.flips.flip_label_map,
         )
 
     validation = None
