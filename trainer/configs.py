@@ -110,6 +110,8 @@ class DataConfig:
     # multi-scale crop, = tfrecords.augment.MULTI_SCALE_CROP_SCALES); (1.0,)
     # crops the whole short side, at a random position.
     crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
+    # Views per validation video: clips x crops (1 centre crop, or 3), their
+    # softmax scores averaged as `selfy eval --num-clips --num-crops` does.
     validation_num_clips: int = 1
     validation_num_crops: int = 1
     # The evaluation view (tfrecords.eval_view): frames are resized to
@@ -171,7 +173,8 @@ class TrainConfig:
     # None: as many full global batches as the train split holds.
     steps_per_epoch: int | None = None
     validation_every_epochs: int = 1
-    # None: as many full global batches as the validation split holds.
+    # None: every validation clip once (the last batches are padded); a
+    # number caps validation at that many steps (a quick, partial check).
     validation_steps: int | None = None
     # Metric that picks `best.keras` (higher is better); falls back to the
     # training `top1` when there is no validation split.

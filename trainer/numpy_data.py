@@ -258,18 +258,45 @@ class TrainBatches(keras.utils.PyDataset):
 
 
 class EvalBatches(keras.utils.PyDataset):
-    """`num_steps` validation batches of the evaluation view (clips in order, wrapping around)."""
+    """`num_steps` validation batches of the evaluation view: the clips in
+    order, each once, then padding clips that fill the last batch.
 
-    def __init__(self, frames: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, num_steps: int, view: EvalView):
+    Yields `(frames, one-hot labels, weights)`: frames uint8 `[batch,
+    num_frames, size, size, 3]`, or `[batch, num_views, num_frames, size,
+    size, 3]` when `view` has several views; weights float32 `[batch]`,
+    `weight` for a clip and 0 for padding (zero frames).
+    """
+
+    def __init__(
+        self,
+        frames: np.ndarray,
+        labels: np.ndarray,
+        num_classes: int,
+        batch_size: int,
+        num_steps: int,
+        view: EvalView,
+        weight: float = 1.0,
+    ):
         super().__init__()
         self.frames, self.labels = frames, labels
         self.num_classes, self.batch_size, self.num_steps = int(num_classes), int(batch_size), int(num_steps)
         self.view = view
+        self.weight = float(weight)
 
     def __len__(self) -> int:
         return self.num_steps
 
+    def _views(self, position: int) -> np.ndarray:
+        views = self.view.views_numpy(self.frames[position])
+        return views[0] if self.view.num_views == 1 else views
+
     def __getitem__(self, index: int):
-        positions = [(int(index) * self.batch_size + offset) % len(self.labels) for offset in range(self.batch_size)]
-        clips = np.stack([self.view.views_numpy(self.frames[position])[0] for position in positions])
-        return clips, _one_hot(self.labels[positions], self.num_classes)
+        positions = range(int(index) * self.batch_size, (int(index) + 1) * self.batch_size)
+        real = [position for position in positions if position < len(self.labels)]
+        clips = [self._views(position) for position in real]
+        padding = self.batch_size - len(real)
+        shape = clips[0].shape if clips else self._views(0).shape
+        clips += [np.zeros(shape, np.uint8)] * padding
+        labels = np.concatenate([self.labels[real], np.zeros(padding, self.labels.dtype)])
+        weights = np.concatenate([np.full(len(real), self.weight, np.float32), np.zeros(padding, np.float32)])
+        return np.stack(clips), _one_hot(labels, self.num_classes), weights
