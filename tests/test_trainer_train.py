@@ -191,6 +191,42 @@ class TestTraining:
         with open(os.path.join(run_dir, "labels.txt")) as stream:
             assert stream.read().split() == ["red", "green", "blue", "yellow"]
 
+    def test_best_checkpoint_names_its_epoch(self, runs):
+        # The rule written out independently: the highest val_top1, then the
+        # lowest val_loss, then the latest epoch.
+        history = runs["reference"]["history"]
+        scores = list(zip(history["val_top1"], [-loss for loss in history["val_loss"]], history["epoch"]))
+        best_top1, _, best_epoch = max(scores)
+        best = runs["reference"]["best_metric"]
+        assert best == {"name": "val_top1", "value": best_top1, "epoch": best_epoch}
+        if best_epoch == EPOCHS:
+            from selfy_tf.run_dir import load_model
+
+            checkpoints = os.path.join(runs["reference_dir"], "checkpoints")
+            best_weights = load_model(os.path.join(checkpoints, "best.keras")).model.get_weights()
+            last_weights = load_model(os.path.join(checkpoints, "last.keras")).model.get_weights()
+            for best_array, last_array in zip(best_weights, last_weights, strict=True):
+                np.testing.assert_array_equal(best_array, last_array)
+
+    @pytest.mark.parametrize(
+        "scores, best_epoch",
+        [
+            # (val_top1, val_loss) per epoch
+            ([(0.5, 1.0), (0.75, 0.9), (0.5, 0.1)], 2),  # the highest metric
+            ([(1.0, 0.4), (1.0, 0.2), (1.0, 0.3)], 2),  # a tie: the lowest loss
+            ([(1.0, 0.2), (1.0, 0.2)], 2),  # a tie of both: the later epoch
+            ([(None, None), (0.25, 2.0), (None, None)], 2),  # epochs without validation
+            ([(None, None), (None, None)], 1),  # never validated: the first epoch
+        ],
+    )
+    def test_best_epoch_rule(self, scores, best_epoch):
+        from trainer.train import _update_best
+
+        best = None
+        for epoch, (value, loss) in enumerate(scores, start=1):
+            best = _update_best(best, {"value": value, "loss": loss, "epoch": epoch})
+        assert best["epoch"] == best_epoch
+
     def test_tensorboard_has_lr_and_clips_per_sec(self, runs):
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -465,6 +501,7 @@ class TestCommandLine:
         assert "WARNING: no validation split in" in captured.err
         assert captured.out.startswith(f"Trained 1 epoch (2 steps) into {run_dir}")
         assert "  warning: no validation split in" in captured.out
+        assert "  best top1 " in captured.out and f" (epoch 1): {run_dir}" in captured.out
         with pytest.raises(json.JSONDecodeError):
             json.loads(captured.out.strip().splitlines()[-1])
         with open(run_dir / "result.json") as stream:

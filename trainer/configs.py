@@ -177,7 +177,9 @@ class TrainConfig:
     # number caps validation at that many steps (a quick, partial check).
     validation_steps: int | None = None
     # Metric that picks `best.keras` (higher is better); falls back to the
-    # training `top1` when there is no validation split.
+    # training `top1` when there is no validation split. Ties go to the
+    # epoch with the lower loss (`val_loss`, or `loss` for a training
+    # metric), then to the later epoch.
     monitor: str = "val_top1"
     seed: int = 0
     # Backup (for resuming) every this many steps, and at each epoch end.

@@ -75,7 +75,10 @@ class TrainResult:
         epochs_completed: finished epochs.
         global_step: optimizer steps taken.
         best_checkpoint / last_checkpoint: paths of the `.keras` files.
-        best_metric: `{"name": ..., "value": ...}` that chose `best.keras`.
+        best_metric: `{"name": ..., "value": ..., "epoch": ...}`: the metric
+            that chose `best.keras`, its value and the epoch (1-based) whose
+            weights `best.keras` holds. Ties go to the lower loss (`val_loss`,
+            or `loss` for a training metric), then to the later epoch.
         resumed_from: `{"epoch": e, "step_in_epoch": s}` when this call
             resumed from a backup, else None.
         global_batch_size / num_replicas: the distribution used.
@@ -419,8 +422,40 @@ def _verbosity(verbose: int | str) -> int:
     return int(verbose)
 
 
-def _best_improved(value: float | None, best: float | None) -> bool:
-    return value is not None and (best is None or value > best)
+def _best_record(best: Any) -> dict[str, Any] | None:
+    """The best score of a backup: `{"value", "loss", "epoch"}` (a bare value in older backups)."""
+    if best is None or isinstance(best, dict):
+        return best
+    return {"value": float(best), "loss": None, "epoch": None}
+
+
+def _is_better(candidate: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Whether an epoch's `{"value", "loss"}` beats the best so far.
+
+    A higher monitored value wins. On a tie the lower loss wins: top-1 on a
+    small validation split ties often (early epochs reach the same count of
+    right answers), and the loss still tells the more confident model apart.
+    On a tie of both, the later epoch, which trained longer, wins.
+    """
+    if candidate["value"] is None:
+        return False
+    if best is None or best["value"] is None:
+        return True
+    if candidate["value"] != best["value"]:
+        return candidate["value"] > best["value"]
+    if candidate["loss"] is not None and best["loss"] is not None and candidate["loss"] != best["loss"]:
+        return candidate["loss"] < best["loss"]
+    return True
+
+
+def _update_best(best: dict[str, Any] | None, score: dict[str, Any]) -> dict[str, Any]:
+    """The epoch `best.keras` holds once `score`'s epoch (`{"value", "loss",
+    "epoch"}`) is done: `score` if it is better (`_is_better`). Until an
+    epoch has the monitored metric (validation every few epochs), the first
+    epoch, recorded without a value."""
+    if _is_better(score, best) or best is None:
+        return score
+    return best
 
 
 @dataclasses.dataclass
@@ -684,6 +719,9 @@ def _run_epochs(
     validation, checkpoints (of `model`), backups and history; updates `state`
     and returns the history."""
     config, output, backup_dir = run.config, run.output, run.backup_dir
+    # The tie-breaker of `monitor`: the loss of the same split.
+    monitor_loss = "val_loss" if monitor.startswith("val_") else "loss"
+    state["best"] = _best_record(state["best"])
     steps_per_epoch = run.steps_per_epoch
     training_logger = (
         callbacks_lib.TrainingLogger(
@@ -735,13 +773,12 @@ def _run_epochs(
         history.setdefault("epoch", []).append(epoch + 1)
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
-        value = logs.get(monitor)
-        improved = _best_improved(value, state["best"])
-        if improved:
-            state["best"] = value
+        state["best"] = _update_best(
+            state["best"], {"value": logs.get(monitor), "loss": logs.get(monitor_loss), "epoch": epoch + 1}
+        )
         if run.chief:
             _save_model(model, output.last_checkpoint, config)
-            if improved or not os.path.exists(output.best_checkpoint):
+            if state["best"]["epoch"] == epoch + 1 or not os.path.exists(output.best_checkpoint):
                 _save_model(model, output.best_checkpoint, config)
         state.update(
             epoch=epoch + 1,
@@ -838,7 +875,11 @@ def train(
         global_step=global_step,
         best_checkpoint=run.paths.best_checkpoint,
         last_checkpoint=run.paths.last_checkpoint,
-        best_metric={"name": monitor, "value": state["best"]},
+        best_metric={
+            "name": monitor,
+            "value": (state["best"] or {}).get("value"),
+            "epoch": (state["best"] or {}).get("epoch"),
+        },
         resumed_from=resumed_from,
         global_batch_size=run.global_batch,
         num_replicas=run.num_replicas,
