@@ -146,6 +146,7 @@ def runs(tmp_path_factory, data_dir):
         resumed[phase] = _result(resumed_stdout)
     return {
         "reference": _result(stdout),
+        "reference_stderr": stderr,
         "resumed": resumed["mid_epoch"],
         "killed_at": killed_at,
         "reference_dir": reference_dir,
@@ -190,6 +191,16 @@ class TestTraining:
         assert configs.config_to_dict(saved) == configs.config_to_dict(expected)
         with open(os.path.join(run_dir, "labels.txt")) as stream:
             assert stream.read().split() == ["red", "green", "blue", "yellow"]
+
+    def test_each_epoch_is_printed_once(self, runs):
+        # Not a terminal: no progress bar, and Keras's own epoch lines are
+        # not printed besides the trainer's.
+        stderr = runs["reference_stderr"]
+        for epoch in range(1, EPOCHS + 1):
+            lines = [line for line in stderr.splitlines() if f"Epoch {epoch}/{EPOCHS}" in line]
+            assert len(lines) == 1 and lines[0].startswith(f"Epoch {epoch}/{EPOCHS}: loss "), lines
+        assert "step/s" not in stderr and "8/8" not in stderr
+        assert "Flips (data.flip=auto): 4 other classes flipped with their label." in stderr
 
     def test_best_checkpoint_names_its_epoch(self, runs):
         # The rule written out independently: the highest val_top1, then the
@@ -488,6 +499,39 @@ class TestCommandLine:
         assert main(command) == 1
         assert "fewer than one global batch" in capsys.readouterr().err
         assert not run_dir.exists()
+
+    def test_terminal_shows_a_progress_bar_and_each_epoch_once(self, data_dir, tmp_path):
+        # stderr on a pseudo-terminal, as in an interactive shell; `selfy`
+        # puts its TensorFlow-notice filter (a pipe) in front of it.
+        import pty
+        import select
+
+        primary, secondary = pty.openpty()
+        command = _train_command(data_dir, str(tmp_path / "run"), "train.epochs=1", "train.steps_per_epoch=3")
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=secondary, env=_environment())
+        os.close(secondary)
+        output = b""
+        try:
+            while select.select([primary], [], [], 300)[0]:
+                try:
+                    chunk = os.read(primary, 65536)
+                except OSError:  # the terminal closed: every writer is gone
+                    break
+                if not chunk:
+                    break
+                output += chunk
+        finally:
+            os.close(primary)
+            stdout, _ = process.communicate(timeout=60)
+        text = output.decode("utf-8", "replace")
+        assert process.returncode == 0, text[-3000:]
+        assert _result(stdout.decode())["epochs_completed"] == 1
+        # tqdm's bar over the 3 training steps, then over the 4 validation
+        # steps (redrawn at most 10 times a second), erased once the epoch
+        # is logged.
+        assert "\rEpoch 1/1:   0%|" in text and " 0/3 [" in text
+        assert "\rEpoch 1/1 validation:   0%|" in text and " 0/4 [" in text
+        assert text.count("Epoch 1/1: loss ") == 1
 
     def test_no_validation_split_warns_and_terminal_gets_a_summary(self, tmp_path, capsys, monkeypatch):
         from selfy_tf.cli.main import main

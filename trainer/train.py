@@ -416,10 +416,10 @@ def _check_resumable(paths: RunPaths, config: configs.ExperimentConfig) -> None:
         )
 
 
-def _verbosity(verbose: int | str) -> int:
+def _progress_bar(verbose: int | str) -> bool:
     if verbose == "auto":
-        return 1 if sys.stderr.isatty() else 2
-    return int(verbose)
+        return sys.stderr.isatty()
+    return int(verbose) == 1
 
 
 def _best_record(best: Any) -> dict[str, Any] | None:
@@ -712,12 +712,13 @@ def _run_epochs(
     schedule,
     state: dict[str, Any],
     monitor: str,
-    verbosity: int,
+    progress_bar: bool,
     extra_callbacks: Sequence[keras.callbacks.Callback],
 ) -> dict[str, list[float]]:
     """Step 4: one `fit` of `fit_model` per epoch from `state` on, with
     validation, checkpoints (of `model`), backups and history; updates `state`
-    and returns the history."""
+    and returns the history. Each epoch ends with one log line; `progress_bar`
+    adds a live bar within it."""
     config, output, backup_dir = run.config, run.output, run.backup_dir
     # The tie-breaker of `monitor`: the loss of the same split.
     monitor_loss = "val_loss" if monitor.startswith("val_") else "loss"
@@ -750,19 +751,30 @@ def _run_epochs(
             ),
             *([training_logger] if training_logger else []),
             *extra_callbacks,
+            *(
+                [
+                    callbacks_lib.ProgressBar(
+                        epoch, config.train.epochs, steps_per_epoch, first_step,
+                        run.validation_steps if validate_now else 0,
+                    )
+                ]
+                if progress_bar
+                else []
+            ),
             _StopAfterEpoch(),
         ]
         fit_history = fit_model.fit(
             dataset,
-            # The full count keeps Keras's "Epoch e/E" right; `_StopAfterEpoch` ends
-            # this call after one epoch.
+            # The full count keeps the epoch numbers that callbacks see right;
+            # `_StopAfterEpoch` ends this call after one epoch.
             epochs=config.train.epochs,
             initial_epoch=epoch,
             steps_per_epoch=steps_per_epoch - first_step,
             validation_data=inputs.validation if validate_now else None,
             validation_steps=run.validation_steps if validate_now else None,
             callbacks=epoch_callbacks,
-            verbose=verbosity,
+            # Keras's own lines would repeat the epoch line logged below.
+            verbose=0,
             shuffle=False,
         )
         logs = {key: float(values[-1]) for key, values in fit_history.history.items()}
@@ -834,8 +846,10 @@ def train(
         run_dir: output directory (layout in `selfy_tf.run_dir`).
         strategy: a `tf.distribute.Strategy` (TensorFlow backend only);
             default: from `config.runtime.strategy` (`trainer.distribution`).
-        verbose: Keras verbosity; "auto" shows a progress bar on a terminal
-            and one line per epoch otherwise.
+        verbose: "auto" (a progress bar within each epoch when stderr is a
+            terminal), 1 (the bar) or 0 (none). Every finished epoch is
+            logged once, as `Epoch e/E: loss ..., val_top1 ...` (logger
+            `trainer.train`, INFO).
         extra_callbacks: more Keras callbacks for every epoch's `fit`.
 
     Returns:
@@ -861,7 +875,7 @@ def train(
             monitor = config.train.monitor if run.data.has_validation else config.train.monitor.removeprefix("val_")
             inputs = _build_inputs(run, replicas)
             history = _run_epochs(
-                run, inputs, model, fit_model, schedule, state, monitor, _verbosity(verbose), extra_callbacks
+                run, inputs, model, fit_model, schedule, state, monitor, _progress_bar(verbose), extra_callbacks
             )
             global_step = int(keras.ops.convert_to_numpy(fit_model.optimizer.iterations))
     finally:
