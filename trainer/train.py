@@ -847,8 +847,8 @@ def train(
         strategy: a `tf.distribute.Strategy` (TensorFlow backend only);
             default: from `config.runtime.strategy` (`trainer.distribution`).
         verbose: "auto" (a progress bar within each epoch when stderr is a
-            terminal), 1 (the bar) or 0 (none). Every finished epoch is
-            logged once, as `Epoch e/E: loss ..., val_top1 ...` (logger
+            terminal), 1 (the bar), or 0 or 2 (no bar). Every finished epoch
+            is logged once, as `Epoch e/E: loss ..., val_top1 ...` (logger
             `trainer.train`, INFO).
         extra_callbacks: more Keras callbacks for every epoch's `fit`.
 
