@@ -162,6 +162,16 @@ class TestFolders:
         assert _build("--format", "folders", "--root", str(tmp_path / "root"), "--out", out) == 1
         assert _manifest(out)["failed"] == 1
 
+    def test_no_validation_warning_names_the_split_folders(self, folders_root, tmp_path, capsys):
+        root, _ = folders_root
+        # A root typed with its trailing separator, as shells complete it.
+        assert _build("--format", "folders", "--root", root + os.sep, "--out", str(tmp_path / "out")) == 0
+        error = capsys.readouterr().err
+        train_folder = os.path.join(root, "train", "<class>", "")
+        validation_folder = os.path.join(root, "validation", "<class>", "")
+        assert f"or put the videos in {train_folder} and {validation_folder}." in error
+        assert os.sep * 2 not in error
+
     def test_resize_options(self, folders_root, tmp_path):
         root, _ = folders_root
         out = str(tmp_path / "out")

@@ -275,3 +275,60 @@ class TestLabelRange:
             path, training=False, num_frames=3, batch_size=3, crop_size=CROP, eval_size=None, num_classes=None,
         )
         assert _collect(unchecked)[0][1].tolist() == [0, 2, 1]
+
+
+class TestKnownLength:
+    """The datasets know their length (`cardinality`), from the split manifest or by counting."""
+
+    def test_cardinality_follows_batching_and_sharding(self, data_dir, tmp_path):
+        train = tfrecords.make_dataset(_pattern(data_dir), training=True, batch_size=3, crop_size=CROP, num_frames=4)
+        assert int(train.cardinality()) == NUM_CLIPS // 3  # drop_remainder in training
+        evaluation = tfrecords.make_dataset(_pattern(data_dir), training=False, batch_size=3, crop_size=CROP, num_frames=4)
+        assert int(evaluation.cardinality()) == -(-NUM_CLIPS // 3) == len(list(evaluation))
+        repeated = tfrecords.make_dataset(
+            _pattern(data_dir), training=True, batch_size=3, crop_size=CROP, num_frames=4, repeat=True
+        )
+        assert repeated.cardinality() == tf.data.INFINITE_CARDINALITY
+        # Pipeline 1 of 2 reads the second of the three shards (10 clips as 3 + 3 + 4).
+        with open(os.path.join(data_dir, "train.manifest.json")) as stream:
+            shard_clips = [shard["clips"] for shard in json.load(stream)["shards"]]
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2)
+        sharded = tfrecords.make_dataset(
+            _pattern(data_dir), training=False, batch_size=2, crop_size=CROP, num_frames=4, input_context=context
+        )
+        assert int(sharded.cardinality()) == shard_clips[1] == len(list(sharded))
+        # Shards written without a manifest are counted.
+        for name in os.listdir(data_dir):
+            if name.endswith(".tfrecord"):
+                with open(os.path.join(data_dir, name), "rb") as source, open(tmp_path / name, "wb") as copy:
+                    copy.write(source.read())
+        counted = tfrecords.make_dataset(
+            str(tmp_path / "train-*.tfrecord"), training=False, batch_size=4, crop_size=CROP, num_frames=4,
+            num_classes=None,
+        )
+        assert int(counted.cardinality()) == -(-NUM_CLIPS // 4)
+
+    def test_plain_fit_runs_every_epoch_without_running_out_of_data(self, data_dir, recwarn):
+        import keras
+
+        train = tfrecords.make_dataset(_pattern(data_dir), training=True, batch_size=2, crop_size=CROP, num_frames=4)
+        validation = tfrecords.make_dataset(_pattern(data_dir), training=False, batch_size=3, crop_size=CROP, num_frames=4)
+        model = keras.Sequential([
+            keras.Input((4, CROP, CROP, 3)), keras.layers.Rescaling(1 / 255), keras.layers.GlobalAveragePooling3D(),
+            keras.layers.Dense(len(LABELS)),
+        ])
+        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        steps = []
+
+        class CountSteps(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                steps.append(0)
+
+            def on_train_batch_end(self, batch, logs=None):
+                steps[-1] += 1
+
+        history = model.fit(train, validation_data=validation, epochs=2, verbose=0, callbacks=[CountSteps()])
+        assert steps == [NUM_CLIPS // 2] * 2
+        assert len(history.history["val_loss"]) == 2
+        messages = [str(warning.message) for warning in recwarn]
+        assert not any("ran out of data" in message for message in messages), messages

@@ -228,6 +228,9 @@ class TestValidate:
             ("model.init=scratch", r"`model.init` must be '', 'imagenet:PATH' or 'official:PATH'"),
             ("loss.label_smoothing=1.5", r"`loss.label_smoothing` must be in \[0, 1\)"),
             ("data.eval_size=[100, 320]", r"`data.eval_size` must be empty or \(height, width\) no smaller than"),
+            # Before the checks that compare with it (`schedule.warmup_epochs`).
+            ("train.epochs=-1", r"^`train.epochs` must be >= 1. Received: -1.$"),
+            ("data.flip=mirror", r"`data.flip` must be one of \('auto', 'none', 'all'\). Received: 'mirror'"),
         ],
     )
     def test_cross_field_errors(self, override, message):

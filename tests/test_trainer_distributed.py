@@ -16,6 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from _validation import reference_validation
 from trainer.synthetic import write_color_dataset
 
 # Sync BN over 2 replicas x 2 clips sees the same 4 clips as one device with
@@ -62,6 +63,32 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
+# Validation under MirroredStrategy: 2 replicas x 2 clips, 7 validation clips.
+# Synchronised BN: without it each replica keeps the moving statistics of its
+# own half batches, and the replicas validate with other statistics than the
+# saved model holds.
+_MIRRORED_VALIDATION_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+    from trainer import configs
+    from trainer.train import train
+
+    data_dir, run_dir = sys.argv[1], sys.argv[2]
+    config = configs.apply_overrides(configs.get_preset("tiny_cpu"), [
+        "data.batch_size=2", "train.epochs=1", "train.steps_per_epoch=3", "model.sync_batchnorm=true",
+    ])
+    result = train(config, data_dir, run_dir, strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+                   verbose=0)
+    print(json.dumps({"history": result.history, "replicas": result.num_replicas}))
+    """
+)
+
+
 def _environment() -> dict[str, str]:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -78,10 +105,17 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
+# 7 validation clips in shards of 3 and 4: no global batch divides them, and
+# the two workers hold different numbers.
+NUM_VALIDATION = 7
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     # Two shards per split: one per worker.
-    return write_color_dataset(str(tmp_path_factory.mktemp("color_data")), num_train=24, num_validation=8)
+    return write_color_dataset(
+        str(tmp_path_factory.mktemp("color_data")), num_train=24, num_validation=NUM_VALIDATION
+    )
 
 
 @pytest.mark.slow
@@ -100,6 +134,26 @@ def test_mirrored_two_devices_matches_one_device(data_dir, tmp_path):
     np.testing.assert_allclose(mirrored["losses"], single["losses"], rtol=2e-3, atol=1e-4)
 
 
+def _assert_validation_scores_every_clip(history: dict, run_dir: str, data_dir: str) -> None:
+    reference = reference_validation(run_dir, data_dir)
+    assert reference["num_examples"] == NUM_VALIDATION
+    assert history["val_top1"][-1] == pytest.approx(reference["val_top1"], abs=1e-6)
+    assert history["val_loss"][-1] == pytest.approx(reference["val_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_mirrored_validation_scores_every_clip_once(data_dir, tmp_path):
+    run_dir = str(tmp_path / "run")
+    completed = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_VALIDATION_SCRIPT, data_dir, run_dir],
+        capture_output=True, text=True, env=_environment(), timeout=400,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    _assert_validation_scores_every_clip(result["history"], run_dir, data_dir)
+
+
 @pytest.mark.slow
 def test_two_process_multi_worker_run_completes_and_workers_agree(data_dir, tmp_path):
     ports = _free_ports(2)
@@ -114,6 +168,8 @@ def test_two_process_multi_worker_run_completes_and_workers_agree(data_dir, tmp_
             "--data", data_dir, "--out", run_dir, "--strategy", "multi_worker",
             "--set", "data.batch_size=2", "--set", "train.epochs=2", "--set", "train.steps_per_epoch=3",
             "--set", "train.backup_every_steps=2",
+            # The same BN moving statistics on both workers, as the saved model's.
+            "--set", "model.sync_batchnorm=true",
         ]
         processes.append(
             subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
@@ -140,3 +196,5 @@ def test_two_process_multi_worker_run_completes_and_workers_agree(data_dir, tmp_
     assert os.path.isfile(os.path.join(run_dir, "history.csv"))
     assert os.path.isfile(os.path.join(run_dir, "backup", "backup.npz"))
     assert os.path.isfile(os.path.join(run_dir, "backup", "worker-1", "backup.npz"))
+    # Both workers' shards, every clip once, though worker 0 holds 3 clips and worker 1 holds 4.
+    _assert_validation_scores_every_clip(chief["history"], run_dir, data_dir)

@@ -146,6 +146,7 @@ def runs(tmp_path_factory, data_dir):
         resumed[phase] = _result(resumed_stdout)
     return {
         "reference": _result(stdout),
+        "reference_stderr": stderr,
         "resumed": resumed["mid_epoch"],
         "killed_at": killed_at,
         "reference_dir": reference_dir,
@@ -190,6 +191,52 @@ class TestTraining:
         assert configs.config_to_dict(saved) == configs.config_to_dict(expected)
         with open(os.path.join(run_dir, "labels.txt")) as stream:
             assert stream.read().split() == ["red", "green", "blue", "yellow"]
+
+    def test_each_epoch_is_printed_once(self, runs):
+        # Not a terminal: no progress bar, and Keras's own epoch lines are
+        # not printed besides the trainer's.
+        stderr = runs["reference_stderr"]
+        for epoch in range(1, EPOCHS + 1):
+            lines = [line for line in stderr.splitlines() if f"Epoch {epoch}/{EPOCHS}" in line]
+            assert len(lines) == 1 and lines[0].startswith(f"Epoch {epoch}/{EPOCHS}: loss "), lines
+        assert "step/s" not in stderr and "8/8" not in stderr
+        assert "Flips (data.flip=auto): 4 other classes flipped with their label." in stderr
+
+    def test_best_checkpoint_names_its_epoch(self, runs):
+        # The rule written out independently: the highest val_top1, then the
+        # lowest val_loss, then the latest epoch.
+        history = runs["reference"]["history"]
+        scores = list(zip(history["val_top1"], [-loss for loss in history["val_loss"]], history["epoch"]))
+        best_top1, _, best_epoch = max(scores)
+        best = runs["reference"]["best_metric"]
+        assert best == {"name": "val_top1", "value": best_top1, "epoch": best_epoch}
+        if best_epoch == EPOCHS:
+            from selfy_tf.run_dir import load_model
+
+            checkpoints = os.path.join(runs["reference_dir"], "checkpoints")
+            best_weights = load_model(os.path.join(checkpoints, "best.keras")).model.get_weights()
+            last_weights = load_model(os.path.join(checkpoints, "last.keras")).model.get_weights()
+            for best_array, last_array in zip(best_weights, last_weights, strict=True):
+                np.testing.assert_array_equal(best_array, last_array)
+
+    @pytest.mark.parametrize(
+        "scores, best_epoch",
+        [
+            # (val_top1, val_loss) per epoch
+            ([(0.5, 1.0), (0.75, 0.9), (0.5, 0.1)], 2),  # the highest metric
+            ([(1.0, 0.4), (1.0, 0.2), (1.0, 0.3)], 2),  # a tie: the lowest loss
+            ([(1.0, 0.2), (1.0, 0.2)], 2),  # a tie of both: the later epoch
+            ([(None, None), (0.25, 2.0), (None, None)], 2),  # epochs without validation
+            ([(None, None), (None, None)], 1),  # never validated: the first epoch
+        ],
+    )
+    def test_best_epoch_rule(self, scores, best_epoch):
+        from trainer.train import _update_best
+
+        best = None
+        for epoch, (value, loss) in enumerate(scores, start=1):
+            best = _update_best(best, {"value": value, "loss": loss, "epoch": epoch})
+        assert best["epoch"] == best_epoch
 
     def test_tensorboard_has_lr_and_clips_per_sec(self, runs):
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -453,6 +500,39 @@ class TestCommandLine:
         assert "fewer than one global batch" in capsys.readouterr().err
         assert not run_dir.exists()
 
+    def test_terminal_shows_a_progress_bar_and_each_epoch_once(self, data_dir, tmp_path):
+        # stderr on a pseudo-terminal, as in an interactive shell; `selfy`
+        # puts its TensorFlow-notice filter (a pipe) in front of it.
+        import pty
+        import select
+
+        primary, secondary = pty.openpty()
+        command = _train_command(data_dir, str(tmp_path / "run"), "train.epochs=1", "train.steps_per_epoch=3")
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=secondary, env=_environment())
+        os.close(secondary)
+        output = b""
+        try:
+            while select.select([primary], [], [], 300)[0]:
+                try:
+                    chunk = os.read(primary, 65536)
+                except OSError:  # the terminal closed: every writer is gone
+                    break
+                if not chunk:
+                    break
+                output += chunk
+        finally:
+            os.close(primary)
+            stdout, _ = process.communicate(timeout=60)
+        text = output.decode("utf-8", "replace")
+        assert process.returncode == 0, text[-3000:]
+        assert _result(stdout.decode())["epochs_completed"] == 1
+        # tqdm's bar over the 3 training steps, then over the 4 validation
+        # steps (redrawn at most 10 times a second), erased once the epoch
+        # is logged.
+        assert "\rEpoch 1/1:   0%|" in text and " 0/3 [" in text
+        assert "\rEpoch 1/1 validation:   0%|" in text and " 0/4 [" in text
+        assert text.count("Epoch 1/1: loss ") == 1
+
     def test_no_validation_split_warns_and_terminal_gets_a_summary(self, tmp_path, capsys, monkeypatch):
         from selfy_tf.cli.main import main
 
@@ -465,6 +545,7 @@ class TestCommandLine:
         assert "WARNING: no validation split in" in captured.err
         assert captured.out.startswith(f"Trained 1 epoch (2 steps) into {run_dir}")
         assert "  warning: no validation split in" in captured.out
+        assert "  best top1 " in captured.out and f" (epoch 1): {run_dir}" in captured.out
         with pytest.raises(json.JSONDecodeError):
             json.loads(captured.out.strip().splitlines()[-1])
         with open(run_dir / "result.json") as stream:

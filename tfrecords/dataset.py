@@ -48,16 +48,21 @@ def shard_files(files: Sequence[str], input_context: tf.distribute.InputContext 
     Raises:
         ValueError: fewer files than input pipelines (naming both counts).
     """
-    if input_context is None or input_context.num_input_pipelines <= 1:
+    if input_context is None:
         return list(files)
-    pipelines = input_context.num_input_pipelines
+    return _pipeline_files(files, input_context.num_input_pipelines, input_context.input_pipeline_id)
+
+
+def _pipeline_files(files: Sequence[str], pipelines: int, pipeline_id: int) -> list[str]:
+    if pipelines <= 1:
+        return list(files)
     if len(files) < pipelines:
         raise ValueError(
             f"{len(files)} TFRecord files cannot be shared among {pipelines} input "
             f"pipelines: each needs at least one file. Write at least {pipelines} shards "
             "(`selfy tfrecords build --shards N`)."
         )
-    return list(files[input_context.input_pipeline_id :: pipelines])
+    return list(files[pipeline_id::pipelines])
 
 
 def _labels_beside(files: Sequence[str]) -> int | None:
@@ -92,6 +97,72 @@ def check_label(label: tf.Tensor, num_classes: int, shard: tf.Tensor, record_ind
         return tf.identity(label)
 
 
+def _pipeline_layout(input_context: tf.distribute.InputContext | None) -> tuple[int, int, int]:
+    """`(num_input_pipelines, input_pipeline_id, replicas_per_pipeline)`."""
+    if input_context is None:
+        return 1, 0, 1
+    pipelines = max(1, int(input_context.num_input_pipelines))
+    return pipelines, int(input_context.input_pipeline_id), max(1, int(input_context.num_replicas_in_sync) // pipelines)
+
+
+def padded_eval_steps(
+    file_pattern: "str | Sequence[str]",
+    batch_size: int,
+    num_input_pipelines: int = 1,
+    num_replicas_in_sync: int = 1,
+) -> int:
+    """Steps of `make_dataset(training=False, pad_batches=True)`: each step
+    takes one batch per replica, and every pipeline takes the same number.
+
+    Args:
+        file_pattern: the shards, as for `make_dataset`.
+        batch_size: the global batch size.
+        num_input_pipelines: input pipelines (workers) sharing the files.
+        num_replicas_in_sync: replicas over all pipelines.
+
+    Returns:
+        `max over pipelines of ceil(clips of the pipeline / clips it feeds a
+        step)`, at least 1.
+
+    Raises:
+        ValueError: as `match_files` and `shard_files`; a `batch_size` that
+            the replicas do not divide.
+    """
+    from tfrecords.split import shard_record_counts
+
+    files = match_files(file_pattern)
+    if int(batch_size) % int(num_replicas_in_sync):
+        raise ValueError(
+            f"`batch_size`={batch_size} must be a multiple of the {num_replicas_in_sync} replicas in sync."
+        )
+    counts = dict(zip(files, shard_record_counts(files)))
+    pipelines = int(num_input_pipelines)
+    replicas_per_pipeline = max(1, int(num_replicas_in_sync) // pipelines)
+    return _padded_steps(files, counts, int(batch_size) // int(num_replicas_in_sync), pipelines, replicas_per_pipeline)
+
+
+def _padded_steps(
+    files: Sequence[str], counts: Mapping[str, int], per_replica_batch: int, pipelines: int, replicas_per_pipeline: int
+) -> int:
+    clips_per_step = per_replica_batch * replicas_per_pipeline
+    steps = 1
+    for pipeline in range(pipelines):
+        clips = sum(counts[path] for path in _pipeline_files(files, pipelines, pipeline))
+        steps = max(steps, -(-clips // clips_per_step))
+    return steps
+
+
+def _padding(element_spec):
+    """One padding element of `element_spec` (all zeros, empty strings)."""
+
+    def zeros(spec):
+        if spec.dtype == tf.string:
+            return tf.fill(spec.shape, "")
+        return tf.zeros(spec.shape, spec.dtype)
+
+    return tf.nest.map_structure(zeros, element_spec)
+
+
 def _read_indexed_shard(path: tf.Tensor) -> tf.data.Dataset:
     """`(serialized, shard path, record index)` for each record of one shard."""
     records = tf.data.TFRecordDataset(path).enumerate()
@@ -121,6 +192,7 @@ def make_dataset(
     cycle_length: int | None = None,
     scales: Sequence[float] = augment.MULTI_SCALE_CROP_SCALES,
     num_classes: int | None | str = "auto",
+    pad_batches: bool = False,
 ) -> tf.data.Dataset:
     """Builds the training or evaluation dataset of clip TFRecords.
 
@@ -161,20 +233,38 @@ def make_dataset(
             stops the pipeline with an error naming its shard, record index
             and label. "auto": the class count of the `labels.txt` beside the
             first shard (no check without one); None: no check.
+        pad_batches: evaluation only: every clip exactly once over all input
+            pipelines, in full batches. Each pipeline yields
+            `padded_eval_steps(...)` steps of full batches (one per replica
+            it feeds), the last ones filled with padding clips (zero frames,
+            label 0), and each element gets a weight: `(frames, label,
+            weight)`, float32 weight 1 for a clip and 0 for padding (a
+            `"weight"` key with `as_dict`). Then every replica and worker
+            runs the same number of steps, as `tf.distribute` needs.
 
     Returns:
         A dataset of `(frames, label)`: frames uint8 `[batch, num_frames,
         crop_size, crop_size, 3]`, label int32 `[batch]`. In evaluation with
         `num_clips * num_crops > 1` views, frames are uint8 `[batch, num_views,
         num_frames, crop_size, crop_size, 3]` (view `v = clip * num_crops +
-        crop`); average the scores over the views axis.
+        crop`); average the scores over the views axis. Its length (the
+        `cardinality`) is known: the clips of the shards come from the split
+        manifests beside them (shards without one are counted by reading
+        them), so `model.fit` shows the step count; infinite with `repeat`.
 
     Raises:
         ValueError: no file matches, fewer files than input pipelines, or a bad
             argument (naming it).
     """
+    from tfrecords.split import shard_record_counts
+
     if int(batch_size) < 1:
         raise ValueError(f"`batch_size` must be at least 1. Received: batch_size={batch_size}.")
+    if pad_batches and (training or repeat):
+        raise ValueError(
+            "`pad_batches` pads evaluation batches; it needs training=False and repeat=False. "
+            f"Received: training={training}, repeat={repeat}."
+        )
     if training and (num_clips != 1 or num_crops != 1):
         logger.info("training: num_clips=%d and num_crops=%d are ignored", num_clips, num_crops)
     clip_parser = parser_lib.Parser(
@@ -193,10 +283,11 @@ def make_dataset(
     if num_classes == "auto":
         num_classes = _labels_beside(all_files)
     files = shard_files(all_files, input_context)
-    pipeline_id = 0
+    counts = dict(zip(all_files, shard_record_counts(all_files)))
+    num_records = sum(counts[path] for path in files)
+    num_pipelines, pipeline_id, replicas_per_pipeline = _pipeline_layout(input_context)
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(int(batch_size))
-        pipeline_id = input_context.input_pipeline_id
     deterministic = seed is not None or not training
     # Files are sharded before shuffling: unseeded shuffles differ per worker,
     # so shuffling first could give two workers the same file.
@@ -210,6 +301,9 @@ def make_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
+    # An interleave's length is unknown to tf.data; without it `fit` cannot
+    # show the step count and warns that the input ran out of data.
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_records))
     if training and shuffle_buffer > 1:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -248,6 +342,22 @@ def make_dataset(
             return finish(decoded, *parse(decoded))
 
     dataset = dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if pad_batches:
+        steps = _padded_steps(all_files, counts, int(batch_size), num_pipelines, replicas_per_pipeline)
+        padded_size = steps * replicas_per_pipeline * int(batch_size)
+
+        def with_weight(*element):
+            weight = tf.constant(1.0, tf.float32)
+            if as_dict:
+                return {**element[0], "weight": weight}
+            return (*element, weight)
+
+        dataset = dataset.map(with_weight)
+        padding = _padding(dataset.element_spec)
+        dataset = dataset.concatenate(
+            tf.data.Dataset.from_tensors(padding).repeat(padded_size - num_records)
+        )
+        drop_remainder = True
     if drop_remainder is None:
         drop_remainder = training
     dataset = dataset.batch(int(batch_size), drop_remainder=bool(drop_remainder))

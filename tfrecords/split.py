@@ -88,6 +88,44 @@ def _count_records(files: list[str]) -> int:
     return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
 
 
+def _manifest_counts(directory: str) -> dict[str, int]:
+    """`{shard file name: clips}` from every split manifest in `directory`."""
+    import glob
+
+    counts = {}
+    for path in sorted(glob.glob(os.path.join(glob.escape(directory), "*.manifest.json"))):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                manifest = json.load(handle)
+        except (OSError, json.JSONDecodeError):
+            continue
+        for shard in manifest.get("shards") or []:
+            if isinstance(shard, dict) and "file" in shard and "clips" in shard:
+                counts[str(shard["file"])] = int(shard["clips"])
+    return counts
+
+
+def shard_record_counts(files: list[str]) -> list[int]:
+    """Clips in each shard file: from the split manifests beside the shards,
+    else counted by reading the shard once.
+
+    Args:
+        files: shard paths (any directories).
+
+    Returns:
+        One count per file, in order.
+    """
+    manifests: dict[str, dict[str, int]] = {}
+    counts = []
+    for path in files:
+        directory, name = os.path.split(os.fspath(path))
+        if directory not in manifests:
+            manifests[directory] = _manifest_counts(directory or ".")
+        count = manifests[directory].get(name)
+        counts.append(_count_records([path]) if count is None else count)
+    return counts
+
+
 def open_split(data_dir: str, split: str, *, required: bool = True) -> Split:
     """Opens one split of a converted dataset.
 
@@ -135,4 +173,12 @@ def open_split(data_dir: str, split: str, *, required: bool = True) -> Split:
     return Split(data_dir, split, files, num_examples, labels, manifest)
 
 
-__all__ = ["Split", "labels_path", "manifest_path", "open_split", "read_labels", "shard_pattern"]
+__all__ = [
+    "Split",
+    "labels_path",
+    "manifest_path",
+    "open_split",
+    "read_labels",
+    "shard_pattern",
+    "shard_record_counts",
+]

@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_yaml": "trainer.configs",
     "validate": "trainer.configs",
     "evaluate": "trainer.evaluate",
+    "plan_flips": "trainer.flips",
     "TorchSGD": "trainer.optimizer",
     "parameter_groups": "trainer.optimizer",
     "EpochCosineDecay": "trainer.schedules",

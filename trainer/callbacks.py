@@ -11,6 +11,10 @@ skips the batches of the interrupted epoch that were already trained on
 (the input pipeline is a deterministic function of the epoch), and restores
 the epoch's running metrics, so the run continues where it stopped.
 
+`ProgressBar` shows a live bar within each epoch (training steps, then
+validation steps) on stderr, for interactive runs; it is erased at the end
+of the epoch, which the trainer logs as one line.
+
 `TrainingLogger` writes TensorBoard scalars (loss, top-1/top-5, lr, clips/s,
 gradient norm) and `history.csv`; only the chief worker gets one. TensorBoard
 files are written with `tf.summary`, imported when first needed: where
@@ -25,6 +29,7 @@ import io
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -35,7 +40,7 @@ from selfy_tf.files import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Backup", "TrainingLogger", "load_backup", "save_backup", "write_history_csv"]
+__all__ = ["Backup", "ProgressBar", "TrainingLogger", "load_backup", "save_backup", "write_history_csv"]
 
 BACKUP_FILE = "backup.npz"
 _STATE_KEY = "__state__"
@@ -306,3 +311,73 @@ class TrainingLogger(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class ProgressBar(keras.callbacks.Callback):
+    """A tqdm bar on stderr over one epoch's training steps, then its validation steps.
+
+    Each bar is erased when it ends (`leave=False`): the trainer logs the
+    finished epoch as one line, so a terminal shows each epoch once.
+
+    Args:
+        epoch: the epoch (0-based) this `fit` call trains.
+        epochs: `train.epochs`.
+        steps_per_epoch: training steps of a whole epoch.
+        first_step: steps of this epoch done before (a resumed epoch).
+        validation_steps: validation steps of this epoch (0: none).
+    """
+
+    # Metrics shown next to the bar, when the logs have them.
+    SHOWN = ("loss", "top1")
+
+    def __init__(self, epoch: int, epochs: int, steps_per_epoch: int, first_step: int = 0, validation_steps: int = 0):
+        super().__init__()
+        self.epoch = int(epoch)
+        self.epochs = int(epochs)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.first_step = int(first_step)
+        self.validation_steps = int(validation_steps)
+        self._bar = None
+
+    def _open(self, total: int, initial: int, description: str) -> None:
+        from tqdm import tqdm
+
+        self._close()
+        self._bar = tqdm(
+            total=total, initial=initial, desc=description, unit="step", leave=False, file=sys.stderr, dynamic_ncols=True
+        )
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _advance(self, logs) -> None:
+        if self._bar is None:
+            return
+        shown = {name: f"{float(logs[name]):.4g}" for name in self.SHOWN if name in (logs or {})}
+        if shown:
+            self._bar.set_postfix(shown, refresh=False)
+        self._bar.update(1)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._open(self.steps_per_epoch, self.first_step, f"Epoch {self.epoch + 1}/{self.epochs}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._advance(logs)
+
+    def on_test_begin(self, logs=None):
+        if self.validation_steps:
+            self._open(self.validation_steps, 0, f"Epoch {self.epoch + 1}/{self.epochs} validation")
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._advance(logs)
+
+    def on_test_end(self, logs=None):
+        self._close()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._close()
+
+    def on_train_end(self, logs=None):
+        self._close()

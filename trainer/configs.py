@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from selfy_tf.files import atomic_write_text
+from trainer.flips import FLIP_POLICIES
 
 __all__ = [
     "DataConfig",
@@ -104,13 +105,20 @@ class DataConfig:
     validation_split: str = "validation"
     # Clips per replica per step; the global batch is this times the replicas.
     batch_size: int = 8
-    # Classes whose meaning changes under a horizontal flip (SS-V1: 86, 87,
-    # 93, 94, 166, 167) are not flipped in training.
+    # Horizontal flips in training (`trainer.flips`): "auto" flips clips with
+    # probability 1/2 and reads labels.txt: a class named with left/right
+    # (clockwise/counterclockwise) takes its mirror class's label when
+    # flipped, and is never flipped if it has no mirror class; "none" never
+    # flips; "all" flips every class and keeps its label.
+    flip: str = "auto"
+    # Classes never flipped, whatever `flip` (SS-V1: 86, 87, 93, 94, 166, 167).
     no_flip_classes: tuple[int, ...] = ()
     # Training crop sides as fractions of the short side (the official
     # multi-scale crop, = tfrecords.augment.MULTI_SCALE_CROP_SCALES); (1.0,)
     # crops the whole short side, at a random position.
     crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
+    # Views per validation video: clips x crops (1 centre crop, or 3), their
+    # softmax scores averaged as `selfy eval --num-clips --num-crops` does.
     validation_num_clips: int = 1
     validation_num_crops: int = 1
     # The evaluation view (tfrecords.eval_view): frames are resized to
@@ -172,10 +180,13 @@ class TrainConfig:
     # None: as many full global batches as the train split holds.
     steps_per_epoch: int | None = None
     validation_every_epochs: int = 1
-    # None: as many full global batches as the validation split holds.
+    # None: every validation clip once (the last batches are padded); a
+    # number caps validation at that many steps (a quick, partial check).
     validation_steps: int | None = None
     # Metric that picks `best.keras` (higher is better); falls back to the
-    # training `top1` when there is no validation split.
+    # training `top1` when there is no validation split. Ties go to the
+    # epoch with the lower loss (`val_loss`, or `loss` for a training
+    # metric), then to the later epoch.
     monitor: str = "val_top1"
     seed: int = 0
     # Backup (for resuming) every this many steps, and at each epoch end.
@@ -615,6 +626,8 @@ def validate(config: ExperimentConfig) -> None:
         config.runtime,
     )
     checks = [
+        # First: other checks (`schedule.warmup_epochs`) compare with it.
+        (train.epochs >= 1, f"`train.epochs` must be >= 1. Received: {train.epochs}."),
         (
             model.num_classes is None or model.num_classes >= 2,
             f"`model.num_classes` must be >= 2 or none (from labels.txt). Received: {model.num_classes}.",
@@ -628,6 +641,7 @@ def validate(config: ExperimentConfig) -> None:
             "`data.validation_num_clips` must be >= 1 and `data.validation_num_crops` 1 or 3. "
             f"Received: {data.validation_num_clips}, {data.validation_num_crops}.",
         ),
+        (data.flip in FLIP_POLICIES, f"`data.flip` must be one of {FLIP_POLICIES}. Received: {data.flip!r}."),
         (
             model.num_classes is None or all(0 <= index < model.num_classes for index in data.no_flip_classes),
             f"`data.no_flip_classes` must be class indices below `model.num_classes`="
@@ -666,7 +680,6 @@ def validate(config: ExperimentConfig) -> None:
             f"`schedule.warmup_epochs`={schedule.warmup_epochs} must not exceed `train.epochs`={train.epochs}.",
         ),
         (0.0 <= config.loss.label_smoothing < 1.0, f"`loss.label_smoothing` must be in [0, 1). Received: {config.loss.label_smoothing}."),
-        (train.epochs >= 1, f"`train.epochs` must be >= 1. Received: {train.epochs}."),
         (
             train.steps_per_epoch is None or train.steps_per_epoch >= 1,
             f"`train.steps_per_epoch` must be >= 1 or none. Received: {train.steps_per_epoch}.",

@@ -36,6 +36,8 @@ class TensorFlowReplicas:
 
         self.strategy = strategy
         self.num_replicas = int(strategy.num_replicas_in_sync)
+        # `distribute_datasets_from_function` runs one input pipeline per worker.
+        self.num_input_pipelines = strategy_lib.num_workers(strategy)
         self.chief = strategy_lib.is_chief(strategy)
         self.worker = strategy_lib.worker_index(strategy)
 
@@ -70,6 +72,8 @@ class KerasReplicas:
     def __init__(self, distribution=None):
         self.distribution = distribution
         self.num_replicas = len(distribution.device_mesh.devices.reshape(-1)) if distribution is not None else 1
+        # One pipeline of global batches, split over the devices by Keras.
+        self.num_input_pipelines = 1
         self.chief = True
         self.worker = 0
 

@@ -16,7 +16,8 @@ Batches are `keras.utils.PyDataset`s, so `fit` needs no tf.data. They follow
 the TFRecord pipeline's recipe: training takes one random frame per TSN
 segment (`tfrecords.sampling.sample_train_indices`), the official
 multi-scale crop (`tfrecords.crop_windows`), a horizontal flip with
-probability 1/2 except for `data.no_flip_classes`, and the bilinear resize to
+probability 1/2 as `trainer.flips` plans it (mirror classes swap labels,
+some classes are never flipped), and the bilinear resize to
 `model.input_size` (`tfrecords.eval_view.resize_bilinear_numpy`); validation
 is the evaluation view (`EvalView.views_numpy`), the same pixels as
 `selfy eval`. What differs from the TFRecord pipeline:
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import keras
 import numpy as np
@@ -174,8 +175,16 @@ def augment_clip(
     crop_size: int,
     scales: Sequence[float],
     no_flip_classes: Sequence[int] = (),
-) -> np.ndarray:
-    """One training view of a decoded clip `[frames, height, width, 3]` (see the module docstring)."""
+    flip_label_map: Mapping[int, int] | None = None,
+) -> tuple[np.ndarray, int]:
+    """One training view of a decoded clip `[frames, height, width, 3]` (see the module docstring).
+
+    Returns:
+        `(frames, label)`: uint8 `[num_frames, crop_size, crop_size, 3]`, and
+        the label, `flip_label_map[label]` when the clip was flipped and its
+        class is in the map (as `tfrecords.augment.random_flip`).
+    """
+    label = int(label)
     selected = frames[sample_train_indices(frames.shape[0], num_frames, rng)]
     top, left, height, width = multi_scale_crop_window_numpy(
         frames.shape[1], frames.shape[2], crop_size, rng, scales
@@ -183,9 +192,10 @@ def augment_clip(
     crop = selected[:, top : top + height, left : left + width]
     # The coin is drawn for every clip so a class's flips do not shift the
     # draws of the clips after it.
-    if rng.random() < 0.5 and int(label) not in no_flip_classes:
+    if rng.random() < 0.5 and label not in no_flip_classes:
         crop = crop[:, :, ::-1]
-    return resize_bilinear_numpy(crop, crop_size, crop_size)
+        label = int((flip_label_map or {}).get(label, label))
+    return resize_bilinear_numpy(crop, crop_size, crop_size), label
 
 
 class TrainBatches(keras.utils.PyDataset):
@@ -210,13 +220,18 @@ class TrainBatches(keras.utils.PyDataset):
         crop_size: int,
         scales: Sequence[float],
         no_flip_classes: Sequence[int] = (),
+        flip_label_map: Mapping[int, int] | None = None,
     ):
         super().__init__()
         self.frames, self.labels = frames, labels
         self.num_classes, self.batch_size, self.seed = int(num_classes), int(batch_size), int(seed)
         self.skip_steps, self.num_steps = int(skip_steps), int(num_steps)
         self.augment = dict(
-            num_frames=num_frames, crop_size=crop_size, scales=tuple(scales), no_flip_classes=tuple(no_flip_classes)
+            num_frames=num_frames,
+            crop_size=crop_size,
+            scales=tuple(scales),
+            no_flip_classes=tuple(no_flip_classes),
+            flip_label_map=dict(flip_label_map or {}),
         )
         self._orders: dict[int, np.ndarray] = {}
 
@@ -236,24 +251,52 @@ class TrainBatches(keras.utils.PyDataset):
         for position in range(first, first + self.batch_size):
             clip = self._clip_index(position)
             rng = np.random.default_rng([self.seed, position])
-            clips.append(augment_clip(self.frames[clip], self.labels[clip], rng, **self.augment))
-            labels.append(self.labels[clip])
+            frames, label = augment_clip(self.frames[clip], self.labels[clip], rng, **self.augment)
+            clips.append(frames)
+            labels.append(label)
         return np.stack(clips), _one_hot(np.asarray(labels), self.num_classes)
 
 
 class EvalBatches(keras.utils.PyDataset):
-    """`num_steps` validation batches of the evaluation view (clips in order, wrapping around)."""
+    """`num_steps` validation batches of the evaluation view: the clips in
+    order, each once, then padding clips that fill the last batch.
 
-    def __init__(self, frames: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, num_steps: int, view: EvalView):
+    Yields `(frames, one-hot labels, weights)`: frames uint8 `[batch,
+    num_frames, size, size, 3]`, or `[batch, num_views, num_frames, size,
+    size, 3]` when `view` has several views; weights float32 `[batch]`,
+    `weight` for a clip and 0 for padding (zero frames).
+    """
+
+    def __init__(
+        self,
+        frames: np.ndarray,
+        labels: np.ndarray,
+        num_classes: int,
+        batch_size: int,
+        num_steps: int,
+        view: EvalView,
+        weight: float = 1.0,
+    ):
         super().__init__()
         self.frames, self.labels = frames, labels
         self.num_classes, self.batch_size, self.num_steps = int(num_classes), int(batch_size), int(num_steps)
         self.view = view
+        self.weight = float(weight)
 
     def __len__(self) -> int:
         return self.num_steps
 
+    def _views(self, position: int) -> np.ndarray:
+        views = self.view.views_numpy(self.frames[position])
+        return views[0] if self.view.num_views == 1 else views
+
     def __getitem__(self, index: int):
-        positions = [(int(index) * self.batch_size + offset) % len(self.labels) for offset in range(self.batch_size)]
-        clips = np.stack([self.view.views_numpy(self.frames[position])[0] for position in positions])
-        return clips, _one_hot(self.labels[positions], self.num_classes)
+        positions = range(int(index) * self.batch_size, (int(index) + 1) * self.batch_size)
+        real = [position for position in positions if position < len(self.labels)]
+        clips = [self._views(position) for position in real]
+        padding = self.batch_size - len(real)
+        shape = clips[0].shape if clips else self._views(0).shape
+        clips += [np.zeros(shape, np.uint8)] * padding
+        labels = np.concatenate([self.labels[real], np.zeros(padding, self.labels.dtype)])
+        weights = np.concatenate([np.full(len(real), self.weight, np.float32), np.zeros(padding, np.float32)])
+        return np.stack(clips), _one_hot(labels, self.num_classes), weights

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "is_chief",
     "make_strategy",
+    "num_workers",
     "patch_keras_for_multi_worker",
     "prepare_model_for_fit",
     "worker_index",
@@ -113,6 +114,13 @@ def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
         strategy.extended._num_workers > 1
     )
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Workers (hosts) taking part in `strategy`: 1 unless multi-worker."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    return max(1, int(strategy.extended._num_workers))
 
 
 def worker_index(strategy: tf.distribute.Strategy) -> int:

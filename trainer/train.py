@@ -35,6 +35,7 @@ from tfrecords.split import labels_path
 from trainer import callbacks as callbacks_lib
 from trainer import configs
 from trainer import distribution as distribution_lib
+from trainer.flips import FlipPlan, plan_flips
 from trainer.optimizer import TorchSGD, group_policies, parameter_groups
 from trainer.schedules import make_schedule, scaled_learning_rate
 
@@ -76,7 +77,10 @@ class TrainResult:
         epochs_completed: finished epochs.
         global_step: optimizer steps taken.
         best_checkpoint / last_checkpoint: paths of the `.keras` files.
-        best_metric: `{"name": ..., "value": ...}` that chose `best.keras`.
+        best_metric: `{"name": ..., "value": ..., "epoch": ...}`: the metric
+            that chose `best.keras`, its value and the epoch (1-based) whose
+            weights `best.keras` holds. Ties go to the lower loss (`val_loss`,
+            or `loss` for a training metric), then to the later epoch.
         resumed_from: `{"epoch": e, "step_in_epoch": s}` when this call
             resumed from a backup, else None.
         global_batch_size / num_replicas: the distribution used.
@@ -294,7 +298,9 @@ def compile_for_training(model: keras.Model, config: configs.ExperimentConfig, s
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.loss.label_smoothing),
-        metrics=[
+        # Weighted, so validation's padding clips (weight 0) count for
+        # nothing; training batches carry no weights.
+        weighted_metrics=[
             keras.metrics.CategoricalAccuracy(name="top1"),
             keras.metrics.TopKCategoricalAccuracy(k=top_k, name="top5"),
         ],
@@ -317,8 +323,14 @@ def _one_hot(num_classes: int):
     return convert
 
 
+def _flip_plan(config: configs.ExperimentConfig, data: DataInfo) -> FlipPlan:
+    return plan_flips(data.labels, config.data.flip, config.data.no_flip_classes)
+
+
 def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int, num_steps: int, global_batch: int):
     from tfrecords import make_dataset
+
+    flips = _flip_plan(config, data)
 
     def dataset_fn(input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
         # Without an input context (no strategy) one pipeline makes global batches.
@@ -334,7 +346,8 @@ def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int
             batch_size=global_batch,
             crop_size=config.model.input_size,
             seed=_epoch_seed(config, epoch),
-            no_flip_classes=config.data.no_flip_classes,
+            no_flip_classes=flips.no_flip_classes,
+            flip_label_map=flips.flip_label_map,
             scales=config.data.crop_scales,
             input_context=input_context,
             repeat=True,
@@ -349,28 +362,42 @@ def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int
     return _distribute(strategy, dataset_fn)
 
 
-def _validation_dataset(strategy, config, data: DataInfo, global_batch: int):
+def _validation_dataset(strategy, config, data: DataInfo, global_batch: int, num_steps: int, weight: float):
+    """Every validation clip once, in full batches padded with zero-weight clips
+    (`make_dataset(pad_batches=True)`); real clips weigh `weight`."""
     from tfrecords import make_dataset
 
-    view = _eval_view(config)
+    view = _validation_view(config)
+    num_classes = config.model.num_classes
 
     def dataset_fn(input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
+        import tensorflow as tf
+
+        replicas_per_pipeline = (
+            1
+            if input_context is None
+            else max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines)
+        )
         dataset = make_dataset(
             data.validation_files,
             training=False,
             num_frames=config.model.num_frames,
             batch_size=global_batch,
             crop_size=config.model.input_size,
+            num_clips=view.num_clips,
+            num_crops=view.num_crops,
             eval_size=view.eval_size,
             scale_size=view.scale_size,
             input_context=input_context,
-            # Repeated with a fixed step count so every replica and worker
-            # runs the same number of steps.
-            repeat=True,
-            drop_remainder=True,
-            num_classes=config.model.num_classes,
+            # Every replica and worker runs the same number of steps.
+            pad_batches=True,
+            num_classes=num_classes,
         )
-        return dataset.map(_one_hot(config.model.num_classes))
+
+        def convert(frames, label, clip_weight):
+            return frames, tf.one_hot(label, num_classes, dtype=tf.float32), clip_weight * weight
+
+        return dataset.map(convert).take(num_steps * replicas_per_pipeline)
 
     return _distribute(strategy, dataset_fn)
 
@@ -407,14 +434,46 @@ def _check_resumable(paths: RunPaths, config: configs.ExperimentConfig) -> None:
         )
 
 
-def _verbosity(verbose: int | str) -> int:
+def _progress_bar(verbose: int | str) -> bool:
     if verbose == "auto":
-        return 1 if sys.stderr.isatty() else 2
-    return int(verbose)
+        return sys.stderr.isatty()
+    return int(verbose) == 1
 
 
-def _best_improved(value: float | None, best: float | None) -> bool:
-    return value is not None and (best is None or value > best)
+def _best_record(best: Any) -> dict[str, Any] | None:
+    """The best score of a backup: `{"value", "loss", "epoch"}` (a bare value in older backups)."""
+    if best is None or isinstance(best, dict):
+        return best
+    return {"value": float(best), "loss": None, "epoch": None}
+
+
+def _is_better(candidate: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Whether an epoch's `{"value", "loss"}` beats the best so far.
+
+    A higher monitored value wins. On a tie the lower loss wins: top-1 on a
+    small validation split ties often (early epochs reach the same count of
+    right answers), and the loss still tells the more confident model apart.
+    On a tie of both, the later epoch, which trained longer, wins.
+    """
+    if candidate["value"] is None:
+        return False
+    if best is None or best["value"] is None:
+        return True
+    if candidate["value"] != best["value"]:
+        return candidate["value"] > best["value"]
+    if candidate["loss"] is not None and best["loss"] is not None and candidate["loss"] != best["loss"]:
+        return candidate["loss"] < best["loss"]
+    return True
+
+
+def _update_best(best: dict[str, Any] | None, score: dict[str, Any]) -> dict[str, Any]:
+    """The epoch `best.keras` holds once `score`'s epoch (`{"value", "loss",
+    "epoch"}`) is done: `score` if it is better (`_is_better`). Until an
+    epoch has the monitored metric (validation every few epochs), the first
+    epoch, recorded without a value."""
+    if _is_better(score, best) or best is None:
+        return score
+    return best
 
 
 @dataclasses.dataclass
@@ -436,6 +495,9 @@ class _PreparedRun:
     global_batch: int
     steps_per_epoch: int
     validation_steps: int
+    # Weight of a real validation clip (padding weighs 0), see `_validation_plan`.
+    validation_weight: float
+    flips: FlipPlan
     warnings: list[str]
 
 
@@ -471,6 +533,8 @@ def _prepare_run(
             f"global batch ({config.data.batch_size} per replica x {num_replicas} replicas). "
             "Lower `data.batch_size` or set `train.steps_per_epoch`."
         )
+    flips = _flip_plan(config, data)
+    logger.info("%s", flips.describe())
     warnings = []
     if not data.has_validation:
         warnings.append(
@@ -493,9 +557,7 @@ def _prepare_run(
     if chief:
         configs.save_yaml(config, paths.config)
         write_labels(paths.labels, data.labels)
-    validation_steps = 0
-    if data.has_validation:
-        validation_steps = config.train.validation_steps or max(1, data.num_validation_examples // global_batch)
+    validation_steps, validation_weight = _validation_plan(config, data, replicas, global_batch)
     return _PreparedRun(
         config=config,
         data=data,
@@ -508,8 +570,36 @@ def _prepare_run(
         global_batch=global_batch,
         steps_per_epoch=steps_per_epoch,
         validation_steps=validation_steps,
+        validation_weight=validation_weight,
+        flips=flips,
         warnings=warnings,
     )
+
+
+def _validation_plan(config: configs.ExperimentConfig, data: DataInfo, replicas, global_batch: int) -> tuple[int, float]:
+    """`(validation steps, weight of a real clip)`; `(0, 0.0)` without validation.
+
+    Validation scores every clip once: the last batches are filled with
+    padding clips of weight 0, so every replica and worker runs the same
+    number of full steps. Keras averages the loss over all clips of a batch,
+    padding included (`Mean` of the per-batch losses, each the weighted sum
+    over the batch size), so real clips weigh `padded clips / real clips`:
+    then the loss is the mean over the real clips, and the accuracies (sums
+    of weights x hits over sums of weights) are unchanged. Keras weighs
+    masked entries the same way (`keras.losses.loss.apply_mask`).
+    """
+    if not data.has_validation:
+        return 0, 0.0
+    if data.arrays is not None:
+        steps = -(-data.num_validation_examples // global_batch)
+    else:
+        from tfrecords.dataset import padded_eval_steps
+
+        steps = padded_eval_steps(data.validation_files, global_batch, replicas.num_input_pipelines, replicas.num_replicas)
+    if config.train.validation_steps and config.train.validation_steps < steps:
+        # A partial check: the first steps' clips, weighed alike.
+        return int(config.train.validation_steps), 1.0
+    return steps, steps * global_batch / data.num_validation_examples
 
 
 def _build_inputs(run: _PreparedRun, replicas) -> _Inputs:
@@ -524,7 +614,11 @@ def _build_inputs(run: _PreparedRun, replicas) -> _Inputs:
     def train_dataset(epoch: int, skip_steps: int, num_steps: int):
         return _train_dataset(strategy, config, data, epoch, skip_steps, num_steps, run.global_batch)
 
-    validation = _validation_dataset(strategy, config, data, run.global_batch) if run.validation_steps else None
+    validation = None
+    if run.validation_steps:
+        validation = _validation_dataset(
+            strategy, config, data, run.global_batch, run.validation_steps, run.validation_weight
+        )
     return _Inputs(train=train_dataset, validation=validation)
 
 
@@ -546,7 +640,8 @@ def _numpy_inputs(run: _PreparedRun) -> _Inputs:
             num_frames=config.model.num_frames,
             crop_size=config.model.input_size,
             scales=config.data.crop_scales,
-            no_flip_classes=config.data.no_flip_classes,
+            no_flip_classes=run.flips.no_flip_classes,
+            flip_label_map=run.flips.flip_label_map,
         )
 
     validation = None
@@ -557,16 +652,20 @@ def _numpy_inputs(run: _PreparedRun) -> _Inputs:
             config.model.num_classes,
             run.global_batch,
             run.validation_steps,
-            _eval_view(config),
+            _validation_view(config),
+            weight=run.validation_weight,
         )
     return _Inputs(train=train_dataset, validation=validation)
 
 
 def _build_and_compile(run: _PreparedRun, replicas):
     """Step 3: the model, its initial weights, optimizer and schedule, compiled
-    in the replicas' scope with every variable built. Returns `(model, schedule)`.
+    in the replicas' scope with every variable built.
 
-    The global dtype policy must already be `runtime.mixed_precision`.
+    Returns `(model, fit_model, schedule)`: `fit_model` is what `fit` runs,
+    `model` itself, or a `ViewAveraging` around it when validation scores
+    several views per video. The global dtype policy must already be
+    `runtime.mixed_precision`.
     """
     config = run.config
     peak_lr = _peak_learning_rate(config, run.global_batch)
@@ -589,21 +688,27 @@ def _build_and_compile(run: _PreparedRun, replicas):
     # Same seed, same initial weights (and dropout masks) on every worker
     # and in every restart.
     keras.utils.set_random_seed(int(config.train.seed))
+    num_views = _validation_view(config).num_views
     with replicas.build_scope():
         model = build_model(config)
-        compile_for_training(model, config, schedule, jit_compile)
+        fit_model = model
+        if num_views > 1 and run.validation_steps:
+            from trainer.view_averaging import ViewAveraging
+
+            fit_model = ViewAveraging(model, num_views, name=f"{model.name}_views")
+        compile_for_training(fit_model, config, schedule, jit_compile)
         # Build metric variables now (Keras would on the first step) so a
         # mid-epoch backup's running metrics can be restored; see
         # `trainer.strategy.prepare_model_for_fit` for why `fit` must not
         # build from data.
         size = config.model.input_size
-        replicas.prepare_model_for_fit(model, (config.model.num_frames, size, size, 3), config.model.num_classes)
+        replicas.prepare_model_for_fit(fit_model, (config.model.num_frames, size, size, 3), config.model.num_classes)
     if any(isinstance(layer, SELFYBlock) for layer in model.layers):
         # create_model logged it when building; the summary repeats it.
         problem = stss_grid_problem(size, config.model.selfy_stage, config.model.name)
         if problem:
             run.warnings.append(problem)
-    return model, schedule
+    return model, fit_model, schedule
 
 
 def _restore_state(run: _PreparedRun, model: keras.Model) -> tuple[dict[str, Any], dict[str, int] | None]:
@@ -626,15 +731,21 @@ def _run_epochs(
     run: _PreparedRun,
     inputs: _Inputs,
     model: keras.Model,
+    fit_model: keras.Model,
     schedule,
     state: dict[str, Any],
     monitor: str,
-    verbosity: int,
+    progress_bar: bool,
     extra_callbacks: Sequence[keras.callbacks.Callback],
 ) -> dict[str, list[float]]:
-    """Step 4: one `fit` per epoch from `state` on, with validation, checkpoints,
-    backups and history; updates `state` and returns the history."""
+    """Step 4: one `fit` of `fit_model` per epoch from `state` on, with
+    validation, checkpoints (of `model`), backups and history; updates `state`
+    and returns the history. Each epoch ends with one log line; `progress_bar`
+    adds a live bar within it."""
     config, output, backup_dir = run.config, run.output, run.backup_dir
+    # The tie-breaker of `monitor`: the loss of the same split.
+    monitor_loss = "val_loss" if monitor.startswith("val_") else "loss"
+    state["best"] = _best_record(state["best"])
     steps_per_epoch = run.steps_per_epoch
     training_logger = (
         callbacks_lib.TrainingLogger(
@@ -663,36 +774,46 @@ def _run_epochs(
             ),
             *([training_logger] if training_logger else []),
             *extra_callbacks,
+            *(
+                [
+                    callbacks_lib.ProgressBar(
+                        epoch, config.train.epochs, steps_per_epoch, first_step,
+                        run.validation_steps if validate_now else 0,
+                    )
+                ]
+                if progress_bar
+                else []
+            ),
             _StopAfterEpoch(),
         ]
-        fit_history = model.fit(
+        fit_history = fit_model.fit(
             dataset,
-            # The full count keeps Keras's "Epoch e/E" right; `_StopAfterEpoch` ends
-            # this call after one epoch.
+            # The full count keeps the epoch numbers that callbacks see right;
+            # `_StopAfterEpoch` ends this call after one epoch.
             epochs=config.train.epochs,
             initial_epoch=epoch,
             steps_per_epoch=steps_per_epoch - first_step,
             validation_data=inputs.validation if validate_now else None,
             validation_steps=run.validation_steps if validate_now else None,
             callbacks=epoch_callbacks,
-            verbose=verbosity,
+            # Keras's own lines would repeat the epoch line logged below.
+            verbose=0,
             shuffle=False,
         )
         logs = {key: float(values[-1]) for key, values in fit_history.history.items()}
         if training_logger is not None:
             logs.update(training_logger.epoch_summary(epoch, logs))
         else:
-            logs["lr"] = float(schedule(int(keras.ops.convert_to_numpy(model.optimizer.iterations)) - 1))
+            logs["lr"] = float(schedule(int(keras.ops.convert_to_numpy(fit_model.optimizer.iterations)) - 1))
         history.setdefault("epoch", []).append(epoch + 1)
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
-        value = logs.get(monitor)
-        improved = _best_improved(value, state["best"])
-        if improved:
-            state["best"] = value
+        state["best"] = _update_best(
+            state["best"], {"value": logs.get(monitor), "loss": logs.get(monitor_loss), "epoch": epoch + 1}
+        )
         if run.chief:
             _save_model(model, output.last_checkpoint, config)
-            if improved or not os.path.exists(output.best_checkpoint):
+            if state["best"]["epoch"] == epoch + 1 or not os.path.exists(output.best_checkpoint):
                 _save_model(model, output.best_checkpoint, config)
         state.update(
             epoch=epoch + 1,
@@ -704,7 +825,7 @@ def _run_epochs(
         # resumed run never writes this epoch's row again.
         if run.chief:
             callbacks_lib.write_history_csv(output.history, history)
-        callbacks_lib.save_backup(backup_dir, model, state, include_metrics=False)
+        callbacks_lib.save_backup(backup_dir, fit_model, state, include_metrics=False)
         logger.info(
             "Epoch %d/%d: %s",
             epoch + 1,
@@ -748,8 +869,10 @@ def train(
         run_dir: output directory (layout in `selfy_tf.run_dir`).
         strategy: a `tf.distribute.Strategy` (TensorFlow backend only);
             default: from `config.runtime.strategy` (`trainer.distribution`).
-        verbose: Keras verbosity; "auto" shows a progress bar on a terminal
-            and one line per epoch otherwise.
+        verbose: "auto" (a progress bar within each epoch when stderr is a
+            terminal), 1 (the bar), or 0 or 2 (no bar). Every finished epoch
+            is logged once, as `Epoch e/E: loss ..., val_top1 ...` (logger
+            `trainer.train`, INFO).
         extra_callbacks: more Keras callbacks for every epoch's `fit`.
 
     Returns:
@@ -770,14 +893,14 @@ def train(
         # The STSS op's XLA switch is read when Keras traces the train and
         # validation steps, inside `fit`.
         with replicas.run_scope(), stss_xla(config.runtime.stss_xla):
-            model, schedule = _build_and_compile(run, replicas)
-            state, resumed_from = _restore_state(run, model)
+            model, fit_model, schedule = _build_and_compile(run, replicas)
+            state, resumed_from = _restore_state(run, fit_model)
             monitor = config.train.monitor if run.data.has_validation else config.train.monitor.removeprefix("val_")
             inputs = _build_inputs(run, replicas)
             history = _run_epochs(
-                run, inputs, model, schedule, state, monitor, _verbosity(verbose), extra_callbacks
+                run, inputs, model, fit_model, schedule, state, monitor, _progress_bar(verbose), extra_callbacks
             )
-            global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+            global_step = int(keras.ops.convert_to_numpy(fit_model.optimizer.iterations))
     finally:
         keras.config.set_dtype_policy(previous_policy)
         if run.scratch is not None:
@@ -789,7 +912,11 @@ def train(
         global_step=global_step,
         best_checkpoint=run.paths.best_checkpoint,
         last_checkpoint=run.paths.last_checkpoint,
-        best_metric={"name": monitor, "value": state["best"]},
+        best_metric={
+            "name": monitor,
+            "value": (state["best"] or {}).get("value"),
+            "epoch": (state["best"] or {}).get("epoch"),
+        },
         resumed_from=resumed_from,
         global_batch_size=run.global_batch,
         num_replicas=run.num_replicas,
@@ -816,6 +943,11 @@ def _eval_view(config: configs.ExperimentConfig) -> EvalView:
         scale_size=config.data.scale_size,
         eval_size=tuple(config.data.eval_size) or None,
     )
+
+
+def _validation_view(config: configs.ExperimentConfig) -> EvalView:
+    """The evaluation view with validation's clips and crops per video."""
+    return _eval_view(config).with_views(config.data.validation_num_clips, config.data.validation_num_crops)
 
 
 def _save_model(model: keras.Model, path: str, config: configs.ExperimentConfig) -> None:

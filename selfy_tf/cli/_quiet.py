@@ -47,6 +47,20 @@ class _DropRetracing(logging.Filter):
         return _RETRACING not in record.getMessage()
 
 
+class _TerminalStderr:
+    """`sys.stderr` of a terminal once descriptor 2 is the filter's pipe: it
+    still says it is a terminal, so progress bars keep showing there."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 class StderrFilter:
     """Copies file descriptor 2 to the real stderr, less the lines matching `pattern`.
 
@@ -66,6 +80,7 @@ class StderrFilter:
 
     def start(self) -> None:
         sys.stderr.flush()
+        is_terminal = os.isatty(2)
         read_fd, write_fd = os.pipe()
         child = os.fork()
         if child == 0:
@@ -75,6 +90,8 @@ class StderrFilter:
         self._saved_fd = os.dup(2)
         os.dup2(write_fd, 2)
         os.close(write_fd)
+        if is_terminal:
+            sys.stderr = _TerminalStderr(sys.stderr)
         atexit.register(self.stop)
 
     def _run_child(self, read_fd: int, write_fd: int) -> None:

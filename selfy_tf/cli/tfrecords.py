@@ -149,8 +149,8 @@ def _listings(args: argparse.Namespace) -> dict:
     if args.split is None and "validation" not in listings:
         logger.warning(
             "no validation split: training will report no validation accuracy. Add "
-            "`--validation-fraction 0.2`, or put the videos in %s/train/<class>/ and "
-            "%s/validation/<class>/.", args.root, args.root,
+            "`--validation-fraction 0.2`, or put the videos in %s and %s.",
+            os.path.join(args.root, "train", "<class>", ""), os.path.join(args.root, "validation", "<class>", ""),
         )
     return listings
 

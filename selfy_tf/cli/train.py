@@ -210,7 +210,7 @@ def _print_summary(result: dict, data_dir: str) -> None:
         print(f"  last epoch: {last}")
     best = result["best_metric"]
     if best["value"] is not None:
-        print(f"  best {best['name']} {best['value']:.4g}: {result['best_checkpoint']}")
+        print(f"  best {best['name']} {best['value']:.4g} (epoch {best['epoch']}): {result['best_checkpoint']}")
     for warning in result["warnings"]:
         print(f"  warning: {warning}")
     print(f"  next: selfy eval {result['run_dir']} --data {data_dir}")
