@@ -109,12 +109,6 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-        strategy.extended._num_workers > 1
-    )
-
-
 def worker_index(strategy: tf.distribute.Strategy) -> int:
     """This worker's task index (0 unless multi-worker)."""
     resolver = getattr(strategy, "cluster_resolver", None)
