@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from selfy_tf import compat
 from selfy_tf.layers import _batch_norm, _checks, _conv
 from selfy_tf.layers.stss_extraction import STSSExtraction
 from selfy_tf.layers.stss_integration import STSSIntegration
@@ -98,9 +99,7 @@ class SELFYBlock(keras.layers.Layer):
         sync_batchnorm: bool = False,
         **kwargs,
     ):
-        # `stss_jit`, saved by earlier versions, is ignored: XLA for the
-        # STSS op is the runtime choice `selfy_tf.ops.stss_xla`.
-        kwargs.pop("stss_jit", None)
+        compat.drop_layer_stss_jit(kwargs)
         super().__init__(**kwargs)
         self.num_frames = _checks.check_positive_int("num_frames", num_frames)
         self.hidden_channels = _checks.check_positive_int(

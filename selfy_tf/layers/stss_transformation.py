@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from selfy_tf import compat
 from selfy_tf.layers import _batch_norm, _batch_norm_folding, _checks, _conv
 from selfy_tf.ops import DEFAULT_BACKEND, STSS_BACKENDS, stss
 
@@ -69,9 +70,7 @@ class STSSTransformation(keras.layers.Layer):
         sync_batchnorm: bool = False,
         **kwargs,
     ):
-        # `stss_jit`, saved by earlier versions, is ignored: XLA for the
-        # STSS op is the runtime choice `selfy_tf.ops.stss_xla`.
-        kwargs.pop("stss_jit", None)
+        compat.drop_layer_stss_jit(kwargs)
         super().__init__(**kwargs)
         self.num_frames = _checks.check_positive_int("num_frames", num_frames)
         self.hidden_channels = _checks.check_positive_int(
