@@ -235,16 +235,20 @@ class TestDiskAndLabels:
             "Free disk space or write to another disk."
         )
 
-    def test_bugs_keep_their_traceback(self, keras_run, tmp_path, monkeypatch):
+    @pytest.mark.parametrize(
+        "bug", [KeyError("a bug, not a user's mistake"), TypeError("f() got an unexpected keyword argument 'x'")]
+    )
+    def test_bugs_keep_their_traceback(self, bug, keras_run, tmp_path, monkeypatch, capsys):
         import serving.export
 
-        def bug(*args, **kwargs):
-            raise KeyError("a bug, not a user's mistake")
+        def raise_bug(*args, **kwargs):
+            raise bug
 
-        monkeypatch.setattr(serving.export, "export_saved_model", bug)
+        monkeypatch.setattr(serving.export, "export_saved_model", raise_bug)
         paths, _ = keras_run
-        with pytest.raises(KeyError):
+        with pytest.raises(type(bug)):
             main(["export", paths.root, "--out", str(tmp_path / "exported")])
+        assert "error:" not in capsys.readouterr().err
 
     def test_full_disk_while_serving_is_one_line(self, exported_model, monkeypatch, capsys):
         from serving.server.model_server import ModelServer
