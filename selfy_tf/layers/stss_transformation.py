@@ -7,7 +7,8 @@ from keras import ops
 
 from selfy_tf import compat
 from selfy_tf.layers import _batch_norm, _batch_norm_folding, _checks, _conv
-from selfy_tf.ops import DEFAULT_BACKEND, STSS_BACKENDS, stss
+from selfy_tf.layers._defaults import REFERENCE_CHANNELS
+from selfy_tf.ops import DEFAULT_BACKEND, DEFAULT_WINDOW, STSS_BACKENDS, stss
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -62,8 +63,8 @@ class STSSTransformation(keras.layers.Layer):
     def __init__(
         self,
         num_frames: int,
-        hidden_channels: int = 128,
-        window: tuple[int, int, int] = (5, 9, 9),
+        hidden_channels: int = REFERENCE_CHANNELS["hidden_channels"],
+        window: tuple[int, int, int] = DEFAULT_WINDOW,
         stss_backend: str = DEFAULT_BACKEND,
         batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
