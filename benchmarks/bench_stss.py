@@ -257,14 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "load_average_start": os.getloadavg()[0],
     }
-    stss_module = sys.modules.get("selfy_tf.ops.stss")
-    if stss_module is None:
-        import importlib
+    from selfy_tf.ops._stss_plan import choose_tiles
 
-        stss_module = importlib.import_module("selfy_tf.ops.stss")
-    results["matmul_tile"] = list(
-        stss_module._choose_tiles(STSS_SHAPE[2], STSS_SHAPE[3], WINDOW[1], WINDOW[2])
-    )
+    results["matmul_tile"] = list(choose_tiles(STSS_SHAPE[2], STSS_SHAPE[3], WINDOW[1], WINDOW[2]))
 
     backends = [name for name in args.backends.split(",") if name]
     for backend in backends:

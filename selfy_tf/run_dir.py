@@ -404,12 +404,9 @@ def _register_custom_objects() -> None:
     import selfy_tf.layers  # noqa: F401  (registers the custom layers)
     import selfy_tf.models  # noqa: F401
 
-    try:
-        # Checkpoints written by the trainer may name its optimizer and schedules.
-        import trainer.optimizer  # noqa: F401
-        import trainer.schedules  # noqa: F401
-    except ImportError:  # pragma: no cover - trainer ships with the package
-        pass
+    # Checkpoints written by the trainer may name its optimizer and schedules.
+    import trainer.optimizer  # noqa: F401
+    import trainer.schedules  # noqa: F401
 
 
 def load_model(

@@ -91,14 +91,19 @@ class TestHelp:
             args = parser.parse_args(["convert-weights", "c.pth.tar", "w.weights.h5", flag, "tsm_r18", "--num-classes", "2"])
             assert args.arch == "tsm_r18"
 
-    def test_view_flags_of_eval_and_export(self):
+    def test_view_flags_of_eval_and_export(self, capsys):
         parser = build_parser()
         for command, argv in (("eval", ["M", "--data", "D"]), ("export", ["M", "--out", "B"])):
             args = parser.parse_args([command] + argv + ["--eval-size", "240x320"])
             assert (args.eval_size, args.scale_size) == ((240, 320), None)
             assert parser.parse_args([command] + argv + ["--scale-size", "256"]).scale_size == 256
-        # The earlier name of export's flag still works.
+        assert "deprecated" not in capsys.readouterr().err
+        # The earlier name of export's flag still works, with a one-line notice naming the new one.
         assert parser.parse_args(["export", "M", "--out", "B", "--resize-short", "40"]).scale_size == 40
+        notice = capsys.readouterr().err.splitlines()
+        assert notice == [
+            "selfy export: warning: --resize-short is deprecated and will be removed in 0.2.0; use --scale-size."
+        ]
 
     @pytest.mark.parametrize(
         "extra", [["--eval-size", "240"], ["--scale-size", "0"], ["--eval-size", "240x320", "--scale-size", "256"]]
@@ -230,16 +235,20 @@ class TestDiskAndLabels:
             "Free disk space or write to another disk."
         )
 
-    def test_bugs_keep_their_traceback(self, keras_run, tmp_path, monkeypatch):
+    @pytest.mark.parametrize(
+        "bug", [KeyError("a bug, not a user's mistake"), TypeError("f() got an unexpected keyword argument 'x'")]
+    )
+    def test_bugs_keep_their_traceback(self, bug, keras_run, tmp_path, monkeypatch, capsys):
         import serving.export
 
-        def bug(*args, **kwargs):
-            raise KeyError("a bug, not a user's mistake")
+        def raise_bug(*args, **kwargs):
+            raise bug
 
-        monkeypatch.setattr(serving.export, "export_saved_model", bug)
+        monkeypatch.setattr(serving.export, "export_saved_model", raise_bug)
         paths, _ = keras_run
-        with pytest.raises(KeyError):
+        with pytest.raises(type(bug)):
             main(["export", paths.root, "--out", str(tmp_path / "exported")])
+        assert "error:" not in capsys.readouterr().err
 
     def test_full_disk_while_serving_is_one_line(self, exported_model, monkeypatch, capsys):
         from serving.server.model_server import ModelServer

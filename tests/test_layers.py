@@ -238,6 +238,17 @@ class TestLayersBasic:
         assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(inputs)), expected)
 
+    def test_defaults_are_the_reference_setting(self):
+        # The paper's block (DESIGN.md §3): 8 frames, d_hid 128, window (5, 9, 9).
+        block = SELFYBlock().get_config()
+        assert (block["num_frames"], block["hidden_channels"], tuple(block["window"])) == (8, 128, (5, 9, 9))
+        assert tuple(block["extraction_channels"]) == (4, 16, 64, 64)
+        assert tuple(block["integration_channels"]) == (64, 64, 64, 64)
+        transformation = STSSTransformation(num_frames=8).get_config()
+        assert (transformation["hidden_channels"], tuple(transformation["window"])) == (128, (5, 9, 9))
+        assert tuple(STSSExtraction().get_config()["channels"]) == (4, 16, 64, 64)
+        assert tuple(STSSIntegration(512).get_config()["channels"]) == (64, 64, 64, 64)
+
     def test_block_weight_count_reference(self):
         block = SELFYBlock(num_frames=8)
         block.build((16, 28, 28, 512))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from selfy_tf.ops import STSS_BACKENDS, stss
+from selfy_tf.ops import STSS_BACKENDS, _stss_plan, stss
 
 ON_TENSORFLOW = keras.config.backend() == "tensorflow"
 # "patches" is tf.image.extract_patches: TensorFlow only.
@@ -108,7 +108,7 @@ def forced_tiles(monkeypatch):
     """Forces the matmul backend's spatial query tile (overlapping tiles too)."""
 
     def force(tile):
-        monkeypatch.setattr(stss_module, "_choose_tiles", lambda *args: tile)
+        monkeypatch.setattr(stss_module, "choose_tiles", lambda *args: tile)
 
     return force
 
@@ -293,14 +293,14 @@ def brute_force_pairs(num_frames: int, max_offset: int) -> list[tuple[int, int]]
 def plan_tables(num_frames, height, width, window, tile):
     """The tiling, the tile table and the band table of one plan case."""
     max_offset = min(window[0] // 2, num_frames - 1)
-    tiling = stss_module._tiling(height, width, window, tile)
-    query_positions, key_positions, query_owner = stss_module._tile_table(
+    tiling = _stss_plan._tiling(height, width, window, tile)
+    query_positions, key_positions, query_owner = _stss_plan._tile_table(
         tiling, height, width
     )
-    band_index = stss_module._band_table(
-        stss_module._window_comparisons(num_frames, height, width, window),
+    band_index = _stss_plan._band_table(
+        _stss_plan._window_comparisons(num_frames, height, width, window),
         num_frames * height * width * int(np.prod(window)),
-        stss_module._pair_table(num_frames, max_offset),
+        _stss_plan._pair_table(num_frames, max_offset),
         tiling,
     )
     return tiling, query_positions, key_positions, query_owner, band_index
@@ -311,7 +311,7 @@ class TestMatmulPlan:
 
     @pytest.mark.parametrize("num_frames,max_offset", [(1, 0), (4, 2), (5, 4), (8, 2)])
     def test_pair_table_numbers_each_forward_pair_once(self, num_frames, max_offset):
-        table = stss_module._pair_table(num_frames, max_offset)
+        table = _stss_plan._pair_table(num_frames, max_offset)
         expected = np.full((num_frames, max_offset + 1), -1)
         pairs = brute_force_pairs(num_frames, max_offset)
         for index, (frame, other) in enumerate(pairs):
@@ -394,12 +394,12 @@ class TestMatmulPlan:
             num_frames, height, width, window, tile
         )
         num_similarities = int(band_index.max()) + 3  # two never read
-        readers = stss_module._band_reader_table(band_index, num_similarities)
+        readers = _stss_plan._band_reader_table(band_index, num_similarities)
         for similarity in range(num_similarities):
             outputs = list(np.flatnonzero(band_index == similarity))
             assert len(outputs) <= 2
             assert list(readers[:, similarity]) == outputs + [-1] * (2 - len(outputs))
-        key_readers = stss_module._key_reader_table(key_positions, height * width)
+        key_readers = _stss_plan._key_reader_table(key_positions, height * width)
         counts = [np.count_nonzero(key_positions == p) for p in range(height * width)]
         assert key_readers.shape == (max(counts), height * width)
         for position in range(height * width):
@@ -412,7 +412,7 @@ class TestMatmulPlan:
         self, num_frames, height, width, window, tile
     ):
         # The op's steps in NumPy: tile gathers, pair products, band gather.
-        plan = stss_module._matmul_plan(num_frames, height, width, window, tile)
+        plan = _stss_plan.matmul_plan(num_frames, height, width, window, tile)
         features = random_features((1, num_frames, height, width, 4), seed=11)
         frames = features[0].astype(np.float64).reshape(num_frames, height * width, 4)
         frames /= np.sqrt(np.sum(frames**2, axis=-1, keepdims=True) + 1e-6)

@@ -131,7 +131,7 @@ class TestMultiScaleCrop:
         sizes = {window[2] for window in _expected_windows(254, 340, 224)}
         assert 224 in sizes and 222 not in sizes
 
-    def test_decode_crop_resize_matches_decode_then_crop(self):
+    def test_decode_crop_then_resize_matches_decode_then_crop(self):
         rng = np.random.default_rng(0)
         gradient = np.linspace(0, 200, 64, dtype=np.float64)
         frames = []
@@ -146,15 +146,17 @@ class TestMultiScaleCrop:
             Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
             encoded.append(buffer.getvalue())
         window = tf.constant([4, 8, 32, 40])
+        # The training parser's steps: decode the crop window only, then resize.
+        crops = augment.decode_crop(tf.constant(encoded), [4, 8, 32, 32], 3)
         # With the output size of the window, nothing is resized: an exact crop.
-        out = augment.decode_crop_resize(tf.constant(encoded), [4, 8, 32, 32], 32, 3).numpy()
+        out = augment.resize_frames(crops, [32, 32]).numpy()
         for frame_out, data in zip(out, encoded):
             decoded = tf.io.decode_jpeg(data, channels=3).numpy()
             np.testing.assert_allclose(frame_out, decoded[4:36, 8:40], atol=1)
             # Pillow's JPEG decoder rounds differently by a few levels.
             reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
             np.testing.assert_allclose(frame_out, reference[4:36, 8:40], atol=6)
-        resized = augment.decode_crop_resize(tf.constant(encoded), window, 16, 3)
+        resized = augment.resize_frames(augment.decode_crop(tf.constant(encoded), window, 3), [16, 16])
         assert resized.shape == (3, 16, 16, 3) and resized.dtype == tf.uint8
 
 

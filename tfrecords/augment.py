@@ -116,15 +116,6 @@ def decode_crop(encoded_frames, window, num_frames: int) -> tf.Tensor:
     )
 
 
-def decode_crop_resize(encoded_frames, window, crop_size: int, num_frames: int) -> tf.Tensor:
-    """`decode_crop` then `resize_frames` to `crop_size` × `crop_size`.
-
-    Returns:
-        uint8 `[num_frames, crop_size, crop_size, 3]`.
-    """
-    return resize_frames(decode_crop(encoded_frames, window, num_frames), [crop_size, crop_size])
-
-
 def random_flip(
     frames,
     label,

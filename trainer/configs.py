@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from selfy_tf import compat
 from selfy_tf.files import atomic_write_text
 from trainer.flips import FLIP_POLICIES
 
@@ -515,23 +516,6 @@ def _set(config: Any, path: list[str], value: Any, full_key: str) -> None:
         node = getattr(node, name)
 
 
-def _moved_keys(values: dict[str, Any]) -> dict[str, Any]:
-    """`values` with the keys of earlier versions moved to their new place.
-
-    `model.stss_jit` (saved in the `config.yaml` of earlier runs) is now
-    `runtime.stss_xla`.
-    """
-    model = values.get("model")
-    if not isinstance(model, dict) or "stss_jit" not in model:
-        return values
-    values = dict(values)
-    model = dict(model)
-    runtime = dict(values.get("runtime") or {})
-    runtime.setdefault("stss_xla", model.pop("stss_jit"))
-    values["model"], values["runtime"] = model, runtime
-    return values
-
-
 def config_from_dict(values: dict[str, Any], base: ExperimentConfig | None = None) -> ExperimentConfig:
     """Applies a nested dict (e.g. loaded YAML) onto `base` (default: defaults).
 
@@ -542,7 +526,7 @@ def config_from_dict(values: dict[str, Any], base: ExperimentConfig | None = Non
     config = copy.deepcopy(base) if base is not None else ExperimentConfig()
     if not isinstance(values, dict):
         raise ValueError(f"A config must be a mapping of sections. Received: {values!r}.")
-    values = _moved_keys(values)
+    values = compat.move_model_stss_jit(values)
     for name, value in values.items():
         _set(config, [str(name)], value, str(name))
     return config

@@ -110,12 +110,6 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-        strategy.extended._num_workers > 1
-    )
-
-
 def num_workers(strategy: tf.distribute.Strategy) -> int:
     """Workers (hosts) taking part in `strategy`: 1 unless multi-worker."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

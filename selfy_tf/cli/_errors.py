@@ -13,7 +13,9 @@ import re
 import sys
 
 # Raised for bad input or a failing environment, not for bugs in selfy-tf.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, ImportError)
+# TypeError is not among them: command-line values reach the code parsed and
+# checked, so a wrong type is a bug and keeps its traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
 
 # errno -> (problem, fix) for disk failures whose default text names no fix.
 _DISK_ERRORS = {

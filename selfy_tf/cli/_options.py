@@ -17,6 +17,8 @@ import argparse
 import collections.abc
 from typing import Any, Callable, Iterator, Sequence
 
+from selfy_tf import compat
+
 MODEL_HELP = (
     "training run directory (its checkpoints/best.keras), .keras file, or exported SavedModel "
     "(BASE/<name> for the newest version, or BASE/<name>/<version>)"
@@ -109,7 +111,7 @@ def _positive_int(text: str) -> int:
 
 
 def add_view_arguments(parser: argparse.ArgumentParser, scale_alias: str | None = None) -> None:
-    """Adds `--eval-size HxW` | `--scale-size N`, and `scale_alias` as a hidden `--scale-size`."""
+    """Adds `--eval-size HxW` | `--scale-size N`, and `scale_alias` as a hidden, deprecated `--scale-size`."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--eval-size",
@@ -128,7 +130,13 @@ def add_view_arguments(parser: argparse.ArgumentParser, scale_alias: str | None 
         "(default: the stored view, else input size x 256/224)",
     )
     if scale_alias:
-        group.add_argument(scale_alias, dest="scale_size", type=_positive_int, help=argparse.SUPPRESS)
+        group.add_argument(
+            scale_alias,
+            dest="scale_size",
+            type=_positive_int,
+            action=compat.deprecated_alias("--scale-size"),
+            help=argparse.SUPPRESS,
+        )
 
 
 def view_override(args: argparse.Namespace) -> dict[str, Any] | None:

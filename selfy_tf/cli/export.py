@@ -38,7 +38,7 @@ def register_subparser(subparsers) -> None:
     )
     add_labels_argument(parser)
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes in the top_k_* outputs")
-    # `--resize-short`: the earlier name of `--scale-size`, kept working.
+    # `--resize-short`: the earlier name of `--scale-size` (`selfy_tf.compat`).
     add_view_arguments(parser, scale_alias="--resize-short")
     parser.add_argument(
         "--dtype-policy",

@@ -49,12 +49,9 @@ class _TqdmStream:
     """Writes log records through tqdm so they do not break progress bars."""
 
     def write(self, message: str) -> None:
-        try:
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            tqdm.write(message.rstrip("\n"), file=sys.stderr)
-        except ImportError:  # pragma: no cover - tqdm is a dependency
-            sys.stderr.write(message)
+        tqdm.write(message.rstrip("\n"), file=sys.stderr)
 
     def flush(self) -> None:
         sys.stderr.flush()

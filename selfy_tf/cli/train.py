@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(verbose=False)
     try:
         return run(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"selfy train: error: {error}", file=sys.stderr)
         return 1
 

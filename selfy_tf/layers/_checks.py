@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from selfy_tf.ops import DEFAULT_WINDOW
+
 
 def check_positive_int(name: str, value: object) -> int:
     """Returns `value` as an int, or raises a ValueError naming `name`."""
@@ -50,6 +52,6 @@ def check_window(value: object) -> tuple[int, int, int]:
     ):
         raise ValueError(
             "`window` must be three odd integers (L, U, V). "
-            f"Received: window={value!r}. Try window=(5, 9, 9)."
+            f"Received: window={value!r}. Try window={DEFAULT_WINDOW}."
         )
     return tuple(int(size) for size in window)

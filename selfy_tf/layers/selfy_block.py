@@ -5,19 +5,13 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from selfy_tf import compat
 from selfy_tf.layers import _batch_norm, _checks, _conv
+from selfy_tf.layers._defaults import NUM_FRAMES, REFERENCE_CHANNELS
 from selfy_tf.layers.stss_extraction import STSSExtraction
 from selfy_tf.layers.stss_integration import STSSIntegration
 from selfy_tf.layers.stss_transformation import STSSTransformation
-from selfy_tf.ops import DEFAULT_BACKEND, STSS_BACKENDS
-
-# The reference widths (DESIGN.md §3): the block's defaults, and the model
-# zoo's `selfy_channels=None`.
-REFERENCE_CHANNELS = {
-    "hidden_channels": 128,
-    "extraction_channels": (4, 16, 64, 64),
-    "integration_channels": (64, 64, 64, 64),
-}
+from selfy_tf.ops import DEFAULT_BACKEND, DEFAULT_WINDOW, STSS_BACKENDS
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -86,9 +80,9 @@ class SELFYBlock(keras.layers.Layer):
 
     def __init__(
         self,
-        num_frames: int = 8,
+        num_frames: int = NUM_FRAMES,
         hidden_channels: int = REFERENCE_CHANNELS["hidden_channels"],
-        window: tuple[int, int, int] = (5, 9, 9),
+        window: tuple[int, int, int] = DEFAULT_WINDOW,
         extraction_channels: tuple[int, int, int, int] = REFERENCE_CHANNELS["extraction_channels"],
         integration_channels: tuple[int, int, int, int] = REFERENCE_CHANNELS["integration_channels"],
         stss_backend: str = DEFAULT_BACKEND,
@@ -98,9 +92,7 @@ class SELFYBlock(keras.layers.Layer):
         sync_batchnorm: bool = False,
         **kwargs,
     ):
-        # `stss_jit`, saved by earlier versions, is ignored: XLA for the
-        # STSS op is the runtime choice `selfy_tf.ops.stss_xla`.
-        kwargs.pop("stss_jit", None)
+        compat.drop_layer_stss_jit(kwargs)
         super().__init__(**kwargs)
         self.num_frames = _checks.check_positive_int("num_frames", num_frames)
         self.hidden_channels = _checks.check_positive_int(
@@ -111,7 +103,7 @@ class SELFYBlock(keras.layers.Layer):
             raise ValueError(
                 "The spatial sizes (U, V) of `window` must each be 9 or 11, the "
                 "sizes that the extraction convolutions reduce to 1. "
-                f"Received: window={window!r}. Try window=(5, 9, 9)."
+                f"Received: window={window!r}. Try window={DEFAULT_WINDOW}."
             )
         self.extraction_channels = _checks.check_channels(
             "extraction_channels", extraction_channels, 4

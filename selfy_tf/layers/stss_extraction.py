@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from selfy_tf.layers import _batch_norm, _batch_norm_folding, _checks, _conv
+from selfy_tf.layers._defaults import REFERENCE_CHANNELS
 from selfy_tf.ops import _backend
 
 # (stride, padding) of the four (1, 3, 3) convolutions of the reference.
@@ -90,7 +91,7 @@ class STSSExtraction(keras.layers.Layer):
 
     def __init__(
         self,
-        channels: tuple[int, int, int, int] = (4, 16, 64, 64),
+        channels: tuple[int, int, int, int] = REFERENCE_CHANNELS["extraction_channels"],
         batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,

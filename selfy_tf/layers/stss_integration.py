@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from selfy_tf.layers import _batch_norm, _batch_norm_folding, _checks, _conv
+from selfy_tf.layers._defaults import REFERENCE_CHANNELS
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -64,7 +65,7 @@ class STSSIntegration(keras.layers.Layer):
     def __init__(
         self,
         output_channels: int,
-        channels: tuple[int, int, int, int] = (64, 64, 64, 64),
+        channels: tuple[int, int, int, int] = REFERENCE_CHANNELS["integration_channels"],
         zero_init_last: bool = True,
         batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from selfy_tf import compat
 from selfy_tf.layers import _batch_norm, _batch_norm_folding, _checks, _conv
-from selfy_tf.ops import DEFAULT_BACKEND, STSS_BACKENDS, stss
+from selfy_tf.layers._defaults import REFERENCE_CHANNELS
+from selfy_tf.ops import DEFAULT_BACKEND, DEFAULT_WINDOW, STSS_BACKENDS, stss
 
 
 @keras.saving.register_keras_serializable(package="selfy")
@@ -61,17 +63,15 @@ class STSSTransformation(keras.layers.Layer):
     def __init__(
         self,
         num_frames: int,
-        hidden_channels: int = 128,
-        window: tuple[int, int, int] = (5, 9, 9),
+        hidden_channels: int = REFERENCE_CHANNELS["hidden_channels"],
+        window: tuple[int, int, int] = DEFAULT_WINDOW,
         stss_backend: str = DEFAULT_BACKEND,
         batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
         **kwargs,
     ):
-        # `stss_jit`, saved by earlier versions, is ignored: XLA for the
-        # STSS op is the runtime choice `selfy_tf.ops.stss_xla`.
-        kwargs.pop("stss_jit", None)
+        compat.drop_layer_stss_jit(kwargs)
         super().__init__(**kwargs)
         self.num_frames = _checks.check_positive_int("num_frames", num_frames)
         self.hidden_channels = _checks.check_positive_int(

@@ -27,13 +27,14 @@ from typing import Any, Mapping
 import keras
 
 from selfy_tf.layers import _batch_norm, _checks, _conv
+from selfy_tf.layers._defaults import NUM_FRAMES, REFERENCE_CHANNELS
 from selfy_tf.layers.frame_preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FramePreprocessing,
 )
 from selfy_tf.layers.segment_consensus import SegmentConsensus
-from selfy_tf.layers.selfy_block import REFERENCE_CHANNELS, SELFYBlock
+from selfy_tf.layers.selfy_block import SELFYBlock
 from selfy_tf.layers.temporal_shift import TemporalShift
 from selfy_tf.models._registry import register_model, register_pretrained_cfgs
 from selfy_tf.ops import DEFAULT_BACKEND, DEFAULT_WINDOW
@@ -111,13 +112,13 @@ RESNET_ARCHS: dict[str, ResNetArch] = {
 # documents them.
 MODEL_DEFAULTS: dict[str, Any] = {
     "num_classes": 174,
-    "num_frames": 8,
+    "num_frames": NUM_FRAMES,
     "input_size": 224,
     "dropout": 0.5,
     "selfy_stage": "res3",
     "stss_backend": DEFAULT_BACKEND,
     "width_multiplier": 1.0,
-    # None: the reference SELFY widths (the block's REFERENCE_CHANNELS).
+    # None: the reference SELFY widths (the layers' REFERENCE_CHANNELS).
     "selfy_channels": None,
     "sync_batchnorm": False,
 }

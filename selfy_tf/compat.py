@@ -1,0 +1,84 @@
+"""Compatibility with the files and flags of earlier selfy-tf versions.
+
+Every shim that keeps an older `.keras` file, `config.yaml` or command line
+working lives here, so that they can be dropped together: they are removed in
+the next minor version after 0.1.0 (`REMOVED_IN`).
+
+- `stss_jit` in the config of `SELFYBlock` and `STSSTransformation` (older
+  `.keras` files) is ignored: XLA for the STSS op is the runtime switch
+  `selfy_tf.ops.stss_xla` (`drop_layer_stss_jit`).
+- `model.stss_jit` in an older `config.yaml` is read as `runtime.stss_xla`
+  (`move_model_stss_jit`).
+- `selfy export --resize-short N` is the earlier name of `--scale-size N`; it
+  still works and prints a deprecation notice (`deprecated_alias`).
+
+Nothing here imports TensorFlow or Keras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+# The version that removes everything in this module.
+REMOVED_IN = "0.2.0"
+
+
+def drop_layer_stss_jit(kwargs: dict[str, Any]) -> None:
+    """Removes `stss_jit`, saved by earlier versions, from a SELFY layer's `kwargs`.
+
+    Args:
+        kwargs: the `**kwargs` of the layer's constructor, changed in place.
+    """
+    kwargs.pop("stss_jit", None)
+
+
+def move_model_stss_jit(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with `model.stss_jit` of earlier versions moved to `runtime.stss_xla`.
+
+    An explicit `runtime.stss_xla` wins over the moved value.
+
+    Args:
+        values: a nested config dict, e.g. a loaded `config.yaml`; not changed.
+
+    Returns:
+        `values` itself when it holds no `model.stss_jit`, else a changed copy.
+    """
+    model = values.get("model")
+    if not isinstance(model, dict) or "stss_jit" not in model:
+        return values
+    values = dict(values)
+    model = dict(model)
+    runtime = dict(values.get("runtime") or {})
+    runtime.setdefault("stss_xla", model.pop("stss_jit"))
+    values["model"], values["runtime"] = model, runtime
+    return values
+
+
+def deprecated_alias(replacement: str) -> type[argparse.Action]:
+    """An argparse action for an earlier name of the flag `replacement`.
+
+    It stores the value as `replacement` does and prints a one-line notice
+    on stderr naming `replacement`. Give it the same `dest` and `type`.
+
+    Args:
+        replacement: the flag to use instead, e.g. `"--scale-size"`.
+
+    Returns:
+        The action class, for `add_argument(..., action=...)`.
+    """
+
+    class DeprecatedAlias(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(
+                f"{parser.prog}: warning: {option_string} is deprecated and will be removed "
+                f"in {REMOVED_IN}; use {replacement}.",
+                file=sys.stderr,
+            )
+            setattr(namespace, self.dest, values)
+
+    return DeprecatedAlias
+
+
+__all__ = ["REMOVED_IN", "deprecated_alias", "drop_layer_stss_jit", "move_model_stss_jit"]
