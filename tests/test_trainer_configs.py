@@ -225,7 +225,7 @@ class TestValidate:
             ("data.validation_num_crops=2", "`data.validation_num_crops` 1 or 3"),
             ("runtime.strategy=horovod", r"`runtime.strategy` must be one of"),
             ("runtime.mixed_precision=float16", r"`runtime.mixed_precision` must be one of"),
-            ("model.init=scratch", r"`model.init` must be '', 'imagenet:PATH' or 'official:PATH'"),
+            ("model.init=scratch", r"`model.init` must be '', 'imagenet:PATH', 'official:PATH', 'keras:PATH' or 'pretrained'"),
             ("loss.label_smoothing=1.5", r"`loss.label_smoothing` must be in \[0, 1\)"),
             ("data.eval_size=[100, 320]", r"`data.eval_size` must be empty or \(height, width\) no smaller than"),
             # Before the checks that compare with it (`schedule.warmup_epochs`).
