@@ -130,6 +130,7 @@ class TestShippedMotionModels:
         from selfy_tf.datasets import synthetic_motion
 
         model = create_model("selfy_tsm_r18.motion", pretrained=True)
-        clips, labels = synthetic_motion.generate_split(60, seed=1234, split="test", num_frames=8, size=32)
+        size = get_pretrained_cfg("selfy_tsm_r18.motion")["input_size"]
+        clips, labels = synthetic_motion.generate_split(60, seed=1234, split="test", num_frames=8, size=size)
         predictions = np.argmax(model.predict(clips.astype("float32"), verbose=0), axis=-1)
         assert np.mean(predictions == labels) >= 0.6

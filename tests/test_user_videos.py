@@ -104,7 +104,7 @@ class TestWriteFolder:
         other = user_videos.write_folder(tmp_path / "c", clips_per_class=1, seed=1, classes=("grow",))
         first = read_video_frames(paths[CLASS_NAMES.index("grow") * 2]).astype(int)
         same = read_video_frames(again[0]).astype(int)
-        assert same.shape == first.shape and np.abs(same - first).mean() < 0.5
+        assert same.shape == first.shape and np.abs(same - first).mean() < 2
         different = read_video_frames(other[0]).astype(int)
         assert different.shape != first.shape or np.abs(different - first).mean() > 10
 

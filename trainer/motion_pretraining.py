@@ -68,20 +68,16 @@ class PretrainingSettings:
 
 def _polarity_configs():
     """The demo's ranges at 16 frames per clip (the per-frame speeds halved, so
-    that the 8 frames the model samples move as far), widened: smaller and
-    round objects as well as elongated ones, flat as well as textured, more
-    sensor noise; bright on dark and dark on bright."""
+    that the 8 frames the model samples move as far), with round objects as
+    well as elongated ones; bright on dark and dark on bright."""
     from selfy_tf.datasets import synthetic_motion
 
     demo = synthetic_motion.DEFAULT_CONFIG
     bright_on_dark = dataclasses.replace(
         demo,
-        radius_range=(0.07, demo.radius_range[1]),
         aspect_range=(1.0, demo.aspect_range[1]),
         speed_range=tuple(speed / 2 for speed in demo.speed_range),
         rotation_degrees_range=tuple(degrees / 2 for degrees in demo.rotation_degrees_range),
-        noise_std_range=(2.0, 12.0),
-        object_texture_range=(0.0, 0.25),
     )
     dark_on_bright = dataclasses.replace(
         bright_on_dark,

@@ -98,10 +98,6 @@ class MotionConfig:
         object_luminance_range: luminance of the object's colours. Keeping
             it above the background's makes the object stand out in every
             clip (as a figure on a ground), whatever the hues.
-        object_texture_range: amplitude of the object's grating texture
-            between its two colours (0: flat colour, 0.25: full swing). A
-            range of one value draws no random number, so the default keeps
-            the clips of earlier versions.
     """
 
     radius_range: tuple[float, float] = (0.11, 0.17)
@@ -114,7 +110,6 @@ class MotionConfig:
     background_grain_std: float = 8.0
     background_luminance_range: tuple[float, float] = (15.0, 90.0)
     object_luminance_range: tuple[float, float] = (160.0, 250.0)
-    object_texture_range: tuple[float, float] = (0.25, 0.25)
 
 
 DEFAULT_CONFIG = MotionConfig()
@@ -324,8 +319,6 @@ def generate_clip(
         name, rng, num_frames, size, config, bounding_radius
     )
     noise_std = rng.uniform(*config.noise_std_range)
-    low, high = config.object_texture_range
-    texture_amplitude = low if low == high else rng.uniform(low, high)
 
     frames = np.empty((num_frames, size, size, 3), np.uint8)
     for frame_index in range(num_frames):
@@ -347,7 +340,7 @@ def generate_clip(
                 2.0 * math.pi * frequency * (math.cos(angle) * local_x + math.sin(angle) * local_y)
                 + phase
             )
-        texture = 0.5 + texture_amplitude * texture
+        texture = 0.5 + 0.25 * texture
         object_rgb = _colorize(texture, color_a, color_b)
         image = background + alpha[..., None] * (object_rgb - background)
         image += rng.normal(0.0, noise_std, size=image.shape)
