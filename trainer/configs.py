@@ -355,13 +355,14 @@ def fine_tunes(config: ExperimentConfig) -> bool:
 def small_videos_cpu() -> ExperimentConfig:
     """Fine-tunes a small motion-pretrained SELFY on a user's own few videos, on a CPU.
 
-    The model is `selfy_tsm_r18.motion` (width 1/8, 8 frames of 32x32, the
+    The model is `selfy_tsm_r18.motion` (width 1/8, 8 frames of 48x48, the
     SELFY block after res2 so that its STSS grid holds the window), whose
     shipped weights were pretrained on the package's synthetic motion
     classes (`trainer.motion_pretraining`); only the classifier starts
     afresh. An epoch is a fixed number of steps, not a pass over the data,
-    so a set of a few dozen clips still gets enough of them (about three
-    minutes on 2 CPU cores). Figures: benchmarks/README.md, "Own videos".
+    so a set of a few dozen clips still gets enough of them (300 steps,
+    about a minute on 2 CPU cores). Figures: benchmarks/README.md, "Own
+    videos".
     """
     config = _with_model("selfy_tsm_r18.motion")
     config.model.init = "pretrained"
