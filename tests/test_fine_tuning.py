@@ -43,6 +43,25 @@ class TestStssGridCheck:
         assert len(caplog.records) == 1 and "4x4 feature grid" in caplog.records[0].getMessage()
 
 
+    def test_selfy_train_warns_at_the_start_and_in_its_summary(self, tmp_path, capsys, monkeypatch):
+        import sys
+
+        from selfy_tf.cli.main import main
+        from trainer.synthetic import write_color_dataset
+
+        data = write_color_dataset(str(tmp_path / "data"), num_classes=2, num_train=4, num_validation=0, num_shards=1)
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+        command = [
+            "train", "--preset", "tiny_cpu", "--data", data, "--out", str(tmp_path / "run"),
+            "--epochs", "1", "--set", "model.selfy_stage=res3",
+        ]
+        assert main(command) == 0
+        captured = capsys.readouterr()
+        assert "4x4 feature grid" in captured.err
+        summary = [line for line in captured.out.splitlines() if line.startswith("  warning:")]
+        assert any("4x4 feature grid" in line and "selfy_stage='res2'" in line for line in summary)
+
+
 class TestCopyMatchingWeights:
     def test_everything_but_a_resized_classifier_is_copied(self, tiny_model_factory):
         source = tiny_model_factory("selfy_tsm_r18", num_classes=7, input_size=32, selfy_stage="res2")
