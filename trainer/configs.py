@@ -277,8 +277,8 @@ def _something_something_v1(config: ExperimentConfig) -> ExperimentConfig:
 
 
 def _something_something_v2(config: ExperimentConfig) -> ExperimentConfig:
-    # The same left/right classes as V1, renumbered by the V2 label file;
-    # set `data.no_flip_classes` from your labels.txt.
+    # The same left/right classes as V1, renumbered by the V2 label file:
+    # `data.flip=auto` finds them by name in labels.txt.
     config.data.no_flip_classes = ()
     return config
 
