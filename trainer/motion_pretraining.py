@@ -29,7 +29,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from selfy_tf.files import atomic_write_text
+from selfy_tf.files import atomic_path, atomic_write_text
 
 __all__ = ["MOTION_MODELS", "PretrainingSettings", "main", "pretrain", "pretraining_config", "write_pretraining_data"]
 
@@ -169,9 +169,8 @@ def pretrain(
         result = train(pretraining_config(model_name, settings), data_dir, run_dir, verbose=2)
         model = keras.saving.load_model(RunPaths(run_dir).last_checkpoint, compile=False)
         weights = os.path.join(out_dir, f"{model_name}_motion.weights.h5")
-        temporary = weights + ".tmp.weights.h5"
-        model.save_weights(temporary)
-        os.replace(temporary, weights)
+        with atomic_path(weights, suffix=".weights.h5") as temporary:
+            model.save_weights(temporary)
         summary["models"][model_name] = {
             "val_top1": result.history["val_top1"][-1],
             "weights": os.path.basename(weights),
