@@ -31,20 +31,26 @@ def parse_body(body: bytes) -> dict:
         ServingError: INVALID_ARGUMENT for malformed JSON or a non-object.
     """
     try:
-        document = json.loads(body.decode("utf-8"))
+        # bytes straight in: no decoded copy of the whole body as a str.
+        document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise invalid_argument(f"JSON Parse error: {error}") from error
     except RecursionError as error:
-        raise invalid_argument(
-            "JSON Parse error: the body nests arrays or objects too deeply. A predict "
-            "body needs at most one level per tensor dimension."
-        ) from error
+        raise _too_deep() from error
     if not isinstance(document, dict):
+        # The body, not the document: dumping a deeply nested one recurses.
         raise invalid_argument(
-            f"JSON Value: {json.dumps(document)[:80]} Is not an object. Expected a "
-            "JSON object with `instances` or `inputs`."
+            f"JSON Value: {body[:80].decode('utf-8', errors='replace')} Is not an object. "
+            "Expected a JSON object with `instances` or `inputs`."
         )
     return document
+
+
+def _too_deep() -> Exception:
+    return invalid_argument(
+        "JSON Parse error: the body nests arrays or objects too deeply. A predict "
+        "body needs at most one level per tensor dimension."
+    )
 
 
 def signature_name(document: Mapping[str, Any]) -> str | None:
@@ -71,7 +77,7 @@ def _decode_binary(value: Any) -> Any:
         return [_decode_binary(item) for item in value]
     if isinstance(value, dict):
         raise invalid_argument(
-            f"Unexpected JSON object {json.dumps(value)[:80]}: only {{\"b64\": ...}} objects "
+            f"Unexpected JSON object with keys {sorted(map(str, value))[:5]}: only {{\"b64\": ...}} objects "
             "may appear inside a tensor value."
         )
     return value
@@ -116,9 +122,14 @@ def request_inputs(
             "Missing 'inputs' or 'instances' key" if not has_instances else
             "Not both of 'instances' and 'inputs' can be specified in the request."
         )
-    if has_instances:
-        return _row_inputs(document["instances"], input_specs), ROW_FORMAT
-    return _columnar_inputs(document["inputs"], input_specs), COLUMNAR_FORMAT
+    try:
+        if has_instances:
+            return _row_inputs(document["instances"], input_specs), ROW_FORMAT
+        return _columnar_inputs(document["inputs"], input_specs), COLUMNAR_FORMAT
+    except RecursionError as error:
+        # json.loads nests deeper than the recursive walks over b64 values
+        # and messages can follow (the handler thread's stack is deeper).
+        raise _too_deep() from error
 
 
 def _row_inputs(
