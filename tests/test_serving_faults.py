@@ -462,19 +462,20 @@ def _closed_by_server(connection: socket.socket, wait_s: float, trickle: bytes =
 class TestHostileClients:
     """Inputs made to cost the server more than their size, or to hold it."""
 
-    @pytest.mark.parametrize("depth", [600, 700, 960, 990, 5000])
+    @pytest.mark.parametrize("depth", [600, 960, 5000])
     def test_deeply_nested_json_is_a_400_without_traceback(self, our_server, depth, caplog):
         nested = b"[" * depth + b"]" * depth
         bodies = {
-            "top level": nested,
-            "columnar": b'{"inputs": {"frames_jpeg": ' + nested + b"}}",
-            "row": b'{"instances": ' + nested + b"}",
-            "b64 objects": b'{"inputs": ' + b'[{"b64": "", "x": ' * depth + b"0" + b"}]" * depth + b"}",
+            # Past Python's recursion limit the parser itself refuses it.
+            "top level": (nested, "Is not an object" if depth < 1000 else "too deeply"),
+            "columnar": (b'{"inputs": {"frames_jpeg": ' + nested + b"}}", "too deeply"),
+            "row": (b'{"instances": ' + nested + b"}", "too deeply"),
+            "unknown input": (b'{"inputs": {"other": ' + nested + b"}}", "too deeply"),
         }
         with caplog.at_level("ERROR"):
-            for case, body in bodies.items():
+            for case, (body, message) in bodies.items():
                 status, answer = _rest(our_server.rest_url, "POST", "/v1/models/selfy:predict", body)
-                assert status == 400, (case, answer)
+                assert status == 400 and message in answer["error"], (case, answer)
         assert not caplog.records
 
     def test_grpc_uint8_values_out_of_range_are_invalid_argument(self, our_server):

@@ -99,8 +99,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "selfy-serving"
     predictor: Predictor
-    # StreamRequestHandler applies it to the socket: every wait for the
-    # request line, a header or the next request on a kept-alive connection.
+    # Seconds for the wait for a request with its request line and headers,
+    # then for its body (each one deadline, see `_DeadlineReader`), and for
+    # each write of a reply.
     timeout: float
 
     def setup(self) -> None:

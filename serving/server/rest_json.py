@@ -49,7 +49,7 @@ def parse_body(body: bytes) -> dict:
 def _too_deep() -> Exception:
     return invalid_argument(
         "JSON Parse error: the body nests arrays or objects too deeply. A predict "
-        "body needs at most one level per tensor dimension."
+        f"body needs at most one level per tensor dimension (at most {MAX_TENSOR_RANK})."
     )
 
 
@@ -65,7 +65,14 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {"b64"}
 
 
-def _decode_binary(value: Any) -> Any:
+# numpy's most dimensions: no tensor value nests deeper. The walks below
+# stop there, so no body can make them recurse past Python's limit.
+MAX_TENSOR_RANK = 64
+
+
+def _decode_binary(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_TENSOR_RANK:
+        raise _too_deep()
     if _is_b64(value):
         if not isinstance(value["b64"], str):
             raise invalid_argument("'b64' value must be a base64 string.")
@@ -74,7 +81,7 @@ def _decode_binary(value: Any) -> Any:
         except (binascii.Error, ValueError) as error:
             raise invalid_argument(f"Unable to base64 decode: {error}") from error
     if isinstance(value, list):
-        return [_decode_binary(item) for item in value]
+        return [_decode_binary(item, depth + 1) for item in value]
     if isinstance(value, dict):
         raise invalid_argument(
             f"Unexpected JSON object with keys {sorted(map(str, value))[:5]}: only {{\"b64\": ...}} objects "
@@ -163,9 +170,13 @@ def _row_inputs(
 
 
 def _looks_binary(value: Any) -> bool:
-    if isinstance(value, list):
-        return bool(value) and _looks_binary(value[0])
-    return _is_b64(value) or isinstance(value, str)
+    for _ in range(MAX_TENSOR_RANK + 1):
+        if not isinstance(value, list):
+            return _is_b64(value) or isinstance(value, str)
+        if not value:
+            return False
+        value = value[0]
+    raise _too_deep()
 
 
 def _columnar_inputs(
