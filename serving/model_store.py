@@ -10,13 +10,16 @@ next newest on disk is loaded and takes over.
 
 A version that fails to load (e.g. caught mid-copy) is reported in the
 status with its error and is not counted by the policy, so older versions
-keep serving. Loading is bounded: files that are not regular files (a
-FIFO, a link to a device) and class-name or `assets.extra` files over
-`MAX_ASSET_BYTES` are refused before anything is read, and a load that
-takes longer than `load_timeout_s` is given up (its thread is left to
-finish on its own; the version is not tried again while it runs). It is tried again once its files change (size or mtime),
+keep serving. It is tried again once its files change (size or mtime),
 no sooner than a back-off that doubles from `RETRY_BACKOFF_S` to
 `MAX_RETRY_BACKOFF_S` with each failure.
+
+Loading is bounded: entries that are not regular files (a FIFO, a link to
+a device) and files under `assets/` or `assets.extra/` over
+`MAX_ASSET_BYTES` are refused before anything is read, and a load that
+takes longer than `load_timeout_s` is given up (its thread is left to
+finish on its own; the version is not tried again while it runs), so a bad
+version can neither block the polling thread nor take down what serves.
 """
 
 from __future__ import annotations
