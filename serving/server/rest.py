@@ -191,7 +191,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _post(self) -> bytes:
         length = self._body_length()
         if not self.server.body_budget.reserve(length):
-            self.close_connection = True  # the body is not read
+            self._body_left_unread()
             raise ServingError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"The server is busy: request bodies in flight would exceed "
@@ -222,6 +222,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         outputs = self.predictor.run(loaded, signature, inputs)
         return rest_json.dumps(rest_json.predict_response(outputs, request_format))
 
+    def _body_left_unread(self) -> None:
+        """After the reply, the connection is closed without its body being read."""
+        self.close_connection = True
+        self.server.linger_after_reply(self.connection)
+
     def _body_length(self) -> int:
         """The body's declared length, checked against the size cap (body unread)."""
         limits = self.predictor.limits
@@ -236,8 +241,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
         length = int(length_header)
         if length > limits.max_request_bytes:
-            # Not reading the body: close the connection after answering.
-            self.close_connection = True
+            self._body_left_unread()
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"Request body of {length} bytes exceeds the limit of "
@@ -309,7 +313,8 @@ class _Refuser:
     `linger_s` passes: closing a socket with unread data resets the
     connection, and the client may lose the reply. An idle client costs a
     selector entry, never a thread's time. At most `max_connections` linger;
-    beyond them connections are closed at once.
+    beyond them connections are closed at once. Connections answered before
+    their body was read (413, 503) linger here too.
     """
 
     def __init__(self, reply: bytes, max_connections: int = 1024, linger_s: float = 2.0):
@@ -328,9 +333,19 @@ class _Refuser:
         self._thread.start()
 
     def refuse(self, connection: socket.socket) -> None:
+        """Answers `connection` with the 503, then lingers on it."""
         try:
             connection.setblocking(False)
             connection.send(self._reply)
+        except OSError:
+            connection.close()
+            return
+        self.linger(connection)
+
+    def linger(self, connection: socket.socket) -> None:
+        """Closes `connection` for writing, then drops what it sends until it closes."""
+        try:
+            connection.setblocking(False)
             connection.shutdown(socket.SHUT_WR)
         except OSError:
             connection.close()
@@ -407,6 +422,7 @@ class _Server(http.server.HTTPServer):
         self._slots = threading.BoundedSemaphore(self.num_threads)
         self._pool = concurrent.futures.ThreadPoolExecutor(self.num_threads, thread_name_prefix="rest")
         self._open: set[socket.socket] = set()
+        self._lingering: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         body = rest_json.error_body(
             f"The server is busy: all {self.num_threads} REST connections are in use "
@@ -435,8 +451,20 @@ class _Server(http.server.HTTPServer):
         finally:
             with self._open_lock:
                 self._open.discard(request)
-            self.shutdown_request(request)
+                linger = request in self._lingering
+                self._lingering.discard(request)
+            if linger:
+                self._refuser.linger(request)
+            else:
+                self.shutdown_request(request)
             self._slots.release()
+
+    def linger_after_reply(self, request: socket.socket) -> None:
+        """Hands `request` to the refusal thread once answered: its client may
+        still be sending a body nobody reads, and a plain close would reset
+        the connection before the client reads the reply."""
+        with self._open_lock:
+            self._lingering.add(request)
 
     def handle_error(self, request, client_address) -> None:
         # A client that goes away mid-request is routine; no traceback.
