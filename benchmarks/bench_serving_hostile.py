@@ -23,6 +23,10 @@ runs, one after the other:
   then three at once with `--rest-max-inflight-mb` set to one body
   (`json_three_statuses`, `json_three_peak_mb`).
 - `deep_json_status`: a body nesting 700 arrays.
+- `rest_rps_c<clients>`: good REST requests per second (status GETs and
+  `predict_frames` on 4 frames of 112², over kept-alive connections, 1 and
+  8 clients for `--rps-seconds` each), the cost of the guards on the good
+  path.
 
 With `--baseline-tree DIR`, the same cases run against the code in DIR
 (exported and served by it; keys prefixed `baseline_`), side by side on the
@@ -63,6 +67,9 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rest-timeout", type=float, default=3.0)
     parser.add_argument("--idle-connections", type=int, default=300)
     parser.add_argument("--json-mb", type=float, default=8.0)
+    parser.add_argument("--rps-seconds", type=float, default=5.0)
+    parser.add_argument("--cases", default="rps,thin,slowloris,idle,json",
+                        help="comma-separated subset of the cases to run")
     parser.add_argument("--results-file", default=None)
     return parser.parse_args(argv)
 
@@ -253,6 +260,30 @@ def _json_cases(process, rest_port: int, body: bytes, results: dict, prefix: str
     results[f"{prefix}deep_json_status"] = _http(rest_port, "POST", path, deep)[0]
 
 
+def _good_rps(rest_port: int, num_clients: int, seconds: float) -> float:
+    frames = np.zeros((1, 4, 112, 112, 3), np.uint8).tolist()
+    predict = json.dumps({"signature_name": "predict_frames", "inputs": {"frames": frames}}).encode()
+    end = time.monotonic() + seconds
+
+    def client(_) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=60)
+        count = 0
+        try:
+            while time.monotonic() < end:
+                for method, path, body in (("GET", "/v1/models/selfy", None),
+                                           ("POST", "/v1/models/selfy:predict", predict)):
+                    connection.request(method, path, body=body)
+                    response = connection.getresponse()
+                    response.read()
+                    count += response.status == 200
+        finally:
+            connection.close()
+        return count
+
+    with concurrent.futures.ThreadPoolExecutor(num_clients) as pool:
+        return round(sum(pool.map(client, range(num_clients))) / seconds, 1)
+
+
 def _run(tree: str, base: str, args, results: dict, prefix: str) -> None:
     body = _json_body(args.json_mb)
     body_mb = len(body) / (1 << 20) + 0.1
@@ -261,11 +292,17 @@ def _run(tree: str, base: str, args, results: dict, prefix: str) -> None:
     try:
         results[f"{prefix}rss_start_mb"] = round(_status_mb(process.pid, "VmRSS"), 1)
         steps = (
+            ("rps", lambda: results.update({
+                f"{prefix}rest_rps_c{clients}": _good_rps(rest_port, clients, args.rps_seconds)
+                for clients in (1, 8)
+            })),
             ("thin", lambda: _thin_cases(process, rest_port, grpc_port, args.thin_width, results, prefix)),
             ("slowloris", lambda: _slowloris(rest_port, args.rest_threads, args.rest_timeout, results, prefix)),
             ("idle", lambda: _idle_flood(rest_port, args.idle_connections, results, prefix)),
         )
         for name, step in steps:
+            if name not in args.cases.split(","):
+                continue
             try:
                 step()
             except Exception as error:  # record and go on
@@ -274,6 +311,8 @@ def _run(tree: str, base: str, args, results: dict, prefix: str) -> None:
     finally:
         process.terminate()
         process.wait(timeout=60)
+    if "json" not in args.cases.split(","):
+        return
     # A server whose body budget is one body (where the tree has the flag).
     budget = ["--max-request-mb", f"{body_mb:.2f}", "--rest-max-inflight-mb", f"{body_mb:.2f}"]
     try:

@@ -3,7 +3,10 @@ half-finished copy must not be able to do to a running endpoint.
 
 Version policy under deletion and repair, port clashes, request caps,
 bad requests inside merged batches, half-sent REST connections and
-saturation, error codes and messages, and stale export temporaries.
+saturation, error codes and messages, stale export temporaries, and
+hostile clients and versions (slow headers, idle floods, bodies in flight,
+thin frames, deep JSON, out-of-range values, non-ASCII digits, FIFOs and
+device links among a version's files, hanging loads).
 Everything listens on 127.0.0.1 and every wait is bounded.
 """
 

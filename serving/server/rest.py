@@ -231,11 +231,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """The body's declared length, checked against the size cap (body unread)."""
         limits = self.predictor.limits
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
+            self._body_left_unread()
             raise invalid_argument("Chunked request bodies are not supported; send Content-Length.")
         length_header = self.headers.get("Content-Length")
         if length_header is None or not _ASCII_DIGITS.fullmatch(length_header.strip()):
-            self.close_connection = True
+            self._body_left_unread()
             raise invalid_argument(
                 f"A valid Content-Length header is required. Received: {length_header!r}."
             )
@@ -365,8 +365,11 @@ class _Refuser:
             pass
 
     def _drop(self, connection: socket.socket) -> None:
-        self._selector.unregister(connection)
-        del self._deadlines[connection]
+        try:
+            self._selector.unregister(connection)
+        except (KeyError, ValueError):  # already gone
+            pass
+        self._deadlines.pop(connection, None)
         connection.close()
 
     def _loop(self) -> None:
