@@ -250,7 +250,10 @@ class RestClient(_ClipClient):
                 except ConnectionError:
                     # A server may answer from the headers alone (413 for a
                     # body over its cap) and close without reading the rest:
-                    # its reply is then waiting to be read.
+                    # its reply is then waiting to be read (unless the
+                    # connection never opened).
+                    if connection.sock is None:
+                        raise
                     answered = self._early_reply(connection)
                     if answered is None:
                         raise
