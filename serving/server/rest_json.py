@@ -31,7 +31,7 @@ def parse_body(body: bytes) -> dict:
         ServingError: INVALID_ARGUMENT for malformed JSON or a non-object.
     """
     try:
-        # bytes straight in: no decoded copy of the whole body as a str.
+        # json reads the bytes (or bytearray) itself: no decoded copy held here.
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise invalid_argument(f"JSON Parse error: {error}") from error
@@ -84,8 +84,8 @@ def _decode_binary(value: Any, depth: int = 0) -> Any:
         return [_decode_binary(item, depth + 1) for item in value]
     if isinstance(value, dict):
         raise invalid_argument(
-            f"Unexpected JSON object with keys {sorted(map(str, value))[:5]}: only {{\"b64\": ...}} objects "
-            "may appear inside a tensor value."
+            f"Unexpected JSON object with keys {sorted(map(str, value))[:5]}: only "
+            "{\"b64\": ...} objects may appear inside a tensor value."
         )
     return value
 
@@ -134,8 +134,8 @@ def request_inputs(
             return _row_inputs(document["instances"], input_specs), ROW_FORMAT
         return _columnar_inputs(document["inputs"], input_specs), COLUMNAR_FORMAT
     except RecursionError as error:
-        # json.loads nests deeper than the recursive walks over b64 values
-        # and messages can follow (the handler thread's stack is deeper).
+        # A safety net: the walks stop at MAX_TENSOR_RANK levels, but the
+        # parser accepts as deep as Python's limit, whatever reads it next.
         raise _too_deep() from error
 
 
