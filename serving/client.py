@@ -245,19 +245,43 @@ class RestClient(_ClipClient):
         for attempt in range(2):
             connection = self._connection()
             try:
-                connection.request(method, path, body=body, headers=headers)
+                try:
+                    connection.request(method, path, body=body, headers=headers)
+                except ConnectionError:
+                    # A server may answer from the headers alone (413 for a
+                    # body over its cap) and close without reading the rest:
+                    # its reply is then waiting to be read (unless the
+                    # connection never opened).
+                    if connection.sock is None:
+                        raise
+                    answered = self._early_reply(connection)
+                    if answered is None:
+                        raise
+                    return answered
                 response = connection.getresponse()
                 payload = response.read()
                 if response.will_close:
                     connection.close()
                     self._local.connection = None
                 return response.status, payload
-            except (http.client.HTTPException, ConnectionError, BrokenPipeError):
+            except (http.client.HTTPException, ConnectionError):
                 connection.close()
                 self._local.connection = None
                 if attempt:
                     raise
         raise AssertionError("unreachable")
+
+    def _early_reply(self, connection: http.client.HTTPConnection) -> tuple[int, bytes] | None:
+        """The reply a server sent before the request was fully written, if any."""
+        try:
+            response = connection.getresponse()
+            payload = response.read()
+        except (http.client.HTTPException, OSError):
+            return None
+        finally:
+            connection.close()
+            self._local.connection = None
+        return response.status, payload
 
     def _json(self, method: str, path: str, document: Mapping | None = None) -> dict:
         body = None if document is None else json.dumps(document).encode("utf-8")
