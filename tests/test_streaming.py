@@ -240,3 +240,33 @@ class TestStreaming:
             streaming.step(stream, np.zeros((2, 32, 32, 3), "uint8"), states)
         with pytest.raises(ValueError, match="`batch_size` must be a positive integer"):
             streaming.initial_states(stream, 0)
+
+
+class TestCausalTraining:
+    # About 25 s of CPU (one tiny epoch, compilation included).
+    @pytest.mark.slow
+    def test_selfy_train_trains_a_causal_model_on_stream_sampling(self, tmp_path):
+        from selfy_tf.cli.main import main
+        from trainer import configs
+        from trainer.synthetic import write_color_dataset
+
+        data_dir = write_color_dataset(str(tmp_path / "data"), num_classes=3, num_train=8, num_validation=4)
+        run_dir = tmp_path / "run"
+        sets = ["model.causal=true", "data.frame_stride=1", "train.epochs=1"]
+        command = ["train", "--preset", "tiny_cpu", "--data", data_dir, "--out", str(run_dir)]
+        assert main([*command, *[part for item in sets for part in ("--set", item)]]) == 0
+        saved = configs.load_yaml(str(run_dir / "config.yaml"))
+        assert (saved.model.causal, saved.data.frame_stride) == (True, 1)
+        model = keras.saving.load_model(str(run_dir / "checkpoints" / "last.keras"), compile=False)
+        assert model.get_layer("selfy").causal and model.get_layer("layer1_0_shift").causal
+        clip = np.random.default_rng(5).integers(0, 256, (1, 4, 32, 32, 3)).astype("uint8")
+        steps = _stream_clip(streaming.stream_model(model), clip)
+        expected = _frame_logits(model, clip)
+        np.testing.assert_allclose(steps, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+    def test_bad_frame_stride(self):
+        from trainer import configs
+
+        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), ["data.frame_stride=-1"])
+        with pytest.raises(ValueError, match="`data.frame_stride` must be 0"):
+            configs.validate(config)
