@@ -151,6 +151,16 @@ class TestTFLiteStream:
             assert relative <= tolerance, (quantize, relative)
 
     @pytest.mark.slow
+    def test_causal_clip_model_converts(self, causal_model):
+        from serving import tflite
+        from serving.tflite_runtime import TFLiteClassifier
+
+        classifier = TFLiteClassifier(tflite.convert_model(causal_model))
+        clips = np.stack([_clip(8, num_frames=4)])
+        parity = tflite.compare_with_keras(causal_model, classifier, clips)
+        assert parity["relative_max_abs_diff"] <= 1e-4
+
+    @pytest.mark.slow
     def test_clip_model_is_not_a_stream(self, tmp_path):
         from serving import tflite
 

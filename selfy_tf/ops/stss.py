@@ -502,9 +502,11 @@ def stss(
         # The symmetric window of 2L - 1 frames holds offsets -(L-1) ... L-1;
         # its first L are the causal ones. The frame pairs computed are the
         # same (offsets up to L - 1); only the fixed gather is wider.
-        length = window[0]
-        wide = _stss_matmul(normalized, shape, (2 * length - 1, *window[1:]), jit)
-        return wide[:, :, :, :, :length]
+        length, height_window, width_window = window
+        wide = _stss_matmul(normalized, shape, (2 * length - 1, height_window, width_window), jit)
+        # A 3-D slice: TFLite's StridedSlice takes at most 5 dimensions.
+        wide = ops.reshape(wide, [-1, 2 * length - 1, height_window * width_window])
+        return ops.reshape(wide[:, :length], [-1, *shape[:3], *window])
     if jit:
         return _compiled(backend, window, causal)(normalized)
     return _BACKEND_FUNCTIONS[backend](normalized, window, causal)
