@@ -151,9 +151,8 @@ class STSSTransformation(keras.layers.Layer):
         clips = ops.reshape(
             hidden, [-1, self.num_frames, height, width, self.hidden_channels]
         )
-        stss_args = {"causal": True} if self.causal else {}
         similarity = stss(
-            clips, window=self.window, backend=self.stss_backend, **stss_args
+            clips, window=self.window, backend=self.stss_backend, causal=self.causal
         )
         return ops.cast(similarity, self.compute_dtype)
 

@@ -341,8 +341,7 @@ def _residual_block(
         shortcut = factory.batch_norm(f"{name}_downsample_1")(shortcut)
     branch = x
     if shift:
-        shift_args = {"causal": True} if causal else {}
-        branch = TemporalShift(num_frames, name=f"{name}_shift", **shift_args)(branch)
+        branch = TemporalShift(num_frames, causal=causal, name=f"{name}_shift")(branch)
     if arch.block == "basic":
         branch = _conv_bn(branch, factory, planes, 3, strides, f"{name}_conv1", f"{name}_bn1", f"{name}_relu1")
         branch = _conv_bn(branch, factory, planes, 3, 1, f"{name}_conv2", f"{name}_bn2", None, zero_init=True)
@@ -363,7 +362,6 @@ def _selfy_block(
     sync_batchnorm: bool,
     causal: bool = False,
 ):
-    causal_args = {"causal": True} if causal else {}
     return SELFYBlock(
         num_frames=num_frames,
         hidden_channels=channels["hidden_channels"],
@@ -371,8 +369,8 @@ def _selfy_block(
         integration_channels=channels["integration_channels"],
         stss_backend=stss_backend,
         sync_batchnorm=sync_batchnorm,
+        causal=causal,
         name="selfy",
-        **causal_args,
     )(x)
 
 
