@@ -167,3 +167,32 @@ class TestTFLiteStream:
         model = create_model("tsn_r18", num_classes=3, num_frames=2, input_size=32, width_multiplier=0.125)
         with pytest.raises(ValueError, match="not a stream model"):
             TFLiteStream(tflite.convert_model(model))
+
+
+class TestPredictStream:
+    def test_timeline_equals_the_keras_stream(self, causal_model, tmp_path, capsys):
+        from selfy_tf.cli.main import main
+
+        model_path = str(tmp_path / "causal.keras")
+        causal_model.save(model_path)
+        (tmp_path / "labels.txt").write_text("\n".join(LABELS) + "\n")
+        clip = _clip(9, num_frames=4)
+        video = str(tmp_path / "clip.npy")
+        np.save(video, clip)
+        command = ["predict", video, "--model", model_path, "--stream", "--smooth", "2", "--fps", "2", "--json"]
+        assert main(command) == 0
+        timeline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["timeline"]
+        # Each frame goes through the model's evaluation view (the tested
+        # component here is the frame-by-frame stream and its smoothing).
+        from tfrecords.eval_view import view_from_clip_shape
+
+        prepared = view_from_clip_shape((4, 32, 32)).views_numpy(clip)[0]
+        logits = _keras_steps(causal_model, prepared).astype(np.float64)
+        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        for index, entry in enumerate(timeline):
+            smoothed = probabilities[max(0, index - 1) : index + 1].mean(axis=0)
+            assert entry["time_s"] == index / 2
+            assert entry["label"] == LABELS[int(smoothed.argmax())]
+            assert abs(entry["score"] - smoothed.max()) < 1e-5
+        assert len(timeline) == 4

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             eval_size=view.eval_size,
         )
     if args.stream:
-        return _run_stream(args, model, labels, representative, (num_frames, height, width))
+        return _run_stream(args, model, labels, view, representative, (num_frames, height, width))
     model_bytes = tflite.convert_model(
         model,
         quantize=args.quantize,
@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_stream(args, model, labels, representative, clip_shape) -> int:
+def _run_stream(args, model, labels, view, representative, clip_shape) -> int:
     """`selfy tflite --stream`: convert, write, check and summarise the stream model."""
     from serving import stream, tflite, tflite_inspect, tflite_runtime
 
@@ -219,7 +219,8 @@ def _run_stream(args, model, labels, representative, clip_shape) -> int:
     if representative is not None:
         calibration_clips = [np.asarray(item["frames"], np.uint8) for item in representative()]
     model_bytes = stream.convert_stream_model(model, args.quantize, calibration_clips)
-    labels_path = tflite.write_model(model_bytes, args.out, labels)
+    # The view tells `selfy predict --stream` how to resize and crop frames.
+    labels_path = tflite.write_model(model_bytes, args.out, labels, view)
     runtime = tflite_runtime.TFLiteStream(args.out, num_threads=args.threads)
     summary = {
         "model": args.out,
