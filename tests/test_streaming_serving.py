@@ -136,19 +136,16 @@ class TestTFLiteStream:
             runtime.step(np.zeros((16, 16, 3), np.uint8))
 
     @pytest.mark.slow
-    def test_float16_and_int8_streams_run(self, causal_model):
+    def test_int8_stream_is_calibrated_on_stream_states(self, causal_model):
         from serving.stream import convert_stream_model
 
         clip = _clip(5)
         expected = _keras_steps(causal_model, clip)
-        for quantize, tolerance in (("fp16", 2e-2), ("int8", 0.3)):
-            model_bytes = convert_stream_model(
-                causal_model, quantize, calibration_clips=[_clip(6)[None], _clip(7)[None]]
-            )
-            runtime = TFLiteStream(model_bytes)
-            received = np.stack([runtime.step(frame)[0] for frame in clip])
-            relative = np.abs(received - expected).max() / np.abs(expected).max()
-            assert relative <= tolerance, (quantize, relative)
+        model_bytes = convert_stream_model(causal_model, "int8", calibration_clips=[_clip(6)[None], _clip(7)[None]])
+        runtime = TFLiteStream(model_bytes)
+        received = np.stack([runtime.step(frame)[0] for frame in clip])
+        # int8 activations: a coarse bound, far below a wrong state (~1 of the scale).
+        assert np.abs(received - expected).max() / np.abs(expected).max() <= 0.3
 
     @pytest.mark.slow
     def test_causal_clip_model_converts(self, causal_model):
@@ -160,13 +157,14 @@ class TestTFLiteStream:
         parity = tflite.compare_with_keras(causal_model, classifier, clips)
         assert parity["relative_max_abs_diff"] <= 1e-4
 
-    @pytest.mark.slow
-    def test_clip_model_is_not_a_stream(self, tmp_path):
-        from serving import tflite
+    def test_clip_model_is_not_a_stream(self):
+        import tensorflow as tf
 
-        model = create_model("tsn_r18", num_classes=3, num_frames=2, input_size=32, width_multiplier=0.125)
+        clip_like = tf.function(lambda frames: {"logits": tf.reduce_mean(frames, axis=[1, 2, 3])})
+        concrete = clip_like.get_concrete_function(tf.TensorSpec([1, 2, 4, 4, 3], tf.float32, name="frames"))
+        model_bytes = tf.lite.TFLiteConverter.from_concrete_functions([concrete], clip_like).convert()
         with pytest.raises(ValueError, match="not a stream model"):
-            TFLiteStream(tflite.convert_model(model))
+            TFLiteStream(model_bytes)
 
 
 class TestPredictStream:
