@@ -12,8 +12,9 @@ float32, and the stream step in LiteRT int8 (calibrated on
 `--calibration-clips` random clips). The ratio the stream is judged by is
 `<model>_<runtime>_step_vs_clip_per_frame`: the step time over (the clip time
 / num_frames); 1.0 means a stream costs per frame what the clip model costs
-per frame. Warm-up runs are not timed; then `--iterations` timed runs
-(median). Prints ONE JSON line to stdout; a failing case records
+per frame. Warm-up runs are not timed; then `--iterations` timed rounds,
+each one clip call then `num_frames` step calls, so that the load of a
+shared machine drifts over both alike (medians). Prints ONE JSON line to stdout; a failing case records
 `<model>_<case>_error` and the sweep goes on. Logs go to stderr.
 """
 
@@ -30,6 +31,27 @@ import numpy as np
 from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_streaming")
+
+
+def _timed_pair(clip_call, step_call, num_frames: int, warmup: int, iterations: int) -> tuple[float, float]:
+    """Median clip time and median step time (ms), measured in alternation.
+
+    Each round times one clip call, then `num_frames` step calls (a clip's
+    worth of frames), so that load drifts on a shared machine hit both alike.
+    """
+    for _ in range(warmup):
+        clip_call()
+        step_call()
+    clip_times, step_times = [], []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        clip_call()
+        clip_times.append((time.perf_counter() - start) * 1e3)
+        start = time.perf_counter()
+        for _ in range(num_frames):
+            step_call()
+        step_times.append((time.perf_counter() - start) * 1e3 / num_frames)
+    return float(np.median(clip_times)), float(np.median(step_times))
 
 
 def _timed(function, warmup: int, iterations: int) -> float:
@@ -52,9 +74,8 @@ def _bench_model(name: str, args: argparse.Namespace, results: dict) -> None:
     from serving import tflite
     from serving.tflite_runtime import TFLiteClassifier, TFLiteStream
 
-    arguments = {} if "." in name else {"num_classes": 174, "num_frames": 8, "input_size": 224}
-    if "." in name:
-        arguments["num_classes"] = 10
+    # A registry config (`arch.tag`) keeps its own frames and size.
+    arguments = {"num_classes": 10} if "." in name else {"num_classes": 174, "num_frames": 8, "input_size": 224}
     model = create_model(name, causal=True, **arguments)
     _, num_frames, size, _, _ = model.inputs[0].shape
     key = name.replace(".", "_")
@@ -68,46 +89,39 @@ def _bench_model(name: str, args: argparse.Namespace, results: dict) -> None:
     clip_function = tf.function(lambda frames: model(frames, training=False))
     step_function = tf.function(lambda inputs: stream(inputs, training=False))
     clip_tensor = tf.constant(clip.astype(np.float32))
-    cases = {
-        "keras_clip": lambda: clip_function(clip_tensor),
-        "keras_step": lambda: step_function({"frame": frame, **states}),
-    }
-    for case, function in cases.items():
-        try:
-            results[f"{key}_{case}_ms"] = _timed(function, args.warmup, args.iterations)
-        except Exception as error:  # noqa: BLE001 - a failing case is recorded, the sweep goes on
-            results[f"{key}_{case}_error"] = repr(error)
 
-    def litert_cases():
+    def record(runtime: str, make_calls) -> None:
+        try:
+            clip_call, step_call = make_calls()
+            clip_ms, step_ms = _timed_pair(clip_call, step_call, num_frames, args.warmup, args.iterations)
+            results[f"{key}_{runtime}_clip_ms"] = clip_ms
+            results[f"{key}_{runtime}_step_ms"] = step_ms
+        except Exception as error:  # noqa: BLE001 - a failing case is recorded, the sweep goes on
+            results[f"{key}_{runtime}_error"] = repr(error)
+
+    record("keras", lambda: (
+        lambda: clip_function(clip_tensor), lambda: step_function({"frame": frame, **states})
+    ))
+
+    def litert_calls():
         classifier = TFLiteClassifier(tflite.convert_model(model), num_threads=args.threads)
-        yield "litert_fp32_clip", lambda: classifier.predict(clip)
         fp32_stream = TFLiteStream(stream_lib.convert_stream_model(model), num_threads=args.threads)
-        yield "litert_fp32_step", lambda: fp32_stream.step(clip[0, 0])
+        return (lambda: classifier.predict(clip)), (lambda: fp32_stream.step(clip[0, 0]))
+
+    record("litert_fp32", litert_calls)
+    try:
         calibration = [rng.integers(0, 256, (1, num_frames, size, size, 3), dtype=np.uint8)
                        for _ in range(args.calibration_clips)]
         int8_stream = TFLiteStream(
             stream_lib.convert_stream_model(model, "int8", calibration), num_threads=args.threads
         )
-        yield "litert_int8_step", lambda: int8_stream.step(clip[0, 0])
-
-    cases = litert_cases()
-    while True:
-        try:
-            case, function = next(cases)
-        except StopIteration:
-            break
-        except Exception as error:  # noqa: BLE001
-            results[f"{key}_litert_error"] = repr(error)
-            break
-        try:
-            results[f"{key}_{case}_ms"] = _timed(function, args.warmup, args.iterations)
-        except Exception as error:  # noqa: BLE001
-            results[f"{key}_{case}_error"] = repr(error)
-    for runtime, clip_case, step_case in (
-        ("keras", "keras_clip", "keras_step"),
-        ("litert_fp32", "litert_fp32_clip", "litert_fp32_step"),
-    ):
-        clip_ms, step_ms = results.get(f"{key}_{clip_case}_ms"), results.get(f"{key}_{step_case}_ms")
+        results[f"{key}_litert_int8_step_ms"] = _timed(
+            lambda: int8_stream.step(clip[0, 0]), args.warmup, args.iterations
+        )
+    except Exception as error:  # noqa: BLE001
+        results[f"{key}_litert_int8_error"] = repr(error)
+    for runtime in ("keras", "litert_fp32"):
+        clip_ms, step_ms = results.get(f"{key}_{runtime}_clip_ms"), results.get(f"{key}_{runtime}_step_ms")
         if clip_ms and step_ms:
             results[f"{key}_{runtime}_step_vs_clip_per_frame"] = step_ms / (clip_ms / num_frames)
 
