@@ -41,6 +41,10 @@ SIGNATURE_NAMES = (SERVING_DEFAULT, PREDICT_FRAMES)
 JPEG_INPUT_KEY = "frames_jpeg"
 FRAMES_INPUT_KEY = "frames"
 SIGNATURE_INPUT_KEYS = {SERVING_DEFAULT: JPEG_INPUT_KEY, PREDICT_FRAMES: FRAMES_INPUT_KEY}
+# The stream signature of causal models (`selfy export --stream`,
+# `serving.stream`): one frame and the states in, logits and states out.
+PREDICT_STREAM = "predict_stream"
+STREAM_FRAME_INPUT_KEY = "frame"
 
 LOGITS_KEY = "logits"
 PROBABILITIES_KEY = "probabilities"
