@@ -19,7 +19,9 @@ print(result.path)  # exported/selfy/1
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import logging
 import os
 import shutil
@@ -29,7 +31,7 @@ from typing import Sequence
 import keras
 
 from selfy_tf import run_dir
-from selfy_tf.files import atomic_write_text
+from selfy_tf.files import atomic_write_text, temporary_pattern
 from selfy_tf.ops import stss_xla
 from serving import signatures as signatures_lib
 from serving import warmup as warmup_lib
@@ -320,12 +322,36 @@ def batching_config_text(max_batch_size: int = 16, batch_timeout_micros: int = 5
     )
 
 
+def _remove_stale_config_temporaries(base_dir: str) -> list[str]:
+    """Deletes temporaries of `models.config` / `batching.config` left by killed exports.
+
+    `atomic_write_text` writes `.NAME.tmp-PID-...` beside the file and
+    renames it; a kill between the two leaves it behind. Temporaries of a
+    process still running are kept (it may be writing right now).
+
+    Returns:
+        the removed paths.
+    """
+    removed = []
+    for file_name in (MODELS_CONFIG, BATCHING_CONFIG):
+        for path in sorted(glob.glob(temporary_pattern(os.path.join(base_dir, file_name)))):
+            pid = os.path.basename(path).rpartition(".tmp-")[2].split("-")[0]
+            if pid.isdigit() and _process_alive(int(pid)):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            logger.info("removed %s, left by an interrupted export", path)
+            removed.append(path)
+    return removed
+
+
 def write_server_configs(base_dir: str, name: str) -> list[str]:
     """Writes `models.config` / `batching.config` examples unless present.
 
     Returns:
         The paths written.
     """
+    _remove_stale_config_temporaries(base_dir)
     written = []
     contents = {
         MODELS_CONFIG: models_config_text(name, f"/models/{name}"),

@@ -404,8 +404,8 @@ class TestErrorReplies:
 
 
 class TestExportTemporaries:
-    def test_export_removes_staging_folders_of_killed_exports(self, exported_model, tmp_path):
-        from serving.export import export_saved_model
+    def test_export_removes_temporaries_of_killed_exports(self, exported_model, tmp_path):
+        from serving.export import batching_config_text, export_saved_model, models_config_text
 
         model_dir = tmp_path / "base" / "selfy"
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -418,12 +418,23 @@ class TestExportTemporaries:
             for folder in (stale, legacy, running):
                 (folder / "saved_model").mkdir(parents=True)
                 (folder / "saved_model" / "saved_model.pb").write_bytes(b"half written")
+            # A kill between writing a config's temporary and renaming it.
+            base = tmp_path / "base"
+            stale_config = base / f".batching.config.tmp-{dead.pid}-140230-0"
+            stale_config.write_text("max_batch_size { value: 1")
+            running_config = base / f".models.config.tmp-{alive.pid}-140231-0"
+            running_config.write_text("model_config_list {")
             result = export_saved_model(
-                exported_model.model, str(tmp_path / "base"), name="selfy",
+                exported_model.model, str(base), name="selfy",
                 labels=exported_model.labels, top_k=3,
             )
             assert sorted(os.listdir(model_dir)) == sorted(["1", running.name])
             assert result.version == 1
+            assert sorted(os.listdir(base)) == sorted(
+                ["batching.config", "models.config", "selfy", running_config.name]
+            )
+            assert (base / "batching.config").read_text() == batching_config_text()
+            assert (base / "models.config").read_text() == models_config_text("selfy", "/models/selfy")
         finally:
             alive.kill()
             alive.wait()
