@@ -6,11 +6,15 @@ Like TF Serving's `--enable_batching`: a request waits at most
 beyond it requests fail fast with UNAVAILABLE instead of piling up).
 Requests are only merged when every input has the same dtype and non-batch
 shape. The server checks each request (shapes, caps, frame headers) before
-it is queued, so a bad request fails alone without touching a batch. If a
-merged batch still fails (damage only the decoder sees), it is split in
-halves and each half re-run, so the bad request gets the error and the
-others their answers, after about log2(batch) extra runs instead of one
-per request.
+it is queued, so a bad request fails alone without touching a batch.
+
+If a merged batch still fails (damage only the decoder sees), each request's
+`check_function` (decoding its frames, without the model) picks out the
+suspects: they run alone, so each gets the graph's own error or answer, and
+the rest run merged once more. Clean traffic never pays for the checks; a
+batch with bad requests costs one failed run (it stops at the bad frame,
+before the model), the checks and one full run. Requests without a check,
+or a re-run that fails again, fall back to splitting the batch in halves.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from serving.errors import ServingError
 logger = logging.getLogger(__name__)
 
 RunFunction = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+# Raises for inputs that would fail the run; cheaper than the run itself.
+CheckFunction = Callable[[Mapping[str, np.ndarray]], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +76,7 @@ class _Task:
     num_rows: int
     enqueued: float
     future: Future
+    check_function: CheckFunction | None = None
 
 
 def _batch_key(key: Hashable, inputs: Mapping[str, np.ndarray]) -> Hashable:
@@ -118,7 +125,11 @@ class DynamicBatcher:
             thread.start()
 
     def submit(
-        self, key: Hashable, run_function: RunFunction, inputs: Mapping[str, np.ndarray]
+        self,
+        key: Hashable,
+        run_function: RunFunction,
+        inputs: Mapping[str, np.ndarray],
+        check_function: CheckFunction | None = None,
     ) -> Future:
         """Queues one request; its future resolves to the output dict.
 
@@ -128,6 +139,8 @@ class DynamicBatcher:
             run_function: maps a dict of batched inputs to a dict of batched
                 outputs.
             inputs: input name → array with the batch on axis 0.
+            check_function: called with `inputs` only after a merged batch
+                holding them failed; raises if they could be the cause.
 
         Raises:
             ServingError: UNAVAILABLE if the queue is full or closed.
@@ -139,6 +152,7 @@ class DynamicBatcher:
             num_rows=_num_rows(inputs),
             enqueued=time.monotonic(),
             future=Future(),
+            check_function=check_function,
         )
         with self._condition:
             if self._closed:
@@ -159,9 +173,10 @@ class DynamicBatcher:
         run_function: RunFunction,
         inputs: Mapping[str, np.ndarray],
         timeout_s: float | None = None,
+        check_function: CheckFunction | None = None,
     ) -> dict[str, np.ndarray]:
         """`submit` and wait for the result (re-raises the request's error)."""
-        return self.submit(key, run_function, inputs).result(timeout=timeout_s)
+        return self.submit(key, run_function, inputs, check_function).result(timeout=timeout_s)
 
     def _take_batch(self) -> list[_Task] | None:
         with self._condition:
@@ -199,27 +214,58 @@ class DynamicBatcher:
 
     def _run_batch(self, batch: list[_Task]) -> None:
         self.batch_sizes[sum(task.num_rows for task in batch)] += 1
-        self._run_merged(batch)
+        if self._try_merged(batch):
+            return
+        # Isolate the request(s) that broke the batch.
+        suspects, cleared = self._check_each(batch)
+        for task in suspects:
+            self._run_alone(task)
+        if not cleared or (suspects and self._try_merged(cleared)):
+            return
+        # The checks missed the cause: halve until the failing requests are alone.
+        self._run_halves(cleared)
 
-    def _run_merged(self, batch: list[_Task]) -> None:
+    def _run_halves(self, failed: list[_Task]) -> None:
+        """Runs both halves of a batch that failed merged, halving again where one fails."""
+        half = len(failed) // 2
+        for part in (failed[:half], failed[half:]):
+            if not self._try_merged(part):
+                self._run_halves(part)
+
+    @staticmethod
+    def _check_each(batch: list[_Task]) -> tuple[list[_Task], list[_Task]]:
+        """Splits a failed batch into the requests whose check fails and the rest."""
+        suspects, cleared = [], []
+        for task in batch:
+            try:
+                if task.check_function is not None:
+                    task.check_function(task.inputs)
+                cleared.append(task)
+            except Exception:  # its own run (alone) reports the error
+                suspects.append(task)
+        return suspects, cleared
+
+    def _try_merged(self, batch: list[_Task]) -> bool:
+        """Runs `batch` merged and answers each request; False (nothing answered) if it fails.
+
+        A single request is answered even when it fails (with its error).
+        """
         if len(batch) == 1:
             self._run_alone(batch[0])
-            return
+            return True
         names = list(batch[0].inputs)
         merged = {name: np.concatenate([task.inputs[name] for task in batch]) for name in names}
         try:
             outputs = batch[0].run_function(merged)
-        except Exception as error:  # isolate the request that broke the batch
-            logger.debug("merged batch of %d requests failed (%s); splitting it", len(batch), error)
-            half = len(batch) // 2
-            self._run_merged(batch[:half])
-            self._run_merged(batch[half:])
-            return
+        except Exception as error:
+            logger.debug("merged batch of %d requests failed (%s)", len(batch), error)
+            return False
         start = 0
         for task in batch:
             stop = start + task.num_rows
             task.future.set_result({name: value[start:stop] for name, value in outputs.items()})
             start = stop
+        return True
 
     @staticmethod
     def _run_alone(task: _Task) -> None:

@@ -285,6 +285,37 @@ class TestBadRequestsInBatches:
             assert "instance 0, frame 1 cannot be decoded" in error.message and reason in error.message
         assert rows == 6  # the bad requests never reached the batcher
 
+    def test_a_frame_only_the_decoder_refuses_fails_only_its_own_request(self, exported_model):
+        clips = [_jpeg_frames(seed) for seed in (1, 2, 3)]
+        damaged = bytearray(clips[0][1])
+        start_of_scan = damaged.index(b"\xff\xda")
+        damaged[start_of_scan + 6] = 0x33  # first component's Huffman tables: 3, never defined
+        bad = [clips[0][0], bytes(damaged), *clips[0][2:]]
+        batching = BatchingOptions(max_batch_size=16, batch_timeout_s=0.3, num_batch_threads=1)
+        with _model_server(exported_model.base, rest_port=None, grpc_port=0, batching=batching) as server:
+
+            def send(frames):
+                client = GrpcClient(server.grpc_target)
+                try:
+                    return client.predict({"frames_jpeg": np.array([frames], dtype=object)})
+                except ClientError as error:
+                    return error
+                finally:
+                    client.close()
+
+            alone = [send(frames)["logits"] for frames in clips]
+            server.batcher.batch_sizes.clear()
+            requests = [*clips, bad, *clips]
+            with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+                results = list(pool.map(send, requests))
+            rows = sum(size * count for size, count in server.batcher.batch_sizes.items())
+        assert rows == len(requests)  # the header check passed it: it reached the batcher
+        error = results[3]
+        assert isinstance(error, ClientError) and error.status == grpc.StatusCode.INVALID_ARGUMENT
+        assert "JPEG" in error.message
+        for result, reference in zip(results[:3] + results[4:], alone + alone):
+            np.testing.assert_allclose(result["logits"], reference, atol=1e-4)
+
 
 class TestRestConnections:
     def test_half_sent_requests_time_out(self, exported_model):

@@ -416,6 +416,30 @@ class TestDynamicBatcher:
         batcher.close()
         assert max(batcher.batch_sizes) <= 3
 
+    def test_checks_isolate_failing_requests_in_one_more_run(self):
+        runs = []
+
+        def double(batch):
+            runs.append(len(batch["x"]))
+            return self._double(batch)
+
+        def check(inputs):
+            if np.any(inputs["x"] < 0):
+                raise ValueError("negative")
+
+        batcher = DynamicBatcher(BatchingOptions(max_batch_size=8, batch_timeout_s=0.2, num_batch_threads=1))
+        values = (1, -1, 2, 3, -4, 5, 6, 7)
+        futures = [batcher.submit("k", double, {"x": np.array([[value]])}, check) for value in values]
+        for value, future in zip(values, futures):
+            if value < 0:
+                with pytest.raises(ServingError, match="negative input"):
+                    future.result(timeout=10)
+            else:
+                assert future.result(timeout=10)["y"].tolist() == [[2 * value]]
+        batcher.close()
+        # The failed batch, each failing request alone, the other six merged.
+        assert runs == [8, 1, 1, 6]
+
     def test_bounded_queue_and_options(self):
         batcher = DynamicBatcher(BatchingOptions(max_enqueued_requests=1, batch_timeout_s=0.5, num_batch_threads=1))
         blocker = threading.Event()

@@ -239,6 +239,23 @@ def _check_one(
     return value
 
 
+def check_frames_decode(inputs: Mapping[str, np.ndarray]) -> None:
+    """Decodes every encoded frame of one request, without the model; raises on the first failure.
+
+    The batcher calls this only after a merged batch failed, to find the
+    requests whose frames only the decoder refuses (a complete JPEG whose
+    tables or data are damaged) without re-running the whole graph for each.
+
+    Raises:
+        tf.errors.InvalidArgumentError: for a frame the decoder refuses.
+    """
+    frames = inputs.get(signatures_lib.JPEG_INPUT_KEY)
+    if frames is None:
+        return
+    for data in frames.reshape(-1):
+        tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
 class Predictor:
     """Answers predict / metadata / status requests for one model.
 
@@ -301,4 +318,6 @@ class Predictor:
 
         if self.batcher is None:
             return run_batch(checked)
-        return self.batcher.run((loaded.version, signature.name), run_batch, checked)
+        return self.batcher.run(
+            (loaded.version, signature.name), run_batch, checked, check_function=check_frames_decode
+        )
