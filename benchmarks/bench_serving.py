@@ -25,17 +25,32 @@ With `--faults` it runs the load matrix under bad requests instead:
 
 `faults_<protocol>_batching_<on|off>_c<clients>_bad<percent>_*` for REST and
 gRPC, `--fault-clients` (1/4/16/64) concurrent clients, and
-`--bad-fractions` (0, 10 %, 25 %) of bad requests (alternately a frame that
-is not an image and a truncated JPEG, spread evenly over each client's
-requests), each case running `--fault-seconds` after a warm-up:
-`good_rps` (good requests answered per second), `good_p50_ms`,
-`good_p99_ms`, `good_errors` (good requests that failed: should be 0),
-`bad_rejected` (bad requests answered 400 / INVALID_ARGUMENT),
-`bad_unexpected` (bad requests answered otherwise: should be 0), and
-`good_ratio` = good_rps over the clean run's (`faults_median_bad<p>_good_ratio`
-and `faults_min_...` over the matrix). Per server:
-`faults_batching_<on|off>_rss_warm_mb` (after a warm-up at the most
-clients), `..._rss_end_mb` and `..._rss_ratio` (end over warm).
+`--bad-fractions` (0, 10 %, 25 %) of bad requests, spread evenly over each
+client's requests, of each of `--bad-kinds`:
+
+- `header`: a frame that is not an image, or a truncated JPEG (refused by
+  the server's header check, before batching);
+- `decoder`: a complete JPEG whose scan names an undefined Huffman table,
+  or whose precision is 12 bits (only the decoder refuses them: they reach
+  the batcher);
+- `mixed`: the four in turn.
+
+Keys `..._bad0_*` for the clean run, `..._bad<percent>_<kind>_*` for the
+others, each case running `--fault-seconds` after a warm-up: `good_rps`
+(good requests answered per second), `good_p50_ms`, `good_p99_ms`,
+`good_errors` (good requests that failed: should be 0), `bad_rejected` (bad
+requests answered 400 / INVALID_ARGUMENT), `bad_unexpected` (bad requests
+answered otherwise: should be 0), and `good_ratio` = good_rps over the
+clean run's, measured just before with the same server and clients
+(`faults_median_bad<percent>_<kind>_good_ratio` and `faults_min_...` over
+the matrix). Per server: `faults_batching_<on|off>_rss_warm_mb` (after a
+warm-up at the most clients), `..._rss_end_mb` and `..._rss_ratio` (end
+over warm).
+
+`--hostile` then runs the hostile clients of `bench_serving_hostile.py`
+against the same export (keys `faults_hostile_*`: thin frames, header
+slowloris, idle-connection flood, large JSON bodies), with the server's
+peak RSS during each (`faults_hostile_<case>_peak_rss_mb`).
 """
 
 from __future__ import annotations
@@ -87,6 +102,10 @@ def _parse_args(argv=None) -> argparse.Namespace:
                         help="fractions of bad requests (--faults)")
     parser.add_argument("--fault-seconds", type=float, default=3.0,
                         help="timed seconds per case (--faults)")
+    parser.add_argument("--bad-kinds", default="header,decoder,mixed",
+                        help="kinds of bad requests (--faults): header, decoder, mixed")
+    parser.add_argument("--hostile", action="store_true",
+                        help="also run bench_serving_hostile's cases (--faults)")
     return parser.parse_args(argv)
 
 
@@ -142,14 +161,26 @@ def _measure(make_client, inputs, signature, num_clients, num_requests, num_warm
     }
 
 
-def _bad_requests(good: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """Two bad variants of a JPEG request: one frame not an image, one truncated."""
+def _bad_frames(frame: bytes) -> dict[str, list[bytes]]:
+    """Damaged copies of one JPEG frame, by kind (see the module docstring)."""
+    undefined_table = bytearray(frame)
+    undefined_table[frame.index(b"\xff\xda") + 6] = 0x33  # the first component's tables
+    twelve_bits = bytearray(frame)
+    twelve_bits[frame.index(b"\xff\xc0") + 4] = 12  # the frame header's precision
+    header = [b"this is not an image", frame[: len(frame) // 2]]
+    decoder = [bytes(undefined_table), bytes(twelve_bits)]
+    return {"header": header, "decoder": decoder, "mixed": [header[0], decoder[0], header[1], decoder[1]]}
+
+
+def _bad_requests(good: dict[str, np.ndarray], kind: str) -> list[dict[str, np.ndarray]]:
+    """Variants of a JPEG request whose second frame is damaged in the ways of `kind`."""
     frames = list(good["frames_jpeg"][0])
-    garbage = frames.copy()
-    garbage[1] = b"this is not an image"
-    truncated = frames.copy()
-    truncated[1] = frames[1][: len(frames[1]) // 2]
-    return [{"frames_jpeg": np.array([variant], dtype=object)} for variant in (garbage, truncated)]
+    requests = []
+    for damaged in _bad_frames(frames[1])[kind]:
+        variant = frames.copy()
+        variant[1] = damaged
+        requests.append({"frames_jpeg": np.array([variant], dtype=object)})
+    return requests
 
 
 def _is_bad_request_error(error: Exception) -> bool:
@@ -230,11 +261,13 @@ def _rss_mb(pid: int) -> float:
 def _run_faults(args, workdir: str, good: dict[str, np.ndarray], results: dict) -> None:
     from serving.client import GrpcClient, RestClient
 
-    bads = _bad_requests(good)
+    kinds = [kind for kind in args.bad_kinds.split(",") if kind]
+    bads = {kind: _bad_requests(good, kind) for kind in kinds}
     clients = [int(count) for count in args.fault_clients.split(",")]
-    fractions = [float(fraction) for fraction in args.bad_fractions.split(",")]
+    fractions = [float(fraction) for fraction in args.bad_fractions.split(",") if float(fraction) > 0]
     protocols = [protocol for protocol in args.protocols.split(",") if protocol]
-    results.update({"faults_seconds_per_case": args.fault_seconds, "faults_bad_fractions": fractions})
+    results.update({"faults_seconds_per_case": args.fault_seconds, "faults_bad_fractions": fractions,
+                    "faults_bad_kinds": kinds})
     for tag, process, rest_url, grpc_target in _each_server(workdir, results, "faults_"):
         factories = {"grpc": lambda: GrpcClient(grpc_target), "rest": lambda: RestClient(rest_url)}
         # Untimed, at the most clients: the allocator reaches the size of
@@ -242,20 +275,23 @@ def _run_faults(args, workdir: str, good: dict[str, np.ndarray], results: dict) 
         # server should hold, not a growth to explain.
         try:
             for protocol in protocols:
-                _measure_faults(factories[protocol], good, bads, max(fractions), max(clients),
-                                args.fault_seconds / 2, args.warmup)
+                _measure_faults(factories[protocol], good, bads["mixed" if "mixed" in bads else kinds[0]],
+                                max(fractions), max(clients), args.fault_seconds / 2, args.warmup)
         except Exception as error:  # record and go on with the next server
             results[f"faults_batching_{tag}_warmup_error"] = repr(error)
             continue
         warm_rss = _rss_mb(process.pid)
         for protocol in protocols:
             for num_clients in clients:
+                prefix = f"faults_{protocol}_batching_{tag}_c{num_clients}"
+                cases = [(f"{prefix}_bad0", [good], 0.0)] + [
+                    (f"{prefix}_bad{int(round(fraction * 100))}_{kind}", bads[kind], fraction)
+                    for kind in kinds for fraction in fractions
+                ]
                 clean = None
-                for fraction in fractions:
-                    name = (f"faults_{protocol}_batching_{tag}_c{num_clients}"
-                            f"_bad{int(round(fraction * 100))}")
+                for name, bad_requests, fraction in cases:
                     try:
-                        measured = _measure_faults(factories[protocol], good, bads, fraction,
+                        measured = _measure_faults(factories[protocol], good, bad_requests, fraction,
                                                    num_clients, args.fault_seconds, args.warmup)
                     except Exception as error:  # record and go on
                         results[f"{name}_error"] = repr(error)
@@ -271,14 +307,16 @@ def _run_faults(args, workdir: str, good: dict[str, np.ndarray], results: dict) 
         results[f"faults_batching_{tag}_rss_warm_mb"] = warm_rss
         results[f"faults_batching_{tag}_rss_end_mb"] = end_rss
         results[f"faults_batching_{tag}_rss_ratio"] = round(end_rss / warm_rss, 3)
-    for fraction in fractions:
-        tag = f"_bad{int(round(fraction * 100))}_good_ratio"
-        ratios = [value for key, value in results.items() if key.endswith(tag)]
-        if ratios:
-            # The median over the matrix: single 3 s cases move by +-20 % on a
-            # shared 2-core machine.
-            results[f"faults_median{tag}"] = round(float(np.median(ratios)), 3)
-            results[f"faults_min{tag}"] = min(ratios)
+    for kind in kinds:
+        for fraction in fractions:
+            tag = f"_bad{int(round(fraction * 100))}_{kind}_good_ratio"
+            ratios = [value for key, value in results.items()
+                      if key.startswith("faults_") and key.endswith(tag)]
+            if ratios:
+                # The median over the matrix: single 3 s cases move by +-20 %
+                # on a shared 2-core machine.
+                results[f"faults_median{tag}"] = round(float(np.median(ratios)), 3)
+                results[f"faults_min{tag}"] = min(ratios)
     results["faults_good_errors_total"] = sum(
         value for key, value in results.items() if key.endswith("_good_errors")
     )
@@ -366,6 +404,18 @@ def main(argv=None) -> int:
 
     if args.faults:
         _run_faults(args, workdir, inputs["jpeg"], results)
+        if args.hostile:
+            import bench_serving_hostile
+
+            hostile_args = bench_serving_hostile._parse_args([])
+            results["faults_hostile_idle_connections"] = hostile_args.idle_connections
+            results["faults_hostile_rest_threads"] = hostile_args.rest_threads
+            hostile_args.cases = "thin,slowloris,idle,json"
+            try:
+                tree = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+                bench_serving_hostile.run_cases(tree, workdir, hostile_args, results, "faults_hostile_")
+            except Exception as error:  # record and go on
+                results["faults_hostile_error"] = repr(error)
         write_results(results, args.results_file)
         return 0
 

@@ -28,6 +28,10 @@ runs, one after the other:
   8 clients for `--rps-seconds` each), the cost of the guards on the good
   path.
 
+Each case also records the server's peak RSS while it ran
+(`<case>_peak_rss_mb`, `VmHWM` reset before it). `bench_serving.py --faults
+--hostile` runs the same cases through `run_cases`.
+
 With `--baseline-tree DIR`, the same cases run against the code in DIR
 (exported and served by it; keys prefixed `baseline_`), side by side on the
 same machine. Prints one JSON line on stdout.
@@ -284,7 +288,8 @@ def _good_rps(rest_port: int, num_clients: int, seconds: float) -> float:
         return round(sum(pool.map(client, range(num_clients))) / seconds, 1)
 
 
-def _run(tree: str, base: str, args, results: dict, prefix: str) -> None:
+def run_cases(tree: str, base: str, args, results: dict, prefix: str) -> None:
+    """Runs `args.cases` against `selfy serve` from `tree` on the export at `base`."""
     body = _json_body(args.json_mb)
     body_mb = len(body) / (1 << 20) + 0.1
     extra = ["--rest-threads", str(args.rest_threads), "--rest-timeout", str(args.rest_timeout)]
@@ -304,7 +309,9 @@ def _run(tree: str, base: str, args, results: dict, prefix: str) -> None:
             if name not in args.cases.split(","):
                 continue
             try:
+                _reset_peak(process.pid)
                 step()
+                results[f"{prefix}{name}_peak_rss_mb"] = round(_status_mb(process.pid, "VmHWM"), 1)
             except Exception as error:  # record and go on
                 results[f"{prefix}{name}_error"] = repr(error)
             logger.info("%s%s done", prefix, name)
@@ -321,6 +328,7 @@ def _run(tree: str, base: str, args, results: dict, prefix: str) -> None:
         process, rest_port, _ = _start_server(tree, base, extra)
     try:
         _json_cases(process, rest_port, body, results, prefix)
+        results[f"{prefix}json_peak_rss_mb"] = round(_status_mb(process.pid, "VmHWM"), 1)
     except Exception as error:  # record and go on
         results[f"{prefix}json_error"] = repr(error)
     finally:
@@ -366,7 +374,7 @@ def main(argv=None) -> int:
         trees.append((os.path.abspath(args.baseline_tree), "baseline_"))
     for tree, prefix in trees:
         try:
-            _run(tree, _export(tree), args, results, prefix)
+            run_cases(tree, _export(tree), args, results, prefix)
         except Exception as error:  # record and go on
             results[f"{prefix}error"] = repr(error)
     write_results(results, args.results_file)
