@@ -252,8 +252,18 @@ def check_frames_decode(inputs: Mapping[str, np.ndarray]) -> None:
     frames = inputs.get(signatures_lib.JPEG_INPUT_KEY)
     if frames is None:
         return
-    for data in frames.reshape(-1):
-        tf.io.decode_image(data, channels=3, expand_animations=False)
+    _decode_each(tf.constant(frames.reshape(-1)))
+
+
+@tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+def _decode_each(frames: tf.Tensor) -> tf.Tensor:
+    # One graph call per request: a Python call per frame would take the
+    # GIL from the server's other threads once per frame.
+    return tf.map_fn(
+        lambda data: tf.size(tf.io.decode_image(data, channels=3, expand_animations=False)),
+        frames,
+        fn_output_signature=tf.int32,
+    )
 
 
 class Predictor:
