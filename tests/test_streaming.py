@@ -262,7 +262,7 @@ class TestCausalTraining:
         start_top1 = float(np.mean(start_logits.argmax(-1) == validation.validation_labels))
 
         run_dir = tmp_path / "run"
-        sets = ["model.causal=true", "data.frame_stride=1", "train.epochs=2"]
+        sets = ["model.causal=true", "data.frame_stride=1", "train.epochs=2", "data.batch_size=8"]
         command = ["train", "--preset", "small_videos_cpu", "--data", data, "--out", str(run_dir)]
         assert main([*command, *[part for item in sets for part in ("--set", item)]]) == 0
         saved = configs.load_yaml(str(run_dir / "config.yaml"))

@@ -367,13 +367,13 @@ def small_videos_cpu() -> ExperimentConfig:
     shipped weights were pretrained on the package's synthetic motion
     classes (`trainer.motion_pretraining`); only the classifier starts
     afresh. An epoch is a fixed number of steps, not a pass over the data,
-    so a set of a few dozen clips still gets enough of them (300 steps,
-    about a minute on 2 CPU cores). Figures: benchmarks/README.md, "Own
-    videos".
+    so a set of a few dozen clips still gets enough of them (300 steps of
+    16 clips, about two minutes on 2 CPU cores). Figures:
+    benchmarks/README.md, "Own videos".
     """
     config = _with_model("selfy_tsm_r18.motion")
     config.model.init = "pretrained"
-    config.data.batch_size = 8
+    config.data.batch_size = 16
     # Evaluation resizes the short side to input_size * 256 / 224 before the
     # centre crop, whatever the stored frame size (training's multi-scale
     # crops cover that view).
