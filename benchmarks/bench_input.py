@@ -22,7 +22,6 @@ import tempfile
 import time
 
 import numpy as np
-
 from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_input")
@@ -58,7 +57,8 @@ def _time_batches(dataset, warmup: int, batches: int) -> float:
 
 def _stage_times(pattern: str, args, tf) -> dict:
     """Single-thread milliseconds per clip of each stage (cumulative pipelines, differenced)."""
-    from tfrecords import augment, decoder, sampling
+    from selfy_tf import sampling
+    from tfrecords import augment, decoder
 
     clip_decoder = decoder.Decoder()
     crop = args.crop_size

@@ -11,6 +11,9 @@ the next minor version after 0.1.0 (`REMOVED_IN`).
   (`move_model_stss_jit`).
 - `selfy export --resize-short N` is the earlier name of `--scale-size N`; it
   still works and prints a deprecation notice (`deprecated_alias`).
+- `tfrecords.eval_view` and `tfrecords.sampling` moved below the apps, to
+  `selfy_tf.eval_view` and `selfy_tf.sampling` (docs/architecture.md); the
+  old import paths still work and warn (`alias_moved_module`).
 
 Nothing here imports TensorFlow or Keras.
 """
@@ -18,11 +21,19 @@ Nothing here imports TensorFlow or Keras.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+import warnings
 from typing import Any
 
 # The version that removes everything in this module.
 REMOVED_IN = "0.2.0"
+
+# Earlier import paths of modules that moved: old name -> new name.
+MOVED_MODULES = {
+    "tfrecords.eval_view": "selfy_tf.eval_view",
+    "tfrecords.sampling": "selfy_tf.sampling",
+}
 
 
 def drop_layer_stss_jit(kwargs: dict[str, Any]) -> None:
@@ -81,4 +92,23 @@ def deprecated_alias(replacement: str) -> type[argparse.Action]:
     return DeprecatedAlias
 
 
-__all__ = ["REMOVED_IN", "deprecated_alias", "drop_layer_stss_jit", "move_model_stss_jit"]
+def alias_moved_module(old_name: str) -> None:
+    """Makes the module `old_name` (in `MOVED_MODULES`) the module it moved to.
+
+    Called by the stub left at the old path: the import then returns the new
+    module itself (so its classes are the same objects), with a
+    `DeprecationWarning` naming the new path.
+
+    Args:
+        old_name: the stub's `__name__`, e.g. `"tfrecords.eval_view"`.
+    """
+    new_name = MOVED_MODULES[old_name]
+    warnings.warn(
+        f"`{old_name}` moved to `{new_name}`; the old import path is removed in {REMOVED_IN}.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    sys.modules[old_name] = importlib.import_module(new_name)
+
+
+__all__ = ["MOVED_MODULES", "REMOVED_IN", "alias_moved_module", "deprecated_alias", "drop_layer_stss_jit", "move_model_stss_jit"]

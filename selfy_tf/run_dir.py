@@ -15,7 +15,7 @@
 Every file is written atomically (`selfy_tf.files`), so a crash never leaves
 a half-written file behind. A `.keras` file saved by `save_model` also holds
 `selfy.json` in its archive: the model's evaluation view (how frames are
-resized before the crop, see `tfrecords.eval_view`), so a `.keras` file
+resized before the crop, see `selfy_tf.eval_view`), so a `.keras` file
 copied out of its run is still scored as the run scores it. An exported
 SavedModel keeps the same record, with its clip size, in
 `<version>/assets.extra/selfy.json` (`write_saved_model_info`).
@@ -35,8 +35,8 @@ import os
 import zipfile
 from typing import TYPE_CHECKING, Any, Sequence
 
+from selfy_tf import eval_view as eval_view_lib
 from selfy_tf.files import atomic_path, atomic_write_text
-from tfrecords import eval_view as eval_view_lib
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -403,10 +403,6 @@ class LoadedModel:
 def _register_custom_objects() -> None:
     import selfy_tf.layers  # noqa: F401  (registers the custom layers)
     import selfy_tf.models  # noqa: F401
-
-    # Checkpoints written by the trainer may name its optimizer and schedules.
-    import trainer.optimizer  # noqa: F401
-    import trainer.schedules  # noqa: F401
 
 
 def load_model(

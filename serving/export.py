@@ -182,7 +182,7 @@ def export_saved_model(
         top_k: classes returned by the `top_k_*` outputs (capped at the
             number of classes).
         scale_size: short side frames are resized to before the centre
-            crop (the evaluation view, `tfrecords.eval_view`). Exclusive with
+            crop (the evaluation view, `selfy_tf.eval_view`). Exclusive with
             `eval_size`; when both are None, `round(input_size * 256 / 224)`.
             Pass the model's stored view (`run_dir.LoadedModel.view_settings`)
             to serve what `selfy eval` scores.

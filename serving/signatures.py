@@ -7,7 +7,7 @@ exporter, the server and the clients):
   encoded JPEG/PNG frames, any number of frames (≥ 1) per clip. The graph
   takes `num_frames` of them with the evaluation sampling, then decodes,
   resizes and centre-crops them with the evaluation view the input pipeline
-  uses (`tfrecords.eval_view`), so clients may send a whole short clip, or
+  uses (`selfy_tf.eval_view`), so clients may send a whole short clip, or
   `num_frames` sampled frames (~0.1 MB per clip instead of 1.2 MB of pixels).
 - `predict_frames`: `frames`, uint8 `[batch, frames, height, width, 3]`, any
   number of frames and any size: sampled, resized and cropped by the same
@@ -29,8 +29,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from tfrecords import eval_view as eval_view_lib
-
+from selfy_tf import eval_view as eval_view_lib
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_FRAMES = "predict_frames"

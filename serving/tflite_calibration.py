@@ -96,7 +96,7 @@ def representative_dataset(
         input_dtype: dtype of the converted model's `frames` input.
         split: split to read from a dataset directory.
         scale_size, eval_size: the model's evaluation view (see
-            `tfrecords.eval_view.EvalView`); both None: the default rule.
+            `selfy_tf.eval_view.EvalView`); both None: the default rule.
 
     Returns:
         A callable that yields `{"frames": array [1, num_frames, crop_size,

@@ -37,8 +37,8 @@ def keras_run(tmp_path_factory, tiny_model_factory, exported_model):
     from conftest import SERVING_LABELS
 
     from selfy_tf import run_dir
+    from selfy_tf.eval_view import EvalView
     from tfrecords import write_split
-    from tfrecords.eval_view import EvalView
 
     root = tmp_path_factory.mktemp("cli_run")
     paths = run_dir.RunPaths(str(root / "run"))

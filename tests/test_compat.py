@@ -34,3 +34,20 @@ def test_layer_stss_jit_is_dropped_and_other_arguments_kept():
     kwargs = {"name": "selfy", "stss_jit": True, "dtype": "float32"}
     compat.drop_layer_stss_jit(kwargs)
     assert kwargs == {"name": "selfy", "dtype": "float32"}
+
+
+def test_moved_modules_keep_their_old_import_path_with_a_warning():
+    import importlib
+    import sys
+
+    import pytest
+
+    for old_name, new_name in compat.MOVED_MODULES.items():
+        sys.modules.pop(old_name, None)
+        with pytest.warns(DeprecationWarning, match=new_name):
+            old = importlib.import_module(old_name)
+        assert old is importlib.import_module(new_name)
+    from selfy_tf.eval_view import EvalView as moved
+    from tfrecords.eval_view import EvalView
+
+    assert EvalView is moved

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tfrecords.eval_view import EvalView, default_scale_size, resize_bilinear_numpy
+from selfy_tf.eval_view import EvalView, default_scale_size, resize_bilinear_numpy
 
 
 def _reference_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from selfy_tf import run_dir
-from tfrecords.eval_view import EvalView
+from selfy_tf.eval_view import EvalView
 
 
 class TestLabels:

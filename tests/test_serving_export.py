@@ -44,8 +44,8 @@ class TestExportLayout:
             assert handle.read().splitlines() == exported_model.labels
 
     def test_the_evaluation_view_is_recorded_beside_the_graph(self, exported_model):
+        from selfy_tf.eval_view import EvalView
         from selfy_tf.run_dir import load_model
-        from tfrecords.eval_view import EvalView
 
         version_dir = exported_model.result.path
         with open(os.path.join(version_dir, "assets.extra", "selfy.json")) as handle:
@@ -177,7 +177,7 @@ class TestExportCorrectness:
             loaded.signatures["predict_frames"](frames=tf.zeros([1, 0, 32, 32, 3], tf.uint8))
 
     def test_predict_frames_applies_the_evaluation_view(self, exported_model, loaded):
-        from tfrecords.eval_view import EvalView
+        from selfy_tf.eval_view import EvalView
 
         frames = np.random.default_rng(5).integers(0, 256, (9, 64, 80, 3), dtype=np.uint8)
         outputs = loaded.signatures["predict_frames"](frames=tf.constant(frames[None]))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _validation import reference_validation
+
 from trainer import configs
 from trainer.synthetic import write_color_dataset
 
@@ -63,7 +63,7 @@ class TestPaddedEvaluationInput:
             make_dataset(f"{data_dir}/train-*.tfrecord", training=True, batch_size=4, pad_batches=True)
 
     def test_numpy_batches_pad_the_last_batch(self):
-        from tfrecords.eval_view import EvalView
+        from selfy_tf.eval_view import EvalView
         from trainer.numpy_data import EvalBatches
 
         # Clip i is filled with the value 10 + i: the batches tell which clip they hold.

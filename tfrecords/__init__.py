@@ -26,9 +26,9 @@ _EXPORTS = {
     "MEDIA_ID_KEY": "tfrecords.features",
     "Decoder": "tfrecords.decoder",
     "Parser": "tfrecords.parser",
-    "EvalView": "tfrecords.eval_view",
-    "sample_train_indices": "tfrecords.sampling",
-    "sample_eval_indices": "tfrecords.sampling",
+    "EvalView": "selfy_tf.eval_view",
+    "sample_train_indices": "selfy_tf.sampling",
+    "sample_eval_indices": "selfy_tf.sampling",
     "read_video_frames": "tfrecords.video",
     "inspect_dataset": "tfrecords.inspect",
 }

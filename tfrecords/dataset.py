@@ -13,9 +13,8 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
-from tfrecords import augment
+from tfrecords import augment, features
 from tfrecords import decoder as decoder_lib
-from tfrecords import features
 from tfrecords import parser as parser_lib
 
 logger = logging.getLogger(__name__)
@@ -217,7 +216,7 @@ def make_dataset(
         flip_label_map: `{class: class after flipping}` in training.
         eval_size: `(height, width)` frames are resized to before the
             evaluation crop when they differ; None (or `()`) resizes the
-            short side to `scale_size` instead. See `tfrecords.eval_view`.
+            short side to `scale_size` instead. See `selfy_tf.eval_view`.
         scale_size: short side frames are resized to before the evaluation
             crop when `eval_size` is None (default: `round(crop_size * 256 /
             224)`).

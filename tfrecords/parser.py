@@ -6,10 +6,10 @@ from typing import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
+from selfy_tf import eval_view as eval_view_lib
+from selfy_tf import sampling
 from tfrecords import augment
 from tfrecords import decoder as decoder_lib
-from tfrecords import eval_view as eval_view_lib
-from tfrecords import sampling
 
 
 class Parser:
@@ -19,7 +19,7 @@ class Parser:
     multi-scale crop decoded straight from the JPEGs of the chosen frames and
     resized to `crop_size`, then a horizontal flip (see `augment.random_flip`).
     Evaluation (deterministic): the evaluation view
-    (`tfrecords.eval_view.EvalView`): segment centres for `num_clips` clips,
+    (`selfy_tf.eval_view.EvalView`): segment centres for `num_clips` clips,
     the short side resized to `scale_size` (or frames to `eval_size`),
     `num_crops` crops (1: centre). Only the chosen frames are decoded.
 

@@ -122,7 +122,7 @@ class DataConfig:
     # softmax scores averaged as `selfy eval --num-clips --num-crops` does.
     validation_num_clips: int = 1
     validation_num_crops: int = 1
-    # The evaluation view (tfrecords.eval_view): frames are resized to
+    # The evaluation view (selfy_tf.eval_view): frames are resized to
     # (height, width) before the centre crop (official: 240x320); empty
     # resizes the short side to `scale_size` instead (none: input_size *
     # 256 / 224, the ratio of training's average crop).

@@ -2,7 +2,7 @@
 
 The model is a Keras model, a training run, a `.keras` file, an exported
 SavedModel or a `.tflite` file: each is scored on the clips of its own
-evaluation view (`tfrecords.eval_view`), so the figures of a run and of its
+evaluation view (`selfy_tf.eval_view`), so the figures of a run and of its
 exports can be compared.
 
 Multi-view testing: each video gives `num_clips` clips (spread evenly over
@@ -22,9 +22,9 @@ import keras
 import numpy as np
 
 from selfy_tf import run_dir
+from selfy_tf.eval_view import EvalView
 from selfy_tf.files import atomic_path, atomic_write_json
 from selfy_tf.ops import stss_xla
-from tfrecords.eval_view import EvalView
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +286,8 @@ def predict_split(
             model's number of classes, or a SavedModel exported without its
             evaluation view.
     """
+    from selfy_tf.eval_view import view_from_clip_shape
     from tfrecords import make_dataset, open_split
-    from tfrecords.eval_view import view_from_clip_shape
     from tfrecords.split import labels_path
 
     classifier = _open_classifier(model)
@@ -371,7 +371,7 @@ def evaluate(
             SavedModels and beside `.tflite` files; for an in-memory model or
             a file without one, the short side to `round(crop * 256 / 224)`);
             None resizes the short side to `scale_size`. See
-            `tfrecords.eval_view`.
+            `selfy_tf.eval_view`.
         scale_size: short side before cropping when `eval_size` is None
             (default `round(crop * 256 / 224)`).
         output_dir: where `eval.json`, `confusion_matrix.json` and

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import keras
 
+from selfy_tf.eval_view import EvalView
 from selfy_tf.files import atomic_write_text
 from selfy_tf.layers import SELFYBlock
 from selfy_tf.models import stss_grid_problem
 from selfy_tf.ops import stss_xla
 from selfy_tf.run_dir import RunPaths, save_model, write_labels
-from tfrecords.eval_view import EvalView
 from tfrecords.split import labels_path
 from trainer import callbacks as callbacks_lib
 from trainer import configs

@@ -23,7 +23,7 @@ import json
 
 from selfy_tf.cli._help import HelpFormatter
 from selfy_tf.cli._options import add_model_argument, add_view_arguments
-from tfrecords.eval_view import NUM_CROPS_CHOICES
+from selfy_tf.eval_view import NUM_CROPS_CHOICES
 
 
 def register_subparser(subparsers: argparse._SubParsersAction) -> None:
