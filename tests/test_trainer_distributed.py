@@ -15,8 +15,8 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from _validation import reference_validation
+
 from trainer.synthetic import write_color_dataset
 
 # Sync BN over 2 replicas x 2 clips sees the same 4 clips as one device with

@@ -14,8 +14,8 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from _resume import kill_after_mid_epoch_backup
+
 from tfrecords import crop_windows
 from trainer import numpy_data
 

@@ -11,8 +11,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from _resume import kill_after_mid_epoch_backup
+
 from trainer import configs
 from trainer.synthetic import write_color_dataset
 

@@ -43,8 +43,7 @@ import numpy as np
 
 from selfy_tf import run_dir
 from selfy_tf.files import atomic_path, atomic_write_text, temporary_pattern
-from tfrecords import features
-from tfrecords import sources
+from tfrecords import features, sources
 from tfrecords import split as split_lib
 from tfrecords.split import read_labels  # noqa: F401  (part of this module's API)
 from tfrecords.video import VideoDecodeError

@@ -156,7 +156,7 @@ def _listings(args: argparse.Namespace) -> dict:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from tfrecords import sources, writer
+    from tfrecords import sources
 
     for flag, value in (("--shards", args.shards), ("--workers", args.workers)):
         if value < 1:

@@ -228,8 +228,8 @@ def _detach(handler: logging.Handler | None) -> None:
 def run(args: argparse.Namespace) -> int:
     _use_backend(args.backend)
     config = _resolve_config(args)
-    from trainer.callbacks import BACKUP_FILE
     from selfy_tf.run_dir import RunPaths
+    from trainer.callbacks import BACKUP_FILE
     from trainer.train import train
 
     # Only the first worker owns the run directory (other workers share it).
