@@ -14,7 +14,7 @@ _EXPORTS = {
     "make_dataset": "tfrecords.dataset",
     "match_files": "tfrecords.dataset",
     "write_split": "tfrecords.writer",
-    "read_labels": "tfrecords.split",
+    "read_labels": "selfy_tf.run_dir",
     "open_split": "tfrecords.split",
     "Split": "tfrecords.split",
     "convert_split": "tfrecords.writer",

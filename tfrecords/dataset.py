@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
+from selfy_tf import run_dir
 from tfrecords import augment, features
 from tfrecords import decoder as decoder_lib
 from tfrecords import parser as parser_lib
@@ -66,12 +67,10 @@ def _pipeline_files(files: Sequence[str], pipelines: int, pipeline_id: int) -> l
 
 def _labels_beside(files: Sequence[str]) -> int | None:
     """Class count of the `labels.txt` next to the first shard, or None."""
-    from tfrecords import writer
-
     directory = os.path.dirname(files[0]) if files else ""
-    if not os.path.isfile(os.path.join(directory, writer.LABELS_FILE)):
+    if not os.path.isfile(os.path.join(directory, run_dir.LABELS_FILE)):
         return None
-    return len(writer.read_labels(directory))
+    return len(run_dir.read_labels(directory))
 
 
 def check_label(label: tf.Tensor, num_classes: int, shard: tf.Tensor, record_index: tf.Tensor) -> tf.Tensor:

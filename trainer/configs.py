@@ -31,6 +31,7 @@ import yaml
 
 from selfy_tf import compat
 from selfy_tf.files import atomic_write_text
+from selfy_tf.run_dir import DEFAULT_STSS_XLA
 from trainer.flips import FLIP_POLICIES
 
 __all__ = [
@@ -211,7 +212,7 @@ class RuntimeConfig:
     # gathers are faster that way, even on CPU: benchmarks/README.md); a
     # runtime switch (`selfy_tf.ops.stss_xla`), not part of the saved model,
     # which export and TFLite conversion trace without it.
-    stss_xla: bool = True
+    stss_xla: bool = DEFAULT_STSS_XLA
 
 
 @dataclasses.dataclass

@@ -126,6 +126,9 @@ class _Classifier:
             tensor) -> float32 logits `[clips, num_classes]` (numpy).
         owner: what `logits` needs kept alive (a loaded SavedModel, whose
             signatures lose their variables once it is collected).
+        stss_xla: the STSS op's XLA switch while `logits` runs (the run's
+            policy, `run_dir.run_stss_xla`); graphs that were exported or
+            converted ignore it.
     """
 
     name: str
@@ -135,16 +138,21 @@ class _Classifier:
     output_dir: str | None
     logits: Callable[[Any], np.ndarray]
     owner: Any = None
+    stss_xla: bool = run_dir.DEFAULT_STSS_XLA
 
 
 def _keras_classifier(
-    model: keras.Model, name: str, view_settings: dict[str, Any] | None, output_dir: str | None
+    model: keras.Model,
+    name: str,
+    view_settings: dict[str, Any] | None,
+    output_dir: str | None,
+    stss_xla: bool = run_dir.DEFAULT_STSS_XLA,
 ) -> _Classifier:
     # TensorFlow only here: `import trainer` must not need it (training on JAX).
     import tensorflow as tf
 
-    # Traced on the first batch, with the STSS op's gathers XLA-compiled (the
-    # caller holds `stss_xla(True)`), as in training's validation.
+    # Traced on the first batch, with the STSS op's XLA switch as the run
+    # trained (the caller holds `stss_xla(classifier.stss_xla)`).
     @tf.function
     def logits(frames):
         return tf.cast(model(frames, training=False), tf.float32)
@@ -157,6 +165,7 @@ def _keras_classifier(
         num_classes=int(model.outputs[0].shape[-1]),
         output_dir=output_dir,
         logits=lambda frames: logits(frames).numpy(),
+        stss_xla=stss_xla,
     )
 
 
@@ -223,7 +232,7 @@ def _open_classifier(model: keras.Model | run_dir.LoadedModel | str) -> _Classif
     if loaded.is_saved_model:
         return _saved_model_classifier(loaded)
     output_dir = loaded.run_dir or os.path.dirname(os.path.abspath(loaded.model_path))
-    return _keras_classifier(loaded.model, loaded.model_path, loaded.view_settings, output_dir)
+    return _keras_classifier(loaded.model, loaded.model_path, loaded.view_settings, output_dir, loaded.stss_xla)
 
 
 @dataclasses.dataclass
@@ -321,7 +330,7 @@ def predict_split(
     from tqdm import tqdm
 
     all_scores, all_labels = [], []
-    with stss_xla(True), tqdm(desc=f"eval {split}", unit="video", disable=not verbose, file=sys.stderr) as progress:
+    with stss_xla(classifier.stss_xla), tqdm(desc=f"eval {split}", unit="video", disable=not verbose, file=sys.stderr) as progress:
         for batch_index, (frames, labels) in enumerate(dataset):
             if max_batches is not None and batch_index >= max_batches:
                 break
@@ -424,7 +433,7 @@ def evaluate(
         os.makedirs(output_dir, exist_ok=True)
         confusion_json = os.path.join(output_dir, "confusion_matrix.json")
         confusion_png = os.path.join(output_dir, "confusion_matrix.png")
-        eval_json = os.path.join(output_dir, "eval.json")
+        eval_json = run_dir.RunPaths(output_dir).eval_json
         atomic_write_json(
             confusion_json,
             {"class_names": class_names, "rows": "true class", "columns": "predicted class",

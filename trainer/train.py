@@ -30,7 +30,7 @@ from selfy_tf.files import atomic_write_text
 from selfy_tf.layers import SELFYBlock
 from selfy_tf.models import stss_grid_problem
 from selfy_tf.ops import stss_xla
-from selfy_tf.run_dir import RunPaths, save_model, write_labels
+from selfy_tf.run_dir import RunPaths, read_labels, save_model, write_labels
 from tfrecords.split import labels_path
 from trainer import callbacks as callbacks_lib
 from trainer import configs
@@ -134,7 +134,7 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
             `model.num_classes`; every clip has fewer frames than
             `model.num_frames`.
     """
-    from tfrecords.split import open_split, read_labels
+    from tfrecords.split import open_split
 
     config = configs.resolve_model(config)
     if not os.path.isdir(data_dir):

@@ -229,7 +229,6 @@ def run(args: argparse.Namespace) -> int:
     _use_backend(args.backend)
     config = _resolve_config(args)
     from selfy_tf.run_dir import RunPaths
-    from trainer.callbacks import BACKUP_FILE
     from trainer.train import train
 
     # Only the first worker owns the run directory (other workers share it).
@@ -237,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     handler = None
     if _is_first_worker():
         os.makedirs(args.out, exist_ok=True)
-        handler = logging.FileHandler(os.path.join(args.out, "train.log"))
+        handler = logging.FileHandler(RunPaths(args.out).train_log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
     try:
@@ -247,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         # A run refused (or stopped) before its first backup has nothing to
         # resume: leave no half-made run directory behind.
-        if created and not os.path.exists(os.path.join(RunPaths(args.out).backup, BACKUP_FILE)):
+        if created and not os.path.exists(RunPaths(args.out).backup_file):
             _detach(handler)
             handler = None
             shutil.rmtree(args.out, ignore_errors=True)
