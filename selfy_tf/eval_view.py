@@ -47,7 +47,25 @@ NUM_CROPS_CHOICES = (1, 3)
 
 def default_scale_size(crop_size: int) -> int:
     """Short side frames are resized to before a `crop_size` crop: `round(crop_size * 256 / 224)`."""
+    # Never a tie: crop_size * 8 / 7 is an integer or 1/7 to 6/7 past one.
     return int(round(int(crop_size) * SCALE_RATIO))
+
+
+def scale_short_side(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """`(height, width)` of a frame resized so its short side is `short_side`, aspect ratio kept.
+
+    The long side is rounded half up, in integers, so that every resize of
+    the project (the evaluation view in NumPy and TensorFlow, the storage
+    resize of `selfy tfrecords build --resize-short`) gives the same size.
+
+    >>> scale_short_side(4, 5, 2)
+    (2, 3)
+    """
+    short, long = min(height, width), max(height, width)
+    new_long = (2 * long * short_side + short) // (2 * short)
+    if height <= width:
+        return int(short_side), int(new_long)
+    return int(new_long), int(short_side)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,12 +171,7 @@ class EvalView:
         """`(height, width)` a `height` x `width` frame is resized to."""
         if self.eval_size is not None:
             return self.eval_size
-        short, long = min(height, width), max(height, width)
-        # Integer round-half-up, so the NumPy and TensorFlow forms agree exactly.
-        new_long = (2 * long * self.scale_size + short) // (2 * short)
-        if height <= width:
-            return self.scale_size, int(new_long)
-        return int(new_long), self.scale_size
+        return scale_short_side(height, width, self.scale_size)
 
     def crop_offsets(self, height: int, width: int) -> list[tuple[int, int]]:
         """`(top, left)` of each crop in a resized `height` x `width` frame."""
@@ -214,6 +227,7 @@ class EvalView:
         if self.eval_size is not None:
             target_height, target_width = (tf.constant(size, tf.int32) for size in self.eval_size)
         else:
+            # `scale_short_side` in integer tensor ops, so both forms agree exactly.
             short, long = tf.minimum(height, width), tf.maximum(height, width)
             new_long = (2 * long * self.scale_size + short) // (2 * short)
             target_height = tf.where(height <= width, self.scale_size, new_long)
@@ -370,5 +384,6 @@ __all__ = [
     "default_scale_size",
     "resize_bilinear_numpy",
     "resize_frames",
+    "scale_short_side",
     "view_from_clip_shape",
 ]

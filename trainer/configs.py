@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from selfy_tf import compat
+from selfy_tf.eval_view import EvalView
 from selfy_tf.files import atomic_write_text
 from selfy_tf.run_dir import DEFAULT_STSS_XLA
 from trainer.flips import FLIP_POLICIES
@@ -226,6 +227,22 @@ class ExperimentConfig:
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+    def eval_view(self) -> EvalView:
+        """The run's evaluation view (one clip, one crop): the one stored in every checkpoint.
+
+        The only place `data.eval_size` / `data.scale_size` become a view.
+        """
+        return EvalView(
+            num_frames=self.model.num_frames,
+            crop_size=self.model.input_size,
+            scale_size=self.data.scale_size,
+            eval_size=tuple(self.data.eval_size) or None,
+        )
+
+    def validation_view(self) -> EvalView:
+        """The evaluation view with validation's clips and crops per video."""
+        return self.eval_view().with_views(self.data.validation_num_clips, self.data.validation_num_crops)
 
 
 # ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import keras
 import numpy as np
@@ -270,8 +270,7 @@ def predict_split(
     num_clips: int = 1,
     num_crops: int = 1,
     batch_size: int = 8,
-    eval_size: tuple[int, int] | None | str = "auto",
-    scale_size: int | None = None,
+    view_settings: Mapping[str, Any] | None = None,
     max_batches: int | None = None,
     verbose: bool | str = "auto",
 ) -> SplitScores:
@@ -283,8 +282,8 @@ def predict_split(
             file, an exported SavedModel (`BASE/<name>` for its newest
             version, or `BASE/<name>/<version>`; run through its
             `predict_frames` signature) or a `.tflite` file (run with LiteRT).
-        data_dir, split, num_clips, num_crops, batch_size, eval_size,
-            scale_size, max_batches, verbose: as in `evaluate`.
+        data_dir, split, num_clips, num_crops, batch_size, view_settings,
+            max_batches, verbose: as in `evaluate`.
 
     Returns:
         A `SplitScores`.
@@ -300,9 +299,8 @@ def predict_split(
     from tfrecords.split import labels_path
 
     classifier = _open_classifier(model)
-    view_settings = classifier.view_settings
-    if eval_size != "auto":
-        view_settings = {"eval_size": eval_size} if eval_size else {"scale_size": scale_size}
+    if view_settings is None:
+        view_settings = classifier.view_settings
     view = view_from_clip_shape(classifier.clip_shape, view_settings, num_clips=num_clips, num_crops=num_crops)
     split_info = open_split(data_dir, split)
     class_names = split_info.labels
@@ -311,17 +309,7 @@ def predict_split(
             f"{labels_path(data_dir)} lists {len(class_names)} classes but the model "
             f"{classifier.name} predicts {classifier.num_classes}."
         )
-    dataset = make_dataset(
-        split_info.files,
-        training=False,
-        num_frames=view.num_frames,
-        batch_size=int(batch_size),
-        crop_size=view.crop_size,
-        num_clips=view.num_clips,
-        num_crops=view.num_crops,
-        eval_size=view.eval_size,
-        scale_size=view.scale_size,
-    )
+    dataset = make_dataset(split_info.files, training=False, batch_size=int(batch_size), eval_view=view)
     import tensorflow as tf
 
     num_views = view.num_views
@@ -356,8 +344,7 @@ def evaluate(
     num_clips: int = 1,
     num_crops: int = 1,
     batch_size: int = 8,
-    eval_size: tuple[int, int] | None | str = "auto",
-    scale_size: int | None = None,
+    view_settings: Mapping[str, Any] | None = None,
     output_dir: str | None = "auto",
     max_batches: int | None = None,
     verbose: bool | str = "auto",
@@ -374,15 +361,12 @@ def evaluate(
         num_clips: clips per video (score-averaged), default 1.
         num_crops: 1 (centre) or 3 crops per clip, default 1.
         batch_size: videos per batch, default 8.
-        eval_size: `(height, width)` frames are resized to before cropping;
-            "auto" takes the evaluation view stored with the model (the one
-            its training validated with, recorded in `.keras` files, exported
-            SavedModels and beside `.tflite` files; for an in-memory model or
-            a file without one, the short side to `round(crop * 256 / 224)`);
-            None resizes the short side to `scale_size`. See
-            `selfy_tf.eval_view`.
-        scale_size: short side before cropping when `eval_size` is None
-            (default `round(crop * 256 / 224)`).
+        view_settings: the resize of the evaluation view, as
+            `EvalView.resize_settings()` gives it: `{"scale_size": S}` (the
+            short side to S) or `{"eval_size": [H, W]}`. None: the view stored
+            with the model (the one its training validated with, recorded in
+            `.keras` files, exported SavedModels and beside `.tflite` files),
+            else the default rule (`selfy_tf.eval_view`).
         output_dir: where `eval.json`, `confusion_matrix.json` and
             `confusion_matrix.png` go; "auto": the run directory, else the
             folder holding the model (the `.keras` or `.tflite` file's, a
@@ -409,8 +393,7 @@ def evaluate(
         num_clips=num_clips,
         num_crops=num_crops,
         batch_size=batch_size,
-        eval_size=eval_size,
-        scale_size=scale_size,
+        view_settings=view_settings,
         max_batches=max_batches,
         verbose=verbose,
     )

@@ -285,8 +285,7 @@ def export_and_predict(
         name=EXPORT_NAME,
         labels=loaded.labels,
         version=1,
-        scale_size=view.scale_size,
-        eval_size=view.eval_size,
+        view_settings=view.resize_settings(),
         write_configs=False,
     )
     export_seconds = time.perf_counter() - started
