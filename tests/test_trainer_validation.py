@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _validation import reference_validation
 
-from trainer import configs
+from trainer import configs, presets
 from trainer.synthetic import write_color_dataset
 
 # 15 clips in shards of 7 and 8: no batch size used here divides it.
@@ -85,7 +85,7 @@ class TestValidationMetrics:
         from trainer.train import train
 
         config = configs.apply_overrides(
-            configs.get_preset("tiny_cpu"),
+            presets.get_preset("tiny_cpu"),
             [
                 "train.epochs=1", "train.steps_per_epoch=3", "data.batch_size=4",
                 f"data.validation_num_clips={num_clips}", f"data.validation_num_crops={num_crops}",

@@ -111,6 +111,28 @@ def _plot_confusion(confusion: np.ndarray, class_names: list[str], path: str) ->
     plt.close(figure)
 
 
+def _write_report(report: dict[str, Any], class_names: list[str], output_dir: str) -> dict[str, str]:
+    """Writes `eval.json` (the report, with the paths) and the confusion matrix as JSON and PNG.
+
+    Returns:
+        The paths written: `{"eval_json", "confusion_json", "confusion_png"}`.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    files = {
+        "eval_json": run_dir.RunPaths(output_dir).eval_json,
+        "confusion_json": os.path.join(output_dir, "confusion_matrix.json"),
+        "confusion_png": os.path.join(output_dir, "confusion_matrix.png"),
+    }
+    atomic_write_json(
+        files["confusion_json"],
+        {"class_names": class_names, "rows": "true class", "columns": "predicted class",
+         "matrix": report["confusion_matrix"]},
+    )
+    _plot_confusion(np.asarray(report["confusion_matrix"]), class_names, files["confusion_png"])
+    atomic_write_json(files["eval_json"], {**report, "files": files})
+    return files
+
+
 @dataclasses.dataclass
 class _Classifier:
     """A trained model of any kind, as evaluation runs it.
@@ -294,8 +316,23 @@ def predict_split(
             model's number of classes, or a SavedModel exported without its
             evaluation view.
     """
+    classifier, view, split_info = _resolve(model, data_dir, split, num_clips, num_crops, view_settings)
+    if verbose == "auto":
+        verbose = sys.stderr.isatty()
+    return _score(classifier, view, split_info, int(batch_size), max_batches, bool(verbose))
+
+
+def _resolve(
+    model: keras.Model | run_dir.LoadedModel | str,
+    data_dir: str,
+    split: str,
+    num_clips: int,
+    num_crops: int,
+    view_settings: Mapping[str, Any] | None,
+) -> tuple[_Classifier, EvalView, Any]:
+    """The classifier, its evaluation view and the split (`tfrecords.Split`), checked against each other."""
     from selfy_tf.eval_view import view_from_clip_shape
-    from tfrecords import make_dataset, open_split
+    from tfrecords import open_split
     from tfrecords.split import labels_path
 
     classifier = _open_classifier(model)
@@ -303,22 +340,28 @@ def predict_split(
         view_settings = classifier.view_settings
     view = view_from_clip_shape(classifier.clip_shape, view_settings, num_clips=num_clips, num_crops=num_crops)
     split_info = open_split(data_dir, split)
-    class_names = split_info.labels
-    if len(class_names) != classifier.num_classes:
+    if len(split_info.labels) != classifier.num_classes:
         raise ValueError(
-            f"{labels_path(data_dir)} lists {len(class_names)} classes but the model "
+            f"{labels_path(data_dir)} lists {len(split_info.labels)} classes but the model "
             f"{classifier.name} predicts {classifier.num_classes}."
         )
-    dataset = make_dataset(split_info.files, training=False, batch_size=int(batch_size), eval_view=view)
-    import tensorflow as tf
+    return classifier, view, split_info
 
-    num_views = view.num_views
-    if verbose == "auto":
-        verbose = sys.stderr.isatty()
+
+def _score(
+    classifier: _Classifier, view: EvalView, split_info: Any, batch_size: int, max_batches: int | None, verbose: bool
+) -> SplitScores:
+    """Runs `classifier` on every video of `split_info` through `view`; the views' scores are averaged."""
+    import tensorflow as tf
     from tqdm import tqdm
 
+    from tfrecords import make_dataset
+
+    dataset = make_dataset(split_info.files, training=False, batch_size=batch_size, eval_view=view)
+    num_views = view.num_views
     all_scores, all_labels = [], []
-    with stss_xla(classifier.stss_xla), tqdm(desc=f"eval {split}", unit="video", disable=not verbose, file=sys.stderr) as progress:
+    progress = tqdm(desc=f"eval {split_info.name}", unit="video", disable=not verbose, file=sys.stderr)
+    with stss_xla(classifier.stss_xla), progress:
         for batch_index, (frames, labels) in enumerate(dataset):
             if max_batches is not None and batch_index >= max_batches:
                 break
@@ -333,7 +376,7 @@ def predict_split(
     num_classes = classifier.num_classes
     scores = np.concatenate(all_scores, axis=0) if all_scores else np.zeros((0, num_classes))
     labels = np.concatenate(all_labels, axis=0).astype(np.int64) if all_labels else np.zeros((0,), np.int64)
-    return SplitScores(scores, labels, class_names, view, classifier.name, classifier.output_dir)
+    return SplitScores(scores, labels, split_info.labels, view, classifier.name, classifier.output_dir)
 
 
 def evaluate(
@@ -413,18 +456,7 @@ def evaluate(
         }
     )
     if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
-        confusion_json = os.path.join(output_dir, "confusion_matrix.json")
-        confusion_png = os.path.join(output_dir, "confusion_matrix.png")
-        eval_json = run_dir.RunPaths(output_dir).eval_json
-        atomic_write_json(
-            confusion_json,
-            {"class_names": class_names, "rows": "true class", "columns": "predicted class",
-             "matrix": report["confusion_matrix"]},
-        )
-        _plot_confusion(np.asarray(report["confusion_matrix"]), class_names, confusion_png)
-        report["files"] = {"eval_json": eval_json, "confusion_json": confusion_json, "confusion_png": confusion_png}
-        atomic_write_json(eval_json, report)
+        report["files"] = _write_report(report, class_names, output_dir)
     logger.info(
         "%s on %s/%s (%d videos, %d clips x %d crops): top-1 %.4f, top-5 %.4f, mean class accuracy %.4f.",
         report["model"],

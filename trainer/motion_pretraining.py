@@ -121,9 +121,9 @@ def write_pretraining_data(out_dir: str, settings: PretrainingSettings) -> None:
 def pretraining_config(model_name: str, settings: PretrainingSettings):
     """The experiment config that pretrains `model_name` (a `MOTION_MODELS` entry)."""
     from selfy_tf.datasets import synthetic_motion
-    from trainer import configs
+    from trainer import configs, presets
 
-    config = configs.get_preset("small_videos_cpu")
+    config = presets.get_preset("small_videos_cpu")
     config.model.name = f"{model_name}.motion"
     config.model.init = ""
     config.model.num_classes = len(synthetic_motion.CLASS_NAMES)

@@ -81,7 +81,8 @@ def _use_backend(backend: str | None) -> None:
 
 
 def register_subparser(subparsers: argparse._SubParsersAction) -> None:
-    from trainer.configs import INIT_KINDS, PRECISION_NAMES, STRATEGY_NAMES, list_presets
+    from trainer.configs import INIT_KINDS, PRECISION_NAMES, STRATEGY_NAMES
+    from trainer.presets import list_presets
 
     parser = subparsers.add_parser(
         "train",
@@ -167,9 +168,9 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _resolve_config(args: argparse.Namespace):
-    from trainer import configs
+    from trainer import configs, presets
 
-    config = configs.get_preset(args.preset) if args.preset else configs.ExperimentConfig()
+    config = presets.get_preset(args.preset) if args.preset else configs.ExperimentConfig()
     for path in args.config:
         config = configs.load_yaml(path, base=config)
     shortcuts = (("train.epochs", args.epochs), ("data.batch_size", args.batch_size), ("optimizer.lr", args.lr))
