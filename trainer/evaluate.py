@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import keras
 import numpy as np
@@ -25,6 +25,9 @@ from selfy_tf import run_dir
 from selfy_tf.eval_view import EvalView
 from selfy_tf.files import atomic_path, atomic_write_json
 from selfy_tf.ops import stss_xla
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tfrecords.split import Split
 
 logger = logging.getLogger(__name__)
 
@@ -329,8 +332,8 @@ def _resolve(
     num_clips: int,
     num_crops: int,
     view_settings: Mapping[str, Any] | None,
-) -> tuple[_Classifier, EvalView, Any]:
-    """The classifier, its evaluation view and the split (`tfrecords.Split`), checked against each other."""
+) -> tuple[_Classifier, EvalView, "Split"]:
+    """The classifier, its evaluation view and the split, checked against each other."""
     from selfy_tf.eval_view import view_from_clip_shape
     from tfrecords import open_split
     from tfrecords.split import labels_path
@@ -349,7 +352,12 @@ def _resolve(
 
 
 def _score(
-    classifier: _Classifier, view: EvalView, split_info: Any, batch_size: int, max_batches: int | None, verbose: bool
+    classifier: _Classifier,
+    view: EvalView,
+    split_info: "Split",
+    batch_size: int,
+    max_batches: int | None,
+    verbose: bool,
 ) -> SplitScores:
     """Runs `classifier` on every video of `split_info` through `view`; the views' scores are averaged."""
     import tensorflow as tf
