@@ -49,7 +49,6 @@ from tfrecords.video import VideoDecodeError
 
 logger = logging.getLogger(__name__)
 
-LABELS_FILE = run_dir.LABELS_FILE
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
