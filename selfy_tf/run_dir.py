@@ -65,6 +65,9 @@ SAVED_MODEL_LABELS = os.path.join("assets", LABELS_FILE)
 # Where an export records its evaluation view and clip size; TF Serving
 # ignores `assets.extra/` beyond its warm-up requests.
 SAVED_MODEL_INFO = os.path.join("assets.extra", MODEL_INFO_MEMBER)
+# A model record holds a few settings; a larger one (e.g. a member that
+# inflates to gigabytes) is refused before it is read.
+MAX_MODEL_INFO_BYTES = 1 << 20
 _UTF8_BOM = "\ufeff"
 # The STSS op's XLA switch (`selfy_tf.ops.stss_xla`) while a run trains and
 # whenever its model is called in Python (evaluation, `selfy predict`,
@@ -339,11 +342,25 @@ def read_model_info(model_path: str) -> dict[str, Any]:
     """
     if not zipfile.is_zipfile(model_path):
         return {}
+    where = f"{model_path}: {MODEL_INFO_MEMBER}"
     with zipfile.ZipFile(model_path) as archive:
         if MODEL_INFO_MEMBER not in archive.namelist():
             return {}
-        text = archive.read(MODEL_INFO_MEMBER).decode("utf-8")
-    return parse_json_object(text, f"{model_path}: {MODEL_INFO_MEMBER}")
+        # The declared size first, then a bounded read: the header may lie.
+        if archive.getinfo(MODEL_INFO_MEMBER).file_size > MAX_MODEL_INFO_BYTES:
+            raise ValueError(_model_info_too_large(where))
+        with archive.open(MODEL_INFO_MEMBER) as member:
+            data = member.read(MAX_MODEL_INFO_BYTES + 1)
+    if len(data) > MAX_MODEL_INFO_BYTES:
+        raise ValueError(_model_info_too_large(where))
+    return parse_json_object(data.decode("utf-8", errors="replace"), where)
+
+
+def _model_info_too_large(where: str) -> str:
+    return (
+        f"{where} is larger than {MAX_MODEL_INFO_BYTES} bytes; a model record holds a "
+        "few settings. The file is damaged or not a selfy model."
+    )
 
 
 def write_saved_model_info(saved_model_dir: str, view: eval_view_lib.EvalView) -> str:
@@ -380,8 +397,11 @@ def read_saved_model_info(saved_model_dir: str) -> dict[str, Any]:
     path = os.path.join(saved_model_dir, SAVED_MODEL_INFO)
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as handle:
-        return parse_json_object(handle.read(), path)
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_MODEL_INFO_BYTES + 1)
+    if len(data) > MAX_MODEL_INFO_BYTES:
+        raise ValueError(_model_info_too_large(path))
+    return parse_json_object(data.decode("utf-8", errors="replace"), path)
 
 
 def parse_json_object(text: str, source: str) -> dict[str, Any]:

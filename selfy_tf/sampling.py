@@ -9,6 +9,12 @@ test sampling). With `num_clips` evaluation clips, clip `k` takes
 Clips shorter than `T` repeat frames (a segment holding no frame start takes
 the frame at its start).
 
+Stream sampling (`sample_stream_indices`) takes instead `num_frames`
+consecutive frames at a fixed `stride` from a random start, the frames a
+live stream of a causal model sees (as a camera delivers them): frames
+`start, start + stride, ...`, with `start` uniform in
+`[0, max(n - (T - 1) * stride, 1))`; clips too short repeat their last frame.
+
 Each function has a NumPy form (for clients and tests) and a TensorFlow form
 (`*_tf`, used inside tf.data; traced once, any clip length).
 """
@@ -71,6 +77,50 @@ def sample_eval_indices(
     shifts = (np.arange(num_clips, dtype=np.float64)[:, None] + 0.5) / num_clips
     indices = np.floor(tick * (segments + shifts)).astype(np.int64)
     return np.minimum(indices, num_available_frames - 1)
+
+
+def sample_stream_indices(
+    num_available_frames: int,
+    num_frames: int,
+    stride: int,
+    rng: np.random.Generator | int | None = None,
+) -> np.ndarray:
+    """Random stream-like indices: `num_frames` frames every `stride` frames.
+
+    Args:
+        num_available_frames: frames in the clip (≥ 1).
+        num_frames: frames to take (≥ 1).
+        stride: step between taken frames (≥ 1).
+        rng: a NumPy Generator or an integer seed (None: fresh entropy).
+
+    Returns:
+        int64 `[num_frames]`, non-decreasing, in `[0, num_available_frames)`.
+    """
+    _check(num_available_frames, num_frames)
+    _check_stride(stride)
+    rng = np.random.default_rng(rng)
+    starts = max(num_available_frames - (num_frames - 1) * stride, 1)
+    start = int(np.floor(rng.random() * starts))
+    offsets = np.arange(num_frames, dtype=np.int64) * stride
+    return np.minimum(start + offsets, num_available_frames - 1)
+
+
+def _check_stride(stride: int) -> None:
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"`stride` must be a positive integer. Received: stride={stride!r}.")
+
+
+def sample_stream_indices_tf(num_available_frames, num_frames: int, stride: int, seed):
+    """TensorFlow form of `sample_stream_indices` (stateless); returns int32 `[num_frames]`."""
+    import tensorflow as tf
+
+    _check_stride(stride)
+    available = tf.cast(num_available_frames, tf.int64)
+    starts = tf.maximum(available - (num_frames - 1) * stride, 1)
+    uniform = tf.random.stateless_uniform([], seed=seed, dtype=tf.float64)
+    start = tf.cast(tf.floor(uniform * tf.cast(starts, tf.float64)), tf.int64)
+    indices = tf.minimum(start + tf.range(num_frames, dtype=tf.int64) * stride, available - 1)
+    return tf.cast(indices, tf.int32)
 
 
 def sample_train_indices_tf(num_available_frames, num_frames: int, seed):

@@ -245,19 +245,43 @@ class RestClient(_ClipClient):
         for attempt in range(2):
             connection = self._connection()
             try:
-                connection.request(method, path, body=body, headers=headers)
+                try:
+                    connection.request(method, path, body=body, headers=headers)
+                except ConnectionError:
+                    # A server may answer from the headers alone (413 for a
+                    # body over its cap) and close without reading the rest:
+                    # its reply is then waiting to be read (unless the
+                    # connection never opened).
+                    if connection.sock is None:
+                        raise
+                    answered = self._early_reply(connection)
+                    if answered is None:
+                        raise
+                    return answered
                 response = connection.getresponse()
                 payload = response.read()
                 if response.will_close:
                     connection.close()
                     self._local.connection = None
                 return response.status, payload
-            except (http.client.HTTPException, ConnectionError, BrokenPipeError):
+            except (http.client.HTTPException, ConnectionError):
                 connection.close()
                 self._local.connection = None
                 if attempt:
                     raise
         raise AssertionError("unreachable")
+
+    def _early_reply(self, connection: http.client.HTTPConnection) -> tuple[int, bytes] | None:
+        """The reply a server sent before the request was fully written, if any."""
+        try:
+            response = connection.getresponse()
+            payload = response.read()
+        except (http.client.HTTPException, OSError):
+            return None
+        finally:
+            connection.close()
+            self._local.connection = None
+        return response.status, payload
 
     def _json(self, method: str, path: str, document: Mapping | None = None) -> dict:
         body = None if document is None else json.dumps(document).encode("utf-8")
@@ -457,12 +481,104 @@ def make_client(server_or_model: str, model: str = "selfy") -> _ClipClient:
     return LocalClient(server_or_model)
 
 
+class StreamSessions:
+    """Keeps the state of each stream served by a `predict_stream` signature.
+
+    TF Serving keeps nothing between requests, so each request of a stream
+    carries the states its previous frame returned (`selfy export --stream`,
+    docs/streaming.md). This helper holds them per stream id, starting from
+    zeros.
+
+    Args:
+        client: a `RestClient`, `GrpcClient` or `LocalClient` of a model
+            exported with `--stream`.
+
+    Raises:
+        ValueError: if the served model has no `predict_stream` signature.
+
+    Example:
+
+    ```python
+    sessions = StreamSessions(make_client("http://127.0.0.1:8501"))
+    logits = sessions.step("camera-1", frame)  # uint8 [H, W, 3]
+    sessions.reset("camera-1")
+    ```
+    """
+
+    def __init__(self, client: _ClipClient):
+        import tensorflow as tf
+
+        self.client = client
+        signature_defs = client.signature_defs()
+        if signatures_lib.PREDICT_STREAM not in signature_defs:
+            raise ValueError(
+                f"The served model has no `{signatures_lib.PREDICT_STREAM}` signature "
+                f"(signatures: {sorted(signature_defs)}). Export a causal model with "
+                "`selfy export RUN --stream`."
+            )
+        inputs = signature_defs[signatures_lib.PREDICT_STREAM].inputs
+        frame_shape = [dim.size for dim in inputs[signatures_lib.STREAM_FRAME_INPUT_KEY].tensor_shape.dim]
+        self.frame_shape = tuple(frame_shape[1:])
+        self.state_specs = {
+            name: (
+                tuple(dim.size for dim in info.tensor_shape.dim[1:]),
+                np.dtype(tf.dtypes.as_dtype(info.dtype).as_numpy_dtype),
+            )
+            for name, info in inputs.items()
+            if name != signatures_lib.STREAM_FRAME_INPUT_KEY
+        }
+        self._states: dict[Any, dict[str, np.ndarray]] = {}
+
+    @property
+    def stream_ids(self) -> list:
+        """The streams that have state (stepped and not reset)."""
+        return list(self._states)
+
+    def step(self, stream_id: Any, frame: np.ndarray) -> np.ndarray:
+        """Sends one frame of stream `stream_id` with its state; keeps the new state.
+
+        Args:
+            stream_id: any hashable name of the stream.
+            frame: uint8 RGB `[H, W, 3]` or `[1, H, W, 3]` at the model's input size.
+
+        Returns:
+            float32 logits `[1, num_classes]` of this frame.
+        """
+        frame = np.asarray(frame)
+        if frame.ndim == 3:
+            frame = frame[None]
+        if frame.dtype != np.uint8 or tuple(frame.shape) != (1, *self.frame_shape):
+            raise ValueError(
+                f"`frame` must be uint8 of shape {self.frame_shape} or {(1, *self.frame_shape)}. "
+                f"Received: shape {tuple(frame.shape)}, dtype {frame.dtype}."
+            )
+        states = self._states.get(stream_id)
+        if states is None:
+            states = {name: np.zeros((1, *shape), dtype) for name, (shape, dtype) in self.state_specs.items()}
+        outputs = self.client.predict(
+            {signatures_lib.STREAM_FRAME_INPUT_KEY: frame, **states}, signatures_lib.PREDICT_STREAM
+        )
+        self._states[stream_id] = {
+            name: np.asarray(outputs[name], dtype).reshape(1, *shape)
+            for name, (shape, dtype) in self.state_specs.items()
+        }
+        return np.asarray(outputs[signatures_lib.LOGITS_KEY], np.float32)
+
+    def reset(self, stream_id: Any = None) -> None:
+        """Forgets the state of `stream_id` (of every stream when None)."""
+        if stream_id is None:
+            self._states.clear()
+        else:
+            self._states.pop(stream_id, None)
+
+
 __all__ = [
     "ClientError",
     "ClipPrediction",
     "GrpcClient",
     "LocalClient",
     "RestClient",
+    "StreamSessions",
     "load_clip_frames",
     "make_client",
 ]

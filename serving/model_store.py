@@ -13,6 +13,13 @@ status with its error and is not counted by the policy, so older versions
 keep serving. It is tried again once its files change (size or mtime),
 no sooner than a back-off that doubles from `RETRY_BACKOFF_S` to
 `MAX_RETRY_BACKOFF_S` with each failure.
+
+Loading is bounded: entries that are not regular files (a FIFO, a link to
+a device) and files under `assets/` or `assets.extra/` over
+`MAX_ASSET_BYTES` are refused before anything is read, and a load that
+takes longer than `load_timeout_s` is given up (its thread is left to
+finish on its own; the version is not tried again while it runs), so a bad
+version can neither block the polling thread nor take down what serves.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import stat as stat_lib
 import threading
 import time
 from typing import Mapping
@@ -41,6 +49,11 @@ STATE_END = "END"
 
 RETRY_BACKOFF_S = 1.0
 MAX_RETRY_BACKOFF_S = 30.0
+DEFAULT_LOAD_TIMEOUT_S = 300.0
+# Files a load reads whole into memory (class names, warm-up requests, the
+# view record) are capped; the weights under `variables/` are not.
+MAX_ASSET_BYTES = 64 << 20
+_CAPPED_FOLDERS = ("assets", "assets.extra")
 
 
 def _folder_fingerprint(path: str) -> tuple:
@@ -57,6 +70,46 @@ def _folder_fingerprint(path: str) -> tuple:
                 continue
             entries.append((os.path.relpath(file_path, path), stat.st_size, stat.st_mtime_ns))
     return tuple(entries)
+
+
+def check_version_files(path: str) -> None:
+    """Refuses a version folder a load could hang on or exhaust memory with.
+
+    Every entry must be a regular file or a folder (links are followed),
+    and files under `assets/` and `assets.extra/` hold at most
+    `MAX_ASSET_BYTES`. Nothing is opened: a FIFO would block the reader, a
+    link to `/dev/zero` would never end.
+
+    Raises:
+        ValueError: naming the file and what is wrong with it.
+    """
+    pending, seen = [path], set()
+    while pending:
+        folder = pending.pop()
+        folder_stat = os.stat(folder)
+        if (folder_stat.st_dev, folder_stat.st_ino) in seen:  # a link loop
+            continue
+        seen.add((folder_stat.st_dev, folder_stat.st_ino))
+        for entry in sorted(os.listdir(folder)):
+            entry_path = os.path.join(folder, entry)
+            try:
+                entry_stat = os.stat(entry_path)
+            except OSError as error:
+                raise ValueError(f"{entry_path} cannot be read: {error.strerror}.") from error
+            if stat_lib.S_ISDIR(entry_stat.st_mode):
+                pending.append(entry_path)
+                continue
+            if not stat_lib.S_ISREG(entry_stat.st_mode):
+                raise ValueError(
+                    f"{entry_path} is not a regular file (a FIFO, device or socket, or a link "
+                    "to one); a SavedModel holds regular files only."
+                )
+            top = os.path.relpath(entry_path, path).split(os.sep)[0]
+            if top in _CAPPED_FOLDERS and entry_stat.st_size > MAX_ASSET_BYTES:
+                raise ValueError(
+                    f"{entry_path} holds {entry_stat.st_size} bytes; files under "
+                    f"{' and '.join(_CAPPED_FOLDERS)} may hold at most {MAX_ASSET_BYTES}."
+                )
 
 
 def _first_line(error: Exception) -> str:
@@ -185,6 +238,9 @@ class ModelStore:
         version_labels: label → version (e.g. `{"stable": 1}`), for
             `/labels/<label>` requests.
         warmup: replay each version's warm-up requests after loading it.
+        load_timeout_s: longest a version's load and warm-up may take;
+            beyond it the version is reported as failed and the others
+            keep loading and serving. Default 300.
 
     Example:
 
@@ -203,9 +259,12 @@ class ModelStore:
         num_versions: int = 1,
         version_labels: Mapping[str, int] | None = None,
         warmup: bool = True,
+        load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
     ):
         if num_versions < 1:
             raise ValueError(f"`num_versions` must be at least 1. Received: {num_versions}.")
+        if load_timeout_s <= 0:
+            raise ValueError(f"`load_timeout_s` must be positive. Received: {load_timeout_s}.")
         if not os.path.isdir(model_base_path):
             raise FileNotFoundError(
                 f"model base path not found: {model_base_path}. Expected BASE/<name> "
@@ -216,6 +275,9 @@ class ModelStore:
         self.num_versions = int(num_versions)
         self.version_labels = dict(version_labels or {})
         self.warmup = warmup
+        self.load_timeout_s = float(load_timeout_s)
+        # Versions whose load outlived `load_timeout_s`, with its thread.
+        self._stuck_loads: dict[int, threading.Thread] = {}
         self._loaded: dict[int, LoadedVersion] = {}
         self._status: dict[int, VersionStatus] = {}
         self._failures: dict[int, _LoadFailure] = {}
@@ -252,6 +314,11 @@ class ModelStore:
                 return sorted(self._loaded)
 
     def _may_load(self, version: int) -> bool:
+        stuck = self._stuck_loads.get(version)
+        if stuck is not None:
+            if stuck.is_alive():
+                return False
+            del self._stuck_loads[version]
         failure = self._failures.get(version)
         if failure is None:
             return True
@@ -268,8 +335,8 @@ class ModelStore:
         with self._lock:
             self._status[version] = VersionStatus(version, STATE_LOADING)
         try:
-            loaded = LoadedVersion(path, version)
-            warmed = loaded.warm_up() if self.warmup else 0
+            check_version_files(path)
+            loaded, warmed = self._load_in_thread(path, version)
         except Exception as error:  # a broken version must not stop the server
             previous = self._failures.get(version)
             attempts = 1 if previous is None else previous.attempts + 1
@@ -292,6 +359,38 @@ class ModelStore:
         logger.info(
             "loaded %s version %d from %s (%d warm-up requests)", self.name, version, path, warmed
         )
+
+    def _load_in_thread(self, path: str, version: int) -> tuple[LoadedVersion, int]:
+        """Loads and warms up `version` on its own thread, for at most `load_timeout_s`.
+
+        Raises:
+            TimeoutError: when the load is still running after the timeout
+                (the version is then not tried again until it ends).
+            Exception: whatever the load raised.
+        """
+        outcome: dict[str, object] = {}
+        done = threading.Event()
+
+        def load() -> None:
+            try:
+                loaded = LoadedVersion(path, version)
+                outcome["result"] = (loaded, loaded.warm_up() if self.warmup else 0)
+            except BaseException as error:  # handed to the polling thread
+                outcome["error"] = error
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=load, name=f"load-{self.name}-{version}", daemon=True)
+        thread.start()
+        if not done.wait(self.load_timeout_s):
+            self._stuck_loads[version] = thread
+            raise TimeoutError(
+                f"the load did not finish within {self.load_timeout_s:g} s "
+                "(`selfy serve --load-timeout`); it is not tried again while it runs"
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
 
     def get(self, version: int | None = None, label: str | None = None) -> LoadedVersion:
         """The version asked for: a number, a label, or the newest loaded.

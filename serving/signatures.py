@@ -14,7 +14,9 @@ exporter, the server and the clients):
   view. Frames already at the model's `size` x `size` are taken as already
   cropped (only sampled).
 
-Both frame axes show as -1 in the signature metadata.
+Both frame axes show as -1 in the signature metadata. Frames whose long
+side is more than `MAX_FRAME_ASPECT_RATIO` times their short side are
+refused (`INVALID_ARGUMENT`) before any resize.
 
 Both return `logits`, `probabilities`, `top_k_indices`, `top_k_scores` and
 `top_k_labels`; class names come from a lookup table initialised from a
@@ -38,6 +40,10 @@ SIGNATURE_NAMES = (SERVING_DEFAULT, PREDICT_FRAMES)
 JPEG_INPUT_KEY = "frames_jpeg"
 FRAMES_INPUT_KEY = "frames"
 SIGNATURE_INPUT_KEYS = {SERVING_DEFAULT: JPEG_INPUT_KEY, PREDICT_FRAMES: FRAMES_INPUT_KEY}
+# The stream signature of causal models (`selfy export --stream`,
+# `serving.stream`): one frame and the states in, logits and states out.
+PREDICT_STREAM = "predict_stream"
+STREAM_FRAME_INPUT_KEY = "frame"
 
 LOGITS_KEY = "logits"
 PROBABILITIES_KEY = "probabilities"
@@ -51,6 +57,13 @@ OUTPUT_KEYS = (
     TOP_K_SCORES_KEY,
     TOP_K_LABELS_KEY,
 )
+
+# Resizing the short side of a thin frame scales its long side by as much:
+# a 1 x 4096 frame at a short side of 37 becomes 37 x 151,552 floats
+# (67 MB). Frames longer than this many times their width or height are
+# refused before any resize, which bounds a resized frame to
+# `scale_size` x (this x `scale_size`).
+MAX_FRAME_ASPECT_RATIO = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +126,23 @@ def _check_frame_count(frames: tf.Tensor, name: str) -> tf.Tensor:
         return tf.identity(count)
 
 
+def _check_aspect_ratio(frames: tf.Tensor) -> tf.Tensor:
+    """`frames` `[..., height, width, 3]`, once their aspect ratio is checked."""
+    shape = tf.shape(frames)
+    height, width = shape[-3], shape[-2]
+    check = tf.debugging.Assert(
+        tf.less_equal(tf.maximum(height, width), MAX_FRAME_ASPECT_RATIO * tf.minimum(height, width)),
+        [
+            f"frames may be at most {MAX_FRAME_ASPECT_RATIO} times longer than wide or high; "
+            "received height, width:",
+            height,
+            width,
+        ],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(frames)
+
+
 def decode_frames(frames_jpeg: tf.Tensor, config: SignatureConfig) -> tf.Tensor:
     """Samples, decodes and crops `[batch, frames]` encoded frames to model input.
 
@@ -129,7 +159,8 @@ def decode_frames(frames_jpeg: tf.Tensor, config: SignatureConfig) -> tf.Tensor:
 
     Raises:
         tf.errors.InvalidArgumentError: at run time for bytes that are not
-            a JPEG/PNG image, or clips without frames.
+            a JPEG/PNG image, frames over `MAX_FRAME_ASPECT_RATIO`, or clips
+            without frames.
     """
     view = config.view
     count = _check_frame_count(frames_jpeg, JPEG_INPUT_KEY)
@@ -139,6 +170,7 @@ def decode_frames(frames_jpeg: tf.Tensor, config: SignatureConfig) -> tf.Tensor:
 
     def decode_one(encoded: tf.Tensor) -> tf.Tensor:
         image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image = _check_aspect_ratio(image)
         return frame_view.views_from_sampled_tf(image[tf.newaxis])[0, 0]
 
     decoded = tf.map_fn(
@@ -161,11 +193,15 @@ def prepare_frames(frames: tf.Tensor, config: SignatureConfig) -> tf.Tensor:
 
     Returns:
         uint8 tensor `[batch, num_frames, input_size, input_size, 3]`.
+
+    Raises:
+        tf.errors.InvalidArgumentError: at run time for frames over
+            `MAX_FRAME_ASPECT_RATIO` or clips without frames.
     """
     view = config.view
     size = config.input_size
     count = _check_frame_count(frames, FRAMES_INPUT_KEY)
-    selected = tf.gather(frames, view.sample_indices_tf(count)[0], axis=1)
+    selected = _check_aspect_ratio(tf.gather(frames, view.sample_indices_tf(count)[0], axis=1))
     shape = tf.shape(selected)
     cropped = tf.logical_and(tf.equal(shape[2], size), tf.equal(shape[3], size))
     prepared = tf.cond(

@@ -189,12 +189,110 @@ class TFLiteClassifier:
         return self.predict(self.eval_view().views_numpy(frames)[0])
 
 
+# The stream model's frame input (`selfy tflite --stream`); its other inputs
+# are the states, returned under the same names.
+STREAM_FRAME_INPUT_KEY = "frame"
+
+
+class TFLiteStream:
+    """A converted stream model (`selfy tflite MODEL --stream`): one frame at a time.
+
+    Keeps the stream's states between calls: `step(frame)` returns that
+    frame's logits, and `reset()` starts a new stream (zero states, as
+    before a clip's first frame). For a causal model, the `T` step logits
+    of a clip are the Keras model's per-frame logits (docs/streaming.md).
+
+    Args:
+        model: flatbuffer bytes or a `.tflite` path.
+        num_threads: int, default 2, interpreter threads.
+        labels: optional class names; default: read from
+            `<path>.labels.txt` when `model` is a path and that file exists.
+
+    Attributes:
+        frame_shape: shape of the `frame` input, `(1, H, W, 3)`.
+        state_shapes: `{state name: shape}`.
+        num_classes: length of the `logits` output.
+        labels: class names, or None.
+    """
+
+    def __init__(
+        self,
+        model: str | bytes | os.PathLike,
+        num_threads: int = tflite_inspect.DEFAULT_NUM_THREADS,
+        labels: Sequence[str] | None = None,
+    ):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.model_bytes = tflite_inspect.read_model_bytes(model)
+        self.interpreter = Interpreter(model_content=self.model_bytes, num_threads=int(num_threads))
+        signatures = self.interpreter.get_signature_list()
+        inputs = signatures.get(SIGNATURE_KEY, {}).get("inputs", [])
+        if STREAM_FRAME_INPUT_KEY not in inputs:
+            raise ValueError(
+                f"The TFLite model is not a stream model: its `{SIGNATURE_KEY}` signature has "
+                f"the inputs {sorted(inputs)}, expected `{STREAM_FRAME_INPUT_KEY}` and the "
+                "states. Convert it with `selfy tflite MODEL --stream`."
+            )
+        self.runner = self.interpreter.get_signature_runner(SIGNATURE_KEY)
+        details = self.runner.get_input_details()
+        self.frame_shape = tuple(int(size) for size in details[STREAM_FRAME_INPUT_KEY]["shape"])
+        self._state_details = {
+            name: (tuple(int(size) for size in detail["shape"]), np.dtype(detail["dtype"]))
+            for name, detail in details.items()
+            if name != STREAM_FRAME_INPUT_KEY
+        }
+        self.state_shapes = {name: shape for name, (shape, _) in self._state_details.items()}
+        self.num_classes = int(self.runner.get_output_details()[LOGITS_KEY]["shape"][-1])
+        is_path = not isinstance(model, (bytes, bytearray, memoryview))
+        if labels is None and is_path and os.path.isfile(labels_path_for(os.fspath(model))):
+            from selfy_tf.run_dir import read_labels
+
+            labels = read_labels(labels_path_for(os.fspath(model)))
+        self.labels = list(labels) if labels is not None else None
+        self.reset()
+
+    def reset(self) -> None:
+        """Starts a new stream: every state back to zeros."""
+        self.states = {
+            name: np.zeros(shape, dtype) for name, (shape, dtype) in self._state_details.items()
+        }
+
+    def step(self, frame: np.ndarray) -> np.ndarray:
+        """Runs one frame and keeps the new states.
+
+        Args:
+            frame: `[H, W, 3]` or `[1, H, W, 3]` RGB 0..255 at the model's
+                input size (any numeric dtype; rounded and clipped to uint8).
+
+        Returns:
+            float32 logits `[1, num_classes]` of this frame.
+
+        Raises:
+            ValueError: for a frame of another shape.
+        """
+        frame = np.asarray(frame)
+        if frame.ndim == len(self.frame_shape) - 1:
+            frame = frame[None]
+        if tuple(frame.shape) != self.frame_shape:
+            raise ValueError(
+                f"`frame` must have shape {self.frame_shape[1:]} or {self.frame_shape}. "
+                f"Received: frame.shape={tuple(frame.shape)}."
+            )
+        if frame.dtype != np.uint8:
+            frame = np.clip(np.round(frame), 0, 255).astype(np.uint8)
+        outputs = self.runner(**{STREAM_FRAME_INPUT_KEY: frame}, **self.states)
+        self.states = {name: np.asarray(outputs[name]) for name in self._state_details}
+        return np.asarray(outputs[LOGITS_KEY], np.float32)
+
+
 __all__ = [
     "FRAMES_INPUT_KEY",
     "LABELS_SUFFIX",
     "OUTPUT_KEYS",
     "SIGNATURE_KEY",
+    "STREAM_FRAME_INPUT_KEY",
     "TFLiteClassifier",
+    "TFLiteStream",
     "VIEW_SUFFIX",
     "is_tflite_file",
     "labels_path_for",

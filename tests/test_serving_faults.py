@@ -3,7 +3,10 @@ half-finished copy must not be able to do to a running endpoint.
 
 Version policy under deletion and repair, port clashes, request caps,
 bad requests inside merged batches, half-sent REST connections and
-saturation, error codes and messages, and stale export temporaries.
+saturation, error codes and messages, stale export temporaries, and
+hostile clients and versions (slow headers, idle floods, bodies in flight,
+thin frames, deep JSON, out-of-range values, non-ASCII digits, FIFOs and
+device links among a version's files, hanging loads).
 Everything listens on 127.0.0.1 and every wait is bounded.
 """
 
@@ -425,3 +428,270 @@ class TestExportTemporaries:
         finally:
             alive.kill()
             alive.wait()
+
+
+def _raw_exchange(port: int, data: bytes, wait_s: float = WAIT_S) -> bytes:
+    """Sends `data` on a fresh connection; returns all the server sent until it closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as connection:
+        connection.sendall(data)
+        answer = b""
+        while chunk := connection.recv(4096):
+            answer += chunk
+    return answer
+
+
+def _closed_by_server(connection: socket.socket, wait_s: float, trickle: bytes = b"") -> bool:
+    """Whether the server closes `connection` within `wait_s`, sending `trickle` a byte at a time."""
+    import select
+
+    deadline = time.monotonic() + wait_s
+    index = 0
+    while time.monotonic() < deadline:
+        if index < len(trickle):
+            try:
+                connection.send(trickle[index : index + 1])
+            except OSError:  # reset by the server
+                return True
+            index += 1
+        readable, _, _ = select.select([connection], [], [], 0.2)
+        if readable:
+            try:
+                if connection.recv(4096) == b"":
+                    return True
+            except OSError:
+                return True
+    return False
+
+
+class TestHostileClients:
+    """Inputs made to cost the server more than their size, or to hold it."""
+
+    @pytest.mark.parametrize("depth", [600, 960, 5000])
+    def test_deeply_nested_json_is_a_400_without_traceback(self, our_server, depth, caplog):
+        nested = b"[" * depth + b"]" * depth
+        bodies = {
+            # Past Python's recursion limit the parser itself refuses it.
+            "top level": (nested, "Is not an object" if depth < 1000 else "too deeply"),
+            "columnar": (b'{"inputs": {"frames_jpeg": ' + nested + b"}}", "too deeply"),
+            "row": (b'{"instances": ' + nested + b"}", "too deeply"),
+            "unknown input": (b'{"inputs": {"other": ' + nested + b"}}", "too deeply"),
+        }
+        with caplog.at_level("ERROR"):
+            for case, (body, message) in bodies.items():
+                status, answer = _rest(our_server.rest_url, "POST", "/v1/models/selfy:predict", body)
+                assert status == 400 and message in answer["error"], (case, answer)
+        assert not caplog.records
+
+    def test_grpc_uint8_values_out_of_range_are_invalid_argument(self, our_server):
+        from tensorflow.core.framework import types_pb2
+
+        for values in ([1000], [-5]):
+            tensor = _declared_tensor([1, 1, 1, 1, 3], types_pb2.DT_UINT8, int_val=values * 3)
+            with pytest.raises(grpc.RpcError) as raised:
+                _grpc_predict(our_server.grpc_target, {"frames": tensor}, "predict_frames")
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, values
+            assert "must be in [0, 255]" in raised.value.details()
+
+    def test_non_ascii_digits_in_version_and_content_length(self, our_server):
+        port = our_server.rest.port
+        # "²" (U+00B2) is a digit to str.isdigit() but not to int(); HTTP
+        # request lines and headers are read as Latin-1, where it is 0xB2.
+        for method in (b"GET", b"POST"):
+            answer = _raw_exchange(
+                port,
+                method + b" /v1/models/selfy/versions/\xb2 HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+            )
+            assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+            assert b"Failed to convert version" in answer
+        # A bad Content-Length answers 400 and closes: the body's end is unknown.
+        answer = _raw_exchange(
+            port,
+            b"POST /v1/models/selfy:predict HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n{}",
+        )
+        assert answer.startswith(b"HTTP/1.1 400") and b"Content-Length" in answer, answer[:200]
+        assert b"Connection: close" in answer
+
+    def test_rest_client_shows_413_for_a_body_over_the_cap(self, exported_model):
+        from serving.server import RequestLimits
+
+        with _model_server(exported_model.base, limits=RequestLimits(max_request_bytes=64 << 10)) as server:
+            client = RestClient(server.rest_url)
+            # More than the loopback buffers take unread: the server answers
+            # from the headers and closes while the client is still sending.
+            status, payload = client.request("POST", "/v1/models/selfy:predict", b" " * (16 << 20))
+            assert status == 413 and b"--max-request-mb" in payload
+            # The client reconnects for the next request.
+            assert client.predict({"frames": FRAMES}, "predict_frames")["logits"].shape == (1, 5)
+            client.close()
+
+    def test_model_info_that_inflates_is_refused_before_reading(self, tmp_path):
+        import zipfile
+
+        from selfy_tf.run_dir import MAX_MODEL_INFO_BYTES, read_model_info
+
+        path = tmp_path / "bomb.keras"
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("selfy.json", b'{"eval_view": {}' + b" " * (4 * MAX_MODEL_INFO_BYTES) + b"}")
+        assert path.stat().st_size < MAX_MODEL_INFO_BYTES // 10
+        with pytest.raises(ValueError, match=f"selfy.json is larger than {MAX_MODEL_INFO_BYTES} bytes"):
+            read_model_info(str(path))
+
+    def test_versions_with_hostile_assets_are_skipped_and_others_load(self, model_copy):
+        from serving.model_store import MAX_ASSET_BYTES
+
+        model_dir = model_copy / "selfy"
+        expected = {}
+        with _model_server(model_copy) as server:
+            client = RestClient(server.rest_url)
+            for version, bad_asset in ((2, "fifo"), (3, "dev_zero"), (4, "oversized")):
+                staging = model_dir / f".copy-{version}"
+                shutil.copytree(model_dir / "1", staging)
+                labels = staging / "assets" / "labels.txt"
+                labels.unlink()
+                if bad_asset == "fifo":  # would block the reader forever
+                    os.mkfifo(labels)
+                elif bad_asset == "dev_zero":  # would never end
+                    os.symlink("/dev/zero", labels)
+                else:
+                    with open(labels, "wb") as handle:  # sparse: no disk used
+                        handle.truncate(MAX_ASSET_BYTES + 1)
+                expected[version] = "at most" if bad_asset == "oversized" else "not a regular file"
+                os.rename(staging, model_dir / str(version))
+            _wait_for(lambda: _states(client) == {1: "AVAILABLE", 2: "END", 3: "END", 4: "END"},
+                      WAIT_S, "versions 2 to 4 to fail")
+            for entry in client.status()["model_version_status"]:
+                if int(entry["version"]) in expected:
+                    message = entry["status"]["error_message"]
+                    assert "labels.txt" in message and expected[int(entry["version"])] in message
+            assert _serving_version(client) == 1
+            shutil.copytree(model_dir / "1", model_dir / ".copy-5")
+            os.rename(model_dir / ".copy-5", model_dir / "5")
+            _wait_for(lambda: _serving_version(client) == 5, WAIT_S, "version 5 to serve")
+            assert client.predict({"frames": FRAMES}, "predict_frames")["logits"].shape == (1, 5)
+            client.close()
+
+    def test_a_load_that_hangs_is_given_up_and_others_load(self, model_copy, monkeypatch):
+        import threading
+
+        from serving import model_store
+
+        release = threading.Event()
+        original_init = model_store.LoadedVersion.__init__
+
+        def hanging_init(self, path, version):
+            if version == 2:
+                release.wait(WAIT_S)
+            original_init(self, path, version)
+
+        monkeypatch.setattr(model_store.LoadedVersion, "__init__", hanging_init)
+        model_dir = model_copy / "selfy"
+        try:
+            with _model_server(model_copy) as server:
+                client = RestClient(server.rest_url)
+                # Short only for the hanging load: real loads here take seconds.
+                server.store.load_timeout_s = 0.5
+                shutil.copytree(model_dir / "1", model_dir / ".copy-2")
+                os.rename(model_dir / ".copy-2", model_dir / "2")
+                _wait_for(lambda: _states(client).get(2) == "END", WAIT_S, "version 2 to time out")
+                message = client.status()["model_version_status"][0]["status"]["error_message"]
+                assert "did not finish within 0.5 s" in message and "--load-timeout" in message
+                assert _serving_version(client) == 1
+                server.store.load_timeout_s = WAIT_S
+                shutil.copytree(model_dir / "1", model_dir / ".copy-3")
+                os.rename(model_dir / ".copy-3", model_dir / "3")
+                _wait_for(lambda: _serving_version(client) == 3, WAIT_S, "version 3 to serve")
+                client.close()
+        finally:
+            release.set()
+
+    def test_slow_headers_are_cut_at_the_timeout(self, exported_model):
+        with _model_server(exported_model.base, rest_timeout_s=1.0) as server:
+            connection = socket.create_connection(("127.0.0.1", server.rest.port), timeout=10)
+            # One byte every 0.2 s: each read is quick, the whole never ends.
+            trickle = b"GET /v1/models/selfy HTTP/1.1\r\n" + b"X-Slow: " + b"a" * 10_000
+            assert _closed_by_server(connection, WAIT_S, trickle)
+            connection.close()
+            assert _rest(server.rest_url, "GET", "/v1/models/selfy")[0] == 200
+
+    def test_idle_connection_flood_is_refused_at_once(self, exported_model):
+        with _model_server(exported_model.base, rest_threads=2, rest_timeout_s=60.0) as server:
+            port = server.rest.port
+            idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(60)]
+            try:
+                # Refusals never wait on the idle sockets: 60 of them would
+                # hold 2-second waits for far longer than this client's timeout.
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                connection.request("GET", "/v1/models/selfy")
+                response = connection.getresponse()
+                assert response.status == 503 and "--rest-threads" in json.loads(response.read())["error"]
+                connection.close()
+                # The idle ones beyond the threads got their 503 too.
+                assert idle[-1].recv(4096).startswith(b"HTTP/1.1 503")
+            finally:
+                for connection in idle:
+                    connection.close()
+            _wait_for(lambda: _rest(server.rest_url, "GET", "/v1/models/selfy")[0] == 200,
+                      WAIT_S, "a free REST thread")
+
+    def test_body_bytes_in_flight_are_bounded_across_requests(self, exported_model):
+        from serving.server import RequestLimits
+
+        with _model_server(
+            exported_model.base,
+            limits=RequestLimits(max_request_bytes=64 << 10),
+            rest_max_inflight_bytes=100 << 10,
+        ) as server:
+            port = server.rest.port
+            length = 60 << 10
+            head = (
+                "POST /v1/models/selfy:predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                f"Content-Length: {length}\r\n\r\n"
+            ).encode("ascii")
+            holder = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+            holder.sendall(head + b"{")  # its body's bytes are reserved, not all sent
+
+            def refused():
+                answer = _raw_exchange(port, head + b" " * length)
+                return answer if answer.startswith(b"HTTP/1.1 503") else None
+
+            answer = _wait_for(refused, WAIT_S, "a 503 while the first body is in flight")
+            assert b"Retry-After: 1" in answer and b"--rest-max-inflight-mb" in answer
+            holder.sendall(b" " * (length - 1))
+            assert holder.recv(4096).startswith(b"HTTP/1.1 400")  # parsed: not a predict body
+            holder.close()
+            # Released with its reply: the next body is read again.
+            assert _raw_exchange(port, head + b" " * length).startswith(b"HTTP/1.1 400")
+
+    def test_thin_frames_are_refused_before_any_resize(self, our_server, exported_model):
+        import io
+
+        from PIL import Image
+
+        from serving.errors import ServingError
+        from serving.model_store import LoadedVersion
+        from serving.signatures import MAX_FRAME_ASPECT_RATIO
+
+        thin = np.zeros((1, 4, 2, 2 * MAX_FRAME_ASPECT_RATIO + 1, 3), np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(thin[0, 0]).save(buffer, format="PNG")
+        thin_png = np.array([[buffer.getvalue()] * 4], dtype=object)
+        # In the graph (as TF Serving runs it), without the server's checks.
+        loaded = LoadedVersion(os.path.join(exported_model.base, "selfy", "1"), 1)
+        for signature, inputs in (("predict_frames", {"frames": thin}),
+                                  ("serving_default", {"frames_jpeg": thin_png})):
+            with pytest.raises(ServingError) as raised:
+                loaded.run(signature, inputs)
+            assert f"at most {MAX_FRAME_ASPECT_RATIO} times longer" in raised.value.message, signature
+        # At the limit, frames pass.
+        square_ish = np.zeros((1, 4, 2, 2 * MAX_FRAME_ASPECT_RATIO, 3), np.uint8)
+        assert loaded.run("predict_frames", {"frames": square_ish})["logits"].shape == (1, 5)
+        # In the server, before batching, over both protocols.
+        for client in (RestClient(our_server.rest_url), GrpcClient(our_server.grpc_target)):
+            for signature, inputs in (("predict_frames", {"frames": thin}),
+                                      ("serving_default", {"frames_jpeg": thin_png})):
+                with pytest.raises(ClientError) as raised:
+                    client.predict(inputs, signature)
+                assert raised.value.status in (400, grpc.StatusCode.INVALID_ARGUMENT)
+                assert f"at most {MAX_FRAME_ASPECT_RATIO} times longer" in raised.value.message
+            client.close()

@@ -517,6 +517,11 @@ class TestCommands:
             limits.max_batch_clips, limits.max_clip_frames, limits.max_frame_size
         )
         assert int(args.max_request_mb * (1 << 20)) == limits.max_request_bytes
+        from serving.model_store import DEFAULT_LOAD_TIMEOUT_S
+        from serving.server.rest import DEFAULT_MAX_INFLIGHT_BYTES
+
+        assert int(args.rest_max_inflight_mb * (1 << 20)) == DEFAULT_MAX_INFLIGHT_BYTES
+        assert args.load_timeout == DEFAULT_LOAD_TIMEOUT_S
 
     def test_serve_starts_and_stops(self, exported_model, monkeypatch, capsys):
         from selfy_tf.cli import serve

@@ -1,5 +1,6 @@
 """The synthetic motion dataset: determinism, balance, no single-frame leak."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -99,6 +100,23 @@ class TestSyntheticMotionCorrectness:
             for centres, _, scales in self._trajectories(name, num_clips=50):
                 extent = radius * scales[:, None]
                 assert np.all(centres - extent >= 0) and np.all(centres + extent <= size), name
+
+    def test_max_outside_bounds_how_far_the_object_leaves_the_frame(self):
+        """With `max_outside=0.5` at most half the object's radius lies past an
+        edge, and some clips do reach past it."""
+        size, radius = 64, 10.0
+        config = dataclasses.replace(DEFAULT_CONFIG, max_outside=0.5)
+        rng = np.random.default_rng(7)
+        beyond = []
+        for name in CLASS_NAMES:
+            for _ in range(50):
+                centres, _, scales = synthetic_motion.sample_trajectory(name, rng, 8, size, config, radius)
+                extent = radius * scales.max()
+                # How far the object reaches past the nearest edge, over the clip.
+                past_edge = np.max(np.maximum(extent - centres, centres + extent - size))
+                assert past_edge <= 0.5 * extent + 1e-9, name
+                beyond.append(past_edge)
+        assert max(beyond) > 0.25 * radius
 
     def test_single_frames_share_geometry_statistics_across_classes(self):
         """Per-frame position, size and orientation look alike in every class.

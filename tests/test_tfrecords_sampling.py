@@ -88,6 +88,30 @@ class TestSampling:
             sampling.sample_eval_indices(5, 2, num_clips=0)
 
 
+class TestStreamSampling:
+    @pytest.mark.parametrize("available,num_frames,stride", [(30, 8, 2), (16, 8, 2), (5, 4, 3), (1, 3, 1)])
+    def test_consecutive_frames_at_the_stride(self, available, num_frames, stride):
+        starts = max(available - (num_frames - 1) * stride, 1)
+        seen = set()
+        for seed in range(40):
+            numpy_indices = sampling.sample_stream_indices(available, num_frames, stride, seed)
+            tf_indices = sampling.sample_stream_indices_tf(
+                tf.constant(available), num_frames, stride, tf.constant([seed, 7])
+            ).numpy()
+            for indices in (numpy_indices, tf_indices):
+                start = int(indices[0])
+                assert 0 <= start < starts
+                expected = [min(start + k * stride, available - 1) for k in range(num_frames)]
+                assert indices.tolist() == expected
+            seen.add(int(numpy_indices[0]))
+        # The start is random wherever there is room for more than one.
+        assert len(seen) > 1 or starts == 1
+
+    def test_bad_stride(self):
+        with pytest.raises(ValueError, match="`stride` must be a positive integer"):
+            sampling.sample_stream_indices(10, 4, 0)
+
+
 def _expected_windows(height, width, crop_size, scales=(1, 0.875, 0.75, 0.66)):
     """Independent reference of every multi-scale crop window (offset_y, offset_x, h, w)."""
     base = min(height, width)

@@ -189,6 +189,7 @@ def make_dataset(
     scales: Sequence[float] = augment.MULTI_SCALE_CROP_SCALES,
     num_classes: int | None | str = "auto",
     pad_batches: bool = False,
+    frame_stride: int = 0,
 ) -> tf.data.Dataset:
     """Builds the training or evaluation dataset of clip TFRecords.
 
@@ -227,6 +228,8 @@ def make_dataset(
             stops the pipeline with an error naming its shard, record index
             and label. "auto": the class count of the `labels.txt` beside the
             first shard (no check without one); None: no check.
+        frame_stride: training sampling: 0 for TSN segments, `k >= 1` for
+            consecutive frames every `k` frames (see `Parser`).
         pad_batches: evaluation only: every clip exactly once over all input
             pipelines, in full batches. Each pipeline yields
             `padded_eval_steps(...)` steps of full batches (one per replica
@@ -274,6 +277,7 @@ def make_dataset(
         no_flip_classes=no_flip_classes,
         flip_label_map=flip_label_map,
         scales=scales,
+        frame_stride=frame_stride,
     )
     clip_decoder = decoder_lib.Decoder(feature_keys)
     all_files = match_files(file_pattern)

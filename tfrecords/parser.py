@@ -36,6 +36,10 @@ class Parser:
         no_flip_classes: classes never flipped in training.
         flip_label_map: `{class: class after flipping}` for training.
         scales: multi-scale crop scales.
+        frame_stride: 0 (default) for TSN segments in training; `k >= 1`
+            for `num_frames` consecutive frames every `k` frames from a
+            random start (`sampling.sample_stream_indices`, the frames a
+            stream sees). Evaluation keeps the evaluation view.
 
     Output:
         training: uint8 `[num_frames, crop_size, crop_size, 3]`, int32 label.
@@ -52,6 +56,7 @@ class Parser:
         no_flip_classes: Sequence[int] = (),
         flip_label_map: Mapping[int, int] | None = None,
         scales: Sequence[float] = augment.MULTI_SCALE_CROP_SCALES,
+        frame_stride: int = 0,
     ) -> None:
         # The view validates the frame count and the sizes.
         default_view = eval_view_lib.EvalView(num_frames=num_frames, crop_size=crop_size)
@@ -71,6 +76,12 @@ class Parser:
         self.no_flip_classes = tuple(int(value) for value in no_flip_classes)
         self.flip_label_map = dict(flip_label_map or {})
         self.scales = tuple(float(value) for value in scales)
+        if isinstance(frame_stride, bool) or not isinstance(frame_stride, int) or frame_stride < 0:
+            raise ValueError(
+                "`frame_stride` must be 0 (TSN segments) or a positive integer (stream "
+                f"sampling). Received: frame_stride={frame_stride!r}."
+            )
+        self.frame_stride = frame_stride
         # Validates the flip settings now rather than inside tf.data.
         augment.random_flip(tf.zeros([1, 1, 1, 3]), 0, [0, 0], self.no_flip_classes, self.flip_label_map)
 
@@ -84,7 +95,12 @@ class Parser:
         index_seed, crop_seed, flip_seed = tf.unstack(
             tf.random.experimental.stateless_split(seed, 3)
         )
-        indices = sampling.sample_train_indices_tf(tf.size(encoded), self.num_frames, index_seed)
+        if self.frame_stride:
+            indices = sampling.sample_stream_indices_tf(
+                tf.size(encoded), self.num_frames, self.frame_stride, index_seed
+            )
+        else:
+            indices = sampling.sample_train_indices_tf(tf.size(encoded), self.num_frames, index_seed)
         selected = tf.gather(encoded, indices)
         shape = tf.io.extract_jpeg_shape(selected[0])
         window = augment.multi_scale_crop_window(

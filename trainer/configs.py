@@ -95,6 +95,9 @@ class ModelConfig:
     # Resolved None: the reference SELFY widths.
     selfy_channels: int | None = None
     sync_batchnorm: bool | None = None
+    # The causal model, for streaming (`selfy_tf.streaming`); offline
+    # weights load into it (`init`).
+    causal: bool | None = None
     init: str = ""
 
 
@@ -128,6 +131,10 @@ class DataConfig:
     # 256 / 224, the ratio of training's average crop).
     eval_size: tuple[int, ...] = (240, 320)
     scale_size: int | None = None
+    # Training frames: 0 for TSN segments (one random frame per segment);
+    # k >= 1 for consecutive frames every k frames from a random start, as a
+    # stream of a causal model sees them (`model.causal`).
+    frame_stride: int = 0
 
 
 @dataclasses.dataclass
@@ -503,6 +510,11 @@ def validate(config: ExperimentConfig) -> None:
         (model.input_size >= 16, f"`model.input_size` must be >= 16. Received: {model.input_size}."),
         (0.0 <= model.dropout < 1.0, f"`model.dropout` must be in [0, 1). Received: {model.dropout}."),
         (data.batch_size >= 1, f"`data.batch_size` must be >= 1. Received: {data.batch_size}."),
+        (
+            data.frame_stride >= 0,
+            "`data.frame_stride` must be 0 (TSN segments) or >= 1 (stream sampling). "
+            f"Received: {data.frame_stride}.",
+        ),
         (
             data.validation_num_clips >= 1 and data.validation_num_crops in (1, 3),
             "`data.validation_num_clips` must be >= 1 and `data.validation_num_crops` 1 or 3. "

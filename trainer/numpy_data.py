@@ -44,7 +44,7 @@ import keras
 import numpy as np
 
 from selfy_tf.eval_view import EvalView, resize_bilinear_numpy
-from selfy_tf.sampling import sample_train_indices
+from selfy_tf.sampling import sample_stream_indices, sample_train_indices
 from tfrecords.crop_windows import multi_scale_crop_window_numpy
 
 __all__ = ["ClipArrays", "EvalBatches", "TrainBatches", "augment_clip", "is_numpy_source", "load_clip_arrays"]
@@ -176,6 +176,7 @@ def augment_clip(
     scales: Sequence[float],
     no_flip_classes: Sequence[int] = (),
     flip_label_map: Mapping[int, int] | None = None,
+    frame_stride: int = 0,
 ) -> tuple[np.ndarray, int]:
     """One training view of a decoded clip `[frames, height, width, 3]` (see the module docstring).
 
@@ -185,7 +186,11 @@ def augment_clip(
         class is in the map (as `tfrecords.augment.random_flip`).
     """
     label = int(label)
-    selected = frames[sample_train_indices(frames.shape[0], num_frames, rng)]
+    if frame_stride:
+        indices = sample_stream_indices(frames.shape[0], num_frames, frame_stride, rng)
+    else:
+        indices = sample_train_indices(frames.shape[0], num_frames, rng)
+    selected = frames[indices]
     top, left, height, width = multi_scale_crop_window_numpy(
         frames.shape[1], frames.shape[2], crop_size, rng, scales
     )
@@ -221,6 +226,7 @@ class TrainBatches(keras.utils.PyDataset):
         scales: Sequence[float],
         no_flip_classes: Sequence[int] = (),
         flip_label_map: Mapping[int, int] | None = None,
+        frame_stride: int = 0,
     ):
         super().__init__()
         self.frames, self.labels = frames, labels
@@ -232,6 +238,7 @@ class TrainBatches(keras.utils.PyDataset):
             scales=tuple(scales),
             no_flip_classes=tuple(no_flip_classes),
             flip_label_map=dict(flip_label_map or {}),
+            frame_stride=int(frame_stride),
         )
         self._orders: dict[int, np.ndarray] = {}
 

@@ -226,6 +226,7 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
         width_multiplier=model_config.width_multiplier,
         selfy_channels=model_config.selfy_channels,
         sync_batchnorm=model_config.sync_batchnorm,
+        causal=model_config.causal,
     )
     if not model_config.init:
         logger.info("Initialised %s randomly (no `model.init`).", model.name)
@@ -348,6 +349,7 @@ def _train_dataset(strategy, config, data: DataInfo, epoch: int, skip_steps: int
             no_flip_classes=flips.no_flip_classes,
             flip_label_map=flips.flip_label_map,
             scales=config.data.crop_scales,
+            frame_stride=config.data.frame_stride,
             input_context=input_context,
             repeat=True,
             num_classes=config.model.num_classes,
@@ -636,6 +638,7 @@ def _numpy_inputs(run: _PreparedRun) -> _Inputs:
             scales=config.data.crop_scales,
             no_flip_classes=run.flips.no_flip_classes,
             flip_label_map=run.flips.flip_label_map,
+            frame_stride=config.data.frame_stride,
         )
 
     validation = None

@@ -9,7 +9,9 @@ the evaluation view stored with the model unless `--eval-size` or
 
 Writes `BASE/<name>/<version>/` (version: the next free number unless
 `--version` is given) with the `serving_default` (JPEG frames) and
-`predict_frames` (uint8 frames) signatures and warm-up requests, plus
+`predict_frames` (uint8 frames) signatures and warm-up requests (with
+`--stream`, for a causal model, also `predict_stream`: one frame and the
+stream's states in, its logits and new states out), plus
 `BASE/models.config` and `BASE/batching.config` examples. Prints a JSON
 summary on stdout.
 """
@@ -52,6 +54,12 @@ def register_subparser(subparsers) -> None:
         default=True,
         help="fold every batch norm into the convolution before it (same logits, faster on CPU)",
     )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="also add the predict_stream signature (frame + states in, logits + states out) "
+        "of a causal model (docs/streaming.md)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -80,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         view_settings=view_settings,
         fold_batch_norms=args.fold_batch_norms,
+        stream=args.stream,
     )
     config = result.signature_config
     print(
@@ -94,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
                 "num_classes": len(labels),
                 "dtype_policy": args.dtype_policy,
                 "fold_batch_norms": args.fold_batch_norms,
+                "stream": args.stream,
             }
         )
     )

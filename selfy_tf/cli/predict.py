@@ -4,6 +4,7 @@
     selfy predict clip.mp4 --server grpc://127.0.0.1:8500 --name selfy
     selfy predict clip.mp4 --model exported/selfy
     selfy predict frames_dir/ --model runs/selfy_r18
+    selfy predict clip.mp4 --model runs/causal --stream --smooth 8
 
 VIDEO is a video file, a folder of frame images or a `.npy` clip. With
 `--server` or an exported SavedModel its frames go as JPEGs to the
@@ -11,6 +12,12 @@ VIDEO is a video file, a folder of frame images or a `.npy` clip. With
 Keras model runs here. Either way frames are sampled, resized and cropped
 with the model's evaluation view (as `selfy eval`). Prints one line per
 top-k class (`rank<TAB>score<TAB>label`), or a JSON object with `--json`.
+
+With `--stream` (a causal model: a run, a `.keras` file, a `.tflite` stream,
+or a SavedModel / server exported with `--stream`) every frame goes through
+the model's stream in order, and it prints a timeline, one line per frame:
+`time_s<TAB>label<TAB>score`, the probabilities averaged over the last
+`--smooth` frames.
 """
 
 from __future__ import annotations
@@ -50,6 +57,19 @@ def register_subparser(subparsers) -> None:
     source.add_argument("--model", metavar="MODEL", default=None, help=MODEL_HELP)
     parser.add_argument("--name", default="selfy", help="model name on the server (with --server)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="run a causal model frame by frame and print a timeline (docs/streaming.md)",
+    )
+    parser.add_argument(
+        "--smooth", type=int, default=1, metavar="N",
+        help="with --stream: average the probabilities over the last N frames",
+    )
+    parser.add_argument(
+        "--fps", type=float, default=None,
+        help="with --stream: frame rate for the time column (default: the video's, else 25)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -100,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.stream:
+        from selfy_tf.cli._stream_predict import predict_stream
+
+        return predict_stream(args)
     from serving.client import make_client
     from tfrecords.video import read_clip
 

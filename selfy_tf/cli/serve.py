@@ -80,10 +80,22 @@ def register_subparser(subparsers) -> None:
         "--rest-timeout",
         type=float,
         default=30.0,
-        help="seconds a REST client has to send its headers, then its body; idle keep-alive limit",
+        help="seconds a REST client has to send its headers (idle keep-alive included), then its body",
+    )
+    parser.add_argument(
+        "--rest-max-inflight-mb",
+        type=float,
+        default=256.0,
+        help="REST request bodies held at once across connections, in MiB (503 beyond)",
     )
     parser.add_argument(
         "--poll-interval", type=float, default=1.0, help="seconds between checks for new versions"
+    )
+    parser.add_argument(
+        "--load-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a version's load and warm-up may take before it is given up",
     )
     parser.add_argument("--num-versions", type=int, default=1, help="newest versions served")
     parser.add_argument(
@@ -119,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         ),
         rest_threads=args.rest_threads,
         rest_timeout_s=args.rest_timeout,
+        rest_max_inflight_bytes=int(args.rest_max_inflight_mb * (1 << 20)),
+        load_timeout_s=args.load_timeout,
     )
     try:
         server.start()

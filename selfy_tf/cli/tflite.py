@@ -10,6 +10,12 @@ lies beside it). Writes the flatbuffer, the class names beside it
 the converted model against the Keras one on a few random clips, and prints
 one JSON line with the summary to stdout (`--report` adds size, op list and
 per-op latency; see also `selfy tflite-inspect`).
+
+With `--stream` (a causal model, docs/streaming.md) it converts the stream
+model instead: inputs `frame` `[1, H, W, 3]` uint8 and the states, outputs
+`logits`, `probabilities` and the new states; run it with
+`serving.tflite_runtime.TFLiteStream`. The check then compares each
+frame's logits with the Keras stream's.
 """
 
 from __future__ import annotations
@@ -112,6 +118,11 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
         default=tflite_inspect.DEFAULT_NUM_THREADS,
         help="interpreter threads for the check and the report",
     )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="convert the stream model of a causal model (one frame + states per call)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -155,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
             scale_size=view.scale_size,
             eval_size=view.eval_size,
         )
+    if args.stream:
+        return _run_stream(args, model, labels, view, representative, (num_frames, height, width))
     model_bytes = tflite.convert_model(
         model,
         quantize=args.quantize,
@@ -183,6 +196,51 @@ def run(args: argparse.Namespace) -> int:
         summary.update({f"check_{key}": value for key, value in parity.items()})
         logger.info(
             "TFLite vs Keras on %d random clips: max |logit diff| %.3g (%.3g of max "
+            "|logit|), top-1 agreement %.2f",
+            args.check_clips, parity["max_abs_diff"], parity["relative_max_abs_diff"],
+            parity["top1_agreement"],
+        )
+    if args.report:
+        report = tflite_inspect.inspect_model(args.out, num_threads=args.threads)
+        summary["report"] = report
+        logger.info("%s", tflite_inspect.format_report(report))
+    print(json.dumps(summary))
+    return 0
+
+
+def _run_stream(args, model, labels, view, representative, clip_shape) -> int:
+    """`selfy tflite --stream`: convert, write, check and summarise the stream model."""
+    from serving import stream, tflite, tflite_inspect, tflite_runtime
+
+    if args.input_dtype != "uint8" or args.stss_backend is not None:
+        logger.warning("--stream takes uint8 frames and has one STSS step: "
+                       "--input-dtype and --stss-backend are ignored")
+    calibration_clips = None
+    if representative is not None:
+        calibration_clips = [np.asarray(item["frames"], np.uint8) for item in representative()]
+    model_bytes = stream.convert_stream_model(model, args.quantize, calibration_clips)
+    # The view tells `selfy predict --stream` how to resize and crop frames.
+    labels_path = tflite.write_model(model_bytes, args.out, labels, view)
+    runtime = tflite_runtime.TFLiteStream(args.out, num_threads=args.threads)
+    summary = {
+        "model": args.out,
+        "labels": labels_path,
+        "stream": True,
+        "quantize": args.quantize,
+        "frame_shape": list(runtime.frame_shape),
+        "state_shapes": {name: list(shape) for name, shape in runtime.state_shapes.items()},
+        "num_classes": runtime.num_classes,
+        "size_bytes": len(model_bytes),
+    }
+    if args.check_clips:
+        num_frames, height, width = clip_shape
+        clips = np.random.default_rng(0).integers(
+            0, 256, (args.check_clips, num_frames, height, width, 3), dtype=np.uint8
+        )
+        parity = stream.compare_stream_with_keras(model, runtime, clips)
+        summary.update({f"check_{key}": value for key, value in parity.items()})
+        logger.info(
+            "TFLite vs Keras stream on %d random clips: max |logit diff| %.3g (%.3g of max "
             "|logit|), top-1 agreement %.2f",
             args.check_clips, parity["max_abs_diff"], parity["relative_max_abs_diff"],
             parity["top1_agreement"],

@@ -93,11 +93,17 @@ class MotionConfig:
             colour (0: flat, 1: two unrelated colours).
         background_grain_std: standard deviation of the background's fixed
             fine-grained texture, in 0..255 units.
+        background_frequency_range: spatial frequency of the background's
+            gratings, in cycles per frame side (high values: fine stripes).
         background_luminance_range: luminance (0..255) of the background's
             colours; their hues are random.
         object_luminance_range: luminance of the object's colours. Keeping
             it above the background's makes the object stand out in every
             clip (as a figure on a ground), whatever the hues.
+        max_outside: how far the object may reach past the frame's edge, as
+            a fraction of its radius (0: wholly inside in every frame; 1: its
+            centre may sit on the edge), as when a filmed object is partly
+            out of view.
     """
 
     radius_range: tuple[float, float] = (0.11, 0.17)
@@ -108,8 +114,10 @@ class MotionConfig:
     noise_std_range: tuple[float, float] = (2.0, 8.0)
     background_contrast: float = 0.4
     background_grain_std: float = 8.0
+    background_frequency_range: tuple[float, float] = (0.5, 3.0)
     background_luminance_range: tuple[float, float] = (15.0, 90.0)
     object_luminance_range: tuple[float, float] = (160.0, 250.0)
+    max_outside: float = 0.0
 
 
 DEFAULT_CONFIG = MotionConfig()
@@ -238,8 +246,9 @@ def sample_trajectory(
         # With y pointing down, a growing angle turns clockwise on screen.
         sign = 1.0 if name == "rotate_clockwise" else -1.0
         angles = angle0 + sign * step * time
-    # Keep the whole object inside the frame for the whole clip.
-    extent = radius * scales.max()
+    # Keep the object inside the frame for the whole clip, up to the
+    # fraction of it that may lie outside.
+    extent = radius * scales.max() * (1.0 - config.max_outside)
     low = extent + 1.0 - displacement.min(axis=0)
     high = size - 1.0 - extent - displacement.max(axis=0)
     high = np.maximum(high, low)
@@ -291,7 +300,7 @@ def generate_clip(
         _random_color(rng, config.background_luminance_range) - background_a
     )
     background = _colorize(
-        _grating_field(rng, grid_y / size, grid_x / size, 3, (0.5, 3.0)),
+        _grating_field(rng, grid_y / size, grid_x / size, 3, config.background_frequency_range),
         background_a,
         background_b,
     )

@@ -28,6 +28,12 @@ class SELFYBlock(keras.layers.Layer):
     `relu(inputs + integration)`. With `zero_init_last=True` the block starts
     as `relu(inputs)`.
 
+    With `causal=True` the STSS looks back only (frame `t` against frames
+    `t - (L - 1) ... t`); no other part of the block mixes frames (the
+    extraction works on each position's own similarity volume, the
+    integration convolutions are (1, 3, 3)), so the causal block's output at
+    frame `t` depends on frames up to `t` only. The weights are the same.
+
     Weights mirror the official PyTorch `SELFYBlock`
     (`selfy_tf.weights.selfy_block_mapping` lists the correspondence).
 
@@ -55,6 +61,7 @@ class SELFYBlock(keras.layers.Layer):
             three stages: training-mode statistics are computed over the
             global batch (see `FusedBatchNormalization`); inference is
             unaffected.
+        causal: bool, default False, the causal STSS (see above).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -90,6 +97,7 @@ class SELFYBlock(keras.layers.Layer):
         batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
+        causal: bool = False,
         **kwargs,
     ):
         compat.drop_layer_stss_jit(kwargs)
@@ -121,6 +129,7 @@ class SELFYBlock(keras.layers.Layer):
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
         self.sync_batchnorm = _checks.check_bool("sync_batchnorm", sync_batchnorm)
+        self.causal = _checks.check_bool("causal", causal)
         batch_norm_args = {
             "batch_norm_momentum": self.batch_norm_momentum,
             "batch_norm_epsilon": self.batch_norm_epsilon,
@@ -132,6 +141,7 @@ class SELFYBlock(keras.layers.Layer):
             self.hidden_channels,
             self.window,
             stss_backend=self.stss_backend,
+            causal=self.causal,
             name="stss_transformation",
             **batch_norm_args,
         )
@@ -200,6 +210,7 @@ class SELFYBlock(keras.layers.Layer):
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
                 "sync_batchnorm": self.sync_batchnorm,
+                "causal": self.causal,
             }
         )
         return config

@@ -21,7 +21,9 @@ class STSSTransformation(keras.layers.Layer):
     padding of 1 (explicit zero padding, then a 'valid' convolution), no
     bias, batch norm and ReLU; then the frames are unfolded from the batch
     and the STSS op (`selfy_tf.ops.stss`) compares every position with its
-    `(L, U, V)` neighbourhood in time and space.
+    `(L, U, V)` neighbourhood in time and space. With `causal=True` the
+    temporal window looks back only (offsets `-(L - 1) ... 0`, see
+    `selfy_tf.ops.stss`); the weights are the same.
 
     Weights mirror the official `stss_transformation.downsample` module:
     `conv` is `downsample.0` and `bn` is `downsample.1`.
@@ -40,6 +42,8 @@ class STSSTransformation(keras.layers.Layer):
         sync_batchnorm: bool, default False, compute the training-mode
             batch norm statistics over the global batch (synchronized batch
             norm, see `FusedBatchNormalization`); inference is unaffected.
+        causal: bool, default False, the causal STSS (frame `t` against
+            frames `t - (L - 1) ... t`).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -69,6 +73,7 @@ class STSSTransformation(keras.layers.Layer):
         batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
+        causal: bool = False,
         **kwargs,
     ):
         compat.drop_layer_stss_jit(kwargs)
@@ -87,6 +92,7 @@ class STSSTransformation(keras.layers.Layer):
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
         self.sync_batchnorm = _checks.check_bool("sync_batchnorm", sync_batchnorm)
+        self.causal = _checks.check_bool("causal", causal)
         self.conv = _conv.make_conv(
             self.hidden_channels, 3, 2, name="downsample_conv", dtype=self.dtype_policy
         )
@@ -123,8 +129,14 @@ class STSSTransformation(keras.layers.Layer):
         self.bn.build(conv_shape)
         self.built = True
 
-    def call(self, inputs, training=None):
-        hidden = _batch_norm_folding.linear_batch_norm(
+    def downsample(self, inputs, training=None):
+        """The STSS input features: conv, batch norm, ReLU of each frame.
+
+        `[batch * num_frames, height, width, channels]` ->
+        `[batch * num_frames, ceil(height / 2), ceil(width / 2), hidden_channels]`;
+        frame by frame, so streaming runs it on one frame at a time.
+        """
+        return _batch_norm_folding.linear_batch_norm(
             ops.cast(inputs, self.compute_dtype),
             _conv.conv2d(2, self._padding),
             self.conv.kernel,
@@ -132,12 +144,15 @@ class STSSTransformation(keras.layers.Layer):
             training,
             compute_dtype=self.compute_dtype,
         )
+
+    def call(self, inputs, training=None):
+        hidden = self.downsample(inputs, training=training)
         height, width = _conv.dim(hidden, 1), _conv.dim(hidden, 2)
         clips = ops.reshape(
             hidden, [-1, self.num_frames, height, width, self.hidden_channels]
         )
         similarity = stss(
-            clips, window=self.window, backend=self.stss_backend
+            clips, window=self.window, backend=self.stss_backend, causal=self.causal
         )
         return ops.cast(similarity, self.compute_dtype)
 
@@ -162,6 +177,7 @@ class STSSTransformation(keras.layers.Layer):
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
                 "sync_batchnorm": self.sync_batchnorm,
+                "causal": self.causal,
             }
         )
         return config

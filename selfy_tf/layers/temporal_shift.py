@@ -22,11 +22,17 @@ class TemporalShift(keras.layers.Layer):
     frame (the first frame gets zeros) and the others are left unchanged. The
     layer has no weights.
 
+    With `causal=True` (TSM's online shift, for streaming) channels `[0, c)`
+    take the value of the previous frame (the first frame gets zeros) and all
+    the others are left unchanged, so no output depends on a later frame.
+
     Args:
         num_frames: int, frames per clip (`T`); the batch axis must be a
             multiple of it.
         fold_div: int, default 8; `1 / fold_div` of the channels moves in each
             direction. Must be at least 2.
+        causal: bool, default False, shift channels `[0, c)` from the
+            previous frame only (see above).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -45,7 +51,7 @@ class TemporalShift(keras.layers.Layer):
     (8, 7, 7, 16)
     """
 
-    def __init__(self, num_frames: int, fold_div: int = 8, **kwargs):
+    def __init__(self, num_frames: int, fold_div: int = 8, causal: bool = False, **kwargs):
         super().__init__(**kwargs)
         if isinstance(fold_div, bool) or not isinstance(fold_div, int) or fold_div < 2:
             raise ValueError(
@@ -54,6 +60,7 @@ class TemporalShift(keras.layers.Layer):
             )
         self.num_frames = _checks.check_positive_int("num_frames", num_frames)
         self.fold_div = int(fold_div)
+        self.causal = _checks.check_bool("causal", causal)
 
     def build(self, input_shape):
         if len(input_shape) != 4:
@@ -78,14 +85,16 @@ class TemporalShift(keras.layers.Layer):
             return inputs
         height, width = _conv.dim(inputs, 1), _conv.dim(inputs, 2)
         clips = ops.reshape(inputs, [-1, self.num_frames, height, width, channels])
-        return ops.reshape(_shift_clips(clips, fold), ops.shape(inputs))
+        return ops.reshape(_shift_clips(clips, fold, self.causal), ops.shape(inputs))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
     def get_config(self):
         config = super().get_config()
-        config.update({"num_frames": self.num_frames, "fold_div": self.fold_div})
+        config.update(
+            {"num_frames": self.num_frames, "fold_div": self.fold_div, "causal": self.causal}
+        )
         return config
 
 
@@ -110,21 +119,28 @@ def _shift(clips, fold: int, backward: bool):
     return ops.concatenate(parts, -1)
 
 
-def _shift_clips(clips, fold: int):
-    """The temporal shift of `[clips, T, H, W, C]`.
+def _causal_shift(clips, fold: int, backward: bool):
+    """Channels [0, fold) from frame t - 1 (from t + 1 when `backward`: the gradient)."""
+    source = _from_next if backward else _from_previous
+    return ops.concatenate([source(clips, 0, fold), clips[..., fold:]], -1)
+
+
+def _shift_clips(clips, fold: int, causal: bool = False):
+    """The temporal shift of `[clips, T, H, W, C]` (the causal one when `causal`).
 
     On TensorFlow its gradient is written out: TensorFlow's own goes through
     StridedSliceGrad, much slower on CPU than shifting the upstream
     gradient the other way (benchmarks/README.md, "Model inference"). Other backends differentiate the slices.
     """
+    function = _causal_shift if causal else _shift
     if not _backend.is_tensorflow():
-        return _shift(clips, fold, backward=False)
+        return function(clips, fold, backward=False)
 
     @ops.custom_gradient
     def shift(clips):
         def grad(upstream):
-            return _shift(upstream, fold, backward=True)
+            return function(upstream, fold, backward=True)
 
-        return _shift(clips, fold, backward=False), grad
+        return function(clips, fold, backward=False), grad
 
     return shift(clips)

@@ -28,6 +28,7 @@ def create_model(
     width_multiplier: float | None = None,
     selfy_channels: int | Mapping[str, Any] | None = None,
     sync_batchnorm: bool | None = None,
+    causal: bool | None = None,
     pretrained: bool = False,
     weights: str | os.PathLike | None = None,
     dtype_policy: str | keras.DTypePolicy | None = None,
@@ -65,6 +66,13 @@ def create_model(
             in every batch norm of the model, the backbone's and the SELFY
             block's (all are the package's fused-kernel batch norm, whose
             `synchronized=True` path all-reduces the batch moments).
+        causal: bool [False], the causal model for streaming
+            (`selfy_tf.streaming`): the temporal shift moves channels
+            `[0, C/8)` from the previous frame only and the STSS compares
+            frame `t` with frames `t - (L-1) ... t`, so no frame's logits
+            depend on a later frame (docs/architecture.md). Same weights as
+            the offline model: its weights load into the causal one. TSN
+            models are causal already and ignore it.
         pretrained: load the weights file of the pretrained config `name`
             (its `weights_file`, a local path) after building. Needs a name
             `arch.tag` whose config has a weights file, and no `weights`.
@@ -105,6 +113,7 @@ def create_model(
         "width_multiplier": width_multiplier,
         "selfy_channels": selfy_channels,
         "sync_batchnorm": sync_batchnorm,
+        "causal": causal,
         **kwargs,
     }
     # Unset arguments take the defaults of `name` (family, then tag).

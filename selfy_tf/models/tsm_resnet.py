@@ -121,6 +121,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
     # None: the reference SELFY widths (the layers' REFERENCE_CHANNELS).
     "selfy_channels": None,
     "sync_batchnorm": False,
+    # Causal temporal shift and STSS (streaming); same weights as offline.
+    "causal": False,
 }
 
 _register = functools.partial(register_model, defaults=MODEL_DEFAULTS)
@@ -328,6 +330,7 @@ def _residual_block(
     num_frames: int,
     shift: bool,
     name: str,
+    causal: bool = False,
 ):
     """One basic or bottleneck block, TSM shift at the start of the residual branch."""
     in_channels = x.shape[-1]
@@ -338,7 +341,7 @@ def _residual_block(
         shortcut = factory.batch_norm(f"{name}_downsample_1")(shortcut)
     branch = x
     if shift:
-        branch = TemporalShift(num_frames, name=f"{name}_shift")(branch)
+        branch = TemporalShift(num_frames, causal=causal, name=f"{name}_shift")(branch)
     if arch.block == "basic":
         branch = _conv_bn(branch, factory, planes, 3, strides, f"{name}_conv1", f"{name}_bn1", f"{name}_relu1")
         branch = _conv_bn(branch, factory, planes, 3, 1, f"{name}_conv2", f"{name}_bn2", None, zero_init=True)
@@ -351,7 +354,14 @@ def _residual_block(
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _selfy_block(x, num_frames: int, channels: dict[str, Any], stss_backend: str, sync_batchnorm: bool):
+def _selfy_block(
+    x,
+    num_frames: int,
+    channels: dict[str, Any],
+    stss_backend: str,
+    sync_batchnorm: bool,
+    causal: bool = False,
+):
     return SELFYBlock(
         num_frames=num_frames,
         hidden_channels=channels["hidden_channels"],
@@ -359,6 +369,7 @@ def _selfy_block(x, num_frames: int, channels: dict[str, Any], stss_backend: str
         integration_channels=channels["integration_channels"],
         stss_backend=stss_backend,
         sync_batchnorm=sync_batchnorm,
+        causal=causal,
         name="selfy",
     )(x)
 
@@ -445,7 +456,10 @@ def _build(
     width_multiplier: float,
     selfy_channels: int | Mapping[str, Any] | None,
     sync_batchnorm: bool,
+    causal: bool,
 ) -> keras.Model:
+    if not isinstance(causal, bool):
+        raise ValueError(f"`causal` must be True or False. Received: causal={causal!r}.")
     _check_args(variant, num_classes, num_frames, input_size, dropout, selfy, selfy_stage, width_multiplier)
     arch = RESNET_ARCHS[depth]
     width_multiplier = float(width_multiplier)
@@ -475,9 +489,10 @@ def _build(
                 num_frames=num_frames,
                 shift=shift,
                 name=f"layer{stage_index + 1}_{block_index}",
+                causal=causal,
             )
         if selfy and stage_names[stage_index] == selfy_stage:
-            x = _selfy_block(x, num_frames, channels, stss_backend, bool(sync_batchnorm))
+            x = _selfy_block(x, num_frames, channels, stss_backend, bool(sync_batchnorm), causal)
 
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
     if dropout > 0:
@@ -491,7 +506,7 @@ def _build(
 
 @_register
 def tsn_r18(**kwargs: Any) -> keras.Model:
-    """TSN ResNet-18: per-frame ResNet-18, average of frame logits."""
+    """TSN ResNet-18: per-frame ResNet-18, average of frame logits (causal as it is)."""
     return _create_tsm_resnet("tsn_r18", "r18", shift=False, selfy=False, **kwargs)
 
 

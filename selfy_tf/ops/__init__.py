@@ -6,8 +6,9 @@ from selfy_tf.ops.stss import (
     STSS_BACKENDS,
     set_stss_xla,
     stss,
+    stss_last_frame,
     stss_xla,
     stss_xla_enabled,
 )
 
-__all__ = ["DEFAULT_BACKEND", "DEFAULT_WINDOW", "STSS_BACKENDS", "set_stss_xla", "stss", "stss_xla", "stss_xla_enabled"]
+__all__ = ["DEFAULT_BACKEND", "DEFAULT_WINDOW", "STSS_BACKENDS", "set_stss_xla", "stss", "stss_last_frame", "stss_xla", "stss_xla_enabled"]

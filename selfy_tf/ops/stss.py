@@ -5,7 +5,9 @@ Definition (DESIGN.md §2): with `g = f / sqrt(sum_c f**2 + 1e-6)`,
     out[b, t, y, x, l, u, v] =
         sum_c g[b, t, y, x, c] * g[b, t + l - L//2, y + u - U//2, x + v - V//2, c]
 
-and 0 where the displaced position leaves the clip or the map.
+and 0 where the displaced position leaves the clip or the map. The causal
+STSS (`causal=True`, for streaming) compares frame `t` with frames
+`t - (L-1) ... t` instead: the temporal term is `t + l - (L - 1)`.
 
 Three backends compute the same numbers:
 
@@ -306,18 +308,20 @@ def _stss_matmul(
 # "shift" and "patches" backends
 
 
-def _pad_keys(normalized, window: tuple[int, int, int]):
+def _pad_keys(normalized, window: tuple[int, int, int], causal: bool = False):
     half_l, half_u, half_v = (size // 2 for size in window)
+    # The causal window reaches L - 1 frames back and none ahead.
+    before, after = (2 * half_l, 0) if causal else (half_l, half_l)
     return ops.pad(
         normalized,
-        [[0, 0], [half_l, half_l], [half_u, half_u], [half_v, half_v], [0, 0]],
+        [[0, 0], [before, after], [half_u, half_u], [half_v, half_v], [0, 0]],
     )
 
 
-def _stss_shift(normalized, window: tuple[int, int, int]):
+def _stss_shift(normalized, window: tuple[int, int, int], causal: bool = False):
     length, height_window, width_window = window
     _, num_frames, height, width, _ = normalized.shape
-    padded = _pad_keys(normalized, window)
+    padded = _pad_keys(normalized, window, causal)
     outputs = []
     for l in range(length):
         for u in range(height_window):
@@ -328,12 +332,12 @@ def _stss_shift(normalized, window: tuple[int, int, int]):
     return ops.reshape(stacked, [-1, num_frames, height, width, *window])
 
 
-def _stss_patches(normalized, window: tuple[int, int, int]):
+def _stss_patches(normalized, window: tuple[int, int, int], causal: bool = False):
     import tensorflow as tf
 
     length, height_window, width_window = window
     _, num_frames, height, width, channels = normalized.shape
-    padded = _pad_keys(normalized, window)
+    padded = _pad_keys(normalized, window, causal)
     padded_height = height + height_window - 1
     padded_width = width + width_window - 1
     queries = tf.reshape(normalized, [-1, height, width, 1, channels])
@@ -362,12 +366,12 @@ def _stss_patches(normalized, window: tuple[int, int, int]):
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(backend: str, window: tuple[int, int, int]) -> Callable:
+def _compiled(backend: str, window: tuple[int, int, int], causal: bool) -> Callable:
     import tensorflow as tf
 
     function = _BACKEND_FUNCTIONS[backend]
     return tf.function(
-        lambda normalized: function(normalized, window),
+        lambda normalized: function(normalized, window, causal),
         jit_compile=True,
         autograph=False,
     )
@@ -423,13 +427,17 @@ def stss(
     window: Sequence[int] = DEFAULT_WINDOW,
     backend: str = DEFAULT_BACKEND,
     jit: bool | None = None,
+    causal: bool = False,
 ) -> Any:
     """Computes the spatio-temporal self-similarity of a feature volume.
 
     Each feature vector is L2-normalised over channels (epsilon 1e-6 added to
     the sum of squares), then compared by dot product with the vectors in an
     `(L, U, V)` window around it in time and space. Displaced positions that
-    fall outside the clip or the map give 0 (zero padding).
+    fall outside the clip or the map give 0 (zero padding). With `causal`,
+    the temporal window looks back only: frame `t` meets frames
+    `t - (L - 1) ... t` (offsets `-(L - 1) ... 0`), so that no output
+    depends on a later frame.
 
     Args:
         features: `[batch, num_frames, height, width, channels]` floating
@@ -450,10 +458,13 @@ def stss(
             whole functions. Graphs that are exported to TF Serving or
             converted to TFLite must not require XLA. When the caller
             already compiles with XLA, the flag changes nothing.
+        causal: bool, default False. When True, index `l` of the window is
+            the temporal offset `l - (L - 1)` instead of `l - L//2`.
 
     Returns:
         `[batch, num_frames, height, width, L, U, V]` float32 tensor of cosine
-        similarities; index `(L//2, U//2, V//2)` is the position itself.
+        similarities; index `(L//2, U//2, V//2)` is the position itself
+        (`(L - 1, U//2, V//2)` when `causal`).
 
     Raises:
         ValueError: if `features` is not rank 5 with static non-batch
@@ -484,8 +495,87 @@ def stss(
     if jit is None:
         jit = stss_xla_enabled()
     jit = bool(jit) and _backend.is_tensorflow()
+    causal = bool(causal)
     if backend == "matmul":
-        return _stss_matmul(normalized, shape, window, jit)
+        if not causal:
+            return _stss_matmul(normalized, shape, window, jit)
+        # The symmetric window of 2L - 1 frames holds offsets -(L-1) ... L-1;
+        # its first L are the causal ones. The frame pairs computed are the
+        # same (offsets up to L - 1); only the fixed gather is wider.
+        length, height_window, width_window = window
+        wide = _stss_matmul(normalized, shape, (2 * length - 1, height_window, width_window), jit)
+        # A 3-D slice: TFLite's StridedSlice takes at most 5 dimensions.
+        wide = ops.reshape(wide, [-1, 2 * length - 1, height_window * width_window])
+        return ops.reshape(wide[:, :length], [-1, *shape[:3], *window])
     if jit:
-        return _compiled(backend, window)(normalized)
-    return _BACKEND_FUNCTIONS[backend](normalized, window)
+        return _compiled(backend, window, causal)(normalized)
+    return _BACKEND_FUNCTIONS[backend](normalized, window, causal)
+
+
+def stss_last_frame(history: Any, window: Sequence[int] = DEFAULT_WINDOW) -> Any:
+    """The causal STSS of the last frame of a short clip (one streaming step).
+
+    Equals `stss(history, window, causal=True)[:, -1:]` when `history` holds
+    the `L` most recent frames (zeros standing for frames before the start of
+    the stream), at `1 / L` of its cost: only the last frame's queries are
+    compared, with all `L` frames' keys, by one matrix product and a fixed
+    gather (TFLite builtins). Its memory grows as `(height * width)**2 * L`,
+    fine for the 14 x 14 grid of a 224 x 224 model (0.2 M similarities).
+
+    Args:
+        history: `[batch, L, height, width, channels]` floating tensor, the
+            STSS input features of frames `t - (L - 1) ... t`, oldest first.
+        window: `(L, U, V)`, three odd positive sizes; `L` must equal the
+            frames of `history`.
+
+    Returns:
+        `[batch, 1, height, width, L, U, V]` float32 tensor.
+
+    Raises:
+        ValueError: if `history` is not rank 5 with static non-batch
+            dimensions, or its frames differ from `L`.
+    """
+    window = _validate_window(window)
+    history = _validate_features(history)
+    length, height_window, width_window = window
+    frames, height, width, channels = (int(size) for size in history.shape[1:])
+    if frames != length:
+        raise ValueError(
+            f"`history` must hold L={length} frames for window={window}. Received: "
+            f"history.shape={tuple(history.shape)}."
+        )
+    normalized = _normalize(history)
+    positions = height * width
+    queries = ops.reshape(normalized[:, -1], [-1, positions, channels])
+    keys = ops.reshape(normalized, [-1, length * positions, channels])
+    # [batch, positions, L * positions]: query q against key (l, p).
+    similarities = _backend.matmul(queries, keys, transpose_b=True)
+    index, mask = _last_frame_gather(height, width, window)
+    rows = ops.reshape(similarities, [-1, positions * length * positions])
+    band = _masked_gather(rows, index, mask, axis=1)
+    return ops.reshape(band, [-1, 1, height, width, *window])
+
+
+@functools.lru_cache(maxsize=16)
+def _last_frame_gather(
+    height: int, width: int, window: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices into `[positions, L * positions]` similarities, and their mask.
+
+    Ordered `(y, x, l, u, v)`; out-of-map displacements read index 0 and are
+    masked to 0.
+    """
+    length, height_window, width_window = window
+    positions = height * width
+    y, x, l, u, v = np.meshgrid(
+        np.arange(height), np.arange(width), np.arange(length),
+        np.arange(height_window), np.arange(width_window), indexing="ij",
+    )
+    key_y = y + u - height_window // 2
+    key_x = x + v - width_window // 2
+    inside = (key_y >= 0) & (key_y < height) & (key_x >= 0) & (key_x < width)
+    query = y * width + x
+    key = l * positions + np.clip(key_y, 0, height - 1) * width + np.clip(key_x, 0, width - 1)
+    index = np.where(inside, query * (length * positions) + key, 0).reshape(-1)
+    mask = inside.reshape(1, -1).astype("float32")
+    return index.astype(np.int64), mask

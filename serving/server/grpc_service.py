@@ -19,6 +19,7 @@ import math
 import socket
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
@@ -57,6 +58,27 @@ _VALUE_FIELDS = {
     types_pb2.DT_COMPLEX64: ("scomplex_val", 2),
     types_pb2.DT_COMPLEX128: ("dcomplex_val", 2),
 }
+
+
+# Integer dtypes carried in the int32 `int_val` field, which holds values
+# outside their range (numpy refuses to narrow them).
+_NARROW_INT_DTYPES = {
+    types_pb2.DT_INT8: np.int8,
+    types_pb2.DT_INT16: np.int16,
+    types_pb2.DT_UINT8: np.uint8,
+    types_pb2.DT_UINT16: np.uint16,
+}
+
+
+def _check_int_range(name: str, proto) -> None:
+    info = np.iinfo(_NARROW_INT_DTYPES[proto.dtype])
+    values = np.asarray(proto.int_val, dtype=np.int64)
+    low, high = int(values.min()), int(values.max())
+    if low < info.min or high > info.max:
+        raise invalid_argument(
+            f"Input `{name}` values must be in [{info.min}, {info.max}] "
+            f"({_dtype_name(proto.dtype)}). Received: int_val values in [{low}, {high}]."
+        )
 
 
 def _dtype_name(dtype_enum: int) -> str:
@@ -103,9 +125,11 @@ def tensor_from_proto(name: str, proto, spec: tf.TensorSpec, limits: RequestLimi
                 f"Input `{name}`: {field} holds {num_values // per_element} values but shape "
                 f"{tuple(shape)} has {num_elements} elements. Send one value per element."
             )
+        if proto.dtype in _NARROW_INT_DTYPES and num_values:
+            _check_int_range(name, proto)
     try:
         return tf.make_ndarray(proto)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise invalid_argument(f"Input `{name}` is not a valid TensorProto: {error}") from error
 
 

@@ -19,10 +19,10 @@ import threading
 from typing import Mapping
 
 from serving.batching import BatchingOptions, DynamicBatcher
-from serving.model_store import ModelStore
+from serving.model_store import DEFAULT_LOAD_TIMEOUT_S, ModelStore
 from serving.server.grpc_service import GrpcServer
 from serving.server.predictor import Predictor, RequestLimits
-from serving.server.rest import LOOPBACK_HOST, RestServer
+from serving.server.rest import DEFAULT_MAX_INFLIGHT_BYTES, LOOPBACK_HOST, RestServer
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,13 @@ class ModelServer:
             (clips, frames, frame size, bytes).
         rest_threads: REST connections served at once; more get 503.
             Default 128.
-        rest_timeout_s: REST header, body and keep-alive idle timeout.
-            Default 30.
+        rest_timeout_s: REST deadline for a request's headers (idle
+            keep-alive included), then for its body. Default 30.
+        rest_max_inflight_bytes: REST request-body bytes held at once
+            across connections (503 beyond). Default 256 MiB.
         warmup: replay warm-up requests when loading a version.
+        load_timeout_s: longest a version's load and warm-up may take
+            before it is given up. Default 300.
 
     Raises:
         PortInUseError: when a port is taken (before anything is loaded).
@@ -65,7 +69,9 @@ class ModelServer:
         limits: RequestLimits = RequestLimits(),
         rest_threads: int = 128,
         rest_timeout_s: float = 30.0,
+        rest_max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
         warmup: bool = True,
+        load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
     ):
         if rest_port is None and grpc_port is None:
             raise ValueError("Give `rest_port` or `grpc_port` (or both); received neither.")
@@ -75,6 +81,7 @@ class ModelServer:
             num_versions=num_versions,
             version_labels=version_labels,
             warmup=warmup,
+            load_timeout_s=load_timeout_s,
         )
         self.batcher = DynamicBatcher(batching) if batching is not None else None
         self.predictor = Predictor(self.store, self.batcher, limits)
@@ -83,7 +90,9 @@ class ModelServer:
         self.rest = self.grpc = None
         try:
             if rest_port is not None:
-                self.rest = RestServer(self.predictor, rest_port, rest_threads, rest_timeout_s)
+                self.rest = RestServer(
+                    self.predictor, rest_port, rest_threads, rest_timeout_s, rest_max_inflight_bytes
+                )
             if grpc_port is not None:
                 self.grpc = GrpcServer(self.predictor, grpc_port)
         except BaseException:

@@ -118,6 +118,8 @@ def check_declared_shape(
                 f"this server takes frames of at most {limits.max_frame_size} pixels a "
                 "side (`selfy serve --max-frame-size`)."
             )
+    if name == signatures_lib.FRAMES_INPUT_KEY and len(shape) == 5:
+        _check_aspect_ratio(name, f"(shape {shape})", shape[2], shape[3])
 
 
 def check_encoded_frames(name: str, frames: np.ndarray, limits: RequestLimits) -> None:
@@ -145,6 +147,18 @@ def check_encoded_frames(name: str, frames: np.ndarray, limits: RequestLimits) -
                 f"frames of at most {limits.max_frame_size} pixels a side "
                 "(`selfy serve --max-frame-size`). Resize frames before sending them."
             )
+        _check_aspect_ratio(name, where, height, width)
+
+
+def _check_aspect_ratio(name: str, where: str, height: int, width: int) -> None:
+    """The graph's own limit, checked before a request can join a batch."""
+    ratio = signatures_lib.MAX_FRAME_ASPECT_RATIO
+    if max(height, width) > ratio * min(height, width):
+        raise invalid_argument(
+            f"Input `{name}` {where} is {width}x{height} pixels; frames may be at most "
+            f"{ratio} times longer than wide or high (resizing the short side of a thin "
+            "frame would make a huge image). Crop or pad frames before sending them."
+        )
 
 
 def check_inputs(

@@ -12,10 +12,13 @@ version or route), 413 (body over the size cap), 501 (unsupported method) or
 cap are refused from their `Content-Length` without being read.
 
 Connections are served by a bounded pool of threads. A connection must send
-its headers, and then its body, within `timeout_s` each, and an idle
-kept-alive connection is closed after `timeout_s`, so half-sent requests
-cannot hold threads. When every thread is busy a new connection gets 503
-with `Retry-After` at once instead of waiting in the kernel's queue.
+its request line and headers within `timeout_s` of the server starting to
+wait for them (an idle kept-alive connection is closed then too), and then
+its whole body within `timeout_s`: each is one deadline, however slowly the
+bytes trickle in, so half-sent requests cannot hold threads. When every
+thread is busy a new connection gets 503 with `Retry-After` at once,
+written by one thread that never waits on a client. Request bodies held at
+once are bounded in total (`max_inflight_bytes`, 503 beyond it).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import http.server
+import io
 import logging
 import re
+import selectors
 import socket
 import threading
 import time
@@ -38,6 +43,7 @@ from serving.server.predictor import Predictor
 logger = logging.getLogger(__name__)
 
 LOOPBACK_HOST = "127.0.0.1"
+DEFAULT_MAX_INFLIGHT_BYTES = 256 << 20
 
 _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -46,16 +52,43 @@ _ROUTE = re.compile(
 )
 
 
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+
+
 def _parse_route(path: str) -> tuple[str, int | None, str | None, str | None]:
     match = _ROUTE.match(path.split("?", 1)[0])
     if match is None:
         raise not_found(f"Malformed request: {path}")
     version = match.group("version")
     if version is not None:
-        if not version.isdigit():
+        # str.isdigit() also accepts digits int() refuses, such as "²".
+        if not _ASCII_DIGITS.fullmatch(version):
             raise invalid_argument(f"Failed to convert version: {version} to numeric.")
         version = int(version)
     return match.group("name"), version, match.group("label"), match.group("suffix")
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads from a socket until a deadline, however the bytes trickle in.
+
+    A per-read socket timeout alone lets a client that sends one byte a
+    second hold its connection forever; here every read gets only the time
+    left before `deadline` (`time.monotonic()` seconds).
+    """
+
+    def __init__(self, connection: socket.socket):
+        self._connection = connection
+        self.deadline = time.monotonic()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request deadline passed")
+        self._connection.settimeout(remaining)
+        return self._connection.recv_into(buffer)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -66,12 +99,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "selfy-serving"
     predictor: Predictor
-    # StreamRequestHandler applies it to the socket: every wait for the
-    # request line, a header or the next request on a kept-alive connection.
+    # Seconds for the wait for a request with its request line and headers,
+    # then for its body (each one deadline, see `_DeadlineReader`), and for
+    # each write of a reply.
     timeout: float
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # One deadline for the wait for a request (an idle kept-alive
+        # connection), its request line and every header line together.
+        self._reader.deadline = time.monotonic() + self.timeout
+        super().handle_one_request()
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (base class name)
         logger.debug("%s %s", self.address_string(), format % args)
+
+    def _start_reply(self, code: int) -> None:
+        # Reads shrink the socket timeout towards their deadline; a reply
+        # gets the whole timeout for each write again.
+        self.connection.settimeout(self.timeout)
+        self.send_response(code)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own errors (bad request line, unsupported method) as JSON."""
@@ -81,7 +133,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             text = f"{text}: {explain or long}"
         self.close_connection = True
         body = rest_json.error_body(text)
-        self.send_response(code)
+        self._start_reply(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "close")
@@ -90,9 +142,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _send(self, code: int, body: bytes) -> None:
-        self.send_response(code)
+        self._start_reply(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if code == 503:
+            self.send_header("Retry-After", "1")
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -102,64 +156,92 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(error.http_status, rest_json.error_body(error.message))
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        try:
-            name, version, label, suffix = _parse_route(self.path)
-            if suffix not in (None, "/metadata"):
-                raise not_found(f"Malformed request: GET {self.path}")
-            self.predictor.check_model_name(name)
-            if suffix is None:
-                if label is not None:
-                    version = self.predictor.version(name, label=label).version
-                body = status.to_json(status.model_status_response(self.predictor.store, version))
-            else:
-                loaded = self.predictor.version(name, version, label)
-                body = status.to_json(status.model_metadata_response(name, loaded))
-            self._send(200, rest_json.dumps(body))
-        except ServingError as error:
-            self._send_error(error)
+        self._answer(self._get)
 
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        self._answer(self._post)
+
+    def _answer(self, method) -> None:
         try:
-            body = self._read_body()
-            name, version, label, suffix = _parse_route(self.path)
-            if suffix != ":predict":
-                if suffix in (":classify", ":regress"):
-                    raise invalid_argument(
-                        f"{suffix[1:]} is not supported by this model: it has only "
-                        "predict signatures. Use :predict."
-                    )
-                raise not_found(f"Malformed request: POST {self.path}")
-            document = rest_json.parse_body(body)
-            loaded, signature = self.predictor.resolve(
-                name, rest_json.signature_name(document), version, label
-            )
-            inputs, request_format = rest_json.request_inputs(document, signature.inputs)
-            outputs = self.predictor.run(loaded, signature, inputs)
-            self._send(200, rest_json.dumps(rest_json.predict_response(outputs, request_format)))
+            self._send(200, method())
         except ServingError as error:
             self._send_error(error)
         except OSError as error:  # the client timed out or went away mid-request
-            logger.debug("POST %s from %s: %s", self.path, self.address_string(), error)
+            logger.debug("%s %s from %s: %s", self.command, self.path, self.address_string(), error)
             self.close_connection = True
         except Exception as error:  # keep serving whatever one request did
-            logger.exception("internal error answering POST %s", self.path)
+            logger.exception("internal error answering %s %s", self.command, self.path)
+            self.close_connection = True
             self._send(500, rest_json.error_body(f"Internal error: {error}"))
 
-    def _read_body(self) -> bytes:
+    def _get(self) -> bytes:
+        name, version, label, suffix = _parse_route(self.path)
+        if suffix not in (None, "/metadata"):
+            raise not_found(f"Malformed request: GET {self.path}")
+        self.predictor.check_model_name(name)
+        if suffix is None:
+            if label is not None:
+                version = self.predictor.version(name, label=label).version
+            body = status.to_json(status.model_status_response(self.predictor.store, version))
+        else:
+            loaded = self.predictor.version(name, version, label)
+            body = status.to_json(status.model_metadata_response(name, loaded))
+        return rest_json.dumps(body)
+
+    def _post(self) -> bytes:
+        length = self._body_length()
+        if not self.server.body_budget.reserve(length):
+            self._body_left_unread()
+            raise ServingError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"The server is busy: request bodies in flight would exceed "
+                f"{self.server.body_budget.capacity} bytes (`selfy serve "
+                "--rest-max-inflight-mb`). Retry later.",
+            )
+        try:
+            return self._predict(self._read_body(length))
+        finally:
+            self.server.body_budget.release(length)
+
+    def _predict(self, body: bytearray) -> bytes:
+        name, version, label, suffix = _parse_route(self.path)
+        if suffix != ":predict":
+            if suffix in (":classify", ":regress"):
+                raise invalid_argument(
+                    f"{suffix[1:]} is not supported by this model: it has only "
+                    "predict signatures. Use :predict."
+                )
+            raise not_found(f"Malformed request: POST {self.path}")
+        document = rest_json.parse_body(body)
+        del body  # its decoded form is all that is needed from here on
+        loaded, signature = self.predictor.resolve(
+            name, rest_json.signature_name(document), version, label
+        )
+        inputs, request_format = rest_json.request_inputs(document, signature.inputs)
+        del document
+        outputs = self.predictor.run(loaded, signature, inputs)
+        return rest_json.dumps(rest_json.predict_response(outputs, request_format))
+
+    def _body_left_unread(self) -> None:
+        """After the reply, the connection is closed without its body being read."""
+        self.close_connection = True
+        self.server.linger_after_reply(self.connection)
+
+    def _body_length(self) -> int:
+        """The body's declared length, checked against the size cap (body unread)."""
         limits = self.predictor.limits
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
+            self._body_left_unread()
             raise invalid_argument("Chunked request bodies are not supported; send Content-Length.")
         length_header = self.headers.get("Content-Length")
-        if length_header is None or not length_header.strip().isdigit():
-            self.close_connection = True
+        if length_header is None or not _ASCII_DIGITS.fullmatch(length_header.strip()):
+            self._body_left_unread()
             raise invalid_argument(
                 f"A valid Content-Length header is required. Received: {length_header!r}."
             )
         length = int(length_header)
         if length > limits.max_request_bytes:
-            # Not reading the body: close the connection after answering.
-            self.close_connection = True
+            self._body_left_unread()
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"Request body of {length} bytes exceeds the limit of "
@@ -167,33 +249,167 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "Send JPEG frames (serving_default) or fewer clips per request.",
                 http_status=413,
             )
-        # One deadline for the whole body: a per-read socket timeout alone
-        # lets a client that trickles a byte at a time hold the thread.
-        deadline = time.monotonic() + self.timeout
-        chunks, received = [], 0
+        return length
+
+    def _read_body(self, length: int) -> bytearray:
+        # One deadline for the whole body.
+        self._reader.deadline = time.monotonic() + self.timeout
+        body, received = bytearray(length), 0
+        view = memoryview(body)
         while received < length:
-            chunk = None
-            if time.monotonic() <= deadline:
-                try:
-                    chunk = self.rfile.read1(min(length - received, 1 << 20))
-                except TimeoutError:
-                    pass
-            if chunk is None:
+            try:
+                count = self.rfile.readinto1(view[received:])
+            except TimeoutError:
                 self.close_connection = True
                 raise ServingError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"Request body not received within {self.timeout:g} s "
                     f"({received} of {length} bytes; `selfy serve --rest-timeout`).",
                     http_status=408,
-                )
-            if not chunk:
+                ) from None
+            if not count:
                 self.close_connection = True
                 raise invalid_argument(
                     f"The connection closed after {received} of {length} body bytes."
                 )
-            chunks.append(chunk)
-            received += len(chunk)
-        return b"".join(chunks)
+            received += count
+        view.release()
+        return body  # json.loads reads a bytearray as it is: no copy
+
+
+class _BodyBudget:
+    """Request-body bytes the server holds at once, across all connections.
+
+    A body's bytes are reserved from its `Content-Length` before it is
+    read and released once its reply is sent, so the JSON documents and
+    arrays decoded from bodies are bounded in total, not only per request.
+
+    Args:
+        capacity: most body bytes in flight.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = int(capacity)
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, num_bytes: int) -> bool:
+        with self._lock:
+            if self._used + num_bytes > self.capacity:
+                return False
+            self._used += num_bytes
+            return True
+
+    def release(self, num_bytes: int) -> None:
+        with self._lock:
+            self._used -= num_bytes
+
+
+class _Refuser:
+    """Answers connections beyond the thread pool with 503, on one thread.
+
+    The reply is written without waiting (it fits a fresh socket's buffer),
+    then whatever the client sends is read and dropped until it closes or
+    `linger_s` passes: closing a socket with unread data resets the
+    connection, and the client may lose the reply. An idle client costs a
+    selector entry, never a thread's time. At most `max_connections` linger;
+    beyond them connections are closed at once. Connections answered before
+    their body was read (413, 503) linger here too.
+    """
+
+    def __init__(self, reply: bytes, max_connections: int = 1024, linger_s: float = 2.0):
+        self._reply = reply
+        self._max_connections = max_connections
+        self._linger_s = linger_s
+        self._selector = selectors.DefaultSelector()
+        self._deadlines: dict[socket.socket, float] = {}
+        self._lock = threading.Lock()
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
+        self._selector.register(self._wake_read, selectors.EVENT_READ)
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="rest-busy", daemon=True)
+        self._thread.start()
+
+    def refuse(self, connection: socket.socket) -> None:
+        """Answers `connection` with the 503, then lingers on it."""
+        try:
+            connection.setblocking(False)
+            connection.send(self._reply)
+        except OSError:
+            connection.close()
+            return
+        self.linger(connection)
+
+    def linger(self, connection: socket.socket) -> None:
+        """Closes `connection` for writing, then drops what it sends until it closes."""
+        try:
+            connection.setblocking(False)
+            connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            connection.close()
+            return
+        with self._lock:
+            if self._closing or len(self._deadlines) >= self._max_connections:
+                connection.close()
+                return
+            self._deadlines[connection] = time.monotonic() + self._linger_s
+            self._selector.register(connection, selectors.EVENT_READ)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_write.send(b"x")
+        except OSError:  # the wake-up pipe is full: the loop is awake anyway
+            pass
+
+    def _drop(self, connection: socket.socket) -> None:
+        try:
+            self._selector.unregister(connection)
+        except (KeyError, ValueError):  # already gone
+            pass
+        self._deadlines.pop(connection, None)
+        connection.close()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closing:
+                    break
+                timeout = min(self._deadlines.values(), default=time.monotonic() + 1.0) - time.monotonic()
+            for key, _ in self._selector.select(max(timeout, 0.0)):
+                if key.fileobj is self._wake_read:
+                    try:
+                        self._wake_read.recv(4096)
+                    except OSError:
+                        pass
+                    continue
+                try:
+                    data = key.fileobj.recv(1 << 16)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    with self._lock:
+                        self._drop(key.fileobj)
+            now = time.monotonic()
+            with self._lock:
+                for connection in [c for c, deadline in self._deadlines.items() if deadline <= now]:
+                    self._drop(connection)
+        with self._lock:
+            for connection in list(self._deadlines):
+                self._drop(connection)
+        self._selector.close()
+        self._wake_read.close()
+        self._wake_write.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+        self._wake()
+        self._thread.join(timeout=5)
 
 
 class _Server(http.server.HTTPServer):
@@ -202,32 +418,31 @@ class _Server(http.server.HTTPServer):
     # Bursts of connections wait here (the kernel caps it at somaxconn)
     # until the accept loop answers them, with a reply or a 503.
     request_queue_size = 1024
-    # Refusals are written by their own few threads, so a client that does
-    # not read its 503 cannot stall the accept loop; a burst of connections
-    # waits in their queue (bounded, beyond it connections are closed).
-    _NUM_REFUSAL_THREADS = 4
-    _MAX_QUEUED_REFUSALS = 1024
-    _REFUSAL_TIMEOUT_S = 2.0
 
-    def __init__(self, address, handler, num_threads: int):
+    def __init__(self, address, handler, num_threads: int, max_inflight_bytes: int):
         self.num_threads = int(num_threads)
+        self.body_budget = _BodyBudget(max_inflight_bytes)
         self._slots = threading.BoundedSemaphore(self.num_threads)
         self._pool = concurrent.futures.ThreadPoolExecutor(self.num_threads, thread_name_prefix="rest")
         self._open: set[socket.socket] = set()
+        self._lingering: set[socket.socket] = set()
         self._open_lock = threading.Lock()
-        self._refusal_slots = threading.BoundedSemaphore(self._MAX_QUEUED_REFUSALS)
-        self._refusals = concurrent.futures.ThreadPoolExecutor(
-            self._NUM_REFUSAL_THREADS, thread_name_prefix="rest-busy"
+        body = rest_json.error_body(
+            f"The server is busy: all {self.num_threads} REST connections are in use "
+            "(`selfy serve --rest-threads`). Retry later."
         )
-        super().__init__(address, handler)
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
+        self._refuser = _Refuser(head.encode("ascii") + body)
+        super().__init__(address, handler)  # closes the refuser when the port is taken
 
     def process_request(self, request, client_address) -> None:
         if self._slots.acquire(blocking=False):
             self._pool.submit(self._serve, request, client_address)
-        elif self._refusal_slots.acquire(blocking=False):
-            self._refusals.submit(self._refuse, request)
         else:
-            self.shutdown_request(request)
+            self._refuser.refuse(request)
 
     def _serve(self, request, client_address) -> None:
         with self._open_lock:
@@ -239,31 +454,20 @@ class _Server(http.server.HTTPServer):
         finally:
             with self._open_lock:
                 self._open.discard(request)
-            self.shutdown_request(request)
+                linger = request in self._lingering
+                self._lingering.discard(request)
+            if linger:
+                self._refuser.linger(request)
+            else:
+                self.shutdown_request(request)
             self._slots.release()
 
-    def _refuse(self, request: socket.socket) -> None:
-        body = rest_json.error_body(
-            f"The server is busy: all {self.num_threads} REST connections are in use "
-            "(`selfy serve --rest-threads`). Retry later."
-        )
-        head = (
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-        )
-        try:
-            request.settimeout(self._REFUSAL_TIMEOUT_S)
-            # Read what the client sent first: closing a socket with unread
-            # data resets the connection, and the client may lose the reply.
-            request.recv(1 << 16)
-            request.sendall(head.encode("ascii") + body)
-            request.shutdown(socket.SHUT_WR)
-            request.recv(1 << 16)
-        except OSError:
-            pass
-        finally:
-            self.shutdown_request(request)
-            self._refusal_slots.release()
+    def linger_after_reply(self, request: socket.socket) -> None:
+        """Hands `request` to the refusal thread once answered: its client may
+        still be sending a body nobody reads, and a plain close would reset
+        the connection before the client reads the reply."""
+        with self._open_lock:
+            self._lingering.add(request)
 
     def handle_error(self, request, client_address) -> None:
         # A client that goes away mid-request is routine; no traceback.
@@ -281,7 +485,7 @@ class _Server(http.server.HTTPServer):
                 except OSError:
                     pass
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._refusals.shutdown(wait=False, cancel_futures=True)
+        self._refuser.close()
 
 
 class RestServer:
@@ -292,8 +496,12 @@ class RestServer:
             the largest accepted body).
         port: TCP port; 0 picks a free one (see `port` after `start`).
         num_threads: connections served at once; more get 503. Default 128.
-        timeout_s: limit for receiving the headers, for the body, and for
-            an idle kept-alive connection. Default 30.
+        timeout_s: limit for the wait for a request and its request line
+            and headers together (an idle kept-alive connection included),
+            then for the whole body. Default 30.
+        max_inflight_bytes: request-body bytes held at once across all
+            connections; a body that would exceed it gets 503 unread.
+            Default 256 MiB; at least `predictor.limits.max_request_bytes`.
 
     Raises:
         PortInUseError: when another process listens on `port`.
@@ -305,15 +513,25 @@ class RestServer:
         port: int = 8501,
         num_threads: int = 128,
         timeout_s: float = 30.0,
+        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
     ):
         if num_threads < 1 or timeout_s <= 0:
             raise ValueError(
                 "`num_threads` must be at least 1 and `timeout_s` positive. Received: "
                 f"num_threads={num_threads}, timeout_s={timeout_s}."
             )
+        if max_inflight_bytes < predictor.limits.max_request_bytes:
+            raise ValueError(
+                "`max_inflight_bytes` must be at least the largest request body "
+                f"({predictor.limits.max_request_bytes} bytes), or no such body could be "
+                f"read. Received: max_inflight_bytes={max_inflight_bytes}. Raise "
+                "--rest-max-inflight-mb or lower --max-request-mb."
+            )
         handler = type("Handler", (_Handler,), {"predictor": predictor, "timeout": float(timeout_s)})
         try:
-            self._server = _Server((LOOPBACK_HOST, int(port)), handler, num_threads)
+            self._server = _Server(
+                (LOOPBACK_HOST, int(port)), handler, num_threads, max_inflight_bytes
+            )
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise PortInUseError(

@@ -31,20 +31,26 @@ def parse_body(body: bytes) -> dict:
         ServingError: INVALID_ARGUMENT for malformed JSON or a non-object.
     """
     try:
-        document = json.loads(body.decode("utf-8"))
+        # json reads the bytes (or bytearray) itself: no decoded copy held here.
+        document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise invalid_argument(f"JSON Parse error: {error}") from error
     except RecursionError as error:
-        raise invalid_argument(
-            "JSON Parse error: the body nests arrays or objects too deeply. A predict "
-            "body needs at most one level per tensor dimension."
-        ) from error
+        raise _too_deep() from error
     if not isinstance(document, dict):
+        # The body, not the document: dumping a deeply nested one recurses.
         raise invalid_argument(
-            f"JSON Value: {json.dumps(document)[:80]} Is not an object. Expected a "
-            "JSON object with `instances` or `inputs`."
+            f"JSON Value: {body[:80].decode('utf-8', errors='replace')} Is not an object. "
+            "Expected a JSON object with `instances` or `inputs`."
         )
     return document
+
+
+def _too_deep() -> Exception:
+    return invalid_argument(
+        "JSON Parse error: the body nests arrays or objects too deeply. A predict "
+        f"body needs at most one level per tensor dimension (at most {MAX_TENSOR_RANK})."
+    )
 
 
 def signature_name(document: Mapping[str, Any]) -> str | None:
@@ -59,7 +65,14 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {"b64"}
 
 
-def _decode_binary(value: Any) -> Any:
+# numpy's most dimensions: no tensor value nests deeper. The walks below
+# stop there, so no body can make them recurse past Python's limit.
+MAX_TENSOR_RANK = 64
+
+
+def _decode_binary(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_TENSOR_RANK:
+        raise _too_deep()
     if _is_b64(value):
         if not isinstance(value["b64"], str):
             raise invalid_argument("'b64' value must be a base64 string.")
@@ -68,11 +81,11 @@ def _decode_binary(value: Any) -> Any:
         except (binascii.Error, ValueError) as error:
             raise invalid_argument(f"Unable to base64 decode: {error}") from error
     if isinstance(value, list):
-        return [_decode_binary(item) for item in value]
+        return [_decode_binary(item, depth + 1) for item in value]
     if isinstance(value, dict):
         raise invalid_argument(
-            f"Unexpected JSON object {json.dumps(value)[:80]}: only {{\"b64\": ...}} objects "
-            "may appear inside a tensor value."
+            f"Unexpected JSON object with keys {sorted(map(str, value))[:5]}: only "
+            "{\"b64\": ...} objects may appear inside a tensor value."
         )
     return value
 
@@ -116,9 +129,14 @@ def request_inputs(
             "Missing 'inputs' or 'instances' key" if not has_instances else
             "Not both of 'instances' and 'inputs' can be specified in the request."
         )
-    if has_instances:
-        return _row_inputs(document["instances"], input_specs), ROW_FORMAT
-    return _columnar_inputs(document["inputs"], input_specs), COLUMNAR_FORMAT
+    try:
+        if has_instances:
+            return _row_inputs(document["instances"], input_specs), ROW_FORMAT
+        return _columnar_inputs(document["inputs"], input_specs), COLUMNAR_FORMAT
+    except RecursionError as error:
+        # A safety net: the walks stop at MAX_TENSOR_RANK levels, but the
+        # parser accepts as deep as Python's limit, whatever reads it next.
+        raise _too_deep() from error
 
 
 def _row_inputs(
@@ -152,9 +170,13 @@ def _row_inputs(
 
 
 def _looks_binary(value: Any) -> bool:
-    if isinstance(value, list):
-        return bool(value) and _looks_binary(value[0])
-    return _is_b64(value) or isinstance(value, str)
+    for _ in range(MAX_TENSOR_RANK + 1):
+        if not isinstance(value, list):
+            return _is_b64(value) or isinstance(value, str)
+        if not value:
+            return False
+        value = value[0]
+    raise _too_deep()
 
 
 def _columnar_inputs(
