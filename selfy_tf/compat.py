@@ -14,6 +14,9 @@ the next minor version after 0.1.0 (`REMOVED_IN`).
 - `tfrecords.eval_view` and `tfrecords.sampling` moved below the apps, to
   `selfy_tf.eval_view` and `selfy_tf.sampling` (docs/architecture.md); the
   old import paths still work and warn (`alias_moved_module`).
+- The presets moved from `trainer.configs` to `trainer.presets`:
+  `trainer.configs.get_preset` (and `list_presets`, `register_preset`,
+  `SSV1_NO_FLIP_CLASSES`) still work and warn (`moved_attribute`).
 
 Nothing here imports TensorFlow or Keras.
 """
@@ -33,6 +36,14 @@ REMOVED_IN = "0.2.0"
 MOVED_MODULES = {
     "tfrecords.eval_view": "selfy_tf.eval_view",
     "tfrecords.sampling": "selfy_tf.sampling",
+}
+
+# Names that moved to another module: old module -> (new module, names).
+MOVED_ATTRIBUTES = {
+    "trainer.configs": (
+        "trainer.presets",
+        ("SSV1_NO_FLIP_CLASSES", "get_preset", "list_presets", "register_preset"),
+    ),
 }
 
 
@@ -111,4 +122,38 @@ def alias_moved_module(old_name: str) -> None:
     sys.modules[old_name] = importlib.import_module(new_name)
 
 
-__all__ = ["MOVED_MODULES", "REMOVED_IN", "alias_moved_module", "deprecated_alias", "drop_layer_stss_jit", "move_model_stss_jit"]
+def moved_attribute(module_name: str, name: str) -> Any:
+    """`name` of `module_name` as it is now, for the module's `__getattr__`.
+
+    Args:
+        module_name: the module asked, e.g. `"trainer.configs"`.
+        name: the attribute asked.
+
+    Returns:
+        The attribute from the module it moved to (`MOVED_ATTRIBUTES`), with
+        a `DeprecationWarning` naming that module.
+
+    Raises:
+        AttributeError: `name` did not move from `module_name`.
+    """
+    new_module, names = MOVED_ATTRIBUTES.get(module_name, ("", ()))
+    if name not in names:
+        raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+    warnings.warn(
+        f"`{module_name}.{name}` moved to `{new_module}.{name}`; the old name is removed in {REMOVED_IN}.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return getattr(importlib.import_module(new_module), name)
+
+
+__all__ = [
+    "MOVED_ATTRIBUTES",
+    "MOVED_MODULES",
+    "REMOVED_IN",
+    "alias_moved_module",
+    "deprecated_alias",
+    "drop_layer_stss_jit",
+    "move_model_stss_jit",
+    "moved_attribute",
+]

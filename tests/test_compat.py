@@ -51,3 +51,14 @@ def test_moved_modules_keep_their_old_import_path_with_a_warning():
     from tfrecords.eval_view import EvalView
 
     assert EvalView is moved
+
+
+def test_the_presets_keep_their_old_names_in_trainer_configs_with_a_warning():
+    import pytest
+
+    from trainer import configs, presets
+
+    with pytest.warns(DeprecationWarning, match="trainer.presets.get_preset"):
+        assert configs.get_preset is presets.get_preset
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        configs.no_such_name  # noqa: B018

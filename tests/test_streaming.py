@@ -279,8 +279,8 @@ class TestCausalTraining:
         np.testing.assert_allclose(steps, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
     def test_bad_frame_stride(self):
-        from trainer import configs
+        from trainer import configs, presets
 
-        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), ["data.frame_stride=-1"])
+        config = configs.apply_overrides(presets.get_preset("tiny_cpu"), ["data.frame_stride=-1"])
         with pytest.raises(ValueError, match="`data.frame_stride` must be 0"):
             configs.validate(config)

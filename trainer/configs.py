@@ -591,3 +591,8 @@ def validate(config: ExperimentConfig) -> None:
                     "`model.init=pretrained` needs a `model.name` whose pretrained config has a "
                     f"weights file (e.g. selfy_tsm_r18.motion). Received: model.name={model.name!r}."
                 )
+
+
+def __getattr__(name: str) -> Any:
+    # The presets moved to `trainer.presets`; their old names still work.
+    return compat.moved_attribute(__name__, name)
