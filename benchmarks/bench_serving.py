@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import logging
 import os
 import socket
@@ -52,7 +53,6 @@ import threading
 import time
 
 import numpy as np
-
 from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_serving")
@@ -236,7 +236,10 @@ def _run_faults(args, workdir: str, good: dict[str, np.ndarray], results: dict) 
     protocols = [protocol for protocol in args.protocols.split(",") if protocol]
     results.update({"faults_seconds_per_case": args.fault_seconds, "faults_bad_fractions": fractions})
     for tag, process, rest_url, grpc_target in _each_server(workdir, results, "faults_"):
-        factories = {"grpc": lambda: GrpcClient(grpc_target), "rest": lambda: RestClient(rest_url)}
+        factories = {
+            "grpc": functools.partial(GrpcClient, grpc_target),
+            "rest": functools.partial(RestClient, rest_url),
+        }
         # Untimed, at the most clients: the allocator reaches the size of
         # the largest merged batches, so the RSS after it is the level the
         # server should hold, not a growth to explain.

@@ -37,12 +37,12 @@ import keras
 import numpy as np
 
 from selfy_tf.files import atomic_path, atomic_write_text
+from selfy_tf.run_dir import BACKUP_FILE
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Backup", "ProgressBar", "TrainingLogger", "load_backup", "save_backup", "write_history_csv"]
 
-BACKUP_FILE = "backup.npz"
 _STATE_KEY = "__state__"
 
 

@@ -160,9 +160,9 @@ def pretraining_config(model_name: str, settings: PretrainingSettings, init: str
     """The experiment config that pretrains `model_name` (a `MOTION_MODELS` entry):
     stage 1 from scratch, or stage 2 from `init` (a `model.init` value)."""
     from selfy_tf.datasets import synthetic_motion
-    from trainer import configs
+    from trainer import configs, presets
 
-    config = configs.get_preset("small_videos_cpu")
+    config = presets.get_preset("small_videos_cpu")
     config.model.name = f"{model_name}.motion"
     config.model.init = init
     config.model.num_classes = len(synthetic_motion.CLASS_NAMES)
