@@ -346,6 +346,34 @@ class TestResume:
         result = train(config, data_dir, run_dir, verbose=0)
         assert result.global_step == runs["reference"]["global_step"]
 
+    def test_backup_loads_into_the_same_model_built_later_in_the_process(self, tmp_path):
+        """Keras numbers auto-named objects per process (`seed_generator_3`): the
+        same architecture built after other models still takes the backup; a
+        model of other shapes is still refused."""
+        import keras
+
+        from trainer.callbacks import load_backup, save_backup
+
+        def small_model(units: int = 3) -> keras.Model:
+            inputs = keras.Input((4,))
+            outputs = keras.layers.Dense(units)(keras.layers.Dropout(0.5)(inputs))
+            model = keras.Model(inputs, outputs)
+            model.compile(optimizer=keras.optimizers.SGD(momentum=0.9), loss="mse")
+            model.optimizer.build(model.trainable_variables)
+            return model
+
+        first = small_model()
+        save_backup(str(tmp_path), first, {"epoch": 1}, include_metrics=False)
+        keras.layers.Dropout(0.1)  # takes the next auto-generated seed generator name
+        second = small_model()
+        first_paths = [variable.path for variable in first.variables]
+        assert first_paths != [variable.path for variable in second.variables]
+        assert load_backup(str(tmp_path), second) == {"epoch": 1}
+        for mine, theirs in zip(second.variables, first.variables):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine), keras.ops.convert_to_numpy(theirs))
+        with pytest.raises(ValueError, match="has shape"):
+            load_backup(str(tmp_path), small_model(units=5))
+
     def test_resume_with_other_config_is_refused(self, runs, data_dir):
         from trainer.train import train
 
