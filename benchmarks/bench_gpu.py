@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
 from _common import write_results
 
 logger = logging.getLogger("bench_gpu")
@@ -681,14 +680,14 @@ def main(argv: list[str] | None = None) -> int:
         if side is None:
             continue
         if "stss" in cases:
-            _try(results, f"{name}_stss", lambda: _flatten(side.stss_cases(warmup, iters)))
+            _try(results, f"{name}_stss", lambda side=side: _flatten(side.stss_cases(warmup, iters)))
         if "block" in cases:
-            _try(results, f"{name}_block_fwdbwd", lambda: side.block_case(warmup, iters))
+            _try(results, f"{name}_block_fwdbwd", lambda side=side: side.block_case(warmup, iters))
         if "infer" in cases:
             model = jax_side.model("mixed_bfloat16") if name == "jax" else side.model().eval()
             for batch in setup.infer_batches:
                 _try(results, f"{name}_infer_b{batch}",
-                     lambda: side.infer_case(model, batch, warmup, iters))
+                     lambda side=side, model=model, batch=batch: side.infer_case(model, batch, warmup, iters))
     _rename_stss(results)
     _ratios(results)
     write_results(results, args.results_file)

@@ -22,7 +22,6 @@ import tempfile
 import time
 
 import numpy as np
-
 from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_input")
@@ -58,7 +57,8 @@ def _time_batches(dataset, warmup: int, batches: int) -> float:
 
 def _stage_times(pattern: str, args, tf) -> dict:
     """Single-thread milliseconds per clip of each stage (cumulative pipelines, differenced)."""
-    from tfrecords import augment, decoder, sampling
+    from selfy_tf import sampling
+    from tfrecords import augment, decoder
 
     clip_decoder = decoder.Decoder()
     crop = args.crop_size
@@ -130,6 +130,7 @@ def main(argv=None) -> int:
 
     limit_threads(args.threads)
     import tfrecords
+    from selfy_tf.eval_view import EvalView
 
     results: dict = {
         "benchmark": "input_pipeline",
@@ -170,9 +171,10 @@ def main(argv=None) -> int:
         options.threading.private_threadpool_size = args.threads
         for phase, training in (("train", True), ("eval", False)):
             try:
+                # Evaluation: the paper presets' view, frames resized to 240x320.
+                view = EvalView(args.num_frames, args.crop_size, eval_size=(240, 320))
                 dataset = tfrecords.make_dataset(
-                    pattern, training=training, num_frames=args.num_frames,
-                    batch_size=args.batch_size, crop_size=args.crop_size, repeat=True,
+                    pattern, training=training, batch_size=args.batch_size, eval_view=view, repeat=True,
                     shuffle_buffer=64,
                 ).with_options(options)
                 seconds = _time_batches(dataset, args.warmup_batches, args.batches)

@@ -41,7 +41,6 @@ import sys
 import time
 
 import numpy as np
-
 from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_models")

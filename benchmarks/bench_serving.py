@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import logging
 import os
 import socket
@@ -67,7 +68,6 @@ import threading
 import time
 
 import numpy as np
-
 from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_serving")
@@ -269,7 +269,10 @@ def _run_faults(args, workdir: str, good: dict[str, np.ndarray], results: dict) 
     results.update({"faults_seconds_per_case": args.fault_seconds, "faults_bad_fractions": fractions,
                     "faults_bad_kinds": kinds})
     for tag, process, rest_url, grpc_target in _each_server(workdir, results, "faults_"):
-        factories = {"grpc": lambda: GrpcClient(grpc_target), "rest": lambda: RestClient(rest_url)}
+        factories = {
+            "grpc": functools.partial(GrpcClient, grpc_target),
+            "rest": functools.partial(RestClient, rest_url),
+        }
         # Untimed, at the most clients: the allocator reaches the size of
         # the largest merged batches, so the RSS after it is the level the
         # server should hold, not a growth to explain.

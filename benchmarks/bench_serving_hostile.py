@@ -54,7 +54,6 @@ import threading
 import time
 
 import numpy as np
-
 from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_serving_hostile")

@@ -27,7 +27,6 @@ import sys
 import time
 
 import numpy as np
-
 from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_streaming")

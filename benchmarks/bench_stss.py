@@ -43,7 +43,6 @@ from typing import Callable
 
 import keras
 import numpy as np
-
 from _common import limit_threads, write_results
 
 ON_TENSORFLOW = keras.config.backend() == "tensorflow"
@@ -128,7 +127,6 @@ def _stss_case(backend: str, mode: str) -> tuple[Callable, Callable]:
 
 def _block_case(mode: str) -> tuple[Callable, Callable]:
     from selfy_tf.layers import SELFYBlock  # written alongside; may be missing
-
     from selfy_tf.ops import stss_xla
 
     block = SELFYBlock(num_frames=BLOCK_FRAMES)

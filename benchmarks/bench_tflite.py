@@ -21,6 +21,7 @@ to stderr.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import platform
@@ -30,7 +31,6 @@ import tempfile
 import time
 
 import numpy as np
-
 from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_tflite")
@@ -85,7 +85,7 @@ def _bench_model(name: str, args: argparse.Namespace, results: dict) -> None:
             loaded = tf.saved_model.load(directory)
             signature = loaded.signatures[tflite.SIGNATURE_KEY]
             frames = tf.constant(clip)
-            latency = _timed(lambda: signature(frames=frames), warmup, iterations)
+            latency = _timed(functools.partial(signature, frames=frames), warmup, iterations)
             results[f"{name}_savedmodel_latency_ms"] = round(latency, 2)
             logger.info("%s: SavedModel %.1f ms", name, latency)
             del loaded, signature
@@ -114,7 +114,7 @@ def _bench_model(name: str, args: argparse.Namespace, results: dict) -> None:
                         tflite_inspect.non_int8_compute_ops(operators)
                     )
                 classifier = TFLiteClassifier(model_bytes, num_threads=args.threads)
-                latency = _timed(lambda: classifier.predict(clip), warmup, iterations)
+                latency = _timed(functools.partial(classifier.predict, clip), warmup, iterations)
                 results[f"{key}_latency_ms"] = round(latency, 2)
                 logger.info(
                     "%s %s: %.1f ms, %.2f MB", name, mode, latency, len(model_bytes) / 2**20

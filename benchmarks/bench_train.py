@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     limit_threads(args.threads)
-    from trainer import configs
+    from trainer import configs, presets
 
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     results = {
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     }
     for name in args.models:
         preset, overrides, stored_size, stored_frames = MODELS[name]
-        config = configs.resolve_model(configs.apply_overrides(configs.get_preset(preset), overrides))
+        config = configs.resolve_model(configs.apply_overrides(presets.get_preset(preset), overrides))
         results[f"{name}_batch"] = config.data.batch_size
         results[f"{name}_frames"] = config.model.num_frames
         results[f"{name}_input_size"] = config.model.input_size

@@ -6,22 +6,28 @@
     RUN/labels.txt             class names, line i = class i
     RUN/checkpoints/best.keras best model so far (by `train.monitor`)
     RUN/checkpoints/last.keras model after the last finished epoch
-    RUN/backup/                resumable state (weights, optimizer, progress)
+    RUN/backup/backup.npz      resumable state (weights, optimizer, progress)
     RUN/logs/                  TensorBoard: loss, top-1/top-5, lr, clips/s
     RUN/history.csv            one row per finished epoch
     RUN/result.json            what `selfy train` reports at the end
     RUN/eval.json              written by `selfy eval`
+    RUN/train.log              the log of `selfy train`
 
 Every file is written atomically (`selfy_tf.files`), so a crash never leaves
 a half-written file behind. A `.keras` file saved by `save_model` also holds
 `selfy.json` in its archive: the model's evaluation view (how frames are
-resized before the crop, see `tfrecords.eval_view`), so a `.keras` file
+resized before the crop, see `selfy_tf.eval_view`), so a `.keras` file
 copied out of its run is still scored as the run scores it. An exported
 SavedModel keeps the same record, with its clip size, in
 `<version>/assets.extra/selfy.json` (`write_saved_model_info`).
 
 `labels.txt` (datasets, runs, exports, LiteRT models) is read by
 `read_labels` and written by `write_labels` only.
+
+A run's STSS XLA policy (`runtime.stss_xla` in its `config.yaml`, default
+`DEFAULT_STSS_XLA`) is read by `run_stss_xla` only: `load_model` gives it
+as `LoadedModel.stss_xla_scope()`, which `selfy eval`, `selfy predict` and
+`selfy viz` run the model in.
 
 Nothing here imports TensorFlow or Keras at import time.
 """
@@ -35,8 +41,9 @@ import os
 import zipfile
 from typing import TYPE_CHECKING, Any, Sequence
 
+from selfy_tf import compat
+from selfy_tf import eval_view as eval_view_lib
 from selfy_tf.files import atomic_path, atomic_write_text
-from tfrecords import eval_view as eval_view_lib
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -49,6 +56,9 @@ MAX_LABEL_LENGTH = 512
 # The member of a `.keras` archive holding the evaluation view.
 MODEL_INFO_MEMBER = "selfy.json"
 KERAS_EXTENSION = ".keras"
+# The trainer's resumable state, in a backup folder (`RunPaths.backup`, or a
+# worker's folder beside it).
+BACKUP_FILE = "backup.npz"
 SAVED_MODEL_FILE = "saved_model.pb"
 # Where an export keeps its class names (`serving.export` writes them).
 SAVED_MODEL_LABELS = os.path.join("assets", LABELS_FILE)
@@ -59,6 +69,12 @@ SAVED_MODEL_INFO = os.path.join("assets.extra", MODEL_INFO_MEMBER)
 # inflates to gigabytes) is refused before it is read.
 MAX_MODEL_INFO_BYTES = 1 << 20
 _UTF8_BOM = "\ufeff"
+# The STSS op's XLA switch (`selfy_tf.ops.stss_xla`) while a run trains and
+# whenever its model is called in Python (evaluation, `selfy predict`,
+# `selfy viz`), unless its `runtime.stss_xla` says otherwise: its gathers
+# are faster compiled, even on CPU (benchmarks/README.md). Exports and
+# LiteRT conversion always trace without it.
+DEFAULT_STSS_XLA = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +106,14 @@ class RunPaths:
     @property
     def backup(self) -> str:
         return os.path.join(self.root, "backup")
+
+    @property
+    def backup_file(self) -> str:
+        return os.path.join(self.backup, BACKUP_FILE)
+
+    @property
+    def train_log(self) -> str:
+        return os.path.join(self.root, "train.log")
 
     @property
     def logs(self) -> str:
@@ -154,12 +178,23 @@ def read_labels(path: str) -> list[str]:
     A UTF-8 byte-order mark is dropped, each name is stripped of surrounding
     spaces, and blank lines at the end are ignored.
 
+    Args:
+        path: the file, or a directory holding it (a converted dataset, a
+            run directory).
+
     Raises:
-        FileNotFoundError: if `path` does not exist.
+        FileNotFoundError: if there is no such file.
         ValueError: for a blank, repeated or over-long name, naming the file
             and line.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        directory, path = path, os.path.join(path, LABELS_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"no {LABELS_FILE} in {directory}: is it a dataset written by "
+                "`selfy tfrecords build` or `tfrecords.write_split`, or a run of `selfy train`?"
+            )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"labels file not found: {path}")
     with open(path, encoding="utf-8") as handle:
@@ -177,8 +212,39 @@ def labels_text(labels: Sequence[str]) -> str:
     return "".join(f"{name}\n" for name in check_labels(labels))
 
 
-def write_labels(path: str, labels: Sequence[str]) -> str:
-    """Writes `labels.txt` atomically after `check_labels`; returns `path`."""
+def write_labels(path: str, labels: Sequence[str], *, keep_existing: bool = False) -> str:
+    """Writes `labels.txt` atomically after `check_labels`; returns `path`.
+
+    Names are stripped of surrounding spaces, as `read_labels` strips them.
+
+    Args:
+        path: the file to write; its folder is created.
+        labels: the class names, class i first-to-last.
+        keep_existing: when `path` exists, check that it lists the same
+            classes instead of replacing it (the splits of one dataset share
+            one class list).
+
+    Raises:
+        ValueError: for a bad name (`check_labels`), or with `keep_existing`
+            an existing file with other classes, naming the first differing
+            line.
+    """
+    path = os.fspath(path)
+    labels = check_labels([str(name).strip() for name in labels])
+    if keep_existing and os.path.exists(path):
+        existing = read_labels(path)
+        if existing != labels:
+            line = next(
+                (number for number, (old, new) in enumerate(zip(existing, labels), start=1) if old != new),
+                min(len(existing), len(labels)) + 1,
+            )
+            raise ValueError(
+                f"{path} has {len(existing)} classes that differ from the {len(labels)} classes given "
+                f"(first difference at line {line}). All splits of a dataset share one class list: "
+                "pass the same class list, or write to another directory."
+            )
+        return path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_text(path, labels_text(labels))
     return path
 
@@ -353,14 +419,33 @@ def parse_json_object(text: str, source: str) -> dict[str, Any]:
     return value
 
 
-def _run_config_view(run_dir: str | None) -> dict[str, Any] | None:
-    """The evaluation view of a run's `config.yaml` (runs saved before views were stored)."""
+def _read_run_config(run_dir: str | None) -> dict[str, Any]:
+    """A run's `config.yaml` as a plain dict (empty when there is none)."""
     if run_dir is None or not os.path.isfile(RunPaths(run_dir).config):
-        return None
+        return {}
     import yaml
 
     with open(RunPaths(run_dir).config, encoding="utf-8") as handle:
-        data = (yaml.safe_load(handle) or {}).get("data") or {}
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{RunPaths(run_dir).config} must hold a mapping of config sections.")
+    return compat.move_model_stss_jit(values)
+
+
+def run_stss_xla(run_config: dict[str, Any]) -> bool:
+    """The STSS XLA policy of a run: its `runtime.stss_xla`, else `DEFAULT_STSS_XLA`.
+
+    Args:
+        run_config: the run's `config.yaml` as a dict (`{}` for a model
+            without a run).
+    """
+    runtime = run_config.get("runtime") or {}
+    return bool(runtime.get("stss_xla", DEFAULT_STSS_XLA))
+
+
+def _run_config_view(run_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The evaluation view of a run's `config.yaml` (runs saved before views were stored)."""
+    data = run_config.get("data") or {}
     if "eval_size" not in data:
         return None
     eval_size = list(data.get("eval_size") or [])
@@ -384,6 +469,8 @@ class LoadedModel:
         clip_shape: `(num_frames, height, width)` a SavedModel takes, from
             its record; None for a Keras model (its input shape tells) or a
             SavedModel without the record.
+        stss_xla: whether the STSS op runs XLA-compiled when this model is
+            called in Python (`run_stss_xla` of its run); see `stss_xla_scope`.
     """
 
     model: "keras.Model | None"
@@ -392,6 +479,19 @@ class LoadedModel:
     model_path: str
     run_dir: str | None
     clip_shape: tuple[int, int, int] | None = None
+    stss_xla: bool = DEFAULT_STSS_XLA
+
+    def stss_xla_scope(self):
+        """A context in which the STSS op follows the run's XLA policy (`selfy_tf.ops.stss_xla`).
+
+        Example:
+
+            with loaded.stss_xla_scope():
+                logits = loaded.model(clips, training=False)
+        """
+        from selfy_tf.ops import stss_xla
+
+        return stss_xla(self.stss_xla)
 
     @property
     def is_saved_model(self) -> bool:
@@ -423,10 +523,6 @@ class LoadedModel:
 def _register_custom_objects() -> None:
     import selfy_tf.layers  # noqa: F401  (registers the custom layers)
     import selfy_tf.models  # noqa: F401
-
-    # Checkpoints written by the trainer may name its optimizer and schedules.
-    import trainer.optimizer  # noqa: F401
-    import trainer.schedules  # noqa: F401
 
 
 def load_model(
@@ -485,9 +581,10 @@ def load_model(
         )
     labels = read_labels(labels_path) if labels_path else None
     info = read_model_info(model_path)
+    run_config = _read_run_config(run_dir)
     view_settings = info.get("eval_view")
     if view_settings is None:
-        view_settings = _run_config_view(run_dir)
+        view_settings = _run_config_view(run_config)
     _register_custom_objects()
     model = keras.saving.load_model(model_path, compile=False)
     if labels is not None and len(labels) != int(model.outputs[0].shape[-1]):
@@ -496,7 +593,7 @@ def load_model(
             f"{int(model.outputs[0].shape[-1])} classes. Give a labels file with one name per class."
         )
     logger.info("Loaded %s (%s)", model_path, f"{len(labels)} classes" if labels else "no labels")
-    return LoadedModel(model, labels, view_settings, model_path, run_dir)
+    return LoadedModel(model, labels, view_settings, model_path, run_dir, stss_xla=run_stss_xla(run_config))
 
 
 def save_model(model: "keras.Model", path: str, view: eval_view_lib.EvalView | None = None) -> str:
@@ -520,9 +617,11 @@ def save_model(model: "keras.Model", path: str, view: eval_view_lib.EvalView | N
 
 
 __all__ = [
+    "BACKUP_FILE",
     "LABELS_FILE",
     "LoadedModel",
     "MAX_LABEL_LENGTH",
+    "DEFAULT_STSS_XLA",
     "RunPaths",
     "check_labels",
     "find_labels",
@@ -535,6 +634,7 @@ __all__ = [
     "read_labels",
     "read_model_info",
     "read_saved_model_info",
+    "run_stss_xla",
     "save_model",
     "saved_model_version_dir",
     "write_labels",

@@ -5,7 +5,7 @@ All three share one interface:
 - `predict(inputs, signature_name=None)` sends a dict of numpy arrays and
   returns the output dict;
 - `predict_video(path_or_frames)` samples the clip like evaluation does
-  (TSN segment centres, `tfrecords.sampling.sample_eval_indices`), sends
+  (TSN segment centres, `selfy_tf.sampling.sample_eval_indices`), sends
   the frames as JPEGs to `serving_default` (resize and centre crop happen
   in the server's graph) and returns a `ClipPrediction`.
 
@@ -120,8 +120,8 @@ def load_clip_frames(path_or_frames: Any) -> np.ndarray | list[bytes]:
 
 def clip_request(frames: np.ndarray | Sequence[bytes], num_frames: int) -> dict[str, np.ndarray]:
     """The `serving_default` input for one clip: `num_frames` sampled JPEG frames."""
+    from selfy_tf.sampling import sample_eval_indices
     from tfrecords.features import encode_frames
-    from tfrecords.sampling import sample_eval_indices
 
     # A frame axis of any size (-1 in the metadata): the graph samples, so send every frame.
     indices = sample_eval_indices(len(frames), num_frames)[0] if num_frames > 0 else np.arange(len(frames))

@@ -26,11 +26,12 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import keras
 
 from selfy_tf import run_dir
+from selfy_tf.eval_view import EvalView
 from selfy_tf.files import atomic_write_text, temporary_pattern
 from selfy_tf.ops import stss_xla
 from serving import signatures as signatures_lib
@@ -162,8 +163,7 @@ def export_saved_model(
     labels: Sequence[str],
     version: int | None = None,
     top_k: int = 5,
-    scale_size: int | None = None,
-    eval_size: tuple[int, int] | None = None,
+    view_settings: Mapping[str, Any] | None = None,
     write_configs: bool = True,
     fold_batch_norms: bool = True,
     stream: bool = False,
@@ -184,13 +184,12 @@ def export_saved_model(
         version: version number; None takes the next free one.
         top_k: classes returned by the `top_k_*` outputs (capped at the
             number of classes).
-        scale_size: short side frames are resized to before the centre
-            crop (the evaluation view, `tfrecords.eval_view`). Exclusive with
-            `eval_size`; when both are None, `round(input_size * 256 / 224)`.
-            Pass the model's stored view (`run_dir.LoadedModel.view_settings`)
-            to serve what `selfy eval` scores.
-        eval_size: `(height, width)` frames are resized to before the
-            centre crop, e.g. `(240, 320)` for the paper presets.
+        view_settings: the resize of the evaluation view the signatures
+            apply before the centre crop (`selfy_tf.eval_view`), as
+            `EvalView.resize_settings()` gives it: `{"scale_size": S}` or
+            `{"eval_size": [H, W]}`; None: the default rule. Pass the
+            model's stored view (`run_dir.LoadedModel.view_settings`) to
+            serve what `selfy eval` scores.
         write_configs: also write `models.config` and `batching.config`
             examples into `base_dir` when they do not exist yet.
         fold_batch_norms: export `selfy_tf.models.fold_batch_norms(model)`:
@@ -222,10 +221,7 @@ def export_saved_model(
     if top_k < 1:
         raise ValueError(f"`top_k` must be a positive integer. Received: top_k={top_k}.")
     config = signatures_lib.SignatureConfig(
-        num_frames=num_frames,
-        input_size=input_size,
-        scale_size=scale_size,
-        eval_size=tuple(eval_size) if eval_size else None,
+        view=EvalView.from_settings(view_settings, num_frames, input_size),
         top_k=min(int(top_k), num_classes),
     )
     model_dir = os.path.join(base_dir, name)

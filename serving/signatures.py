@@ -7,7 +7,7 @@ exporter, the server and the clients):
   encoded JPEG/PNG frames, any number of frames (≥ 1) per clip. The graph
   takes `num_frames` of them with the evaluation sampling, then decodes,
   resizes and centre-crops them with the evaluation view the input pipeline
-  uses (`tfrecords.eval_view`), so clients may send a whole short clip, or
+  uses (`selfy_tf.eval_view`), so clients may send a whole short clip, or
   `num_frames` sampled frames (~0.1 MB per clip instead of 1.2 MB of pixels).
 - `predict_frames`: `frames`, uint8 `[batch, frames, height, width, 3]`, any
   number of frames and any size: sampled, resized and cropped by the same
@@ -31,8 +31,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from tfrecords import eval_view as eval_view_lib
-
+from selfy_tf import eval_view as eval_view_lib
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_FRAMES = "predict_frames"
@@ -72,44 +71,34 @@ class SignatureConfig:
     """Static facts the serving signatures are built from.
 
     Args:
-        num_frames: frames per clip the model takes.
-        input_size: square crop side the model takes.
+        view: the evaluation view the signatures apply, one clip and one
+            crop (`selfy_tf.eval_view.EvalView`); its `num_frames` and
+            `crop_size` are the clip the model takes.
         top_k: how many best classes the `top_k_*` outputs hold; at most
             the number of classes.
-        scale_size: short side frames are resized to before the centre crop
-            (default `round(input_size * 256 / 224)`). Exclusive with
-            `eval_size`.
-        eval_size: `(height, width)` frames are resized to before the centre
-            crop, e.g. (240, 320). Exclusive with `scale_size`.
     """
 
-    num_frames: int
-    input_size: int
+    view: eval_view_lib.EvalView
     top_k: int
-    scale_size: int | None = None
-    eval_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        for field in ("num_frames", "input_size", "top_k"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"`{field}` must be a positive integer. Received: {field}={value!r}."
-                )
-        # Validates and resolves the resize rule (the default scale size).
-        view = self.view
-        object.__setattr__(self, "scale_size", view.scale_size)
-        object.__setattr__(self, "eval_size", view.eval_size)
+        if not isinstance(self.view, eval_view_lib.EvalView) or self.view.num_views != 1:
+            raise ValueError(
+                "`view` must be an EvalView with one clip and one crop. "
+                f"Received: view={self.view!r}."
+            )
+        if not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ValueError(f"`top_k` must be a positive integer. Received: top_k={self.top_k!r}.")
 
     @property
-    def view(self) -> eval_view_lib.EvalView:
-        """The evaluation view the signatures apply (one clip, one crop)."""
-        return eval_view_lib.EvalView(
-            num_frames=self.num_frames,
-            crop_size=self.input_size,
-            scale_size=self.scale_size,
-            eval_size=self.eval_size,
-        )
+    def num_frames(self) -> int:
+        """Frames per clip the model takes."""
+        return self.view.num_frames
+
+    @property
+    def input_size(self) -> int:
+        """Square crop side the model takes."""
+        return self.view.crop_size
 
 
 def make_label_table(labels_path: str) -> tf.lookup.StaticHashTable:

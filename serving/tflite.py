@@ -58,11 +58,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from selfy_tf import ops
-from selfy_tf import run_dir
+from selfy_tf import ops, run_dir
+from selfy_tf.eval_view import EvalView
 from selfy_tf.files import atomic_write_bytes, atomic_write_json
 from serving import tflite_runtime
-from tfrecords.eval_view import EvalView
 
 logger = logging.getLogger(__name__)
 

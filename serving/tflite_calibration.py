@@ -96,7 +96,7 @@ def representative_dataset(
         input_dtype: dtype of the converted model's `frames` input.
         split: split to read from a dataset directory.
         scale_size, eval_size: the model's evaluation view (see
-            `tfrecords.eval_view.EvalView`); both None: the default rule.
+            `selfy_tf.eval_view.EvalView`); both None: the default rule.
 
     Returns:
         A callable that yields `{"frames": array [1, num_frames, crop_size,
@@ -119,16 +119,10 @@ def representative_dataset(
 
     def generate() -> Iterable[dict[str, np.ndarray]]:
         import tfrecords
+        from selfy_tf.eval_view import EvalView
 
-        dataset = tfrecords.make_dataset(
-            pattern,
-            training=False,
-            num_frames=num_frames,
-            batch_size=1,
-            crop_size=crop_size,
-            eval_size=eval_size,
-            scale_size=scale_size,
-        ).take(num_clips)
+        view = EvalView(num_frames, crop_size, scale_size=scale_size, eval_size=eval_size)
+        dataset = tfrecords.make_dataset(pattern, training=False, batch_size=1, eval_view=view).take(num_clips)
         count = 0
         for frames, _ in dataset.as_numpy_iterator():
             count += 1

@@ -3,7 +3,7 @@
 A device needs only `ai-edge-litert` and numpy (plus PyAV to read video
 files, or Pillow for frame folders). `TFLiteClassifier.predict_video` takes a
 whole video and applies the model's evaluation view (frame sampling, resize,
-crop; `tfrecords.eval_view`, its NumPy form) before running the model.
+crop; `selfy_tf.eval_view`, its NumPy form) before running the model.
 
 Example:
 
@@ -127,8 +127,8 @@ class TFLiteClassifier:
         self.view_settings = view_settings
 
     def eval_view(self):
-        """The evaluation view (`tfrecords.eval_view.EvalView`) `predict_video` applies."""
-        from tfrecords.eval_view import view_from_clip_shape
+        """The evaluation view (`selfy_tf.eval_view.EvalView`) `predict_video` applies."""
+        from selfy_tf.eval_view import view_from_clip_shape
 
         return view_from_clip_shape(self.input_shape, self.view_settings)
 

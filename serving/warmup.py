@@ -30,14 +30,12 @@ def make_warmup_requests(
 ) -> list[prediction_log_pb2.PredictionLog]:
     """One `PredictionLog` per signature, with a batch of one synthetic clip.
 
-    The JPEG request uses frames of 4:3 aspect ratio so decoding, resizing
-    and cropping all run.
+    The JPEG request holds landscape frames of the size the signatures'
+    evaluation view resizes a 4:3 frame to, so decoding and cropping run
+    as for a typical request.
     """
     rng = np.random.default_rng(0)
-    if config.eval_size is None:
-        height, width = config.scale_size, config.scale_size * 4 // 3
-    else:
-        height, width = config.eval_size
+    height, width = config.view.resize_target(3, 4)
     clip = rng.integers(0, 256, (config.num_frames, height, width, 3), dtype=np.uint8)
     frames_jpeg = np.array([encode_frames(clip)], dtype=object)
     size = config.input_size

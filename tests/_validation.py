@@ -25,13 +25,8 @@ def reference_validation(run_dir: str, data_dir: str, num_clips: int = 1, num_cr
     dataset = make_dataset(
         split.files,
         training=False,
-        num_frames=config.model.num_frames,
         batch_size=1,
-        crop_size=config.model.input_size,
-        num_clips=num_clips,
-        num_crops=num_crops,
-        eval_size=tuple(config.data.eval_size) or None,
-        scale_size=config.data.scale_size,
+        eval_view=config.eval_view().with_views(num_clips, num_crops),
     )
     probabilities, labels = [], []
     for frames, label in dataset:

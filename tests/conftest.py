@@ -138,9 +138,8 @@ def exported_model(tmp_path_factory, tiny_model_factory):
     """
     import types
 
-    from serving.export import export_saved_model
-
     from selfy_tf.ops import stss_xla
+    from serving.export import export_saved_model
 
     model = tiny_model_factory(num_classes=len(SERVING_LABELS))
     base = tmp_path_factory.mktemp("exported")

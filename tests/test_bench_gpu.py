@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_stss import reference_stss
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

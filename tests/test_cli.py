@@ -1,5 +1,7 @@
 """The `selfy` entry point: version, help, bad usage."""
 
+import subprocess
+
 import pytest
 
 from selfy_tf.cli.main import main
@@ -36,7 +38,6 @@ _STARTUP_NOISE = (
 def _selfy(*argv: str, python_options: tuple[str, ...] = ()) -> "subprocess.CompletedProcess":
     """Runs the `selfy` command of this checkout in a subprocess (`python_options` go to Python)."""
     import os
-    import subprocess
     import sys
 
     repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -229,7 +230,7 @@ class TestQuietCommands:
     @pytest.fixture(scope="class")
     def model_file(self, tmp_path_factory, tiny_model_factory):
         from selfy_tf import run_dir
-        from tfrecords.eval_view import EvalView
+        from selfy_tf.eval_view import EvalView
 
         root = tmp_path_factory.mktemp("quiet_commands")
         path = str(root / "model.keras")

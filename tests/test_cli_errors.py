@@ -37,8 +37,8 @@ def keras_run(tmp_path_factory, tiny_model_factory, exported_model):
     from conftest import SERVING_LABELS
 
     from selfy_tf import run_dir
+    from selfy_tf.eval_view import EvalView
     from tfrecords import write_split
-    from tfrecords.eval_view import EvalView
 
     root = tmp_path_factory.mktemp("cli_run")
     paths = run_dir.RunPaths(str(root / "run"))
@@ -173,7 +173,9 @@ class TestModelKinds:
 
         loaded = load_model(paths.root)
         base = str(tmp_path / "exported")
-        export_saved_model(loaded.model, base, name="run", labels=loaded.labels, top_k=5, scale_size=36)
+        export_saved_model(
+            loaded.model, base, name="run", labels=loaded.labels, top_k=5, view_settings={"scale_size": 36}
+        )
         reference = LocalClient(os.path.join(base, "run")).predict({"frames": frames[None]}, "predict_frames")
         probabilities = reference["probabilities"][0]
         assert [entry["index"] for entry in local] == list(np.argsort(-probabilities, kind="stable")[:5])
@@ -285,8 +287,8 @@ class TestEvalView:
         assert main(["eval", paths.root, "--data", data, "--out", str(tmp_path)]) == 0
         assert json.loads(capsys.readouterr().out)["eval_view"] == {"scale_size": 36}
         for flags, view, keywords in (
-            (["--scale-size", "44"], {"scale_size": 44}, {"eval_size": None, "scale_size": 44}),
-            (["--eval-size", "36x40"], {"eval_size": [36, 40]}, {"eval_size": (36, 40)}),
+            (["--scale-size", "44"], {"scale_size": 44}, {"view_settings": {"scale_size": 44}}),
+            (["--eval-size", "36x40"], {"eval_size": [36, 40]}, {"view_settings": {"eval_size": (36, 40)}}),
         ):
             assert main(["eval", paths.root, "--data", data, "--out", str(tmp_path)] + flags) == 0
             summary = json.loads(capsys.readouterr().out)

@@ -34,3 +34,31 @@ def test_layer_stss_jit_is_dropped_and_other_arguments_kept():
     kwargs = {"name": "selfy", "stss_jit": True, "dtype": "float32"}
     compat.drop_layer_stss_jit(kwargs)
     assert kwargs == {"name": "selfy", "dtype": "float32"}
+
+
+def test_moved_modules_keep_their_old_import_path_with_a_warning():
+    import importlib
+    import sys
+
+    import pytest
+
+    for old_name, new_name in compat.MOVED_MODULES.items():
+        sys.modules.pop(old_name, None)
+        with pytest.warns(DeprecationWarning, match=new_name):
+            old = importlib.import_module(old_name)
+        assert old is importlib.import_module(new_name)
+    from selfy_tf.eval_view import EvalView as moved
+    from tfrecords.eval_view import EvalView
+
+    assert EvalView is moved
+
+
+def test_the_presets_keep_their_old_names_in_trainer_configs_with_a_warning():
+    import pytest
+
+    from trainer import configs, presets
+
+    with pytest.warns(DeprecationWarning, match="trainer.presets.get_preset"):
+        assert configs.get_preset is presets.get_preset
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        configs.no_such_name  # noqa: B018

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tfrecords.eval_view import EvalView, default_scale_size, resize_bilinear_numpy
+from selfy_tf.eval_view import EvalView, default_scale_size, resize_bilinear_numpy
 
 
 def _reference_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -48,6 +48,17 @@ class TestEvalViewBasic:
         assert view.resize_target(80, 64) == (46, 37)
         assert EvalView(4, 4, scale_size=5).resize_target(4, 6) == (5, 8)  # 7.5 -> 8
         assert EvalView(4, 32, eval_size=(240, 320)).resize_target(64, 80) == (240, 320)
+
+    def test_the_storage_resize_rounds_half_up_as_the_view(self):
+        from tfrecords.video import output_size
+
+        # 4x5 to a short side of 2: the long side is 2.5, rounded up (Python's round() gives 2).
+        assert output_size(4, 5, resize_short=2) == (2, 3)
+        assert output_size(5, 4, resize_short=2) == (3, 2)
+        assert output_size(6, 7, resize_short=3) == (3, 4)  # 3.5
+        for height, width, short_side in [(4, 5, 2), (240, 320, 128), (7, 10, 4), (10, 7, 4), (9, 9, 5)]:
+            view = EvalView(1, short_side, scale_size=short_side)
+            assert output_size(height, width, resize_short=short_side) == view.resize_target(height, width)
 
     def test_resize_settings_round_trip(self):
         for view in (EvalView(4, 32), EvalView(4, 32, scale_size=40), EvalView(4, 32, eval_size=(36, 48))):
@@ -365,3 +376,37 @@ class TestOneViewEverywhere:
         multi = evaluate(trained_run.run_dir, trained_run.data_dir, num_clips=2, num_crops=3, output_dir=None)
         assert single["top1"] > 1 / NUM_CLASSES
         assert multi["top1"] >= single["top1"] - 0.1
+
+    def test_evaluation_follows_the_runs_stss_xla_policy(self, trained_run, tmp_path, monkeypatch):
+        import importlib
+        import shutil
+
+        import yaml
+
+        from selfy_tf.run_dir import RunPaths
+
+        # The module (the package exports its `evaluate` function under the same name).
+        evaluate_lib = importlib.import_module("trainer.evaluate")
+
+        run = str(tmp_path / "run")
+        shutil.copytree(trained_run.run_dir, run, ignore=shutil.ignore_patterns("backup", "logs"))
+        with open(RunPaths(run).config, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+        assert config["runtime"]["stss_xla"] is True
+        config["runtime"]["stss_xla"] = False
+        with open(RunPaths(run).config, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(config, handle)
+        switches = []
+        real_switch = evaluate_lib.stss_xla
+
+        def recording_switch(enabled):
+            switches.append(enabled)
+            return real_switch(enabled)
+
+        monkeypatch.setattr(evaluate_lib, "stss_xla", recording_switch)
+        reports = [
+            evaluate_lib.evaluate(path, trained_run.data_dir, output_dir=None, max_batches=1, verbose=False)
+            for path in (trained_run.run_dir, run)
+        ]
+        assert switches == [True, False]
+        assert reports[1]["confusion_matrix"] == reports[0]["confusion_matrix"]

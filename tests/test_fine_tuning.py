@@ -11,7 +11,7 @@ import pytest
 
 from selfy_tf.models import create_model, get_pretrained_cfg, stss_grid_problem
 from selfy_tf.weights import copy_matching_weights
-from trainer import configs
+from trainer import configs, presets
 
 
 class TestStssGridCheck:
@@ -86,9 +86,9 @@ class TestCopyMatchingWeights:
 
 class TestInitKinds:
     def test_fine_tuning_takes_the_class_count_from_the_data(self):
-        config = configs.resolve_model(configs.get_preset("small_videos_cpu"))
+        config = configs.resolve_model(presets.get_preset("small_videos_cpu"))
         assert config.model.init == "pretrained" and config.model.num_classes is None
-        plain = configs.apply_overrides(configs.get_preset("small_videos_cpu"), ["model.init="])
+        plain = configs.apply_overrides(presets.get_preset("small_videos_cpu"), ["model.init="])
         assert configs.resolve_model(plain).model.num_classes == 10
 
     @pytest.mark.parametrize(
@@ -100,12 +100,12 @@ class TestInitKinds:
         ],
     )
     def test_bad_init_is_refused(self, init, message):
-        config = configs.apply_overrides(configs.get_preset("small_videos_cpu"), [f"model.init={init}"])
+        config = configs.apply_overrides(presets.get_preset("small_videos_cpu"), [f"model.init={init}"])
         with pytest.raises(ValueError, match=message):
             configs.validate(config)
 
     def test_pretrained_needs_a_config_with_weights(self):
-        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), ["model.init=pretrained"])
+        config = configs.apply_overrides(presets.get_preset("tiny_cpu"), ["model.init=pretrained"])
         with pytest.raises(ValueError, match="needs a `model.name` whose pretrained config has a weights file"):
             configs.validate(config)
 
@@ -116,7 +116,7 @@ class TestInitKinds:
         path = str(tmp_path / "earlier.keras")
         source.save(path)
         config = configs.apply_overrides(
-            configs.get_preset("tiny_cpu"),
+            presets.get_preset("tiny_cpu"),
             [
                 "model.name=selfy_tsm_r18",
                 "model.num_classes=4",

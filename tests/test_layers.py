@@ -9,18 +9,18 @@ import sys
 import textwrap
 import zipfile
 
+import keras
 import numpy as np
 import pytest
-import keras
 from keras import ops
 
 from selfy_tf.layers import (
     FramePreprocessing,
+    SegmentConsensus,
     SELFYBlock,
     STSSExtraction,
     STSSIntegration,
     STSSTransformation,
-    SegmentConsensus,
     TemporalShift,
 )
 from selfy_tf.weights import selfy_block_mapping

@@ -17,9 +17,9 @@ from selfy_tf.models import (
     list_pretrained,
     register_model,
     resolve_selfy_channels,
+    tsm_resnet,
     with_dtype_policy,
 )
-from selfy_tf.models import tsm_resnet
 
 EXPECTED_MODELS = sorted(
     f"{variant}_{depth}"

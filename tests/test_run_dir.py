@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from selfy_tf import run_dir
-from tfrecords.eval_view import EvalView
+from selfy_tf.eval_view import EvalView
 
 
 class TestLabels:
@@ -48,6 +48,22 @@ class TestLabels:
     def test_missing_file(self, tmp_path):
         with pytest.raises(FileNotFoundError, match="labels file not found"):
             run_dir.read_labels(str(tmp_path / "labels.txt"))
+        with pytest.raises(FileNotFoundError, match="no labels.txt in .*: is it a dataset"):
+            run_dir.read_labels(str(tmp_path))
+
+    def test_a_folder_reads_as_its_labels_file(self, tmp_path):
+        run_dir.write_labels(str(tmp_path / "data" / "labels.txt"), [" a ", "b"])
+        assert run_dir.read_labels(str(tmp_path / "data")) == ["a", "b"]
+
+    def test_keep_existing_checks_the_class_list(self, tmp_path):
+        path = str(tmp_path / "labels.txt")
+        run_dir.write_labels(path, ["a", "b"], keep_existing=True)
+        run_dir.write_labels(path, ["a", "b"], keep_existing=True)
+        with pytest.raises(ValueError, match=r"labels.txt has 2 classes that differ from the 2 .* line 2"):
+            run_dir.write_labels(path, ["a", "c"], keep_existing=True)
+        assert run_dir.read_labels(path) == ["a", "b"]
+        run_dir.write_labels(path, ["a", "c"])
+        assert run_dir.read_labels(path) == ["a", "c"]
 
 
 @pytest.fixture
@@ -88,6 +104,29 @@ class TestLoadModel:
         loaded = run_dir.load_model(paths.last_checkpoint)
         assert loaded.view_settings == {"eval_size": [48, 64]}
         assert loaded.labels == ["a", "b", "c"]
+
+    @pytest.mark.parametrize(
+        "config, expected",
+        [
+            (None, run_dir.DEFAULT_STSS_XLA),
+            ("runtime:\n  stss_xla: false\n", False),
+            ("runtime:\n  stss_xla: true\n", True),
+            ("model:\n  stss_jit: false\n", False),  # the name of earlier versions
+        ],
+    )
+    def test_the_run_config_sets_the_stss_xla_policy(self, run, config, expected):
+        from selfy_tf.ops import stss_xla_enabled
+
+        paths, _ = run
+        if config is not None:
+            with open(paths.config, "w", encoding="utf-8") as handle:
+                handle.write(config)
+        loaded = run_dir.load_model(paths.root)
+        assert loaded.stss_xla is expected
+        before = stss_xla_enabled()
+        with loaded.stss_xla_scope():
+            assert stss_xla_enabled() is expected
+        assert stss_xla_enabled() is before
 
     def test_label_count_must_match(self, run, tmp_path):
         paths, _ = run

@@ -44,8 +44,8 @@ class TestExportLayout:
             assert handle.read().splitlines() == exported_model.labels
 
     def test_the_evaluation_view_is_recorded_beside_the_graph(self, exported_model):
+        from selfy_tf.eval_view import EvalView
         from selfy_tf.run_dir import load_model
-        from tfrecords.eval_view import EvalView
 
         version_dir = exported_model.result.path
         with open(os.path.join(version_dir, "assets.extra", "selfy.json")) as handle:
@@ -177,7 +177,7 @@ class TestExportCorrectness:
             loaded.signatures["predict_frames"](frames=tf.zeros([1, 0, 32, 32, 3], tf.uint8))
 
     def test_predict_frames_applies_the_evaluation_view(self, exported_model, loaded):
-        from tfrecords.eval_view import EvalView
+        from selfy_tf.eval_view import EvalView
 
         frames = np.random.default_rng(5).integers(0, 256, (9, 64, 80, 3), dtype=np.uint8)
         outputs = loaded.signatures["predict_frames"](frames=tf.constant(frames[None]))
@@ -218,20 +218,22 @@ class TestExportErrors:
         with pytest.raises(FileExistsError, match="version 1 already exists"):
             export_saved_model(model, exported_model.base, labels=exported_model.labels, version=1)
         with pytest.raises(ValueError, match="`scale_size` must be >= crop_size=32"):
-            export_saved_model(model, str(tmp_path), labels=exported_model.labels, scale_size=16)
+            export_saved_model(model, str(tmp_path), labels=exported_model.labels, view_settings={"scale_size": 16})
         long_label = ["x" * 513] + exported_model.labels[1:]
         with pytest.raises(ValueError, match="a class name of 513 characters .* at most 512"):
             export_saved_model(model, str(tmp_path), labels=long_label)
 
     def test_signature_config_and_labels_files(self, tmp_path):
+        from selfy_tf.eval_view import EvalView
         from selfy_tf.run_dir import read_labels
         from serving.signatures import SignatureConfig
 
-        with pytest.raises(ValueError, match="Give `scale_size` or `eval_size`, not both"):
-            SignatureConfig(num_frames=4, input_size=32, top_k=1, scale_size=34, eval_size=(40, 50))
-        with pytest.raises(ValueError, match="`num_frames` must be a positive integer"):
-            SignatureConfig(num_frames=0, input_size=32, top_k=1, scale_size=34)
-        assert SignatureConfig(num_frames=4, input_size=32, top_k=1).scale_size == 37
+        with pytest.raises(ValueError, match="`view` must be an EvalView with one clip and one crop"):
+            SignatureConfig(view=EvalView(4, 32, num_crops=3), top_k=1)
+        with pytest.raises(ValueError, match="`top_k` must be a positive integer"):
+            SignatureConfig(view=EvalView(4, 32), top_k=0)
+        config = SignatureConfig(view=EvalView(4, 32), top_k=1)
+        assert (config.num_frames, config.input_size, config.view.scale_size) == (4, 32, 37)
         path = tmp_path / "labels.txt"
         path.write_text("a\n\nc\n")
         with pytest.raises(ValueError, match=r"labels.txt class 1 \(line 2\): class names must be non-empty"):

@@ -26,10 +26,10 @@ import time
 import grpc
 import numpy as np
 import pytest
+from test_serving_server import _clip, _jpeg, _rest, _wait_for, our_server  # noqa: F401 (fixture)
 
 from serving.batching import BatchingOptions
 from serving.client import ClientError, GrpcClient, RestClient
-from test_serving_server import _clip, _jpeg, _rest, _wait_for, our_server  # noqa: F401 (fixture)
 
 WAIT_S = 30
 FRAMES = np.zeros((1, 4, 32, 32, 3), np.uint8)
@@ -178,8 +178,9 @@ class TestRequestCaps:
         assert _declared_tensor([2048, 4, 32, 32, 3], types_pb2.DT_UINT8, int_val=[0]).ByteSize() < 70
 
     def test_frame_size_and_batch_caps(self, our_server):
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         buffer = io.BytesIO()
         Image.fromarray(np.zeros((1, 5000, 3), np.uint8)).save(buffer, format="JPEG")

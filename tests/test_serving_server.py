@@ -173,7 +173,7 @@ class TestClientSuite:
         assert prediction.labels == reference.labels
         np.testing.assert_allclose(prediction.scores, reference.scores, atol=1e-5)
         # Segment centres of 10 frames in 4 segments: floor(2.5 * (s + 0.5)).
-        from tfrecords.sampling import sample_eval_indices
+        from selfy_tf.sampling import sample_eval_indices
 
         np.testing.assert_array_equal(sample_eval_indices(10, 4)[0], [1, 3, 6, 8])
         frames = [_jpeg(frame) for frame in clip[[1, 3, 6, 8]]]

@@ -248,7 +248,7 @@ class TestCausalTraining:
     @pytest.mark.slow
     def test_selfy_train_fine_tunes_a_causal_model_on_synthetic_motion(self, tmp_path):
         from selfy_tf.cli.main import main
-        from tfrecords.eval_view import view_from_clip_shape
+        from selfy_tf.eval_view import view_from_clip_shape
         from trainer import configs, numpy_data
 
         data = "synthetic:motion:160:100:64"
@@ -262,7 +262,7 @@ class TestCausalTraining:
         start_top1 = float(np.mean(start_logits.argmax(-1) == validation.validation_labels))
 
         run_dir = tmp_path / "run"
-        sets = ["model.causal=true", "data.frame_stride=1", "train.epochs=2"]
+        sets = ["model.causal=true", "data.frame_stride=1", "train.epochs=2", "data.batch_size=8"]
         command = ["train", "--preset", "small_videos_cpu", "--data", data, "--out", str(run_dir)]
         assert main([*command, *[part for item in sets for part in ("--set", item)]]) == 0
         saved = configs.load_yaml(str(run_dir / "config.yaml"))
@@ -279,8 +279,8 @@ class TestCausalTraining:
         np.testing.assert_allclose(steps, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
     def test_bad_frame_stride(self):
-        from trainer import configs
+        from trainer import configs, presets
 
-        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), ["data.frame_stride=-1"])
+        config = configs.apply_overrides(presets.get_preset("tiny_cpu"), ["data.frame_stride=-1"])
         with pytest.raises(ValueError, match="`data.frame_stride` must be 0"):
             configs.validate(config)

@@ -182,7 +182,7 @@ class TestPredictStream:
         timeline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["timeline"]
         # Each frame goes through the model's evaluation view (the tested
         # component here is the frame-by-frame stream and its smoothing).
-        from tfrecords.eval_view import view_from_clip_shape
+        from selfy_tf.eval_view import view_from_clip_shape
 
         prepared = view_from_clip_shape((4, 32, 32)).views_numpy(clip)[0]
         logits = _keras_steps(causal_model, prepared).astype(np.float64)

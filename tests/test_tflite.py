@@ -232,9 +232,8 @@ class TestConversionOptions:
     def test_stss_xla_is_switched_off_for_conversion(self, tiny_model_factory):
         import tensorflow as tf
 
-        from serving import tflite
-
         from selfy_tf.ops import stss_xla, stss_xla_enabled
+        from serving import tflite
 
         model = tiny_model_factory(num_classes=2, num_frames=2)
         spec = tf.TensorSpec([1, 2, 32, 32, 3], tf.float32)
@@ -249,9 +248,8 @@ class TestConversionOptions:
     def test_mixed_precision_model_is_converted_in_float32(self, tiny_model_factory):
         # A model trained with mixed_bfloat16 (e.g. on a GPU) has bfloat16
         # layers, which TFLite's builtins do not take.
-        from serving import tflite
-
         from selfy_tf.models import with_dtype_policy
+        from serving import tflite
 
         model = tiny_model_factory(num_classes=3, num_frames=2)
         assert tflite.float32_model(model) is model
@@ -450,8 +448,8 @@ class TestRuntimeWithoutTensorFlow:
         import subprocess
         import sys
 
+        from selfy_tf.eval_view import EvalView
         from serving import tflite
-        from tfrecords.eval_view import EvalView
 
         view = EvalView(NUM_FRAMES, INPUT_SIZE, scale_size=40)
         model_path = str(tmp_path / "model.tflite")
@@ -489,7 +487,7 @@ class TestRuntimeWithoutTensorFlow:
             classifier.predict(np.zeros((24, 128, 160, 3), np.uint8))
         frames = np.random.default_rng(8).integers(0, 256, (24, 128, 160, 3), dtype=np.uint8)
         # Without a stored view: the default rule, short side round(32 * 256 / 224).
-        from tfrecords.eval_view import EvalView
+        from selfy_tf.eval_view import EvalView
 
         expected = classifier.predict(EvalView(NUM_FRAMES, INPUT_SIZE).views_numpy(frames)[0])["logits"]
         np.testing.assert_array_equal(classifier.predict_video(frames)["logits"], expected)

@@ -20,9 +20,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from selfy_tf import run_dir
 from selfy_tf.cli.main import main
 from tfrecords import decoder as decoder_lib
 from tfrecords import sources, video, writer
+from tfrecords import split as split_lib
 
 HEIGHT, WIDTH = 48, 64
 CLASSES = ["Pushing something from left to right", "Pulling something", "Holding something"]
@@ -148,7 +150,7 @@ class TestFolders:
         assert re.search("truncated|cannot decode", reasons["truncated.avi"])
         assert manifest["per_class"] == {FOLDER_CLASSES[0]: 2, FOLDER_CLASSES[1]: 2}
         assert manifest["frames"]["min"] == 3 and manifest["frames"]["max"] == 4
-        assert writer.read_labels(out) == FOLDER_CLASSES
+        assert run_dir.read_labels(out) == FOLDER_CLASSES
         _assert_round_trip(_read_records(out, "train"), expected, labels=FOLDER_CLASSES)
         # Video frames went through the mpeg4 codec: compare with what PyAV decodes too.
         for record in _read_records(out, "train"):
@@ -201,7 +203,7 @@ class TestFolderSplits:
         assert _build("--format", "folders", "--root", split_root, "--out", out) == 0
         summaries = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
         assert [(item["split"], item["converted"]) for item in summaries] == [("train", 4), ("validation", 2)]
-        assert writer.read_labels(out) == FOLDER_CLASSES
+        assert run_dir.read_labels(out) == FOLDER_CLASSES
         assert _manifest(out, "validation")["per_class"] == {name: 1 for name in FOLDER_CLASSES}
         validation = _read_records(out, "validation")
         assert sorted((record["media_id"], record["label"]) for record in validation) == [
@@ -443,11 +445,11 @@ class TestLabelsAndReruns:
     def test_other_class_list_is_refused(self, ssv1_data, folders_root, tmp_path):
         root, _ = folders_root
         out = str(tmp_path / "out")
-        writer.write_labels(out, ["a", "b"])
+        run_dir.write_labels(split_lib.labels_path(out), ["a", "b"], keep_existing=True)
         with pytest.raises(ValueError, match=r"unknown class folder 'Pulling something'"):
-            sources.list_folders(root, writer.read_labels(out))
+            sources.list_folders(root, run_dir.read_labels(out))
         with pytest.raises(ValueError, match=r"labels.txt has 2 classes that differ .* line 1"):
-            writer.write_labels(out, CLASSES)
+            run_dir.write_labels(split_lib.labels_path(out), CLASSES, keep_existing=True)
 
     def test_changed_inputs_are_refused_then_overwritten(self, folders_root, tmp_path):
         root, _ = folders_root

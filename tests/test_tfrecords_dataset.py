@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tfrecords
+from selfy_tf.eval_view import EvalView
 from tfrecords import features
 
 LABELS = ["zero", "one", "two"]
@@ -82,8 +83,8 @@ class TestWriteSplit:
 class TestEvalPipeline:
     def test_every_clip_once_with_centre_frames(self, data_dir):
         dataset = tfrecords.make_dataset(
-            _pattern(data_dir), training=False, num_frames=3, batch_size=4, crop_size=CROP,
-            eval_size=SIZE, as_dict=True,
+            _pattern(data_dir), training=False, batch_size=4, eval_view=EvalView(3, CROP, eval_size=SIZE),
+            as_dict=True,
         )
         batches = _collect(dataset)
         assert [len(batch["label"]) for batch in batches] == [4, 4, 2]
@@ -106,8 +107,8 @@ class TestEvalPipeline:
 
     def test_multi_view_layout(self, data_dir):
         dataset = tfrecords.make_dataset(
-            _pattern(data_dir), training=False, num_frames=2, batch_size=5, crop_size=CROP,
-            num_clips=2, num_crops=3, eval_size=SIZE, as_dict=True,
+            _pattern(data_dir), training=False, batch_size=5,
+            eval_view=EvalView(2, CROP, eval_size=SIZE, num_clips=2, num_crops=3), as_dict=True,
         )
         batch = next(iter(dataset))
         assert batch["frames"].shape == (5, 6, 2, CROP, CROP, 3)
@@ -122,10 +123,16 @@ class TestEvalPipeline:
                 expected = source[clip_indices[clip]][:, 8:40, left : left + CROP]
                 np.testing.assert_allclose(view, expected, atol=4)
 
+    def test_the_view_must_take_the_clip_size_asked_for(self, data_dir):
+        with pytest.raises(ValueError, match=r"`eval_view` takes 3 frames of 32x32, but num_frames=4"):
+            tfrecords.make_dataset(
+                _pattern(data_dir), training=False, batch_size=1, num_frames=4, eval_view=EvalView(3, 32)
+            )
+
     def test_eval_resizes_to_eval_size(self, data_dir):
         dataset = tfrecords.make_dataset(
             _pattern(data_dir), training=False, num_frames=2, batch_size=2, crop_size=CROP,
-            eval_size=(36, 40),
+            eval_view=EvalView(2, CROP, eval_size=(36, 40)),
         )
         frames, labels = next(iter(dataset))
         assert frames.shape == (2, 2, CROP, CROP, 3) and labels.shape == (2,)
@@ -192,8 +199,8 @@ class TestFilesAndDistribution:
                 num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=2
             )
             dataset = tfrecords.make_dataset(
-                _pattern(data_dir), training=False, num_frames=2, batch_size=4, crop_size=CROP,
-                eval_size=SIZE, input_context=context, as_dict=True,
+                _pattern(data_dir), training=False, batch_size=4, eval_view=EvalView(2, CROP, eval_size=SIZE),
+                input_context=context, as_dict=True,
             )
             batches = _collect(dataset)
             assert max(len(batch["label"]) for batch in batches) == 2  # 4 global / 2 replicas
@@ -218,8 +225,8 @@ def test_custom_feature_keys_round_trip(tmp_path):
     frames = _clip_frames(0, 3)
     tfrecords.write_split(str(tmp_path), "validation", [(frames, 2, "v")], LABELS, feature_keys=keys)
     dataset = tfrecords.make_dataset(
-        str(tmp_path / "validation-*.tfrecord"), training=False, num_frames=3, batch_size=1,
-        crop_size=CROP, eval_size=SIZE, feature_keys=keys, as_dict=True,
+        str(tmp_path / "validation-*.tfrecord"), training=False, batch_size=1,
+        eval_view=EvalView(3, CROP, eval_size=SIZE), feature_keys=keys, as_dict=True,
     )
     batch = next(iter(dataset))
     assert int(batch["label"][0]) == 2 and batch["media_id"][0] == b"v"
@@ -258,7 +265,7 @@ class TestLabelRange:
     def test_error_names_shard_record_and_label(self, tmp_path, training, bad_label):
         path = self._write(str(tmp_path), [0, 2, bad_label, 1])
         dataset = tfrecords.make_dataset(
-            path, training=training, num_frames=3, batch_size=1, crop_size=CROP, eval_size=None, seed=1,
+            path, training=training, num_frames=3, batch_size=1, crop_size=CROP, seed=1,
         )
         expected = rf"shard {path} record 2: label {bad_label} is outside \[0, 3\)"
         with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
@@ -267,12 +274,12 @@ class TestLabelRange:
     def test_explicit_num_classes_and_opt_out(self, tmp_path):
         path = self._write(str(tmp_path), [0, 2, 1])
         dataset = tfrecords.make_dataset(
-            path, training=False, num_frames=3, batch_size=3, crop_size=CROP, eval_size=None, num_classes=2,
+            path, training=False, num_frames=3, batch_size=3, crop_size=CROP, num_classes=2,
         )
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"record 1: label 2 is outside \[0, 2\)"):
             _collect(dataset)
         unchecked = tfrecords.make_dataset(
-            path, training=False, num_frames=3, batch_size=3, crop_size=CROP, eval_size=None, num_classes=None,
+            path, training=False, num_frames=3, batch_size=3, crop_size=CROP, num_classes=None,
         )
         assert _collect(unchecked)[0][1].tolist() == [0, 2, 1]
 

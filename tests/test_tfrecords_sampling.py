@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tfrecords import augment, sampling
+from selfy_tf import sampling
+from tfrecords import augment
 
 
 @pytest.fixture(autouse=True)

@@ -6,16 +6,16 @@ import dataclasses
 
 import pytest
 
-from trainer import configs
+from trainer import configs, presets
 
 
 class TestPresets:
-    @pytest.mark.parametrize("name", configs.list_presets())
+    @pytest.mark.parametrize("name", presets.list_presets())
     def test_every_preset_validates(self, name):
-        configs.validate(configs.get_preset(name))
+        configs.validate(presets.get_preset(name))
 
     def test_paper_presets(self):
-        ssv1 = configs.resolve_model(configs.get_preset("ssv1_selfy_r50_8f"))
+        ssv1 = configs.resolve_model(presets.get_preset("ssv1_selfy_r50_8f"))
         assert ssv1.model.name == "selfy_tsm_r50.sthv1_8f"
         assert (ssv1.model.num_classes, ssv1.model.num_frames) == (174, 8)
         assert ssv1.data.no_flip_classes == (86, 87, 93, 94, 166, 167)
@@ -24,10 +24,10 @@ class TestPresets:
         assert ssv1.optimizer.clip_global_norm == 20.0
         assert (ssv1.schedule.name, ssv1.schedule.decay_epochs, ssv1.train.epochs) == ("step", (30.0, 40.0), 50)
         assert ssv1.model.dropout == 0.5
-        assert configs.resolve_model(configs.get_preset("ssv1_selfy_r50_16f")).model.num_frames == 16
-        kinetics = configs.resolve_model(configs.get_preset("kinetics_selfy_r50_8f"))
+        assert configs.resolve_model(presets.get_preset("ssv1_selfy_r50_16f")).model.num_frames == 16
+        kinetics = configs.resolve_model(presets.get_preset("kinetics_selfy_r50_8f"))
         assert (kinetics.model.num_classes, kinetics.optimizer.classifier_lr_mult) == (400, 5.0)
-        tiny = configs.resolve_model(configs.get_preset("tiny_cpu"))
+        tiny = configs.resolve_model(presets.get_preset("tiny_cpu"))
         assert tiny.model.input_size <= 64 and tiny.model.num_frames == 4
 
     # What every preset built before its model fields named registry defaults
@@ -57,24 +57,24 @@ class TestPresets:
         ),
     }
 
-    @pytest.mark.parametrize("name", configs.list_presets())
+    @pytest.mark.parametrize("name", presets.list_presets())
     def test_presets_name_a_registry_config_instead_of_its_fields(self, name):
         from selfy_tf.models import list_pretrained
 
-        model = configs.get_preset(name).model
+        model = presets.get_preset(name).model
         assert model.name in list_pretrained()
         fields = [field.name for field in dataclasses.fields(model) if field.name not in ("name", "init")]
         assert {field: getattr(model, field) for field in fields} == dict.fromkeys(fields)
 
     def test_changing_the_name_takes_its_defaults_and_set_still_wins(self):
         config = configs.apply_overrides(
-            configs.get_preset("ssv1_selfy_r50_8f"),
+            presets.get_preset("ssv1_selfy_r50_8f"),
             ["model.name=selfy_tsm_r50.sthv1_16f", "model.dropout=0.2"],
         )
         model = configs.resolve_model(config).model
         assert (model.num_frames, model.dropout, model.num_classes) == (16, 0.2, 174)
         model = configs.resolve_model(
-            configs.apply_overrides(configs.get_preset("tiny_cpu"), ["model.num_frames=6"])
+            configs.apply_overrides(presets.get_preset("tiny_cpu"), ["model.num_frames=6"])
         ).model
         assert (model.num_frames, model.input_size, model.width_multiplier) == (6, 32, 0.125)
 
@@ -85,7 +85,7 @@ class TestPresets:
 
     def test_resolved_config_file_is_complete(self, tmp_path):
         path = str(tmp_path / "config.yaml")
-        configs.save_yaml(configs.resolve_model(configs.get_preset("ssv1_selfy_r50_16f")), path)
+        configs.save_yaml(configs.resolve_model(presets.get_preset("ssv1_selfy_r50_16f")), path)
         import yaml
 
         with open(path) as stream:
@@ -95,7 +95,7 @@ class TestPresets:
         assert configs.resolve_model(configs.load_yaml(path)) == configs.load_yaml(path)
 
     def test_expectations_cover_every_preset(self):
-        assert sorted(self.EXPECTED_MODELS) == configs.list_presets()
+        assert sorted(self.EXPECTED_MODELS) == presets.list_presets()
 
     @pytest.mark.parametrize("preset", sorted(EXPECTED_MODELS))
     def test_every_preset_builds_the_same_model_as_before(self, preset):
@@ -104,11 +104,11 @@ class TestPresets:
         from trainer.train import build_model
 
         arch, fields, params = self.EXPECTED_MODELS[preset]
-        model_config = configs.resolve_model(configs.get_preset(preset)).model
+        model_config = configs.resolve_model(presets.get_preset(preset)).model
         resolved = {name: getattr(model_config, name) for name in fields}
         assert resolved == fields
         assert (model_config.stss_backend, model_config.sync_batchnorm) == ("matmul", False)
-        config = configs.get_preset(preset)
+        config = presets.get_preset(preset)
         if config.model.num_classes is None and fields["num_classes"] is None:
             config.model.num_classes = 5
         model = build_model(config)
@@ -125,22 +125,22 @@ class TestPresets:
             assert sum(int(np.prod(weight.shape)) for weight in model.trainable_weights) == params
 
     def test_presets_are_fresh_copies(self):
-        configs.get_preset("tiny_cpu").train.epochs = 99
-        assert configs.get_preset("tiny_cpu").train.epochs != 99
+        presets.get_preset("tiny_cpu").train.epochs = 99
+        assert presets.get_preset("tiny_cpu").train.epochs != 99
 
     def test_unknown_preset(self):
         with pytest.raises(ValueError, match="Unknown preset `nope`. Valid presets: .*tiny_cpu"):
-            configs.get_preset("nope")
+            presets.get_preset("nope")
 
     def test_registering_twice_raises(self):
         with pytest.raises(ValueError, match="already registered"):
-            configs.register_preset("tiny_cpu")(lambda: configs.ExperimentConfig())
+            presets.register_preset("tiny_cpu")(lambda: configs.ExperimentConfig())
 
 
 class TestOverrides:
     def test_values_are_parsed_by_field_type(self):
         config = configs.apply_overrides(
-            configs.get_preset("tiny_cpu"),
+            presets.get_preset("tiny_cpu"),
             [
                 "optimizer.base_lr=0.02",
                 "train.epochs=5",
@@ -158,7 +158,7 @@ class TestOverrides:
         assert config.model.init == "imagenet:/weights/r50.pth"
 
     def test_overrides_apply_in_order_and_leave_input_alone(self):
-        base = configs.get_preset("tiny_cpu")
+        base = presets.get_preset("tiny_cpu")
         config = configs.apply_overrides(base, ["train.epochs=5", "train.epochs=7"])
         assert config.train.epochs == 7 and base.train.epochs == 3
 
@@ -181,7 +181,7 @@ class TestOverrides:
 
 class TestYaml:
     def test_round_trip(self, tmp_path):
-        config = configs.apply_overrides(configs.get_preset("ssv1_selfy_r50_16f"), ["train.epochs=7"])
+        config = configs.apply_overrides(presets.get_preset("ssv1_selfy_r50_16f"), ["train.epochs=7"])
         path = str(tmp_path / "config.yaml")
         configs.save_yaml(config, path)
         assert configs.load_yaml(path) == config
@@ -232,7 +232,7 @@ class TestValidate:
         ],
     )
     def test_cross_field_errors(self, override, message):
-        config = configs.apply_overrides(configs.get_preset("ssv1_selfy_r50_8f"), [override])
+        config = configs.apply_overrides(presets.get_preset("ssv1_selfy_r50_8f"), [override])
         with pytest.raises(ValueError, match=message):
             configs.validate(config)
 
@@ -242,12 +242,12 @@ class TestCropScales:
         from tfrecords import augment
 
         assert configs.DataConfig().crop_scales == augment.MULTI_SCALE_CROP_SCALES
-        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), ["data.crop_scales=[1.0]"])
+        config = configs.apply_overrides(presets.get_preset("tiny_cpu"), ["data.crop_scales=[1.0]"])
         assert config.data.crop_scales == (1.0,)
 
     @pytest.mark.parametrize("value", ["[]", "[1.5]", "[0.0, 1.0]"])
     def test_bad_crop_scales(self, value):
-        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), [f"data.crop_scales={value}"])
+        config = configs.apply_overrides(presets.get_preset("tiny_cpu"), [f"data.crop_scales={value}"])
         with pytest.raises(ValueError, match=r"`data.crop_scales` must be one or more fractions in \(0, 1\]"):
             configs.validate(config)
 
@@ -274,7 +274,7 @@ class TestCropScales:
 
         def spans(overrides):
             config = configs.apply_overrides(
-                configs.get_preset("tiny_cpu"),
+                presets.get_preset("tiny_cpu"),
                 ["model.num_frames=2", "model.input_size=32", "model.num_classes=2", *overrides],
             )
             dataset = train_module._train_dataset(

@@ -15,8 +15,8 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from _validation import reference_validation
+
 from trainer.synthetic import write_color_dataset
 
 # Sync BN over 2 replicas x 2 clips sees the same 4 clips as one device with
@@ -31,7 +31,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
     )
     import keras
-    from trainer import configs
+    from trainer import configs, presets
     from trainer.train import train
 
     data_dir, out_dir = sys.argv[1], sys.argv[2]
@@ -49,7 +49,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
         ("single", tf.distribute.get_strategy(), 4),
         ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), 2),
     ):
-        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), [
+        config = configs.apply_overrides(presets.get_preset("tiny_cpu"), [
             f"data.batch_size={per_replica}", "model.sync_batchnorm=true", "model.dropout=0",
             "train.epochs=2", "train.steps_per_epoch=3", "data.validation_split=none",
         ])
@@ -75,11 +75,11 @@ _MIRRORED_VALIDATION_SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
     )
-    from trainer import configs
+    from trainer import configs, presets
     from trainer.train import train
 
     data_dir, run_dir = sys.argv[1], sys.argv[2]
-    config = configs.apply_overrides(configs.get_preset("tiny_cpu"), [
+    config = configs.apply_overrides(presets.get_preset("tiny_cpu"), [
         "data.batch_size=2", "train.epochs=1", "train.steps_per_epoch=3", "model.sync_batchnorm=true",
     ])
     result = train(config, data_dir, run_dir, strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),

@@ -7,7 +7,7 @@ import importlib
 import numpy as np
 import pytest
 
-from trainer import configs
+from trainer import configs, presets
 from trainer.flips import mirror_name, plan_flips
 
 # Hand-made class list; the expected mirror pairs are written out below.
@@ -74,7 +74,7 @@ class TestFlipPlan:
             plan_flips(LABELS, "mirror")
         with pytest.raises(ValueError, match=r"`data.no_flip_classes` names classes \[20\], but labels.txt lists 13"):
             plan_flips(LABELS, no_flip_classes=(20,))
-        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), ["data.flip=mirror"])
+        config = configs.apply_overrides(presets.get_preset("tiny_cpu"), ["data.flip=mirror"])
         with pytest.raises(ValueError, match=r"`data.flip` must be one of"):
             configs.validate(config)
 
@@ -126,7 +126,7 @@ class TestFlippedTrainingClips:
         clips = [(_coded_clip(label), label, f"clip{index}") for index, label in enumerate([0, 1, 2, 3] * 4)]
         write_split(str(tmp_path), "train", clips, FLIP_LABELS)
         config = configs.resolve_model(
-            configs.apply_overrides(configs.get_preset("tiny_cpu"), ["model.num_classes=4", "data.crop_scales=[1.0]"])
+            configs.apply_overrides(presets.get_preset("tiny_cpu"), ["model.num_classes=4", "data.crop_scales=[1.0]"])
         )
         data = train_module.inspect_data_dir(str(tmp_path), config)
         dataset = train_module._train_dataset(

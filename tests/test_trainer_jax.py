@@ -14,8 +14,8 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from _resume import kill_after_mid_epoch_backup
+
 from tfrecords import crop_windows
 from trainer import numpy_data
 
@@ -257,13 +257,13 @@ def test_jax_resume_after_kill_mid_epoch_equals_uninterrupted_run(tmp_path):
 _DATA_PARALLEL = textwrap.dedent(
     """
     import json, sys
-    from trainer import configs
+    from trainer import configs, presets
     from trainer.train import train
 
     results = {}
     for name, sets in (("single", ["runtime.strategy=none", "data.batch_size=4"]),
                        ("parallel", ["runtime.strategy=mirrored", "data.batch_size=2"])):
-        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), sys.argv[3:] + sets)
+        config = configs.apply_overrides(presets.get_preset("tiny_cpu"), sys.argv[3:] + sets)
         result = train(config, sys.argv[1], f"{sys.argv[2]}/{name}", verbose=0)
         results[name] = {"history": result.history, "replicas": result.num_replicas,
                          "batch": result.global_batch_size}

@@ -11,9 +11,9 @@ import sys
 
 import numpy as np
 import pytest
-
 from _resume import kill_after_mid_epoch_backup
-from trainer import configs
+
+from trainer import configs, presets
 from trainer.synthetic import write_color_dataset
 
 NUM_CLASSES = 4
@@ -185,7 +185,7 @@ class TestTraining:
         # The class count came from the data's labels.txt; the other model
         # fields are resolved from the preset's registry config.
         expected = configs.resolve_model(
-            configs.apply_overrides(configs.get_preset("tiny_cpu"), [*COMMON_SETS, "model.num_classes=4"])
+            configs.apply_overrides(presets.get_preset("tiny_cpu"), [*COMMON_SETS, "model.num_classes=4"])
         )
         assert saved.model.num_frames == 4
         assert configs.config_to_dict(saved) == configs.config_to_dict(expected)
@@ -266,7 +266,7 @@ class TestStssXla:
                 self.seen.append(stss_xla_enabled())
 
         config = configs.apply_overrides(
-            configs.get_preset("tiny_cpu"),
+            presets.get_preset("tiny_cpu"),
             ["train.epochs=1", "train.steps_per_epoch=1", "data.validation_split=none"],
         )
         record = Record()
@@ -322,7 +322,7 @@ class TestResume:
     def test_finished_run_is_not_trained_again(self, runs, data_dir):
         from trainer.train import train
 
-        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), COMMON_SETS)
+        config = configs.apply_overrides(presets.get_preset("tiny_cpu"), COMMON_SETS)
         result = train(config, data_dir, runs["reference_dir"], verbose=0)
         assert result.global_step == runs["reference"]["global_step"]
         assert result.history["loss"] == runs["reference"]["history"]["loss"]
@@ -342,14 +342,42 @@ class TestResume:
         assert "name: selfy_tsm_r18.tiny\n" in text
         with open(config_path, "w") as handle:
             handle.write(text.replace("name: selfy_tsm_r18.tiny\n", "name: selfy_tsm_r18\n"))
-        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), COMMON_SETS)
+        config = configs.apply_overrides(presets.get_preset("tiny_cpu"), COMMON_SETS)
         result = train(config, data_dir, run_dir, verbose=0)
         assert result.global_step == runs["reference"]["global_step"]
+
+    def test_backup_loads_into_the_same_model_built_later_in_the_process(self, tmp_path):
+        """Keras numbers auto-named objects per process (`seed_generator_3`): the
+        same architecture built after other models still takes the backup; a
+        model of other shapes is still refused."""
+        import keras
+
+        from trainer.callbacks import load_backup, save_backup
+
+        def small_model(units: int = 3) -> keras.Model:
+            inputs = keras.Input((4,))
+            outputs = keras.layers.Dense(units)(keras.layers.Dropout(0.5)(inputs))
+            model = keras.Model(inputs, outputs)
+            model.compile(optimizer=keras.optimizers.SGD(momentum=0.9), loss="mse")
+            model.optimizer.build(model.trainable_variables)
+            return model
+
+        first = small_model()
+        save_backup(str(tmp_path), first, {"epoch": 1}, include_metrics=False)
+        keras.layers.Dropout(0.1)  # takes the next auto-generated seed generator name
+        second = small_model()
+        first_paths = [variable.path for variable in first.variables]
+        assert first_paths != [variable.path for variable in second.variables]
+        assert load_backup(str(tmp_path), second) == {"epoch": 1}
+        for mine, theirs in zip(second.variables, first.variables):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine), keras.ops.convert_to_numpy(theirs))
+        with pytest.raises(ValueError, match="has shape"):
+            load_backup(str(tmp_path), small_model(units=5))
 
     def test_resume_with_other_config_is_refused(self, runs, data_dir):
         from trainer.train import train
 
-        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), [*COMMON_SETS, "optimizer.lr=0.5"])
+        config = configs.apply_overrides(presets.get_preset("tiny_cpu"), [*COMMON_SETS, "optimizer.lr=0.5"])
         with pytest.raises(ValueError, match=r"different config \(optimizer.lr: 0.05 -> 0.5\)"):
             train(config, data_dir, runs["reference_dir"], verbose=0)
 
@@ -437,21 +465,21 @@ class TestDataErrors:
     def test_class_count_mismatch(self, data_dir):
         from trainer.train import inspect_data_dir
 
-        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), ["model.num_classes=5"])
+        config = configs.apply_overrides(presets.get_preset("tiny_cpu"), ["model.num_classes=5"])
         with pytest.raises(ValueError, match="lists 4 classes but `model.num_classes`=5"):
             inspect_data_dir(data_dir, config)
 
     def test_frame_count_mismatch(self, data_dir):
         from trainer.train import inspect_data_dir
 
-        config = configs.apply_overrides(configs.get_preset("tiny_cpu"), ["model.num_frames=8"])
+        config = configs.apply_overrides(presets.get_preset("tiny_cpu"), ["model.num_frames=8"])
         with pytest.raises(ValueError, match="at most 6 frames but `model.num_frames`=8"):
             inspect_data_dir(data_dir, config)
 
     def test_missing_and_empty_data_dirs(self, tmp_path):
         from trainer.train import inspect_data_dir
 
-        config = configs.get_preset("tiny_cpu")
+        config = presets.get_preset("tiny_cpu")
         with pytest.raises(FileNotFoundError, match="Data directory not found"):
             inspect_data_dir(str(tmp_path / "nowhere"), config)
         with pytest.raises(FileNotFoundError, match="labels.txt"):
@@ -467,11 +495,11 @@ class TestCommandLine:
     def test_num_classes_from_labels_and_presets_that_disagree(self, data_dir):
         from trainer.train import inspect_data_dir, with_data_classes
 
-        config = configs.get_preset("tiny_cpu")
+        config = presets.get_preset("tiny_cpu")
         assert config.model.num_classes is None
         resolved = with_data_classes(config, inspect_data_dir(data_dir, config))
         assert resolved.model.num_classes == NUM_CLASSES and config.model.num_classes is None
-        paper = configs.get_preset("ssv1_selfy_r50_8f")
+        paper = presets.get_preset("ssv1_selfy_r50_8f")
         assert configs.resolve_model(paper).model.num_classes == 174
         with pytest.raises(ValueError, match="lists 4 classes but `model.num_classes`=174"):
             inspect_data_dir(data_dir, paper)

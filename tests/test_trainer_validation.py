@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _validation import reference_validation
-from trainer import configs
+
+from trainer import configs, presets
 from trainer.synthetic import write_color_dataset
 
 # 15 clips in shards of 7 and 8: no batch size used here divides it.
@@ -63,7 +63,7 @@ class TestPaddedEvaluationInput:
             make_dataset(f"{data_dir}/train-*.tfrecord", training=True, batch_size=4, pad_batches=True)
 
     def test_numpy_batches_pad_the_last_batch(self):
-        from tfrecords.eval_view import EvalView
+        from selfy_tf.eval_view import EvalView
         from trainer.numpy_data import EvalBatches
 
         # Clip i is filled with the value 10 + i: the batches tell which clip they hold.
@@ -85,7 +85,7 @@ class TestValidationMetrics:
         from trainer.train import train
 
         config = configs.apply_overrides(
-            configs.get_preset("tiny_cpu"),
+            presets.get_preset("tiny_cpu"),
             [
                 "train.epochs=1", "train.steps_per_epoch=3", "data.batch_size=4",
                 f"data.validation_num_clips={num_clips}", f"data.validation_num_crops={num_crops}",

@@ -1,7 +1,6 @@
 """Visualisation: soft-argmax motion field, STSS maps, Grad-CAM, report, `selfy viz`."""
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -18,8 +18,8 @@ import pytest
 torch = pytest.importorskip("torch", reason='weight import needs torch: pip install -e ".[test]"')
 
 from selfy_tf.cli.main import main  # noqa: E402
-from selfy_tf.models import create_model  # noqa: E402
 from selfy_tf.layers import SELFYBlock  # noqa: E402
+from selfy_tf.models import create_model  # noqa: E402
 from selfy_tf.weights import (  # noqa: E402
     TORCH_TRANSFORMS,
     load_imagenet_resnet,
@@ -28,9 +28,9 @@ from selfy_tf.weights import (  # noqa: E402
     selfy_block_mapping,
     selfy_block_skipped_keys,
     torch_module_name,
+    torch_reference,  # noqa: E402
     torch_weight_mapping,
 )
-from selfy_tf.weights import torch_reference  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_selfy_tsm_r18"
 CHECKPOINT = FIXTURE / "checkpoint.pth.tar"

@@ -8,7 +8,7 @@ per clip and applied to all its frames (the frames of a clip move together).
   straight from the JPEGs (`decode_crop`), `random_flip` (on the crop, which
   is usually smaller than the output), then `resize_frames`.
 - Evaluation is not augmented: it takes the one evaluation view of
-  `tfrecords.eval_view`, which shares `resize_frames` with training.
+  `selfy_tf.eval_view`, which shares `resize_frames` with training.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import tensorflow as tf
+
+# The evaluation view owns the resize that training's crops share.
+from selfy_tf.eval_view import resize_frames  # noqa: F401  (re-exported)
 
 # The crop geometry is plain Python (shared with the NumPy input path).
 from tfrecords.crop_windows import (  # noqa: F401  (re-exported)
@@ -83,18 +86,6 @@ def multi_scale_crop_window(
     offset_x = multiples[0] * ((width - crop_width) // 4)
     offset_y = multiples[1] * ((height - crop_height) // 4)
     return tf.stack([offset_y, offset_x, crop_height, crop_width])
-
-
-def _to_uint8(frames: tf.Tensor) -> tf.Tensor:
-    # Bilinear (non-antialiased) interpolation of uint8 values stays within
-    # [0, 255], so rounding half up needs no clipping (which costs a pass).
-    return tf.cast(frames + 0.5, tf.uint8)
-
-
-def resize_frames(frames, size: Sequence[int]) -> tf.Tensor:
-    """Bilinear resize of uint8 frames `[..., height, width, 3]` to `size`, rounded to uint8."""
-    # Resizing float32 input is about twice as fast as resizing uint8 input.
-    return _to_uint8(tf.image.resize(tf.cast(frames, tf.float32), size, method="bilinear"))
 
 
 def decode_crop(encoded_frames, window, num_frames: int) -> tf.Tensor:

@@ -13,9 +13,10 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
-from tfrecords import augment
+from selfy_tf import run_dir
+from selfy_tf.eval_view import EvalView
+from tfrecords import augment, features
 from tfrecords import decoder as decoder_lib
-from tfrecords import features
 from tfrecords import parser as parser_lib
 
 logger = logging.getLogger(__name__)
@@ -67,12 +68,10 @@ def _pipeline_files(files: Sequence[str], pipelines: int, pipeline_id: int) -> l
 
 def _labels_beside(files: Sequence[str]) -> int | None:
     """Class count of the `labels.txt` next to the first shard, or None."""
-    from tfrecords import writer
-
     directory = os.path.dirname(files[0]) if files else ""
-    if not os.path.isfile(os.path.join(directory, writer.LABELS_FILE)):
+    if not os.path.isfile(os.path.join(directory, run_dir.LABELS_FILE)):
         return None
-    return len(writer.read_labels(directory))
+    return len(run_dir.read_labels(directory))
 
 
 def check_label(label: tf.Tensor, num_classes: int, shard: tf.Tensor, record_index: tf.Tensor) -> tf.Tensor:
@@ -173,17 +172,14 @@ def make_dataset(
     file_pattern: "str | Sequence[str]",
     *,
     training: bool,
-    num_frames: int = 8,
+    num_frames: int | None = None,
     batch_size: int,
-    crop_size: int = 224,
-    num_clips: int = 1,
-    num_crops: int = 1,
+    crop_size: int | None = None,
+    eval_view: EvalView | None = None,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     seed: int | None = None,
     no_flip_classes: Sequence[int] = (),
     flip_label_map: Mapping[int, int] | None = None,
-    eval_size: Sequence[int] | None = (240, 320),
-    scale_size: int | None = None,
     feature_keys: "features.FeatureKeys | dict | None" = None,
     input_context: tf.distribute.InputContext | None = None,
     as_dict: bool = False,
@@ -202,26 +198,24 @@ def make_dataset(
             e.g. `"DIR/train-*.tfrecord"`.
         training: training (random sampling, multi-scale crop, flip, shuffle)
             or evaluation (deterministic centre sampling and crops, file order).
-        num_frames: frames per clip (TSN segments).
+        num_frames: frames per clip (TSN segments); default: the
+            `eval_view`'s, else 8.
         batch_size: the **global** batch size. With `input_context` (inside
             `strategy.distribute_datasets_from_function`) each pipeline
             batches `input_context.get_per_replica_batch_size(batch_size)`
             clips, as tf.distribute expects; without it, `batch_size` clips.
-        crop_size: side of the output frames.
-        num_clips: evaluation clips per video (ignored in training).
-        num_crops: evaluation crops per clip, 1 or 3 (ignored in training).
+        crop_size: side of the output frames; default: the `eval_view`'s,
+            else 224.
+        eval_view: how evaluation makes clips (`selfy_tf.eval_view.EvalView`:
+            sampling, resize, `num_clips` x `num_crops` views); None:
+            `EvalView(num_frames, crop_size)`, one centre crop of frames whose
+            short side is `crop_size * 256 / 224`. Ignored in training.
         shuffle_buffer: record shuffle buffer (training).
         seed: makes the pipeline deterministic: the same seed gives the same
             batches (file order, record order, sampling and augmentation);
             every iteration (epoch) still differs from the previous one.
         no_flip_classes: classes never flipped in training.
         flip_label_map: `{class: class after flipping}` in training.
-        eval_size: `(height, width)` frames are resized to before the
-            evaluation crop when they differ; None (or `()`) resizes the
-            short side to `scale_size` instead. See `tfrecords.eval_view`.
-        scale_size: short side frames are resized to before the evaluation
-            crop when `eval_size` is None (default: `round(crop_size * 256 /
-            224)`).
         feature_keys: SequenceExample keys (see `tfrecords.features.FeatureKeys`).
         input_context: given by `distribute_datasets_from_function`; files are
             sharded per input pipeline (needs at least one file per pipeline).
@@ -268,15 +262,18 @@ def make_dataset(
             "`pad_batches` pads evaluation batches; it needs training=False and repeat=False. "
             f"Received: training={training}, repeat={repeat}."
         )
-    if training and (num_clips != 1 or num_crops != 1):
-        logger.info("training: num_clips=%d and num_crops=%d are ignored", num_clips, num_crops)
+    if eval_view is None:
+        eval_view = EvalView(
+            parser_lib.DEFAULT_NUM_FRAMES if num_frames is None else num_frames,
+            parser_lib.DEFAULT_CROP_SIZE if crop_size is None else crop_size,
+        )
+    if training and eval_view.num_views != 1:
+        logger.info("training: num_clips=%d and num_crops=%d are ignored", eval_view.num_clips, eval_view.num_crops)
+        eval_view = eval_view.with_views(1, 1)
     clip_parser = parser_lib.Parser(
-        num_frames=num_frames,
-        crop_size=crop_size,
-        num_clips=num_clips if not training else 1,
-        num_crops=num_crops if not training else 1,
-        eval_size=eval_size,
-        scale_size=scale_size,
+        num_frames=eval_view.num_frames if num_frames is None else num_frames,
+        crop_size=eval_view.crop_size if crop_size is None else crop_size,
+        eval_view=eval_view,
         no_flip_classes=no_flip_classes,
         flip_label_map=flip_label_map,
         scales=scales,

@@ -11,6 +11,7 @@ import re
 
 import tensorflow as tf
 
+from selfy_tf import run_dir
 from tfrecords import decoder as decoder_lib
 from tfrecords import features
 from tfrecords import split as split_lib
@@ -97,7 +98,7 @@ def inspect_dataset(
         raise FileNotFoundError(
             f"no '<split>-00000-of-000NN.tfrecord' shards in {data_dir}"
         )
-    labels = split_lib.read_labels(data_dir) if os.path.exists(split_lib.labels_path(data_dir)) else []
+    labels = run_dir.read_labels(data_dir) if os.path.exists(split_lib.labels_path(data_dir)) else []
     clip_decoder = decoder_lib.Decoder(feature_keys)
     summary: dict = {"data_dir": data_dir, "num_classes": len(labels), "labels": labels, "splits": {}}
     all_errors: list[str] = []

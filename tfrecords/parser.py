@@ -6,10 +6,14 @@ from typing import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
+from selfy_tf import eval_view as eval_view_lib
+from selfy_tf import sampling
 from tfrecords import augment
 from tfrecords import decoder as decoder_lib
-from tfrecords import eval_view as eval_view_lib
-from tfrecords import sampling
+
+# The reference recipe's clip: 8 frames of 224x224.
+DEFAULT_NUM_FRAMES = 8
+DEFAULT_CROP_SIZE = 224
 
 
 class Parser:
@@ -19,19 +23,16 @@ class Parser:
     multi-scale crop decoded straight from the JPEGs of the chosen frames and
     resized to `crop_size`, then a horizontal flip (see `augment.random_flip`).
     Evaluation (deterministic): the evaluation view
-    (`tfrecords.eval_view.EvalView`): segment centres for `num_clips` clips,
-    the short side resized to `scale_size` (or frames to `eval_size`),
-    `num_crops` crops (1: centre). Only the chosen frames are decoded.
+    (`selfy_tf.eval_view.EvalView`): segment centres for its `num_clips`
+    clips, its resize, its `num_crops` crops (1: centre). Only the chosen
+    frames are decoded.
 
     Args:
         num_frames: frames per clip (segments).
         crop_size: output side.
-        num_clips: evaluation clips per video.
-        num_crops: evaluation crops per clip (1 or 3).
-        eval_size: `(height, width)` of frames before the evaluation crop, or
-            None to resize the short side to `scale_size`.
-        scale_size: short side of frames before the evaluation crop (default
-            `round(crop_size * 256 / 224)`); exclusive with `eval_size`.
+        eval_view: the evaluation view, with this `num_frames` and
+            `crop_size`; None: `EvalView(num_frames, crop_size)` (one centre
+            crop of frames whose short side is `crop_size * 256 / 224`).
         no_flip_classes: classes never flipped in training.
         flip_label_map: `{class: class after flipping}` for training.
         scales: multi-scale crop scales.
@@ -49,26 +50,25 @@ class Parser:
 
     def __init__(
         self,
-        num_frames: int = 8,
-        crop_size: int = 224,
-        num_clips: int = 1,
-        num_crops: int = 1,
-        eval_size: Sequence[int] | None = (240, 320),
-        scale_size: int | None = None,
+        num_frames: int = DEFAULT_NUM_FRAMES,
+        crop_size: int = DEFAULT_CROP_SIZE,
+        eval_view: eval_view_lib.EvalView | None = None,
         no_flip_classes: Sequence[int] = (),
         flip_label_map: Mapping[int, int] | None = None,
         scales: Sequence[float] = augment.MULTI_SCALE_CROP_SCALES,
         frame_stride: int = 0,
     ) -> None:
-        # The view validates the frame count, sizes, clips and crops.
-        self.view = eval_view_lib.EvalView(
-            num_frames=num_frames,
-            crop_size=crop_size,
-            scale_size=scale_size,
-            eval_size=tuple(eval_size) if eval_size else None,
-            num_clips=num_clips,
-            num_crops=num_crops,
-        )
+        # The view validates the frame count and the sizes.
+        default_view = eval_view_lib.EvalView(num_frames=num_frames, crop_size=crop_size)
+        if eval_view is None:
+            eval_view = default_view
+        elif (eval_view.num_frames, eval_view.crop_size) != (default_view.num_frames, default_view.crop_size):
+            raise ValueError(
+                f"`eval_view` takes {eval_view.num_frames} frames of {eval_view.crop_size}x"
+                f"{eval_view.crop_size}, but num_frames={num_frames} and crop_size={crop_size}. "
+                "Give the same sizes."
+            )
+        self.view = eval_view
         self.num_frames = self.view.num_frames
         self.crop_size = self.view.crop_size
         self.num_clips = self.view.num_clips

@@ -39,22 +39,6 @@ def labels_path(data_dir: str) -> str:
     return os.path.join(data_dir, run_dir.LABELS_FILE)
 
 
-def read_labels(data_dir: str) -> list[str]:
-    """Class names of a converted dataset: line i of `data_dir/labels.txt` is class i.
-
-    Raises:
-        FileNotFoundError: if `data_dir/labels.txt` does not exist.
-        ValueError: for a bad labels file (see `selfy_tf.run_dir.read_labels`).
-    """
-    path = labels_path(data_dir)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"no {run_dir.LABELS_FILE} in {data_dir}: is it a dataset written by "
-            "`selfy tfrecords build` or `tfrecords.write_split`?"
-        )
-    return run_dir.read_labels(path)
-
-
 @dataclasses.dataclass(frozen=True)
 class Split:
     """One split of a converted dataset.
@@ -148,7 +132,7 @@ def open_split(data_dir: str, split: str, *, required: bool = True) -> Split:
     data_dir = os.fspath(data_dir)
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"Data directory not found: {data_dir}")
-    labels = read_labels(data_dir)
+    labels = run_dir.read_labels(data_dir)
     pattern = shard_pattern(data_dir, split)
     files = sorted(glob.glob(pattern))
     if required and not files:
@@ -178,7 +162,6 @@ __all__ = [
     "labels_path",
     "manifest_path",
     "open_split",
-    "read_labels",
     "shard_pattern",
     "shard_record_counts",
 ]

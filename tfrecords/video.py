@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from selfy_tf.eval_view import scale_short_side
+
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (
@@ -58,7 +60,9 @@ def output_size(
         width: source frame width.
         size: `(height, width)` to resize every frame to exactly, or None.
         resize_short: length of the short side after an aspect-preserving
-            resize, or None. Cannot be combined with `size`.
+            resize (the long side rounded half up, as the evaluation view
+            rounds: `selfy_tf.eval_view.scale_short_side`), or None. Cannot
+            be combined with `size`.
 
     Returns:
         The target size; the source size when both options are None.
@@ -73,9 +77,7 @@ def output_size(
     if resize_short is not None:
         if resize_short <= 0:
             raise ValueError(f"`resize_short` must be positive. Received: {resize_short}.")
-        if height <= width:
-            return int(resize_short), max(1, int(round(width * resize_short / height)))
-        return max(1, int(round(height * resize_short / width))), int(resize_short)
+        return scale_short_side(int(height), int(width), int(resize_short))
     return int(height), int(width)
 
 

@@ -43,15 +43,12 @@ import numpy as np
 
 from selfy_tf import run_dir
 from selfy_tf.files import atomic_path, atomic_write_text, temporary_pattern
-from tfrecords import features
-from tfrecords import sources
+from tfrecords import features, sources
 from tfrecords import split as split_lib
-from tfrecords.split import read_labels  # noqa: F401  (part of this module's API)
 from tfrecords.video import VideoDecodeError
 
 logger = logging.getLogger(__name__)
 
-LABELS_FILE = run_dir.LABELS_FILE
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
@@ -81,36 +78,6 @@ def shard_bounds(num_clips: int, num_shards: int) -> list[tuple[int, int]]:
         (index * num_clips // num_shards, (index + 1) * num_clips // num_shards)
         for index in range(num_shards)
     ]
-
-
-def write_labels(out_dir: str, labels: Sequence[str]) -> str:
-    """Writes `out_dir/labels.txt`, or checks that the existing one is identical.
-
-    Raises:
-        ValueError: if `labels.txt` exists with other classes (naming the first
-            differing line).
-    """
-    labels = run_dir.check_labels([str(name).strip() for name in labels])
-    path = split_lib.labels_path(out_dir)
-    if os.path.exists(path):
-        existing = run_dir.read_labels(path)
-        if existing != labels:
-            line = next(
-                (
-                    number
-                    for number, (old, new) in enumerate(zip(existing, labels), start=1)
-                    if old != new
-                ),
-                min(len(existing), len(labels)) + 1,
-            )
-            raise ValueError(
-                f"{path} has {len(existing)} classes that differ from this split's "
-                f"{len(labels)} classes (first difference at line {line}). All splits must "
-                "share one class list: pass the same class list, or write to another directory."
-            )
-        return path
-    os.makedirs(out_dir, exist_ok=True)
-    return run_dir.write_labels(path, labels)
 
 
 def convert_clip(
@@ -538,7 +505,7 @@ def convert_split(
     os.makedirs(out_dir, exist_ok=True)
     if overwrite:
         split_writer.remove_existing()
-    write_labels(out_dir, listing.labels)
+    run_dir.write_labels(split_lib.labels_path(out_dir), listing.labels, keep_existing=True)
     done = split_writer.completed_shards()
     bounds = shard_bounds(len(clips), split_writer.num_shards)
     pending = [index for index in range(split_writer.num_shards) if index not in done]
@@ -669,7 +636,7 @@ def write_split(
         raise ValueError("`clips` must hold at least one clip. Received: no clips.")
     split_writer = _SplitWriter(out_dir, split, num_shards, _fingerprint(["write_split", split]))
     os.makedirs(out_dir, exist_ok=True)
-    write_labels(out_dir, labels)
+    run_dir.write_labels(split_lib.labels_path(out_dir), labels, keep_existing=True)
     split_writer.remove_existing()
     for shard_index, (start, end) in enumerate(shard_bounds(len(results), split_writer.num_shards)):
         split_writer.write_shard(shard_index, results[start:end], keys, labels)

@@ -17,8 +17,8 @@ from selfy_tf._lazy import keep_exported_names, lazy_exports
 _EXPORTS = {
     "ExperimentConfig": "trainer.configs",
     "apply_overrides": "trainer.configs",
-    "get_preset": "trainer.configs",
-    "list_presets": "trainer.configs",
+    "get_preset": "trainer.presets",
+    "list_presets": "trainer.presets",
     "load_yaml": "trainer.configs",
     "validate": "trainer.configs",
     "evaluate": "trainer.evaluate",

@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -37,12 +38,12 @@ import keras
 import numpy as np
 
 from selfy_tf.files import atomic_path, atomic_write_text
+from selfy_tf.run_dir import BACKUP_FILE
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Backup", "ProgressBar", "TrainingLogger", "load_backup", "save_backup", "write_history_csv"]
 
-BACKUP_FILE = "backup.npz"
 _STATE_KEY = "__state__"
 
 
@@ -53,6 +54,19 @@ def _variable_groups(model: keras.Model) -> dict[str, list]:
         "optimizer": list(optimizer.variables) if optimizer is not None else [],
         "metrics": [variable for metric in model.metrics for variable in metric.variables],
     }
+
+
+# Keras numbers the auto-generated names of a process's objects
+# (`seed_generator`, `seed_generator_4`), so the same model built after
+# another in one process has other variable paths: compare them without
+# those numbers (shapes are still checked one by one).
+_AUTO_NUMBER = re.compile(r"_\d+(?=[/_]|$)")
+
+
+def _same_variables(stored_paths: list[str], current_paths: list[str]) -> bool:
+    return [_AUTO_NUMBER.sub("", path) for path in stored_paths] == [
+        _AUTO_NUMBER.sub("", path) for path in current_paths
+    ]
 
 
 def _read(variable) -> np.ndarray:
@@ -120,7 +134,7 @@ def load_backup(directory: str, model: keras.Model, restore_metrics: bool = Fals
             if stored_paths is None:
                 continue
             current_paths = [variable.path for variable in variables]
-            if stored_paths != current_paths:
+            if not _same_variables(stored_paths, current_paths):
                 difference = next(
                     (
                         (stored, current)

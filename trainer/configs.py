@@ -1,9 +1,9 @@
-"""Experiment configs: nested dataclasses, named presets, YAML and `--set` overrides.
+"""Experiment configs: nested dataclasses, YAML and `--set` overrides.
 
 Every default lives in the dataclasses below and nowhere else (the CLI has
 no defaults of its own). A config is resolved in this order:
 
-    preset (or the defaults) -> YAML files (`--config`) -> `a.b=c` overrides (`--set`)
+    preset (`trainer.presets`, or the defaults) -> YAML files (`--config`) -> `a.b=c` overrides (`--set`)
 
 Unknown keys are errors that name the key and the config class, and
 `validate(config)` runs the cross-field checks before any work starts. The
@@ -13,6 +13,7 @@ done before a run, so that `RUN/config.yaml` holds every value).
 
 Example:
 
+>>> from trainer.presets import get_preset
 >>> config = get_preset("tiny_cpu")
 >>> config = apply_overrides(config, ["optimizer.base_lr=0.02", "train.epochs=3"])
 >>> config.train.epochs
@@ -25,12 +26,14 @@ import copy
 import dataclasses
 import types
 import typing
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import yaml
 
 from selfy_tf import compat
+from selfy_tf.eval_view import EvalView
 from selfy_tf.files import atomic_write_text
+from selfy_tf.run_dir import DEFAULT_STSS_XLA
 from trainer.flips import FLIP_POLICIES
 
 __all__ = [
@@ -45,10 +48,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
-    "get_preset",
-    "list_presets",
     "load_yaml",
-    "register_preset",
     "resolve_model",
     "save_yaml",
     "validate",
@@ -125,7 +125,7 @@ class DataConfig:
     # softmax scores averaged as `selfy eval --num-clips --num-crops` does.
     validation_num_clips: int = 1
     validation_num_crops: int = 1
-    # The evaluation view (tfrecords.eval_view): frames are resized to
+    # The evaluation view (selfy_tf.eval_view): frames are resized to
     # (height, width) before the centre crop (official: 240x320); empty
     # resizes the short side to `scale_size` instead (none: input_size *
     # 256 / 224, the ratio of training's average crop).
@@ -218,7 +218,7 @@ class RuntimeConfig:
     # gathers are faster that way, even on CPU: benchmarks/README.md); a
     # runtime switch (`selfy_tf.ops.stss_xla`), not part of the saved model,
     # which export and TFLite conversion trace without it.
-    stss_xla: bool = True
+    stss_xla: bool = DEFAULT_STSS_XLA
 
 
 @dataclasses.dataclass
@@ -233,159 +233,39 @@ class ExperimentConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
+    def eval_view(self) -> EvalView:
+        """The run's evaluation view (one clip, one crop): the one stored in every checkpoint.
+
+        The only place `data.eval_size` / `data.scale_size` become a view.
+
+        Raises:
+            ValueError: if `model.num_frames` or `model.input_size` is unset
+                (call `resolve_model` first).
+        """
+        if self.model.num_frames is None or self.model.input_size is None:
+            raise ValueError(
+                f"The model {self.model.name!r} has no `num_frames` / `input_size` yet: pass the config "
+                "through `resolve_model` first."
+            )
+        return EvalView(
+            num_frames=self.model.num_frames,
+            crop_size=self.model.input_size,
+            scale_size=self.data.scale_size,
+            eval_size=tuple(self.data.eval_size) or None,
+        )
+
+    def validation_view(self) -> EvalView:
+        """The evaluation view with validation's clips and crops per video."""
+        return self.eval_view().with_views(self.data.validation_num_clips, self.data.validation_num_crops)
+
 
 # ---------------------------------------------------------------------------
-# Presets
-
-_PRESETS: dict[str, Callable[[], ExperimentConfig]] = {}
-
-# SS-V1 classes whose label says left/right (DESIGN.md §5).
-SSV1_NO_FLIP_CLASSES = (86, 87, 93, 94, 166, 167)
-
-
-def register_preset(name: str) -> Callable:
-    """Registers a zero-argument factory returning an `ExperimentConfig`."""
-
-    def decorator(factory: Callable[[], ExperimentConfig]) -> Callable:
-        if name in _PRESETS:
-            raise ValueError(f"Preset `{name}` is already registered.")
-        _PRESETS[name] = factory
-        return factory
-
-    return decorator
-
-
-def list_presets() -> list[str]:
-    """Names of the registered presets, sorted."""
-    return sorted(_PRESETS)
-
-
-def get_preset(name: str) -> ExperimentConfig:
-    """Returns a fresh copy of the named preset.
-
-    Raises:
-        ValueError: `name` is not a registered preset.
-    """
-    if name not in _PRESETS:
-        raise ValueError(
-            f"Unknown preset `{name}`. Valid presets: {', '.join(list_presets())}."
-        )
-    return _PRESETS[name]()
-
-
-# The presets name a pretrained config of the model registry
-# (`selfy_tf.models.list_pretrained()`), which holds the architecture: its
-# class count, frames, input size and widths.
-
-
-def _something_something_v1(config: ExperimentConfig) -> ExperimentConfig:
-    config.data.no_flip_classes = SSV1_NO_FLIP_CLASSES
-    return config
-
-
-def _something_something_v2(config: ExperimentConfig) -> ExperimentConfig:
-    # The same left/right classes as V1, renumbered by the V2 label file:
-    # `data.flip=auto` finds them by name in labels.txt.
-    config.data.no_flip_classes = ()
-    return config
-
-
-def _kinetics400(config: ExperimentConfig) -> ExperimentConfig:
-    # The official optimizer policy gives the classifier x5 / x10 on Kinetics.
-    config.optimizer.classifier_lr_mult = 5.0
-    config.optimizer.classifier_bias_lr_mult = 10.0
-    return config
-
-
-def _with_model(name: str) -> ExperimentConfig:
-    """The default experiment with the model (or pretrained config) `name`."""
-    return ExperimentConfig(model=ModelConfig(name=name))
-
-
-@register_preset("ssv1_selfy_r50_8f")
-def ssv1_selfy_r50_8f() -> ExperimentConfig:
-    """The paper's SS-V1 recipe, 8 frames (52.5 top-1)."""
-    return _something_something_v1(_with_model("selfy_tsm_r50.sthv1_8f"))
-
-
-@register_preset("ssv1_selfy_r50_16f")
-def ssv1_selfy_r50_16f() -> ExperimentConfig:
-    """The paper's SS-V1 recipe, 16 frames (54.3 top-1)."""
-    return _something_something_v1(_with_model("selfy_tsm_r50.sthv1_16f"))
-
-
-@register_preset("ssv2_selfy_r50_8f")
-def ssv2_selfy_r50_8f() -> ExperimentConfig:
-    """The paper's SS-V2 recipe, 8 frames (64.5 top-1)."""
-    return _something_something_v2(_with_model("selfy_tsm_r50.sthv2_8f"))
-
-
-@register_preset("kinetics_selfy_r50_8f")
-def kinetics_selfy_r50_8f() -> ExperimentConfig:
-    """Kinetics-400, 8 frames, with the official Kinetics lr multipliers."""
-    config = _kinetics400(_with_model("selfy_tsm_r50.kinetics400_8f"))
-    # Kinetics has no left/right classes: flipping is always fine.
-    config.data.no_flip_classes = ()
-    return config
-
-
-@register_preset("tiny_cpu")
-def tiny_cpu() -> ExperimentConfig:
-    """A SELFY TSM-R18 small enough to train for a few steps on a laptop CPU.
-
-    Its classes come from the data. A path check and the tests' model: from
-    random weights it memorises a few dozen clips rather than learning their
-    motion; for your own videos use `small_videos_cpu`.
-    """
-    config = _with_model("selfy_tsm_r18.tiny")
-    config.data.batch_size = 4
-    # Evaluation resizes the short side to `scale_size` (input_size * 256 / 224)
-    # before the centre crop, whatever the stored frame size: the view
-    # training's multi-scale crops cover. With the cosine decay from 0.05 it
-    # learns small user data in a few epochs, where a constant 0.01 barely
-    # left chance (benchmarks/README.md, "tiny_cpu on small data").
-    config.data.eval_size = ()
-    config.optimizer.lr = 0.05
-    config.schedule = ScheduleConfig(name="cosine", decay_epochs=())
-    config.train.epochs = 3
-    config.train.backup_every_steps = 5
-    config.train.log_every_steps = 5
-    return config
+# The model behind a config
 
 
 def fine_tunes(config: ExperimentConfig) -> bool:
     """Whether `model.init` fine-tunes (`keras:PATH` or `pretrained`)."""
     return config.model.init.partition(":")[0] in FINE_TUNE_INIT_KINDS
-
-
-@register_preset("small_videos_cpu")
-def small_videos_cpu() -> ExperimentConfig:
-    """Fine-tunes a small motion-pretrained SELFY on a user's own few videos, on a CPU.
-
-    The model is `selfy_tsm_r18.motion` (width 1/8, 8 frames of 48x48, the
-    SELFY block after res2 so that its STSS grid holds the window), whose
-    shipped weights were pretrained on the package's synthetic motion
-    classes (`trainer.motion_pretraining`); only the classifier starts
-    afresh. An epoch is a fixed number of steps, not a pass over the data,
-    so a set of a few dozen clips still gets enough of them (300 steps,
-    about a minute on 2 CPU cores). Figures: benchmarks/README.md, "Own
-    videos".
-    """
-    config = _with_model("selfy_tsm_r18.motion")
-    config.model.init = "pretrained"
-    config.data.batch_size = 8
-    # Evaluation resizes the short side to input_size * 256 / 224 before the
-    # centre crop, whatever the stored frame size (training's multi-scale
-    # crops cover that view).
-    config.data.eval_size = ()
-    config.optimizer.lr = 0.01
-    config.optimizer.weight_decay = 1e-4
-    config.schedule = ScheduleConfig(name="cosine", decay_epochs=())
-    config.train.epochs = 15
-    config.train.steps_per_epoch = 20
-    config.train.backup_every_steps = 20
-    config.train.log_every_steps = 10
-    return config
 
 
 def resolve_model(config: ExperimentConfig) -> ExperimentConfig:
@@ -559,6 +439,8 @@ def load_yaml(path: str, base: ExperimentConfig | None = None) -> ExperimentConf
     values = dict(values)
     preset = values.pop("preset", None)
     if preset is not None:
+        from trainer.presets import get_preset
+
         base = get_preset(str(preset))
     try:
         return config_from_dict(values, base)
@@ -709,3 +591,8 @@ def validate(config: ExperimentConfig) -> None:
                     "`model.init=pretrained` needs a `model.name` whose pretrained config has a "
                     f"weights file (e.g. selfy_tsm_r18.motion). Received: model.name={model.name!r}."
                 )
+
+
+def __getattr__(name: str) -> Any:
+    # The presets moved to `trainer.presets`; their old names still work.
+    return compat.moved_attribute(__name__, name)

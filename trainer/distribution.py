@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+
 import keras
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The model is a Keras model, a training run, a `.keras` file, an exported
 SavedModel or a `.tflite` file: each is scored on the clips of its own
-evaluation view (`tfrecords.eval_view`), so the figures of a run and of its
+evaluation view (`selfy_tf.eval_view`), so the figures of a run and of its
 exports can be compared.
 
 Multi-view testing: each video gives `num_clips` clips (spread evenly over
@@ -16,15 +16,18 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import keras
 import numpy as np
 
 from selfy_tf import run_dir
+from selfy_tf.eval_view import EvalView
 from selfy_tf.files import atomic_path, atomic_write_json
 from selfy_tf.ops import stss_xla
-from tfrecords.eval_view import EvalView
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tfrecords.split import Split
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +114,28 @@ def _plot_confusion(confusion: np.ndarray, class_names: list[str], path: str) ->
     plt.close(figure)
 
 
+def _write_report(report: dict[str, Any], class_names: list[str], output_dir: str) -> dict[str, str]:
+    """Writes `eval.json` (the report, with the paths) and the confusion matrix as JSON and PNG.
+
+    Returns:
+        The paths written: `{"eval_json", "confusion_json", "confusion_png"}`.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    files = {
+        "eval_json": run_dir.RunPaths(output_dir).eval_json,
+        "confusion_json": os.path.join(output_dir, "confusion_matrix.json"),
+        "confusion_png": os.path.join(output_dir, "confusion_matrix.png"),
+    }
+    atomic_write_json(
+        files["confusion_json"],
+        {"class_names": class_names, "rows": "true class", "columns": "predicted class",
+         "matrix": report["confusion_matrix"]},
+    )
+    _plot_confusion(np.asarray(report["confusion_matrix"]), class_names, files["confusion_png"])
+    atomic_write_json(files["eval_json"], {**report, "files": files})
+    return files
+
+
 @dataclasses.dataclass
 class _Classifier:
     """A trained model of any kind, as evaluation runs it.
@@ -126,6 +151,9 @@ class _Classifier:
             tensor) -> float32 logits `[clips, num_classes]` (numpy).
         owner: what `logits` needs kept alive (a loaded SavedModel, whose
             signatures lose their variables once it is collected).
+        stss_xla: the STSS op's XLA switch while `logits` runs (the run's
+            policy, `run_dir.run_stss_xla`); graphs that were exported or
+            converted ignore it.
     """
 
     name: str
@@ -135,16 +163,21 @@ class _Classifier:
     output_dir: str | None
     logits: Callable[[Any], np.ndarray]
     owner: Any = None
+    stss_xla: bool = run_dir.DEFAULT_STSS_XLA
 
 
 def _keras_classifier(
-    model: keras.Model, name: str, view_settings: dict[str, Any] | None, output_dir: str | None
+    model: keras.Model,
+    name: str,
+    view_settings: dict[str, Any] | None,
+    output_dir: str | None,
+    stss_xla: bool = run_dir.DEFAULT_STSS_XLA,
 ) -> _Classifier:
     # TensorFlow only here: `import trainer` must not need it (training on JAX).
     import tensorflow as tf
 
-    # Traced on the first batch, with the STSS op's gathers XLA-compiled (the
-    # caller holds `stss_xla(True)`), as in training's validation.
+    # Traced on the first batch, with the STSS op's XLA switch as the run
+    # trained (the caller holds `stss_xla(classifier.stss_xla)`).
     @tf.function
     def logits(frames):
         return tf.cast(model(frames, training=False), tf.float32)
@@ -157,6 +190,7 @@ def _keras_classifier(
         num_classes=int(model.outputs[0].shape[-1]),
         output_dir=output_dir,
         logits=lambda frames: logits(frames).numpy(),
+        stss_xla=stss_xla,
     )
 
 
@@ -223,7 +257,7 @@ def _open_classifier(model: keras.Model | run_dir.LoadedModel | str) -> _Classif
     if loaded.is_saved_model:
         return _saved_model_classifier(loaded)
     output_dir = loaded.run_dir or os.path.dirname(os.path.abspath(loaded.model_path))
-    return _keras_classifier(loaded.model, loaded.model_path, loaded.view_settings, output_dir)
+    return _keras_classifier(loaded.model, loaded.model_path, loaded.view_settings, output_dir, loaded.stss_xla)
 
 
 @dataclasses.dataclass
@@ -261,8 +295,7 @@ def predict_split(
     num_clips: int = 1,
     num_crops: int = 1,
     batch_size: int = 8,
-    eval_size: tuple[int, int] | None | str = "auto",
-    scale_size: int | None = None,
+    view_settings: Mapping[str, Any] | None = None,
     max_batches: int | None = None,
     verbose: bool | str = "auto",
 ) -> SplitScores:
@@ -274,8 +307,8 @@ def predict_split(
             file, an exported SavedModel (`BASE/<name>` for its newest
             version, or `BASE/<name>/<version>`; run through its
             `predict_frames` signature) or a `.tflite` file (run with LiteRT).
-        data_dir, split, num_clips, num_crops, batch_size, eval_size,
-            scale_size, max_batches, verbose: as in `evaluate`.
+        data_dir, split, num_clips, num_crops, batch_size, view_settings,
+            max_batches, verbose: as in `evaluate`.
 
     Returns:
         A `SplitScores`.
@@ -286,42 +319,57 @@ def predict_split(
             model's number of classes, or a SavedModel exported without its
             evaluation view.
     """
-    from tfrecords import make_dataset, open_split
-    from tfrecords.eval_view import view_from_clip_shape
+    classifier, view, split_info = _resolve(model, data_dir, split, num_clips, num_crops, view_settings)
+    if verbose == "auto":
+        verbose = sys.stderr.isatty()
+    return _score(classifier, view, split_info, int(batch_size), max_batches, bool(verbose))
+
+
+def _resolve(
+    model: keras.Model | run_dir.LoadedModel | str,
+    data_dir: str,
+    split: str,
+    num_clips: int,
+    num_crops: int,
+    view_settings: Mapping[str, Any] | None,
+) -> tuple[_Classifier, EvalView, "Split"]:
+    """The classifier, its evaluation view and the split, checked against each other."""
+    from selfy_tf.eval_view import view_from_clip_shape
+    from tfrecords import open_split
     from tfrecords.split import labels_path
 
     classifier = _open_classifier(model)
-    view_settings = classifier.view_settings
-    if eval_size != "auto":
-        view_settings = {"eval_size": eval_size} if eval_size else {"scale_size": scale_size}
+    if view_settings is None:
+        view_settings = classifier.view_settings
     view = view_from_clip_shape(classifier.clip_shape, view_settings, num_clips=num_clips, num_crops=num_crops)
     split_info = open_split(data_dir, split)
-    class_names = split_info.labels
-    if len(class_names) != classifier.num_classes:
+    if len(split_info.labels) != classifier.num_classes:
         raise ValueError(
-            f"{labels_path(data_dir)} lists {len(class_names)} classes but the model "
+            f"{labels_path(data_dir)} lists {len(split_info.labels)} classes but the model "
             f"{classifier.name} predicts {classifier.num_classes}."
         )
-    dataset = make_dataset(
-        split_info.files,
-        training=False,
-        num_frames=view.num_frames,
-        batch_size=int(batch_size),
-        crop_size=view.crop_size,
-        num_clips=view.num_clips,
-        num_crops=view.num_crops,
-        eval_size=view.eval_size,
-        scale_size=view.scale_size,
-    )
-    import tensorflow as tf
+    return classifier, view, split_info
 
-    num_views = view.num_views
-    if verbose == "auto":
-        verbose = sys.stderr.isatty()
+
+def _score(
+    classifier: _Classifier,
+    view: EvalView,
+    split_info: "Split",
+    batch_size: int,
+    max_batches: int | None,
+    verbose: bool,
+) -> SplitScores:
+    """Runs `classifier` on every video of `split_info` through `view`; the views' scores are averaged."""
+    import tensorflow as tf
     from tqdm import tqdm
 
+    from tfrecords import make_dataset
+
+    dataset = make_dataset(split_info.files, training=False, batch_size=batch_size, eval_view=view)
+    num_views = view.num_views
     all_scores, all_labels = [], []
-    with stss_xla(True), tqdm(desc=f"eval {split}", unit="video", disable=not verbose, file=sys.stderr) as progress:
+    progress = tqdm(desc=f"eval {split_info.name}", unit="video", disable=not verbose, file=sys.stderr)
+    with stss_xla(classifier.stss_xla), progress:
         for batch_index, (frames, labels) in enumerate(dataset):
             if max_batches is not None and batch_index >= max_batches:
                 break
@@ -336,7 +384,7 @@ def predict_split(
     num_classes = classifier.num_classes
     scores = np.concatenate(all_scores, axis=0) if all_scores else np.zeros((0, num_classes))
     labels = np.concatenate(all_labels, axis=0).astype(np.int64) if all_labels else np.zeros((0,), np.int64)
-    return SplitScores(scores, labels, class_names, view, classifier.name, classifier.output_dir)
+    return SplitScores(scores, labels, split_info.labels, view, classifier.name, classifier.output_dir)
 
 
 def evaluate(
@@ -347,8 +395,7 @@ def evaluate(
     num_clips: int = 1,
     num_crops: int = 1,
     batch_size: int = 8,
-    eval_size: tuple[int, int] | None | str = "auto",
-    scale_size: int | None = None,
+    view_settings: Mapping[str, Any] | None = None,
     output_dir: str | None = "auto",
     max_batches: int | None = None,
     verbose: bool | str = "auto",
@@ -365,15 +412,12 @@ def evaluate(
         num_clips: clips per video (score-averaged), default 1.
         num_crops: 1 (centre) or 3 crops per clip, default 1.
         batch_size: videos per batch, default 8.
-        eval_size: `(height, width)` frames are resized to before cropping;
-            "auto" takes the evaluation view stored with the model (the one
-            its training validated with, recorded in `.keras` files, exported
-            SavedModels and beside `.tflite` files; for an in-memory model or
-            a file without one, the short side to `round(crop * 256 / 224)`);
-            None resizes the short side to `scale_size`. See
-            `tfrecords.eval_view`.
-        scale_size: short side before cropping when `eval_size` is None
-            (default `round(crop * 256 / 224)`).
+        view_settings: the resize of the evaluation view, as
+            `EvalView.resize_settings()` gives it: `{"scale_size": S}` (the
+            short side to S) or `{"eval_size": [H, W]}`. None: the view stored
+            with the model (the one its training validated with, recorded in
+            `.keras` files, exported SavedModels and beside `.tflite` files),
+            else the default rule (`selfy_tf.eval_view`).
         output_dir: where `eval.json`, `confusion_matrix.json` and
             `confusion_matrix.png` go; "auto": the run directory, else the
             folder holding the model (the `.keras` or `.tflite` file's, a
@@ -400,8 +444,7 @@ def evaluate(
         num_clips=num_clips,
         num_crops=num_crops,
         batch_size=batch_size,
-        eval_size=eval_size,
-        scale_size=scale_size,
+        view_settings=view_settings,
         max_batches=max_batches,
         verbose=verbose,
     )
@@ -421,18 +464,7 @@ def evaluate(
         }
     )
     if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
-        confusion_json = os.path.join(output_dir, "confusion_matrix.json")
-        confusion_png = os.path.join(output_dir, "confusion_matrix.png")
-        eval_json = os.path.join(output_dir, "eval.json")
-        atomic_write_json(
-            confusion_json,
-            {"class_names": class_names, "rows": "true class", "columns": "predicted class",
-             "matrix": report["confusion_matrix"]},
-        )
-        _plot_confusion(np.asarray(report["confusion_matrix"]), class_names, confusion_png)
-        report["files"] = {"eval_json": eval_json, "confusion_json": confusion_json, "confusion_png": confusion_png}
-        atomic_write_json(eval_json, report)
+        report["files"] = _write_report(report, class_names, output_dir)
     logger.info(
         "%s on %s/%s (%d videos, %d clips x %d crops): top-1 %.4f, top-5 %.4f, mean class accuracy %.4f.",
         report["model"],

@@ -2,19 +2,27 @@
 
 `selfy train --preset small_videos_cpu` fine-tunes `selfy_tsm_r18.motion`, a
 SELFY TSM-R18 at width 1/8 whose weights (`selfy_tf/models/pretrained/`)
-this script made: trained from scratch on the demo's synthetic motion
-classes (`selfy_tf.datasets.synthetic_motion`: ten kinds of translation,
-rotation, scaling and stopping), half of the clips a bright object on a
-dark ground and half the reverse, so that the features key on motion, not
-on one contrast. TSM and TSN of the same size are pretrained the same way,
-to compare the three on a user's data. The user-like videos of
+this script made, in two stages, each from its own synthetic clips of the
+demo's motion classes (`selfy_tf.datasets.synthetic_motion`: ten kinds of
+translation, rotation, scaling and stopping), half of the clips a bright
+object on a dark ground and half the reverse, so that the features key on
+motion, not on one contrast:
+
+1. from scratch, on the demo's ranges of object size, growth and noise;
+2. from stage 1, on wider ranges: smaller objects, smaller size changes,
+   more noise, objects partly out of view. From scratch on these clips the
+   models stay at chance; after stage 1 they learn them.
+
+TSM and TSN of the same size are pretrained the same way, to compare the
+three on a user's data. The user-like videos of
 `selfy_tf.datasets.user_videos` are not used here.
 
     python -m trainer.motion_pretraining --work /tmp/motion --out selfy_tf/models/pretrained
 
-Each model's run directory stays in `WORK/runs/<model>`: its `history.csv`,
-`result.json` and TensorBoard logs record the pretraining; a rerun resumes
-(the dataset is kept, finished runs are not redone).
+Each stage's run directory stays in `WORK/runs/<model>` and
+`WORK/runs/<model>_wide`: its `history.csv`, `result.json` and TensorBoard
+logs record the pretraining; a rerun resumes (the datasets are kept,
+finished runs are not redone).
 """
 
 from __future__ import annotations
@@ -52,6 +60,13 @@ class PretrainingSettings:
         epochs / batch_size / learning_rate / weight_decay / warmup_epochs:
             the SGD recipe (cosine decay after a linear warm-up).
         seed: dataset and training seed.
+        wide_epochs / wide_learning_rate / wide_warmup_epochs: the SGD
+            recipe of stage 2, which starts from stage 1's weights.
+        wide_radius_range / wide_scale_ratio_range / wide_noise_std_range /
+            wide_max_outside / wide_background_frequency_range /
+            wide_background_contrast: the object-size, growth, noise, edge
+            and background-texture ranges of stage 2's clips
+            (`synthetic_motion.MotionConfig`), wider than the demo's.
     """
 
     num_train: int = 4000
@@ -64,12 +79,22 @@ class PretrainingSettings:
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     seed: int = 0
+    wide_epochs: int = 6
+    wide_learning_rate: float = 0.03
+    wide_warmup_epochs: float = 0.5
+    wide_radius_range: tuple[float, float] = (0.06, 0.17)
+    wide_scale_ratio_range: tuple[float, float] = (1.4, 2.6)
+    wide_noise_std_range: tuple[float, float] = (2.0, 12.0)
+    wide_max_outside: float = 0.5
+    wide_background_frequency_range: tuple[float, float] = (0.5, 12.0)
+    wide_background_contrast: float = 0.8
 
 
-def _polarity_configs():
+def _polarity_configs(settings: PretrainingSettings, wide: bool):
     """The demo's ranges at 16 frames per clip (the per-frame speeds halved, so
     that the 8 frames the model samples move as far), with round objects as
-    well as elongated ones; bright on dark and dark on bright."""
+    well as elongated ones, or stage 2's wider ranges; bright on dark and dark
+    on bright."""
     from selfy_tf.datasets import synthetic_motion
 
     demo = synthetic_motion.DEFAULT_CONFIG
@@ -79,6 +104,16 @@ def _polarity_configs():
         speed_range=tuple(speed / 2 for speed in demo.speed_range),
         rotation_degrees_range=tuple(degrees / 2 for degrees in demo.rotation_degrees_range),
     )
+    if wide:
+        bright_on_dark = dataclasses.replace(
+            bright_on_dark,
+            radius_range=settings.wide_radius_range,
+            scale_ratio_range=settings.wide_scale_ratio_range,
+            noise_std_range=settings.wide_noise_std_range,
+            max_outside=settings.wide_max_outside,
+            background_frequency_range=settings.wide_background_frequency_range,
+            background_contrast=settings.wide_background_contrast,
+        )
     dark_on_bright = dataclasses.replace(
         bright_on_dark,
         background_luminance_range=bright_on_dark.object_luminance_range,
@@ -92,12 +127,14 @@ def _renamed(clips, prefix: str) -> Iterator[tuple[np.ndarray, int, str]]:
         yield frames, label, prefix + media_id
 
 
-def _clips(settings: PretrainingSettings, split: str, num_clips: int) -> Iterator[tuple[np.ndarray, int, str]]:
+def _clips(
+    settings: PretrainingSettings, split: str, num_clips: int, wide: bool
+) -> Iterator[tuple[np.ndarray, int, str]]:
     """Both polarities of one split, interleaved, with unique media ids."""
     from selfy_tf.datasets import synthetic_motion
 
     halves = []
-    for polarity, config in enumerate(_polarity_configs()):
+    for polarity, config in enumerate(_polarity_configs(settings, wide)):
         count = num_clips // 2 + (num_clips % 2 if polarity == 0 else 0)
         clips = synthetic_motion.iter_split(
             count, settings.seed + polarity, split, settings.num_frames, settings.frame_size, config=config
@@ -107,32 +144,36 @@ def _clips(settings: PretrainingSettings, split: str, num_clips: int) -> Iterato
         yield from (clip for clip in pair if clip is not None)
 
 
-def write_pretraining_data(out_dir: str, settings: PretrainingSettings) -> None:
-    """Writes the train and validation TFRecord splits (skipped when present)."""
+def write_pretraining_data(out_dir: str, settings: PretrainingSettings, wide: bool = False) -> None:
+    """Writes the train and validation TFRecord splits of stage 1, or of stage 2
+    if `wide` (skipped when present)."""
     import tfrecords
     from selfy_tf.datasets import synthetic_motion
 
     for split, count in (("train", settings.num_train), ("validation", settings.num_validation)):
         if os.path.exists(os.path.join(out_dir, f"{split}.manifest.json")):
             continue
-        tfrecords.write_split(out_dir, split, _clips(settings, split, count), labels=list(synthetic_motion.CLASS_NAMES))
+        tfrecords.write_split(out_dir, split, _clips(settings, split, count, wide), labels=list(synthetic_motion.CLASS_NAMES))
 
 
-def pretraining_config(model_name: str, settings: PretrainingSettings):
-    """The experiment config that pretrains `model_name` (a `MOTION_MODELS` entry)."""
+def pretraining_config(model_name: str, settings: PretrainingSettings, init: str = ""):
+    """The experiment config that pretrains `model_name` (a `MOTION_MODELS` entry):
+    stage 1 from scratch, or stage 2 from `init` (a `model.init` value)."""
     from selfy_tf.datasets import synthetic_motion
-    from trainer import configs
+    from trainer import configs, presets
 
-    config = configs.get_preset("small_videos_cpu")
+    config = presets.get_preset("small_videos_cpu")
     config.model.name = f"{model_name}.motion"
-    config.model.init = ""
+    config.model.init = init
     config.model.num_classes = len(synthetic_motion.CLASS_NAMES)
     config.data.batch_size = settings.batch_size
     config.data.no_flip_classes = synthetic_motion.no_flip_classes()
-    config.optimizer.lr = settings.learning_rate
+    stage2 = bool(init)
+    config.optimizer.lr = settings.wide_learning_rate if stage2 else settings.learning_rate
     config.optimizer.weight_decay = settings.weight_decay
-    config.schedule = configs.ScheduleConfig(name="cosine", decay_epochs=(), warmup_epochs=settings.warmup_epochs)
-    config.train.epochs = settings.epochs
+    warmup_epochs = settings.wide_warmup_epochs if stage2 else settings.warmup_epochs
+    config.schedule = configs.ScheduleConfig(name="cosine", decay_epochs=(), warmup_epochs=warmup_epochs)
+    config.train.epochs = settings.wide_epochs if stage2 else settings.epochs
     config.train.steps_per_epoch = None
     config.train.seed = settings.seed
     config.train.backup_every_steps = 200
@@ -142,22 +183,27 @@ def pretraining_config(model_name: str, settings: PretrainingSettings):
 def pretrain(
     work_dir: str, out_dir: str, settings: PretrainingSettings, models: Sequence[str] = MOTION_MODELS
 ) -> dict:
-    """Writes the data, pretrains each model and saves `OUT/<model>_motion.weights.h5`.
+    """Writes the data, pretrains each model in two stages and saves stage 2's
+    weights as `OUT/<model>_motion.weights.h5`.
 
     Returns:
-        `{model: {"val_top1": ..., "weights": path}}`, also written to
-        `OUT/pretraining.json`.
+        `{"settings": ..., "models": {model: {"val_top1": ..., "stage1_val_top1":
+        ..., "weights": file name, "params": ...}}}`, also written to
+        `OUT/pretraining.json`. Each top-1 is on its own stage's validation
+        clips.
     """
     import keras
 
     from selfy_tf.run_dir import RunPaths
     from trainer.train import train
 
-    data_dir = os.path.join(work_dir, "data")
+    data_dir, wide_data_dir = os.path.join(work_dir, "data"), os.path.join(work_dir, "data_wide")
     write_pretraining_data(data_dir, settings)
+    write_pretraining_data(wide_data_dir, settings, wide=True)
     os.makedirs(out_dir, exist_ok=True)
     summary_path = os.path.join(out_dir, "pretraining.json")
-    summary = {"settings": dataclasses.asdict(settings), "models": {}}
+    # Through JSON, so that the settings compare equal to those read back.
+    summary = {"settings": json.loads(json.dumps(dataclasses.asdict(settings))), "models": {}}
     if os.path.exists(summary_path):
         # Models pretrained by earlier calls with the same settings stay listed.
         with open(summary_path) as stream:
@@ -166,17 +212,22 @@ def pretrain(
             summary["models"] = earlier["models"]
     for model_name in models:
         run_dir = os.path.join(work_dir, "runs", model_name)
-        result = train(pretraining_config(model_name, settings), data_dir, run_dir, verbose=2)
-        model = keras.saving.load_model(RunPaths(run_dir).last_checkpoint, compile=False)
+        stage1 = train(pretraining_config(model_name, settings), data_dir, run_dir, verbose=2)
+        wide_run_dir = run_dir + "_wide"
+        init = "keras:" + RunPaths(run_dir).last_checkpoint
+        result = train(pretraining_config(model_name, settings, init), wide_data_dir, wide_run_dir, verbose=2)
+        model = keras.saving.load_model(RunPaths(wide_run_dir).last_checkpoint, compile=False)
         weights = os.path.join(out_dir, f"{model_name}_motion.weights.h5")
         with atomic_path(weights, suffix=".weights.h5") as temporary:
             model.save_weights(temporary)
         summary["models"][model_name] = {
             "val_top1": result.history["val_top1"][-1],
+            "stage1_val_top1": stage1.history["val_top1"][-1],
             "weights": os.path.basename(weights),
             "params": int(model.count_params()),
         }
-    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+        # After each model, so that a later model's failure loses nothing.
+        atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -186,9 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for the weights files")
     parser.add_argument("--models", nargs="+", default=list(MOTION_MODELS), choices=MOTION_MODELS)
     parser.add_argument("--num-train", type=int, default=PretrainingSettings.num_train)
-    parser.add_argument("--epochs", type=int, default=PretrainingSettings.epochs)
+    parser.add_argument("--epochs", type=int, default=PretrainingSettings.epochs, help="stage 1's epochs")
+    parser.add_argument("--wide-epochs", type=int, default=PretrainingSettings.wide_epochs, help="stage 2's epochs")
     args = parser.parse_args(argv)
-    settings = PretrainingSettings(num_train=args.num_train, epochs=args.epochs)
+    settings = PretrainingSettings(num_train=args.num_train, epochs=args.epochs, wide_epochs=args.wide_epochs)
     summary = pretrain(args.work, args.out, settings, args.models)
     print(json.dumps(summary))
     return 0

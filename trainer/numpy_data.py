@@ -14,11 +14,11 @@ For machines with Keras on JAX and no TensorFlow (`selfy train --backend jax
 
 Batches are `keras.utils.PyDataset`s, so `fit` needs no tf.data. They follow
 the TFRecord pipeline's recipe: training takes one random frame per TSN
-segment (`tfrecords.sampling.sample_train_indices`), the official
+segment (`selfy_tf.sampling.sample_train_indices`), the official
 multi-scale crop (`tfrecords.crop_windows`), a horizontal flip with
 probability 1/2 as `trainer.flips` plans it (mirror classes swap labels,
 some classes are never flipped), and the bilinear resize to
-`model.input_size` (`tfrecords.eval_view.resize_bilinear_numpy`); validation
+`model.input_size` (`selfy_tf.eval_view.resize_bilinear_numpy`); validation
 is the evaluation view (`EvalView.views_numpy`), the same pixels as
 `selfy eval`. What differs from the TFRecord pipeline:
 
@@ -43,9 +43,9 @@ from typing import Mapping, Sequence
 import keras
 import numpy as np
 
+from selfy_tf.eval_view import EvalView, resize_bilinear_numpy
+from selfy_tf.sampling import sample_stream_indices, sample_train_indices
 from tfrecords.crop_windows import multi_scale_crop_window_numpy
-from tfrecords.eval_view import EvalView, resize_bilinear_numpy
-from tfrecords.sampling import sample_stream_indices, sample_train_indices
 
 __all__ = ["ClipArrays", "EvalBatches", "TrainBatches", "augment_clip", "is_numpy_source", "load_clip_arrays"]
 

@@ -29,8 +29,7 @@ from selfy_tf.files import atomic_write_text
 from selfy_tf.layers import SELFYBlock
 from selfy_tf.models import stss_grid_problem
 from selfy_tf.ops import stss_xla
-from selfy_tf.run_dir import RunPaths, save_model, write_labels
-from tfrecords.eval_view import EvalView
+from selfy_tf.run_dir import RunPaths, read_labels, save_model, write_labels
 from tfrecords.split import labels_path
 from trainer import callbacks as callbacks_lib
 from trainer import configs
@@ -134,7 +133,7 @@ def inspect_data_dir(data_dir: str, config: configs.ExperimentConfig, require_tr
             `model.num_classes`; every clip has fewer frames than
             `model.num_frames`.
     """
-    from tfrecords.split import open_split, read_labels
+    from tfrecords.split import open_split
 
     config = configs.resolve_model(config)
     if not os.path.isdir(data_dir):
@@ -369,7 +368,7 @@ def _validation_dataset(strategy, config, data: DataInfo, global_batch: int, num
     (`make_dataset(pad_batches=True)`); real clips weigh `weight`."""
     from tfrecords import make_dataset
 
-    view = _validation_view(config)
+    view = config.validation_view()
     num_classes = config.model.num_classes
 
     def dataset_fn(input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
@@ -383,13 +382,8 @@ def _validation_dataset(strategy, config, data: DataInfo, global_batch: int, num
         dataset = make_dataset(
             data.validation_files,
             training=False,
-            num_frames=config.model.num_frames,
             batch_size=global_batch,
-            crop_size=config.model.input_size,
-            num_clips=view.num_clips,
-            num_crops=view.num_crops,
-            eval_size=view.eval_size,
-            scale_size=view.scale_size,
+            eval_view=view,
             input_context=input_context,
             # Every replica and worker runs the same number of steps.
             pad_batches=True,
@@ -655,7 +649,7 @@ def _numpy_inputs(run: _PreparedRun) -> _Inputs:
             config.model.num_classes,
             run.global_batch,
             run.validation_steps,
-            _validation_view(config),
+            config.validation_view(),
             weight=run.validation_weight,
         )
     return _Inputs(train=train_dataset, validation=validation)
@@ -691,7 +685,7 @@ def _build_and_compile(run: _PreparedRun, replicas):
     # Same seed, same initial weights (and dropout masks) on every worker
     # and in every restart.
     keras.utils.set_random_seed(int(config.train.seed))
-    num_views = _validation_view(config).num_views
+    num_views = config.validation_view().num_views
     with replicas.build_scope():
         model = build_model(config)
         fit_model = model
@@ -938,20 +932,5 @@ class _StopAfterEpoch(keras.callbacks.Callback):
         self.model.stop_training = True
 
 
-def _eval_view(config: configs.ExperimentConfig) -> EvalView:
-    """The evaluation view of validation, stored in every checkpoint."""
-    return EvalView(
-        num_frames=config.model.num_frames,
-        crop_size=config.model.input_size,
-        scale_size=config.data.scale_size,
-        eval_size=tuple(config.data.eval_size) or None,
-    )
-
-
-def _validation_view(config: configs.ExperimentConfig) -> EvalView:
-    """The evaluation view with validation's clips and crops per video."""
-    return _eval_view(config).with_views(config.data.validation_num_clips, config.data.validation_num_crops)
-
-
 def _save_model(model: keras.Model, path: str, config: configs.ExperimentConfig) -> None:
-    save_model(model, path, _eval_view(config))
+    save_model(model, path, config.eval_view())

@@ -5,7 +5,7 @@ SavedModel, opened by `selfy_tf.run_dir.load_model` (`selfy eval` also takes
 a `.tflite` file): positional where the model is the command's subject
 (`eval`, `export`, `tflite`), `--model` where a video is (`predict`, `viz`).
 `--eval-size` / `--scale-size` override the evaluation view stored with the
-model (`tfrecords.eval_view`).
+model (`selfy_tf.eval_view`).
 
 Nothing here imports TensorFlow or Keras: `selfy --help` and bad usage
 answer without them.

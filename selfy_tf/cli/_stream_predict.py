@@ -36,8 +36,8 @@ def _frame_rate(path: str, default: float) -> float:
 
 def _stepper(args: argparse.Namespace, num_frames: int) -> tuple[Callable, object, list[str] | None]:
     """`(step(frame) -> logits, evaluation view of all frames, labels)` of the chosen model."""
+    from selfy_tf.eval_view import view_from_clip_shape
     from serving import tflite_runtime
-    from tfrecords.eval_view import view_from_clip_shape
 
     if args.server is None and tflite_runtime.is_tflite_file(args.model):
         runtime = tflite_runtime.TFLiteStream(args.model)

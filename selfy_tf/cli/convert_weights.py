@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
         model.save_weights(temporary)
     logger.info("Wrote %s.", args.dst)
     if args.keras_out:
+        from selfy_tf.eval_view import EvalView
         from selfy_tf.run_dir import save_model
-        from tfrecords.eval_view import EvalView
 
         # The official test view (frames at 240x320, centre crop) travels with
         # the model, so `selfy eval model.keras` scores as the paper does.

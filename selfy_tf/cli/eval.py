@@ -22,8 +22,8 @@ import argparse
 import json
 
 from selfy_tf.cli._help import HelpFormatter
-from selfy_tf.cli._options import add_model_argument, add_view_arguments
-from tfrecords.eval_view import NUM_CROPS_CHOICES
+from selfy_tf.cli._options import add_model_argument, add_view_arguments, view_override
+from selfy_tf.eval_view import NUM_CROPS_CHOICES
 
 
 def register_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -52,8 +52,6 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from trainer.evaluate import evaluate
 
-    # No override: the view stored with the model ("auto").
-    overridden = args.eval_size is not None or args.scale_size is not None
     report = evaluate(
         args.model,
         args.data,
@@ -61,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         num_clips=args.num_clips,
         num_crops=args.num_crops,
         batch_size=args.batch_size,
-        eval_size=args.eval_size if overridden else "auto",
-        scale_size=args.scale_size,
+        # No override: the view stored with the model.
+        view_settings=view_override(args),
         output_dir=args.out if args.out else "auto",
     )
     summary = {key: value for key, value in report.items() if key not in ("per_class", "confusion_matrix")}

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         keras_needed_for="selfy export builds the SavedModel from the Keras model",
     )
     model, labels = loaded.model, loaded.labels
-    view_settings = view_override(args) or loaded.view_settings or {}
+    view_settings = view_override(args) or loaded.view_settings
     if args.dtype_policy is not None:
         from selfy_tf.models import with_dtype_policy
 
@@ -86,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
         labels=labels,
         version=args.version,
         top_k=args.top_k,
-        scale_size=view_settings.get("scale_size"),
-        eval_size=view_settings.get("eval_size"),
+        view_settings=view_settings,
         fold_batch_norms=args.fold_batch_norms,
         stream=args.stream,
     )

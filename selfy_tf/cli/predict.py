@@ -175,7 +175,8 @@ def _keras_prediction(loaded, frames):
     from serving.client import ClipPrediction
 
     clip = loaded.eval_view().views_numpy(frames)
-    logits = np.asarray(loaded.model(clip.astype(np.float32), training=False), np.float64)[0]
+    with loaded.stss_xla_scope():
+        logits = np.asarray(loaded.model(clip.astype(np.float32), training=False), np.float64)[0]
     scores = np.exp(logits - logits.max())
     scores /= scores.sum()
     indices = np.argsort(-scores, kind="stable")[: min(KERAS_TOP_K, scores.shape[0])]

@@ -121,10 +121,11 @@ def _frame_size(args: argparse.Namespace) -> tuple[int, int] | None:
 
 def _listings(args: argparse.Namespace) -> dict:
     """`{split: Listing}` of the splits to convert."""
-    from tfrecords import sources, writer
+    from selfy_tf.run_dir import read_labels
+    from tfrecords import sources
+    from tfrecords.split import labels_path
 
-    labels_path = os.path.join(args.out, writer.LABELS_FILE)
-    known = writer.read_labels(args.out) if os.path.exists(labels_path) else None
+    known = read_labels(args.out) if os.path.exists(labels_path(args.out)) else None
     if args.format != "folders" and args.validation_fraction is not None:
         raise ValueError(
             f"`--validation-fraction` splits a `--format folders` tree; {args.format} datasets come "
@@ -156,7 +157,7 @@ def _listings(args: argparse.Namespace) -> dict:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from tfrecords import sources, writer
+    from tfrecords import sources
 
     for flag, value in (("--shards", args.shards), ("--workers", args.workers)):
         if value < 1:

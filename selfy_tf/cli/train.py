@@ -81,7 +81,8 @@ def _use_backend(backend: str | None) -> None:
 
 
 def register_subparser(subparsers: argparse._SubParsersAction) -> None:
-    from trainer.configs import INIT_KINDS, PRECISION_NAMES, STRATEGY_NAMES, list_presets
+    from trainer.configs import INIT_KINDS, PRECISION_NAMES, STRATEGY_NAMES
+    from trainer.presets import list_presets
 
     parser = subparsers.add_parser(
         "train",
@@ -167,9 +168,9 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _resolve_config(args: argparse.Namespace):
-    from trainer import configs
+    from trainer import configs, presets
 
-    config = configs.get_preset(args.preset) if args.preset else configs.ExperimentConfig()
+    config = presets.get_preset(args.preset) if args.preset else configs.ExperimentConfig()
     for path in args.config:
         config = configs.load_yaml(path, base=config)
     shortcuts = (("train.epochs", args.epochs), ("data.batch_size", args.batch_size), ("optimizer.lr", args.lr))
@@ -228,7 +229,6 @@ def _detach(handler: logging.Handler | None) -> None:
 def run(args: argparse.Namespace) -> int:
     _use_backend(args.backend)
     config = _resolve_config(args)
-    from trainer.callbacks import BACKUP_FILE
     from selfy_tf.run_dir import RunPaths
     from trainer.train import train
 
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     handler = None
     if _is_first_worker():
         os.makedirs(args.out, exist_ok=True)
-        handler = logging.FileHandler(os.path.join(args.out, "train.log"))
+        handler = logging.FileHandler(RunPaths(args.out).train_log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
     try:
@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         # A run refused (or stopped) before its first backup has nothing to
         # resume: leave no half-made run directory behind.
-        if created and not os.path.exists(os.path.join(RunPaths(args.out).backup, BACKUP_FILE)):
+        if created and not os.path.exists(RunPaths(args.out).backup_file):
             _detach(handler)
             handler = None
             shutil.rmtree(args.out, ignore_errors=True)

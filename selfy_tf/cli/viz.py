@@ -69,16 +69,17 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.labels, keras_needed_for="selfy viz reads the Keras layers (STSS maps, Grad-CAM)"
     )
     frames = explain.load_clip(args.video, loaded.eval_view())
-    result = explain.visualize_clip(
-        loaded.model,
-        frames,
-        args.out,
-        loaded.labels,
-        query=args.query,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        gif=not args.no_gif,
-    )
+    with loaded.stss_xla_scope():
+        result = explain.visualize_clip(
+            loaded.model,
+            frames,
+            args.out,
+            loaded.labels,
+            query=args.query,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            gif=not args.no_gif,
+        )
     for entry in result["top_k"]:
         print(f"{entry['probability']:7.2%}  {entry['label']}")
     logger.info("Wrote %s", ", ".join(sorted(result["files"].values())))

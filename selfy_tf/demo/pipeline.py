@@ -268,10 +268,9 @@ def export_and_predict(
     run_dir: str, export_base: str, video_path: str
 ) -> dict:
     """Exports a run's final model for TF Serving and classifies one video through it."""
+    from selfy_tf.run_dir import RunPaths, load_model
     from serving.client import LocalClient
     from serving.export import export_saved_model
-
-    from selfy_tf.run_dir import RunPaths, load_model
 
     loaded = load_model(RunPaths(run_dir).last_checkpoint, require_labels=True)
     view = loaded.eval_view()
@@ -286,8 +285,7 @@ def export_and_predict(
         name=EXPORT_NAME,
         labels=loaded.labels,
         version=1,
-        scale_size=view.scale_size,
-        eval_size=view.eval_size,
+        view_settings=view.resize_settings(),
         write_configs=False,
     )
     export_seconds = time.perf_counter() - started
@@ -359,7 +357,7 @@ def run_demo(out_dir: str, settings: DemoSettings, verbose: bool | str = "auto")
                 bar.update(1)
 
     models = summarize_runs(runs, settings)
-    for model_name, entry in models.items():
+    for entry in models.values():
         entry["params"] = _count_params(entry["run_dirs"][0])
     chance = 1.0 / len(settings.classes)
 

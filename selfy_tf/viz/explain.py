@@ -28,19 +28,18 @@ from typing import Sequence
 import keras
 import numpy as np
 
+from selfy_tf.eval_view import EvalView
 from selfy_tf.files import atomic_write_json
 from selfy_tf.viz import gradcam as gradcam_lib
 from selfy_tf.viz import motion_field as motion_field_lib
-from selfy_tf.viz import plots
-from selfy_tf.viz import stss_maps
-from tfrecords.eval_view import EvalView
+from selfy_tf.viz import plots, stss_maps
 
 logger = logging.getLogger(__name__)
 
 def load_clip(path: str, view: EvalView) -> np.ndarray:
     """Reads a clip and prepares it as the model's evaluation input.
 
-    The model's evaluation view (`tfrecords.eval_view`) picks the frames,
+    The model's evaluation view (`selfy_tf.eval_view`) picks the frames,
     resizes and crops them, as `selfy eval` and the server do.
 
     Args:

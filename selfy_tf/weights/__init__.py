@@ -16,12 +16,12 @@ from selfy_tf.weights.mapping import (
     torch_module_name,
     torch_weight_mapping,
 )
-from selfy_tf.weights.transfer import CLASSIFIER_LAYER, copy_matching_weights
 from selfy_tf.weights.official import (
     load_official_checkpoint,
     load_official_state_dict,
     normalize_official_keys,
 )
+from selfy_tf.weights.transfer import CLASSIFIER_LAYER, copy_matching_weights
 
 __all__ = [
     "CLASSIFIER_LAYER",
