@@ -257,8 +257,8 @@ def check_frames_decode(inputs: Mapping[str, np.ndarray]) -> None:
 
 @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
 def _decode_each(frames: tf.Tensor) -> tf.Tensor:
-    # One graph call per request: a Python call per frame would take the
-    # GIL from the server's other threads once per frame.
+    # One graph call per request rather than an eager op (and a return to
+    # Python) per frame, while the server's other threads want the GIL.
     return tf.map_fn(
         lambda data: tf.size(tf.io.decode_image(data, channels=3, expand_animations=False)),
         frames,
