@@ -50,7 +50,7 @@ setup(
     install_requires=_INSTALL_REQUIRES,
     extras_require={
         "torch": _TORCH,
-        "test": ["pytest>=8.0", "jax[cpu]>=0.10.2", "ruff>=0.17.6", "import-linter>=2.17", *_TORCH],
+        "test": ["pytest>=8.0", "jax[cpu]>=0.10.2", "pytest-xdist>=3.8", "ruff>=0.17.6", "import-linter>=2.17", *_TORCH],
     },
     entry_points={"console_scripts": ["selfy=selfy_tf.cli.main:main"]},
     classifiers=[
