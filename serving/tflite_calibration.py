@@ -11,20 +11,24 @@ Example:
 ```python
 from serving import tflite, tflite_calibration
 
-dataset = tflite_calibration.representative_dataset(
-    "data/ssv1", num_frames=8, crop_size=224, num_clips=100
-)
+from selfy_tf.eval_view import EvalView
+
+dataset = tflite_calibration.representative_dataset("data/ssv1", EvalView(num_frames=8, crop_size=224), num_clips=100)
 model_bytes = tflite.convert_model(model, quantize="int8", representative_dataset=dataset)
 ```
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from selfy_tf.eval_view import EvalView
 
 logger = logging.getLogger(__name__)
 
@@ -76,31 +80,27 @@ def calibration_files(data: str, split: str | None = None) -> str:
 
 def representative_dataset(
     data: str,
-    num_frames: int,
-    crop_size: int,
+    view: "EvalView",
     num_clips: int = DEFAULT_NUM_CLIPS,
     input_dtype: str = "uint8",
     split: str | None = None,
-    scale_size: int | None = None,
-    eval_size: tuple[int, int] | None = None,
 ) -> Callable[[], Iterable[dict[str, np.ndarray]]]:
     """A representative dataset for `tflite.convert_model(quantize="int8")`.
 
     Args:
         data: dataset directory or TFRecord glob pattern (see
             `calibration_files`).
-        num_frames: frames per clip the model takes.
-        crop_size: frame side the model takes.
+        view: the model's evaluation view (`selfy_tf.eval_view.EvalView`:
+            frames per clip, crop side, resize rule); one view per clip is
+            read, whatever its `num_clips` / `num_crops`.
         num_clips: how many clips to calibrate on (fewer if the data holds
             fewer), default 100.
         input_dtype: dtype of the converted model's `frames` input.
         split: split to read from a dataset directory.
-        scale_size, eval_size: the model's evaluation view (see
-            `selfy_tf.eval_view.EvalView`); both None: the default rule.
 
     Returns:
-        A callable that yields `{"frames": array [1, num_frames, crop_size,
-        crop_size, 3]}` once per clip.
+        A callable that yields `{"frames": array [1, view.num_frames,
+        view.crop_size, view.crop_size, 3]}` once per clip.
 
     Raises:
         FileNotFoundError: if no TFRecord file matches.
@@ -119,10 +119,9 @@ def representative_dataset(
 
     def generate() -> Iterable[dict[str, np.ndarray]]:
         import tfrecords
-        from selfy_tf.eval_view import EvalView
 
-        view = EvalView(num_frames, crop_size, scale_size=scale_size, eval_size=eval_size)
-        dataset = tfrecords.make_dataset(pattern, training=False, batch_size=1, eval_view=view).take(num_clips)
+        one_view = dataclasses.replace(view, num_clips=1, num_crops=1)
+        dataset = tfrecords.make_dataset(pattern, training=False, batch_size=1, eval_view=one_view).take(num_clips)
         count = 0
         for frames, _ in dataset.as_numpy_iterator():
             count += 1

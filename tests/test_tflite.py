@@ -117,13 +117,14 @@ def trained(tiny_model_factory, tmp_path_factory):
 
 
 def _converted(trained, quantize: str) -> bytes:
+    from selfy_tf.eval_view import EvalView
     from serving import tflite, tflite_calibration
 
     if quantize not in trained.cache:
         representative = None
         if quantize == "int8":
             representative = tflite_calibration.representative_dataset(
-                trained.data_dir, num_frames=NUM_FRAMES, crop_size=INPUT_SIZE, num_clips=16
+                trained.data_dir, EvalView(NUM_FRAMES, INPUT_SIZE), num_clips=16
             )
         trained.cache[quantize] = tflite.convert_saved_model(
             trained.saved_model_dir, quantize, representative
@@ -284,12 +285,14 @@ class TestConversionOptions:
             tflite.convert_model(model, quantize="int8")
         with pytest.raises(ValueError, match="stss_backend='bogus'"):
             tflite.convert_model(model, stss_backend="bogus")
+        from selfy_tf.eval_view import EvalView
+
         with pytest.raises(FileNotFoundError, match="matches no TFRecord file"):
-            tflite_calibration.representative_dataset(str(tmp_path), 2, 32)
+            tflite_calibration.representative_dataset(str(tmp_path), EvalView(2, 32))
         with pytest.raises(FileNotFoundError, match="no shard of split `test`"):
-            tflite_calibration.representative_dataset(str(tmp_path), 2, 32, split="test")
+            tflite_calibration.representative_dataset(str(tmp_path), EvalView(2, 32), split="test")
         with pytest.raises(ValueError, match="num_clips=0"):
-            tflite_calibration.representative_dataset(str(tmp_path), 2, 32, num_clips=0)
+            tflite_calibration.representative_dataset(str(tmp_path), EvalView(2, 32), num_clips=0)
         with pytest.raises(ValueError, match=r"class 1 \(line 2\): class names must be non-empty single lines"):
             tflite.write_model(b"", str(tmp_path / "m.tflite"), ["a", ""])
 

@@ -158,13 +158,10 @@ def run(args: argparse.Namespace) -> int:
             )
         representative = tflite_calibration.representative_dataset(
             args.calibration_data,
-            num_frames=num_frames,
-            crop_size=height,
+            view,
             num_clips=args.calibration_clips,
             input_dtype=args.input_dtype,
             split=args.calibration_split,
-            scale_size=view.scale_size,
-            eval_size=view.eval_size,
         )
     if args.stream:
         return _run_stream(args, model, labels, view, representative, (num_frames, height, width))
