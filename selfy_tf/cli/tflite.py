@@ -128,7 +128,7 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from selfy_tf.run_dir import load_model
-    from serving import tflite, tflite_calibration, tflite_inspect, tflite_runtime
+    from serving import tflite, tflite_calibration, tflite_runtime
 
     tflite.check_quantize(args.quantize)
     if args.quantize == "int8" and args.calibration_data is None:
@@ -186,17 +186,27 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.check_clips:
         classifier = tflite_runtime.TFLiteClassifier(args.out, num_threads=args.threads)
-        clips = np.random.default_rng(0).integers(
-            0, 256, (args.check_clips, num_frames, height, width, 3), dtype=np.uint8
-        )
-        parity = tflite.compare_with_keras(model, classifier, clips)
-        summary.update({f"check_{key}": value for key, value in parity.items()})
-        logger.info(
-            "TFLite vs Keras on %d random clips: max |logit diff| %.3g (%.3g of max "
-            "|logit|), top-1 agreement %.2f",
-            args.check_clips, parity["max_abs_diff"], parity["relative_max_abs_diff"],
-            parity["top1_agreement"],
-        )
+        _check(args, summary, (num_frames, height, width), "TFLite vs Keras",
+               lambda clips: tflite.compare_with_keras(model, classifier, clips))
+    return _report_and_print(args, summary)
+
+
+def _check(args, summary: dict, clip_shape, title: str, compare) -> None:
+    """Adds `compare(random clips)`'s parity figures to `summary` and logs them."""
+    clips = np.random.default_rng(0).integers(0, 256, (args.check_clips, *clip_shape, 3), dtype=np.uint8)
+    parity = compare(clips)
+    summary.update({f"check_{key}": value for key, value in parity.items()})
+    logger.info(
+        "%s on %d random clips: max |logit diff| %.3g (%.3g of max |logit|), top-1 agreement %.2f",
+        title, args.check_clips, parity["max_abs_diff"], parity["relative_max_abs_diff"],
+        parity["top1_agreement"],
+    )
+
+
+def _report_and_print(args, summary: dict) -> int:
+    """Adds the per-op report if asked, prints the summary's JSON line."""
+    from serving import tflite_inspect
+
     if args.report:
         report = tflite_inspect.inspect_model(args.out, num_threads=args.threads)
         summary["report"] = report
@@ -207,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_stream(args, model, labels, view, representative, clip_shape) -> int:
     """`selfy tflite --stream`: convert, write, check and summarise the stream model."""
-    from serving import stream, tflite, tflite_inspect, tflite_runtime
+    from serving import stream, tflite, tflite_runtime
 
     if args.input_dtype != "uint8" or args.stss_backend is not None:
         logger.warning("--stream takes uint8 frames and has one STSS step: "
@@ -230,21 +240,6 @@ def _run_stream(args, model, labels, view, representative, clip_shape) -> int:
         "size_bytes": len(model_bytes),
     }
     if args.check_clips:
-        num_frames, height, width = clip_shape
-        clips = np.random.default_rng(0).integers(
-            0, 256, (args.check_clips, num_frames, height, width, 3), dtype=np.uint8
-        )
-        parity = stream.compare_stream_with_keras(model, runtime, clips)
-        summary.update({f"check_{key}": value for key, value in parity.items()})
-        logger.info(
-            "TFLite vs Keras stream on %d random clips: max |logit diff| %.3g (%.3g of max "
-            "|logit|), top-1 agreement %.2f",
-            args.check_clips, parity["max_abs_diff"], parity["relative_max_abs_diff"],
-            parity["top1_agreement"],
-        )
-    if args.report:
-        report = tflite_inspect.inspect_model(args.out, num_threads=args.threads)
-        summary["report"] = report
-        logger.info("%s", tflite_inspect.format_report(report))
-    print(json.dumps(summary))
-    return 0
+        _check(args, summary, clip_shape, "TFLite vs Keras stream",
+               lambda clips: stream.compare_stream_with_keras(model, runtime, clips))
+    return _report_and_print(args, summary)
