@@ -43,7 +43,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(include=["selfy_tf*", "tfrecords*", "trainer*", "serving*"]),
+    packages=find_packages(include=["selfy_tf*", "tfrecords*", "trainer*", "serving*", "selfy_cli*"]),
     include_package_data=True,
     # The weights of the `.motion` pretrained configs.
     package_data={"selfy_tf.models": ["pretrained/*.weights.h5", "pretrained/*.json"]},
@@ -52,7 +52,7 @@ setup(
         "torch": _TORCH,
         "test": ["pytest>=8.0", "jax[cpu]>=0.10.2", "pytest-xdist>=3.8", "ruff>=0.17.6", "import-linter>=2.17", *_TORCH],
     },
-    entry_points={"console_scripts": ["selfy=selfy_tf.cli.main:main"]},
+    entry_points={"console_scripts": ["selfy=selfy_cli.main:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

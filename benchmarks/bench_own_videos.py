@@ -35,7 +35,7 @@ MODELS = ("selfy_tsm_r18", "tsm_r18", "tsn_r18")
 
 def _selfy(*arguments: str) -> str:
     """Runs the `selfy` command (this checkout's) and returns its stdout."""
-    command = [sys.executable, "-m", "selfy_tf.cli.main", *arguments]
+    command = [sys.executable, "-m", "selfy_cli.main", *arguments]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"{' '.join(arguments)} failed:\n{result.stderr[-3000:]}")

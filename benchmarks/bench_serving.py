@@ -344,7 +344,7 @@ def _each_server(workdir: str, results: dict, prefix: str = ""):
 
 def _start_server(base: str, batching: bool) -> tuple[subprocess.Popen, str, str]:
     rest_port, grpc_port = _free_port(), _free_port()
-    command = [sys.executable, "-m", "selfy_tf.cli.main", "serve", base, "--name", "selfy",
+    command = [sys.executable, "-m", "selfy_cli.main", "serve", base, "--name", "selfy",
                "--rest-port", str(rest_port), "--grpc-port", str(grpc_port)]
     if not batching:
         command.append("--no-batching")

@@ -85,7 +85,7 @@ def _free_port() -> int:
 
 def _start_server(tree: str, base: str, extra: list[str]) -> tuple[subprocess.Popen, int, int]:
     rest_port, grpc_port = _free_port(), _free_port()
-    command = [sys.executable, "-m", "selfy_tf.cli.main", "serve", base, "--name", "selfy",
+    command = [sys.executable, "-m", "selfy_cli.main", "serve", base, "--name", "selfy",
                "--rest-port", str(rest_port), "--grpc-port", str(grpc_port), "--no-batching", *extra]
     environment = {**os.environ, "PYTHONPATH": tree, "TF_NUM_INTRAOP_THREADS": str(_THREADS),
                    "TF_NUM_INTEROP_THREADS": str(_THREADS), "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("importlinter", reason="import-linter is in the `test` extra: pip install -e '.[test]'")
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("selfy_tf", "tfrecords", "trainer", "serving")
+PACKAGES = ("selfy_tf", "tfrecords", "trainer", "serving", "selfy_cli")
 
 
 def _lint_imports(root: str) -> subprocess.CompletedProcess:

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from selfy_tf.cli.main import main
+from selfy_cli.main import main
 from selfy_tf.version import __version__
 
 
@@ -44,7 +44,7 @@ def _selfy(*argv: str, python_options: tuple[str, ...] = ()) -> "subprocess.Comp
     environment = {**os.environ, "PYTHONPATH": repository, "CUDA_VISIBLE_DEVICES": ""}
     environment.pop("TF_CPP_MIN_LOG_LEVEL", None)
     return subprocess.run(
-        [sys.executable, *python_options, "-m", "selfy_tf.cli.main", *argv],
+        [sys.executable, *python_options, "-m", "selfy_cli.main", *argv],
         capture_output=True, text=True, env=environment, timeout=120,
     )
 
@@ -127,7 +127,7 @@ def test_stderr_filter_drops_only_the_startup_lines():
     # bar fragment without newline, and ordinary output.
     script = r"""
 import os, sys
-from selfy_tf.cli._quiet import StderrFilter
+from selfy_cli._quiet import StderrFilter
 stderr_filter = StderrFilter()
 stderr_filter.start()
 os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
@@ -167,7 +167,7 @@ def test_stderr_filter_survives_native_writes_that_hold_the_gil():
 
     script = r"""
 import ctypes, os, sys
-from selfy_tf.cli._quiet import StderrFilter
+from selfy_cli._quiet import StderrFilter
 StderrFilter().start()
 libc = ctypes.PyDLL(None)
 line = b"loc(callsite(fused[StridedSlice]) error: op not supported\n"
@@ -192,7 +192,7 @@ print("finished", flush=True)
 def test_retracing_warning_is_dropped(caplog):
     import logging
 
-    from selfy_tf.cli._quiet import drop_retracing_warnings
+    from selfy_cli._quiet import drop_retracing_warnings
 
     drop_retracing_warnings()
     logger = logging.getLogger("tensorflow")
@@ -205,7 +205,7 @@ def test_retracing_warning_is_dropped(caplog):
 def test_tensorflow_info_logs_only_with_verbose(capsys):
     import logging
 
-    from selfy_tf.cli.main import setup_logging
+    from selfy_cli.main import setup_logging
 
     tensorflow_logger = logging.getLogger("tensorflow")
     level = tensorflow_logger.level

@@ -1,6 +1,6 @@
 """The `selfy` command line: one meaning per flag, and one line (not a traceback) per mistake.
 
-Each common mistake goes through `selfy_tf.cli.main.main(argv)` in-process:
+Each common mistake goes through `selfy_cli.main.main(argv)` in-process:
 the exit status is 1 for a failure, 2 for bad usage (argparse), and stderr
 holds one line naming the problem and the fix; `--debug` re-raises instead.
 """
@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from test_serving_server import _free_port, _write_video, our_server  # noqa: F401 (fixture)
 
-from selfy_tf.cli.main import build_parser, main
+from selfy_cli.main import build_parser, main
 
 
 def _one_error_line(capsys, command: str) -> str:

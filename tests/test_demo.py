@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from selfy_tf.demo import format_summary_table, full_settings, quick_settings
-from selfy_tf.demo.pipeline import check_claims, summarize_runs, training_overrides
+from selfy_cli.demo import format_summary_table, full_settings, quick_settings
+from selfy_cli.demo.pipeline import check_claims, summarize_runs, training_overrides
 
 
 def _run(model, seed, top1):
@@ -53,8 +53,8 @@ class TestDemoBasic:
         assert config.train.seed == 2
 
     def test_visualized_clips_are_the_dataset_clips(self):
+        from selfy_cli.demo.pipeline import _pick_visualized_clips, validation_clips
         from selfy_tf.datasets import synthetic_motion
-        from selfy_tf.demo.pipeline import _pick_visualized_clips, validation_clips
 
         settings = quick_settings()
         indices = _pick_visualized_clips(settings)
@@ -95,7 +95,7 @@ class TestDemoBasic:
 @pytest.mark.slow
 class TestDemoEndToEnd:
     def test_quick_demo_writes_report_and_results(self, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         out = tmp_path / "demo_out"
         assert main(["demo", "--quick", "--out", str(out)]) == 0

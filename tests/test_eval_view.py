@@ -216,8 +216,8 @@ def model_and_exports(tmp_path_factory, tiny_model_factory):
 
     import keras
 
+    from selfy_cli.main import main
     from selfy_tf import run_dir
-    from selfy_tf.cli.main import main
     from tfrecords import write_split
 
     root = tmp_path_factory.mktemp("model_kinds")
@@ -269,7 +269,7 @@ def _reference_scores(model, data_dir: str, view: EvalView) -> tuple[np.ndarray,
 
 class TestEvalOfExports:
     def test_eval_of_the_model_its_saved_model_and_its_tflite_agree(self, model_and_exports, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         kinds = model_and_exports
         reference, labels = _reference_scores(kinds.model, kinds.data_dir, EvalView(4, 32, scale_size=36))
@@ -323,7 +323,7 @@ class TestOneViewEverywhere:
     def test_eval_export_and_litert_score_the_same_view(self, trained_run, capsys):
         import tensorflow as tf
 
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
         from serving.tflite_runtime import TFLiteClassifier
 
         run_dir, data_dir = trained_run.run_dir, trained_run.data_dir

@@ -46,7 +46,7 @@ class TestStssGridCheck:
     def test_selfy_train_warns_at_the_start_and_in_its_summary(self, tmp_path, capsys, monkeypatch):
         import sys
 
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
         from trainer.synthetic import write_color_dataset
 
         data = write_color_dataset(str(tmp_path / "data"), num_classes=2, num_train=4, num_validation=0, num_shards=1)

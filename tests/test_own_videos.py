@@ -24,7 +24,7 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _selfy(*argv: str) -> str:
     environment = {**os.environ, "PYTHONPATH": REPOSITORY, "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(
-        [sys.executable, "-m", "selfy_tf.cli.main", *argv],
+        [sys.executable, "-m", "selfy_cli.main", *argv],
         capture_output=True, text=True, env=environment, timeout=900,
     )
     assert result.returncode == 0, f"selfy {' '.join(argv)} failed:\n{result.stderr[-4000:]}"

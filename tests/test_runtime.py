@@ -77,5 +77,5 @@ def test_cpu_allocator_follows_the_defaults(setting, onednn, uses_bfc):
 
 
 def test_selfy_command_sets_the_defaults_on_import():
-    code = "import os, selfy_tf.cli.main; print(os.environ['TF_CPU_ALLOCATOR_USE_BFC'])"
+    code = "import os, selfy_cli.main; print(os.environ['TF_CPU_ALLOCATOR_USE_BFC'])"
     assert _run(code, TF_CPU_ALLOCATOR_USE_BFC=None) == "true"

@@ -264,7 +264,7 @@ class TestExportErrors:
 
 class TestExportCommand:
     def test_export_a_run_directory(self, exported_model, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         run = tmp_path / "run"
         (run / "checkpoints").mkdir(parents=True)
@@ -284,7 +284,7 @@ class TestExportCommand:
         assert sorted(os.listdir(base / "selfy")) == ["1", "2"]
 
     def test_export_with_a_dtype_policy(self, exported_model, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
         from selfy_tf.models import fold_batch_norms, with_dtype_policy
 
         model_path = tmp_path / "model.keras"
@@ -305,13 +305,13 @@ class TestExportCommand:
         assert np.abs(expected - float32).max() > 0  # the export really computes in bfloat16
 
     def test_export_errors_exit_1(self, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         assert main(["export", str(tmp_path / "missing.keras"), "--out", str(tmp_path)]) == 1
         assert "No model at" in capsys.readouterr().err
 
     def test_predict_accepts_a_frame_folder(self, exported_model, loaded, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
         from tfrecords.features import encode_frames
 
         frames = np.random.default_rng(6).integers(0, 256, (7, 48, 60, 3), dtype=np.uint8)

@@ -133,7 +133,7 @@ class TestPorts:
     def test_second_server_on_a_taken_port_exits_with_one_line(
         self, protocol, our_server, exported_model, monkeypatch, capsys
     ):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
         from serving.server.model_server import ModelServer
 
         # Were the port shared, `serve` would start and block in wait().

@@ -515,7 +515,7 @@ def _write_video(path: str, num_frames: int = 12) -> None:
 
 class TestCommands:
     def test_predict_video_from_server_and_local_model(self, our_server, exported_model, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         video = str(tmp_path / "clip.mp4")
         _write_video(video)
@@ -532,7 +532,7 @@ class TestCommands:
         assert "must start with http:// or grpc://" in capsys.readouterr().err
 
     def test_serve_cap_defaults_are_the_library_defaults(self):
-        from selfy_tf.cli.main import build_parser
+        from selfy_cli.main import build_parser
         from serving.server import RequestLimits
 
         args = build_parser().parse_args(["serve", "BASE"])
@@ -548,8 +548,8 @@ class TestCommands:
         assert args.load_timeout == DEFAULT_LOAD_TIMEOUT_S
 
     def test_serve_starts_and_stops(self, exported_model, monkeypatch, capsys):
-        from selfy_tf.cli import serve
-        from selfy_tf.cli.main import main
+        from selfy_cli import serve
+        from selfy_cli.main import main
         from serving.server.model_server import ModelServer
 
         started = []

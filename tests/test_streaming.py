@@ -247,7 +247,7 @@ class TestCausalTraining:
     # About 45 s of CPU: 40 steps of the small motion model, compilation included.
     @pytest.mark.slow
     def test_selfy_train_fine_tunes_a_causal_model_on_synthetic_motion(self, tmp_path):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
         from selfy_tf.eval_view import view_from_clip_shape
         from trainer import configs, numpy_data
 

@@ -110,7 +110,7 @@ class TestStreamSignature:
 class TestTFLiteStream:
     @pytest.mark.slow
     def test_cli_converts_a_keras_file_and_the_stream_matches(self, causal_model, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         model_path = str(tmp_path / "causal.keras")
         causal_model.save(model_path)
@@ -169,7 +169,7 @@ class TestTFLiteStream:
 
 class TestPredictStream:
     def test_timeline_equals_the_keras_stream(self, causal_model, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         model_path = str(tmp_path / "causal.keras")
         causal_model.save(model_path)

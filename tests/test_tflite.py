@@ -367,7 +367,7 @@ class TestInspection:
 
 class TestCommandLine:
     def test_tflite_command_on_a_run_directory(self, trained, tiny_model_factory, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
         from serving.tflite_runtime import TFLiteClassifier
 
         run = tmp_path / "run"
@@ -400,7 +400,7 @@ class TestCommandLine:
         assert "do not take int8 inputs" in capsys.readouterr().err
 
     def test_tflite_command_errors(self, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         out = str(tmp_path / "m.tflite")
         assert main(["tflite", str(tmp_path), "--out", out, "--quantize", "int8"]) == 1

@@ -20,8 +20,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from selfy_cli.main import main
 from selfy_tf import run_dir
-from selfy_tf.cli.main import main
 from tfrecords import decoder as decoder_lib
 from tfrecords import sources, video, writer
 from tfrecords import split as split_lib
@@ -499,7 +499,7 @@ class TestLabelsAndReruns:
         # The refusal above names each changed `LoadOptions` field as the flag of that name.
         import argparse
 
-        from selfy_tf.cli.main import build_parser
+        from selfy_cli.main import build_parser
 
         def subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
             action = next(item for item in parser._actions if isinstance(item, argparse._SubParsersAction))
@@ -553,7 +553,7 @@ _INTERRUPTED_RUN = textwrap.dedent(
 
     writer._commit_hook = commit_hook
     writer.convert_clip = stalling_convert_clip
-    from selfy_tf.cli.main import main
+    from selfy_cli.main import main
     sys.exit(main(sys.argv[1:]))
     """
 )

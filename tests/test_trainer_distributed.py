@@ -164,7 +164,7 @@ def test_two_process_multi_worker_run_completes_and_workers_agree(data_dir, tmp_
         environment = _environment()
         environment["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         command = [
-            sys.executable, "-m", "selfy_tf.cli.main", "train", "--preset", "tiny_cpu",
+            sys.executable, "-m", "selfy_cli.main", "train", "--preset", "tiny_cpu",
             "--data", data_dir, "--out", run_dir, "--strategy", "multi_worker",
             "--set", "data.batch_size=2", "--set", "train.epochs=2", "--set", "train.steps_per_epoch=3",
             "--set", "train.backup_every_steps=2",

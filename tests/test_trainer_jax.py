@@ -150,7 +150,7 @@ class TestClipArrays:
 
 _TINY_SETS = ["train.epochs=2", "train.backup_every_steps=1", "model.num_frames=4", "train.steps_per_epoch=4"]
 
-# Runs `python -m selfy_tf.cli.train` in a process where `import tensorflow` fails.
+# Runs `python -m selfy_cli.train` in a process where `import tensorflow` fails.
 _WITHOUT_TENSORFLOW = textwrap.dedent(
     """
     import sys
@@ -162,7 +162,7 @@ _WITHOUT_TENSORFLOW = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, BlockTensorFlow())
-    from selfy_tf.cli.train import main
+    from selfy_cli.train import main
 
     sys.exit(main(sys.argv[1:]))
     """
@@ -201,7 +201,7 @@ def test_jax_mixed_precision_training_without_tensorflow_then_export(tmp_path, c
 
     import tensorflow as tf
 
-    from selfy_tf.cli.main import main
+    from selfy_cli.main import main
     from selfy_tf.models import with_dtype_policy
     from selfy_tf.run_dir import load_model
 
@@ -219,7 +219,7 @@ def test_jax_mixed_precision_training_without_tensorflow_then_export(tmp_path, c
 
 
 def _train_command(data: str, run_dir: str) -> list[str]:
-    command = [sys.executable, "-m", "selfy_tf.cli.main", "train", "--backend", "jax", "--preset", "tiny_cpu"]
+    command = [sys.executable, "-m", "selfy_cli.main", "train", "--backend", "jax", "--preset", "tiny_cpu"]
     command += ["--data", data, "--out", run_dir]
     for item in _TINY_SETS:
         command += ["--set", item]

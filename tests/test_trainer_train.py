@@ -24,7 +24,7 @@ COMMON_SETS = [f"train.epochs={EPOCHS}", "train.backup_every_steps=1"]
 
 
 def _train_command(data_dir: str, run_dir: str, *sets: str) -> list[str]:
-    command = [sys.executable, "-m", "selfy_tf.cli.main", "train", "--preset", "tiny_cpu"]
+    command = [sys.executable, "-m", "selfy_cli.main", "train", "--preset", "tiny_cpu"]
     command += ["--data", data_dir, "--out", run_dir]
     for item in [*COMMON_SETS, *sets]:
         command += ["--set", item]
@@ -90,7 +90,7 @@ else:
 
     train_module._save_model = save_then_die
 
-from selfy_tf.cli.main import main
+from selfy_cli.main import main
 sys.exit(main(argv))
 """
 KILL_PHASES = ("mid_epoch", "validation", "checkpoint")
@@ -406,7 +406,7 @@ class TestEvaluate:
             assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
 
     def test_eval_cli_writes_into_run_dir(self, runs, data_dir, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         assert main(["eval", runs["reference_dir"], "--data", data_dir]) == 0
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -440,7 +440,7 @@ def _write_shard(path: str, labels: list[int]) -> None:
 
 class TestDataErrors:
     def test_eval_cli_stops_at_a_label_outside_the_classes(self, runs, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         (tmp_path / "labels.txt").write_text("red\ngreen\nblue\nyellow\n")
         shard = str(tmp_path / "validation-00000-of-00001.tfrecord")
@@ -450,7 +450,7 @@ class TestDataErrors:
         assert error.startswith(f"selfy eval: error: shard {shard} record 5: label 999 is outside [0, 4)")
 
     def test_train_cli_stops_at_a_label_outside_the_classes(self, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         data_dir = tmp_path / "data"
         data_dir.mkdir()
@@ -505,8 +505,8 @@ class TestCommandLine:
             inspect_data_dir(data_dir, paper)
 
     def test_shortcuts_apply_before_set(self, tmp_path):
-        from selfy_tf.cli.main import build_parser
-        from selfy_tf.cli.train import _resolve_config
+        from selfy_cli.main import build_parser
+        from selfy_cli.train import _resolve_config
 
         base = ["train", "--preset", "tiny_cpu", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
         args = build_parser().parse_args([*base, "--epochs", "7", "--batch-size", "3", "--lr", "0.05"])
@@ -516,7 +516,7 @@ class TestCommandLine:
         assert _resolve_config(args).train.epochs == 9
 
     def test_refused_run_leaves_no_run_directory(self, data_dir, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         run_dir = tmp_path / "run"
         command = ["train", "--preset", "ssv1_selfy_r50_8f", "--data", data_dir, "--out", str(run_dir)]
@@ -562,7 +562,7 @@ class TestCommandLine:
         assert text.count("Epoch 1/1: loss ") == 1
 
     def test_no_validation_split_warns_and_terminal_gets_a_summary(self, tmp_path, capsys, monkeypatch):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         data = write_color_dataset(str(tmp_path / "data"), num_classes=3, num_train=8, num_validation=0, num_shards=1)
         run_dir = tmp_path / "run"

@@ -236,7 +236,7 @@ class TestReport:
 
 class TestVizCLI:
     def test_viz_writes_its_files(self, tmp_path, tiny_selfy_model, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
         from selfy_tf.datasets import synthetic_motion
 
         model_path = tmp_path / "model.keras"
@@ -260,7 +260,7 @@ class TestVizCLI:
         assert prediction["top_k"][0]["label"] in capsys.readouterr().out
 
     def test_viz_missing_model_is_an_error(self, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
 
         status = main(["viz", str(tmp_path / "clip.mp4"), "--model", str(tmp_path / "none.keras")])
         assert status == 1

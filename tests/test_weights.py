@@ -17,7 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason='weight import needs torch: pip install -e ".[test]"')
 
-from selfy_tf.cli.main import main  # noqa: E402
+from selfy_cli.main import main  # noqa: E402
 from selfy_tf.layers import SELFYBlock  # noqa: E402
 from selfy_tf.models import create_model  # noqa: E402
 from selfy_tf.weights import (  # noqa: E402

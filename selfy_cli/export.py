@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from selfy_tf.cli._help import HelpFormatter
-from selfy_tf.cli._options import add_labels_argument, add_model_argument, add_view_arguments, view_override
+from selfy_cli._help import HelpFormatter
+from selfy_cli._options import add_labels_argument, add_model_argument, add_view_arguments, view_override
 
 
 def register_subparser(subparsers) -> None:

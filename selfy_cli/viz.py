@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from selfy_tf.cli._help import HelpFormatter
-from selfy_tf.cli._options import add_labels_argument, add_model_argument
+from selfy_cli._help import HelpFormatter
+from selfy_cli._options import add_labels_argument, add_model_argument
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from selfy_tf.demo.settings import DemoSettings
+from selfy_cli.demo.settings import DemoSettings
 from selfy_tf.viz import motion_field as motion_field_lib
 from selfy_tf.viz import plots
 from selfy_tf.viz.report import HTMLReport

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from selfy_tf.cli._help import HelpFormatter
+from selfy_cli._help import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def register_subparser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from selfy_tf.demo import format_summary_table, full_settings, quick_settings, run_demo
+    from selfy_cli.demo import format_summary_table, full_settings, quick_settings, run_demo
 
     settings = quick_settings() if args.quick else full_settings()
     if args.seeds is not None:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from selfy_tf.cli._help import HelpFormatter
-from selfy_tf.cli._options import add_model_argument, add_view_arguments, view_override
+from selfy_cli._help import HelpFormatter
+from selfy_cli._options import add_model_argument, add_view_arguments, view_override
 from selfy_tf.eval_view import NUM_CROPS_CHOICES
 
 

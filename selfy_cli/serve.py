@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from selfy_tf.cli._help import HelpFormatter
+from selfy_cli._help import HelpFormatter
 
 logger = logging.getLogger(__name__)
 

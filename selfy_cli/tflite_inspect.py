@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from selfy_tf.cli._help import HelpFormatter
+from selfy_cli._help import HelpFormatter
 
 
 def register_subparser(subparsers: argparse._SubParsersAction) -> None:

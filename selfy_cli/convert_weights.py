@@ -22,8 +22,8 @@ import os
 
 import numpy as np
 
-from selfy_tf.cli._help import HelpFormatter
-from selfy_tf.cli._options import DeferredChoices
+from selfy_cli._help import HelpFormatter
+from selfy_cli._options import DeferredChoices
 from selfy_tf.files import atomic_path
 
 logger = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ import json
 import socket
 import sys
 
-from selfy_tf.cli._help import HelpFormatter
-from selfy_tf.cli._options import MODEL_HELP
+from selfy_cli._help import HelpFormatter
+from selfy_cli._options import MODEL_HELP
 
 # Classes printed for a Keras model (a SavedModel returns its exported top-k).
 KERAS_TOP_K = 5
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     if args.stream:
-        from selfy_tf.cli._stream_predict import predict_stream
+        from selfy_cli._stream_predict import predict_stream
 
         return predict_stream(args)
     from serving.client import make_client

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 
-from selfy_tf.cli._help import HelpFormatter
+from selfy_cli._help import HelpFormatter
 
 logger = logging.getLogger(__name__)
 

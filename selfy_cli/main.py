@@ -3,7 +3,7 @@
     selfy --help
     selfy --version
 
-Each subcommand lives in its own module under `selfy_tf/cli/` that defines
+Each subcommand lives in its own module under `selfy_cli/` that defines
 `register_subparser(subparsers)`; this module only builds the top parser,
 sets up logging once and maps expected errors to exit status 1.
 
@@ -21,8 +21,8 @@ import logging
 import sys
 from typing import Sequence
 
-from selfy_tf.cli._errors import error_line, is_expected, pipeline_check_message
-from selfy_tf.cli._help import HelpFormatter
+from selfy_cli._errors import error_line, is_expected, pipeline_check_message
+from selfy_cli._help import HelpFormatter
 from selfy_tf.runtime import set_tensorflow_environment_defaults
 from selfy_tf.version import __version__
 
@@ -31,17 +31,17 @@ set_tensorflow_environment_defaults()
 
 # Subcommand modules, in the order `selfy --help` lists them.
 _COMMAND_MODULES: tuple[str, ...] = (
-    "selfy_tf.cli.tfrecords",
-    "selfy_tf.cli.convert_weights",
-    "selfy_tf.cli.train",
-    "selfy_tf.cli.eval",
-    "selfy_tf.cli.export",
-    "selfy_tf.cli.predict",
-    "selfy_tf.cli.serve",
-    "selfy_tf.cli.tflite",
-    "selfy_tf.cli.tflite_inspect",
-    "selfy_tf.cli.demo",
-    "selfy_tf.cli.viz",
+    "selfy_cli.tfrecords",
+    "selfy_cli.convert_weights",
+    "selfy_cli.train",
+    "selfy_cli.eval",
+    "selfy_cli.export",
+    "selfy_cli.predict",
+    "selfy_cli.serve",
+    "selfy_cli.tflite",
+    "selfy_cli.tflite_inspect",
+    "selfy_cli.demo_command",
+    "selfy_cli.viz",
 )
 
 
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kept off stderr unless `--verbose` is given.
     """
     if argv is None and "--verbose" not in sys.argv[1:]:
-        from selfy_tf.cli._quiet import quiet_tensorflow
+        from selfy_cli._quiet import quiet_tensorflow
 
         quiet_tensorflow()
     parser = build_parser()

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from selfy_cli.demo.settings import DemoSettings
 from selfy_tf.datasets import synthetic_motion
-from selfy_tf.demo.settings import DemoSettings
 from selfy_tf.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -320,7 +320,7 @@ def run_demo(out_dir: str, settings: DemoSettings, verbose: bool | str = "auto")
     import tensorflow as tf
     from tqdm import tqdm
 
-    from selfy_tf.demo import report as report_lib
+    from selfy_cli.demo import report as report_lib
 
     started = time.perf_counter()
     progress = _progress_enabled(verbose)

@@ -26,8 +26,8 @@ import logging
 
 import numpy as np
 
-from selfy_tf.cli._help import HelpFormatter
-from selfy_tf.cli._options import DeferredChoices, add_labels_argument, add_model_argument
+from selfy_cli._help import HelpFormatter
+from selfy_cli._options import DeferredChoices, add_labels_argument, add_model_argument
 
 logger = logging.getLogger(__name__)
 

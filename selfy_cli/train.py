@@ -32,7 +32,7 @@ import os
 import shutil
 import sys
 
-from selfy_tf.cli._help import HelpFormatter
+from selfy_cli._help import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -262,15 +262,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m selfy_tf.cli.train ARGS`: `selfy train ARGS` on its own.
+    """`python -m selfy_cli.train ARGS`: `selfy train ARGS` on its own.
 
     For machines without TensorFlow (training on JAX from in-memory clips):
     the full `selfy` parser imports TensorFlow to register the export and
     LiteRT commands, this one registers `train` only.
     """
-    from selfy_tf.cli.main import setup_logging
+    from selfy_cli.main import setup_logging
 
-    parser = argparse.ArgumentParser(prog="python -m selfy_tf.cli.train")
+    parser = argparse.ArgumentParser(prog="python -m selfy_cli.train")
     register_subparser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
     setup_logging(verbose=False)
