@@ -64,11 +64,13 @@ def register_subparser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from selfy_tf.run_dir import load_model
     from selfy_tf.viz import explain
+    from tfrecords.video import read_clip
 
     loaded = load_model(
         args.model, args.labels, keras_needed_for="selfy viz reads the Keras layers (STSS maps, Grad-CAM)"
     )
-    frames = explain.load_clip(args.video, loaded.eval_view())
+    # The model's evaluation view picks, resizes and crops the frames, as `selfy eval` does.
+    frames = loaded.eval_view().views_numpy(read_clip(args.video))[0]
     with loaded.stss_xla_scope():
         result = explain.visualize_clip(
             loaded.model,

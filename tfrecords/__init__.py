@@ -31,6 +31,7 @@ _EXPORTS = {
     "sample_eval_indices": "selfy_tf.sampling",
     "read_video_frames": "tfrecords.video",
     "inspect_dataset": "tfrecords.inspect",
+    "write_synthetic_motion": "tfrecords.synthetic",
 }
 
 __all__ = sorted(_EXPORTS)

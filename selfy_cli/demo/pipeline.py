@@ -27,6 +27,7 @@ import numpy as np
 from selfy_cli.demo.settings import DemoSettings
 from selfy_tf.datasets import synthetic_motion
 from selfy_tf.files import atomic_write_json
+from tfrecords.synthetic import write_synthetic_motion
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def prepare_dataset(data_dir: str, settings: DemoSettings, progress: bool) -> di
     if os.path.isdir(data_dir):
         shutil.rmtree(data_dir)
     started = time.perf_counter()
-    synthetic_motion.write_dataset(
+    write_synthetic_motion(
         data_dir,
         num_train=settings.num_train,
         num_validation=settings.num_validation,

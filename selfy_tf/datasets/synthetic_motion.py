@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 from typing import Iterator, Sequence
@@ -36,8 +35,6 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from selfy_tf.files import atomic_path
-
-logger = logging.getLogger(__name__)
 
 CLASS_NAMES: tuple[str, ...] = (
     "move_left",
@@ -501,96 +498,32 @@ def generate_split(
     return clips, labels
 
 
-_WRITE_MODES = ("tfrecords", "videos")
-
-
-def write_dataset(
-    out_dir: str | os.PathLike,
-    num_train: int = 800,
-    num_validation: int = 200,
-    seed: int = 0,
+def check_dataset_settings(
+    num_train: int,
+    num_validation: int,
     num_frames: int = 8,
     size: int = 64,
     classes: Sequence[str] | None = None,
-    num_shards: int = 1,
-    config: MotionConfig = DEFAULT_CONFIG,
-    via: str = "tfrecords",
-    progress: bool = False,
-) -> dict:
-    """Writes train and validation splits as TFRecord clips.
-
-    With `via="tfrecords"` the clips go straight through the project's
-    TFRecord writer (`tfrecords.write_split`). With `via="videos"` each clip
-    is first written as an MP4 file under `out_dir/videos/<split>/<class>/`
-    and the splits are converted by the `folders` converter
-    (`tfrecords.convert_split`), exactly as a user's own videos would be.
-    Either way the result is read by the same input pipeline as any
-    converted video dataset.
+) -> tuple[str, ...]:
+    """Checks the settings of a train + validation dataset before any clip is made.
 
     Args:
-        out_dir: dataset directory to create or fill.
         num_train: training clips.
         num_validation: validation clips.
-        seed: dataset seed.
         num_frames: frames per clip.
-        size: frame side in pixels (even for `via="videos"`).
+        size: frame side in pixels.
         classes: class names to use (default: all of `CLASS_NAMES`).
-        num_shards: TFRecord shards per split.
-        config: ranges of the random factors.
-        via: `"tfrecords"` or `"videos"`.
-        progress: show progress bars.
 
     Returns:
-        A summary dict: `out_dir`, `classes`, `num_train`, `num_validation`,
-        `num_frames`, `size`, `seed`, `via`.
+        The class names, in label order.
 
     Raises:
-        ValueError: for bad counts, sizes, classes or `via`.
+        ValueError: for an unknown or repeated class, bad sizes or a count
+            that is not a positive integer.
     """
-    import tfrecords
-
     classes = _resolve_classes(classes)
     _check_frames_and_size(num_frames, size)
-    if via not in _WRITE_MODES:
-        raise ValueError(f"`via` must be one of {list(_WRITE_MODES)}. Received: via={via!r}.")
     for name, value in (("num_train", num_train), ("num_validation", num_validation)):
         if int(value) != value or value < 1:
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}.")
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    for split, num_clips in (("train", num_train), ("validation", num_validation)):
-        clips = iter_split(num_clips, seed, split, num_frames, size, classes, config)
-        if progress:
-            from tqdm import tqdm
-
-            clips = tqdm(clips, total=num_clips, desc=f"synthetic {split}", unit="clip", leave=False)
-        if via == "tfrecords":
-            tfrecords.write_split(out_dir, split, clips, labels=list(classes), num_shards=num_shards)
-        else:
-            from tfrecords import sources
-
-            video_root = os.path.join(out_dir, "videos", split)
-            for frames, label, media_id in clips:
-                write_video(os.path.join(video_root, classes[label], f"{media_id}.mp4"), frames)
-            listing = sources.list_folders(video_root, known_labels=list(classes))
-            tfrecords.convert_split(
-                out_dir,
-                split,
-                listing,
-                num_shards=num_shards,
-                workers=1,
-                overwrite=True,
-                progress=progress,
-                extra_manifest={"source": "synthetic_motion", "seed": int(seed)},
-            )
-        logger.info("Wrote %d synthetic %s clips to %s (via %s)", num_clips, split, out_dir, via)
-    return {
-        "out_dir": out_dir,
-        "classes": list(classes),
-        "num_train": int(num_train),
-        "num_validation": int(num_validation),
-        "num_frames": int(num_frames),
-        "size": int(size),
-        "seed": int(seed),
-        "via": via,
-    }
+    return classes

@@ -13,8 +13,9 @@ and writes
 Example:
 
 >>> from selfy_tf.run_dir import load_model
+>>> from tfrecords.video import read_clip
 >>> loaded = load_model("runs/selfy")
->>> frames = load_clip("video.mp4", loaded.eval_view())
+>>> frames = loaded.eval_view().views_numpy(read_clip("video.mp4"))[0]
 >>> visualize_clip(loaded.model, frames, "viz_out", loaded.labels)["top_k"][0]["label"]
 'move_left'
 """
@@ -28,35 +29,12 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from selfy_tf.eval_view import EvalView
 from selfy_tf.files import atomic_write_json
 from selfy_tf.viz import gradcam as gradcam_lib
 from selfy_tf.viz import motion_field as motion_field_lib
 from selfy_tf.viz import plots, stss_maps
 
 logger = logging.getLogger(__name__)
-
-def load_clip(path: str, view: EvalView) -> np.ndarray:
-    """Reads a clip and prepares it as the model's evaluation input.
-
-    The model's evaluation view (`selfy_tf.eval_view`) picks the frames,
-    resizes and crops them, as `selfy eval` and the server do.
-
-    Args:
-        path: a video file, a folder of frame images, or a `.npy` array
-            `[num_frames, height, width, 3]`.
-        view: the model's evaluation view (`LoadedModel.eval_view()`).
-
-    Returns:
-        uint8 `[num_frames, crop_size, crop_size, 3]`.
-
-    Raises:
-        FileNotFoundError: if `path` does not exist.
-        ValueError: if it cannot be decoded.
-    """
-    from tfrecords import video
-
-    return view.views_numpy(video.read_clip(path))[0]
 
 
 def _default_query(similarity: np.ndarray, field: motion_field_lib.MotionField) -> tuple[int, int, int]:
