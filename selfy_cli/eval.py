@@ -50,7 +50,7 @@ def register_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.evaluate import evaluate
+    from trainer.evaluate import evaluate, report_dir
 
     report = evaluate(
         args.model,
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         # No override: the view stored with the model.
         view_settings=view_override(args),
-        output_dir=args.out if args.out else "auto",
+        output_dir=args.out or report_dir(args.model),
     )
     summary = {key: value for key, value in report.items() if key not in ("per_class", "confusion_matrix")}
     print(json.dumps(summary))

@@ -305,17 +305,51 @@ class TestEvalOfExports:
             np.testing.assert_allclose(scores.scores, reference, atol=1e-4, err_msg=model)
             np.testing.assert_array_equal(scores.scores.argmax(-1), reference.argmax(-1))
 
-    def test_saved_model_report_goes_beside_its_versions(self, model_and_exports, tmp_path):
+    def test_saved_model_report_goes_beside_its_versions(self, model_and_exports, tmp_path, capsys):
         import shutil
 
-        from trainer.evaluate import evaluate
+        from selfy_cli.main import main
 
         saved_model = tmp_path / "selfy"
         shutil.copytree(model_and_exports.saved_model, saved_model)
-        report = evaluate(str(saved_model), model_and_exports.data_dir, verbose=False)
-        assert report["files"]["eval_json"] == str(saved_model / "eval.json")
+        assert main(["eval", str(saved_model), "--data", model_and_exports.data_dir]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["files"]["eval_json"] == str(saved_model / "eval.json")
         assert os.path.isfile(saved_model / "eval.json")
         assert sorted(os.listdir(saved_model / "1")) == sorted(os.listdir(os.path.join(model_and_exports.saved_model, "1")))
+
+    def test_report_dir_of_each_kind_of_model(self, model_and_exports, tmp_path):
+        import shutil
+
+        from selfy_tf.run_dir import RunPaths
+        from trainer.evaluate import report_dir
+
+        kinds = model_and_exports
+        folder = os.path.dirname(kinds.keras_file)
+        assert report_dir(kinds.keras_file) == folder
+        assert report_dir(kinds.tflite_file) == folder
+        # A SavedModel's `BASE/<name>`, whether given as it or as a version folder.
+        assert report_dir(kinds.saved_model) == kinds.saved_model
+        assert report_dir(os.path.join(kinds.saved_model, "1")) == kinds.saved_model
+        # A run, or a checkpoint in it (a .tflite file there stays beside its file).
+        run = RunPaths(str(tmp_path / "run"))
+        os.makedirs(run.checkpoints)
+        shutil.copy(kinds.keras_file, run.best_checkpoint)
+        shutil.copy(kinds.tflite_file, os.path.join(run.checkpoints, "model.tflite"))
+        assert report_dir(run.root) == run.root
+        assert report_dir(run.best_checkpoint) == run.root
+        assert report_dir(os.path.join(run.checkpoints, "model.tflite")) == run.checkpoints
+        with pytest.raises(FileNotFoundError, match="No model at"):
+            report_dir(str(tmp_path / "missing"))
+
+    def test_evaluate_writes_no_report_unless_given_a_folder(self, model_and_exports):
+        from trainer.evaluate import evaluate
+
+        kinds = model_and_exports
+        before = sorted(os.listdir(os.path.dirname(kinds.tflite_file)))
+        report = evaluate(kinds.tflite_file, kinds.data_dir, max_batches=1, verbose=False)
+        assert report["files"] == {} and report["num_examples"] > 0
+        assert sorted(os.listdir(os.path.dirname(kinds.tflite_file))) == before
 
 
 @pytest.mark.slow

@@ -146,7 +146,6 @@ class _Classifier:
         view_settings: its stored evaluation view (`EvalView.resize_settings()`),
             None for the default rule.
         num_classes: length of its logits.
-        output_dir: where its report goes by default, or None.
         logits: uint8 clips `[clips, num_frames, height, width, 3]` (a
             tensor) -> float32 logits `[clips, num_classes]` (numpy).
         owner: what `logits` needs kept alive (a loaded SavedModel, whose
@@ -160,7 +159,6 @@ class _Classifier:
     clip_shape: tuple[int, int, int]
     view_settings: dict[str, Any] | None
     num_classes: int
-    output_dir: str | None
     logits: Callable[[Any], np.ndarray]
     owner: Any = None
     stss_xla: bool = run_dir.DEFAULT_STSS_XLA
@@ -170,7 +168,6 @@ def _keras_classifier(
     model: keras.Model,
     name: str,
     view_settings: dict[str, Any] | None,
-    output_dir: str | None,
     stss_xla: bool = run_dir.DEFAULT_STSS_XLA,
 ) -> _Classifier:
     # TensorFlow only here: `import trainer` must not need it (training on JAX).
@@ -188,7 +185,6 @@ def _keras_classifier(
         clip_shape=tuple(int(size) for size in shape[1:4]),
         view_settings=view_settings,
         num_classes=int(model.outputs[0].shape[-1]),
-        output_dir=output_dir,
         logits=lambda frames: logits(frames).numpy(),
         stss_xla=stss_xla,
     )
@@ -215,9 +211,6 @@ def _saved_model_classifier(loaded: run_dir.LoadedModel) -> _Classifier:
         clip_shape=(view.num_frames, view.crop_size, view.crop_size),
         view_settings=loaded.view_settings,
         num_classes=int(function.structured_outputs[signatures.LOGITS_KEY].shape[-1]),
-        # Beside the version folders, as beside a `.keras` file: the version
-        # folder itself is what TF Serving loads.
-        output_dir=os.path.dirname(os.path.abspath(loaded.model_path)),
         logits=logits,
         owner=saved_model,
     )
@@ -237,14 +230,13 @@ def _litert_classifier(path: str) -> _Classifier:
         clip_shape=tuple(classifier.input_shape[1:4]),
         view_settings=classifier.view_settings,
         num_classes=classifier.num_classes,
-        output_dir=os.path.dirname(os.path.abspath(path)),
         logits=logits,
     )
 
 
 def _open_classifier(model: keras.Model | run_dir.LoadedModel | str) -> _Classifier:
     if isinstance(model, keras.Model):
-        return _keras_classifier(model, model.name, None, None)
+        return _keras_classifier(model, model.name, None)
     if isinstance(model, run_dir.LoadedModel):
         loaded = model
     else:
@@ -256,8 +248,7 @@ def _open_classifier(model: keras.Model | run_dir.LoadedModel | str) -> _Classif
         loaded = run_dir.load_model(path, allow_saved_model=True)
     if loaded.is_saved_model:
         return _saved_model_classifier(loaded)
-    output_dir = loaded.run_dir or os.path.dirname(os.path.abspath(loaded.model_path))
-    return _keras_classifier(loaded.model, loaded.model_path, loaded.view_settings, output_dir, loaded.stss_xla)
+    return _keras_classifier(loaded.model, loaded.model_path, loaded.view_settings, loaded.stss_xla)
 
 
 @dataclasses.dataclass
@@ -271,7 +262,6 @@ class SplitScores:
         class_names: the dataset's class names.
         view: the evaluation view the clips were made with.
         model_name: the model's path (or a Keras model's name).
-        default_output_dir: where `evaluate` writes by default, or None.
     """
 
     scores: np.ndarray
@@ -279,7 +269,6 @@ class SplitScores:
     class_names: list[str]
     view: EvalView
     model_name: str
-    default_output_dir: str | None
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -384,7 +373,35 @@ def _score(
     num_classes = classifier.num_classes
     scores = np.concatenate(all_scores, axis=0) if all_scores else np.zeros((0, num_classes))
     labels = np.concatenate(all_labels, axis=0).astype(np.int64) if all_labels else np.zeros((0,), np.int64)
-    return SplitScores(scores, labels, split_info.labels, view, classifier.name, classifier.output_dir)
+    return SplitScores(scores, labels, split_info.labels, view, classifier.name)
+
+
+def report_dir(model_path: str | os.PathLike) -> str:
+    """Where the report on the model at `model_path` goes unless told otherwise.
+
+    The run directory of a run (or of a checkpoint in one); for an exported
+    SavedModel `BASE/<name>`, beside its version folders (the version folder
+    itself is what TF Serving loads); else the folder holding the model file
+    (`.keras` or `.tflite`).
+
+    Args:
+        model_path: a model path as `evaluate` takes it.
+
+    Returns:
+        An absolute directory path.
+
+    Raises:
+        FileNotFoundError: no model at `model_path`.
+    """
+    from serving.tflite_runtime import is_tflite_file
+
+    path = os.fspath(model_path)
+    saved_model_dir = run_dir.saved_model_version_dir(path)
+    if saved_model_dir is not None:
+        return os.path.dirname(os.path.abspath(saved_model_dir))
+    if is_tflite_file(path):
+        return os.path.dirname(os.path.abspath(path))
+    return run_dir.find_run_dir(path) or os.path.dirname(os.path.abspath(run_dir.find_model_file(path)))
 
 
 def evaluate(
@@ -396,7 +413,7 @@ def evaluate(
     num_crops: int = 1,
     batch_size: int = 8,
     view_settings: Mapping[str, Any] | None = None,
-    output_dir: str | None = "auto",
+    output_dir: str | None = None,
     max_batches: int | None = None,
     verbose: bool | str = "auto",
 ) -> dict[str, Any]:
@@ -419,10 +436,8 @@ def evaluate(
             `.keras` files, exported SavedModels and beside `.tflite` files),
             else the default rule (`selfy_tf.eval_view`).
         output_dir: where `eval.json`, `confusion_matrix.json` and
-            `confusion_matrix.png` go; "auto": the run directory, else the
-            folder holding the model (the `.keras` or `.tflite` file's, a
-            SavedModel's `BASE/<name>`), nothing for an in-memory model;
-            None: write nothing.
+            `confusion_matrix.png` go (`report_dir(path)` is where `selfy
+            eval` puts them); None: write nothing.
         max_batches: stop after this many batches (quick checks).
         verbose: progress bar on stderr ("auto": when it is a terminal).
 
@@ -448,8 +463,6 @@ def evaluate(
         max_batches=max_batches,
         verbose=verbose,
     )
-    if output_dir == "auto":
-        output_dir = predicted.default_output_dir
     class_names = predicted.class_names
     report = classification_report(predicted.scores, predicted.labels, class_names)
     report.update(
