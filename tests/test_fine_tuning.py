@@ -134,6 +134,77 @@ class TestInitKinds:
         assert model.get_layer("new_fc").get_weights()[0].shape[-1] == 4
 
 
+def _tiny_config(init: str, num_classes: int = 4):
+    # tiny_model_factory's architecture, as trainer settings.
+    return configs.apply_overrides(
+        presets.get_preset("tiny_cpu"),
+        [
+            "model.name=selfy_tsm_r18",
+            f"model.num_classes={num_classes}",
+            "model.num_frames=4",
+            "model.input_size=32",
+            "model.selfy_stage=res2",
+            "model.selfy_channels=16",
+            "model.width_multiplier=0.125",
+            f"model.init={init}",
+        ],
+    )
+
+
+class TestOneWayToLoadWeights:
+    """`create_model(weights=...)` and the trainer's `model.init` read a spec the same way."""
+
+    def test_keras_spec_gives_the_same_model_through_both_entry_points(self, tmp_path, tiny_model_factory):
+        from trainer.train import build_model
+
+        source = tiny_model_factory("selfy_tsm_r18", num_classes=6, selfy_stage="res2")
+        path = str(tmp_path / "earlier.keras")
+        source.save(path)
+        trained = build_model(_tiny_config(f"keras:{path}", num_classes=4))
+        created = tiny_model_factory("selfy_tsm_r18", num_classes=4, selfy_stage="res2", weights=f"keras:{path}")
+        for layer in source.layers:
+            if layer.name == "new_fc":
+                # A classifier of another size starts afresh in both.
+                assert created.get_layer("new_fc").get_weights()[0].shape == (64, 4)
+                assert trained.get_layer("new_fc").get_weights()[0].shape == (64, 4)
+                continue
+            for expected, through_trainer, through_create_model in zip(
+                layer.get_weights(), trained.get_layer(layer.name).get_weights(), created.get_layer(layer.name).get_weights()
+            ):
+                np.testing.assert_array_equal(through_trainer, expected, err_msg=layer.name)
+                np.testing.assert_array_equal(through_create_model, expected, err_msg=layer.name)
+
+    def test_pretrained_spec_fine_tunes_through_create_model(self):
+        pretrained = create_model("selfy_tsm_r18.motion", pretrained=True)
+        model = create_model("selfy_tsm_r18.motion", num_classes=3, weights="pretrained")
+        assert model.output.shape == (None, 3)
+        selfy = pretrained.get_layer("selfy").get_weights()
+        for expected, loaded in zip(selfy, model.get_layer("selfy").get_weights()):
+            np.testing.assert_array_equal(loaded, expected)
+
+    def test_a_bare_weights_file_path_is_read_by_its_suffix(self, tmp_path, tiny_model_factory):
+        from selfy_tf.models import load_weights_file
+
+        source = tiny_model_factory("tsm_r18")
+        path = str(tmp_path / "source.weights.h5")
+        source.save_weights(path)
+        model = tiny_model_factory("tsm_r18")
+        assert load_weights_file(model, path) == []
+        for expected, loaded in zip(source.get_weights(), model.get_weights()):
+            np.testing.assert_array_equal(loaded, expected)
+
+    def test_errors_name_the_setting_that_holds_the_spec(self, tmp_path):
+        from trainer.train import build_model
+
+        missing = str(tmp_path / "missing.keras")
+        with pytest.raises(FileNotFoundError, match="`model.init` file not found"):
+            build_model(_tiny_config(f"keras:{missing}"))
+        with pytest.raises(FileNotFoundError, match="`weights` file not found"):
+            create_model("tsm_r18", num_classes=2, input_size=32, weights=f"keras:{missing}")
+        with pytest.raises(ValueError, match="`weights=pretrained` needs a model name whose pretrained config"):
+            create_model("tsm_r18", num_classes=2, input_size=32, weights="pretrained")
+
+
 class TestShippedMotionModels:
     @pytest.mark.parametrize("arch", ["selfy_tsm_r18", "tsm_r18", "tsn_r18"])
     def test_weights_ship_with_the_package_and_load(self, arch):

@@ -79,7 +79,9 @@ class ModelConfig:
     the same architecture, e.g. an earlier run's `best.keras`) or
     `"pretrained"` (the weights file of the pretrained config `name`). The
     last two fine-tune: the class count comes from the data, and a
-    classifier of another size starts afresh.
+    classifier of another size starts afresh. The weights are read by
+    `selfy_tf.models.load_weights_file`, as `create_model(weights=...)` reads
+    them.
     """
 
     name: str = "selfy_tsm_r50"

@@ -212,7 +212,7 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
     The SELFY options (`selfy_stage`, `stss_*`, `selfy_channels`) are passed to
     every family: TSN and TSM builders accept and ignore them.
     """
-    from selfy_tf.models import create_model, get_pretrained_cfg
+    from selfy_tf.models import create_model, load_weights_file
 
     model_config = configs.resolve_model(config).model
     model = create_model(
@@ -231,32 +231,7 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
     if not model_config.init:
         logger.info("Initialised %s randomly (no `model.init`).", model.name)
         return model
-    from selfy_tf import weights
-
-    kind, _, path = model_config.init.partition(":")
-    if kind == "pretrained":
-        path = get_pretrained_cfg(model_config.name)["weights_file"]
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"`model.init` file not found: {path}")
-    if kind == "imagenet":
-        weights.load_imagenet_resnet(model, path)
-    elif kind == "official":
-        weights.load_official_checkpoint(model, path, strict=True)
-    else:
-        if kind == "pretrained":
-            source = create_model(model_config.name, pretrained=True)
-        else:
-            source = keras.saving.load_model(path, compile=False)
-        fresh = weights.copy_matching_weights(source, model)
-        if fresh:
-            logger.info(
-                "Fine-tuning: %s starts afresh (%d classes here, %d in %s).",
-                ", ".join(fresh),
-                model_config.num_classes,
-                source.output_shape[-1],
-                os.path.basename(path),
-            )
-    logger.info("Initialised %s from %s weights %s.", model.name, kind, path)
+    load_weights_file(model, model_config.init, name=model_config.name, argument="model.init")
     return model
 
 

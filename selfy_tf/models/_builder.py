@@ -15,6 +15,18 @@ logger = logging.getLogger(__name__)
 
 _OFFICIAL_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
 _KERAS_WEIGHTS_SUFFIX = ".weights.h5"
+# The `kind:PATH` prefixes of a weights spec (`load_weights_file`); "pretrained"
+# stands alone. The trainer's `model.init` takes the same kinds.
+_SPEC_KINDS = ("imagenet", "official", "keras")
+_PRETRAINED_SPEC = "pretrained"
+# What the log says each kind of weights is.
+_KIND_DESCRIPTIONS = {
+    "weights": "Keras weights",
+    "official": "official checkpoint",
+    "imagenet": "ImageNet backbone",
+    "keras": "Keras model",
+    "pretrained": "pretrained",
+}
 
 
 def create_model(
@@ -76,10 +88,12 @@ def create_model(
         pretrained: load the weights file of the pretrained config `name`
             (its `weights_file`, a local path) after building. Needs a name
             `arch.tag` whose config has a weights file, and no `weights`.
-        weights: optional path to weights loaded after building: an official
-            PyTorch checkpoint (`.pth.tar`, strict, see
-            `selfy_tf.weights.load_official_checkpoint`) or a `.weights.h5`
-            saved by Keras for the same architecture.
+        weights: optional weights loaded after building, a spec of
+            `load_weights_file`: a path to an official PyTorch checkpoint
+            (`.pth.tar`, strict, see `selfy_tf.weights.load_official_checkpoint`)
+            or to a `.weights.h5` saved by Keras for the same architecture;
+            or `"imagenet:PATH"`, `"official:PATH"`, `"keras:PATH"`,
+            `"pretrained"`, as the trainer's `model.init` takes them.
         dtype_policy: Keras dtype policy of every layer [the global policy,
             `keras.config.dtype_policy()`], e.g. `"mixed_bfloat16"`: bfloat16
             compute with float32 variables, faster inference on CPUs with
@@ -122,7 +136,7 @@ def create_model(
     with global_dtype_policy(dtype_policy):
         model = builder(**arguments)
     if weights is not None:
-        load_weights_file(model, weights)
+        load_weights_file(model, weights, name=name)
     return model
 
 
@@ -149,25 +163,95 @@ def _pretrained_weights(name: str, tag: str | None, weights: str | os.PathLike |
     return os.path.expanduser(os.fspath(path))
 
 
-def load_weights_file(model: keras.Model, path: str | os.PathLike) -> None:
-    """Loads an official `.pth.tar` checkpoint or a Keras `.weights.h5` into `model`.
+def _resolve_weights_spec(spec: str | os.PathLike, name: str | None, argument: str) -> tuple[str, str]:
+    """`(kind, path)` of a weights spec; the file is checked to exist before its suffix."""
+    text = os.fspath(spec)
+    if text == _PRETRAINED_SPEC:
+        if name is None or "." not in name or not get_pretrained_cfg(name)["weights_file"]:
+            raise ValueError(
+                f"`{argument}={_PRETRAINED_SPEC}` needs a model name whose pretrained config has a "
+                f"weights file (e.g. selfy_tsm_r18.motion). Received: name={name!r}."
+            )
+        kind, path = _PRETRAINED_SPEC, os.path.expanduser(os.fspath(get_pretrained_cfg(name)["weights_file"]))
+    else:
+        prefix, separator, rest = text.partition(":")
+        kind, path = (prefix, rest) if separator and prefix in _SPEC_KINDS else ("", text)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"`{argument}` file not found: {path!r}.")
+    if kind:
+        return kind, path
+    if path.endswith(_KERAS_WEIGHTS_SUFFIX):
+        return "weights", path
+    if path.endswith(_OFFICIAL_SUFFIXES):
+        return "official", path
+    raise ValueError(
+        f"`{argument}` must be an official PyTorch checkpoint ({', '.join(_OFFICIAL_SUFFIXES)}) "
+        f"or a Keras '{_KERAS_WEIGHTS_SUFFIX}' file, or one of "
+        f"{[kind + ':PATH' for kind in _SPEC_KINDS] + [_PRETRAINED_SPEC]}. Received: {argument}={text!r}."
+    )
+
+
+def load_weights_file(
+    model: keras.Model, spec: str | os.PathLike, *, name: str | None = None, argument: str = "weights"
+) -> list[str]:
+    """Loads the weights that `spec` names into `model`.
+
+    The one way weights enter a built model: `create_model(weights=...)`
+    and the trainer's `model.init` both come here.
+
+    Args:
+        model: a zoo model (`create_model`).
+        spec: which weights, and how they are read:
+            - a path to an official PyTorch checkpoint (`.pth.tar`, `.pth`,
+              `.pt`, `.tar`) or `"official:PATH"`: every weight, strict
+              (`selfy_tf.weights.load_official_checkpoint`);
+            - a path to a `.weights.h5` saved by Keras for the same
+              architecture: every weight, strict;
+            - `"imagenet:PATH"`: the backbone from an ImageNet ResNet
+              (`selfy_tf.weights.load_imagenet_resnet`);
+            - `"keras:PATH"`: a `.keras` model of the same architecture,
+              e.g. an earlier run's `best.keras`;
+            - `"pretrained"`: the weights file of the pretrained config
+              `name`.
+            The last two fine-tune: a classifier of another size starts
+            afresh (`selfy_tf.weights.copy_matching_weights`).
+        name: the model's name as given to `create_model` (needed for
+            `"pretrained"`).
+        argument: the setting that holds `spec`, named in error messages
+            (e.g. `"model.init"`).
+
+    Returns:
+        The names of the layers left as initialised (a classifier of another
+        size, when fine-tuning); empty otherwise.
 
     Raises:
-        FileNotFoundError: if `path` does not exist.
-        ValueError: for an unknown file type or weights that do not fit.
+        FileNotFoundError: if the file does not exist.
+        ValueError: for an unknown file type, `"pretrained"` without a
+            pretrained config, or weights that do not fit.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"`weights` file not found: {path!r}.")
-    if path.endswith(_KERAS_WEIGHTS_SUFFIX):
-        model.load_weights(path)
-        logger.info("Loaded Keras weights from %s into %s.", path, model.name)
-    elif path.endswith(_OFFICIAL_SUFFIXES):
-        from selfy_tf.weights import load_official_checkpoint
+    from selfy_tf import weights as weights_lib
 
-        load_official_checkpoint(model, path, strict=True)
+    kind, path = _resolve_weights_spec(spec, name, argument)
+    fresh: list[str] = []
+    if kind == "weights":
+        model.load_weights(path)
+    elif kind == "official":
+        weights_lib.load_official_checkpoint(model, path, strict=True)
+    elif kind == "imagenet":
+        weights_lib.load_imagenet_resnet(model, path)
     else:
-        raise ValueError(
-            f"`weights` must be an official PyTorch checkpoint ({', '.join(_OFFICIAL_SUFFIXES)}) "
-            f"or a Keras '{_KERAS_WEIGHTS_SUFFIX}' file. Received: weights={path!r}."
-        )
+        if kind == _PRETRAINED_SPEC:
+            source = create_model(name, pretrained=True)
+        else:
+            source = keras.saving.load_model(path, compile=False)
+        fresh = weights_lib.copy_matching_weights(source, model)
+        if fresh:
+            logger.info(
+                "Fine-tuning: %s starts afresh (%d classes here, %d in %s).",
+                ", ".join(fresh),
+                int(model.output_shape[-1]),
+                source.output_shape[-1],
+                os.path.basename(path),
+            )
+    logger.info("Initialised %s from %s %s.", model.name, _KIND_DESCRIPTIONS[kind], path)
+    return fresh
