@@ -472,50 +472,104 @@ def convert_split(
         ValueError: nothing listed, class list differing from `labels.txt`, or
             shards of another conversion in `out_dir`.
     """
-    from tqdm import tqdm
-
     options = options or sources.LoadOptions()
-    clips = listing.clips
-    if not clips:
+    workers = _check_conversion(listing, split, jpeg_quality, workers)
+    jpeg_quality = int(jpeg_quality)
+    fingerprint, settings = _conversion_fingerprint(listing, options, jpeg_quality, num_shards)
+    split_writer = _start_split(out_dir, split, num_shards, fingerprint, settings, listing.labels, overwrite)
+    pending = _pending_shards(split_writer)
+    _convert_shards(split_writer, pending, listing, options, jpeg_quality, workers, progress)
+    return _write_manifest(
+        split_writer,
+        listing.labels,
+        len(listing.clips),
+        {"options": dataclasses.asdict(options), "jpeg_quality": jpeg_quality,
+         **(extra_manifest or {})},
+    )
+
+
+def _check_conversion(listing: sources.Listing, split: str, jpeg_quality: int, workers: int | None) -> int:
+    """Checks the arguments of `convert_split`; returns the number of worker processes."""
+    if not listing.clips:
         raise ValueError(f"no clips listed for split {split!r}: check the index files.")
     if not 1 <= int(jpeg_quality) <= 100:
         raise ValueError(f"`jpeg_quality` must be in [1, 100]. Received: {jpeg_quality}.")
     workers = int(workers or os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"`workers` must be at least 1. Received: {workers}.")
-    listed_clips = [dataclasses.astuple(clip)[1:] for clip in clips]
+    return workers
+
+
+def _conversion_fingerprint(
+    listing: sources.Listing, options: sources.LoadOptions, jpeg_quality: int, num_shards: int
+) -> tuple[str, dict]:
+    """The fingerprint of a conversion (what a resumed run must repeat) and the settings it records."""
+    listed_clips = [dataclasses.astuple(clip)[1:] for clip in listing.clips]
     fingerprint = _fingerprint(
         {
             "clips": listed_clips,
             "labels": listing.labels,
             "options": dataclasses.asdict(options),
-            "jpeg_quality": int(jpeg_quality),
+            "jpeg_quality": jpeg_quality,
             "num_shards": int(num_shards),
         }
     )
     settings = {
         "options": dataclasses.asdict(options),
-        "jpeg_quality": int(jpeg_quality),
-        "num_clips": len(clips),
+        "jpeg_quality": jpeg_quality,
+        "num_clips": len(listing.clips),
         "clips_digest": _fingerprint(listed_clips),
         "num_labels": len(listing.labels),
         "labels_digest": _fingerprint(listing.labels),
     }
+    return fingerprint, settings
+
+
+def _start_split(
+    out_dir: str,
+    split: str,
+    num_shards: int,
+    fingerprint: str,
+    settings: dict,
+    labels: Sequence[str],
+    overwrite: bool,
+) -> _SplitWriter:
+    """The split's writer, with its folder made, old shards removed if `overwrite`, and `labels.txt` written."""
     split_writer = _SplitWriter(out_dir, split, num_shards, fingerprint, settings)
     os.makedirs(out_dir, exist_ok=True)
     if overwrite:
         split_writer.remove_existing()
-    run_dir.write_labels(split_lib.labels_path(out_dir), listing.labels, keep_existing=True)
+    run_dir.write_labels(split_lib.labels_path(out_dir), labels, keep_existing=True)
+    return split_writer
+
+
+def _pending_shards(split_writer: _SplitWriter) -> list[int]:
+    """The shards not written yet (all but those a previous run completed)."""
     done = split_writer.completed_shards()
-    bounds = shard_bounds(len(clips), split_writer.num_shards)
-    pending = [index for index in range(split_writer.num_shards) if index not in done]
     if done:
         logger.info(
             "%s: resuming, %d of %d shards already complete",
-            split, len(done), split_writer.num_shards,
+            split_writer.split, len(done), split_writer.num_shards,
         )
+    return [index for index in range(split_writer.num_shards) if index not in done]
+
+
+def _convert_shards(
+    split_writer: _SplitWriter,
+    pending: list[int],
+    listing: sources.Listing,
+    options: sources.LoadOptions,
+    jpeg_quality: int,
+    workers: int,
+    progress: bool | None,
+) -> None:
+    """Converts the clips of the `pending` shards (in `workers` processes) and writes those shards."""
+    from tqdm import tqdm
+
+    clips, split = listing.clips, split_writer.split
+    bounds = shard_bounds(len(clips), split_writer.num_shards)
     tasks = [
-        (position, clips[position], options, int(jpeg_quality))
+        (position, clips[position], options, jpeg_quality)
         for shard_index in pending
         for position in range(*bounds[shard_index])
     ]
@@ -560,14 +614,6 @@ def convert_split(
         bar.close()
         if hasattr(results, "close"):
             results.close()  # shuts the worker processes down
-    manifest = _write_manifest(
-        split_writer,
-        listing.labels,
-        len(clips),
-        {"options": dataclasses.asdict(options), "jpeg_quality": int(jpeg_quality),
-         **(extra_manifest or {})},
-    )
-    return manifest
 
 
 def write_split(

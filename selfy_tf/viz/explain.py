@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -77,30 +77,64 @@ def visualize_clip(
     """
     frames = np.asarray(frames)
     os.makedirs(out_dir, exist_ok=True)
-    files: dict[str, str] = {}
 
     def out(name: str) -> str:
         return os.path.join(out_dir, f"{prefix}{name}")
 
     cam = gradcam_lib.grad_cam(model, frames)
-    num_classes = len(cam.probabilities)
+    top, predicted = _top_classes(cam.probabilities, cam.class_index, labels, top_k)
+    model_similarity = stss_maps.model_stss(model, frames)
+    field = motion_field_lib.motion_field_from_stss(model_similarity.similarity, temperature=temperature)
+    if query is None:
+        query = _default_query(model_similarity.similarity, field)
+    files = _plot_figures(frames, cam, model_similarity, field, query, predicted, temperature, out)
+    if gif:
+        files.update(_write_gifs(frames, cam, field, model_similarity.stride, out))
+    result = {
+        "top_k": top,
+        "predicted": predicted,
+        "query": list(query),
+        "stss_source": model_similarity.source,
+        "stss_shape": list(model_similarity.similarity.shape),
+        "gradcam_layer": cam.layer_name,
+        "files": files,
+    }
+    prediction_path = out("prediction.json")
+    atomic_write_json(prediction_path, result)
+    files["prediction"] = prediction_path
+    return result
+
+
+def _top_classes(
+    probabilities: np.ndarray, class_index: int, labels: Sequence[str] | None, top_k: int
+) -> tuple[list[dict], str]:
+    """The `top_k` classes (label, index, probability) and the predicted class's name."""
+    num_classes = len(probabilities)
     names = list(labels) if labels is not None else [f"class_{index}" for index in range(num_classes)]
     if len(names) != num_classes:
         logger.warning(
             "%d labels for a model with %d classes; using class indices.", len(names), num_classes
         )
         names = [f"class_{index}" for index in range(num_classes)]
-    order = np.argsort(-cam.probabilities)[: max(1, top_k)]
-    top = [{"label": names[index], "index": int(index), "probability": float(cam.probabilities[index])} for index in order]
-    predicted = names[cam.class_index]
+    order = np.argsort(-probabilities)[: max(1, top_k)]
+    top = [{"label": names[index], "index": int(index), "probability": float(probabilities[index])} for index in order]
+    return top, names[class_index]
 
-    model_similarity = stss_maps.model_stss(model, frames)
-    field = motion_field_lib.motion_field_from_stss(model_similarity.similarity, temperature=temperature)
-    if query is None:
-        query = _default_query(model_similarity.similarity, field)
-    maps = stss_maps.query_maps(model_similarity.similarity, *query)
+
+def _plot_figures(
+    frames: np.ndarray,
+    cam: gradcam_lib.GradCAMResult,
+    model_similarity: stss_maps.ModelSTSS,
+    field: motion_field_lib.MotionField,
+    query: tuple[int, int, int],
+    predicted: str,
+    temperature: float,
+    out: Callable[[str], str],
+) -> dict[str, str]:
+    """Writes `stss_query.png`, `motion_field.png` and `gradcam.png`; returns their paths."""
     stride = model_similarity.stride
-
+    maps = stss_maps.query_maps(model_similarity.similarity, *query)
+    files = {}
     files["stss_query"] = plots.plot_stss_query(
         maps,
         out("stss_query.png"),
@@ -118,33 +152,31 @@ def visualize_clip(
         frames, cam.maps, out("gradcam.png"),
         title=f"Grad-CAM for '{predicted}' ({cam.probabilities[cam.class_index]:.0%}), layer {cam.layer_name}",
     )
-    if gif:
-        height, width = field.velocity.shape[2:4]
-        grid_y, grid_x = np.meshgrid(
-            (np.arange(height) + 0.5) * stride - 0.5, (np.arange(width) + 0.5) * stride - 0.5, indexing="ij"
-        )
-        origins = np.stack([grid_y.ravel(), grid_x.ravel()], -1)
-        motion_images = [
-            plots.draw_arrows(frame, origins, field.velocity[0, index].reshape(-1, 2) * stride)
-            for index, frame in enumerate(frames)
-        ]
-        files["motion_field_gif"] = plots.save_gif(motion_images, out("motion_field.gif"))
-        cam_images = [
-            plots.heatmap_overlay(frame, cam.maps[index]) for index, frame in enumerate(frames)
-        ]
-        scale = max(1, 256 // frames.shape[1])
-        cam_images = [np.kron(image, np.ones((scale, scale, 1), np.uint8)) for image in cam_images]
-        files["gradcam_gif"] = plots.save_gif(cam_images, out("gradcam.gif"))
-    result = {
-        "top_k": top,
-        "predicted": predicted,
-        "query": list(query),
-        "stss_source": model_similarity.source,
-        "stss_shape": list(model_similarity.similarity.shape),
-        "gradcam_layer": cam.layer_name,
-        "files": files,
-    }
-    prediction_path = out("prediction.json")
-    atomic_write_json(prediction_path, result)
-    files["prediction"] = prediction_path
-    return result
+    return files
+
+
+def _write_gifs(
+    frames: np.ndarray,
+    cam: gradcam_lib.GradCAMResult,
+    field: motion_field_lib.MotionField,
+    stride: int,
+    out: Callable[[str], str],
+) -> dict[str, str]:
+    """Writes `motion_field.gif` (arrows over each frame) and `gradcam.gif`; returns their paths."""
+    height, width = field.velocity.shape[2:4]
+    grid_y, grid_x = np.meshgrid(
+        (np.arange(height) + 0.5) * stride - 0.5, (np.arange(width) + 0.5) * stride - 0.5, indexing="ij"
+    )
+    origins = np.stack([grid_y.ravel(), grid_x.ravel()], -1)
+    motion_images = [
+        plots.draw_arrows(frame, origins, field.velocity[0, index].reshape(-1, 2) * stride)
+        for index, frame in enumerate(frames)
+    ]
+    files = {"motion_field_gif": plots.save_gif(motion_images, out("motion_field.gif"))}
+    cam_images = [
+        plots.heatmap_overlay(frame, cam.maps[index]) for index, frame in enumerate(frames)
+    ]
+    scale = max(1, 256 // frames.shape[1])
+    cam_images = [np.kron(image, np.ones((scale, scale, 1), np.uint8)) for image in cam_images]
+    files["gradcam_gif"] = plots.save_gif(cam_images, out("gradcam.gif"))
+    return files
