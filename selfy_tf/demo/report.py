@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from selfy_tf.demo import early_recognition
 from selfy_tf.demo.settings import DemoSettings
 from selfy_tf.viz import motion_field as motion_field_lib
 from selfy_tf.viz import plots
@@ -229,6 +230,9 @@ def _add_early_recognition(report: HTMLReport, results: dict, base_dir: str) -> 
     for name, curve in early["models"].items():
         if curve["kind"] == "stream":
             text += (
+                f" {name} is {name.removesuffix(early_recognition.CAUSAL_SUFFIX)} made causal "
+                "(each frame sees only itself and earlier frames) and trained on consecutive frames, "
+                "as a stream delivers them, with the first seed only."
                 f" After all frames the stream of {name} scores {_percent(curve['top1'][-1])} % and "
                 f"the same model on whole clips {_percent(curve['clip_top1'])} %: the mean of the "
                 "step logits is the clip logits (largest difference "
