@@ -186,3 +186,19 @@ def test_training_curves_have_markers(tmp_path, monkeypatch):
     lines = drawn[0].axes[0].lines
     assert [len(line.get_xdata()) for line in lines] == [1, 2]
     assert all(line.get_marker() not in (None, "None", "", " ") for line in lines)
+
+
+def test_early_recognition_plot_draws_each_curve_in_percent(tmp_path, monkeypatch):
+    from selfy_tf.viz import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save_figure", lambda figure, path: drawn.append(figure) or path)
+    curves = {"tsm": [0.1, 0.5, 0.9], "tsm_causal": [0.3, 0.6, 0.8]}
+    plots.plot_top1_by_frames_seen(curves, str(tmp_path / "e.png"), streams=["tsm_causal"], chance=0.1)
+    offline, causal, chance = drawn[0].axes[0].lines
+    np.testing.assert_allclose(offline.get_ydata(), [10.0, 50.0, 90.0])
+    np.testing.assert_allclose(causal.get_ydata(), [30.0, 60.0, 80.0])
+    assert list(causal.get_xdata()) == [1, 2, 3]
+    assert (offline.get_linestyle(), causal.get_linestyle()) == ("--", "-")
+    assert (offline.get_label(), causal.get_label()) == ("tsm (offline)", "tsm_causal (stream)")
+    np.testing.assert_allclose(chance.get_ydata(), [10.0, 10.0])
