@@ -23,11 +23,14 @@ the accuracies of the demo's table for the models' first seed.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from selfy_tf.demo.settings import DemoSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from selfy_tf.run_dir import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +74,15 @@ def first_k_frames_clips(clips: np.ndarray, num_seen: int) -> np.ndarray:
     return clips[:, indices]
 
 
-def validation_split_clips(loaded, data_dir: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def validation_split_clips(
+    loaded: "LoadedModel", data_dir: str, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Every validation clip as evaluation makes it for `loaded` (one centre view).
+
+    Args:
+        loaded: the model whose evaluation view makes the clips.
+        data_dir: dataset directory with the `validation` split.
+        batch_size: clips read per batch.
 
     Returns:
         uint8 frames `[clips, num_frames, height, width, 3]` and int64 labels `[clips]`.
@@ -88,8 +98,20 @@ def validation_split_clips(loaded, data_dir: str, batch_size: int) -> tuple[np.n
     return np.concatenate(frames), np.concatenate(labels).astype(np.int64)
 
 
-def offline_top1_by_frames_seen(loaded, clips: np.ndarray, labels: np.ndarray, batch_size: int) -> list[float]:
-    """Top-1 of a clip model after `k = 1 .. T` frames (`first_k_frames_clips`)."""
+def offline_top1_by_frames_seen(
+    loaded: "LoadedModel", clips: np.ndarray, labels: np.ndarray, batch_size: int
+) -> list[float]:
+    """Top-1 of a clip model after `k = 1 .. T` frames (`first_k_frames_clips`).
+
+    Args:
+        loaded: the clip model (its run's STSS XLA policy applies).
+        clips: uint8 `[clips, T, height, width, 3]`.
+        labels: int `[clips]`.
+        batch_size: clips per call (each call runs the T partial clips of a batch).
+
+    Returns:
+        Top-1 after `k = 1 .. T` frames, `T` fractions.
+    """
     import tensorflow as tf
 
     model = loaded.model
@@ -110,9 +132,15 @@ def offline_top1_by_frames_seen(loaded, clips: np.ndarray, labels: np.ndarray, b
 
 
 def stream_top1_by_frames_seen(
-    loaded, clips: np.ndarray, labels: np.ndarray, batch_size: int
+    loaded: "LoadedModel", clips: np.ndarray, labels: np.ndarray, batch_size: int
 ) -> dict[str, Any]:
     """Top-1 of a causal model run as a stream, after `k = 1 .. T` frames.
+
+    Args:
+        loaded: the causal clip model (`selfy_tf.streaming.stream_model` runs it).
+        clips: uint8 `[clips, T, height, width, 3]`.
+        labels: int `[clips]`.
+        batch_size: streams run side by side.
 
     Returns:
         `top1`: per `k`, the top-1 of the running mean of the step logits;
