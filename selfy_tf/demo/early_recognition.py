@@ -66,6 +66,9 @@ def first_k_frames_clips(clips: np.ndarray, num_seen: int) -> np.ndarray:
     Returns:
         A copy of `clips` in which frames `num_seen .. num_frames - 1` repeat
         frame `num_seen - 1`.
+
+    Raises:
+        ValueError: for `num_seen` outside `[1, num_frames]`.
     """
     num_frames = clips.shape[1]
     if not 1 <= num_seen <= num_frames:
