@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from selfy_cli.demo import format_summary_table, full_settings, quick_settings
@@ -51,6 +52,35 @@ class TestDemoBasic:
         # Frames are stored at the input size: the evaluation view keeps them whole.
         assert config.data.eval_size == (settings.frame_size, settings.frame_size)
         assert config.train.seed == 2
+
+    def test_causal_overrides_train_the_causal_model_on_stream_frames(self):
+        import trainer
+        from trainer.configs import validate
+
+        settings = quick_settings()
+        assert settings.causal_model == "selfy_tsm_r18"
+        config = trainer.apply_overrides(
+            trainer.get_preset("tiny_cpu"),
+            training_overrides(settings, settings.causal_model, seed=0, causal=True),
+        )
+        validate(config)
+        assert config.model.causal is True and config.data.frame_stride == 1
+        offline = trainer.apply_overrides(
+            trainer.get_preset("tiny_cpu"), training_overrides(settings, settings.causal_model, seed=0)
+        )
+        assert not offline.model.causal and offline.data.frame_stride == 0
+
+    def test_first_k_frames_repeat_the_last_seen_frame(self):
+        from selfy_tf.demo.early_recognition import first_k_frames_clips
+
+        clips = np.random.default_rng(0).integers(0, 256, (2, 5, 3, 3, 3), dtype=np.uint8)
+        for num_seen in range(1, 6):
+            expected = clips.copy()
+            for frame in range(num_seen, 5):
+                expected[:, frame] = clips[:, num_seen - 1]
+            np.testing.assert_array_equal(first_k_frames_clips(clips, num_seen), expected)
+        with pytest.raises(ValueError, match=r"`num_seen` must be in \[1, 5\]. Received: num_seen=0"):
+            first_k_frames_clips(clips, 0)
 
     def test_visualized_clips_are_the_dataset_clips(self):
         from selfy_cli.demo.pipeline import _pick_visualized_clips, validation_clips
@@ -106,7 +136,7 @@ class TestDemoEndToEnd:
         assert "quick run: a path check" in stdout
 
         results = json.loads((out / "results.json").read_text())
-        assert set(results["models"]) == {"tsn_r18", "tsm_r18", "selfy_tsm_r18"}
+        assert set(results["models"]) == {"tsn_r18", "tsm_r18", "selfy_tsm_r18", "selfy_tsm_r18_causal"}
         for entry in results["models"].values():
             assert len(entry["top1"]) == 1 and 0.0 <= entry["top1_mean"] <= 1.0
             assert os.path.isfile(os.path.join(entry["run_dirs"][0], "checkpoints", "best.keras"))
@@ -127,6 +157,24 @@ class TestDemoEndToEnd:
         for path in clip["model"]["files"].values():
             assert os.path.getsize(path) > 0
 
+        # Early recognition: a curve per model over k = 1 .. T frames seen.
+        early = results["early_recognition"]
+        num_frames = results["settings"]["num_frames"]
+        assert early["frames_seen"] == list(range(1, num_frames + 1))
+        assert set(early["models"]) == set(results["models"])
+        for name, curve in early["models"].items():
+            assert curve["kind"] == ("stream" if name == "selfy_tsm_r18_causal" else "offline")
+            assert len(curve["top1"]) == num_frames and all(0.0 <= value <= 1.0 for value in curve["top1"])
+            # After all T frames, each curve is the model's clip top-1 as
+            # `trainer.evaluate` measured it on the same clips; for the causal
+            # model the mean of its T step logits is its clip logits.
+            assert curve["top1"][-1] == pytest.approx(results["models"][name]["top1"][0])
+        causal = early["models"]["selfy_tsm_r18_causal"]
+        assert causal["clip_top1"] == pytest.approx(results["models"]["selfy_tsm_r18_causal"]["top1"][0])
+        assert causal["max_relative_difference"] <= 1e-5
+        assert "figures/early_recognition.png" in html and "Early recognition" in html
+        assert os.path.getsize(results["figures"]["early_recognition"]) > 0
+
 
 def test_training_curves_have_markers(tmp_path, monkeypatch):
     # A one-epoch run is a single point: without markers its curve is invisible.
@@ -138,3 +186,19 @@ def test_training_curves_have_markers(tmp_path, monkeypatch):
     lines = drawn[0].axes[0].lines
     assert [len(line.get_xdata()) for line in lines] == [1, 2]
     assert all(line.get_marker() not in (None, "None", "", " ") for line in lines)
+
+
+def test_early_recognition_plot_draws_each_curve_in_percent(tmp_path, monkeypatch):
+    from selfy_tf.viz import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save_figure", lambda figure, path: drawn.append(figure) or path)
+    curves = {"tsm": [0.1, 0.5, 0.9], "tsm_causal": [0.3, 0.6, 0.8]}
+    plots.plot_top1_by_frames_seen(curves, str(tmp_path / "e.png"), streams=["tsm_causal"], chance=0.1)
+    offline, causal, chance = drawn[0].axes[0].lines
+    np.testing.assert_allclose(offline.get_ydata(), [10.0, 50.0, 90.0])
+    np.testing.assert_allclose(causal.get_ydata(), [30.0, 60.0, 80.0])
+    assert list(causal.get_xdata()) == [1, 2, 3]
+    assert (offline.get_linestyle(), causal.get_linestyle()) == ("--", "-")
+    assert (offline.get_label(), causal.get_label()) == ("tsm (offline)", "tsm_causal (stream)")
+    np.testing.assert_allclose(chance.get_ydata(), [10.0, 10.0])

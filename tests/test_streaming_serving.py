@@ -136,6 +136,41 @@ class TestTFLiteStream:
             runtime.step(np.zeros((16, 16, 3), np.uint8))
 
     @pytest.mark.slow
+    def test_cli_fp16_stream_matches_keras_with_float32_states(self, causal_model, tmp_path, capsys):
+        from selfy_tf.cli.main import main
+        from serving import tflite_inspect
+
+        model_path = str(tmp_path / "causal.keras")
+        causal_model.save(model_path)
+        labels_path = tmp_path / "labels.txt"
+        labels_path.write_text("\n".join(LABELS) + "\n")
+        out = str(tmp_path / "stream_fp16.tflite")
+        command = ["tflite", model_path, "--labels", str(labels_path), "--stream", "--out", out,
+                   "--quantize", "fp16", "--check-clips", "1"]
+        assert main(command) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["stream"] and summary["quantize"] == "fp16"
+        # Weights stored in float16, dequantized to float32 for the arithmetic.
+        assert "DEQUANTIZE" in tflite_inspect.op_counts(tflite_inspect.list_operators(out))
+        runtime = TFLiteStream(out)
+        # The states keep the Keras stream's names and shapes, in float32:
+        # only the weights are in float16, not the interface.
+        specs = streaming.state_specs(streaming.stream_model(causal_model))
+        assert runtime.state_shapes == {name: (1, *shape) for name, (shape, _) in specs.items()}
+        assert {str(state.dtype) for state in runtime.states.values()} == {"float32"}
+        clip = _clip(10)
+        expected = _keras_steps(causal_model, clip)
+        received = np.stack([runtime.step(frame)[0] for frame in clip])
+        # float16 keeps 11 significant bits: each weight is off by up to
+        # 2**-11 (~5e-4) of itself, and these errors add up through the
+        # layers and the states (5e-4 to 8e-4 of the logits' scale measured
+        # on this model). 5e-3 bounds that with room to spare, while states
+        # lost between frames move the logits by about half their scale.
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(received, expected, rtol=0, atol=5e-3 * scale)
+        assert summary["check_relative_max_abs_diff"] <= 5e-3
+
+    @pytest.mark.slow
     def test_int8_stream_is_calibrated_on_stream_states(self, causal_model):
         from serving.stream import convert_stream_model
 

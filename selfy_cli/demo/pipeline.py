@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from selfy_cli.demo import early_recognition
 from selfy_cli.demo.settings import DemoSettings
 from selfy_tf.datasets import synthetic_motion
 from selfy_tf.files import atomic_write_json
@@ -129,11 +130,14 @@ def _pick_visualized_clips(settings: DemoSettings) -> list[int]:
     return picked
 
 
-def training_overrides(settings: DemoSettings, model_name: str, seed: int) -> list[str]:
-    """The `--set` overrides of one demo run, on top of the `tiny_cpu` preset."""
+def training_overrides(settings: DemoSettings, model_name: str, seed: int, causal: bool = False) -> list[str]:
+    """The `--set` overrides of one demo run, on top of the `tiny_cpu` preset.
+
+    `causal`: the causal model, trained on consecutive frames (a stream's).
+    """
     selfy = model_name.startswith("selfy")
     no_flip = list(synthetic_motion.no_flip_classes(settings.classes))
-    return [
+    overrides = [
         f"model.name={model_name}",
         f"model.num_classes={len(settings.classes)}",
         f"model.num_frames={settings.num_frames}",
@@ -160,6 +164,7 @@ def training_overrides(settings: DemoSettings, model_name: str, seed: int) -> li
         "runtime.strategy=none",
         "runtime.jit_compile=false",
     ]
+    return overrides + (early_recognition.CAUSAL_OVERRIDES if causal else [])
 
 
 def train_and_evaluate(
@@ -169,12 +174,16 @@ def train_and_evaluate(
     data_dir: str,
     run_dir: str,
     verbose: bool | str,
+    causal: bool = False,
 ) -> dict:
-    """Trains one model with the real trainer and evaluates its final checkpoint."""
+    """Trains one model with the real trainer and evaluates its final checkpoint.
+
+    `causal`: train the causal model (named `early_recognition.causal_run_name`).
+    """
     import trainer
 
     config = trainer.apply_overrides(
-        trainer.get_preset("tiny_cpu"), training_overrides(settings, model_name, seed)
+        trainer.get_preset("tiny_cpu"), training_overrides(settings, model_name, seed, causal)
     )
     summary_path = os.path.join(run_dir, "demo_run.json")
     previous = _read_json(summary_path)
@@ -198,7 +207,7 @@ def train_and_evaluate(
         verbose=_progress_enabled(verbose),
     )
     summary = {
-        "model": model_name,
+        "model": early_recognition.causal_run_name(model_name) if causal else model_name,
         "seed": seed,
         "run_dir": run_dir,
         "top1": float(report["top1"]),
@@ -223,7 +232,7 @@ def _count_params(run_dir: str) -> int:
 def summarize_runs(runs: list[dict], settings: DemoSettings) -> dict:
     """Per-model accuracy over seeds: values, mean and (population) std."""
     models = {}
-    for model_name in settings.models:
+    for model_name in [*settings.models, *early_recognition.causal_run_names(settings)]:
         model_runs = [run for run in runs if run["model"] == model_name]
         if not model_runs:
             continue
@@ -344,7 +353,7 @@ def run_demo(out_dir: str, settings: DemoSettings, verbose: bool | str = "auto")
         samples.append({"index": index, "label": name, "media_id": media_id, "video": video_path, "frames": frames})
 
     runs = []
-    total = len(settings.seeds) * len(settings.models)
+    total = len(settings.seeds) * len(settings.models) + len(early_recognition.causal_run_names(settings))
     with tqdm(total=total, desc="demo runs", unit="run", disable=not progress, file=sys.stderr) as bar:
         for seed in settings.seeds:
             for model_name in settings.models:
@@ -356,6 +365,20 @@ def run_demo(out_dir: str, settings: DemoSettings, verbose: bool | str = "auto")
                     model_name, seed, 100 * runs[-1]["top1"], runs[-1]["train_seconds"],
                 )
                 bar.update(1)
+        # The causal model with the first seed only: it is there for the
+        # early recognition curve, and keeps the demo's time nearly the same.
+        if settings.causal_model is not None:
+            seed, run_name = settings.seeds[0], early_recognition.causal_run_name(settings.causal_model)
+            bar.set_postfix_str(f"{run_name} seed {seed}")
+            run_dir = os.path.join(out_dir, "runs", f"{run_name}-seed{seed}")
+            runs.append(
+                train_and_evaluate(settings, settings.causal_model, seed, data_dir, run_dir, verbose, causal=True)
+            )
+            logger.info(
+                "%s seed %d: validation top-1 %.1f%% (%.0f s)",
+                run_name, seed, 100 * runs[-1]["top1"], runs[-1]["train_seconds"],
+            )
+            bar.update(1)
 
     models = summarize_runs(runs, settings)
     for entry in models.values():
@@ -379,6 +402,7 @@ def run_demo(out_dir: str, settings: DemoSettings, verbose: bool | str = "auto")
         "chance": chance,
         "models": models,
         "claims": check_claims(models, chance),
+        "early_recognition": early_recognition.measure(models, data_dir, settings),
         "prediction": prediction,
         "environment": {
             "tensorflow": tf.__version__,

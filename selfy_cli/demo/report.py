@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from selfy_cli.demo import early_recognition
 from selfy_cli.demo.settings import DemoSettings
 from selfy_tf.viz import motion_field as motion_field_lib
 from selfy_tf.viz import plots
@@ -155,6 +156,9 @@ def write_figures(
             title=f"{name} (validation, all seeds)",
         )
 
+    if results.get("early_recognition"):
+        figures["early_recognition"] = _plot_early_recognition(results, figures_dir)
+
     selfy_name = next((name for name in models if name.startswith("selfy")), None)
     figures["clips"] = []
     if selfy_name is None:
@@ -200,6 +204,51 @@ def write_figures(
     return figures
 
 
+def _plot_early_recognition(results: dict, figures_dir: str) -> str:
+    early = results["early_recognition"]
+    return plots.plot_top1_by_frames_seen(
+        {name: curve["top1"] for name, curve in early["models"].items()},
+        os.path.join(figures_dir, "early_recognition.png"),
+        streams=[name for name, curve in early["models"].items() if curve["kind"] == "stream"],
+        chance=results["chance"],
+    )
+
+
+def _add_early_recognition(report: HTMLReport, results: dict, base_dir: str) -> None:
+    """The section on top-1 against frames seen (`selfy_tf.demo.early_recognition`)."""
+    early = results.get("early_recognition")
+    if not early:
+        return
+    report.add_heading("Early recognition: top-1 against frames seen")
+    text = (
+        f"Validation top-1 after the first k of {len(early['frames_seen'])} frames "
+        f"(seed {early['seed']} of each model). Offline models get the first k frames with the "
+        "missing ones filled by repeating frame k (the last one seen) and score them as a clip; "
+        "the causal model runs as a stream, one frame at a time, and answers with the mean of "
+        "its step logits so far."
+    )
+    for name, curve in early["models"].items():
+        if curve["kind"] == "stream":
+            text += (
+                f" {name} is {name.removesuffix(early_recognition.CAUSAL_SUFFIX)} made causal "
+                "(each frame sees only itself and earlier frames) and trained on consecutive frames, "
+                "as a stream delivers them, with the first seed only."
+                f" After all frames the stream of {name} scores {_percent(curve['top1'][-1])} % and "
+                f"the same model on whole clips {_percent(curve['clip_top1'])} %: the mean of the "
+                "step logits is the clip logits (largest difference "
+                f"{curve['max_relative_difference']:.1e} of the logits' scale)."
+            )
+    report.add_paragraph(text)
+    report.add_image(results["figures"]["early_recognition"], "top-1 against frames seen", base_dir)
+    report.add_table(
+        ["model", "scored as"] + [f"k={k}" for k in early["frames_seen"]],
+        [
+            [name, curve["kind"]] + [_percent(value) for value in curve["top1"]]
+            for name, curve in early["models"].items()
+        ],
+    )
+
+
 def write_report(path: str, results: dict, settings: DemoSettings) -> str:
     """Writes `report.html` next to the figures it links."""
     base_dir = os.path.dirname(os.path.abspath(path))
@@ -223,6 +272,8 @@ def write_report(path: str, results: dict, settings: DemoSettings) -> str:
     report.add_heading("Confusion matrices")
     for name, figure in figures["confusion"].items():
         report.add_image(figure, name, base_dir)
+
+    _add_early_recognition(report, results, base_dir)
 
     prediction = results["prediction"]
     report.add_heading("Served prediction")

@@ -378,3 +378,43 @@ def plot_confusion_matrix(
     if title:
         axis.set_title(title, fontsize=10)
     return _save_figure(figure, path)
+
+
+def plot_top1_by_frames_seen(
+    curves: Mapping[str, Sequence[float]],
+    path: str,
+    streams: Sequence[str] = (),
+    chance: float | None = None,
+) -> str:
+    """Early recognition: top-1 against the number of frames seen, one line per model.
+
+    Args:
+        curves: `{model_name: top-1 after 1, 2, ... frames}` (fractions).
+        path: PNG path.
+        streams: names in `curves` that ran as streams (drawn solid; the
+            offline models dashed).
+        chance: drawn as a grey line when given.
+    """
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(4.6, 3.0))
+    for index, (name, values) in enumerate(curves.items()):
+        values = np.asarray(values, np.float64) * 100.0
+        stream = name in streams
+        axis.plot(
+            range(1, len(values) + 1),
+            values,
+            color=f"C{index}",
+            linestyle="-" if stream else "--",
+            marker="o",
+            markersize=3,
+            label=f"{name} (stream)" if stream else f"{name} (offline)",
+        )
+    if chance is not None:
+        axis.axhline(chance * 100.0, color="gray", linestyle=":", label="chance")
+    length = max((len(values) for values in curves.values()), default=1)
+    axis.set_xticks(range(1, length + 1))
+    axis.set_xlabel("frames seen")
+    axis.set_ylabel("validation top-1 (%)")
+    axis.set_ylim(0, 100)
+    axis.legend(fontsize=7)
+    return _save_figure(figure, path)
