@@ -24,9 +24,9 @@ runs, one after the other:
   (`json_three_statuses`, `json_three_peak_mb`).
 - `deep_json_status`: a body nesting 700 arrays.
 - `rest_rps_c<clients>`: good REST requests per second (status GETs and
-  `predict_frames` on 4 frames of 112², over kept-alive connections, 1 and
-  8 clients for `--rps-seconds` each), the cost of the guards on the good
-  path.
+  `predict_frames` on 4 frames of 112², over kept-alive connections, for
+  each of `--rps-clients` for `--rps-seconds` each), the cost of the guards
+  on the good path; `rps_peak_rss_mb` is the server's peak RSS meanwhile.
 
 Each case also records the server's peak RSS while it ran
 (`<case>_peak_rss_mb`, `VmHWM` reset before it). `bench_serving.py --faults
@@ -71,6 +71,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--idle-connections", type=int, default=300)
     parser.add_argument("--json-mb", type=float, default=8.0)
     parser.add_argument("--rps-seconds", type=float, default=5.0)
+    parser.add_argument("--rps-clients", default="1,8,32,64", help="client counts of the rps case")
     parser.add_argument("--cases", default="rps,thin,slowloris,idle,json",
                         help="comma-separated subset of the cases to run")
     parser.add_argument("--results-file", default=None)
@@ -298,7 +299,7 @@ def run_cases(tree: str, base: str, args, results: dict, prefix: str) -> None:
         steps = (
             ("rps", lambda: results.update({
                 f"{prefix}rest_rps_c{clients}": _good_rps(rest_port, clients, args.rps_seconds)
-                for clients in (1, 8)
+                for clients in map(int, args.rps_clients.split(","))
             })),
             ("thin", lambda: _thin_cases(process, rest_port, grpc_port, args.thin_width, results, prefix)),
             ("slowloris", lambda: _slowloris(rest_port, args.rest_threads, args.rest_timeout, results, prefix)),

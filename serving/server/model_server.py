@@ -41,10 +41,11 @@ class ModelServer:
         version_labels: label → version for `/labels/<label>` requests.
         limits: `RequestLimits`, the caps on what one request may cost
             (clips, frames, frame size, bytes).
-        rest_threads: REST connections served at once; more get 503.
-            Default 128.
+        rest_threads: REST connections open at once (more get 503), and
+            the threads answering REST requests. Default 128.
         rest_timeout_s: REST deadline for a request's headers (idle
-            keep-alive included), then for its body. Default 30.
+            keep-alive included), then for its body, then for its reply.
+            Default 30.
         rest_max_inflight_bytes: REST request-body bytes held at once
             across connections (503 beyond). Default 256 MiB.
         warmup: replay warm-up requests when loading a version.

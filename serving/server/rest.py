@@ -288,7 +288,7 @@ class _Api:
         self.body_budget = _BodyBudget(max_inflight_bytes)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        # The path as sent: HTTP request lines are Latin-1, as http.server reads them.
+        # The path as sent, percent-escapes kept, as the routes expect.
         path = request.raw_path
         close = False
         try:
