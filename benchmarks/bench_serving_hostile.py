@@ -28,6 +28,14 @@ runs, one after the other:
   each of `--rps-clients` for `--rps-seconds` each), the cost of the guards
   on the good path; `rps_peak_rss_mb` is the server's peak RSS meanwhile.
 
+With `--baseline-tree DIR --rps-rounds N`, `rps_alternating` then starts
+both servers at once (`--rest-threads` each) and measures the rps case in
+N rounds, each client count on one server then the other (the order
+alternating between rounds), so that a change of machine load hits both
+alike: `rest_rps_rounds_c<clients>` and `baseline_rest_rps_rounds_c<clients>`
+list the rounds, `rest_rps_ratio_c<clients>` is the median of the per-round
+ratios now / baseline.
+
 Each case also records the server's peak RSS while it ran
 (`<case>_peak_rss_mb`, `VmHWM` reset before it). `bench_serving.py --faults
 --hostile` runs the same cases through `run_cases`.
@@ -72,6 +80,9 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json-mb", type=float, default=8.0)
     parser.add_argument("--rps-seconds", type=float, default=5.0)
     parser.add_argument("--rps-clients", default="1,8,32,64", help="client counts of the rps case")
+    parser.add_argument("--rps-rounds", type=int, default=0,
+                        help="with --baseline-tree: also measure both servers' rps in this many "
+                             "alternating rounds, both running at once (rps_alternating)")
     parser.add_argument("--cases", default="rps,thin,slowloris,idle,json",
                         help="comma-separated subset of the cases to run")
     parser.add_argument("--results-file", default=None)
@@ -345,6 +356,33 @@ export_saved_model(model, {base!r}, name="selfy", labels=[f"class_{{i}}" for i i
 """
 
 
+def _alternating_rps(trees: list[tuple[str, str, str]], args, results: dict) -> None:
+    """The rps case on every tree's server at once, in alternating rounds."""
+    extra = ["--rest-threads", str(args.rest_threads), "--rest-timeout", str(args.rest_timeout)]
+    servers = []
+    try:
+        for tree, base, prefix in trees:
+            process, rest_port, _ = _start_server(tree, base, extra)
+            servers.append((process, rest_port, prefix))
+        for clients in map(int, args.rps_clients.split(",")):
+            rounds = {prefix: [] for _, _, prefix in servers}
+            for round_index in range(args.rps_rounds):
+                order = servers if round_index % 2 == 0 else servers[::-1]
+                for _, rest_port, prefix in order:
+                    rounds[prefix].append(_good_rps(rest_port, clients, args.rps_seconds))
+            for prefix, values in rounds.items():
+                results[f"{prefix}rest_rps_rounds_c{clients}"] = values
+            now, baseline = rounds[""], rounds["baseline_"]
+            ratios = sorted(a / b for a, b in zip(now, baseline) if b)
+            if ratios:
+                results[f"rest_rps_ratio_c{clients}"] = round(ratios[len(ratios) // 2], 3)
+            logger.info("rps_alternating c%d done", clients)
+    finally:
+        for process, _, _ in servers:
+            process.terminate()
+            process.wait(timeout=60)
+
+
 def _export(tree: str) -> str:
     """Exports the tiny model with the code in `tree`; returns the export base."""
     base = tempfile.mkdtemp(prefix="bench_serving_hostile_")
@@ -372,11 +410,19 @@ def main(argv=None) -> int:
     trees = [(_REPO, "")]
     if args.baseline_tree:
         trees.append((os.path.abspath(args.baseline_tree), "baseline_"))
+    exported = []
     for tree, prefix in trees:
         try:
-            run_cases(tree, _export(tree), args, results, prefix)
+            base = _export(tree)
+            exported.append((tree, base, prefix))
+            run_cases(tree, base, args, results, prefix)
         except Exception as error:  # record and go on
             results[f"{prefix}error"] = repr(error)
+    if args.rps_rounds > 0 and len(exported) == 2:
+        try:
+            _alternating_rps(exported, args, results)
+        except Exception as error:  # record and go on
+            results["rps_alternating_error"] = repr(error)
     write_results(results, args.results_file)
     return 0
 

@@ -659,6 +659,33 @@ class TestHostileClients:
             connection.close()
             assert _rest(server.rest_url, "GET", "/v1/models/selfy")[0] == 200
 
+    def test_a_client_that_takes_no_replies_is_cut_at_the_timeout(self, exported_model, caplog):
+        import threading
+
+        with _model_server(exported_model.base, rest_threads=1, rest_timeout_s=1.0) as server:
+            reader = socket.socket()
+            # A small receive window: the replies fill it and the server's buffers.
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            reader.connect(("127.0.0.1", server.rest.port))
+            pipelined = b"GET /v1/models/selfy/metadata HTTP/1.1\r\nHost: x\r\n\r\n" * 4000
+
+            def send():
+                try:
+                    reader.sendall(pipelined)
+                except OSError:  # cut by the server
+                    pass
+
+            sender = threading.Thread(target=send, daemon=True)
+            with caplog.at_level("DEBUG", logger="serving.server.rest"):
+                sender.start()
+                # The reader holds the only connection: the next client gets 503
+                # until the server gives up on the reader.
+                _wait_for(lambda: _rest(server.rest_url, "GET", "/v1/models/selfy")[0] == 200,
+                          WAIT_S, "the reader to be cut")
+            reader.close()
+            sender.join(WAIT_S)
+        assert any("not taken within 1 s" in record.getMessage() for record in caplog.records)
+
     def test_idle_connection_flood_is_refused_at_once(self, exported_model):
         with _model_server(exported_model.base, rest_threads=2, rest_timeout_s=60.0) as server:
             port = server.rest.port

@@ -57,6 +57,7 @@ _LINGER_S = 2.0
 # Refused connections that linger at once; beyond them they are closed at once.
 _MAX_LINGERING_REFUSALS = 1024
 _SERVER_HEADER = "selfy-serving"
+_READ_BUFFER_BYTES = 256 << 10
 
 _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -195,8 +196,11 @@ class _RequestHandler(web_protocol.RequestHandler):
             raise ConnectionError("a reply was sent in part; the connection is closed")
         # A request that could not be parsed has no version of its own and
         # aiohttp answers it as HTTP/1.0; answer as the HTTP/1.1 server this
-        # is, closing the connection (`request.version` is cached there).
-        request._cache["version"] = HttpVersion11
+        # is, closing the connection. `request.version` is cached in
+        # `_cache` (aiohttp 3.14); elsewhere the reply stays HTTP/1.0.
+        cache = getattr(request, "_cache", None)
+        if isinstance(cache, dict):
+            cache["version"] = HttpVersion11
         try:
             text = HTTPStatus(status).phrase
         except ValueError:
@@ -222,12 +226,11 @@ class _Refusal(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
-        self._server.refusals.add(self)
         transport.write(self._server.busy_reply)
-        if self._server.lingering_refusals >= _MAX_LINGERING_REFUSALS or not transport.can_write_eof():
+        if len(self._server.refusals) >= _MAX_LINGERING_REFUSALS or not transport.can_write_eof():
             transport.close()
             return
-        self._server.lingering_refusals += 1
+        self._server.refusals.add(self)
         transport.write_eof()
         self._timer = asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
 
@@ -244,7 +247,6 @@ class _Refusal(asyncio.Protocol):
         self._server.refusals.discard(self)
         if self._timer is not None:
             self._timer.cancel()
-            self._server.lingering_refusals -= 1
 
 
 class _HttpServer(web_server.Server):
@@ -256,8 +258,7 @@ class _HttpServer(web_server.Server):
         # Handlers made and not yet closed (a handler whose connection never
         # opened goes away with its last reference).
         self.open_connections: weakref.WeakSet = weakref.WeakSet()
-        self.refusals: set[_Refusal] = set()
-        self.lingering_refusals = 0
+        self.refusals: set[_Refusal] = set()  # lingering after their 503
         body = rest_json.error_body(
             f"The server is busy: all {max_connections} REST connections are in use "
             "(`selfy serve --rest-threads`). Retry later."
@@ -293,7 +294,11 @@ class _Api:
         close = False
         try:
             if request.method == "GET":
-                body = await self._in_pool(_answer_get, self.predictor, path)
+                if _parse_route(path)[3] is None:
+                    # A status: a few dict reads under a short lock, answered here.
+                    body = _answer_get(self.predictor, path)
+                else:
+                    body = await self._in_pool(_answer_get, self.predictor, path)
             elif request.method == "POST":
                 body = await self._post(request, path)
             else:
@@ -449,6 +454,9 @@ class RestServer:
             # of the wait (a new or kept-alive connection).
             keepalive_timeout=self.timeout_s,
             lingering_time=_LINGER_S,
+            # A body arrives in fewer, larger chunks (asyncio reads up to
+            # 256 KiB at a time; aiohttp's default buffer is 64 KiB).
+            read_bufsize=_READ_BUFFER_BYTES,
             access_log=None,
         )
         self._listener = await asyncio.get_running_loop().create_server(
