@@ -4,12 +4,15 @@
 
 Runs the same bare endpoint (a ~100-byte JSON answer to `GET`, the first
 bytes of the body back for a 20 KB `POST`) on each server in its own
-process, one after the other: `http.server` with a thread per connection
+process, all running at once and measured in turns (`--rounds`, the order
+reversed every other round, so that a change of machine load hits them
+alike): `http.server` with a thread per connection
 (the shape of `selfy serve`'s former REST server), aiohttp's low-level
 server, and uvicorn with httptools and with h11 (skipped when uvicorn is not
 installed; it is not a dependency). Clients are threads of this process
 over kept-alive connections, a GET and a POST in turn, for `--seconds` at
-each of `--clients`. Records requests per second (`<server>_c<clients>`)
+each of `--clients`. Records requests per second (`<server>_c<clients>`,
+the median of the rounds listed in `<server>_rounds_c<clients>`)
 and each server's peak RSS (`<server>_peak_rss_mb`). No model runs: this
 is the cost of the HTTP layer alone, which `bench_serving_hostile.py`'s
 `rest_rps_*` measures under the real predictor. Prints one JSON line.
@@ -96,7 +99,8 @@ _SERVERS["uvicorn_httptools"] = _SERVERS["uvicorn_httptools"].replace("HTTP_IMPL
 def _parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default="1,8,32,64", help="concurrent client counts")
-    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per client count")
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per client count")
     parser.add_argument("--results-file", default=None)
     return parser.parse_args(argv)
 
@@ -151,22 +155,30 @@ def _wait_for_port(port: int, process: subprocess.Popen) -> None:
 
 def main(argv=None) -> int:
     args = _parse_args(argv)
-    results: dict = {"bench": "rest_servers", "seconds": args.seconds}
-    for name, code in _SERVERS.items():
-        if name.startswith("uvicorn") and importlib.util.find_spec("uvicorn") is None:
-            results[f"{name}_skipped"] = "uvicorn is not installed"
-            continue
-        port = _free_port()
-        source = f"ANSWER = {_ANSWER!r}\nPORT = {port}\n{code}"
-        process = subprocess.Popen([sys.executable, "-c", source])
-        try:
+    results: dict = {"bench": "rest_servers", "seconds": args.seconds, "rounds": args.rounds}
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    try:
+        for name, code in _SERVERS.items():
+            if name.startswith("uvicorn") and importlib.util.find_spec("uvicorn") is None:
+                results[f"{name}_skipped"] = "uvicorn is not installed"
+                continue
+            port = _free_port()
+            process = subprocess.Popen([sys.executable, "-c", f"ANSWER = {_ANSWER!r}\nPORT = {port}\n{code}"])
+            servers[name] = process, port
             _wait_for_port(port, process)
-            for num_clients in map(int, args.clients.split(",")):
-                results[f"{name}_c{num_clients}"] = _requests_per_second(port, num_clients, args.seconds)
+        for num_clients in map(int, args.clients.split(",")):
+            rounds: dict[str, list[float]] = {name: [] for name in servers}
+            for round_index in range(args.rounds):
+                names = list(servers) if round_index % 2 == 0 else list(servers)[::-1]
+                for name in names:
+                    rounds[name].append(_requests_per_second(servers[name][1], num_clients, args.seconds))
+            for name, values in rounds.items():
+                results[f"{name}_c{num_clients}"] = sorted(values)[len(values) // 2]
+                results[f"{name}_rounds_c{num_clients}"] = values
+        for name, (process, _) in servers.items():
             results[f"{name}_peak_rss_mb"] = _peak_rss_mb(process.pid)
-        except Exception as error:  # record and go on
-            results[f"{name}_error"] = repr(error)
-        finally:
+    finally:
+        for process, _ in servers.values():
             process.terminate()
             process.wait(timeout=30)
     write_results(results, args.results_file)

@@ -29,7 +29,9 @@ runs, one after the other:
   on the good path; `rps_peak_rss_mb` is the server's peak RSS meanwhile.
 
 With `--baseline-tree DIR --rps-rounds N`, `rps_alternating` then starts
-both servers at once (`--rest-threads` each) and measures the rps case in
+both servers at once (with the default `--rest-threads`, 128; the cases
+above run with `--rest-threads`, so more clients than that get 503 in
+their rps case) and measures the rps case in
 N rounds, each client count on one server then the other (the order
 alternating between rounds), so that a change of machine load hits both
 alike: `rest_rps_rounds_c<clients>` and `baseline_rest_rps_rounds_c<clients>`
@@ -357,8 +359,12 @@ export_saved_model(model, {base!r}, name="selfy", labels=[f"class_{{i}}" for i i
 
 
 def _alternating_rps(trees: list[tuple[str, str, str]], args, results: dict) -> None:
-    """The rps case on every tree's server at once, in alternating rounds."""
-    extra = ["--rest-threads", str(args.rest_threads), "--rest-timeout", str(args.rest_timeout)]
+    """The rps case on every tree's server at once, in alternating rounds.
+
+    The servers keep `selfy serve`'s default `--rest-threads` (128), so that
+    up to 128 clients are all served instead of answered 503.
+    """
+    extra = ["--rest-timeout", str(args.rest_timeout)]
     servers = []
     try:
         for tree, base, prefix in trees:
