@@ -38,6 +38,9 @@ alike: `rest_rps_rounds_c<clients>` and `baseline_rest_rps_rounds_c<clients>`
 list the rounds, `rest_rps_ratio_c<clients>` is the median of the per-round
 ratios now / baseline.
 
+`--rest-backend NAME` serves this tree's server with `selfy serve
+--rest-backend NAME` (the baseline keeps its default).
+
 Each case also records the server's peak RSS while it ran
 (`<case>_peak_rss_mb`, `VmHWM` reset before it). `bench_serving.py --faults
 --hostile` runs the same cases through `run_cases`.
@@ -87,6 +90,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
                              "alternating rounds, both running at once (rps_alternating)")
     parser.add_argument("--cases", default="rps,thin,slowloris,idle,json",
                         help="comma-separated subset of the cases to run")
+    parser.add_argument("--rest-backend", default=None,
+                        help="`selfy serve --rest-backend` of this tree's server (not the baseline's)")
     parser.add_argument("--results-file", default=None)
     return parser.parse_args(argv)
 
@@ -306,6 +311,8 @@ def run_cases(tree: str, base: str, args, results: dict, prefix: str) -> None:
     body = _json_body(args.json_mb)
     body_mb = len(body) / (1 << 20) + 0.1
     extra = ["--rest-threads", str(args.rest_threads), "--rest-timeout", str(args.rest_timeout)]
+    if args.rest_backend and not prefix:
+        extra += ["--rest-backend", args.rest_backend]
     process, rest_port, grpc_port = _start_server(tree, base, extra)
     try:
         results[f"{prefix}rss_start_mb"] = round(_status_mb(process.pid, "VmRSS"), 1)
@@ -368,7 +375,8 @@ def _alternating_rps(trees: list[tuple[str, str, str]], args, results: dict) -> 
     servers = []
     try:
         for tree, base, prefix in trees:
-            process, rest_port, _ = _start_server(tree, base, extra)
+            backend = ["--rest-backend", args.rest_backend] if args.rest_backend and not prefix else []
+            process, rest_port, _ = _start_server(tree, base, extra + backend)
             servers.append((process, rest_port, prefix))
         for clients in map(int, args.rps_clients.split(",")):
             rounds = {prefix: [] for _, _, prefix in servers}

@@ -1,4 +1,7 @@
-"""TF Serving's REST API on aiohttp's HTTP server (loopback only).
+"""TF Serving's REST API on aiohttp's HTTP server (`selfy serve --rest-backend aiohttp`).
+
+The routes, replies and caps below are shared with `rest_threaded` (the
+`http.server` front end). Loopback only.
 
 Routes (`[...]` optional; one of `/versions/<v>` or `/labels/<l>`):
 
@@ -375,7 +378,7 @@ class _Api:
         return response
 
 
-class RestServer:
+class AiohttpRestServer:
     """The REST front end; binds to 127.0.0.1 only.
 
     Args:
