@@ -84,7 +84,10 @@ def _parse_route(path: str) -> tuple[str, int | None, str | None, str | None]:
     return match.group("name"), version, match.group("label"), match.group("suffix")
 
 
-def _answer_get(predictor: Predictor, path: str) -> bytes:
+# The API itself, shared with the `http.server` front end (`rest_threaded`).
+
+
+def answer_get(predictor: Predictor, path: str) -> bytes:
     """The body of a status or metadata request."""
     name, version, label, suffix = _parse_route(path)
     if suffix not in (None, "/metadata"):
@@ -100,7 +103,7 @@ def _answer_get(predictor: Predictor, path: str) -> bytes:
     return rest_json.dumps(body)
 
 
-def _check_predict_route(path: str) -> None:
+def check_predict_route(path: str) -> None:
     suffix = _parse_route(path)[3]
     if suffix != ":predict":
         if suffix in (":classify", ":regress"):
@@ -111,7 +114,7 @@ def _check_predict_route(path: str) -> None:
         raise not_found(f"Malformed request: POST {path}")
 
 
-def _answer_predict(predictor: Predictor, path: str, body: bytearray) -> bytes:
+def answer_predict(predictor: Predictor, path: str, body: bytearray) -> bytes:
     """The body of a predict request (decoding, prediction and encoding)."""
     name, version, label, _ = _parse_route(path)
     document = rest_json.parse_body(body)
@@ -123,7 +126,7 @@ def _answer_predict(predictor: Predictor, path: str, body: bytearray) -> bytes:
     return rest_json.dumps(rest_json.predict_response(outputs, request_format))
 
 
-def _declared_length(headers: Mapping[str, str], max_request_bytes: int) -> int:
+def declared_length(headers: Mapping[str, str], max_request_bytes: int) -> int:
     """The body's declared length, checked against the size cap (body unread)."""
     if "chunked" in headers.get("Transfer-Encoding", "").lower():
         raise invalid_argument("Chunked request bodies are not supported; send Content-Length.")
@@ -299,9 +302,9 @@ class _Api:
             if request.method == "GET":
                 if _parse_route(path)[3] is None:
                     # A status: a few dict reads under a short lock, answered here.
-                    body = _answer_get(self.predictor, path)
+                    body = answer_get(self.predictor, path)
                 else:
-                    body = await self._in_pool(_answer_get, self.predictor, path)
+                    body = await self._in_pool(answer_get, self.predictor, path)
             elif request.method == "POST":
                 body = await self._post(request, path)
             else:
@@ -326,8 +329,8 @@ class _Api:
         return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
 
     async def _post(self, request: web.BaseRequest, path: str) -> bytes:
-        _check_predict_route(path)
-        length = _declared_length(request.headers, self.predictor.limits.max_request_bytes)
+        check_predict_route(path)
+        length = declared_length(request.headers, self.predictor.limits.max_request_bytes)
         if not self.body_budget.reserve(length):
             raise ServingError(
                 grpc.StatusCode.UNAVAILABLE,
@@ -339,7 +342,7 @@ class _Api:
             if request.headers.get("Expect", "").lower() == "100-continue":
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await self._read_body(request, length)
-            return await self._in_pool(_answer_predict, self.predictor, path, body)
+            return await self._in_pool(answer_predict, self.predictor, path, body)
         finally:
             self.body_budget.release(length)
 

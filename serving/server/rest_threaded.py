@@ -32,10 +32,10 @@ from serving.server.predictor import Predictor
 from serving.server.rest import (
     DEFAULT_MAX_INFLIGHT_BYTES,
     LOOPBACK_HOST,
-    _answer_get,
-    _answer_predict,
-    _check_predict_route,
-    _declared_length,
+    answer_get,
+    answer_predict,
+    check_predict_route,
+    declared_length,
 )
 
 logger = logging.getLogger(__name__)
@@ -148,12 +148,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(500, rest_json.error_body(f"Internal error: {error}"))
 
     def _get(self) -> bytes:
-        return _answer_get(self.predictor, self.path)
+        return answer_get(self.predictor, self.path)
 
     def _post(self) -> bytes:
         try:
-            _check_predict_route(self.path)
-            length = _declared_length(self.headers, self.predictor.limits.max_request_bytes)
+            check_predict_route(self.path)
+            length = declared_length(self.headers, self.predictor.limits.max_request_bytes)
         except ServingError:
             self._body_left_unread()
             raise
@@ -166,7 +166,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "--rest-max-inflight-mb`). Retry later.",
             )
         try:
-            return _answer_predict(self.predictor, self.path, self._read_body(length))
+            return answer_predict(self.predictor, self.path, self._read_body(length))
         finally:
             self.server.body_budget.release(length)
 
