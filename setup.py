@@ -20,6 +20,8 @@ _INSTALL_REQUIRES = [
     "tensorboard>=2.21.0",
     "tensorflow-serving-api>=2.21.0",
     "grpcio>=1.60",
+    # The REST front end of `selfy serve` (docs/serving.md).
+    "aiohttp>=3.14.5",
     "ai-edge-litert>=2.3.0",
     "av>=14.0",
     "Pillow>=10.0",

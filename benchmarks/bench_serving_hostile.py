@@ -24,9 +24,22 @@ runs, one after the other:
   (`json_three_statuses`, `json_three_peak_mb`).
 - `deep_json_status`: a body nesting 700 arrays.
 - `rest_rps_c<clients>`: good REST requests per second (status GETs and
-  `predict_frames` on 4 frames of 112², over kept-alive connections, 1 and
-  8 clients for `--rps-seconds` each), the cost of the guards on the good
-  path.
+  `predict_frames` on 4 frames of 112², over kept-alive connections, for
+  each of `--rps-clients` for `--rps-seconds` each), the cost of the guards
+  on the good path; `rps_peak_rss_mb` is the server's peak RSS meanwhile.
+
+With `--baseline-tree DIR --rps-rounds N`, `rps_alternating` then starts
+both servers at once (with the default `--rest-threads`, 128; the cases
+above run with `--rest-threads`, so more clients than that get 503 in
+their rps case) and measures the rps case in
+N rounds, each client count on one server then the other (the order
+alternating between rounds), so that a change of machine load hits both
+alike: `rest_rps_rounds_c<clients>` and `baseline_rest_rps_rounds_c<clients>`
+list the rounds, `rest_rps_ratio_c<clients>` is the median of the per-round
+ratios now / baseline.
+
+`--rest-backend NAME` serves this tree's server with `selfy serve
+--rest-backend NAME` (the baseline keeps its default).
 
 Each case also records the server's peak RSS while it ran
 (`<case>_peak_rss_mb`, `VmHWM` reset before it). `bench_serving.py --faults
@@ -71,8 +84,14 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--idle-connections", type=int, default=300)
     parser.add_argument("--json-mb", type=float, default=8.0)
     parser.add_argument("--rps-seconds", type=float, default=5.0)
+    parser.add_argument("--rps-clients", default="1,8,32,64", help="client counts of the rps case")
+    parser.add_argument("--rps-rounds", type=int, default=0,
+                        help="with --baseline-tree: also measure both servers' rps in this many "
+                             "alternating rounds, both running at once (rps_alternating)")
     parser.add_argument("--cases", default="rps,thin,slowloris,idle,json",
                         help="comma-separated subset of the cases to run")
+    parser.add_argument("--rest-backend", default=None,
+                        help="`selfy serve --rest-backend` of this tree's server (not the baseline's)")
     parser.add_argument("--results-file", default=None)
     return parser.parse_args(argv)
 
@@ -292,13 +311,15 @@ def run_cases(tree: str, base: str, args, results: dict, prefix: str) -> None:
     body = _json_body(args.json_mb)
     body_mb = len(body) / (1 << 20) + 0.1
     extra = ["--rest-threads", str(args.rest_threads), "--rest-timeout", str(args.rest_timeout)]
+    if args.rest_backend and not prefix:
+        extra += ["--rest-backend", args.rest_backend]
     process, rest_port, grpc_port = _start_server(tree, base, extra)
     try:
         results[f"{prefix}rss_start_mb"] = round(_status_mb(process.pid, "VmRSS"), 1)
         steps = (
             ("rps", lambda: results.update({
                 f"{prefix}rest_rps_c{clients}": _good_rps(rest_port, clients, args.rps_seconds)
-                for clients in (1, 8)
+                for clients in map(int, args.rps_clients.split(","))
             })),
             ("thin", lambda: _thin_cases(process, rest_port, grpc_port, args.thin_width, results, prefix)),
             ("slowloris", lambda: _slowloris(rest_port, args.rest_threads, args.rest_timeout, results, prefix)),
@@ -344,6 +365,38 @@ export_saved_model(model, {base!r}, name="selfy", labels=[f"class_{{i}}" for i i
 """
 
 
+def _alternating_rps(trees: list[tuple[str, str, str]], args, results: dict) -> None:
+    """The rps case on every tree's server at once, in alternating rounds.
+
+    The servers keep `selfy serve`'s default `--rest-threads` (128), so that
+    up to 128 clients are all served instead of answered 503.
+    """
+    extra = ["--rest-timeout", str(args.rest_timeout)]
+    servers = []
+    try:
+        for tree, base, prefix in trees:
+            backend = ["--rest-backend", args.rest_backend] if args.rest_backend and not prefix else []
+            process, rest_port, _ = _start_server(tree, base, extra + backend)
+            servers.append((process, rest_port, prefix))
+        for clients in map(int, args.rps_clients.split(",")):
+            rounds = {prefix: [] for _, _, prefix in servers}
+            for round_index in range(args.rps_rounds):
+                order = servers if round_index % 2 == 0 else servers[::-1]
+                for _, rest_port, prefix in order:
+                    rounds[prefix].append(_good_rps(rest_port, clients, args.rps_seconds))
+            for prefix, values in rounds.items():
+                results[f"{prefix}rest_rps_rounds_c{clients}"] = values
+            now, baseline = rounds[""], rounds["baseline_"]
+            ratios = sorted(a / b for a, b in zip(now, baseline) if b)
+            if ratios:
+                results[f"rest_rps_ratio_c{clients}"] = round(ratios[len(ratios) // 2], 3)
+            logger.info("rps_alternating c%d done", clients)
+    finally:
+        for process, _, _ in servers:
+            process.terminate()
+            process.wait(timeout=60)
+
+
 def _export(tree: str) -> str:
     """Exports the tiny model with the code in `tree`; returns the export base."""
     base = tempfile.mkdtemp(prefix="bench_serving_hostile_")
@@ -371,11 +424,19 @@ def main(argv=None) -> int:
     trees = [(_REPO, "")]
     if args.baseline_tree:
         trees.append((os.path.abspath(args.baseline_tree), "baseline_"))
+    exported = []
     for tree, prefix in trees:
         try:
-            run_cases(tree, _export(tree), args, results, prefix)
+            base = _export(tree)
+            exported.append((tree, base, prefix))
+            run_cases(tree, base, args, results, prefix)
         except Exception as error:  # record and go on
             results[f"{prefix}error"] = repr(error)
+    if args.rps_rounds > 0 and len(exported) == 2:
+        try:
+            _alternating_rps(exported, args, results)
+        except Exception as error:  # record and go on
+            results["rps_alternating_error"] = repr(error)
     write_results(results, args.results_file)
     return 0
 

@@ -89,6 +89,12 @@ def register_subparser(subparsers) -> None:
         help="REST request bodies held at once across connections, in MiB (503 beyond)",
     )
     parser.add_argument(
+        "--rest-backend",
+        choices=("threads", "aiohttp"),
+        default="threads",
+        help="REST front end: http.server threads, or aiohttp's event loop (docs/serving.md)",
+    )
+    parser.add_argument(
         "--poll-interval", type=float, default=1.0, help="seconds between checks for new versions"
     )
     parser.add_argument(
@@ -132,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         rest_threads=args.rest_threads,
         rest_timeout_s=args.rest_timeout,
         rest_max_inflight_bytes=int(args.rest_max_inflight_mb * (1 << 20)),
+        rest_backend=args.rest_backend,
         load_timeout_s=args.load_timeout,
     )
     try:

@@ -546,6 +546,11 @@ class TestCommands:
 
         assert int(args.rest_max_inflight_mb * (1 << 20)) == DEFAULT_MAX_INFLIGHT_BYTES
         assert args.load_timeout == DEFAULT_LOAD_TIMEOUT_S
+        from serving.server.model_server import DEFAULT_REST_BACKEND, REST_BACKENDS
+
+        assert args.rest_backend == DEFAULT_REST_BACKEND
+        for backend in REST_BACKENDS:
+            assert build_parser().parse_args(["serve", "BASE", "--rest-backend", backend]).rest_backend == backend
 
     def test_serve_starts_and_stops(self, exported_model, monkeypatch, capsys):
         from selfy_cli import serve

@@ -22,9 +22,15 @@ from serving.batching import BatchingOptions, DynamicBatcher
 from serving.model_store import DEFAULT_LOAD_TIMEOUT_S, ModelStore
 from serving.server.grpc_service import GrpcServer
 from serving.server.predictor import Predictor, RequestLimits
-from serving.server.rest import DEFAULT_MAX_INFLIGHT_BYTES, LOOPBACK_HOST, RestServer
+from serving.server.rest import DEFAULT_MAX_INFLIGHT_BYTES, LOOPBACK_HOST, AiohttpRestServer
+from serving.server.rest_threaded import ThreadedRestServer
 
 logger = logging.getLogger(__name__)
+
+# REST front ends (`selfy serve --rest-backend`): the same API on
+# `http.server` threads or on aiohttp's event loop (docs/serving.md).
+REST_BACKENDS = {"threads": ThreadedRestServer, "aiohttp": AiohttpRestServer}
+DEFAULT_REST_BACKEND = "threads"
 
 
 class ModelServer:
@@ -41,12 +47,16 @@ class ModelServer:
         version_labels: label → version for `/labels/<label>` requests.
         limits: `RequestLimits`, the caps on what one request may cost
             (clips, frames, frame size, bytes).
-        rest_threads: REST connections served at once; more get 503.
-            Default 128.
+        rest_threads: REST connections open at once (more get 503), and
+            the threads answering REST requests. Default 128.
         rest_timeout_s: REST deadline for a request's headers (idle
-            keep-alive included), then for its body. Default 30.
+            keep-alive included), then for its body, then for its reply.
+            Default 30.
         rest_max_inflight_bytes: REST request-body bytes held at once
             across connections (503 beyond). Default 256 MiB.
+        rest_backend: the REST front end, one of `REST_BACKENDS`:
+            `"threads"` (`http.server`, a thread per connection; the
+            default) or `"aiohttp"` (one event loop, requests on a pool).
         warmup: replay warm-up requests when loading a version.
         load_timeout_s: longest a version's load and warm-up may take
             before it is given up. Default 300.
@@ -70,11 +80,17 @@ class ModelServer:
         rest_threads: int = 128,
         rest_timeout_s: float = 30.0,
         rest_max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+        rest_backend: str = DEFAULT_REST_BACKEND,
         warmup: bool = True,
         load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
     ):
         if rest_port is None and grpc_port is None:
             raise ValueError("Give `rest_port` or `grpc_port` (or both); received neither.")
+        if rest_backend not in REST_BACKENDS:
+            raise ValueError(
+                f"Unknown `rest_backend`. Received: rest_backend={rest_backend!r}. "
+                f"Expected one of {sorted(REST_BACKENDS)}."
+            )
         self.store = ModelStore(
             os.path.join(base_path, name),
             name=name,
@@ -90,7 +106,7 @@ class ModelServer:
         self.rest = self.grpc = None
         try:
             if rest_port is not None:
-                self.rest = RestServer(
+                self.rest = REST_BACKENDS[rest_backend](
                     self.predictor, rest_port, rest_threads, rest_timeout_s, rest_max_inflight_bytes
                 )
             if grpc_port is not None:

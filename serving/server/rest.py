@@ -1,4 +1,7 @@
-"""TF Serving's REST API over `http.server` (loopback only).
+"""TF Serving's REST API on aiohttp's HTTP server (`selfy serve --rest-backend aiohttp`).
+
+The routes, replies and caps below are shared with `rest_threaded` (the
+`http.server` front end). Loopback only.
 
 Routes (`[...]` optional; one of `/versions/<v>` or `/labels/<l>`):
 
@@ -7,34 +10,39 @@ Routes (`[...]` optional; one of `/versions/<v>` or `/labels/<l>`):
 - `POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict` → predictions
 
 Errors answer `{"error": "..."}` with 400 (bad request), 404 (unknown model,
-version or route), 413 (body over the size cap), 501 (unsupported method) or
-503 (overloaded), and the server keeps serving. Bodies larger than the size
-cap are refused from their `Content-Length` without being read.
+version or route), 408 (body not received in time), 413 (body over the size
+cap), 501 (unsupported method) or 503 (overloaded), and the server keeps
+serving. Bodies larger than the size cap are refused from their
+`Content-Length` without being read.
 
-Connections are served by a bounded pool of threads. A connection must send
-its request line and headers within `timeout_s` of the server starting to
-wait for them (an idle kept-alive connection is closed then too), and then
-its whole body within `timeout_s`: each is one deadline, however slowly the
-bytes trickle in, so half-sent requests cannot hold threads. When every
-thread is busy a new connection gets 503 with `Retry-After` at once,
-written by one thread that never waits on a client. Request bodies held at
-once are bounded in total (`max_inflight_bytes`, 503 beyond it).
+One asyncio event loop, on its own thread, runs aiohttp's HTTP/1.1 server
+(parsing, keep-alive, lingering close); decoding, prediction and encoding
+run on a pool of `num_threads` threads, never on the loop. A connection
+must send its request line and headers within `timeout_s` of the server
+starting to wait for them (aiohttp's `keepalive_timeout`, which also
+closes an idle kept-alive connection), then its whole body within
+`timeout_s`, and must take each reply within `timeout_s`: each is one
+deadline, however slowly the bytes trickle. At most `num_threads`
+connections are open at once; one beyond them gets 503 with `Retry-After`
+at once and costs no thread. Request bodies held at once are bounded in
+total (`max_inflight_bytes`, 503 beyond it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import errno
-import http.server
-import io
 import logging
 import re
-import selectors
 import socket
 import threading
-import time
+import weakref
+from http import HTTPStatus
+from typing import Mapping
 
 import grpc
+from aiohttp import HttpVersion11, web, web_protocol, web_server
 
 from serving.errors import PortInUseError, ServingError, invalid_argument, not_found
 from serving.server import rest_json, status
@@ -45,12 +53,20 @@ logger = logging.getLogger(__name__)
 LOOPBACK_HOST = "127.0.0.1"
 DEFAULT_MAX_INFLIGHT_BYTES = 256 << 20
 
+# Seconds an answered connection is still read (and the bytes dropped) so
+# that its client, maybe still sending a body nobody reads, gets the reply
+# instead of a reset.
+_LINGER_S = 2.0
+# Refused connections that linger at once; beyond them they are closed at once.
+_MAX_LINGERING_REFUSALS = 1024
+_SERVER_HEADER = "selfy-serving"
+_READ_BUFFER_BYTES = 256 << 10
+
 _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<suffix>/metadata|:[a-zA-Z]+)?/?$"
 )
-
 
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 
@@ -68,221 +84,86 @@ def _parse_route(path: str) -> tuple[str, int | None, str | None, str | None]:
     return match.group("name"), version, match.group("label"), match.group("suffix")
 
 
-class _DeadlineReader(io.RawIOBase):
-    """Reads from a socket until a deadline, however the bytes trickle in.
-
-    A per-read socket timeout alone lets a client that sends one byte a
-    second hold its connection forever; here every read gets only the time
-    left before `deadline` (`time.monotonic()` seconds).
-    """
-
-    def __init__(self, connection: socket.socket):
-        self._connection = connection
-        self.deadline = time.monotonic()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the request deadline passed")
-        self._connection.settimeout(remaining)
-        return self._connection.recv_into(buffer)
+# The API itself, shared with the `http.server` front end (`rest_threaded`).
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out as two writes on a kept-alive connection: with
-    # Nagle's algorithm the body then waits for the client's delayed ACK
-    # (~40 ms per request on loopback).
-    disable_nagle_algorithm = True
-    server_version = "selfy-serving"
-    predictor: Predictor
-    # Seconds for the wait for a request with its request line and headers,
-    # then for its body (each one deadline, see `_DeadlineReader`), and for
-    # each write of a reply.
-    timeout: float
+def answer_get(predictor: Predictor, path: str) -> bytes:
+    """The body of a status or metadata request."""
+    name, version, label, suffix = _parse_route(path)
+    if suffix not in (None, "/metadata"):
+        raise not_found(f"Malformed request: GET {path}")
+    predictor.check_model_name(name)
+    if suffix is None:
+        if label is not None:
+            version = predictor.version(name, label=label).version
+        body = status.to_json(status.model_status_response(predictor.store, version))
+    else:
+        loaded = predictor.version(name, version, label)
+        body = status.to_json(status.model_metadata_response(name, loaded))
+    return rest_json.dumps(body)
 
-    def setup(self) -> None:
-        super().setup()
-        self.rfile.close()
-        self._reader = _DeadlineReader(self.connection)
-        self.rfile = io.BufferedReader(self._reader)
 
-    def handle_one_request(self) -> None:
-        # One deadline for the wait for a request (an idle kept-alive
-        # connection), its request line and every header line together.
-        self._reader.deadline = time.monotonic() + self.timeout
-        super().handle_one_request()
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (base class name)
-        logger.debug("%s %s", self.address_string(), format % args)
-
-    def _start_reply(self, code: int) -> None:
-        # Reads shrink the socket timeout towards their deadline; a reply
-        # gets the whole timeout for each write again.
-        self.connection.settimeout(self.timeout)
-        self.send_response(code)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own errors (bad request line, unsupported method) as JSON."""
-        short, long = self.responses.get(code, ("Error", ""))
-        text = message or short
-        if explain or long:
-            text = f"{text}: {explain or long}"
-        self.close_connection = True
-        body = rest_json.error_body(text)
-        self._start_reply(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if getattr(self, "command", None) != "HEAD" and code >= 200 and code not in (204, 304):
-            self.wfile.write(body)
-
-    def _send(self, code: int, body: bytes) -> None:
-        self._start_reply(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if code == 503:
-            self.send_header("Retry-After", "1")
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _send_error(self, error: ServingError) -> None:
-        self._send(error.http_status, rest_json.error_body(error.message))
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        self._answer(self._get)
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
-        self._answer(self._post)
-
-    def _answer(self, method) -> None:
-        try:
-            self._send(200, method())
-        except ServingError as error:
-            self._send_error(error)
-        except OSError as error:  # the client timed out or went away mid-request
-            logger.debug("%s %s from %s: %s", self.command, self.path, self.address_string(), error)
-            self.close_connection = True
-        except Exception as error:  # keep serving whatever one request did
-            logger.exception("internal error answering %s %s", self.command, self.path)
-            self.close_connection = True
-            self._send(500, rest_json.error_body(f"Internal error: {error}"))
-
-    def _get(self) -> bytes:
-        name, version, label, suffix = _parse_route(self.path)
-        if suffix not in (None, "/metadata"):
-            raise not_found(f"Malformed request: GET {self.path}")
-        self.predictor.check_model_name(name)
-        if suffix is None:
-            if label is not None:
-                version = self.predictor.version(name, label=label).version
-            body = status.to_json(status.model_status_response(self.predictor.store, version))
-        else:
-            loaded = self.predictor.version(name, version, label)
-            body = status.to_json(status.model_metadata_response(name, loaded))
-        return rest_json.dumps(body)
-
-    def _post(self) -> bytes:
-        length = self._body_length()
-        if not self.server.body_budget.reserve(length):
-            self._body_left_unread()
-            raise ServingError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"The server is busy: request bodies in flight would exceed "
-                f"{self.server.body_budget.capacity} bytes (`selfy serve "
-                "--rest-max-inflight-mb`). Retry later.",
-            )
-        try:
-            return self._predict(self._read_body(length))
-        finally:
-            self.server.body_budget.release(length)
-
-    def _predict(self, body: bytearray) -> bytes:
-        name, version, label, suffix = _parse_route(self.path)
-        if suffix != ":predict":
-            if suffix in (":classify", ":regress"):
-                raise invalid_argument(
-                    f"{suffix[1:]} is not supported by this model: it has only "
-                    "predict signatures. Use :predict."
-                )
-            raise not_found(f"Malformed request: POST {self.path}")
-        document = rest_json.parse_body(body)
-        del body  # its decoded form is all that is needed from here on
-        loaded, signature = self.predictor.resolve(
-            name, rest_json.signature_name(document), version, label
-        )
-        inputs, request_format = rest_json.request_inputs(document, signature.inputs)
-        del document
-        outputs = self.predictor.run(loaded, signature, inputs)
-        return rest_json.dumps(rest_json.predict_response(outputs, request_format))
-
-    def _body_left_unread(self) -> None:
-        """After the reply, the connection is closed without its body being read."""
-        self.close_connection = True
-        self.server.linger_after_reply(self.connection)
-
-    def _body_length(self) -> int:
-        """The body's declared length, checked against the size cap (body unread)."""
-        limits = self.predictor.limits
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self._body_left_unread()
-            raise invalid_argument("Chunked request bodies are not supported; send Content-Length.")
-        length_header = self.headers.get("Content-Length")
-        if length_header is None or not _ASCII_DIGITS.fullmatch(length_header.strip()):
-            self._body_left_unread()
+def check_predict_route(path: str) -> None:
+    suffix = _parse_route(path)[3]
+    if suffix != ":predict":
+        if suffix in (":classify", ":regress"):
             raise invalid_argument(
-                f"A valid Content-Length header is required. Received: {length_header!r}."
+                f"{suffix[1:]} is not supported by this model: it has only "
+                "predict signatures. Use :predict."
             )
-        length = int(length_header)
-        if length > limits.max_request_bytes:
-            self._body_left_unread()
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"Request body of {length} bytes exceeds the limit of "
-                f"{limits.max_request_bytes} bytes (`selfy serve --max-request-mb`). "
-                "Send JPEG frames (serving_default) or fewer clips per request.",
-                http_status=413,
-            )
-        return length
+        raise not_found(f"Malformed request: POST {path}")
 
-    def _read_body(self, length: int) -> bytearray:
-        # One deadline for the whole body.
-        self._reader.deadline = time.monotonic() + self.timeout
-        body, received = bytearray(length), 0
-        view = memoryview(body)
-        while received < length:
-            try:
-                count = self.rfile.readinto1(view[received:])
-            except TimeoutError:
-                self.close_connection = True
-                raise ServingError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"Request body not received within {self.timeout:g} s "
-                    f"({received} of {length} bytes; `selfy serve --rest-timeout`).",
-                    http_status=408,
-                ) from None
-            if not count:
-                self.close_connection = True
-                raise invalid_argument(
-                    f"The connection closed after {received} of {length} body bytes."
-                )
-            received += count
-        view.release()
-        return body  # json.loads reads a bytearray as it is: no copy
+
+def answer_predict(predictor: Predictor, path: str, body: bytearray) -> bytes:
+    """The body of a predict request (decoding, prediction and encoding)."""
+    name, version, label, _ = _parse_route(path)
+    document = rest_json.parse_body(body)
+    body.clear()  # its decoded form is all that is needed from here on
+    loaded, signature = predictor.resolve(name, rest_json.signature_name(document), version, label)
+    inputs, request_format = rest_json.request_inputs(document, signature.inputs)
+    del document
+    outputs = predictor.run(loaded, signature, inputs)
+    return rest_json.dumps(rest_json.predict_response(outputs, request_format))
+
+
+def declared_length(headers: Mapping[str, str], max_request_bytes: int) -> int:
+    """The body's declared length, checked against the size cap (body unread)."""
+    if "chunked" in headers.get("Transfer-Encoding", "").lower():
+        raise invalid_argument("Chunked request bodies are not supported; send Content-Length.")
+    length_header = headers.get("Content-Length")
+    if length_header is None or not _ASCII_DIGITS.fullmatch(length_header.strip()):
+        raise invalid_argument(
+            f"A valid Content-Length header is required. Received: {length_header!r}."
+        )
+    length = int(length_header)
+    if length > max_request_bytes:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Request body of {length} bytes exceeds the limit of "
+            f"{max_request_bytes} bytes (`selfy serve --max-request-mb`). "
+            "Send JPEG frames (serving_default) or fewer clips per request.",
+            http_status=413,
+        )
+    return length
+
+
+def _json_response(code: int, body: bytes, close: bool = False) -> web.Response:
+    response = web.Response(status=code, body=body, content_type="application/json")
+    response.headers["Server"] = _SERVER_HEADER
+    if code == 503:
+        response.headers["Retry-After"] = "1"
+    if close:
+        response.force_close()  # sends `Connection: close`
+    return response
 
 
 class _BodyBudget:
     """Request-body bytes the server holds at once, across all connections.
 
     A body's bytes are reserved from its `Content-Length` before it is
-    read and released once its reply is sent, so the JSON documents and
+    read and released once its reply is ready, so the JSON documents and
     arrays decoded from bodies are bounded in total, not only per request.
+    Used on the event loop only.
 
     Args:
         capacity: most body bytes in flight.
@@ -291,214 +172,227 @@ class _BodyBudget:
     def __init__(self, capacity: int):
         self.capacity = int(capacity)
         self._used = 0
-        self._lock = threading.Lock()
 
     def reserve(self, num_bytes: int) -> bool:
-        with self._lock:
-            if self._used + num_bytes > self.capacity:
-                return False
-            self._used += num_bytes
-            return True
+        if self._used + num_bytes > self.capacity:
+            return False
+        self._used += num_bytes
+        return True
 
     def release(self, num_bytes: int) -> None:
-        with self._lock:
-            self._used -= num_bytes
+        self._used -= num_bytes
 
 
-class _Refuser:
-    """Answers connections beyond the thread pool with 503, on one thread.
+class _RequestHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler with its own error replies in TF Serving's JSON."""
 
-    The reply is written without waiting (it fits a fresh socket's buffer),
-    then whatever the client sends is read and dropped until it closes or
-    `linger_s` passes: closing a socket with unread data resets the
-    connection, and the client may lose the reply. An idle client costs a
-    selector entry, never a thread's time. At most `max_connections` linger;
-    beyond them connections are closed at once. Connections answered before
-    their body was read (413, 503) linger here too.
+    def __init__(self, manager: "_HttpServer", **kwargs):
+        super().__init__(manager, **kwargs)
+        self._http_server = manager
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._http_server.open_connections.discard(self)
+        super().connection_lost(exc)
+
+    def handle_error(self, request, status: int = 500, exc=None, message=None) -> web.StreamResponse:
+        # Malformed requests (bad request line, header or Content-Length)
+        # are routine: no traceback in the log.
+        logger.debug("bad request from %s: %s", request.remote, message or exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a reply was sent in part; the connection is closed")
+        # A request that could not be parsed has no version of its own and
+        # aiohttp answers it as HTTP/1.0; answer as the HTTP/1.1 server this
+        # is, closing the connection. `request.version` is cached in
+        # `_cache` (aiohttp 3.14); elsewhere the reply stays HTTP/1.0.
+        cache = getattr(request, "_cache", None)
+        if isinstance(cache, dict):
+            cache["version"] = HttpVersion11
+        try:
+            text = HTTPStatus(status).phrase
+        except ValueError:
+            text = "Error"
+        if message:
+            # The parser's first line; the rest quotes the raw bytes with a caret.
+            text = f"{text}: {str(message).splitlines()[0].rstrip(':')}"
+        return _json_response(status, rest_json.error_body(text), close=True)
+
+
+class _Refusal(asyncio.Protocol):
+    """Answers a connection beyond the limit with 503, without waiting on it.
+
+    The reply fits a fresh socket's buffer; then what the client sends is
+    dropped until it closes or `_LINGER_S` passes (closing a socket with
+    unread data resets the connection, and the client may lose the reply).
     """
 
-    def __init__(self, reply: bytes, max_connections: int = 1024, linger_s: float = 2.0):
-        self._reply = reply
-        self._max_connections = max_connections
-        self._linger_s = linger_s
-        self._selector = selectors.DefaultSelector()
-        self._deadlines: dict[socket.socket, float] = {}
-        self._lock = threading.Lock()
-        self._wake_read, self._wake_write = socket.socketpair()
-        self._wake_read.setblocking(False)
-        self._wake_write.setblocking(False)
-        self._selector.register(self._wake_read, selectors.EVENT_READ)
-        self._closing = False
-        self._thread = threading.Thread(target=self._loop, name="rest-busy", daemon=True)
-        self._thread.start()
+    def __init__(self, server: "_HttpServer"):
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
-    def refuse(self, connection: socket.socket) -> None:
-        """Answers `connection` with the 503, then lingers on it."""
-        try:
-            connection.setblocking(False)
-            connection.send(self._reply)
-        except OSError:
-            connection.close()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        transport.write(self._server.busy_reply)
+        if len(self._server.refusals) >= _MAX_LINGERING_REFUSALS or not transport.can_write_eof():
+            transport.close()
             return
-        self.linger(connection)
+        self._server.refusals.add(self)
+        transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
 
-    def linger(self, connection: socket.socket) -> None:
-        """Closes `connection` for writing, then drops what it sends until it closes."""
-        try:
-            connection.setblocking(False)
-            connection.shutdown(socket.SHUT_WR)
-        except OSError:
-            connection.close()
-            return
-        with self._lock:
-            if self._closing or len(self._deadlines) >= self._max_connections:
-                connection.close()
-                return
-            self._deadlines[connection] = time.monotonic() + self._linger_s
-            self._selector.register(connection, selectors.EVENT_READ)
-        self._wake()
+    def data_received(self, data: bytes) -> None:
+        pass  # dropped
 
-    def _wake(self) -> None:
-        try:
-            self._wake_write.send(b"x")
-        except OSError:  # the wake-up pipe is full: the loop is awake anyway
-            pass
-
-    def _drop(self, connection: socket.socket) -> None:
-        try:
-            self._selector.unregister(connection)
-        except (KeyError, ValueError):  # already gone
-            pass
-        self._deadlines.pop(connection, None)
-        connection.close()
-
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                if self._closing:
-                    break
-                timeout = min(self._deadlines.values(), default=time.monotonic() + 1.0) - time.monotonic()
-            for key, _ in self._selector.select(max(timeout, 0.0)):
-                if key.fileobj is self._wake_read:
-                    try:
-                        self._wake_read.recv(4096)
-                    except OSError:
-                        pass
-                    continue
-                try:
-                    data = key.fileobj.recv(1 << 16)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if not data:
-                    with self._lock:
-                        self._drop(key.fileobj)
-            now = time.monotonic()
-            with self._lock:
-                for connection in [c for c, deadline in self._deadlines.items() if deadline <= now]:
-                    self._drop(connection)
-        with self._lock:
-            for connection in list(self._deadlines):
-                self._drop(connection)
-        self._selector.close()
-        self._wake_read.close()
-        self._wake_write.close()
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself
 
     def close(self) -> None:
-        with self._lock:
-            self._closing = True
-        self._wake()
-        self._thread.join(timeout=5)
+        self._transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._server.refusals.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
 
 
-class _Server(http.server.HTTPServer):
-    """An HTTP server on a bounded thread pool that answers 503 when it is full."""
+class _HttpServer(web_server.Server):
+    """aiohttp's low-level server with a connection limit answered with 503 at once."""
 
-    # Bursts of connections wait here (the kernel caps it at somaxconn)
-    # until the accept loop answers them, with a reply or a 503.
-    request_queue_size = 1024
-
-    def __init__(self, address, handler, num_threads: int, max_inflight_bytes: int):
-        self.num_threads = int(num_threads)
-        self.body_budget = _BodyBudget(max_inflight_bytes)
-        self._slots = threading.BoundedSemaphore(self.num_threads)
-        self._pool = concurrent.futures.ThreadPoolExecutor(self.num_threads, thread_name_prefix="rest")
-        self._open: set[socket.socket] = set()
-        self._lingering: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
+    def __init__(self, handler, *, max_connections: int, **kwargs):
+        super().__init__(handler, **kwargs)
+        self.max_connections = max_connections
+        # Handlers made and not yet closed (a handler whose connection never
+        # opened goes away with its last reference).
+        self.open_connections: weakref.WeakSet = weakref.WeakSet()
+        self.refusals: set[_Refusal] = set()  # lingering after their 503
         body = rest_json.error_body(
-            f"The server is busy: all {self.num_threads} REST connections are in use "
+            f"The server is busy: all {max_connections} REST connections are in use "
             "(`selfy serve --rest-threads`). Retry later."
         )
         head = (
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n"
+            f"Server: {_SERVER_HEADER}\r\n\r\n"
         )
-        self._refuser = _Refuser(head.encode("ascii") + body)
-        super().__init__(address, handler)  # closes the refuser when the port is taken
+        self.busy_reply = head.encode("ascii") + body
 
-    def process_request(self, request, client_address) -> None:
-        if self._slots.acquire(blocking=False):
-            self._pool.submit(self._serve, request, client_address)
-        else:
-            self._refuser.refuse(request)
+    def __call__(self) -> asyncio.Protocol:
+        if len(self.open_connections) >= self.max_connections:
+            return _Refusal(self)
+        handler = _RequestHandler(self, loop=self._loop, **self._kwargs)
+        self.open_connections.add(handler)
+        return handler
 
-    def _serve(self, request, client_address) -> None:
-        with self._open_lock:
-            self._open.add(request)
+
+class _Api:
+    """Answers one request on the event loop; the work runs on `pool`."""
+
+    def __init__(self, predictor: Predictor, pool: concurrent.futures.Executor,
+                 timeout_s: float, max_inflight_bytes: int):
+        self.predictor = predictor
+        self.pool = pool
+        self.timeout_s = timeout_s
+        self.body_budget = _BodyBudget(max_inflight_bytes)
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        # The path as sent, percent-escapes kept, as the routes expect.
+        path = request.raw_path
+        close = False
         try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            with self._open_lock:
-                self._open.discard(request)
-                linger = request in self._lingering
-                self._lingering.discard(request)
-            if linger:
-                self._refuser.linger(request)
+            if request.method == "GET":
+                if _parse_route(path)[3] is None:
+                    # A status: a few dict reads under a short lock, answered here.
+                    body = answer_get(self.predictor, path)
+                else:
+                    body = await self._in_pool(answer_get, self.predictor, path)
+            elif request.method == "POST":
+                body = await self._post(request, path)
             else:
-                self.shutdown_request(request)
-            self._slots.release()
+                close = True
+                raise ServingError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"Unsupported method ({request.method!r}): Server does not support this operation",
+                    http_status=501,
+                )
+            response = _json_response(200, body)
+        except ServingError as error:
+            close = close or error.http_status in (408, 413) or not request.content.is_eof()
+            response = _json_response(error.http_status, rest_json.error_body(error.message), close)
+        except ConnectionError:  # the client went away: nothing to answer
+            raise
+        except Exception as error:  # keep serving whatever one request did
+            logger.exception("internal error answering %s %s", request.method, path)
+            response = _json_response(500, rest_json.error_body(f"Internal error: {error}"), close=True)
+        return await self._send(request, response)
 
-    def linger_after_reply(self, request: socket.socket) -> None:
-        """Hands `request` to the refusal thread once answered: its client may
-        still be sending a body nobody reads, and a plain close would reset
-        the connection before the client reads the reply."""
-        with self._open_lock:
-            self._lingering.add(request)
+    async def _in_pool(self, function, *args) -> bytes:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
 
-    def handle_error(self, request, client_address) -> None:
-        # A client that goes away mid-request is routine; no traceback.
-        logger.debug("connection from %s ended with an error", client_address, exc_info=True)
+    async def _post(self, request: web.BaseRequest, path: str) -> bytes:
+        check_predict_route(path)
+        length = declared_length(request.headers, self.predictor.limits.max_request_bytes)
+        if not self.body_budget.reserve(length):
+            raise ServingError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"The server is busy: request bodies in flight would exceed "
+                f"{self.body_budget.capacity} bytes (`selfy serve "
+                "--rest-max-inflight-mb`). Retry later.",
+            )
+        try:
+            if request.headers.get("Expect", "").lower() == "100-continue":
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = await self._read_body(request, length)
+            return await self._in_pool(answer_predict, self.predictor, path, body)
+        finally:
+            self.body_budget.release(length)
 
-    def server_close(self) -> None:
-        super().server_close()
-        # Wake threads waiting on kept-alive connections: the pool's threads
-        # are joined at interpreter exit, which would otherwise wait for
-        # each connection's timeout.
-        with self._open_lock:
-            for connection in self._open:
-                try:
-                    connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._refuser.close()
+    async def _read_body(self, request: web.BaseRequest, length: int) -> bytearray:
+        body, received = bytearray(length), 0
+        try:
+            async with asyncio.timeout(self.timeout_s):  # one deadline for the whole body
+                while received < length:
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        raise invalid_argument(
+                            f"The connection closed after {received} of {length} body bytes."
+                        )
+                    body[received:received + len(chunk)] = chunk
+                    received += len(chunk)
+        except TimeoutError:
+            raise ServingError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"Request body not received within {self.timeout_s:g} s "
+                f"({received} of {length} bytes; `selfy serve --rest-timeout`).",
+                http_status=408,
+            ) from None
+        return body  # json.loads reads a bytearray as it is: no copy
+
+    async def _send(self, request: web.BaseRequest, response: web.Response) -> web.Response:
+        # aiohttp waits for a slow reader without limit: one deadline for the reply.
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await response.prepare(request)
+                await response.write_eof()
+        except TimeoutError:
+            logger.debug("reply to %s not taken within %g s", request.remote, self.timeout_s)
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("the client did not read its reply") from None
+        return response
 
 
-class RestServer:
+class AiohttpRestServer:
     """The REST front end; binds to 127.0.0.1 only.
 
     Args:
         predictor: answers the requests (its `limits.max_request_bytes` is
             the largest accepted body).
-        port: TCP port; 0 picks a free one (see `port` after `start`).
-        num_threads: connections served at once; more get 503. Default 128.
+        port: TCP port; 0 picks a free one (see `port`).
+        num_threads: connections open at once (more get 503) and threads
+            decoding and predicting. Default 128.
         timeout_s: limit for the wait for a request and its request line
             and headers together (an idle kept-alive connection included),
-            then for the whole body. Default 30.
+            then for the whole body, then for the reply. Default 30.
         max_inflight_bytes: request-body bytes held at once across all
             connections; a body that would exceed it gets 503 unread.
             Default 256 MiB; at least `predictor.limits.max_request_bytes`.
@@ -527,11 +421,12 @@ class RestServer:
                 f"read. Received: max_inflight_bytes={max_inflight_bytes}. Raise "
                 "--rest-max-inflight-mb or lower --max-request-mb."
             )
-        handler = type("Handler", (_Handler,), {"predictor": predictor, "timeout": float(timeout_s)})
+        self.num_threads = int(num_threads)
+        self.timeout_s = float(timeout_s)
         try:
-            self._server = _Server(
-                (LOOPBACK_HOST, int(port)), handler, num_threads, max_inflight_bytes
-            )
+            # Bursts of connections wait in the backlog (the kernel caps it
+            # at somaxconn) until the loop answers them, with a reply or a 503.
+            self._socket = socket.create_server((LOOPBACK_HOST, int(port)), backlog=1024)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise PortInUseError(
@@ -539,22 +434,62 @@ class RestServer:
                     "server or choose another port with --rest-port (0: any free port)."
                 ) from error
             raise
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.num_threads, thread_name_prefix="rest")
+        self._api = _Api(predictor, self._pool, self.timeout_s, max_inflight_bytes)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._http: _HttpServer | None = None
+        self._listener: asyncio.Server | None = None
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1]
+        return self._socket.getsockname()[1]
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="rest-server", daemon=True
-        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rest-server", daemon=True)
         self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(timeout=30)
         logger.info("REST API on http://%s:%d", LOOPBACK_HOST, self.port)
 
+    async def _listen(self) -> None:
+        self._http = _HttpServer(
+            self._api,
+            max_connections=self.num_threads,
+            # The deadline for a request line and headers, from the start
+            # of the wait (a new or kept-alive connection).
+            keepalive_timeout=self.timeout_s,
+            lingering_time=_LINGER_S,
+            # A body arrives in fewer, larger chunks (asyncio reads up to
+            # 256 KiB at a time; aiohttp's default buffer is 64 KiB).
+            read_bufsize=_READ_BUFFER_BYTES,
+            access_log=None,
+        )
+        self._listener = await asyncio.get_running_loop().create_server(
+            self._http, sock=self._socket, backlog=1024
+        )
+
+    async def _close(self) -> None:
+        self._listener.close()
+        for refusal in list(self._http.refusals):
+            refusal.close()
+        await self._http.shutdown(timeout=1.0)
+        # Requests still waiting on the pool: cancelled, so that their
+        # results, arriving later, go nowhere.
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def stop(self) -> None:
-        if self._thread is not None:  # shutdown() waits for a loop that must be running
-            self._server.shutdown()
+        if self._thread is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=10)
+            except (concurrent.futures.TimeoutError, RuntimeError) as error:
+                logger.debug("REST shutdown did not finish: %r", error)
+            self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
             self._thread = None
-        self._server.server_close()
+            self._loop.close()
+        self._socket.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
