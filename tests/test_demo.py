@@ -71,7 +71,7 @@ class TestDemoBasic:
         assert not offline.model.causal and offline.data.frame_stride == 0
 
     def test_first_k_frames_repeat_the_last_seen_frame(self):
-        from selfy_tf.demo.early_recognition import first_k_frames_clips
+        from selfy_cli.demo.early_recognition import first_k_frames_clips
 
         clips = np.random.default_rng(0).integers(0, 256, (2, 5, 3, 3, 3), dtype=np.uint8)
         for num_seen in range(1, 6):

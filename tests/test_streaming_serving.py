@@ -137,7 +137,7 @@ class TestTFLiteStream:
 
     @pytest.mark.slow
     def test_cli_fp16_stream_matches_keras_with_float32_states(self, causal_model, tmp_path, capsys):
-        from selfy_tf.cli.main import main
+        from selfy_cli.main import main
         from serving import tflite_inspect
 
         model_path = str(tmp_path / "causal.keras")

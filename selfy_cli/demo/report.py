@@ -215,7 +215,7 @@ def _plot_early_recognition(results: dict, figures_dir: str) -> str:
 
 
 def _add_early_recognition(report: HTMLReport, results: dict, base_dir: str) -> None:
-    """The section on top-1 against frames seen (`selfy_tf.demo.early_recognition`)."""
+    """The section on top-1 against frames seen (`selfy_cli.demo.early_recognition`)."""
     early = results.get("early_recognition")
     if not early:
         return

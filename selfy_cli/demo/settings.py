@@ -24,7 +24,7 @@ class DemoSettings:
         causal_model: a model zoo name trained once more as a causal model
             (`model.causal=true`) on the frames a stream sees
             (`data.frame_stride=1`), with the first seed only, for the early
-            recognition plot (`selfy_tf.demo.early_recognition`); None: none.
+            recognition plot (`selfy_cli.demo.early_recognition`); None: none.
         seeds: training seeds (model initialisation and data order); the
             dataset is the same for all.
         epochs: training epochs per model.
