@@ -180,22 +180,12 @@ def _median_ratio(numerators: list[float], denominators: list[float]) -> float:
     return round(float(np.median(np.asarray(numerators) / np.asarray(denominators))), 4)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+def _environment(args: argparse.Namespace, precisions: list[str]) -> dict[str, object]:
+    """What the figures depend on: versions, device, CPU flags, the case's shape and the load."""
+    import keras
     import tensorflow as tf
 
-    limit_threads(args.threads)
-    import keras
-
-    from selfy_tf.models import count_macs, create_model, fold_batch_norms
-
-    models = _split(args.models)
-    precisions = _split(args.precisions)
-    batch_sizes = [int(size) for size in _split(args.batch_sizes)]
-    xla_settings = [{"off": False, "on": True}[value] for value in _split(args.xla)]
-    torch_names = _split(args.torch_models)
-    results: dict[str, object] = {
+    return {
         "benchmark": "bench_models",
         "tf_version": tf.__version__,
         "keras_version": keras.__version__,
@@ -211,6 +201,111 @@ def main(argv: list[str] | None = None) -> int:
         "num_bench_iter": args.num_bench_iter,
         "load_average_1min": os.getloadavg()[0],
     }
+
+
+def _build_models(args: argparse.Namespace, models: list[str], precision: str, gflops: float,
+                  gmacs: dict[str, float], results: dict, errors: dict) -> dict:
+    """The models of one precision (and their folded copies), with their MACs and roofline."""
+    from selfy_tf.models import count_macs, create_model, fold_batch_norms
+
+    built = {}
+    for name in models:
+        try:
+            built[name] = create_model(name, num_classes=args.num_classes, num_frames=args.num_frames,
+                                       input_size=args.input_size, dtype_policy=precision)
+        except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
+            errors[f"{name}_{precision}"] = f"{type(error).__name__}: {error}"
+            logger.error("%s: %s", name, errors[f"{name}_{precision}"])
+            continue
+        if name not in gmacs:
+            gmacs[name] = count_macs(built[name]) / 1e9
+            results[f"{name}_gmacs"] = round(gmacs[name], 3)
+            results[f"{name}_param_count_m"] = round(built[name].count_params() / 1e6, 3)
+        results[f"{name}_{precision}_roofline_ms_per_clip"] = round(2000.0 * gmacs[name] / gflops, 1)
+        if args.fold_batch_norms:
+            built[f"{name}_folded"] = fold_batch_norms(built[name])
+    return built
+
+
+def _record_durations(durations: dict, keys: dict, batch: int, results: dict) -> None:
+    """Per-clip figures of each model of a case: median, mean, fastest, clips per second."""
+    for name, times in durations.items():
+        # The median resists load spikes on a shared machine.
+        ms_per_clip = 1000.0 * float(np.median(times)) / batch
+        results[f"{keys[name]}_infer_ms_per_clip"] = round(ms_per_clip, 2)
+        results[f"{keys[name]}_infer_mean_ms_per_clip"] = round(1000.0 * float(np.mean(times)) / batch, 2)
+        results[f"{keys[name]}_infer_min_ms_per_clip"] = round(1000.0 * min(times) / batch, 2)
+        results[f"{keys[name]}_infer_clips_per_sec"] = round(1000.0 / ms_per_clip, 3)
+        logger.info("%s: %.1f ms per clip", keys[name], ms_per_clip)
+
+
+def _record_ratios(durations: dict, torch_models: dict, batch: int, xla: bool, precision: str,
+                   results: dict) -> None:
+    """SELFY over TSM (plain and folded) and ours over PyTorch, from the same rounds."""
+    for depth in ("r18", "r50"):
+        for variant in ("", "_folded"):
+            selfy = durations.get(f"selfy_tsm_{depth}{variant}")
+            tsm = durations.get(f"tsm_{depth}{variant}")
+            if selfy and tsm:
+                key = f"selfy_over_tsm_{depth}{variant}_b{batch}_xla{int(xla)}_{precision}"
+                results[f"{key}_time_ratio"] = _median_ratio(selfy, tsm)
+                # Steal time on a virtual machine only slows calls down.
+                results[f"{key}_min_time_ratio"] = round(min(selfy) / min(tsm), 4)
+    for name in torch_models:
+        ours, theirs = durations.get(name), durations.get(f"torch_{name}")
+        if ours and theirs:
+            results[f"{name}_over_torch_b{batch}_{precision}_time_ratio"] = _median_ratio(ours, theirs)
+
+
+def _time_precision(args: argparse.Namespace, built: dict, torch_models: dict, precision: str,
+                    rng: np.random.Generator, results: dict, errors: dict) -> None:
+    """Every XLA setting and batch size of one precision, the models timed in turns."""
+    import tensorflow as tf
+
+    for xla in [{"off": False, "on": True}[value] for value in _split(args.xla)]:
+        forwards = {
+            name: tf.function(lambda clips, model=model: model(clips, training=False), jit_compile=xla)
+            for name, model in built.items()
+        }
+        for batch in [int(size) for size in _split(args.batch_sizes)]:
+            clips = tf.constant(rng.integers(0, 256, (batch, args.num_frames, args.input_size,
+                                                      args.input_size, 3)).astype("float32"))
+            case_forwards = dict(forwards)
+            if torch_models and not xla:
+                try:
+                    case_forwards.update(_torch_forwards(torch_models, precision, clips))
+                except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
+                    errors[f"torch_b{batch}_{precision}"] = f"{type(error).__name__}: {error}"
+            keys = {name: (f"{name}_b{batch}_{precision}" if name.startswith("torch_")
+                           else _case_key(name, batch, xla, precision)) for name in case_forwards}
+            durations = _time_in_turns(case_forwards, clips, args.num_warm_iter, args.num_bench_iter,
+                                       errors, keys)
+            _record_durations(durations, keys, batch, results)
+            _record_ratios(durations, torch_models, batch, xla, precision, results)
+
+
+def _record_targets(precisions: list[str], results: dict) -> None:
+    for precision in precisions:
+        ratio = results.get(f"selfy_over_tsm_r50_b1_xla0_{precision}_time_ratio")
+        if ratio is not None:
+            results[f"target_time_ratio_met_{precision}"] = ratio <= TARGET_RATIO
+        selfy_ms = results.get(f"{_case_key('selfy_tsm_r50', 1, False, precision)}_infer_ms_per_clip")
+        if selfy_ms is not None:
+            results[f"target_selfy_tsm_r50_ms_met_{precision}"] = selfy_ms <= TARGET_SELFY_R50_MS
+    results["target_time_ratio"] = TARGET_RATIO
+    results["target_selfy_tsm_r50_ms_per_clip"] = TARGET_SELFY_R50_MS
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    limit_threads(args.threads)
+    import keras
+
+    models = _split(args.models)
+    precisions = _split(args.precisions)
+    torch_names = _split(args.torch_models)
+    results = _environment(args, precisions)
     errors: dict[str, str] = {}
     rng = np.random.default_rng(0)
     gmacs: dict[str, float] = {}
@@ -227,74 +322,11 @@ def main(argv: list[str] | None = None) -> int:
             errors[f"matmul_{precision}"] = f"{type(error).__name__}: {error}"
             continue
         results[f"matmul_{precision}_gflops"] = round(gflops, 1)
-        built = {}
-        for name in models:
-            try:
-                built[name] = create_model(name, num_classes=args.num_classes, num_frames=args.num_frames,
-                                           input_size=args.input_size, dtype_policy=precision)
-            except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
-                errors[f"{name}_{precision}"] = f"{type(error).__name__}: {error}"
-                logger.error("%s: %s", name, errors[f"{name}_{precision}"])
-                continue
-            if name not in gmacs:
-                gmacs[name] = count_macs(built[name]) / 1e9
-                results[f"{name}_gmacs"] = round(gmacs[name], 3)
-                results[f"{name}_param_count_m"] = round(built[name].count_params() / 1e6, 3)
-            results[f"{name}_{precision}_roofline_ms_per_clip"] = round(2000.0 * gmacs[name] / gflops, 1)
-            if args.fold_batch_norms:
-                built[f"{name}_folded"] = fold_batch_norms(built[name])
-        for xla in xla_settings:
-            forwards = {
-                name: tf.function(lambda clips, model=model: model(clips, training=False), jit_compile=xla)
-                for name, model in built.items()
-            }
-            for batch in batch_sizes:
-                clips = tf.constant(rng.integers(0, 256, (batch, args.num_frames, args.input_size,
-                                                          args.input_size, 3)).astype("float32"))
-                case_forwards = dict(forwards)
-                if torch_models and not xla:
-                    try:
-                        case_forwards.update(_torch_forwards(torch_models, precision, clips))
-                    except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
-                        errors[f"torch_b{batch}_{precision}"] = f"{type(error).__name__}: {error}"
-                keys = {name: (f"{name}_b{batch}_{precision}" if name.startswith("torch_")
-                               else _case_key(name, batch, xla, precision)) for name in case_forwards}
-                durations = _time_in_turns(case_forwards, clips, args.num_warm_iter, args.num_bench_iter,
-                                           errors, keys)
-                for name, times in durations.items():
-                    # The median resists load spikes on a shared machine.
-                    ms_per_clip = 1000.0 * float(np.median(times)) / batch
-                    results[f"{keys[name]}_infer_ms_per_clip"] = round(ms_per_clip, 2)
-                    results[f"{keys[name]}_infer_mean_ms_per_clip"] = round(
-                        1000.0 * float(np.mean(times)) / batch, 2)
-                    results[f"{keys[name]}_infer_min_ms_per_clip"] = round(1000.0 * min(times) / batch, 2)
-                    results[f"{keys[name]}_infer_clips_per_sec"] = round(1000.0 / ms_per_clip, 3)
-                    logger.info("%s: %.1f ms per clip", keys[name], ms_per_clip)
-                for depth in ("r18", "r50"):
-                    for variant in ("", "_folded"):
-                        selfy = durations.get(f"selfy_tsm_{depth}{variant}")
-                        tsm = durations.get(f"tsm_{depth}{variant}")
-                        if selfy and tsm:
-                            key = f"selfy_over_tsm_{depth}{variant}_b{batch}_xla{int(xla)}_{precision}"
-                            results[f"{key}_time_ratio"] = _median_ratio(selfy, tsm)
-                            # Steal time on a virtual machine only slows calls down.
-                            results[f"{key}_min_time_ratio"] = round(min(selfy) / min(tsm), 4)
-                for name in torch_models:
-                    ours, theirs = durations.get(name), durations.get(f"torch_{name}")
-                    if ours and theirs:
-                        results[f"{name}_over_torch_b{batch}_{precision}_time_ratio"] = _median_ratio(ours, theirs)
-        built = forwards = None
+        built = _build_models(args, models, precision, gflops, gmacs, results, errors)
+        _time_precision(args, built, torch_models, precision, rng, results, errors)
+        built = None
         keras.utils.clear_session()
-
-    for precision in precisions:
-        ratio = results.get(f"selfy_over_tsm_r50_b1_xla0_{precision}_time_ratio")
-        if ratio is not None:
-            results[f"target_time_ratio_met_{precision}"] = ratio <= TARGET_RATIO
-        selfy_ms = results.get(f"{_case_key('selfy_tsm_r50', 1, False, precision)}_infer_ms_per_clip")
-        if selfy_ms is not None:
-            results[f"target_selfy_tsm_r50_ms_met_{precision}"] = selfy_ms <= TARGET_SELFY_R50_MS
-    results["target_time_ratio"] = TARGET_RATIO
-    results["target_selfy_tsm_r50_ms_per_clip"] = TARGET_SELFY_R50_MS
+    _record_targets(precisions, results)
     results["load_average_1min_end"] = os.getloadavg()[0]
     if errors:
         results["error"] = errors
