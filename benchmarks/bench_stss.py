@@ -208,7 +208,7 @@ def _run_case(
         results[f"{name}_error"] = f"{type(error).__name__}: {error}"[:500]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--num-warmup", type=int, default=3, help="untimed calls per case (default 3)"
@@ -233,13 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--results-file", default=None, help="also write the JSON result here"
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    return parser.parse_args(argv)
 
-    if ON_TENSORFLOW:
-        limit_threads(2)
 
-    results: dict = {
+def _environment(args: argparse.Namespace) -> dict:
+    """What the figures depend on: backend and versions, the shapes, the tiles and the load."""
+    from selfy_tf.ops._stss_plan import choose_tiles
+
+    return {
         "benchmark": "stss",
         "keras_backend": keras.config.backend(),
         "tf_version": tf.__version__ if ON_TENSORFLOW else None,
@@ -254,11 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         "block_frames": BLOCK_FRAMES,
         "repeats": args.repeats,
         "load_average_start": os.getloadavg()[0],
+        "matmul_tile": list(choose_tiles(STSS_SHAPE[2], STSS_SHAPE[3], WINDOW[1], WINDOW[2])),
     }
-    from selfy_tf.ops._stss_plan import choose_tiles
 
-    results["matmul_tile"] = list(choose_tiles(STSS_SHAPE[2], STSS_SHAPE[3], WINDOW[1], WINDOW[2]))
 
+def _run_cases(args: argparse.Namespace, results: dict) -> None:
+    """The STSS backends in each mode, the batch norm kernels and the SELFY block."""
     backends = [name for name in args.backends.split(",") if name]
     for backend in backends:
         modes = ("graph", "xla")
@@ -291,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
                 results,
             )
 
+
+def _record_ratios(results: dict) -> None:
+    """Each STSS case against the default one, and the exact batch norm against the fused kernel."""
     for phase in ("fwd", "fwdbwd"):
         baseline = results.get(f"{DEFAULT_CASE}_{phase}_ms")
         if not baseline:
@@ -306,8 +311,17 @@ def main(argv: list[str] | None = None) -> int:
         fused = results.get(f"batch_norm_fused_kernel_{phase}_ms")
         if exact and fused:
             results[f"batch_norm_exact_cost_{phase}_ratio"] = round(exact / fused, 3)
-    results["load_average_end"] = os.getloadavg()[0]
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    if ON_TENSORFLOW:
+        limit_threads(2)
+    results = _environment(args)
+    _run_cases(args, results)
+    _record_ratios(results)
+    results["load_average_end"] = os.getloadavg()[0]
     write_results(results, args.results_file)
     return 0
 
