@@ -604,7 +604,7 @@ def _ratios(results: dict) -> None:
         results["train_step_memory_ratio"] = round(jax_mem / torch_mem, 3)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--smoke", action="store_true", help="tiny shapes (default on a CPU)")
@@ -625,18 +625,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-dir", default=None,
                         help="write a jax.profiler trace of the JAX training step here")
     parser.add_argument("--results-file", default=None, help="also write the JSON line here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    return parser.parse_args(argv)
 
+
+def _environment(setup: Setup, full: bool, warmup: int, iters: int) -> dict[str, Any]:
+    """What the figures depend on: the configuration, the device and the versions."""
     import jax
     import keras
 
-    on_gpu = jax.default_backend() == "gpu"
-    full = args.full or (on_gpu and not args.smoke)
-    setup = FULL if full else SMOKE
-    warmup = args.num_warmup if args.num_warmup is not None else (5 if full else 1)
-    iters = args.num_iters if args.num_iters is not None else (20 if full else 2)
-    results: dict[str, Any] = {
+    return {
         "configuration": "full" if full else "smoke",
         "model": setup.model,
         "device": str(jax.devices()[0]),
@@ -650,11 +647,10 @@ def main(argv: list[str] | None = None) -> int:
         "block_shape": list(setup.block_shape),
         "train_batch": setup.train_batch,
     }
-    if args.make_reference:
-        results.update(make_reference(setup, args.reference or _default_reference(full), args.seed))
-        write_results(results, args.results_file)
-        return 0
 
+
+def _run_cases(args: argparse.Namespace, setup: Setup, full: bool, warmup: int, iters: int, results: dict) -> None:
+    """The chosen cases on JAX and, unless `--torch off`, on the PyTorch reference."""
     cases = {case.strip() for case in args.cases.split(",") if case.strip()}
     jax_side = JaxSide(setup)
     torch_side = None
@@ -688,6 +684,25 @@ def main(argv: list[str] | None = None) -> int:
             for batch in setup.infer_batches:
                 _try(results, f"{name}_infer_b{batch}",
                      lambda side=side, model=model, batch=batch: side.infer_case(model, batch, warmup, iters))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+
+    import jax
+
+    on_gpu = jax.default_backend() == "gpu"
+    full = args.full or (on_gpu and not args.smoke)
+    setup = FULL if full else SMOKE
+    warmup = args.num_warmup if args.num_warmup is not None else (5 if full else 1)
+    iters = args.num_iters if args.num_iters is not None else (20 if full else 2)
+    results = _environment(setup, full, warmup, iters)
+    if args.make_reference:
+        results.update(make_reference(setup, args.reference or _default_reference(full), args.seed))
+        write_results(results, args.results_file)
+        return 0
+    _run_cases(args, setup, full, warmup, iters, results)
     _rename_stss(results)
     _ratios(results)
     write_results(results, args.results_file)
