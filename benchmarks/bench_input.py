@@ -107,7 +107,7 @@ def _stage_times(pattern: str, args, tf) -> dict:
     return results
 
 
-def main(argv=None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -123,16 +123,14 @@ def main(argv=None) -> int:
     parser.add_argument("--stage-clips", type=int, default=40, help="clips timed per stage")
     parser.add_argument("--threads", type=int, default=2, help="TF and tf.data threads")
     parser.add_argument("--results-file", default=None, help="also write the JSON here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    return parser.parse_args(argv)
 
+
+def _environment(args: argparse.Namespace) -> dict:
+    """What the figures depend on: TensorFlow, threads, the clips' shapes and the dataset's size."""
     import tensorflow as tf
 
-    limit_threads(args.threads)
-    import tfrecords
-    from selfy_tf.eval_view import EvalView
-
-    results: dict = {
+    return {
         "benchmark": "input_pipeline",
         "tf_version": tf.__version__,
         "threads": args.threads,
@@ -147,6 +145,62 @@ def main(argv=None) -> int:
         "timed_batches": args.batches,
         "note": "shared machine: other processes may lower these figures",
     }
+
+
+def _write_dataset(data_dir: str, pattern: str, args: argparse.Namespace, results: dict) -> None:
+    """Writes the synthetic JPEG shards unless `pattern` matches some already; records their size."""
+    import tensorflow as tf
+
+    import tfrecords
+
+    if not tf.io.gfile.glob(pattern):
+        start = time.perf_counter()
+        tfrecords.write_split(
+            data_dir, "train",
+            _synthetic_clips(args.num_clips, args.stored_frames, 240, 320),
+            [f"class{index}" for index in range(10)], num_shards=args.shards,
+        )
+        logger.info("wrote the synthetic dataset in %.1f s", time.perf_counter() - start)
+    files = tf.io.gfile.glob(pattern)
+    results["dataset_mb"] = round(sum(os.path.getsize(path) for path in files) / 2**20, 2)
+    results["jpeg_kb_per_frame"] = round(
+        results["dataset_mb"] * 1024 / (args.num_clips * args.stored_frames), 2
+    )
+
+
+def _time_pipelines(pattern: str, args: argparse.Namespace, results: dict) -> None:
+    """Clips per second of the training and the evaluation pipeline."""
+    import tensorflow as tf
+
+    import tfrecords
+    from selfy_tf.eval_view import EvalView
+
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = args.threads
+    for phase, training in (("train", True), ("eval", False)):
+        try:
+            # Evaluation: the paper presets' view, frames resized to 240x320.
+            view = EvalView(args.num_frames, args.crop_size, eval_size=(240, 320))
+            dataset = tfrecords.make_dataset(
+                pattern, training=training, batch_size=args.batch_size, eval_view=view, repeat=True,
+                shuffle_buffer=64,
+            ).with_options(options)
+            seconds = _time_batches(dataset, args.warmup_batches, args.batches)
+            results[f"{phase}_clips_per_sec"] = round(args.batch_size * args.batches / seconds, 1)
+            results[f"{phase}_batch_time_ms"] = round(1000.0 * seconds / args.batches, 2)
+            logger.info("%s: %.1f clips/s", phase, results[f"{phase}_clips_per_sec"])
+        except Exception as error:  # noqa: BLE001 - record and go on
+            results[f"{phase}_error"] = f"{type(error).__name__}: {error}"
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+
+    import tensorflow as tf
+
+    limit_threads(args.threads)
+    results = _environment(args)
     temporary = None
     data_dir = args.data_dir
     if data_dir is None:
@@ -154,35 +208,8 @@ def main(argv=None) -> int:
         data_dir = temporary.name
     pattern = os.path.join(data_dir, "train-*.tfrecord")
     try:
-        if not tf.io.gfile.glob(pattern):
-            start = time.perf_counter()
-            tfrecords.write_split(
-                data_dir, "train",
-                _synthetic_clips(args.num_clips, args.stored_frames, 240, 320),
-                [f"class{index}" for index in range(10)], num_shards=args.shards,
-            )
-            logger.info("wrote the synthetic dataset in %.1f s", time.perf_counter() - start)
-        files = tf.io.gfile.glob(pattern)
-        results["dataset_mb"] = round(sum(os.path.getsize(path) for path in files) / 2**20, 2)
-        results["jpeg_kb_per_frame"] = round(
-            results["dataset_mb"] * 1024 / (args.num_clips * args.stored_frames), 2
-        )
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = args.threads
-        for phase, training in (("train", True), ("eval", False)):
-            try:
-                # Evaluation: the paper presets' view, frames resized to 240x320.
-                view = EvalView(args.num_frames, args.crop_size, eval_size=(240, 320))
-                dataset = tfrecords.make_dataset(
-                    pattern, training=training, batch_size=args.batch_size, eval_view=view, repeat=True,
-                    shuffle_buffer=64,
-                ).with_options(options)
-                seconds = _time_batches(dataset, args.warmup_batches, args.batches)
-                results[f"{phase}_clips_per_sec"] = round(args.batch_size * args.batches / seconds, 1)
-                results[f"{phase}_batch_time_ms"] = round(1000.0 * seconds / args.batches, 2)
-                logger.info("%s: %.1f clips/s", phase, results[f"{phase}_clips_per_sec"])
-            except Exception as error:  # noqa: BLE001 - record and go on
-                results[f"{phase}_error"] = f"{type(error).__name__}: {error}"
+        _write_dataset(data_dir, pattern, args, results)
+        _time_pipelines(pattern, args, results)
         try:
             results.update(_stage_times(pattern, args, tf))
         except Exception as error:  # noqa: BLE001
