@@ -118,7 +118,7 @@ def _input_case(config, stored_size, stored_frames, batches: int) -> dict:
     return {"clips_per_sec": batches * config.data.batch_size / elapsed, "batch_time_ms": 1000.0 * elapsed / batches}
 
 
-def main(argv=None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS), help="models to time")
     parser.add_argument("--xla", nargs="+", choices=("off", "on"), default=["off", "on"], help="XLA settings")
@@ -133,6 +133,48 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.warmup < 1:
         parser.error(f"--warmup must be at least 1 (the first step is timed apart). Received: {args.warmup}.")
+    return args
+
+
+def _time_model_steps(name: str, config, args: argparse.Namespace, on_gpu: bool, results: dict) -> list[float]:
+    """The training step of one model for each XLA setting and precision; returns the clips/s reached."""
+    iterations = args.iterations if name == "tiny_cpu" else min(args.iterations, 3)
+    model_rates = []
+    for xla in args.xla:
+        for precision in args.precision:
+            policy = "float32" if precision == "float32" else ("mixed_float16" if on_gpu else "mixed_bfloat16")
+            key = f"train_{name}_xla_{xla}_{precision}"
+            logger.info("case %s (%s)", key, policy)
+            try:
+                case = _model_step_case(config, xla == "on", policy, args.warmup, iterations)
+                results[f"{key}_step_time_ms"] = round(case["step_time_ms"], 2)
+                results[f"{key}_first_step_ms"] = round(case["first_step_ms"], 1)
+                results[f"{key}_clips_per_sec"] = round(case["clips_per_sec"], 3)
+                model_rates.append(case["clips_per_sec"])
+                logger.info("  %.1f ms/step, %.2f clips/s", case["step_time_ms"], case["clips_per_sec"])
+            except Exception as error:  # noqa: BLE001 - a failed case is recorded, the sweep goes on
+                results[f"{key}_error"] = f"{type(error).__name__}: {error}"[:300]
+                logger.info("  error: %s", error)
+    return model_rates
+
+
+def _time_input(name: str, config, model_rates: list[float], args: argparse.Namespace, results: dict) -> None:
+    """The model's input pipeline alone, and whether it or the model bounds training."""
+    _, _, stored_size, stored_frames = MODELS[name]
+    try:
+        case = _input_case(config, stored_size, stored_frames, args.input_batches)
+        results[f"input_{name}_clips_per_sec"] = round(case["clips_per_sec"], 3)
+        results[f"input_{name}_batch_time_ms"] = round(case["batch_time_ms"], 2)
+        if model_rates:
+            best_model = max(model_rates)
+            results[f"bottleneck_{name}"] = "input" if case["clips_per_sec"] < best_model else "model"
+            results[f"input_to_model_ratio_{name}"] = round(case["clips_per_sec"] / best_model, 3)
+    except Exception as error:  # noqa: BLE001
+        results[f"input_{name}_error"] = f"{type(error).__name__}: {error}"[:300]
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 
     import tensorflow as tf
@@ -148,38 +190,13 @@ def main(argv=None) -> int:
         "warmup_steps": args.warmup,
     }
     for name in args.models:
-        preset, overrides, stored_size, stored_frames = MODELS[name]
+        preset, overrides, _, _ = MODELS[name]
         config = configs.resolve_model(configs.apply_overrides(presets.get_preset(preset), overrides))
         results[f"{name}_batch"] = config.data.batch_size
         results[f"{name}_frames"] = config.model.num_frames
         results[f"{name}_input_size"] = config.model.input_size
-        iterations = args.iterations if name == "tiny_cpu" else min(args.iterations, 3)
-        model_rates = []
-        for xla in args.xla:
-            for precision in args.precision:
-                policy = "float32" if precision == "float32" else ("mixed_float16" if on_gpu else "mixed_bfloat16")
-                key = f"train_{name}_xla_{xla}_{precision}"
-                logger.info("case %s (%s)", key, policy)
-                try:
-                    case = _model_step_case(config, xla == "on", policy, args.warmup, iterations)
-                    results[f"{key}_step_time_ms"] = round(case["step_time_ms"], 2)
-                    results[f"{key}_first_step_ms"] = round(case["first_step_ms"], 1)
-                    results[f"{key}_clips_per_sec"] = round(case["clips_per_sec"], 3)
-                    model_rates.append(case["clips_per_sec"])
-                    logger.info("  %.1f ms/step, %.2f clips/s", case["step_time_ms"], case["clips_per_sec"])
-                except Exception as error:  # noqa: BLE001 - a failed case is recorded, the sweep goes on
-                    results[f"{key}_error"] = f"{type(error).__name__}: {error}"[:300]
-                    logger.info("  error: %s", error)
-        try:
-            case = _input_case(config, stored_size, stored_frames, args.input_batches)
-            results[f"input_{name}_clips_per_sec"] = round(case["clips_per_sec"], 3)
-            results[f"input_{name}_batch_time_ms"] = round(case["batch_time_ms"], 2)
-            if model_rates:
-                best_model = max(model_rates)
-                results[f"bottleneck_{name}"] = "input" if case["clips_per_sec"] < best_model else "model"
-                results[f"input_to_model_ratio_{name}"] = round(case["clips_per_sec"] / best_model, 3)
-        except Exception as error:  # noqa: BLE001
-            results[f"input_{name}_error"] = f"{type(error).__name__}: {error}"[:300]
+        model_rates = _time_model_steps(name, config, args, on_gpu, results)
+        _time_input(name, config, model_rates, args, results)
     write_results(results, args.results_file)
     return 0
 
