@@ -55,12 +55,75 @@ def _timed(function, warmup: int, iterations: int) -> float:
     return float(np.median(times))
 
 
-def _bench_model(name: str, args: argparse.Namespace, results: dict) -> None:
+def _time_saved_model(name: str, directory: str, clip: np.ndarray, warmup: int, iterations: int,
+                      results: dict) -> None:
+    """Latency of the exported SavedModel's signature, the baseline of the LiteRT models."""
     import tensorflow as tf
 
-    from selfy_tf.models import create_model
+    from serving import tflite
+
+    try:
+        loaded = tf.saved_model.load(directory)
+        signature = loaded.signatures[tflite.SIGNATURE_KEY]
+        frames = tf.constant(clip)
+        latency = _timed(functools.partial(signature, frames=frames), warmup, iterations)
+        results[f"{name}_savedmodel_latency_ms"] = round(latency, 2)
+        logger.info("%s: SavedModel %.1f ms", name, latency)
+        del loaded, signature
+    except Exception as error:  # the sweep goes on
+        logger.exception("%s: SavedModel failed", name)
+        results[f"{name}_savedmodel_error"] = f"{type(error).__name__}: {error}"
+
+
+def _convert_and_time(name: str, mode: str, directory: str, representative, clip: np.ndarray,
+                      args: argparse.Namespace, warmup: int, iterations: int, results: dict) -> None:
+    """One quantize mode: conversion time, size, operators and LiteRT latency."""
     from serving import tflite, tflite_inspect
     from serving.tflite_runtime import TFLiteClassifier
+
+    key = f"{name}_{mode}"
+    try:
+        start = time.perf_counter()
+        model_bytes = tflite.convert_saved_model(
+            directory, mode, representative if mode == "int8" else None
+        )
+        results[f"{key}_convert_s"] = round(time.perf_counter() - start, 1)
+        results[f"{key}_size_mb"] = round(len(model_bytes) / 2**20, 3)
+        operators = tflite_inspect.list_operators(model_bytes)
+        results[f"{key}_num_ops"] = len(operators)
+        results[f"{key}_flex_ops"] = len(tflite_inspect.flex_ops(operators))
+        if mode == "int8":
+            results[f"{key}_non_int8_compute_ops"] = len(
+                tflite_inspect.non_int8_compute_ops(operators)
+            )
+        classifier = TFLiteClassifier(model_bytes, num_threads=args.threads)
+        latency = _timed(functools.partial(classifier.predict, clip), warmup, iterations)
+        results[f"{key}_latency_ms"] = round(latency, 2)
+        logger.info(
+            "%s %s: %.1f ms, %.2f MB", name, mode, latency, len(model_bytes) / 2**20
+        )
+        del classifier, model_bytes
+    except Exception as error:  # the sweep goes on
+        logger.exception("%s %s failed", name, mode)
+        results[f"{key}_error"] = f"{type(error).__name__}: {error}"
+
+
+def _record_speedups(name: str, modes: list[str], results: dict) -> None:
+    """Each quantized model against float32, and float32 LiteRT against the SavedModel."""
+    for mode in modes:
+        if mode == "none":
+            continue
+        fast, base = results.get(f"{name}_{mode}_latency_ms"), results.get(f"{name}_none_latency_ms")
+        if fast and base:
+            results[f"{name}_{mode}_speedup_vs_none"] = round(base / fast, 2)
+    fp32, saved = results.get(f"{name}_none_latency_ms"), results.get(f"{name}_savedmodel_latency_ms")
+    if fp32 and saved:
+        results[f"{name}_none_speedup_vs_savedmodel"] = round(saved / fp32, 2)
+
+
+def _bench_model(name: str, args: argparse.Namespace, results: dict) -> None:
+    from selfy_tf.models import create_model
+    from serving import tflite
 
     iterations = 1 if name in args.once else args.iterations
     warmup = 1 if name in args.once else args.warmup
@@ -81,62 +144,20 @@ def _bench_model(name: str, args: argparse.Namespace, results: dict) -> None:
         tflite.export_for_conversion(model, directory)
         logger.info("%s: exported in %.1f s", name, time.perf_counter() - start)
         results[f"{name}_savedmodel_size_mb"] = round(_directory_size(directory) / 2**20, 3)
-        try:
-            loaded = tf.saved_model.load(directory)
-            signature = loaded.signatures[tflite.SIGNATURE_KEY]
-            frames = tf.constant(clip)
-            latency = _timed(functools.partial(signature, frames=frames), warmup, iterations)
-            results[f"{name}_savedmodel_latency_ms"] = round(latency, 2)
-            logger.info("%s: SavedModel %.1f ms", name, latency)
-            del loaded, signature
-        except Exception as error:  # the sweep goes on
-            logger.exception("%s: SavedModel failed", name)
-            results[f"{name}_savedmodel_error"] = f"{type(error).__name__}: {error}"
+        _time_saved_model(name, directory, clip, warmup, iterations, results)
 
         def representative():
             for _ in range(args.calibration_clips):
                 yield {"frames": rng.integers(0, 256, shape, dtype=np.uint8)}
 
         for mode in args.modes:
-            key = f"{name}_{mode}"
-            try:
-                start = time.perf_counter()
-                model_bytes = tflite.convert_saved_model(
-                    directory, mode, representative if mode == "int8" else None
-                )
-                results[f"{key}_convert_s"] = round(time.perf_counter() - start, 1)
-                results[f"{key}_size_mb"] = round(len(model_bytes) / 2**20, 3)
-                operators = tflite_inspect.list_operators(model_bytes)
-                results[f"{key}_num_ops"] = len(operators)
-                results[f"{key}_flex_ops"] = len(tflite_inspect.flex_ops(operators))
-                if mode == "int8":
-                    results[f"{key}_non_int8_compute_ops"] = len(
-                        tflite_inspect.non_int8_compute_ops(operators)
-                    )
-                classifier = TFLiteClassifier(model_bytes, num_threads=args.threads)
-                latency = _timed(functools.partial(classifier.predict, clip), warmup, iterations)
-                results[f"{key}_latency_ms"] = round(latency, 2)
-                logger.info(
-                    "%s %s: %.1f ms, %.2f MB", name, mode, latency, len(model_bytes) / 2**20
-                )
-                del classifier, model_bytes
-            except Exception as error:  # the sweep goes on
-                logger.exception("%s %s failed", name, mode)
-                results[f"{key}_error"] = f"{type(error).__name__}: {error}"
+            _convert_and_time(name, mode, directory, representative, clip, args, warmup, iterations, results)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    for mode in args.modes:
-        if mode == "none":
-            continue
-        fast, base = results.get(f"{name}_{mode}_latency_ms"), results.get(f"{name}_none_latency_ms")
-        if fast and base:
-            results[f"{name}_{mode}_speedup_vs_none"] = round(base / fast, 2)
-    fp32, saved = results.get(f"{name}_none_latency_ms"), results.get(f"{name}_savedmodel_latency_ms")
-    if fp32 and saved:
-        results[f"{name}_none_speedup_vs_savedmodel"] = round(saved / fp32, 2)
+    _record_speedups(name, args.modes, results)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -157,6 +178,20 @@ def main(argv: list[str] | None = None) -> int:
     args.models = [name for name in args.models.split(",") if name]
     args.modes = [mode for mode in args.modes.split(",") if mode]
     args.once = set(name for name in args.once.split(",") if name)
+    return args
+
+
+def _litert_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ai-edge-litert")
+    except Exception:  # metadata missing in odd installs
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 
     import tensorflow as tf
@@ -168,16 +203,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for mode in args.modes:
         tflite.check_quantize(mode)
-    try:
-        from importlib.metadata import version
-
-        litert_version = version("ai-edge-litert")
-    except Exception:  # metadata missing in odd installs
-        litert_version = "unknown"
     results: dict = {
         "benchmark": "tflite",
         "tf_version": tf.__version__,
-        "litert_version": litert_version,
+        "litert_version": _litert_version(),
         "device": "cpu",
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
