@@ -369,19 +369,11 @@ def _start_server(base: str, batching: bool) -> tuple[subprocess.Popen, str, str
     raise TimeoutError("selfy serve did not become available in 300 s")
 
 
-def main(argv=None) -> int:
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+def _environment(args: argparse.Namespace) -> dict:
+    """What the figures depend on: the model's shape, threads, TensorFlow, the host."""
     import tensorflow as tf
 
-    limit_threads(_THREADS)
-    from selfy_tf.models import create_model
-    from serving.client import GrpcClient, LocalClient, RestClient
-    from serving.export import export_saved_model
-
-    clients = [int(count) for count in args.clients.split(",")]
-    protocols = [protocol for protocol in args.protocols.split(",") if protocol]
-    results: dict = {
+    return {
         "bench": "serving",
         "model": args.model,
         "num_classes": args.num_classes,
@@ -395,34 +387,40 @@ def main(argv=None) -> int:
         "batch_per_request": 1,
         "host": "127.0.0.1",
     }
-    workdir = tempfile.mkdtemp(prefix="bench_serving_")
+
+
+def _export_model(args: argparse.Namespace, workdir: str):
+    """Exports the benchmarked model into `workdir` (the server's model base)."""
+    from selfy_tf.models import create_model
+    from serving.export import export_saved_model
+
     model = create_model(args.model, num_classes=args.num_classes, num_frames=args.num_frames,
                          input_size=args.input_size, width_multiplier=args.width_multiplier,
                          selfy_channels=args.selfy_channels)
     labels = [f"class_{index}" for index in range(args.num_classes)]
-    export = export_saved_model(model, workdir, name="selfy", labels=labels)
-    inputs = _clip_inputs(args.num_frames, args.input_size)
-    results["jpeg_request_bytes"] = int(sum(len(frame) for frame in inputs["jpeg"]["frames_jpeg"][0]))
-    results["uint8_request_bytes"] = int(inputs["uint8"]["frames"].nbytes)
+    return export_saved_model(model, workdir, name="selfy", labels=labels)
 
-    if args.faults:
-        _run_faults(args, workdir, inputs["jpeg"], results)
-        if args.hostile:
-            import bench_serving_hostile
 
-            hostile_args = bench_serving_hostile._parse_args([])
-            results["faults_hostile_idle_connections"] = hostile_args.idle_connections
-            results["faults_hostile_rest_threads"] = hostile_args.rest_threads
-            hostile_args.cases = "thin,slowloris,idle,json"
-            try:
-                tree = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-                bench_serving_hostile.run_cases(tree, workdir, hostile_args, results, "faults_hostile_")
-            except Exception as error:  # record and go on
-                results["faults_hostile_error"] = repr(error)
-        write_results(results, args.results_file)
-        return 0
+def _run_hostile(workdir: str, results: dict) -> None:
+    """`--faults --hostile`: the hostile clients of bench_serving_hostile.py against this tree's server."""
+    import bench_serving_hostile
 
-    local = LocalClient(export.path)
+    hostile_args = bench_serving_hostile._parse_args([])
+    results["faults_hostile_idle_connections"] = hostile_args.idle_connections
+    results["faults_hostile_rest_threads"] = hostile_args.rest_threads
+    hostile_args.cases = "thin,slowloris,idle,json"
+    try:
+        tree = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        bench_serving_hostile.run_cases(tree, workdir, hostile_args, results, "faults_hostile_")
+    except Exception as error:  # record and go on
+        results["faults_hostile_error"] = repr(error)
+
+
+def _measure_in_process(export_path: str, inputs: dict, args: argparse.Namespace, results: dict) -> None:
+    """The exported model called in this process, without a server: the baseline of the overheads."""
+    from serving.client import LocalClient
+
+    local = LocalClient(export_path)
     for kind, request in inputs.items():
         name = f"inproc_{kind}"
         try:
@@ -431,6 +429,12 @@ def main(argv=None) -> int:
             logger.info("%s: %s", name, measured)
         except Exception as error:  # record and go on
             results[f"{name}_error"] = repr(error)
+
+
+def _measure_served(workdir: str, inputs: dict, clients: list[int], protocols: list[str],
+                    args: argparse.Namespace, results: dict) -> None:
+    """Each protocol, input kind and client count against the server with batching off and on."""
+    from serving.client import GrpcClient, RestClient
 
     factories = {
         "grpc": lambda target, url: (lambda: GrpcClient(target)),
@@ -455,8 +459,11 @@ def main(argv=None) -> int:
                         results[f"{name}_error"] = repr(error)
                         logger.warning("%s failed: %s", name, error)
 
+
+def _record_overheads(protocols: list[str], kinds, clients: list[int], results: dict) -> None:
+    """Served over in-process latency at one client, and batching's gain at the most clients."""
     for protocol in protocols:
-        for kind in inputs:
+        for kind in kinds:
             served = results.get(f"{protocol}_batching_off_{kind}_c1_p50_ms")
             direct = results.get(f"inproc_{kind}_p50_ms")
             if served and direct:
@@ -467,6 +474,31 @@ def main(argv=None) -> int:
         if on and off:
             results[f"{protocol}_batching_speedup_c{top}_jpeg"] = round(on / off, 3)
 
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    limit_threads(_THREADS)
+
+    clients = [int(count) for count in args.clients.split(",")]
+    protocols = [protocol for protocol in args.protocols.split(",") if protocol]
+    results = _environment(args)
+    workdir = tempfile.mkdtemp(prefix="bench_serving_")
+    export = _export_model(args, workdir)
+    inputs = _clip_inputs(args.num_frames, args.input_size)
+    results["jpeg_request_bytes"] = int(sum(len(frame) for frame in inputs["jpeg"]["frames_jpeg"][0]))
+    results["uint8_request_bytes"] = int(inputs["uint8"]["frames"].nbytes)
+
+    if args.faults:
+        _run_faults(args, workdir, inputs["jpeg"], results)
+        if args.hostile:
+            _run_hostile(workdir, results)
+        write_results(results, args.results_file)
+        return 0
+
+    _measure_in_process(export.path, inputs, args, results)
+    _measure_served(workdir, inputs, clients, protocols, args, results)
+    _record_overheads(protocols, inputs, clients, results)
     write_results(results, args.results_file)
     return 0
 
