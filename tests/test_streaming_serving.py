@@ -20,6 +20,9 @@ LABELS = ["a", "b", "c", "d", "e"]
 
 @pytest.fixture(scope="module")
 def causal_model():
+    # Seeded: the int8 bound below holds for most initialisations, not all
+    # (0.03 to 0.25 of the logits' scale over seeds 0-5, 0.31 seen unseeded).
+    keras.utils.set_random_seed(0)
     model = create_model("selfy_tsm_r18.tiny", num_classes=len(LABELS), causal=True)
     rng = np.random.default_rng(0)
     for weight in model.weights:

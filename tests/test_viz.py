@@ -152,8 +152,12 @@ class TestMotionFieldCorrectness:
 
 @pytest.fixture(scope="module")
 def tiny_selfy_model():
+    import keras
+
     from selfy_tf.models import create_model
 
+    # Seeded: the probes below should not depend on which tests ran before.
+    keras.utils.set_random_seed(0)
     return create_model(
         "selfy_tsm_r18",
         num_classes=3,
@@ -178,10 +182,11 @@ class TestModelProbes:
         assert result.similarity.shape == (1, 4, 4, 4, 5, 9, 9)
         assert result.source == "SELFY block 'selfy'"
         assert result.stride == 16.0
-        # Centre of the window compares a feature with itself: 1, or 0 where a
-        # random model's feature is all zeros (a dead ReLU).
+        # Centre of the window compares a feature with itself: |f|^2 / (|f|^2 +
+        # 1e-6), so 1 for any feature of a useful size and down to 0 for the
+        # vanishing features of a random model's dead ReLUs; never outside [0, 1].
         centre = result.similarity[..., 2, 4, 4]
-        assert np.all(np.isclose(centre, 1.0, atol=1e-3) | (centre == 0.0))
+        assert np.all((centre >= -1e-6) & (centre <= 1.0 + 1e-5))
         assert np.mean(np.isclose(centre, 1.0, atol=1e-3)) > 0.5
         maps = stss_maps.query_maps(result.similarity, 1, 2, 3)
         np.testing.assert_array_equal(maps, result.similarity[0, 1, 2, 3])
