@@ -147,6 +147,23 @@ def declared_length(headers: Mapping[str, str], max_request_bytes: int) -> int:
     return length
 
 
+def check_server_settings(predictor: Predictor, num_threads: int, timeout_s: float,
+                          max_inflight_bytes: int) -> None:
+    """The settings both REST front ends take: threads, timeout and the body budget."""
+    if num_threads < 1 or timeout_s <= 0:
+        raise ValueError(
+            "`num_threads` must be at least 1 and `timeout_s` positive. Received: "
+            f"num_threads={num_threads}, timeout_s={timeout_s}."
+        )
+    if max_inflight_bytes < predictor.limits.max_request_bytes:
+        raise ValueError(
+            "`max_inflight_bytes` must be at least the largest request body "
+            f"({predictor.limits.max_request_bytes} bytes), or no such body could be "
+            f"read. Received: max_inflight_bytes={max_inflight_bytes}. Raise "
+            "--rest-max-inflight-mb or lower --max-request-mb."
+        )
+
+
 def _json_response(code: int, body: bytes, close: bool = False) -> web.Response:
     response = web.Response(status=code, body=body, content_type="application/json")
     response.headers["Server"] = _SERVER_HEADER
@@ -409,18 +426,7 @@ class AiohttpRestServer:
         timeout_s: float = 30.0,
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
     ):
-        if num_threads < 1 or timeout_s <= 0:
-            raise ValueError(
-                "`num_threads` must be at least 1 and `timeout_s` positive. Received: "
-                f"num_threads={num_threads}, timeout_s={timeout_s}."
-            )
-        if max_inflight_bytes < predictor.limits.max_request_bytes:
-            raise ValueError(
-                "`max_inflight_bytes` must be at least the largest request body "
-                f"({predictor.limits.max_request_bytes} bytes), or no such body could be "
-                f"read. Received: max_inflight_bytes={max_inflight_bytes}. Raise "
-                "--rest-max-inflight-mb or lower --max-request-mb."
-            )
+        check_server_settings(predictor, num_threads, timeout_s, max_inflight_bytes)
         self.num_threads = int(num_threads)
         self.timeout_s = float(timeout_s)
         try:

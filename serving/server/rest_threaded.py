@@ -35,6 +35,7 @@ from serving.server.rest import (
     answer_get,
     answer_predict,
     check_predict_route,
+    check_server_settings,
     declared_length,
 )
 
@@ -439,18 +440,7 @@ class ThreadedRestServer:
         timeout_s: float = 30.0,
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
     ):
-        if num_threads < 1 or timeout_s <= 0:
-            raise ValueError(
-                "`num_threads` must be at least 1 and `timeout_s` positive. Received: "
-                f"num_threads={num_threads}, timeout_s={timeout_s}."
-            )
-        if max_inflight_bytes < predictor.limits.max_request_bytes:
-            raise ValueError(
-                "`max_inflight_bytes` must be at least the largest request body "
-                f"({predictor.limits.max_request_bytes} bytes), or no such body could be "
-                f"read. Received: max_inflight_bytes={max_inflight_bytes}. Raise "
-                "--rest-max-inflight-mb or lower --max-request-mb."
-            )
+        check_server_settings(predictor, num_threads, timeout_s, max_inflight_bytes)
         handler = type("Handler", (_Handler,), {"predictor": predictor, "timeout": float(timeout_s)})
         try:
             self._server = _Server(
