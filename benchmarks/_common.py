@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any, Mapping
 
 from selfy_tf.files import atomic_write_text
 from selfy_tf.runtime import TENSORFLOW_ENVIRONMENT_DEFAULTS, set_tensorflow_environment_defaults
 
 set_tensorflow_environment_defaults()
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def limit_threads(threads: int) -> None:

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from _common import write_results
+from _common import free_port, write_results
 
 _ANSWER = json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]}).encode()
 _POST_BODY = b"[" + b"0," * 10_000 + b"0]"
@@ -105,12 +105,6 @@ def _parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _peak_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
@@ -162,7 +156,7 @@ def main(argv=None) -> int:
             if name.startswith("uvicorn") and importlib.util.find_spec("uvicorn") is None:
                 results[f"{name}_skipped"] = "uvicorn is not installed"
                 continue
-            port = _free_port()
+            port = free_port()
             process = subprocess.Popen([sys.executable, "-c", f"ANSWER = {_ANSWER!r}\nPORT = {port}\n{code}"])
             servers[name] = process, port
             _wait_for_port(port, process)

@@ -60,7 +60,6 @@ import concurrent.futures
 import functools
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,17 +67,11 @@ import threading
 import time
 
 import numpy as np
-from _common import limit_threads, write_results
+from _common import free_port, limit_threads, write_results
 
 logger = logging.getLogger("bench_serving")
 
 _THREADS = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
@@ -343,7 +336,7 @@ def _each_server(workdir: str, results: dict, prefix: str = ""):
 
 
 def _start_server(base: str, batching: bool) -> tuple[subprocess.Popen, str, str]:
-    rest_port, grpc_port = _free_port(), _free_port()
+    rest_port, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "selfy_cli.main", "serve", base, "--name", "selfy",
                "--rest-port", str(rest_port), "--grpc-port", str(grpc_port)]
     if not batching:

@@ -67,7 +67,7 @@ import threading
 import time
 
 import numpy as np
-from _common import limit_threads, write_results
+from _common import free_port, limit_threads, write_results
 
 logger = logging.getLogger("bench_serving_hostile")
 
@@ -96,14 +96,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _start_server(tree: str, base: str, extra: list[str]) -> tuple[subprocess.Popen, int, int]:
-    rest_port, grpc_port = _free_port(), _free_port()
+    rest_port, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "selfy_cli.main", "serve", base, "--name", "selfy",
                "--rest-port", str(rest_port), "--grpc-port", str(grpc_port), "--no-batching", *extra]
     environment = {**os.environ, "PYTHONPATH": tree, "TF_NUM_INTRAOP_THREADS": str(_THREADS),
