@@ -276,6 +276,42 @@ class TestWeightsCorrectness:
             load_imagenet_resnet(deeper, tmp_path / "absent.weights.h5")
 
 
+class TestTorchReferenceSTSS:
+    """The official release's all-pairs STSS path, which the benchmarks time as the baseline."""
+
+    @pytest.mark.parametrize("shape, window", [((1, 3, 5, 6, 4), (3, 5, 3)), ((2, 2, 4, 4, 3), (5, 3, 5))])
+    def test_all_pairs_matches_the_definition(self, shape, window):
+        from test_stss import reference_stss
+
+        features = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        channels_first = torch.from_numpy(features).permute(0, 1, 4, 2, 3)
+        result = torch_reference.stss_all_pairs(channels_first, window).numpy()
+        np.testing.assert_allclose(result, reference_stss(features, window), atol=2e-6)
+
+    def test_block_methods_agree_forward_and_backward(self):
+        torch.manual_seed(0)
+        by_definition = torch_reference.SELFYBlockReference(16, 2, hidden_channels=8)
+        all_pairs = torch_reference.SELFYBlockReference(16, 2, hidden_channels=8, stss_method="all_pairs")
+        all_pairs.load_state_dict(by_definition.state_dict())
+        torch_reference.randomize_batch_norms(by_definition, seed=2)
+        torch_reference.randomize_batch_norms(all_pairs, seed=2)
+        with torch.no_grad():  # the zero-initialised last gamma would hide the STSS path
+            for block in (by_definition, all_pairs):
+                block.stss_integration.upsample[1].weight.fill_(1.0)
+        features = torch.randn(4, 16, 8, 8)
+        gradients = []
+        for block in (by_definition, all_pairs):
+            inputs = features.clone().requires_grad_(True)
+            block.train()(inputs).square().sum().backward()
+            gradients.append(inputs.grad.numpy())
+        np.testing.assert_allclose(gradients[1], gradients[0], rtol=1e-4, atol=1e-4)
+        assert np.abs(gradients[0]).max() > 0.1
+
+    def test_unknown_stss_method_is_refused(self):
+        with pytest.raises(ValueError, match="`stss_method` must be one of .*Received: stss_method='loop'"):
+            torch_reference.SELFYBlockReference(16, 2, stss_method="loop")
+
+
 class TestConvertWeightsCommand:
     @pytest.mark.skipif(not CHECKPOINT.exists(), reason=MISSING_FIXTURE)
     def test_convert_fixture(self, tmp_path, capsys):

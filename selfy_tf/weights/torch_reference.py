@@ -4,13 +4,15 @@ Used to check conversions: its state dict has the official key layout
 (`module.base_model.*`, `module.new_fc.*`), it reproduces the official
 release's logits on the parity fixture, and it runs the ResNet-50 bottleneck
 path for which no official fixture exists. `selfy convert-weights` runs it
-next to the converted Keras model to report the logits difference.
+next to the converted Keras model to report the logits difference. The
+benchmarks time it as the official baseline (`stss_method="all_pairs"`).
 
 Importing this module imports torch: import it only where torch is wanted.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -57,6 +59,61 @@ def stss_reference(features: torch.Tensor, window: Sequence[int]) -> torch.Tenso
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _window_keys(height: int, width: int, rows: int, cols: int) -> torch.Tensor:
+    """For each query position and (u, v) offset: the flat key position, or -1 outside the map.
+
+    Returns an int64 tensor `[height * width, rows * cols]`.
+    """
+    y, x, u, v = np.meshgrid(np.arange(height), np.arange(width), np.arange(rows), np.arange(cols), indexing="ij")
+    key_y, key_x = y + u - rows // 2, x + v - cols // 2
+    inside = (key_y >= 0) & (key_y < height) & (key_x >= 0) & (key_x < width)
+    return torch.from_numpy(np.where(inside, key_y * width + key_x, -1).reshape(height * width, rows * cols))
+
+
+def stss_all_pairs(features: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+    """STSS as the official release computes it in plain PyTorch: all pairs, then the window.
+
+    The official `STSSTransformation` without its compiled correlation
+    sampler pairs every frame with each of its `L` temporal neighbours (zero
+    frames outside the clip), correlates all query positions with all key
+    positions of the pair in one batched matrix product, and reads each
+    query's `(U, V)` window out of that `[H*W, H*W]` matrix. This does the
+    same (the read-out is one gather here); it equals `stss_reference` to
+    float32 rounding and is the fastest of the official ways on a CPU
+    (benchmarks/README.md, "STSS op and SELFY block").
+
+    Args:
+        features: `[B, T, C, H, W]`.
+        window: `(L, U, V)`, odd.
+
+    Returns:
+        `[B, T, H, W, L, U, V]`, zero where the displaced position is outside.
+    """
+    length, rows, cols = window
+    batch, frames, channels, height, width = features.shape
+    norm = torch.sqrt(features.float().square().sum(dim=2, keepdim=True) + 1e-6)
+    normalized = features / norm.to(features.dtype)
+    padded = F.pad(normalized, (0, 0, 0, 0, 0, 0, length // 2, length // 2))
+    neighbours = torch.stack([padded[:, l : l + frames] for l in range(length)], dim=2)
+    queries = normalized.flatten(3)  # [B, T, C, HW]
+    keys = neighbours.flatten(4)  # [B, T, L, C, HW]
+    similarity = torch.einsum("btcn,btlcm->btlnm", queries, keys)  # [B, T, L, HW, HW]
+    window_keys = _window_keys(height, width, rows, cols).to(features.device)
+    picked = torch.gather(
+        similarity, 4, window_keys.clamp(min=0).expand(batch, frames, length, *window_keys.shape)
+    )
+    picked = picked * (window_keys >= 0).to(picked.dtype)
+    picked = picked.reshape(batch, frames, length, height, width, rows, cols)
+    return picked.permute(0, 1, 3, 4, 2, 5, 6)
+
+
+# How `SELFYBlockReference` computes the STSS: by the definition (the
+# default, a plain loop over the window, for conversion checks) or the
+# official release's all-pairs path (for timing).
+STSS_METHODS = {"definition": stss_reference, "all_pairs": stss_all_pairs}
+
+
 def _conv_bn(in_channels: int, out_channels: int, kernel: Any, stride: Any, padding: Any, three_d: bool):
     conv = (nn.Conv3d if three_d else nn.Conv2d)(
         in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False
@@ -66,10 +123,17 @@ def _conv_bn(in_channels: int, out_channels: int, kernel: Any, stride: Any, padd
 
 
 class _STSSTransformation(nn.Module):
-    def __init__(self, in_channels: int, hidden_channels: int, num_frames: int, window: Sequence[int]):
+    def __init__(
+        self, in_channels: int, hidden_channels: int, num_frames: int, window: Sequence[int], stss_method: str
+    ):
         super().__init__()
+        if stss_method not in STSS_METHODS:
+            raise ValueError(
+                f"`stss_method` must be one of {sorted(STSS_METHODS)}. Received: stss_method={stss_method!r}."
+            )
         self.num_frames = num_frames
         self.window = tuple(window)
+        self.stss = STSS_METHODS[stss_method]
         conv, bn = _conv_bn(in_channels, hidden_channels, 3, 2, 1, three_d=False)
         self.downsample = nn.Sequential(conv, bn, nn.ReLU())
 
@@ -77,7 +141,7 @@ class _STSSTransformation(nn.Module):
         x = self.downsample(x)
         batch_frames, channels, height, width = x.shape
         clips = x.reshape(batch_frames // self.num_frames, self.num_frames, channels, height, width)
-        return stss_reference(clips, self.window)
+        return self.stss(clips, self.window)
 
 
 class _STSSExtraction(nn.Module):
@@ -131,7 +195,12 @@ class _STSSIntegration(nn.Module):
 
 
 class SELFYBlockReference(nn.Module):
-    """The SELFY block of DESIGN.md §3 with the official module names."""
+    """The SELFY block of DESIGN.md §3 with the official module names.
+
+    `stss_method` is a key of `STSS_METHODS`: `"definition"` (default,
+    `stss_reference`) or `"all_pairs"` (`stss_all_pairs`, the official
+    release's plain-PyTorch path, much faster); the weights are the same.
+    """
 
     def __init__(
         self,
@@ -141,9 +210,12 @@ class SELFYBlockReference(nn.Module):
         window: Sequence[int] = (5, 9, 9),
         extraction_channels: Sequence[int] = (4, 16, 64, 64),
         integration_channels: Sequence[int] = (64, 64, 64, 64),
+        stss_method: str = "definition",
     ):
         super().__init__()
-        self.stss_transformation = _STSSTransformation(in_channels, hidden_channels, num_frames, window)
+        self.stss_transformation = _STSSTransformation(
+            in_channels, hidden_channels, num_frames, window, stss_method
+        )
         self.stss_extraction = _STSSExtraction(extraction_channels)
         self.stss_integration = _STSSIntegration(
             extraction_channels[3], in_channels, integration_channels, window[0]
@@ -266,15 +338,19 @@ def build_reference(
     num_frames: int,
     width_multiplier: float = 1.0,
     selfy_channels: Any = None,
+    stss_method: str = "definition",
 ) -> VideoResNetReference:
-    """The reference for a zoo model name and width settings (as `create_model` uses them)."""
+    """The reference for a zoo model name and width settings (as `create_model` uses them).
+
+    `stss_method` chooses how a SELFY block computes the STSS (`STSS_METHODS`).
+    """
     from selfy_tf.models.tsm_resnet import _scaled, resolve_selfy_channels
 
     variant, depth = name.rsplit("_", 1)
     widths = tuple(_scaled(width, float(width_multiplier)) for width in (64, 64, 128, 256, 512))
     selfy_args = None
     if variant == "selfy_tsm":
-        selfy_args = dict(resolve_selfy_channels(selfy_channels))
+        selfy_args = dict(resolve_selfy_channels(selfy_channels), stss_method=stss_method)
     return VideoResNetReference(
         depth,
         num_classes,
