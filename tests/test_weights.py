@@ -49,9 +49,9 @@ def _fixture_model() -> keras.Model:
     return create_model("selfy_tsm_r18", num_classes=10, num_frames=2, input_size=64)
 
 
-def _tiny_reference(name: str, num_classes: int = 7, num_frames: int = 4, seed: int = 1):
+def _tiny_reference(name: str, num_classes: int = 7, num_frames: int = 4, seed: int = 1, **kwargs):
     torch.manual_seed(seed)
-    reference = torch_reference.build_reference(name, num_classes, num_frames, **TINY)
+    reference = torch_reference.build_reference(name, num_classes, num_frames, **TINY, **kwargs)
     torch_reference.randomize_batch_norms(reference, seed)
     with torch.no_grad():
         reference.new_fc.weight.mul_(10.0)
@@ -215,6 +215,17 @@ class TestWeightsCorrectness:
         """Bottleneck (R50), TSM and TSN paths against the PyTorch reference."""
         reference = _tiny_reference(name, num_classes=7, num_frames=4)
         model = tiny_model_factory(name, num_classes=7, num_frames=4)
+        report = load_official_state_dict(model, _numpy_state(reference))
+        assert report.ok and not report.fresh
+        clip = _clip(2, 4, 32)
+        expected = torch_reference.run_reference(reference, clip)
+        assert np.abs(expected).max() > 0.5
+        np.testing.assert_allclose(np.asarray(model(clip, training=False)), expected, atol=1e-4, rtol=0)
+
+    def test_parity_with_torch_reference_selfy_after_res2(self, tiny_model_factory):
+        """The reference's `selfy_stage` (the benchmarks' tiny_cpu model) against ours."""
+        reference = _tiny_reference("selfy_tsm_r18", selfy_stage="res2", stss_method="all_pairs")
+        model = tiny_model_factory("selfy_tsm_r18", num_classes=7, num_frames=4, selfy_stage="res2")
         report = load_official_state_dict(model, _numpy_state(reference))
         assert report.ok and not report.fresh
         clip = _clip(2, 4, 32)

@@ -256,9 +256,26 @@ class _Block(nn.Module):
         return F.relu(out + identity)
 
 
+# The stage after which a SELFY block sits (`selfy_stage`): res2 is `layer1`.
+_SELFY_STAGES = {"res2": 0, "res3": 1, "res4": 2}
+
+
 class _Backbone(nn.Module):
-    def __init__(self, depth: str, widths: Sequence[int], num_frames: int, shift: bool, selfy_args: Mapping[str, Any] | None):
+    def __init__(
+        self,
+        depth: str,
+        widths: Sequence[int],
+        num_frames: int,
+        shift: bool,
+        selfy_args: Mapping[str, Any] | None,
+        selfy_stage: str = "res3",
+    ):
         super().__init__()
+        if selfy_stage not in _SELFY_STAGES:
+            raise ValueError(
+                f"`selfy_stage` must be one of {sorted(_SELFY_STAGES)}. Received: selfy_stage={selfy_stage!r}."
+            )
+        self.selfy_after = _SELFY_STAGES[selfy_stage]
         kind, layers = _DEPTHS[depth]
         expansion = 4 if kind == "bottleneck" else 1
         stem, *planes = widths
@@ -272,17 +289,17 @@ class _Backbone(nn.Module):
                 blocks.append(_Block(kind, in_channels, planes[stage], stride, num_frames, shift))
                 in_channels = planes[stage] * expansion
             setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
-            if stage == 1 and selfy_args is not None:
+            if stage == self.selfy_after and selfy_args is not None:
                 self.selfy = SELFYBlockReference(in_channels, num_frames, **selfy_args)
         self.has_selfy = selfy_args is not None
         self.out_channels = in_channels
 
     def forward(self, x):
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        x = self.layer2(self.layer1(x))
-        if self.has_selfy:
-            x = self.selfy(x)
-        x = self.layer4(self.layer3(x))
+        for stage in range(4):
+            x = getattr(self, f"layer{stage + 1}")(x)
+            if self.has_selfy and stage == self.selfy_after:
+                x = self.selfy(x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
@@ -294,8 +311,10 @@ class VideoResNetReference(nn.Module):
         num_classes: classifier outputs.
         num_frames: frames per clip.
         shift: TSM shift at the start of every residual branch.
-        selfy_args: SELFY block arguments (after `layer2`), or None.
+        selfy_args: SELFY block arguments, or None.
         widths: stem width then the four stage widths (planes).
+        selfy_stage: the stage the SELFY block follows: "res3" (`layer2`,
+            the reference), "res2" or "res4".
     """
 
     def __init__(
@@ -306,10 +325,11 @@ class VideoResNetReference(nn.Module):
         shift: bool = True,
         selfy_args: Mapping[str, Any] | None = None,
         widths: Sequence[int] = (64, 64, 128, 256, 512),
+        selfy_stage: str = "res3",
     ):
         super().__init__()
         self.num_frames = num_frames
-        self.base_model = _Backbone(depth, widths, num_frames, shift, selfy_args)
+        self.base_model = _Backbone(depth, widths, num_frames, shift, selfy_args, selfy_stage)
         self.new_fc = nn.Conv1d(self.base_model.out_channels, num_classes, 1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -339,10 +359,12 @@ def build_reference(
     width_multiplier: float = 1.0,
     selfy_channels: Any = None,
     stss_method: str = "definition",
+    selfy_stage: str = "res3",
 ) -> VideoResNetReference:
     """The reference for a zoo model name and width settings (as `create_model` uses them).
 
-    `stss_method` chooses how a SELFY block computes the STSS (`STSS_METHODS`).
+    `stss_method` chooses how a SELFY block computes the STSS (`STSS_METHODS`);
+    `selfy_stage` the stage it follows.
     """
     from selfy_tf.models.tsm_resnet import _scaled, resolve_selfy_channels
 
@@ -358,6 +380,7 @@ def build_reference(
         shift=variant != "tsn",
         selfy_args=selfy_args,
         widths=widths,
+        selfy_stage=selfy_stage,
     )
 
 
