@@ -434,6 +434,7 @@ def _run_torch_cases(args: argparse.Namespace, shapes: Shapes, results: dict) ->
     import torch
 
     torch.set_num_threads(THREADS)
+    results["torch_version"] = torch.__version__
     for method in ("all_pairs", "definition"):
         _run_case(f"torch_stss_{method}", lambda method=method: _torch_stss_case(method, shapes), args, results)
     if not args.skip_block:
@@ -443,7 +444,7 @@ def _run_torch_cases(args: argparse.Namespace, shapes: Shapes, results: dict) ->
 def _average_torch_runs(before: dict, after: dict, results: dict) -> None:
     """The mean of the runs before and after ours (both kept), or the error of either."""
     for key, value in before.items():
-        if key.endswith("_error"):
+        if not key.endswith("_ms"):
             results[key] = value
             continue
         stem = key[: -len("_ms")]
@@ -457,7 +458,7 @@ def _average_torch_runs(before: dict, after: dict, results: dict) -> None:
 
 
 def _record_torch_ratios(results: dict) -> None:
-    """Ours / official for the STSS and the block, and the STSS's useful GFLOP/s and peak fraction."""
+    """Ours / official for the STSS and the block (`..._over_torch_<phase>_ratio`)."""
     pairs = {"stss": (DEFAULT_CASE, TORCH_BASELINE), "selfy_block": (DEFAULT_BLOCK_CASE, "torch_selfy_block")}
     for name, (ours, official) in pairs.items():
         for phase in ("fwd", "fwdbwd"):
