@@ -76,9 +76,12 @@ import sys
 import time
 from typing import Callable
 
+# Before Keras: importing _common sets TensorFlow's environment (the BFC
+# allocator), which TensorFlow reads only when it is first imported.
+from _common import limit_threads, matmul_gflops, write_results  # isort: skip
+
 import keras
 import numpy as np
-from _common import limit_threads, matmul_gflops, write_results
 
 ON_TENSORFLOW = keras.config.backend() == "tensorflow"
 if ON_TENSORFLOW:

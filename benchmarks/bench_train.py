@@ -345,6 +345,7 @@ def main(argv=None) -> int:
         "device": "gpu" if on_gpu else "cpu",
         "threads": args.threads,
         "warmup_steps": args.warmup,
+        "load_average_1min": os.getloadavg()[0],
     }
     if args.torch_models:
         import torch
@@ -359,6 +360,7 @@ def main(argv=None) -> int:
         model_rates = _time_model_steps(name, config, args, on_gpu, results)
         if args.input_batches:
             _time_input(name, config, model_rates, args, results)
+    results["load_average_1min_end"] = os.getloadavg()[0]
     write_results(results, args.results_file)
     return 0
 
