@@ -38,7 +38,8 @@ keep both):
   input and every parameter, as ours).
 
 and `stss_over_torch_<fwd|fwdbwd>_ratio` (`stss_matmul_graph_jit` /
-`torch_stss_all_pairs`) and `selfy_block_over_torch_<fwd|fwdbwd>_ratio`
+`torch_stss_all_pairs`; `stss_definition_over_torch_..._ratio` against
+`torch_stss_definition`) and `selfy_block_over_torch_<fwd|fwdbwd>_ratio`
 (`selfy_block_graph` / `torch_selfy_block`; `_jit` cases on JAX): ours /
 official, lower is faster.
 
@@ -462,7 +463,11 @@ def _average_torch_runs(before: dict, after: dict, results: dict) -> None:
 
 def _record_torch_ratios(results: dict) -> None:
     """Ours / official for the STSS and the block (`..._over_torch_<phase>_ratio`)."""
-    pairs = {"stss": (DEFAULT_CASE, TORCH_BASELINE), "selfy_block": (DEFAULT_BLOCK_CASE, "torch_selfy_block")}
+    pairs = {
+        "stss": (DEFAULT_CASE, TORCH_BASELINE),
+        "stss_definition": (DEFAULT_CASE, "torch_stss_definition"),
+        "selfy_block": (DEFAULT_BLOCK_CASE, "torch_selfy_block"),
+    }
     for name, (ours, official) in pairs.items():
         for phase in ("fwd", "fwdbwd"):
             numerator = results.get(f"{ours}_{phase}_ms")
@@ -483,6 +488,8 @@ def _record_useful_work(results: dict) -> None:
             results[f"{case}_{phase}_useful_gflops"] = round(gflops, 2)
             if peak:
                 results[f"{case}_{phase}_peak_fraction"] = round(gflops / peak, 4)
+                logger.info("%s %s: %.1f useful GFLOP/s, %.1f %% of the %.0f GFLOP/s matmul peak",
+                            case, phase, gflops, 100 * gflops / peak, peak)
 
 
 def _record_ratios(results: dict) -> None:
