@@ -81,7 +81,7 @@ def stss_all_pairs(features: torch.Tensor, window: Sequence[int]) -> torch.Tenso
     query's `(U, V)` window out of that `[H*W, H*W]` matrix. This does the
     same (the read-out is one gather here); it equals `stss_reference` to
     float32 rounding and is the fastest of the official ways on a CPU
-    (benchmarks/README.md, "STSS op and SELFY block").
+    (benchmarks/README.md, "PyTorch baseline of the STSS and the block").
 
     Args:
         features: `[B, T, C, H, W]`.
