@@ -15,7 +15,8 @@ plain-PyTorch reference of the same architecture
   float32 top-1 agreement on random clips.
 - `stss_fwd`, `stss_fwdbwd`: the STSS op (8 clips x 8 frames, 14 x 14 x 128,
   window 5 x 9 x 9); PyTorch runs the official release's pure-PyTorch path
-  (one all-pairs einsum per frame pair, then the window read out of it).
+  (`torch_reference.stss_all_pairs`: one all-pairs einsum per frame pair,
+  then the window read out of it), as do its block and model.
 - `block_fwdbwd`: the SELFY block, `[64, 28, 28, 512]` (8 clips x 8 frames).
 - `train_step`: one SGD step of `selfy_tsm_r50` on 8 clips x 8 x 224 x 224
   (Nesterov momentum 0.9, weight decay 5e-4, clip by global norm 20), clips/s
@@ -384,7 +385,7 @@ class TorchSide:
 
         setup = self.setup
         model = torch_reference.build_reference(
-            setup.model, setup.num_classes, setup.num_frames, **setup.model_kwargs
+            setup.model, setup.num_classes, setup.num_frames, stss_method="all_pairs", **setup.model_kwargs
         )
         return self.channels_last(model.to(self.device))
 
@@ -399,17 +400,18 @@ class TorchSide:
         torch = self.torch
         batch, frames, height, width, channels = self.setup.stss_shape
         window = self.setup.window
+        from selfy_tf.weights.torch_reference import stss_all_pairs
+
         features = torch.randn(batch, frames, channels, height, width, device=self.device)
-        gather = _window_index(height, width, window[1:], self.device)
 
         def forward_only(x):
             with self.autocast():
-                return stss_einsum(x, window, gather)
+                return stss_all_pairs(x, window)
 
         def forward_backward(x):
             x = x.detach().requires_grad_(True)
             with self.autocast():
-                value = stss_einsum(x, window, gather).float().square().sum()
+                value = stss_all_pairs(x, window).float().square().sum()
             value.backward()
             return x.grad
 
@@ -432,7 +434,7 @@ class TorchSide:
         batch_frames, height, width, channels = setup.block_shape
         kwargs = dict(setup.block_kwargs)
         block = self.channels_last(
-            SELFYBlockReference(channels, setup.num_frames, **kwargs).to(self.device)
+            SELFYBlockReference(channels, setup.num_frames, stss_method="all_pairs", **kwargs).to(self.device)
         )
         block.train()
         features = torch.randn(batch_frames, channels, height, width, device=self.device)
@@ -489,50 +491,6 @@ class TorchSide:
         timing = _time(run, self.sync, warmup, iters)
         timing["clips_per_sec"] = round(batch * 1000.0 / timing["median_ms"], 2)
         return timing
-
-
-def _window_index(height: int, width: int, window: tuple[int, int], device):
-    """For each query position and (u, v) offset: the key position, or -1 outside the map."""
-    import torch
-
-    rows, cols = window
-    y, x, u, v = np.meshgrid(
-        np.arange(height), np.arange(width), np.arange(rows), np.arange(cols), indexing="ij"
-    )
-    key_y, key_x = y + u - rows // 2, x + v - cols // 2
-    inside = (key_y >= 0) & (key_y < height) & (key_x >= 0) & (key_x < width)
-    index = np.where(inside, key_y * width + key_x, -1).reshape(height * width, rows * cols)
-    return torch.from_numpy(index).to(device)
-
-
-def stss_einsum(features, window: tuple[int, int, int], gather):
-    """STSS as the official release computes it without its CUDA sampler.
-
-    `features` `[B, T, C, H, W]` → `[B, T, H, W, L, U, V]`: every frame is
-    paired with each of its `L` temporal neighbours (zero frames outside the
-    clip), all query/key positions of a pair are correlated with one einsum,
-    and the `(U, V)` window of each query is then read out of that matrix
-    (`gather`, from `_window_index`).
-    """
-    import torch
-    from torch.nn import functional
-
-    length, rows, cols = window
-    batch, frames, channels, height, width = features.shape
-    normalized = features / torch.sqrt(features.float().square().sum(2, keepdim=True) + 1e-6).to(
-        features.dtype
-    )
-    padded = functional.pad(normalized, (0, 0, 0, 0, 0, 0, length // 2, length // 2))
-    keys = torch.stack([padded[:, l : l + frames] for l in range(length)], dim=2)
-    queries = normalized.flatten(3)  # [B, T, C, HW]
-    keys = keys.flatten(4)  # [B, T, L, C, HW]
-    similarity = torch.einsum("btcn,btlcm->btlnm", queries, keys)  # [B, T, L, HW, HW]
-    index = gather.clamp(min=0)  # [HW, U*V]
-    windowed = torch.gather(
-        similarity, 4, index.expand(batch, frames, length, *index.shape)
-    ) * (gather >= 0)
-    windowed = windowed.reshape(batch, frames, length, height, width, rows, cols)
-    return windowed.permute(0, 1, 3, 4, 2, 5, 6)
 
 
 # --------------------------------------------------------------------------- main

@@ -26,9 +26,10 @@ failing case records its error and the sweep goes on.
 
 `--fold-batch-norms` adds `<model>_folded` (batch norms folded into the
 convolutions, as `selfy export` serves the model) to the same rounds;
-`--torch-models tsm_r50` adds the PyTorch reference of those TSN/TSM models
-(`torch_<model>_b<batch>_<precision>`, bfloat16 through `torch.autocast`) and
-`<model>_over_torch_..._time_ratio`.
+`--torch-models tsm_r50,selfy_tsm_r50` adds the PyTorch reference of those
+models (`torch_<model>_b<batch>_<precision>`, bfloat16 through
+`torch.autocast`; a SELFY block computes the STSS the official release's
+plain-PyTorch way) and `<model>_over_torch_..._time_ratio`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import sys
 import time
 
 import numpy as np
-from _common import limit_threads, write_results
+from _common import limit_threads, matmul_gflops, torch_reference_models, write_results
 
 logger = logging.getLogger("bench_models")
 
@@ -75,7 +76,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(`selfy_tf.models.fold_batch_norms`, as `selfy export` serves it), as "
                              "`<model>_folded`")
     parser.add_argument("--torch-models", default="",
-                        help="also time these tsn/tsm models in PyTorch, in the same rounds (needs torch; "
+                        help="also time these models in PyTorch, in the same rounds (needs torch; "
                              "the layers of the official release, eager, NCHW; bfloat16 via torch.autocast)")
     parser.add_argument("--results-file", default=None, help="also write the JSON object here")
     args = parser.parse_args(argv)
@@ -109,24 +110,6 @@ def _cpu_flags() -> list[str]:
     return []
 
 
-def _matmul_gflops(precision: str, repeats: int = 5) -> float:
-    """Best GFLOP/s of a square matrix product in the compute dtype of `precision`."""
-    import keras
-    import tensorflow as tf
-
-    dtype = keras.DTypePolicy(precision).compute_dtype
-    a = tf.cast(tf.random.normal((_MATMUL_SIZE, _MATMUL_SIZE)), dtype)
-    b = tf.cast(tf.random.normal((_MATMUL_SIZE, _MATMUL_SIZE)), dtype)
-    product = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
-    product(a, b).numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * _MATMUL_SIZE**3 / best / 1e9
-
-
 def _time_in_turns(forwards: dict, clips, warm: int, rounds: int, errors: dict, keys: dict) -> dict:
     """Warms every forward function, then times them one call each per round."""
     durations = {}
@@ -144,18 +127,6 @@ def _time_in_turns(forwards: dict, clips, warm: int, rounds: int, errors: dict, 
             forwards[name](clips).numpy()
             durations[name].append(time.perf_counter() - start)
     return durations
-
-
-def _torch_models(names: list[str], num_classes: int, num_frames: int, threads: int) -> dict:
-    """The PyTorch reference models (official layers) of the tsn/tsm `names`, in eval mode."""
-    import torch
-
-    from selfy_tf.weights.torch_reference import build_reference
-
-    if any(name.startswith("selfy") for name in names):
-        raise ValueError("the PyTorch reference computes STSS with a loop: time tsn/tsm models only")
-    torch.set_num_threads(threads)
-    return {name: build_reference(name, num_classes, num_frames).eval() for name in names}
 
 
 def _torch_forwards(models: dict, precision: str, clips) -> dict:
@@ -312,12 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     torch_models = {}
     if torch_names:
         try:
-            torch_models = _torch_models(torch_names, args.num_classes, args.num_frames, args.threads)
+            torch_models = {name: model.eval() for name, model in torch_reference_models(
+                torch_names, args.num_classes, args.num_frames, args.threads).items()}
         except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
             errors["torch"] = f"{type(error).__name__}: {error}"
     for precision in precisions:
         try:
-            gflops = _matmul_gflops(precision)
+            gflops = matmul_gflops(precision, _MATMUL_SIZE)
         except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
             errors[f"matmul_{precision}"] = f"{type(error).__name__}: {error}"
             continue

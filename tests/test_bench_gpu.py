@@ -1,4 +1,7 @@
-"""Tests of benchmarks/bench_gpu.py: its PyTorch baseline and the CPU smoke configuration."""
+"""Tests of benchmarks/bench_gpu.py: its fixed weights and the CPU smoke configuration.
+
+The PyTorch STSS it times (`torch_reference.stss_all_pairs`) is tested in test_weights.py.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from test_stss import reference_stss
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import bench_gpu  # noqa: E402
-
-
-@pytest.mark.parametrize("shape, window", [((1, 3, 5, 6, 4), (3, 5, 3)), ((2, 2, 4, 4, 3), (5, 3, 5))])
-def test_official_einsum_stss_matches_the_definition(shape, window):
-    features = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    channels_first = torch.from_numpy(features).permute(0, 1, 4, 2, 3)
-    gather = bench_gpu._window_index(shape[2], shape[3], window[1:], "cpu")
-    result = bench_gpu.stss_einsum(channels_first, window, gather).numpy()
-    np.testing.assert_allclose(result, reference_stss(features, window), atol=2e-6)
 
 
 def test_fixed_weights_do_not_depend_on_variable_order():

@@ -49,9 +49,9 @@ def _fixture_model() -> keras.Model:
     return create_model("selfy_tsm_r18", num_classes=10, num_frames=2, input_size=64)
 
 
-def _tiny_reference(name: str, num_classes: int = 7, num_frames: int = 4, seed: int = 1):
+def _tiny_reference(name: str, num_classes: int = 7, num_frames: int = 4, seed: int = 1, **kwargs):
     torch.manual_seed(seed)
-    reference = torch_reference.build_reference(name, num_classes, num_frames, **TINY)
+    reference = torch_reference.build_reference(name, num_classes, num_frames, **TINY, **kwargs)
     torch_reference.randomize_batch_norms(reference, seed)
     with torch.no_grad():
         reference.new_fc.weight.mul_(10.0)
@@ -222,6 +222,17 @@ class TestWeightsCorrectness:
         assert np.abs(expected).max() > 0.5
         np.testing.assert_allclose(np.asarray(model(clip, training=False)), expected, atol=1e-4, rtol=0)
 
+    def test_parity_with_torch_reference_selfy_after_res2(self, tiny_model_factory):
+        """The reference's `selfy_stage` (the benchmarks' tiny_cpu model) against ours."""
+        reference = _tiny_reference("selfy_tsm_r18", selfy_stage="res2", stss_method="all_pairs")
+        model = tiny_model_factory("selfy_tsm_r18", num_classes=7, num_frames=4, selfy_stage="res2")
+        report = load_official_state_dict(model, _numpy_state(reference))
+        assert report.ok and not report.fresh
+        clip = _clip(2, 4, 32)
+        expected = torch_reference.run_reference(reference, clip)
+        assert np.abs(expected).max() > 0.5
+        np.testing.assert_allclose(np.asarray(model(clip, training=False)), expected, atol=1e-4, rtol=0)
+
     def test_imagenet_torchvision_layout(self, tiny_model_factory, tmp_path):
         reference = _tiny_reference("tsm_r50", num_classes=7, num_frames=2)
         state = {
@@ -274,6 +285,42 @@ class TestWeightsCorrectness:
             load_imagenet_resnet(deeper, path)
         with pytest.raises(FileNotFoundError, match="ImageNet weights not found"):
             load_imagenet_resnet(deeper, tmp_path / "absent.weights.h5")
+
+
+class TestTorchReferenceSTSS:
+    """The official release's all-pairs STSS path, which the benchmarks time as the baseline."""
+
+    @pytest.mark.parametrize("shape, window", [((1, 3, 5, 6, 4), (3, 5, 3)), ((2, 2, 4, 4, 3), (5, 3, 5))])
+    def test_all_pairs_matches_the_definition(self, shape, window):
+        from test_stss import reference_stss
+
+        features = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        channels_first = torch.from_numpy(features).permute(0, 1, 4, 2, 3)
+        result = torch_reference.stss_all_pairs(channels_first, window).numpy()
+        np.testing.assert_allclose(result, reference_stss(features, window), atol=2e-6)
+
+    def test_block_methods_agree_forward_and_backward(self):
+        torch.manual_seed(0)
+        by_definition = torch_reference.SELFYBlockReference(16, 2, hidden_channels=8)
+        all_pairs = torch_reference.SELFYBlockReference(16, 2, hidden_channels=8, stss_method="all_pairs")
+        all_pairs.load_state_dict(by_definition.state_dict())
+        torch_reference.randomize_batch_norms(by_definition, seed=2)
+        torch_reference.randomize_batch_norms(all_pairs, seed=2)
+        with torch.no_grad():  # the zero-initialised last gamma would hide the STSS path
+            for block in (by_definition, all_pairs):
+                block.stss_integration.upsample[1].weight.fill_(1.0)
+        features = torch.randn(4, 16, 8, 8)
+        gradients = []
+        for block in (by_definition, all_pairs):
+            inputs = features.clone().requires_grad_(True)
+            block.train()(inputs).square().sum().backward()
+            gradients.append(inputs.grad.numpy())
+        np.testing.assert_allclose(gradients[1], gradients[0], rtol=1e-4, atol=1e-4)
+        assert np.abs(gradients[0]).max() > 0.1
+
+    def test_unknown_stss_method_is_refused(self):
+        with pytest.raises(ValueError, match="`stss_method` must be one of .*Received: stss_method='loop'"):
+            torch_reference.SELFYBlockReference(16, 2, stss_method="loop")
 
 
 class TestConvertWeightsCommand:

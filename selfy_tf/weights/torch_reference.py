@@ -4,13 +4,15 @@ Used to check conversions: its state dict has the official key layout
 (`module.base_model.*`, `module.new_fc.*`), it reproduces the official
 release's logits on the parity fixture, and it runs the ResNet-50 bottleneck
 path for which no official fixture exists. `selfy convert-weights` runs it
-next to the converted Keras model to report the logits difference.
+next to the converted Keras model to report the logits difference. The
+benchmarks time it as the official baseline (`stss_method="all_pairs"`).
 
 Importing this module imports torch: import it only where torch is wanted.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -57,6 +59,61 @@ def stss_reference(features: torch.Tensor, window: Sequence[int]) -> torch.Tenso
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _window_keys(height: int, width: int, rows: int, cols: int) -> torch.Tensor:
+    """For each query position and (u, v) offset: the flat key position, or -1 outside the map.
+
+    Returns an int64 tensor `[height * width, rows * cols]`.
+    """
+    y, x, u, v = np.meshgrid(np.arange(height), np.arange(width), np.arange(rows), np.arange(cols), indexing="ij")
+    key_y, key_x = y + u - rows // 2, x + v - cols // 2
+    inside = (key_y >= 0) & (key_y < height) & (key_x >= 0) & (key_x < width)
+    return torch.from_numpy(np.where(inside, key_y * width + key_x, -1).reshape(height * width, rows * cols))
+
+
+def stss_all_pairs(features: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+    """STSS as the official release computes it in plain PyTorch: all pairs, then the window.
+
+    The official `STSSTransformation` without its compiled correlation
+    sampler pairs every frame with each of its `L` temporal neighbours (zero
+    frames outside the clip), correlates all query positions with all key
+    positions of the pair in one batched matrix product, and reads each
+    query's `(U, V)` window out of that `[H*W, H*W]` matrix. This does the
+    same (the read-out is one gather here); it equals `stss_reference` to
+    float32 rounding and is the fastest of the official ways on a CPU
+    (benchmarks/README.md, "PyTorch baseline of the STSS and the block").
+
+    Args:
+        features: `[B, T, C, H, W]`.
+        window: `(L, U, V)`, odd.
+
+    Returns:
+        `[B, T, H, W, L, U, V]`, zero where the displaced position is outside.
+    """
+    length, rows, cols = window
+    batch, frames, channels, height, width = features.shape
+    norm = torch.sqrt(features.float().square().sum(dim=2, keepdim=True) + 1e-6)
+    normalized = features / norm.to(features.dtype)
+    padded = F.pad(normalized, (0, 0, 0, 0, 0, 0, length // 2, length // 2))
+    neighbours = torch.stack([padded[:, l : l + frames] for l in range(length)], dim=2)
+    queries = normalized.flatten(3)  # [B, T, C, HW]
+    keys = neighbours.flatten(4)  # [B, T, L, C, HW]
+    similarity = torch.einsum("btcn,btlcm->btlnm", queries, keys)  # [B, T, L, HW, HW]
+    window_keys = _window_keys(height, width, rows, cols).to(features.device)
+    picked = torch.gather(
+        similarity, 4, window_keys.clamp(min=0).expand(batch, frames, length, *window_keys.shape)
+    )
+    picked = picked * (window_keys >= 0).to(picked.dtype)
+    picked = picked.reshape(batch, frames, length, height, width, rows, cols)
+    return picked.permute(0, 1, 3, 4, 2, 5, 6)
+
+
+# How `SELFYBlockReference` computes the STSS: by the definition (the
+# default, a plain loop over the window, for conversion checks) or the
+# official release's all-pairs path (for timing).
+STSS_METHODS = {"definition": stss_reference, "all_pairs": stss_all_pairs}
+
+
 def _conv_bn(in_channels: int, out_channels: int, kernel: Any, stride: Any, padding: Any, three_d: bool):
     conv = (nn.Conv3d if three_d else nn.Conv2d)(
         in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False
@@ -66,10 +123,17 @@ def _conv_bn(in_channels: int, out_channels: int, kernel: Any, stride: Any, padd
 
 
 class _STSSTransformation(nn.Module):
-    def __init__(self, in_channels: int, hidden_channels: int, num_frames: int, window: Sequence[int]):
+    def __init__(
+        self, in_channels: int, hidden_channels: int, num_frames: int, window: Sequence[int], stss_method: str
+    ):
         super().__init__()
+        if stss_method not in STSS_METHODS:
+            raise ValueError(
+                f"`stss_method` must be one of {sorted(STSS_METHODS)}. Received: stss_method={stss_method!r}."
+            )
         self.num_frames = num_frames
         self.window = tuple(window)
+        self.stss = STSS_METHODS[stss_method]
         conv, bn = _conv_bn(in_channels, hidden_channels, 3, 2, 1, three_d=False)
         self.downsample = nn.Sequential(conv, bn, nn.ReLU())
 
@@ -77,7 +141,7 @@ class _STSSTransformation(nn.Module):
         x = self.downsample(x)
         batch_frames, channels, height, width = x.shape
         clips = x.reshape(batch_frames // self.num_frames, self.num_frames, channels, height, width)
-        return stss_reference(clips, self.window)
+        return self.stss(clips, self.window)
 
 
 class _STSSExtraction(nn.Module):
@@ -131,7 +195,12 @@ class _STSSIntegration(nn.Module):
 
 
 class SELFYBlockReference(nn.Module):
-    """The SELFY block of DESIGN.md §3 with the official module names."""
+    """The SELFY block of DESIGN.md §3 with the official module names.
+
+    `stss_method` is a key of `STSS_METHODS`: `"definition"` (default,
+    `stss_reference`) or `"all_pairs"` (`stss_all_pairs`, the official
+    release's plain-PyTorch path, much faster); the weights are the same.
+    """
 
     def __init__(
         self,
@@ -141,9 +210,12 @@ class SELFYBlockReference(nn.Module):
         window: Sequence[int] = (5, 9, 9),
         extraction_channels: Sequence[int] = (4, 16, 64, 64),
         integration_channels: Sequence[int] = (64, 64, 64, 64),
+        stss_method: str = "definition",
     ):
         super().__init__()
-        self.stss_transformation = _STSSTransformation(in_channels, hidden_channels, num_frames, window)
+        self.stss_transformation = _STSSTransformation(
+            in_channels, hidden_channels, num_frames, window, stss_method
+        )
         self.stss_extraction = _STSSExtraction(extraction_channels)
         self.stss_integration = _STSSIntegration(
             extraction_channels[3], in_channels, integration_channels, window[0]
@@ -184,9 +256,26 @@ class _Block(nn.Module):
         return F.relu(out + identity)
 
 
+# The stage after which a SELFY block sits (`selfy_stage`): res2 is `layer1`.
+_SELFY_STAGES = {"res2": 0, "res3": 1, "res4": 2}
+
+
 class _Backbone(nn.Module):
-    def __init__(self, depth: str, widths: Sequence[int], num_frames: int, shift: bool, selfy_args: Mapping[str, Any] | None):
+    def __init__(
+        self,
+        depth: str,
+        widths: Sequence[int],
+        num_frames: int,
+        shift: bool,
+        selfy_args: Mapping[str, Any] | None,
+        selfy_stage: str = "res3",
+    ):
         super().__init__()
+        if selfy_stage not in _SELFY_STAGES:
+            raise ValueError(
+                f"`selfy_stage` must be one of {sorted(_SELFY_STAGES)}. Received: selfy_stage={selfy_stage!r}."
+            )
+        self.selfy_after = _SELFY_STAGES[selfy_stage]
         kind, layers = _DEPTHS[depth]
         expansion = 4 if kind == "bottleneck" else 1
         stem, *planes = widths
@@ -200,17 +289,17 @@ class _Backbone(nn.Module):
                 blocks.append(_Block(kind, in_channels, planes[stage], stride, num_frames, shift))
                 in_channels = planes[stage] * expansion
             setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
-            if stage == 1 and selfy_args is not None:
+            if stage == self.selfy_after and selfy_args is not None:
                 self.selfy = SELFYBlockReference(in_channels, num_frames, **selfy_args)
         self.has_selfy = selfy_args is not None
         self.out_channels = in_channels
 
     def forward(self, x):
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        x = self.layer2(self.layer1(x))
-        if self.has_selfy:
-            x = self.selfy(x)
-        x = self.layer4(self.layer3(x))
+        for stage in range(4):
+            x = getattr(self, f"layer{stage + 1}")(x)
+            if self.has_selfy and stage == self.selfy_after:
+                x = self.selfy(x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
@@ -222,8 +311,10 @@ class VideoResNetReference(nn.Module):
         num_classes: classifier outputs.
         num_frames: frames per clip.
         shift: TSM shift at the start of every residual branch.
-        selfy_args: SELFY block arguments (after `layer2`), or None.
+        selfy_args: SELFY block arguments, or None.
         widths: stem width then the four stage widths (planes).
+        selfy_stage: the stage the SELFY block follows: "res3" (`layer2`,
+            the reference), "res2" or "res4".
     """
 
     def __init__(
@@ -234,10 +325,11 @@ class VideoResNetReference(nn.Module):
         shift: bool = True,
         selfy_args: Mapping[str, Any] | None = None,
         widths: Sequence[int] = (64, 64, 128, 256, 512),
+        selfy_stage: str = "res3",
     ):
         super().__init__()
         self.num_frames = num_frames
-        self.base_model = _Backbone(depth, widths, num_frames, shift, selfy_args)
+        self.base_model = _Backbone(depth, widths, num_frames, shift, selfy_args, selfy_stage)
         self.new_fc = nn.Conv1d(self.base_model.out_channels, num_classes, 1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -266,15 +358,21 @@ def build_reference(
     num_frames: int,
     width_multiplier: float = 1.0,
     selfy_channels: Any = None,
+    stss_method: str = "definition",
+    selfy_stage: str = "res3",
 ) -> VideoResNetReference:
-    """The reference for a zoo model name and width settings (as `create_model` uses them)."""
+    """The reference for a zoo model name and width settings (as `create_model` uses them).
+
+    `stss_method` chooses how a SELFY block computes the STSS (`STSS_METHODS`);
+    `selfy_stage` the stage it follows.
+    """
     from selfy_tf.models.tsm_resnet import _scaled, resolve_selfy_channels
 
     variant, depth = name.rsplit("_", 1)
     widths = tuple(_scaled(width, float(width_multiplier)) for width in (64, 64, 128, 256, 512))
     selfy_args = None
     if variant == "selfy_tsm":
-        selfy_args = dict(resolve_selfy_channels(selfy_channels))
+        selfy_args = dict(resolve_selfy_channels(selfy_channels), stss_method=stss_method)
     return VideoResNetReference(
         depth,
         num_classes,
@@ -282,6 +380,7 @@ def build_reference(
         shift=variant != "tsn",
         selfy_args=selfy_args,
         widths=widths,
+        selfy_stage=selfy_stage,
     )
 
 
