@@ -122,7 +122,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "selfy_channels": None,
     "sync_batchnorm": False,
     # Who computes training-mode batch statistics (`batch_norm_statistics`).
-    "batch_norm_statistics": "auto",
+    "batch_norm_statistics": "exact",
     # Causal temporal shift and STSS (streaming); same weights as offline.
     "causal": False,
 }
@@ -270,14 +270,14 @@ def resolve_selfy_channels(selfy_channels: int | Mapping[str, Any] | None) -> di
 
 
 # `batch_norm_statistics` of the models -> the `training_statistics` of the
-# backbone's batch norms and of the SELFY block's. "auto" is the rule chosen
-# by measurement (docs/architecture.md, "Training batch norm statistics"):
-# TensorFlow's fused kernel is as precise as exact sums on the backbone's
-# activations, but not on the STSS extraction's (millions of elements per
-# channel with a mean large against the spread).
+# backbone's batch norms and of the SELFY block's. The default, "exact", is
+# the choice measured in docs/architecture.md ("Training batch norm
+# statistics"): TensorFlow's fused kernel loses ~1e-1 of the SELFY block's
+# gradients, and in the backbone its oneDNN CPU version (TensorFlow's default
+# on x86) lets 5 SGD steps drift far more than PyTorch's float32 run.
 BATCH_NORM_STATISTICS_RULES: dict[str, dict[str, str]] = {
-    "auto": {"backbone": "tensorflow", "selfy": "exact"},
     "exact": {"backbone": "exact", "selfy": "exact"},
+    "tensorflow_backbone": {"backbone": "tensorflow", "selfy": "exact"},
     "tensorflow": {"backbone": "tensorflow", "selfy": "tensorflow"},
 }
 
@@ -293,7 +293,7 @@ def batch_norm_statistics_rule(batch_norm_statistics: str) -> dict[str, str]:
         raise ValueError(
             f"`batch_norm_statistics` must be one of {tuple(BATCH_NORM_STATISTICS_RULES)}. "
             f"Received: batch_norm_statistics={batch_norm_statistics!r}. "
-            "Try batch_norm_statistics='auto'."
+            "Try batch_norm_statistics='exact'."
         )
     return dict(BATCH_NORM_STATISTICS_RULES[batch_norm_statistics])
 
