@@ -412,7 +412,7 @@ def measure_sgd(args: argparse.Namespace, results: dict) -> None:
         "clip_global_norm": optimizer_config.clip_global_norm,
     }
     results.update({f"sgd_{key}": value for key, value in settings.items()})
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(args.sgd_seed)
     clips = rng.integers(0, 256, (args.sgd_clips, 2, args.sgd_size, args.sgd_size, 3)).astype(np.float32)
     labels = rng.integers(0, 10, args.sgd_clips)
     state = _torch.load_torch_state_dict(str(FIXTURE / "checkpoint.pth.tar"))
@@ -468,6 +468,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sgd-clips", type=int, default=4, help="clips per SGD step (default 4)")
     parser.add_argument("--sgd-size", type=int, default=128, help="frame size of the SGD clips (default 128)")
     parser.add_argument("--sgd-steps", type=int, default=5, help="SGD steps (default 5)")
+    parser.add_argument("--sgd-seed", type=int, default=1, help="seed of the SGD clips and labels (default 1)")
     parser.add_argument("--skip-block", action="store_true", help="skip the SELFY block part")
     parser.add_argument("--skip-sgd", action="store_true", help="skip the SGD part")
     parser.add_argument("--results-file", default=None, help="also write the JSON result here")
@@ -500,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         "block_shape": [args.block_clips * args.block_frames, args.block_size, args.block_size, args.block_channels],
         "block_frames": args.block_frames,
         "sgd_clip_shape": [args.sgd_clips, 2, args.sgd_size, args.sgd_size, 3],
+        "sgd_seed": args.sgd_seed,
         "load_average_start": os.getloadavg()[0],
     }
     for name, part, skip in (("block", measure_block, args.skip_block), ("sgd", measure_sgd, args.skip_sgd)):
