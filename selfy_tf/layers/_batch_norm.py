@@ -244,17 +244,13 @@ def _tensorflow_train_batch_norm(inputs, scale, offset, epsilon: float):
     """
     import tensorflow as tf
 
-    channels = inputs.shape[-1]
-    rank = inputs.shape.rank
-    maps = inputs if rank == 4 else tf.reshape(inputs, [-1, 1, 1, channels])
-    if maps.dtype not in (tf.float16, tf.bfloat16, tf.float32):
-        maps = tf.cast(maps, tf.float32)
+    maps = _as_maps(inputs)
     # In training mode the kernel returns the unbiased (Bessel-corrected)
     # batch variance, the one the moving variance is updated with.
     outputs, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(
         maps, scale, offset, epsilon=epsilon, is_training=True
     )
-    if rank != 4:
+    if inputs.shape.rank != 4:
         outputs = tf.reshape(outputs, tf.shape(inputs))
     return outputs, mean, unbiased
 
@@ -287,11 +283,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     With `training_statistics="tensorflow"` a training-mode call on
     TensorFlow is instead one `FusedBatchNormV3(is_training=True)` op, which
-    computes the statistics itself with float32 running sums: faster, and
-    precise enough where a channel's mean is not large against its spread
-    (the ResNet backbone), but off by up to ~1e-3 on the STSS extraction's
-    activations (docs/architecture.md has the measurements and the rule
-    the models follow). The exact path is kept where that kernel cannot
+    computes the statistics itself with float32 running sums: faster, but
+    off by up to ~1e-3 on the STSS extraction's activations, and with
+    oneDNN (TensorFlow's default on x86 CPUs) its gradients lose precision
+    in the ResNet backbone too (docs/architecture.md has the measurements;
+    the models use exact statistics by default). The exact path is kept where that kernel cannot
     run: on other backends, and for a synchronized batch norm with more
     than one replica. At inference, on TensorFlow, each call is one
     `FusedBatchNormV3` op, which the CPU graph optimiser fuses with the
@@ -394,11 +390,8 @@ def _fused_inference(layer: keras.layers.BatchNormalization, inputs, scale, offs
     """
     import tensorflow as tf
 
-    channels = inputs.shape[-1]
     rank = inputs.shape.rank
-    maps = inputs if rank == 4 else tf.reshape(inputs, [-1, 1, 1, channels])
-    if maps.dtype not in (tf.float16, tf.bfloat16, tf.float32):
-        maps = tf.cast(maps, tf.float32)
+    maps = _as_maps(inputs)
     outputs = tf.compat.v1.nn.fused_batch_norm(
         maps,
         scale,
@@ -411,6 +404,22 @@ def _fused_inference(layer: keras.layers.BatchNormalization, inputs, scale, offs
     if rank != 4:
         outputs = tf.reshape(outputs, tf.shape(inputs))
     return tf.cast(outputs, layer.compute_dtype)
+
+
+def _as_maps(inputs):
+    """A TensorFlow tensor of rank >= 2 as the 4-D input of the fused kernels.
+
+    Channels last; other ranks become `[-1, 1, 1, channels]`, and dtypes the
+    kernels do not take become float32.
+    """
+    import tensorflow as tf
+
+    maps = inputs
+    if inputs.shape.rank != 4:
+        maps = tf.reshape(inputs, [-1, 1, 1, inputs.shape[-1]])
+    if maps.dtype not in (tf.float16, tf.bfloat16, tf.float32):
+        maps = tf.cast(maps, tf.float32)
+    return maps
 
 
 def _replica_sum():
