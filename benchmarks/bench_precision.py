@@ -60,10 +60,9 @@ import platform
 import sys
 from pathlib import Path
 
-from _common import limit_threads, write_results  # noqa: I001 - before TensorFlow: sets its environment
-
 import keras
 import numpy as np
+from _common import limit_threads, write_results
 
 logger = logging.getLogger("bench_precision")
 
