@@ -222,6 +222,64 @@ def test_training_batch_norm_matches_float64(
     np.testing.assert_allclose(np.asarray(layer.moving_variance), unbiased, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(6, 5, 5, 3), (40, 7, 3)])
+def test_tensorflow_training_statistics_match_float64(shape, value_and_gradients):
+    # TensorFlow's fused training kernel (exact sums on other backends) on a
+    # small, well-conditioned tensor: mean/std 2, a few hundred rows.
+    rng = np.random.default_rng(12)
+    inputs = (2.0 + rng.normal(size=shape)).astype("float32")
+    layer = FusedBatchNormalization(training_statistics="tensorflow", momentum=0.0, epsilon=1e-5)
+    layer.build(shape)
+    layer.gamma.assign(np.array([0.5, 2.0, -1.0], "float32"))
+    layer.beta.assign(np.array([1.0, 0.0, 3.0], "float32"))
+    output, (gradient, gamma_gradient, beta_gradient) = value_and_gradients(
+        lambda x: layer(x, training=True), inputs, [layer.gamma, layer.beta]
+    )
+    weights = np.random.default_rng(99).normal(size=shape).reshape(-1, 3)
+    normalized, unit_gradient, batch_mean, unbiased = _batch_norm_reference(inputs, weights * [0.5, 2.0, -1.0], 1e-5)
+    np.testing.assert_allclose(output.reshape(-1, 3), normalized * [0.5, 2.0, -1.0] + [1.0, 0.0, 3.0], atol=1e-5)
+    np.testing.assert_allclose(gradient.reshape(-1, 3), unit_gradient, atol=1e-5 * np.abs(unit_gradient).max())
+    np.testing.assert_allclose(gamma_gradient, (weights * normalized).sum(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(beta_gradient, weights.sum(0), rtol=1e-5, atol=1e-5)
+    # PyTorch's moving statistics: the unbiased batch variance.
+    np.testing.assert_allclose(np.asarray(layer.moving_mean), batch_mean, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(layer.moving_variance), unbiased, rtol=1e-5)
+
+
+@tensorflow_only
+def test_tensorflow_training_statistics_run_the_fused_training_kernel():
+    import tensorflow as tf
+
+    def op_types(statistics: str, synchronized: bool = False) -> set:
+        layer = FusedBatchNormalization(training_statistics=statistics, synchronized=synchronized)
+        layer.build((4, 3, 3, 2))
+        function = tf.function(lambda x: layer(x, training=True))
+        graph = function.get_concrete_function(tf.TensorSpec((4, 3, 3, 2), tf.float32)).graph
+        training = {
+            op.type for op in graph.get_operations()
+            if op.type.startswith("FusedBatchNorm") and op.get_attr("is_training")
+        }
+        return training | {op.type for op in graph.get_operations() if op.type in ("MatMul", "BatchMatMulV2")}
+
+    assert op_types("tensorflow") == {"FusedBatchNormV3"}
+    # Exact statistics: block sums as matrix products, no training-mode kernel.
+    assert "FusedBatchNormV3" not in op_types("exact")
+    # Synchronized with one replica: nothing to all-reduce, the kernel runs.
+    assert op_types("tensorflow", synchronized=True) == {"FusedBatchNormV3"}
+
+
+def test_tensorflow_training_statistics_mixed_precision():
+    shape = (4, 3, 3, 2)
+    inputs = (1.0 + np.random.default_rng(13).normal(size=shape)).astype("float32")
+    layer = FusedBatchNormalization(training_statistics="tensorflow", dtype="mixed_float16", epsilon=1e-5)
+    outputs = layer(keras.ops.cast(inputs, "float16"), training=True)
+    assert keras.backend.standardize_dtype(outputs.dtype) == "float16"
+    assert layer.moving_mean.dtype == "float32"
+    rows = inputs.reshape(-1, 2).astype(np.float64)
+    expected = (rows - rows.mean(0)) / np.sqrt(rows.var(0) + 1e-5)
+    np.testing.assert_allclose(np.asarray(outputs, np.float32).reshape(-1, 2), expected, atol=1e-2)
+
+
 def test_training_batch_norm_scale_and_offset_gradients(value_and_gradients):
     shape = (300, 7, 3)
     rng = np.random.default_rng(10)

@@ -388,6 +388,23 @@ class TestLayersErrors:
         with pytest.raises(ValueError, match="supports only axis=-1 without renorm"):
             FusedBatchNormalization(renorm=True, synchronized=True)
 
+    def test_batch_norm_training_statistics_config(self):
+        from selfy_tf.layers._batch_norm import FusedBatchNormalization
+
+        layer = FusedBatchNormalization(training_statistics="tensorflow", epsilon=1e-5)
+        config = layer.get_config()
+        assert config["training_statistics"] == "tensorflow"
+        assert FusedBatchNormalization.from_config(config).training_statistics == "tensorflow"
+        # Configs saved before the argument existed: exact statistics.
+        del config["training_statistics"]
+        assert FusedBatchNormalization.from_config(config).training_statistics == "exact"
+        block = SELFYBlock(batch_norm_statistics="tensorflow")
+        assert SELFYBlock.from_config(block.get_config()).batch_norm_statistics == "tensorflow"
+        with pytest.raises(ValueError, match=r"`training_statistics` must be one of \('exact', 'tensorflow'\). Received: training_statistics='fused'"):
+            FusedBatchNormalization(training_statistics="fused")
+        with pytest.raises(ValueError, match="`batch_norm_statistics` must be one of"):
+            STSSExtraction(batch_norm_statistics="kernel")
+
     def test_wrong_rank(self):
         with pytest.raises(ValueError, match=r"\(batch \* num_frames, height, width, channels\)"):
             TemporalShift(num_frames=2).build((2, 3, 3))

@@ -119,6 +119,72 @@ class TestModelsBasic:
         plain = tiny_model_factory(num_frames=2)
         assert plain.get_layer("selfy").sync_batchnorm is False
 
+    @pytest.mark.parametrize(
+        "choice,backbone,selfy",
+        [
+            (None, "exact", "exact"),
+            ("exact", "exact", "exact"),
+            ("tensorflow_backbone", "tensorflow", "exact"),
+            ("tensorflow", "tensorflow", "tensorflow"),
+        ],
+    )
+    def test_batch_norm_statistics_rule(self, choice, backbone, selfy, tiny_model_factory):
+        model = tiny_model_factory(num_frames=2, batch_norm_statistics=choice)
+        block = model.get_layer("selfy")
+        backbone_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        block_norms = [
+            layer for layer in block._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        assert (len(backbone_norms), len(block_norms)) == (20, 10)
+        assert {layer.training_statistics for layer in backbone_norms} == {backbone}
+        assert {layer.training_statistics for layer in block_norms} == {selfy}
+        assert block.get_config()["batch_norm_statistics"] == selfy
+        with pytest.raises(ValueError, match=r"`batch_norm_statistics` must be one of .*Received: batch_norm_statistics='fast'"):
+            tiny_model_factory(num_frames=2, batch_norm_statistics="fast")
+
+    def test_keras_file_before_batch_norm_statistics_loads_exact(self, tiny_model_factory, tmp_path):
+        import json
+        import zipfile
+
+        model = tiny_model_factory("selfy_tsm_r18", num_frames=2, batch_norm_statistics="tensorflow")
+        path = tmp_path / "model.keras"
+        model.save(path)
+        # A file of an earlier version: no statistics keys, exact everywhere.
+        old_path = tmp_path / "old.keras"
+
+        def drop_keys(value):
+            if isinstance(value, dict):
+                return {
+                    key: drop_keys(item) for key, item in value.items()
+                    if key not in ("training_statistics", "batch_norm_statistics")
+                }
+            if isinstance(value, list):
+                return [drop_keys(item) for item in value]
+            return value
+
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(old_path, "w") as target:
+            for item in source.infolist():
+                data = source.read(item.filename)
+                if item.filename == "config.json":
+                    assert b"training_statistics" in data and b"batch_norm_statistics" in data
+                    data = json.dumps(drop_keys(json.loads(data))).encode()
+                target.writestr(item, data)
+        loaded = keras.models.load_model(old_path)
+        norms = [
+            layer for layer in loaded._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        assert len(norms) == 30 and {layer.training_statistics for layer in norms} == {"exact"}
+        # The new keys round-trip.
+        reloaded = keras.models.load_model(path)
+        assert reloaded.get_layer("layer1_0_bn1").training_statistics == "tensorflow"
+        assert reloaded.get_layer("selfy").batch_norm_statistics == "tensorflow"
+        clip = _clip(2, 2, 32).astype("float32")
+        expected = np.asarray(model(clip, training=False))
+        np.testing.assert_array_equal(np.asarray(loaded(clip, training=False)), expected)
+        np.testing.assert_array_equal(np.asarray(reloaded(clip, training=False)), expected)
+
     def test_mixed_precision_output_is_float32(self, tiny_model_factory):
         keras.config.set_dtype_policy("mixed_float16")
         model = tiny_model_factory("selfy_tsm_r18", num_frames=2)

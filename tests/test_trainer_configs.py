@@ -124,6 +124,18 @@ class TestPresets:
         if params is not None:
             assert sum(int(np.prod(weight.shape)) for weight in model.trainable_weights) == params
 
+    def test_batch_norm_statistics_reaches_the_model(self):
+        from trainer.train import build_model
+
+        config = presets.get_preset("tiny_cpu")
+        assert configs.resolve_model(config).model.batch_norm_statistics == "exact"
+        config = configs.apply_overrides(config, ["model.batch_norm_statistics=tensorflow_backbone"])
+        if config.model.num_classes is None:
+            config.model.num_classes = 5
+        model = build_model(config)
+        assert model.get_layer("bn1").training_statistics == "tensorflow"
+        assert model.get_layer("selfy").batch_norm_statistics == "exact"
+
     def test_presets_are_fresh_copies(self):
         presets.get_preset("tiny_cpu").train.epochs = 99
         assert presets.get_preset("tiny_cpu").train.epochs != 99

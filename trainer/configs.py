@@ -97,6 +97,9 @@ class ModelConfig:
     # Resolved None: the reference SELFY widths.
     selfy_channels: int | None = None
     sync_batchnorm: bool | None = None
+    # Who computes training-mode batch statistics: "exact", "tensorflow_backbone"
+    # or "tensorflow" (`create_model`; docs/architecture.md).
+    batch_norm_statistics: str | None = None
     # The causal model, for streaming (`selfy_tf.streaming`); offline
     # weights load into it (`init`).
     causal: bool | None = None

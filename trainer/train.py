@@ -226,6 +226,7 @@ def build_model(config: configs.ExperimentConfig) -> keras.Model:
         width_multiplier=model_config.width_multiplier,
         selfy_channels=model_config.selfy_channels,
         sync_batchnorm=model_config.sync_batchnorm,
+        batch_norm_statistics=model_config.batch_norm_statistics,
         causal=model_config.causal,
     )
     if not model_config.init:

@@ -1,8 +1,9 @@
-"""The exact batch norm of every layer and model: `FusedBatchNormalization`.
+"""The batch norm of every layer and model: `FusedBatchNormalization`.
 
-Training-mode statistics from shifted, blocked float32 sums, an optional
-all-reduce across replicas (synchronized batch norm), and inference as one
-fused TensorFlow op or the folded affine map (`_batch_norm_folding`).
+Training-mode statistics either exact (shifted, blocked float32 sums, with an
+optional all-reduce across replicas: synchronized batch norm) or computed by
+TensorFlow's fused training kernel; inference as one fused TensorFlow op or
+the folded affine map (`_batch_norm_folding`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,21 @@ from selfy_tf.ops import _backend
 # PyTorch BatchNorm defaults: eps 1e-5, momentum 0.1 (Keras momentum 0.9).
 BATCH_NORM_EPSILON = 1e-5
 BATCH_NORM_MOMENTUM = 0.9
+
+# Who computes training-mode statistics (`FusedBatchNormalization`):
+# "exact": shifted block sums (`batch_moments`), on every backend;
+# "tensorflow": TensorFlow's fused training kernel, where it applies.
+TRAINING_STATISTICS = ("exact", "tensorflow")
+
+
+def check_training_statistics(name: str, value: object) -> str:
+    """`value` if it is one of `TRAINING_STATISTICS`, else a ValueError naming `name`."""
+    if value not in TRAINING_STATISTICS:
+        raise ValueError(
+            f"`{name}` must be one of {TRAINING_STATISTICS}. Received: {name}={value!r}. "
+            f"Try {name}='exact'."
+        )
+    return str(value)
 
 
 # Rows summed in one block by `_exact_sum`; the partial sums are summed again.
@@ -215,6 +231,30 @@ def _normalize_tensorflow(rows, mean, variance, scale, offset, epsilon: float):
     return tf.reshape(normalize(maps, scale, offset), tf.shape(rows))
 
 
+def _tensorflow_train_batch_norm(inputs, scale, offset, epsilon: float):
+    """TensorFlow's own training-mode fused batch norm: `(outputs, mean, unbiased variance)`.
+
+    One `FusedBatchNormV3(is_training=True)` op computes the statistics
+    (float32 running sums: off by up to ~1e-3 relative when a channel has
+    millions of elements and a mean far larger than its spread, see
+    docs/architecture.md) and its registered gradient is one
+    `FusedBatchNormGradV3`. Inputs of any rank >= 2 are viewed as 4-D;
+    float16 and bfloat16 inputs are normalised with float32 statistics by
+    the kernel itself.
+    """
+    import tensorflow as tf
+
+    maps = _as_maps(inputs)
+    # In training mode the kernel returns the unbiased (Bessel-corrected)
+    # batch variance, the one the moving variance is updated with.
+    outputs, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(
+        maps, scale, offset, epsilon=epsilon, is_training=True
+    )
+    if inputs.shape.rank != 4:
+        outputs = tf.reshape(outputs, tf.shape(inputs))
+    return outputs, mean, unbiased
+
+
 def _train_batch_norm(rows, scale, offset, epsilon: float, total=None):
     """Training-mode batch norm of `[n, C]` float32 rows: `(outputs, mean, variance, count)`."""
     mean, variance, count = batch_moments(rows, total)
@@ -239,7 +279,17 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     the biased one). Float16 / bfloat16 inputs are normalised with float32
     statistics. In training, on TensorFlow, TensorFlow's fused kernels
     normalise and compute the input gradient from these exact statistics
-    (without a `tf.distribute` all-reduce). At inference, on TensorFlow, each call is one
+    (without a `tf.distribute` all-reduce).
+
+    With `training_statistics="tensorflow"` a training-mode call on
+    TensorFlow is instead one `FusedBatchNormV3(is_training=True)` op, which
+    computes the statistics itself with float32 running sums: faster, but
+    off by up to ~1e-3 on the STSS extraction's activations, and with
+    oneDNN (TensorFlow's default on x86 CPUs) its gradients lose precision
+    in the ResNet backbone too (docs/architecture.md has the measurements;
+    the models use exact statistics by default). The exact path is kept where that kernel cannot
+    run: on other backends, and for a synchronized batch norm with more
+    than one replica. At inference, on TensorFlow, each call is one
     `FusedBatchNormV3` op, which the CPU graph optimiser fuses with the
     convolution before it; on other backends it is the same affine map in
     `keras.ops`.
@@ -258,6 +308,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     synchronizes.
 
     Args:
+        training_statistics: str, default "exact", who computes training-mode
+            batch statistics: "exact" (shifted block sums, every backend) or
+            "tensorflow" (TensorFlow's fused training kernel; exact sums
+            elsewhere, see above). Inference is the same either way.
         **kwargs: arguments of `keras.layers.BatchNormalization`; `axis` must
             be -1 and `renorm` is not supported.
 
@@ -268,11 +322,14 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     (2, 3, 3, 4)
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, training_statistics: str = "exact", **kwargs):
         # Keras's layer accepts `synchronized=True` on TensorFlow only.
         synchronized = kwargs.pop("synchronized", False)
         super().__init__(**kwargs)
         self.synchronized = synchronized
+        self.training_statistics = check_training_statistics(
+            "training_statistics", training_statistics
+        )
         if self.axis != -1 or self.renorm:
             raise ValueError(
                 "`FusedBatchNormalization` supports only axis=-1 without renorm. "
@@ -290,22 +347,40 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 return _fused_inference(self, inputs, scale, offset)
             scale, bias = folded_batch_norm(self)
             return ops.cast(ops.cast(inputs, "float32") * scale + bias, self.compute_dtype)
-        rows = ops.reshape(ops.cast(inputs, "float32"), [-1, channels])
         total = None
         if self.synchronized and _backend.is_tensorflow():
             total = _replica_sum()
+        if (
+            self.training_statistics == "tensorflow"
+            and total is None
+            and _backend.is_tensorflow()
+        ):
+            outputs, mean, unbiased = _tensorflow_train_batch_norm(
+                inputs, scale, offset, self.epsilon
+            )
+            self._update_moving_statistics(mean, unbiased)
+            return ops.cast(outputs, self.compute_dtype)
+        rows = ops.reshape(ops.cast(inputs, "float32"), [-1, channels])
         outputs, mean, variance, count = _train_batch_norm(
             rows, scale, offset, self.epsilon, total
         )
         unbiased = variance * (count / ops.maximum(count - 1.0, 1.0))
+        self._update_moving_statistics(mean, unbiased)
+        outputs = ops.reshape(outputs, ops.shape(inputs))
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _update_moving_statistics(self, mean, unbiased):
         self.moving_mean.assign(
             self.moving_mean * self.momentum + mean * (1.0 - self.momentum)
         )
         self.moving_variance.assign(
             self.moving_variance * self.momentum + unbiased * (1.0 - self.momentum)
         )
-        outputs = ops.reshape(outputs, ops.shape(inputs))
-        return ops.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config["training_statistics"] = self.training_statistics
+        return config
 
 
 def _fused_inference(layer: keras.layers.BatchNormalization, inputs, scale, offset):
@@ -315,11 +390,8 @@ def _fused_inference(layer: keras.layers.BatchNormalization, inputs, scale, offs
     """
     import tensorflow as tf
 
-    channels = inputs.shape[-1]
     rank = inputs.shape.rank
-    maps = inputs if rank == 4 else tf.reshape(inputs, [-1, 1, 1, channels])
-    if maps.dtype not in (tf.float16, tf.bfloat16, tf.float32):
-        maps = tf.cast(maps, tf.float32)
+    maps = _as_maps(inputs)
     outputs = tf.compat.v1.nn.fused_batch_norm(
         maps,
         scale,
@@ -332,6 +404,22 @@ def _fused_inference(layer: keras.layers.BatchNormalization, inputs, scale, offs
     if rank != 4:
         outputs = tf.reshape(outputs, tf.shape(inputs))
     return tf.cast(outputs, layer.compute_dtype)
+
+
+def _as_maps(inputs):
+    """A TensorFlow tensor of rank >= 2 as the 4-D input of the fused kernels.
+
+    Channels last; other ranks become `[-1, 1, 1, channels]`, and dtypes the
+    kernels do not take become float32.
+    """
+    import tensorflow as tf
+
+    maps = inputs
+    if inputs.shape.rank != 4:
+        maps = tf.reshape(inputs, [-1, 1, 1, inputs.shape[-1]])
+    if maps.dtype not in (tf.float16, tf.bfloat16, tf.float32):
+        maps = tf.cast(maps, tf.float32)
+    return maps
 
 
 def _replica_sum():
@@ -358,13 +446,16 @@ def make_batch_norm(
     epsilon: float,
     gamma_initializer: str = "ones",
     synchronized: bool = False,
+    training_statistics: str = "exact",
 ) -> keras.layers.BatchNormalization:
-    """A channels-last batch norm with exact statistics and PyTorch-equivalent settings.
+    """A channels-last batch norm with PyTorch-equivalent settings.
 
-    `synchronized=True` computes training statistics over the global batch
-    (see `FusedBatchNormalization`).
+    `synchronized=True` computes training statistics over the global batch;
+    `training_statistics` chooses exact statistics or TensorFlow's fused
+    training kernel (see `FusedBatchNormalization`).
     """
     return FusedBatchNormalization(
+        training_statistics=training_statistics,
         axis=-1,
         momentum=momentum,
         epsilon=epsilon,

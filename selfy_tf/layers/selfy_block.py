@@ -61,6 +61,10 @@ class SELFYBlock(keras.layers.Layer):
             three stages: training-mode statistics are computed over the
             global batch (see `FusedBatchNormalization`); inference is
             unaffected.
+        batch_norm_statistics: str, default "exact", who computes the
+            training-mode batch statistics in all three stages: "exact" or
+            "tensorflow" (the `training_statistics` of
+            `FusedBatchNormalization`).
         causal: bool, default False, the causal STSS (see above).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
@@ -97,6 +101,7 @@ class SELFYBlock(keras.layers.Layer):
         batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
+        batch_norm_statistics: str = "exact",
         causal: bool = False,
         **kwargs,
     ):
@@ -129,11 +134,15 @@ class SELFYBlock(keras.layers.Layer):
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
         self.sync_batchnorm = _checks.check_bool("sync_batchnorm", sync_batchnorm)
+        self.batch_norm_statistics = _batch_norm.check_training_statistics(
+            "batch_norm_statistics", batch_norm_statistics
+        )
         self.causal = _checks.check_bool("causal", causal)
         batch_norm_args = {
             "batch_norm_momentum": self.batch_norm_momentum,
             "batch_norm_epsilon": self.batch_norm_epsilon,
             "sync_batchnorm": self.sync_batchnorm,
+            "batch_norm_statistics": self.batch_norm_statistics,
             "dtype": self.dtype_policy,
         }
         self.stss_transformation = STSSTransformation(
@@ -178,6 +187,7 @@ class SELFYBlock(keras.layers.Layer):
             batch_norm_momentum=self.batch_norm_momentum,
             batch_norm_epsilon=self.batch_norm_epsilon,
             sync_batchnorm=self.sync_batchnorm,
+            batch_norm_statistics=self.batch_norm_statistics,
             dtype=self.dtype_policy,
         )
         self.stss_transformation.build(input_shape)
@@ -210,6 +220,7 @@ class SELFYBlock(keras.layers.Layer):
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
                 "sync_batchnorm": self.sync_batchnorm,
+                "batch_norm_statistics": self.batch_norm_statistics,
                 "causal": self.causal,
             }
         )

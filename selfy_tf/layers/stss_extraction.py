@@ -69,6 +69,9 @@ class STSSExtraction(keras.layers.Layer):
         sync_batchnorm: bool, default False, compute the training-mode
             batch norm statistics over the global batch (synchronized batch
             norm, see `FusedBatchNormalization`); inference is unaffected.
+        batch_norm_statistics: str, default "exact", who computes the
+            training-mode batch statistics: "exact" or "tensorflow" (the
+            `training_statistics` of `FusedBatchNormalization`).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -95,6 +98,7 @@ class STSSExtraction(keras.layers.Layer):
         batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
+        batch_norm_statistics: str = "exact",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -102,6 +106,9 @@ class STSSExtraction(keras.layers.Layer):
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
         self.sync_batchnorm = _checks.check_bool("sync_batchnorm", sync_batchnorm)
+        self.batch_norm_statistics = _batch_norm.check_training_statistics(
+            "batch_norm_statistics", batch_norm_statistics
+        )
         self.convs = []
         self.bns = []
         for index, (filters, (stride, _)) in enumerate(
@@ -119,6 +126,7 @@ class STSSExtraction(keras.layers.Layer):
                     self.batch_norm_momentum,
                     self.batch_norm_epsilon,
                     synchronized=self.sync_batchnorm,
+                    training_statistics=self.batch_norm_statistics,
                 )
             )
 
@@ -252,6 +260,7 @@ class STSSExtraction(keras.layers.Layer):
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
                 "sync_batchnorm": self.sync_batchnorm,
+                "batch_norm_statistics": self.batch_norm_statistics,
             }
         )
         return config

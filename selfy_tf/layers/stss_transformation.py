@@ -42,6 +42,9 @@ class STSSTransformation(keras.layers.Layer):
         sync_batchnorm: bool, default False, compute the training-mode
             batch norm statistics over the global batch (synchronized batch
             norm, see `FusedBatchNormalization`); inference is unaffected.
+        batch_norm_statistics: str, default "exact", who computes the
+            training-mode batch statistics: "exact" or "tensorflow" (the
+            `training_statistics` of `FusedBatchNormalization`).
         causal: bool, default False, the causal STSS (frame `t` against
             frames `t - (L - 1) ... t`).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
@@ -73,6 +76,7 @@ class STSSTransformation(keras.layers.Layer):
         batch_norm_momentum: float = _batch_norm.BATCH_NORM_MOMENTUM,
         batch_norm_epsilon: float = _batch_norm.BATCH_NORM_EPSILON,
         sync_batchnorm: bool = False,
+        batch_norm_statistics: str = "exact",
         causal: bool = False,
         **kwargs,
     ):
@@ -92,6 +96,9 @@ class STSSTransformation(keras.layers.Layer):
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
         self.sync_batchnorm = _checks.check_bool("sync_batchnorm", sync_batchnorm)
+        self.batch_norm_statistics = _batch_norm.check_training_statistics(
+            "batch_norm_statistics", batch_norm_statistics
+        )
         self.causal = _checks.check_bool("causal", causal)
         self.conv = _conv.make_conv(
             self.hidden_channels, 3, 2, name="downsample_conv", dtype=self.dtype_policy
@@ -102,6 +109,7 @@ class STSSTransformation(keras.layers.Layer):
             self.batch_norm_momentum,
             self.batch_norm_epsilon,
             synchronized=self.sync_batchnorm,
+            training_statistics=self.batch_norm_statistics,
         )
 
     def build(self, input_shape):
@@ -177,6 +185,7 @@ class STSSTransformation(keras.layers.Layer):
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
                 "sync_batchnorm": self.sync_batchnorm,
+                "batch_norm_statistics": self.batch_norm_statistics,
                 "causal": self.causal,
             }
         )

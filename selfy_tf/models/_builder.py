@@ -40,6 +40,7 @@ def create_model(
     width_multiplier: float | None = None,
     selfy_channels: int | Mapping[str, Any] | None = None,
     sync_batchnorm: bool | None = None,
+    batch_norm_statistics: str | None = None,
     causal: bool | None = None,
     pretrained: bool = False,
     weights: str | os.PathLike | None = None,
@@ -78,6 +79,14 @@ def create_model(
             in every batch norm of the model, the backbone's and the SELFY
             block's (all are the package's fused-kernel batch norm, whose
             `synchronized=True` path all-reduces the batch moments).
+        batch_norm_statistics: str ["exact"], who computes training-mode
+            batch statistics: "exact" (exact block sums everywhere),
+            "tensorflow_backbone" (TensorFlow's fused training kernel in the
+            backbone, exact sums in the SELFY block) or "tensorflow" (the
+            fused kernel everywhere). The kernel is faster but less precise:
+            docs/architecture.md has the measurements behind the default.
+            Exact sums are used on JAX and for a synchronised batch norm
+            across replicas whatever the choice. Inference is unaffected.
         causal: bool [False], the causal model for streaming
             (`selfy_tf.streaming`): the temporal shift moves channels
             `[0, C/8)` from the previous frame only and the STSS compares
@@ -127,6 +136,7 @@ def create_model(
         "width_multiplier": width_multiplier,
         "selfy_channels": selfy_channels,
         "sync_batchnorm": sync_batchnorm,
+        "batch_norm_statistics": batch_norm_statistics,
         "causal": causal,
         **kwargs,
     }

@@ -121,6 +121,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
     # None: the reference SELFY widths (the layers' REFERENCE_CHANNELS).
     "selfy_channels": None,
     "sync_batchnorm": False,
+    # Who computes training-mode batch statistics (`batch_norm_statistics`).
+    "batch_norm_statistics": "exact",
     # Causal temporal shift and STSS (streaming); same weights as offline.
     "causal": False,
 }
@@ -267,11 +269,41 @@ def resolve_selfy_channels(selfy_channels: int | Mapping[str, Any] | None) -> di
     }
 
 
+# `batch_norm_statistics` of the models -> the `training_statistics` of the
+# backbone's batch norms and of the SELFY block's. The default, "exact", is
+# the choice measured in docs/architecture.md ("Training batch norm
+# statistics"): TensorFlow's fused kernel loses ~1e-1 of the SELFY block's
+# gradients, and in the backbone its oneDNN CPU version (TensorFlow's default
+# on x86) lets 5 SGD steps drift far more than PyTorch's float32 run.
+BATCH_NORM_STATISTICS_RULES: dict[str, dict[str, str]] = {
+    "exact": {"backbone": "exact", "selfy": "exact"},
+    "tensorflow_backbone": {"backbone": "tensorflow", "selfy": "exact"},
+    "tensorflow": {"backbone": "tensorflow", "selfy": "tensorflow"},
+}
+
+
+def batch_norm_statistics_rule(batch_norm_statistics: str) -> dict[str, str]:
+    """`{"backbone": ..., "selfy": ...}` training statistics for a model-level choice.
+
+    Raises:
+        ValueError: `batch_norm_statistics` is not a key of
+            `BATCH_NORM_STATISTICS_RULES`.
+    """
+    if batch_norm_statistics not in BATCH_NORM_STATISTICS_RULES:
+        raise ValueError(
+            f"`batch_norm_statistics` must be one of {tuple(BATCH_NORM_STATISTICS_RULES)}. "
+            f"Received: batch_norm_statistics={batch_norm_statistics!r}. "
+            "Try batch_norm_statistics='exact'."
+        )
+    return dict(BATCH_NORM_STATISTICS_RULES[batch_norm_statistics])
+
+
 class _LayerFactory:
     """Makes the backbone's layers with the model-wide settings."""
 
-    def __init__(self, sync_batchnorm: bool):
+    def __init__(self, sync_batchnorm: bool, batch_norm_statistics: str = "exact"):
         self.sync_batchnorm = sync_batchnorm
+        self.batch_norm_statistics = batch_norm_statistics
 
     def conv(self, filters: int, kernel_size: int, strides: int, name: str, padding: str = "valid"):
         return keras.layers.Conv2D(
@@ -292,6 +324,7 @@ class _LayerFactory:
             epsilon=_batch_norm.BATCH_NORM_EPSILON,
             gamma_initializer="zeros" if zero_init else "ones",
             synchronized=self.sync_batchnorm,
+            training_statistics=self.batch_norm_statistics,
         )
 
 
@@ -361,6 +394,7 @@ def _selfy_block(
     stss_backend: str,
     sync_batchnorm: bool,
     causal: bool = False,
+    batch_norm_statistics: str = "exact",
 ):
     return SELFYBlock(
         num_frames=num_frames,
@@ -369,6 +403,7 @@ def _selfy_block(
         integration_channels=channels["integration_channels"],
         stss_backend=stss_backend,
         sync_batchnorm=sync_batchnorm,
+        batch_norm_statistics=batch_norm_statistics,
         causal=causal,
         name="selfy",
     )(x)
@@ -456,6 +491,7 @@ def _build(
     width_multiplier: float,
     selfy_channels: int | Mapping[str, Any] | None,
     sync_batchnorm: bool,
+    batch_norm_statistics: str,
     causal: bool,
 ) -> keras.Model:
     if not isinstance(causal, bool):
@@ -463,7 +499,8 @@ def _build(
     _check_args(variant, num_classes, num_frames, input_size, dropout, selfy, selfy_stage, width_multiplier)
     arch = RESNET_ARCHS[depth]
     width_multiplier = float(width_multiplier)
-    factory = _LayerFactory(bool(sync_batchnorm))
+    statistics = batch_norm_statistics_rule(batch_norm_statistics)
+    factory = _LayerFactory(bool(sync_batchnorm), statistics["backbone"])
     channels = resolve_selfy_channels(selfy_channels) if selfy else None
 
     frames = keras.Input(
@@ -492,7 +529,10 @@ def _build(
                 causal=causal,
             )
         if selfy and stage_names[stage_index] == selfy_stage:
-            x = _selfy_block(x, num_frames, channels, stss_backend, bool(sync_batchnorm), causal)
+            x = _selfy_block(
+                x, num_frames, channels, stss_backend, bool(sync_batchnorm), causal,
+                statistics["selfy"],
+            )
 
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
     if dropout > 0:
