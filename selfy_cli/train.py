@@ -199,6 +199,8 @@ def _is_first_worker() -> bool:
 
 
 def _print_summary(result: dict, data_dir: str) -> None:
+    from trainer.configs import LAST_EPOCH
+
     history = result["history"]
     epochs = result["epochs_completed"]
     print(
@@ -210,7 +212,10 @@ def _print_summary(result: dict, data_dir: str) -> None:
         )
         print(f"  last epoch: {last}")
     best = result["best_metric"]
-    if best["value"] is not None:
+    if best["name"] == LAST_EPOCH and best["epoch"] is not None:
+        print(f"  best.keras is the last epoch's model (epoch {best['epoch']}, train.monitor={LAST_EPOCH}): "
+              f"{result['best_checkpoint']}")
+    elif best["value"] is not None:
         print(f"  best {best['name']} {best['value']:.4g} (epoch {best['epoch']}): {result['best_checkpoint']}")
     for warning in result["warnings"]:
         print(f"  warning: {warning}")

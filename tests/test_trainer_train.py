@@ -238,6 +238,14 @@ class TestTraining:
             best = _update_best(best, {"value": value, "loss": loss, "epoch": epoch})
         assert best["epoch"] == best_epoch
 
+    def test_monitor_last_keeps_the_last_epoch(self):
+        from trainer.train import _update_best
+
+        best = None
+        for epoch, value in enumerate([0.9, 0.5, None], start=1):
+            best = _update_best(best, {"value": value, "loss": 1.0, "epoch": epoch}, keep_last=True)
+            assert best["epoch"] == epoch
+
     def test_tensorboard_has_lr_and_clips_per_sec(self, runs):
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -58,6 +58,8 @@ SCHEDULE_NAMES = ("step", "cosine", "constant")
 STRATEGY_NAMES = ("auto", "none", "mirrored", "multi_worker")
 PRECISION_NAMES = ("float32", "mixed_float16", "mixed_bfloat16")
 INIT_KINDS = ("imagenet", "official", "keras", "pretrained")
+# `train.monitor` that keeps the last epoch as `best.keras`.
+LAST_EPOCH = "last"
 # Kinds that fine-tune: the classifier is new when the data's class count
 # differs from the weights'.
 FINE_TUNE_INIT_KINDS = ("keras", "pretrained")
@@ -199,7 +201,9 @@ class TrainConfig:
     # Metric that picks `best.keras` (higher is better); falls back to the
     # training `top1` when there is no validation split. Ties go to the
     # epoch with the lower loss (`val_loss`, or `loss` for a training
-    # metric), then to the later epoch.
+    # metric), then to the later epoch. "last" (`LAST_EPOCH`) picks nothing:
+    # `best.keras` is the last epoch's model, for validation splits too
+    # small to choose an epoch on.
     monitor: str = "val_top1"
     seed: int = 0
     # Backup (for resuming) every this many steps, and at each epoch end.

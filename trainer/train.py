@@ -438,12 +438,13 @@ def _is_better(candidate: dict[str, Any], best: dict[str, Any] | None) -> bool:
     return True
 
 
-def _update_best(best: dict[str, Any] | None, score: dict[str, Any]) -> dict[str, Any]:
+def _update_best(best: dict[str, Any] | None, score: dict[str, Any], keep_last: bool = False) -> dict[str, Any]:
     """The epoch `best.keras` holds once `score`'s epoch (`{"value", "loss",
-    "epoch"}`) is done: `score` if it is better (`_is_better`). Until an
-    epoch has the monitored metric (validation every few epochs), the first
-    epoch, recorded without a value."""
-    if _is_better(score, best) or best is None:
+    "epoch"}`) is done: `score` if it is better (`_is_better`), or always
+    with `keep_last` (`train.monitor=last`). Until an epoch has the
+    monitored metric (validation every few epochs), the first epoch,
+    recorded without a value."""
+    if keep_last or _is_better(score, best) or best is None:
         return score
     return best
 
@@ -782,7 +783,9 @@ def _run_epochs(
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
         state["best"] = _update_best(
-            state["best"], {"value": logs.get(monitor), "loss": logs.get(monitor_loss), "epoch": epoch + 1}
+            state["best"],
+            {"value": logs.get(monitor), "loss": logs.get(monitor_loss), "epoch": epoch + 1},
+            keep_last=monitor == configs.LAST_EPOCH,
         )
         if run.chief:
             _save_model(model, output.last_checkpoint, config)
