@@ -1,7 +1,7 @@
 """Pretrains the small motion models that selfy-tf ships, on synthetic motion clips.
 
 `selfy train --preset small_videos_cpu` fine-tunes `selfy_tsm_r18.motion`, a
-SELFY TSM-R18 at width 1/8 whose weights (`selfy_tf/models/pretrained/`)
+SELFY TSM-R18 at width 1/4 whose weights (`selfy_tf/models/pretrained/`)
 this script made, in two stages, each from its own synthetic clips of the
 demo's motion classes (`selfy_tf.datasets.synthetic_motion`: ten kinds of
 translation, rotation, scaling and stopping), half of the clips a bright

@@ -201,7 +201,7 @@ default_cfgs: dict[str, dict[str, Any]] = {
     **{
         f"{arch}.motion": _cfg(
             num_classes=10, num_frames=8, input_size=48, dropout=0.2, selfy_stage="res2",
-            width_multiplier=0.125, selfy_channels=16, license="Apache-2.0", paper_ids=None,
+            width_multiplier=0.25, selfy_channels=32, license="Apache-2.0", paper_ids=None,
             dataset="selfy_tf.datasets.synthetic_motion",
             weights_file=os.path.join(PRETRAINED_DIR, f"{arch}_motion.weights.h5"),
         )
