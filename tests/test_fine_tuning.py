@@ -210,8 +210,8 @@ class TestShippedMotionModels:
     def test_weights_ship_with_the_package_and_load(self, arch):
         cfg = get_pretrained_cfg(f"{arch}.motion")
         assert os.path.isfile(cfg["weights_file"])
-        # A few hundred KB: width 1/8.
-        assert os.path.getsize(cfg["weights_file"]) < 1_500_000
+        # About 3 MB: width 1/4 (float32 weights).
+        assert os.path.getsize(cfg["weights_file"]) < 4_000_000
         model = create_model(f"{arch}.motion", pretrained=True)
         assert model.output.shape == (None, 10)
 

@@ -3,7 +3,7 @@
 
 The clips come from `selfy_tf.datasets.user_videos`, which the shipped model
 never saw; the held-out set is drawn with another seed. Fewer clips and 160
-of the preset's 300 steps, to fit in CI (about 80 s; it scored 0.80 here);
+of the preset's 300 steps, to fit in CI (about 90 s);
 benchmarks/README.md ("Own videos") has the full-size figures.
 """
 

@@ -52,7 +52,7 @@ class TestPresets:
         "small_videos_cpu": (
             "selfy_tsm_r18",
             {"num_classes": None, "num_frames": 8, "input_size": 48, "dropout": 0.2,
-             "width_multiplier": 0.125, "selfy_channels": 16, "selfy_stage": "res2"},
+             "width_multiplier": 0.25, "selfy_channels": 32, "selfy_stage": "res2"},
             None,
         ),
     }
