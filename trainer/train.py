@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import keras
 
-from selfy_tf.files import atomic_write_text
+from selfy_tf.files import atomic_path, atomic_write_text
 from selfy_tf.layers import SELFYBlock
 from selfy_tf.models import stss_grid_problem
 from selfy_tf.ops import stss_xla
@@ -790,7 +790,7 @@ def _run_epochs(
         if run.chief:
             _save_model(model, output.last_checkpoint, config)
             if state["best"]["epoch"] == epoch + 1 or not os.path.exists(output.best_checkpoint):
-                _save_model(model, output.best_checkpoint, config)
+                _copy_checkpoint(output.last_checkpoint, output.best_checkpoint)
         state.update(
             epoch=epoch + 1,
             step_in_epoch=0,
@@ -810,7 +810,7 @@ def _run_epochs(
         )
     if run.chief and not os.path.exists(output.last_checkpoint):
         _save_model(model, output.last_checkpoint, config)
-        _save_model(model, output.best_checkpoint, config)
+        _copy_checkpoint(output.last_checkpoint, output.best_checkpoint)
     if training_logger is not None:
         training_logger.close()
     return history
@@ -913,3 +913,10 @@ class _StopAfterEpoch(keras.callbacks.Callback):
 
 def _save_model(model: keras.Model, path: str, config: configs.ExperimentConfig) -> None:
     save_model(model, path, config.eval_view())
+
+
+def _copy_checkpoint(source: str, destination: str) -> None:
+    """Copies the `.keras` file just saved atomically: the same model is not
+    serialised a second time (with `train.monitor=last`, every epoch)."""
+    with atomic_path(destination, suffix=".keras") as temporary:
+        shutil.copyfile(source, temporary)
