@@ -210,22 +210,20 @@ class TestWeightsCorrectness:
         frames, logits = _fixture_io()
         np.testing.assert_allclose(torch_reference.run_reference(reference, frames), logits, atol=1e-4, rtol=0)
 
-    @pytest.mark.parametrize("name", ["selfy_tsm_r50", "tsm_r50", "tsn_r18"])
-    def test_parity_with_torch_reference(self, name, tiny_model_factory):
-        """Bottleneck (R50), TSM and TSN paths against the PyTorch reference."""
-        reference = _tiny_reference(name, num_classes=7, num_frames=4)
-        model = tiny_model_factory(name, num_classes=7, num_frames=4)
-        report = load_official_state_dict(model, _numpy_state(reference))
-        assert report.ok and not report.fresh
-        clip = _clip(2, 4, 32)
-        expected = torch_reference.run_reference(reference, clip)
-        assert np.abs(expected).max() > 0.5
-        np.testing.assert_allclose(np.asarray(model(clip, training=False)), expected, atol=1e-4, rtol=0)
-
-    def test_parity_with_torch_reference_selfy_after_res2(self, tiny_model_factory):
-        """The reference's `selfy_stage` (the benchmarks' tiny_cpu model) against ours."""
-        reference = _tiny_reference("selfy_tsm_r18", selfy_stage="res2", stss_method="all_pairs")
-        model = tiny_model_factory("selfy_tsm_r18", num_classes=7, num_frames=4, selfy_stage="res2")
+    @pytest.mark.parametrize(
+        "name, reference_options, model_options",
+        [
+            ("selfy_tsm_r50", {}, {}),
+            ("tsm_r50", {}, {}),
+            ("tsn_r18", {}, {}),
+            # The reference's `selfy_stage` (the benchmarks' tiny_cpu model).
+            ("selfy_tsm_r18", {"selfy_stage": "res2", "stss_method": "all_pairs"}, {"selfy_stage": "res2"}),
+        ],
+    )
+    def test_parity_with_torch_reference(self, name, reference_options, model_options, tiny_model_factory):
+        """Bottleneck (R50), TSM, TSN and SELFY-after-res2 paths against the PyTorch reference."""
+        reference = _tiny_reference(name, num_classes=7, num_frames=4, **reference_options)
+        model = tiny_model_factory(name, num_classes=7, num_frames=4, **model_options)
         report = load_official_state_dict(model, _numpy_state(reference))
         assert report.ok and not report.fresh
         clip = _clip(2, 4, 32)
