@@ -184,3 +184,48 @@ class TestSyntheticMotionCorrectness:
         moving_change = np.abs(moving[-1] - moving[0]).mean()
         still_change = np.abs(still[-1] - still[0]).mean()
         assert moving_change > 1.5 * still_change
+
+
+class TestColorContrast:
+    """`MotionConfig.min_color_distance`: objects told from the background by hue."""
+
+    def test_distinct_colors_keep_the_distance_and_the_luminance(self):
+        rng = np.random.default_rng(3)
+        reference = np.array([120.0, 110.0, 100.0])
+        for _ in range(200):
+            color = synthetic_motion._distinct_color(rng, (100.0, 130.0), reference, 60.0)
+            assert np.abs(color - reference).max() >= 60.0
+            assert 100.0 - 1e-6 <= color @ np.array([0.299, 0.587, 0.114]) <= 130.0 + 1e-6
+
+    def test_no_distance_draws_exactly_one_colour(self):
+        """The default keeps every earlier clip (the demo's data) as it was."""
+        first, second = np.random.default_rng(5), np.random.default_rng(5)
+        reference = np.zeros(3)
+        for _ in range(20):
+            np.testing.assert_array_equal(
+                synthetic_motion._distinct_color(first, (20.0, 200.0), reference, 0.0),
+                synthetic_motion._random_color(second, (20.0, 200.0)),
+            )
+
+    def test_an_object_as_bright_as_its_background_is_visible_by_hue(self):
+        """Flat background and object of luminance 100, no noise: every pixel's
+        luminance is 100 (up to rounding and the object's anti-aliased edge),
+        yet the object's pixels differ from the background's colour."""
+        config = dataclasses.replace(
+            DEFAULT_CONFIG,
+            noise_std_range=(0.0, 0.0),
+            background_grain_std=0.0,
+            background_contrast=0.0,
+            background_luminance_range=(100.0, 100.0),
+            object_luminance_range=(100.0, 100.0),
+            min_color_distance=60.0,
+        )
+        rng = np.random.default_rng(11)
+        for _ in range(5):
+            frames = synthetic_motion.generate_clip(
+                synthetic_motion.class_index("static"), rng, 2, 48, config
+            ).astype(float)
+            luminance = frames @ np.array([0.299, 0.587, 0.114])
+            assert np.abs(luminance - 100.0).max() < 1.5
+            colour_change = np.abs(frames[0] - frames[0, 0, 0]).max(axis=-1)
+            assert colour_change.max() >= 30.0

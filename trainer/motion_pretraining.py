@@ -4,14 +4,16 @@
 SELFY TSM-R18 at width 1/4 whose weights (`selfy_tf/models/pretrained/`)
 this script made, in two stages, each from its own synthetic clips of the
 demo's motion classes (`selfy_tf.datasets.synthetic_motion`: ten kinds of
-translation, rotation, scaling and stopping), half of the clips a bright
-object on a dark ground and half the reverse, so that the features key on
+translation, rotation, scaling and stopping), with a bright object on a
+dark ground and the reverse in equal shares, so that the features key on
 motion, not on one contrast:
 
 1. from scratch, on the demo's ranges of object size, growth and noise;
 2. from stage 1, on wider ranges: smaller objects, smaller size changes,
-   more noise, objects partly out of view. From scratch on these clips the
-   models stay at chance; after stage 1 they learn them.
+   more noise, objects partly out of view, finer background stripes, and a
+   third kind of contrast: object and background of similar brightness,
+   told apart by colour only. From scratch on these clips the models stay
+   at chance; after stage 1 they learn them.
 
 TSM and TSN of the same size are pretrained the same way, to compare the
 three on a user's data. The user-like videos of
@@ -51,8 +53,8 @@ class PretrainingSettings:
     """Data and recipe of the pretraining.
 
     Args:
-        num_train / num_validation: synthetic clips per split (half of each
-            contrast polarity).
+        num_train / num_validation: synthetic clips per split (in equal
+            shares of each kind of contrast).
         frame_size: stored frame side; training crops are resized to the
             model's input size, as for a user's larger videos.
         num_frames: frames per clip; the model samples 8 of them (TSN
@@ -67,6 +69,11 @@ class PretrainingSettings:
             wide_background_contrast: the object-size, growth, noise, edge
             and background-texture ranges of stage 2's clips
             (`synthetic_motion.MotionConfig`), wider than the demo's.
+        hue_luminance_range / hue_min_color_distance: a third of stage 2's
+            clips draw object and background luminance from this one range
+            and keep them apart by colour alone (`MotionConfig.min_color_distance`),
+            so that an object about as bright as its background still counts
+            (the other two thirds are bright on dark and dark on bright).
     """
 
     num_train: int = 4000
@@ -79,7 +86,7 @@ class PretrainingSettings:
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     seed: int = 0
-    wide_epochs: int = 6
+    wide_epochs: int = 10
     wide_learning_rate: float = 0.03
     wide_warmup_epochs: float = 0.5
     wide_radius_range: tuple[float, float] = (0.06, 0.17)
@@ -88,13 +95,16 @@ class PretrainingSettings:
     wide_max_outside: float = 0.5
     wide_background_frequency_range: tuple[float, float] = (0.5, 12.0)
     wide_background_contrast: float = 0.8
+    hue_luminance_range: tuple[float, float] = (40.0, 215.0)
+    hue_min_color_distance: float = 60.0
 
 
-def _polarity_configs(settings: PretrainingSettings, wide: bool):
-    """The demo's ranges at 16 frames per clip (the per-frame speeds halved, so
-    that the 8 frames the model samples move as far), with round objects as
-    well as elongated ones, or stage 2's wider ranges; bright on dark and dark
-    on bright."""
+def _contrast_configs(settings: PretrainingSettings, wide: bool):
+    """The clip kinds of a stage: the demo's ranges at 16 frames per clip (the
+    per-frame speeds halved, so that the 8 frames the model samples move as
+    far), with round objects as well as elongated ones, or stage 2's wider
+    ranges; bright on dark and dark on bright, and in stage 2 also objects
+    told from the background by colour rather than brightness."""
     from selfy_tf.datasets import synthetic_motion
 
     demo = synthetic_motion.DEFAULT_CONFIG
@@ -119,7 +129,15 @@ def _polarity_configs(settings: PretrainingSettings, wide: bool):
         background_luminance_range=bright_on_dark.object_luminance_range,
         object_luminance_range=bright_on_dark.background_luminance_range,
     )
-    return bright_on_dark, dark_on_bright
+    if not wide:
+        return bright_on_dark, dark_on_bright
+    by_hue = dataclasses.replace(
+        bright_on_dark,
+        background_luminance_range=settings.hue_luminance_range,
+        object_luminance_range=settings.hue_luminance_range,
+        min_color_distance=settings.hue_min_color_distance,
+    )
+    return bright_on_dark, dark_on_bright, by_hue
 
 
 def _renamed(clips, prefix: str) -> Iterator[tuple[np.ndarray, int, str]]:
@@ -130,18 +148,20 @@ def _renamed(clips, prefix: str) -> Iterator[tuple[np.ndarray, int, str]]:
 def _clips(
     settings: PretrainingSettings, split: str, num_clips: int, wide: bool
 ) -> Iterator[tuple[np.ndarray, int, str]]:
-    """Both polarities of one split, interleaved, with unique media ids."""
+    """The clip kinds of one split in equal shares, interleaved, with unique
+    media ids."""
     from selfy_tf.datasets import synthetic_motion
 
-    halves = []
-    for polarity, config in enumerate(_polarity_configs(settings, wide)):
-        count = num_clips // 2 + (num_clips % 2 if polarity == 0 else 0)
+    configs = _contrast_configs(settings, wide)
+    shares = []
+    for kind, config in enumerate(configs):
+        count = num_clips // len(configs) + (1 if kind < num_clips % len(configs) else 0)
         clips = synthetic_motion.iter_split(
-            count, settings.seed + polarity, split, settings.num_frames, settings.frame_size, config=config
+            count, settings.seed + kind, split, settings.num_frames, settings.frame_size, config=config
         )
-        halves.append(_renamed(clips, f"p{polarity}-"))
-    for pair in itertools.zip_longest(*halves):
-        yield from (clip for clip in pair if clip is not None)
+        shares.append(_renamed(clips, f"p{kind}-"))
+    for group in itertools.zip_longest(*shares):
+        yield from (clip for clip in group if clip is not None)
 
 
 def write_pretraining_data(out_dir: str, settings: PretrainingSettings, wide: bool = False) -> None:
@@ -169,8 +189,11 @@ def pretraining_config(model_name: str, settings: PretrainingSettings, init: str
     config.data.batch_size = settings.batch_size
     config.data.no_flip_classes = synthetic_motion.no_flip_classes()
     stage2 = bool(init)
-    config.optimizer.lr = settings.wide_learning_rate if stage2 else settings.learning_rate
-    config.optimizer.weight_decay = settings.weight_decay
+    # Every layer is trained alike, whatever the fine-tuning preset does.
+    config.optimizer = configs.OptimizerConfig(
+        lr=settings.wide_learning_rate if stage2 else settings.learning_rate,
+        weight_decay=settings.weight_decay,
+    )
     warmup_epochs = settings.wide_warmup_epochs if stage2 else settings.warmup_epochs
     config.schedule = configs.ScheduleConfig(name="cosine", decay_epochs=(), warmup_epochs=warmup_epochs)
     config.train.epochs = settings.wide_epochs if stage2 else settings.epochs

@@ -101,6 +101,12 @@ class MotionConfig:
             a fraction of its radius (0: wholly inside in every frame; 1: its
             centre may sit on the edge), as when a filmed object is partly
             out of view.
+        min_color_distance: how far (0..255, in the RGB channel where they
+            differ most) each of the object's colours must lie from the
+            background's mean colour; colours are drawn again until they do.
+            With overlapping luminance ranges this keeps an object of about
+            the background's brightness visible by its hue alone, as a
+            coloured object often is in a user's recordings (0: no bound).
     """
 
     radius_range: tuple[float, float] = (0.11, 0.17)
@@ -115,6 +121,7 @@ class MotionConfig:
     background_luminance_range: tuple[float, float] = (15.0, 90.0)
     object_luminance_range: tuple[float, float] = (160.0, 250.0)
     max_outside: float = 0.0
+    min_color_distance: float = 0.0
 
 
 DEFAULT_CONFIG = MotionConfig()
@@ -168,6 +175,30 @@ def _random_color(rng: np.random.Generator, luminance_range: tuple[float, float]
         mix = (peak - 255.0) / (peak - target)
         color = color + mix * (target - color)
     return np.clip(color, 0.0, 255.0)
+
+
+# Draws of an object colour before the farthest one so far is taken.
+_MAX_COLOR_DRAWS = 64
+
+
+def _distinct_color(
+    rng: np.random.Generator,
+    luminance_range: tuple[float, float],
+    reference: np.ndarray,
+    min_distance: float,
+) -> np.ndarray:
+    """A `_random_color` at least `min_distance` from `reference` in some RGB
+    channel (the farthest of `_MAX_COLOR_DRAWS` draws if none is). With
+    `min_distance=0` it draws exactly one colour, as `_random_color` does."""
+    best, best_distance = None, -1.0
+    for _ in range(_MAX_COLOR_DRAWS):
+        color = _random_color(rng, luminance_range)
+        distance = float(np.abs(color - reference).max())
+        if distance >= min_distance:
+            return color
+        if distance > best_distance:
+            best, best_distance = color, distance
+    return best
 
 
 def _grating_field(
@@ -317,8 +348,11 @@ def generate_clip(
         )
         for _ in range(2)
     ]
-    color_a = _random_color(rng, config.object_luminance_range)
-    color_b = _random_color(rng, config.object_luminance_range)
+    background_mean = (background_a + background_b) / 2.0
+    color_a, color_b = (
+        _distinct_color(rng, config.object_luminance_range, background_mean, config.min_color_distance)
+        for _ in range(2)
+    )
     # A superellipse reaches out to its bounding box's corners.
     bounding_radius = math.hypot(half_long, half_short)
     centres, angles, scales = sample_trajectory(
