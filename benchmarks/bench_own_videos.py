@@ -15,8 +15,9 @@ another for each held-out set, then runs, as a user would:
 TSM and TSN are trained the same way, with `--set model.name=<arch>.motion`
 (their own shipped pretrained weights). `--from-scratch` adds each model
 trained from a random initialisation with the same recipe, to show what the
-pretraining brings. `--repeats N` trains each model N times (runs differ by
-thread timing): a few dozen clips make single runs vary by several points.
+pretraining brings. `--repeats N` trains each model N times (runs can differ
+by thread timing, though the latest figures' repeats were equal); a few
+dozen clips make single runs vary by several points with `train.seed`.
 Prints ONE JSON line: per model and run the top-1 on each held-out set, the
 epoch `best.keras` holds, the last epoch's validation top-1 and the
 training seconds, and per model the mean held-out top-1 over runs and sets.
