@@ -12,8 +12,9 @@ motion, not on one contrast:
 2. from stage 1, on wider ranges: smaller objects, smaller size changes,
    more noise, objects partly out of view, finer background stripes, and a
    third kind of contrast: object and background of similar brightness,
-   told apart by colour only. From scratch on these clips the models stay
-   at chance; after stage 1 they learn them.
+   told apart by colour only. From scratch on stage 2's clips (measured
+   before the colour third) the models stayed at chance; after stage 1
+   they learn them.
 
 TSM and TSN of the same size are pretrained the same way, to compare the
 three on a user's data. The user-like videos of
