@@ -180,6 +180,24 @@ def _batch_norm_reference(inputs: np.ndarray, weights: np.ndarray, epsilon: floa
     return normalized, gradient, rows.mean(axis=0), rows.var(axis=0, ddof=1)
 
 
+# Scale and offset of the three-channel training cases below.
+_GAMMA, _BETA = np.array([0.5, 2.0, -1.0]), np.array([1.0, 0.0, 3.0])
+
+
+def _train_affine_batch_norm(layer, inputs: np.ndarray, value_and_gradients):
+    """Builds `layer` for `inputs` with gamma `_GAMMA` and beta `_BETA` and runs it in
+    training mode: `(output rows, (input, gamma, beta gradients), upstream rows)`,
+    the upstream gradient being `value_and_gradients`' fixed weights."""
+    layer.build(inputs.shape)
+    layer.gamma.assign(_GAMMA.astype("float32"))
+    layer.beta.assign(_BETA.astype("float32"))
+    output, gradients = value_and_gradients(
+        lambda x: layer(x, training=True), inputs, [layer.gamma, layer.beta]
+    )
+    weights = np.random.default_rng(99).normal(size=inputs.shape).reshape(-1, 3)
+    return output.reshape(-1, 3), gradients, weights
+
+
 # On TensorFlow the fused-kernel path and the generic keras.ops path.
 BATCH_NORM_PATHS = ["fast", "generic"] if keras.config.backend() == "tensorflow" else ["generic"]
 
@@ -229,15 +247,11 @@ def test_tensorflow_training_statistics_match_float64(shape, value_and_gradients
     rng = np.random.default_rng(12)
     inputs = (2.0 + rng.normal(size=shape)).astype("float32")
     layer = FusedBatchNormalization(training_statistics="tensorflow", momentum=0.0, epsilon=1e-5)
-    layer.build(shape)
-    layer.gamma.assign(np.array([0.5, 2.0, -1.0], "float32"))
-    layer.beta.assign(np.array([1.0, 0.0, 3.0], "float32"))
-    output, (gradient, gamma_gradient, beta_gradient) = value_and_gradients(
-        lambda x: layer(x, training=True), inputs, [layer.gamma, layer.beta]
+    output, (gradient, gamma_gradient, beta_gradient), weights = _train_affine_batch_norm(
+        layer, inputs, value_and_gradients
     )
-    weights = np.random.default_rng(99).normal(size=shape).reshape(-1, 3)
-    normalized, unit_gradient, batch_mean, unbiased = _batch_norm_reference(inputs, weights * [0.5, 2.0, -1.0], 1e-5)
-    np.testing.assert_allclose(output.reshape(-1, 3), normalized * [0.5, 2.0, -1.0] + [1.0, 0.0, 3.0], atol=1e-5)
+    normalized, unit_gradient, batch_mean, unbiased = _batch_norm_reference(inputs, weights * _GAMMA, 1e-5)
+    np.testing.assert_allclose(output, normalized * _GAMMA + _BETA, atol=1e-5)
     np.testing.assert_allclose(gradient.reshape(-1, 3), unit_gradient, atol=1e-5 * np.abs(unit_gradient).max())
     np.testing.assert_allclose(gamma_gradient, (weights * normalized).sum(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(beta_gradient, weights.sum(0), rtol=1e-5, atol=1e-5)
@@ -285,16 +299,9 @@ def test_training_batch_norm_scale_and_offset_gradients(value_and_gradients):
     rng = np.random.default_rng(10)
     inputs = (50 + rng.normal(size=shape)).astype("float32")
     layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-3)
-    layer.build(shape)
-    layer.gamma.assign(np.array([0.5, 2.0, -1.0], "float32"))
-    layer.beta.assign(np.array([1.0, 0.0, 3.0], "float32"))
-    output, (_, gamma_grad, beta_grad) = value_and_gradients(
-        lambda x: layer(x, training=True), inputs, [layer.gamma, layer.beta]
-    )
-    weights = np.random.default_rng(99).normal(size=shape).reshape(-1, 3)
+    output, (_, gamma_grad, beta_grad), weights = _train_affine_batch_norm(layer, inputs, value_and_gradients)
     normalized, _, _, _ = _batch_norm_reference(inputs, weights, 1e-3)
-    expected = normalized * [0.5, 2.0, -1.0] + [1.0, 0.0, 3.0]
-    np.testing.assert_allclose(output.reshape(-1, 3), expected, atol=1e-5)
+    np.testing.assert_allclose(output, normalized * _GAMMA + _BETA, atol=1e-5)
     np.testing.assert_allclose(gamma_grad, (weights * normalized).sum(0), rtol=1e-5)
     np.testing.assert_allclose(beta_grad, weights.sum(0), rtol=1e-5)
 
