@@ -295,17 +295,10 @@ def _torch_parameter_groups(model, records, policies: dict, learning_rate: float
 
 
 def _torch_logits(model, frames, dtype):
-    """`VideoResNetReference.forward` with the preprocessing in `dtype` too."""
+    """The reference's logits, its preprocessing in `dtype` too (float32 or float64)."""
     import torch
 
-    from selfy_tf.weights import torch_reference
-
-    x = torch.tensor(frames, dtype=dtype) / 255.0
-    x = (x - torch.tensor(torch_reference._MEAN, dtype=dtype)) / torch.tensor(torch_reference._STD, dtype=dtype)
-    batch, num_frames = frames.shape[:2]
-    x = x.reshape(batch * num_frames, *frames.shape[2:]).permute(0, 3, 1, 2)
-    logits = model.new_fc(model.base_model(x)[:, :, None])[:, :, 0]
-    return logits.reshape(batch, num_frames, -1).mean(dim=1)
+    return model(torch.tensor(frames, dtype=dtype))
 
 
 def _torch_sgd_run(state: dict, clips, labels, dtype, records, policies, settings) -> dict:

@@ -341,9 +341,11 @@ class VideoResNetReference(nn.Module):
 
     @staticmethod
     def preprocess(frames: torch.Tensor) -> torch.Tensor:
-        """`[B, T, H, W, 3]` 0..255 → normalised `[B*T, 3, H, W]`."""
-        x = frames.float() / 255.0
-        x = (x - torch.tensor(_MEAN, device=x.device)) / torch.tensor(_STD, device=x.device)
+        """`[B, T, H, W, 3]` 0..255 → normalised `[B*T, 3, H, W]`, float32 (float64
+        for float64 frames, as a float64 model takes them)."""
+        x = frames.to(torch.float64 if frames.dtype == torch.float64 else torch.float32) / 255.0
+        mean = torch.tensor(_MEAN, dtype=x.dtype, device=x.device)
+        x = (x - mean) / torch.tensor(_STD, dtype=x.dtype, device=x.device)
         batch, frames_count, height, width, channels = x.shape
         return x.reshape(batch * frames_count, height, width, channels).permute(0, 3, 1, 2)
 
