@@ -234,19 +234,24 @@ def test_jax_resume_after_kill_mid_epoch_equals_uninterrupted_run(tmp_path):
     from trainer.synthetic import write_color_dataset
 
     data_dir = write_color_dataset(str(tmp_path / "data"), num_classes=4)
-    environment = _environment(KERAS_BACKEND="tensorflow")  # --backend jax must switch it
+    # --backend jax must switch KERAS_BACKEND. The three runs compile the same
+    # programs: the uninterrupted run fills JAX's persistent compilation
+    # cache and the other two load from it (a third of the time each).
+    environment = _environment(
+        KERAS_BACKEND="tensorflow", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
     reference_dir, victim_dir = str(tmp_path / "reference"), str(tmp_path / "victim")
-    reference = subprocess.Popen(_train_command(data_dir, reference_dir), stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=environment)
+    reference = subprocess.run(_train_command(data_dir, reference_dir), capture_output=True, text=True,
+                               env=environment, timeout=500)
+    assert reference.returncode == 0, reference.stderr[-3000:]
     victim = subprocess.Popen(_train_command(data_dir, victim_dir), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=environment)
     killed_at = kill_after_mid_epoch_backup(victim, victim_dir, timeout_s=500)
-    stdout, stderr = reference.communicate(timeout=500)
-    assert reference.returncode == 0, stderr[-3000:]
     resumed = subprocess.run(_train_command(data_dir, victim_dir), capture_output=True, text=True,
                              env=environment, timeout=500)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    expected, result = _last_json(stdout), _last_json(resumed.stdout)
+    expected, result = _last_json(reference.stdout), _last_json(resumed.stdout)
     assert expected["backend"] == result["backend"] == "jax"
     assert result["resumed_from"] == {"epoch": killed_at["epoch"], "step_in_epoch": killed_at["step_in_epoch"]}
     assert result["global_step"] == expected["global_step"] == 8
@@ -293,15 +298,3 @@ def test_data_parallel_over_two_devices_matches_one_device(tmp_path):
     assert (single["replicas"], parallel["replicas"]) == (1, 2) and single["batch"] == parallel["batch"] == 4
     for key in ("loss", "val_loss", "top1"):
         np.testing.assert_allclose(parallel["history"][key], single["history"][key], rtol=2e-3, atol=1e-4)
-
-
-@pytest.mark.slow
-def test_optimizer_and_schedule_tests_pass_under_jax():
-    """TorchSGD against the NumPy torch reference, and the schedules, under `KERAS_BACKEND=jax`."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(REPO, "tests", "test_trainer_optimizer.py"),
-         "-k", "TorchSGD or Schedules"],
-        capture_output=True, text=True, env=_environment(), cwd=REPO, timeout=600,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:]
-    assert " passed" in completed.stdout and "failed" not in completed.stdout
