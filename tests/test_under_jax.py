@@ -20,15 +20,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _pytest_under_jax(request: pytest.FixtureRequest, *arguments: str) -> str:
     """Runs `pytest -q ARGUMENTS` under JAX on the CPU; fails with its report unless all passed."""
-    environment = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
-                   "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # Not the PYTEST_* variables of this run (its xdist worker, its current test).
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
+    environment.update(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
     command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *arguments]
     if request.config.getoption("--run-large"):
         command.append("--run-large")
     completed = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO, timeout=1100)
     report = completed.stdout + completed.stderr
     assert completed.returncode == 0, report[-6000:]
-    summary = report.strip().splitlines()[-1]
+    summary = completed.stdout.strip().splitlines()[-1]
     assert re.search(r"\b[1-9]\d* passed", summary) and "failed" not in summary and "error" not in summary, summary
     return report
 
