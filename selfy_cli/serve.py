@@ -90,9 +90,9 @@ def register_subparser(subparsers) -> None:
     )
     parser.add_argument(
         "--rest-backend",
-        choices=("threads", "aiohttp"),
-        default="threads",
-        help="REST front end: http.server threads, or aiohttp's event loop (docs/serving.md)",
+        choices=("aiohttp", "threads"),
+        default="aiohttp",
+        help="REST front end: aiohttp's event loop, or http.server threads (docs/serving.md)",
     )
     parser.add_argument(
         "--poll-interval", type=float, default=1.0, help="seconds between checks for new versions"

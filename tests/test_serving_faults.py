@@ -699,6 +699,21 @@ class TestHostileClients:
         cut = {"aiohttp": "not taken within 1 s", "threads": "timed out"}[rest_backend]
         assert any(cut in record.getMessage() for record in caplog.records)
 
+    def test_aiohttp_lowers_the_switch_interval_while_it_serves(self, exported_model):
+        """The event loop does all socket I/O: it must not wait 5 ms for the GIL each time."""
+        import sys
+
+        before = sys.getswitchinterval()
+        assert before > 0.0005  # Python's default, 5 ms
+        with _model_server(exported_model.base, rest_backend="aiohttp"):
+            assert sys.getswitchinterval() == pytest.approx(0.0005)
+            with _model_server(exported_model.base, rest_backend="aiohttp"):
+                assert sys.getswitchinterval() == pytest.approx(0.0005)
+            assert sys.getswitchinterval() == pytest.approx(0.0005)  # one server still runs
+        assert sys.getswitchinterval() == before
+        with _model_server(exported_model.base, rest_backend="threads"):
+            assert sys.getswitchinterval() == before
+
     def test_idle_connection_flood_is_refused_at_once(self, exported_model, rest_backend):
         with _model_server(exported_model.base, rest_backend=rest_backend, rest_threads=2, rest_timeout_s=60.0) as server:
             port = server.rest.port

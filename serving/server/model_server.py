@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 # REST front ends (`selfy serve --rest-backend`): the same API on
 # `http.server` threads or on aiohttp's event loop (docs/serving.md).
 REST_BACKENDS = {"threads": ThreadedRestServer, "aiohttp": AiohttpRestServer}
-DEFAULT_REST_BACKEND = "threads"
+DEFAULT_REST_BACKEND = "aiohttp"
 
 
 class ModelServer:
@@ -55,8 +55,8 @@ class ModelServer:
         rest_max_inflight_bytes: REST request-body bytes held at once
             across connections (503 beyond). Default 256 MiB.
         rest_backend: the REST front end, one of `REST_BACKENDS`:
-            `"threads"` (`http.server`, a thread per connection; the
-            default) or `"aiohttp"` (one event loop, requests on a pool).
+            `"aiohttp"` (one event loop, requests on a pool; the default)
+            or `"threads"` (`http.server`, a thread per connection).
         warmup: replay warm-up requests when loading a version.
         load_timeout_s: longest a version's load and warm-up may take
             before it is given up. Default 300.

@@ -1,4 +1,4 @@
-"""TF Serving's REST API on aiohttp's HTTP server (`selfy serve --rest-backend aiohttp`).
+"""TF Serving's REST API on aiohttp's HTTP server (`selfy serve`'s default REST front end).
 
 The routes, replies and caps below are shared with `rest_threaded` (the
 `http.server` front end). Loopback only.
@@ -25,7 +25,10 @@ closes an idle kept-alive connection), then its whole body within
 deadline, however slowly the bytes trickle. At most `num_threads`
 connections are open at once; one beyond them gets 503 with `Retry-After`
 at once and costs no thread. Request bodies held at once are bounded in
-total (`max_inflight_bytes`, 503 beyond it).
+total (`max_inflight_bytes`, 503 beyond it). While a server runs, the
+process's GIL switch interval is 0.5 ms (`sys.setswitchinterval`; the
+previous value comes back when the last server stops), so that the loop
+is not kept waiting behind threads decoding or predicting.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import errno
 import logging
 import re
 import socket
+import sys
 import threading
 import weakref
 from http import HTTPStatus
@@ -60,6 +64,13 @@ _LINGER_S = 2.0
 # Refused connections that linger at once; beyond them they are closed at once.
 _MAX_LINGERING_REFUSALS = 1024
 _SERVER_HEADER = "selfy-serving"
+# The event loop thread does all the socket reads and writes. Each time it
+# wakes it waits for the GIL, and a thread decoding JSON or predicting
+# keeps the GIL for up to the switch interval (Python's default: 5 ms), so
+# with 32 busy clients the loop fell behind and predictions went 0.82x the
+# threaded server's. At 0.5 ms the loop keeps up (benchmarks/README.md,
+# "REST on aiohttp").
+_SWITCH_INTERVAL_S = 0.0005
 _READ_BUFFER_BYTES = 256 << 10
 
 _ROUTE = re.compile(
@@ -398,6 +409,29 @@ class _Api:
         return response
 
 
+class _SwitchInterval:
+    """Lowers the GIL switch interval while at least one server runs."""
+
+    _lock = threading.Lock()
+    _users = 0
+    _previous = 0.0
+
+    @classmethod
+    def acquire(cls) -> None:
+        with cls._lock:
+            if cls._users == 0:
+                cls._previous = sys.getswitchinterval()
+                sys.setswitchinterval(min(cls._previous, _SWITCH_INTERVAL_S))
+            cls._users += 1
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            cls._users -= 1
+            if cls._users == 0:
+                sys.setswitchinterval(cls._previous)
+
+
 class AiohttpRestServer:
     """The REST front end; binds to 127.0.0.1 only.
 
@@ -452,6 +486,7 @@ class AiohttpRestServer:
         return self._socket.getsockname()[1]
 
     def start(self) -> None:
+        _SwitchInterval.acquire()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="rest-server", daemon=True)
         self._thread.start()
@@ -497,5 +532,6 @@ class AiohttpRestServer:
             self._thread.join(timeout=10)
             self._thread = None
             self._loop.close()
+            _SwitchInterval.release()
         self._socket.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
