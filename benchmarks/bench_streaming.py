@@ -16,6 +16,11 @@ per frame. Warm-up runs are not timed; then `--iterations` timed rounds,
 each one clip call then `num_frames` step calls, so that the load of a
 shared machine drifts over both alike (medians). Prints ONE JSON line to stdout; a failing case records
 `<model>_<case>_error` and the sweep goes on. Logs go to stderr.
+
+`<model>_keras_api_step_ms` times `selfy_tf.streaming.step` itself (NumPy in
+and out, its checks included: what `selfy predict --stream` and
+`serving.stream` call), and `<model>_keras_eager_step_ms` the stream model
+called eagerly, as `step` did before it used the compiled predict function.
 """
 
 from __future__ import annotations
@@ -101,6 +106,16 @@ def _bench_model(name: str, args: argparse.Namespace, results: dict) -> None:
     record("keras", lambda: (
         lambda: clip_function(clip_tensor), lambda: step_function({"frame": frame, **states})
     ))
+
+    numpy_states = streaming.initial_states(stream, 1)
+    for case, call in (
+        ("keras_api_step_ms", lambda: streaming.step(stream, clip[:, 0], numpy_states)),
+        ("keras_eager_step_ms", lambda: stream({"frame": clip[:, 0], **numpy_states}, training=False)),
+    ):
+        try:
+            results[f"{key}_{case}"] = _timed(call, args.warmup, args.iterations)
+        except Exception as error:  # noqa: BLE001 - a failing case is recorded, the sweep goes on
+            results[f"{key}_{case.removesuffix('_ms')}_error"] = repr(error)
 
     def litert_calls():
         classifier = TFLiteClassifier(tflite.convert_model(model), num_threads=args.threads)

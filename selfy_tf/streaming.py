@@ -295,7 +295,10 @@ def step(
                 f"State {name!r} must have shape {(frame.shape[0], *shape)} for a batch of "
                 f"{frame.shape[0]} frames. Received: {received}."
             )
-    outputs = stream({FRAME_KEY: frame, **states}, training=False)
-    outputs = {name: keras.ops.convert_to_numpy(value) for name, value in outputs.items()}
+    # The model's compiled predict function (traced once per batch size; XLA
+    # where Keras turns it on): calling the model eagerly cost 20-30x as much
+    # per frame (the tiny model: 60 against 2-4 ms).
+    outputs = stream.predict_on_batch({FRAME_KEY: frame, **states})
+    outputs = {name: np.asarray(value) for name, value in outputs.items()}
     logits = outputs.pop(LOGITS_KEY)
     return logits, outputs
