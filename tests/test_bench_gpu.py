@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _jax import compilation_cache
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -34,7 +35,7 @@ def _run_bench(*arguments: str, cache_dir: Path) -> dict:
     # The two runs share JAX's persistent compilation cache: the second
     # loads the inference programs the first compiled.
     env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
-           "JAX_COMPILATION_CACHE_DIR": str(cache_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+           **compilation_cache(cache_dir)}
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "bench_gpu.py"), "--smoke", *arguments],
         capture_output=True, text=True, env=env, timeout=600, cwd=BENCHMARKS,

@@ -14,6 +14,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from _jax import compilation_cache
 from _resume import kill_after_mid_epoch_backup
 
 from tfrecords import crop_windows
@@ -237,10 +238,7 @@ def test_jax_resume_after_kill_mid_epoch_equals_uninterrupted_run(tmp_path):
     # --backend jax must switch KERAS_BACKEND. The three runs compile the same
     # programs: the uninterrupted run fills JAX's persistent compilation
     # cache and the other two load from it (a third of the time each).
-    environment = _environment(
-        KERAS_BACKEND="tensorflow", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    )
+    environment = _environment(KERAS_BACKEND="tensorflow", **compilation_cache(tmp_path / "jax_cache"))
     reference_dir, victim_dir = str(tmp_path / "reference"), str(tmp_path / "victim")
     reference = subprocess.run(_train_command(data_dir, reference_dir), capture_output=True, text=True,
                                env=environment, timeout=500)

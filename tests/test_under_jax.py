@@ -18,7 +18,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _pytest_under_jax(request: pytest.FixtureRequest, *arguments: str) -> str:
+def _pytest_under_jax(request: pytest.FixtureRequest, *arguments: str) -> None:
     """Runs `pytest -q ARGUMENTS` under JAX on the CPU; fails with its report unless all passed."""
     # Not the PYTEST_* variables of this run (its xdist worker, its current test).
     environment = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
@@ -31,7 +31,6 @@ def _pytest_under_jax(request: pytest.FixtureRequest, *arguments: str) -> str:
     assert completed.returncode == 0, report[-6000:]
     summary = completed.stdout.strip().splitlines()[-1]
     assert re.search(r"\b[1-9]\d* passed", summary) and "failed" not in summary and "error" not in summary, summary
-    return report
 
 
 @pytest.mark.slow
