@@ -31,8 +31,9 @@ client's requests, of each of `--bad-kinds`:
 - `header`: a frame that is not an image, or a truncated JPEG (refused by
   the server's header check, before batching);
 - `decoder`: a complete JPEG whose scan names an undefined Huffman table,
-  or whose precision is 12 bits (only the decoder refuses them: they reach
-  the batcher);
+  or whose precision is 12 bits (only the decoder refuses them: the first
+  reaches the batcher; after it the batching server decodes frames in the
+  request threads for `DECODE_IN_SERVER_S`);
 - `mixed`: the four in turn.
 
 Keys `..._bad0_*` for the clean run, `..._bad<percent>_<kind>_*` for the
@@ -41,7 +42,8 @@ others, each case running `--fault-seconds` after a warm-up: `good_rps`
 `good_errors` (good requests that failed: should be 0), `bad_rejected` (bad
 requests answered 400 / INVALID_ARGUMENT), `bad_unexpected` (bad requests
 answered otherwise: should be 0), and `good_ratio` = good_rps over the
-clean run's, measured just before with the same server and clients
+clean run's, measured just before with the same server and clients, after
+waiting out `DECODE_IN_SERVER_S` so that it decodes as clean traffic does
 (`faults_median_bad<percent>_<kind>_good_ratio` and `faults_min_...` over
 the matrix). Per server: `faults_batching_<on|off>_rss_warm_mb` (after a
 warm-up at the most clients), `..._rss_end_mb` and `..._rss_ratio` (end
@@ -253,6 +255,7 @@ def _rss_mb(pid: int) -> float:
 
 def _run_faults(args, workdir: str, good: dict[str, np.ndarray], results: dict) -> None:
     from serving.client import GrpcClient, RestClient
+    from serving.server.predictor import DECODE_IN_SERVER_S
 
     kinds = [kind for kind in args.bad_kinds.split(",") if kind]
     bads = {kind: _bad_requests(good, kind) for kind in kinds}
@@ -260,7 +263,7 @@ def _run_faults(args, workdir: str, good: dict[str, np.ndarray], results: dict) 
     fractions = [float(fraction) for fraction in args.bad_fractions.split(",") if float(fraction) > 0]
     protocols = [protocol for protocol in args.protocols.split(",") if protocol]
     results.update({"faults_seconds_per_case": args.fault_seconds, "faults_bad_fractions": fractions,
-                    "faults_bad_kinds": kinds})
+                    "faults_bad_kinds": kinds, "faults_decode_in_server_s": DECODE_IN_SERVER_S})
     for tag, process, rest_url, grpc_target in _each_server(workdir, results, "faults_"):
         factories = {
             "grpc": functools.partial(GrpcClient, grpc_target),
@@ -286,6 +289,8 @@ def _run_faults(args, workdir: str, good: dict[str, np.ndarray], results: dict) 
                 ]
                 clean = None
                 for name, bad_requests, fraction in cases:
+                    if fraction == 0 and tag == "on":
+                        time.sleep(DECODE_IN_SERVER_S)  # back to decoding in the graph
                     try:
                         measured = _measure_faults(factories[protocol], good, bad_requests, fraction,
                                                    num_clients, args.fault_seconds, args.warmup)

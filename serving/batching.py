@@ -15,6 +15,8 @@ the rest run merged once more. Clean traffic never pays for the checks; a
 batch with bad requests costs one failed run (it stops at the bad frame,
 before the model), the checks and one full run. Requests without a check,
 or a re-run that fails again, fall back to splitting the batch in halves.
+(After such a failure the server decodes JPEG frames before queueing for a
+while, so later bad frames fail alone: see `serving.frame_decoder`.)
 """
 
 from __future__ import annotations

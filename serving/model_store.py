@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import stat as stat_lib
 import threading
 import time
@@ -37,8 +38,10 @@ import numpy as np
 import tensorflow as tf
 
 from serving import export as export_lib
+from serving import signatures as signatures_lib
 from serving import warmup as warmup_lib
 from serving.errors import ServingError, invalid_argument, not_found
+from serving.frame_decoder import FrameDecoder, probe_clip
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +125,8 @@ def _graph_error_message(error: Exception) -> str:
 
     A failing signature reports `Graph execution error:`, then the node and
     stack, then the op's own message (e.g. `Unknown image file format`)
-    followed by `[[{{node ...}}]]`.
+    followed by `[[{{node ...}}]]`; a function called eagerly puts
+    `{{function_node ...}}` before the message.
     """
     message = getattr(error, "message", None) or str(error)
     lines = [line.strip() for line in message.strip().splitlines()]
@@ -134,6 +138,7 @@ def _graph_error_message(error: Exception) -> str:
         and not line.endswith(":")
     ]
     text = useful[-1] if useful else (lines[0] if lines else type(error).__name__)
+    text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", text)
     return text.split("\t [[")[0].split(" [[")[0].strip()
 
 
@@ -176,6 +181,9 @@ class LoadedVersion:
         for name, function in self._saved_model.signatures.items():
             _, keyword_specs = function.structured_input_signature
             self.signatures[name] = SignatureInfo(name, dict(keyword_specs), function)
+        self._frame_decoder: FrameDecoder | None = None
+        self._frame_decoder_checked = False
+        self._frame_decoder_lock = threading.Lock()
 
     def signature(self, name: str | None) -> SignatureInfo:
         """The signature `name` (default: `serving_default`).
@@ -205,6 +213,61 @@ class LoadedVersion:
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
             raise invalid_argument(_graph_error_message(error)) from error
         return {key: value.numpy() for key, value in outputs.items()}
+
+    @property
+    def frame_decoder(self) -> FrameDecoder | None:
+        """This version's `FrameDecoder`, or None where frames must be decoded in the graph.
+
+        Built and checked on first use (about a second: a trace and a probe
+        clip run both ways), not at load, so servers that never need it
+        never pay for it.
+        """
+        with self._frame_decoder_lock:
+            if not self._frame_decoder_checked:
+                self._frame_decoder = self._verified_frame_decoder()
+                self._frame_decoder_checked = True
+        return self._frame_decoder
+
+    def _verified_frame_decoder(self) -> FrameDecoder | None:
+        """This version's `FrameDecoder`, if a probe clip gets the same logits through it.
+
+        None for versions without a view record or `predict_frames`, and
+        for any whose probe differs or fails: those run `serving_default` whole.
+        """
+        if not {signatures_lib.SERVING_DEFAULT, signatures_lib.PREDICT_FRAMES} <= set(self.signatures):
+            return None
+        try:
+            decoder = FrameDecoder.from_saved_model(self.path)
+            if decoder is None:
+                return None
+            clip = probe_clip(decoder.config)
+            whole = self.run(signatures_lib.SERVING_DEFAULT, {signatures_lib.JPEG_INPUT_KEY: clip})
+            parts = self.run(signatures_lib.PREDICT_FRAMES, {signatures_lib.FRAMES_INPUT_KEY: decoder(clip)})
+        except Exception as error:  # the version still serves, decoding in its graph
+            logger.warning("version %d decodes frames in its graph: %s", self.version, _first_line(error))
+            return None
+        expected, received = whole[signatures_lib.LOGITS_KEY], parts[signatures_lib.LOGITS_KEY]
+        if expected.shape != received.shape or not np.allclose(
+            received, expected, rtol=0, atol=1e-5 * (1 + np.abs(expected).max())
+        ):
+            logger.warning(
+                "version %d decodes frames in its graph: its view record does not reproduce "
+                "serving_default's decoding", self.version,
+            )
+            return None
+        return decoder
+
+    def decode_frames(self, frames_jpeg: np.ndarray) -> np.ndarray:
+        """Decodes a `serving_default` request's frames as its graph would (`frame_decoder`).
+
+        Raises:
+            ServingError: INVALID_ARGUMENT for a frame the decoder refuses,
+                with the graph's own message.
+        """
+        try:
+            return self.frame_decoder(frames_jpeg)
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
+            raise invalid_argument(_graph_error_message(error)) from error
 
     def warm_up(self) -> int:
         """Replays the version's warm-up requests; returns how many ran."""

@@ -22,12 +22,14 @@ import struct
 import subprocess
 import sys
 import time
+import types
 
 import grpc
 import numpy as np
 import pytest
 from test_serving_server import _clip, _jpeg, _rest, _wait_for, our_server  # noqa: F401 (fixture)
 
+from selfy_tf.run_dir import SAVED_MODEL_INFO
 from serving.batching import BatchingOptions
 from serving.client import ClientError, GrpcClient, RestClient
 
@@ -292,14 +294,31 @@ class TestBadRequestsInBatches:
             assert "instance 0, frame 1 cannot be decoded" in error.message and reason in error.message
         assert rows == 6  # the bad requests never reached the batcher
 
-    def test_a_frame_only_the_decoder_refuses_fails_only_its_own_request(self, exported_model):
+    @pytest.mark.parametrize("view_record", [True, False], ids=["with-view-record", "without"])
+    def test_a_frame_only_the_decoder_refuses_fails_only_its_own_request(
+        self, exported_model, view_record, tmp_path, monkeypatch
+    ):
+        from serving.server import predictor as predictor_module
+
         clips = [_jpeg_frames(seed) for seed in (1, 2, 3)]
         damaged = bytearray(clips[0][1])
         start_of_scan = damaged.index(b"\xff\xda")
         damaged[start_of_scan + 6] = 0x33  # first component's Huffman tables: 3, never defined
         bad = [clips[0][0], bytes(damaged), *clips[0][2:]]
+        base = exported_model.base
+        if not view_record:  # as from an exporter that wrote no record: only the batcher's checks find it
+            base = tmp_path / "base"
+            shutil.copytree(exported_model.base, base)
+            (base / "selfy" / "1" / SAVED_MODEL_INFO).unlink()
         batching = BatchingOptions(max_batch_size=16, batch_timeout_s=0.3, num_batch_threads=1)
-        with _model_server(exported_model.base, rest_port=None, grpc_port=0, batching=batching) as server:
+        with _model_server(base, rest_port=None, grpc_port=0, batching=batching) as server:
+            loaded = server.store.get()
+            assert (loaded.frame_decoder is not None) == view_record
+            decoded_in_server = []
+            decode_frames = loaded.decode_frames
+            monkeypatch.setattr(
+                loaded, "decode_frames", lambda frames: decoded_in_server.append(1) or decode_frames(frames)
+            )
 
             def send(frames):
                 client = GrpcClient(server.grpc_target)
@@ -311,17 +330,38 @@ class TestBadRequestsInBatches:
                     client.close()
 
             alone = [send(frames)["logits"] for frames in clips]
-            server.batcher.batch_sizes.clear()
             requests = [*clips, bad, *clips]
-            with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
-                results = list(pool.map(send, requests))
-            rows = sum(size * count for size, count in server.batcher.batch_sizes.items())
-        assert rows == len(requests)  # the header check passed it: it reached the batcher
-        error = results[3]
-        assert isinstance(error, ClientError) and error.status == grpc.StatusCode.INVALID_ARGUMENT
-        assert "JPEG" in error.message
-        for result, reference in zip(results[:3] + results[4:], alone + alone):
-            np.testing.assert_allclose(result["logits"], reference, atol=1e-4)
+            rounds = []
+            for _ in range(2):
+                server.batcher.batch_sizes.clear()
+                decoded_in_server.clear()
+                with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+                    results = list(pool.map(send, requests))
+                rows = sum(size * count for size, count in server.batcher.batch_sizes.items())
+                rounds.append((rows, len(decoded_in_server), results))
+            # Once DECODE_IN_SERVER_S has passed, clean clips decode in the graph again.
+            later = time.monotonic() + predictor_module.DECODE_IN_SERVER_S + 1
+            monkeypatch.setattr(predictor_module, "time", types.SimpleNamespace(monotonic=lambda: later))
+            decoded_in_server.clear()
+            for frames in clips:
+                send(frames)
+        # First round: the header check passes the bad request, so it joins a
+        # batch and the batcher's checks pick it out. Second round, with a
+        # view record: every request is decoded in its own thread, and the
+        # bad one fails there without reaching the batcher.
+        if view_record:
+            assert [(rows, decoded) for rows, decoded, _ in rounds] == [
+                (len(requests), 0), (len(requests) - 1, len(requests))
+            ]
+        else:
+            assert [(rows, decoded) for rows, decoded, _ in rounds] == [(len(requests), 0)] * 2
+        assert decoded_in_server == []
+        for _, _, results in rounds:
+            error = results[3]
+            assert isinstance(error, ClientError) and error.status == grpc.StatusCode.INVALID_ARGUMENT
+            assert "JPEG" in error.message
+            for result, reference in zip(results[:3] + results[4:], alone + alone):
+                np.testing.assert_allclose(result["logits"], reference, atol=1e-4)
 
 
 class TestRestConnections:

@@ -12,18 +12,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Mapping, Sequence
 
+import grpc
 import numpy as np
 import tensorflow as tf
 
 from serving import signatures as signatures_lib
 from serving.batching import DynamicBatcher
-from serving.errors import invalid_argument, not_found
+from serving.errors import ServingError, invalid_argument, not_found
 from serving.model_store import LoadedVersion, ModelStore, SignatureInfo
 from serving.server.image_header import ImageHeaderError, image_size
 
 logger = logging.getLogger(__name__)
+
+# With batching, once a `serving_default` request's frames have been
+# refused by the decoder, the server decodes frames in the request threads
+# (serving.frame_decoder) for this many seconds: bad frames then fail alone
+# instead of failing a merged batch. Clean traffic keeps decoding in the
+# graph, which is cheaper while nothing fails.
+DECODE_IN_SERVER_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,6 +293,9 @@ class Predictor:
         self.store = store
         self.batcher = batcher
         self.limits = limits
+        # time.monotonic() until which `serving_default` frames are decoded
+        # in the request threads (see DECODE_IN_SERVER_S).
+        self._decode_in_server_until = 0.0
 
     @property
     def model_name(self) -> str:
@@ -318,16 +330,38 @@ class Predictor:
     ) -> dict[str, np.ndarray]:
         """Checks `inputs` (caps included), then runs them, batched if batching is on.
 
+        With batching, `serving_default` frames are decoded in this thread
+        (and the clips batched through `predict_frames`) for
+        `DECODE_IN_SERVER_S` after the decoder refused a request's frames.
+
         Raises:
             ServingError: INVALID_ARGUMENT for bad inputs.
         """
         checked = check_inputs(signature, inputs, self.limits)
-
-        def run_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return loaded.run(signature.name, batch)
-
         if self.batcher is None:
-            return run_batch(checked)
+            return loaded.run(signature.name, checked)
+        is_jpeg = signature.name == signatures_lib.SERVING_DEFAULT
+        try:
+            if (
+                is_jpeg
+                and time.monotonic() < self._decode_in_server_until
+                and loaded.frame_decoder is not None
+            ):
+                frames = {signatures_lib.FRAMES_INPUT_KEY: loaded.decode_frames(checked[signatures_lib.JPEG_INPUT_KEY])}
+                return self._run_batched(loaded, signatures_lib.PREDICT_FRAMES, frames)
+            return self._run_batched(loaded, signature.name, checked)
+        except ServingError as error:
+            if is_jpeg and error.code == grpc.StatusCode.INVALID_ARGUMENT:
+                # Checked inputs the graph refuses: frames only the decoder sees are bad.
+                self._decode_in_server_until = time.monotonic() + DECODE_IN_SERVER_S
+            raise
+
+    def _run_batched(
+        self, loaded: LoadedVersion, signature_name: str, inputs: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        def run_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return loaded.run(signature_name, batch)
+
         return self.batcher.run(
-            (loaded.version, signature.name), run_batch, checked, check_function=check_frames_decode
+            (loaded.version, signature_name), run_batch, inputs, check_function=check_frames_decode
         )
