@@ -37,7 +37,8 @@ client's requests, of each of `--bad-kinds`:
 - `mixed`: the four in turn.
 
 Keys `..._bad0_*` for the clean run, `..._bad<percent>_<kind>_*` for the
-others, each case running `--fault-seconds` after a warm-up: `good_rps`
+others, each case running `--fault-seconds` after a warm-up, `--fault-rounds`
+times in rotated order (the ratios then sum over the rounds): `good_rps`
 (good requests answered per second), `good_p50_ms`, `good_p99_ms`,
 `good_errors` (good requests that failed: should be 0), `bad_rejected` (bad
 requests answered 400 / INVALID_ARGUMENT), `bad_unexpected` (bad requests
@@ -97,6 +98,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
                         help="fractions of bad requests (--faults)")
     parser.add_argument("--fault-seconds", type=float, default=3.0,
                         help="timed seconds per case (--faults)")
+    parser.add_argument("--fault-rounds", type=int, default=1,
+                        help="times each case runs, in rotated order (--faults)")
     parser.add_argument("--bad-kinds", default="header,decoder,mixed",
                         help="kinds of bad requests (--faults): header, decoder, mixed")
     parser.add_argument("--hostile", action="store_true",
@@ -245,6 +248,43 @@ def _measure_faults(make_client, good, bads, bad_fraction, num_clients, seconds,
     }
 
 
+def _run_fault_cases(args, make_client, good, cases, num_clients: int, batching: bool, results: dict) -> None:
+    """Runs `cases` (the clean one first) `--fault-rounds` times; records each case's figures.
+
+    Each round starts one case later than the one before, so that a load
+    that drifts during the run weighs on every case alike. `good_rps` is
+    the mean over rounds, the counts are summed, the latencies are the last
+    round's, and `good_ratio` is the case's good requests over the clean
+    case's, summed over the rounds.
+    """
+    from serving.server.predictor import DECODE_IN_SERVER_S
+
+    rates: dict[str, list[float]] = {}
+    for round_index in range(args.fault_rounds):
+        shift = round_index % len(cases)
+        for name, bad_requests, fraction in cases[shift:] + cases[:shift]:
+            if fraction == 0 and batching:
+                time.sleep(DECODE_IN_SERVER_S)  # back to decoding in the graph, as clean traffic does
+            try:
+                measured = _measure_faults(make_client, good, bad_requests, fraction, num_clients,
+                                           args.fault_seconds, args.warmup)
+            except Exception as error:  # record and go on
+                results[f"{name}_error"] = repr(error)
+                logger.warning("%s failed: %s", name, error)
+                continue
+            logger.info("%s (round %d): %s", name, round_index + 1, measured)
+            rates.setdefault(name, []).append(measured["good_rps"])
+            for key in ("good_errors", "bad_rejected", "bad_unexpected"):
+                measured[key] += results.get(f"{name}_{key}", 0)
+            results.update({f"{name}_{key}": value for key, value in measured.items()})
+    clean_name = cases[0][0]
+    for name, case_rates in rates.items():
+        results[f"{name}_good_rps"] = round(float(np.mean(case_rates)), 2)
+        results[f"{name}_rounds"] = len(case_rates)
+        if name != clean_name and len(rates.get(clean_name, ())) == len(case_rates):
+            results[f"{name}_good_ratio"] = round(sum(case_rates) / sum(rates[clean_name]), 3)
+
+
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
@@ -263,7 +303,8 @@ def _run_faults(args, workdir: str, good: dict[str, np.ndarray], results: dict) 
     fractions = [float(fraction) for fraction in args.bad_fractions.split(",") if float(fraction) > 0]
     protocols = [protocol for protocol in args.protocols.split(",") if protocol]
     results.update({"faults_seconds_per_case": args.fault_seconds, "faults_bad_fractions": fractions,
-                    "faults_bad_kinds": kinds, "faults_decode_in_server_s": DECODE_IN_SERVER_S})
+                    "faults_bad_kinds": kinds, "faults_rounds": args.fault_rounds,
+                    "faults_decode_in_server_s": DECODE_IN_SERVER_S})
     for tag, process, rest_url, grpc_target in _each_server(workdir, results, "faults_"):
         factories = {
             "grpc": functools.partial(GrpcClient, grpc_target),
@@ -287,23 +328,7 @@ def _run_faults(args, workdir: str, good: dict[str, np.ndarray], results: dict) 
                     (f"{prefix}_bad{int(round(fraction * 100))}_{kind}", bads[kind], fraction)
                     for kind in kinds for fraction in fractions
                 ]
-                clean = None
-                for name, bad_requests, fraction in cases:
-                    if fraction == 0 and tag == "on":
-                        time.sleep(DECODE_IN_SERVER_S)  # back to decoding in the graph
-                    try:
-                        measured = _measure_faults(factories[protocol], good, bad_requests, fraction,
-                                                   num_clients, args.fault_seconds, args.warmup)
-                    except Exception as error:  # record and go on
-                        results[f"{name}_error"] = repr(error)
-                        logger.warning("%s failed: %s", name, error)
-                        continue
-                    if fraction == 0:
-                        clean = measured["good_rps"]
-                    elif clean:
-                        measured["good_ratio"] = round(measured["good_rps"] / clean, 3)
-                    results.update({f"{name}_{key}": value for key, value in measured.items()})
-                    logger.info("%s: %s", name, measured)
+                _run_fault_cases(args, factories[protocol], good, cases, num_clients, tag == "on", results)
         end_rss = _rss_mb(process.pid)
         results[f"faults_batching_{tag}_rss_warm_mb"] = warm_rss
         results[f"faults_batching_{tag}_rss_end_mb"] = end_rss

@@ -47,7 +47,11 @@ class FrameDecoder:
     def __init__(self, config: signatures_lib.SignatureConfig):
         self.config = config
         # Called as a concrete function: tf.function's argument binding would
-        # add to every request.
+        # add to every request. Not unrolled over the frames, although that
+        # would save a tenth of the decoding: a frame the decoder refuses then
+        # fails in the top-level graph, and TensorFlow formats the error with
+        # the Python stack of every op in it (~5 ms a request, against ~0.8 ms
+        # from inside the loop's body).
         self._decode = tf.function(
             lambda frames_jpeg: signatures_lib.decode_frames(frames_jpeg, config)
         ).get_concrete_function(tf.TensorSpec([None, None], tf.string))

@@ -43,10 +43,10 @@ def loaded(exported_model):
 
 def test_decoded_clips_give_the_graphs_logits(loaded):
     assert loaded.frame_decoder is not None
-    for seed in range(2):
-        clip = _mixed_size_clip(seed)
+    # One clip and two clips of frames of several sizes.
+    for clip in (_mixed_size_clip(0), np.concatenate([_mixed_size_clip(1), _mixed_size_clip(2)])):
         decoded = loaded.decode_frames(clip)
-        assert decoded.shape == (1, 4, 32, 32, 3) and decoded.dtype == np.uint8
+        assert decoded.shape == (len(clip), 4, 32, 32, 3) and decoded.dtype == np.uint8
         whole = loaded.run("serving_default", {"frames_jpeg": clip})
         parts = loaded.run("predict_frames", {"frames": decoded})
         np.testing.assert_allclose(parts["logits"], whole["logits"], rtol=0, atol=1e-6)
