@@ -39,7 +39,7 @@ import json
 import logging
 import os
 import zipfile
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from selfy_tf import compat
 from selfy_tf import eval_view as eval_view_lib
@@ -404,6 +404,14 @@ def read_saved_model_info(saved_model_dir: str) -> dict[str, Any]:
     return parse_json_object(data.decode("utf-8", errors="replace"), path)
 
 
+def saved_model_clip_shape(info: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    """`(num_frames, size, size)` from a SavedModel's record (`read_saved_model_info`); None without one."""
+    if "num_frames" not in info or "input_size" not in info:
+        return None
+    size = int(info["input_size"])
+    return int(info["num_frames"]), size, size
+
+
 def parse_json_object(text: str, source: str) -> dict[str, Any]:
     """Parses a JSON object (a stored evaluation view or model info).
 
@@ -564,11 +572,7 @@ def load_model(
             labels_path = asset if os.path.isfile(asset) or require_labels else None
         labels = read_labels(labels_path) if labels_path else None
         info = read_saved_model_info(saved_model_dir)
-        clip_shape = None
-        if "num_frames" in info and "input_size" in info:
-            size = int(info["input_size"])
-            clip_shape = (int(info["num_frames"]), size, size)
-        return LoadedModel(None, labels, info.get("eval_view"), saved_model_dir, None, clip_shape)
+        return LoadedModel(None, labels, info.get("eval_view"), saved_model_dir, None, saved_model_clip_shape(info))
     import keras
 
     model_path = find_model_file(path)
@@ -634,6 +638,7 @@ __all__ = [
     "read_labels",
     "read_model_info",
     "read_saved_model_info",
+    "saved_model_clip_shape",
     "run_stss_xla",
     "save_model",
     "saved_model_version_dir",

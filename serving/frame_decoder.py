@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from selfy_tf import run_dir
-from selfy_tf.eval_view import EvalView
+from selfy_tf.eval_view import view_from_clip_shape
 from serving import signatures as signatures_lib
 
 
@@ -64,9 +64,10 @@ class FrameDecoder:
             ValueError: for a view record that cannot be read, naming it.
         """
         info = run_dir.read_saved_model_info(saved_model_dir)
-        if "num_frames" not in info or "input_size" not in info:
+        clip_shape = run_dir.saved_model_clip_shape(info)
+        if clip_shape is None:
             return None
-        view = EvalView.from_settings(info.get("eval_view"), int(info["num_frames"]), int(info["input_size"]))
+        view = view_from_clip_shape(clip_shape, info.get("eval_view"))
         return cls(signatures_lib.SignatureConfig(view=view, top_k=1))
 
     def __call__(self, frames_jpeg: np.ndarray) -> np.ndarray:
