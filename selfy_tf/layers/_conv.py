@@ -56,15 +56,17 @@ def make_conv(
     )
 
 
-def conv2d(strides: int, padding: str | int) -> Callable[[Any, Any], Any]:
+def conv2d(strides: int, padding: str | int, training: bool | None = False) -> Callable[[Any, Any], Any]:
     """`linear(inputs, kernel)` of a bias-free 2-D convolution.
 
     `padding` is "SAME", "VALID" or an int: symmetric zero padding of both
-    spatial axes (PyTorch style; see `selfy_tf.ops._backend.conv2d`).
+    spatial axes (PyTorch style); `training`: the convolution is part of a
+    training step, whose gradients have a faster form on TensorFlow's CPU
+    (see `selfy_tf.ops._backend.conv2d`).
     """
 
     def linear(inputs: Any, kernel: Any) -> Any:
-        return _backend.conv2d(inputs, kernel, strides, padding)
+        return _backend.conv2d(inputs, kernel, strides, padding, training=bool(training))
 
     return linear
 

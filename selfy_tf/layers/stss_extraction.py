@@ -183,8 +183,8 @@ class STSSExtraction(keras.layers.Layer):
 
         linears = [
             conv0,
-            _conv.conv2d(2, self._paddings[1]),
-            _conv.conv2d(2, self._paddings[2]),
+            _conv.conv2d(2, self._paddings[1], training),
+            _conv.conv2d(2, self._paddings[2], training),
             conv3,
         ]
         maps = ops.reshape(ops.cast(inputs, self.compute_dtype), [-1, positions])

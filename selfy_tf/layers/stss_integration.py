@@ -149,7 +149,7 @@ class STSSIntegration(keras.layers.Layer):
         dtype = self.compute_dtype
         # Each (1, 3, 3) convolution is a 'SAME' 2-D convolution over folded
         # frames ('SAME' equals PyTorch's symmetric padding 1 at stride 1).
-        conv = _conv.conv2d(1, "SAME")
+        conv = _conv.conv2d(1, "SAME", training)
         # [B, T, h, w, L, C] -> [B * T * L, h, w, C]: each offset l separately.
         maps = ops.transpose(ops.cast(inputs, dtype), [0, 1, 4, 2, 3, 5])
         maps = ops.reshape(maps, [-1, height, width, inputs.shape[5]])
@@ -166,7 +166,7 @@ class STSSIntegration(keras.layers.Layer):
         )
 
         def upsample(maps, kernel):
-            return _interleave_zeros(_conv.conv2d(1, "VALID")(maps, kernel))
+            return _interleave_zeros(_conv.conv2d(1, "VALID", training)(maps, kernel))
 
         return _batch_norm_folding.linear_batch_norm(
             maps,

@@ -146,7 +146,7 @@ class STSSTransformation(keras.layers.Layer):
         """
         return _batch_norm_folding.linear_batch_norm(
             ops.cast(inputs, self.compute_dtype),
-            _conv.conv2d(2, self._padding),
+            _conv.conv2d(2, self._padding, training),
             self.conv.kernel,
             self.bn,
             training,

@@ -28,6 +28,7 @@ import keras
 
 from selfy_tf.layers import _batch_norm, _checks, _conv
 from selfy_tf.layers._defaults import NUM_FRAMES, REFERENCE_CHANNELS
+from selfy_tf.layers.conv2d import Conv2D
 from selfy_tf.layers.frame_preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -306,7 +307,7 @@ class _LayerFactory:
         self.batch_norm_statistics = batch_norm_statistics
 
     def conv(self, filters: int, kernel_size: int, strides: int, name: str, padding: str = "valid"):
-        return keras.layers.Conv2D(
+        return Conv2D(
             filters,
             kernel_size,
             strides=strides,

@@ -108,17 +108,25 @@ def squared_difference(a: Any, b: Any) -> Any:
     return ops.square(ops.subtract(a, b))
 
 
-def conv2d(inputs: Any, kernel: Any, strides: int, padding: str | int) -> Any:
+def conv2d(inputs: Any, kernel: Any, strides: int, padding: str | int, training: bool = False) -> Any:
     """Bias-free channels-last 2-D convolution.
 
     `padding` is "SAME", "VALID" or an int: symmetric zero padding of both
     spatial axes (PyTorch style). On TensorFlow the int is given to the
     convolution as explicit padding, so that no padded copy of the input is
     written; elsewhere the input is zero-padded first (XLA fuses the pad).
+    With `training`, on TensorFlow on CPU, the gradients are computed with
+    forward convolutions (`selfy_tf.ops._conv_gradient`: TensorFlow's own
+    CPU gradient kernels are several times slower); inference graphs keep
+    the plain convolution.
     """
     if is_tensorflow():
         import tensorflow as tf
 
+        from selfy_tf.ops import _conv_gradient
+
+        if training and _conv_gradient.supports(inputs, kernel, strides, padding):
+            return _conv_gradient.conv2d(inputs, kernel, strides, padding)
         if not isinstance(padding, str):
             padding = (
                 [[0, 0], [padding, padding], [padding, padding], [0, 0]]
