@@ -1,26 +1,23 @@
-"""A TensorFlow 2-D convolution whose gradients are forward convolutions.
+"""A TensorFlow 2-D convolution whose input gradient is a forward convolution.
 
-TensorFlow's CPU kernels for the gradients of a convolution are far slower
-than its forward convolution: `Conv2DBackpropInput` runs at 15-80 GFLOP/s
-where `Conv2D` runs at 140-170 (2-core x86-64, the layers of a ResNet-50 at
-16 x 224²), and `Conv2DBackpropFilter` of a 3x3 convolution at 75-125.
-Both gradients are convolutions themselves:
+TensorFlow's CPU kernel for the input gradient of a convolution
+(`Conv2DBackpropInput`) is far slower than its forward convolution: 14-85
+GFLOP/s where `Conv2D` runs at 140-170 (2-core AVX2 CPU, the layers of a
+ResNet-50 at 16 x 224²). The input gradient is a convolution itself:
 
-- the input gradient of a stride-1 convolution is the upstream gradient
-  convolved with the kernel flipped in space and transposed (input and
-  output channels swapped), padded by `kernel - 1 - padding`;
+- at stride 1, the upstream gradient convolved with the kernel flipped in
+  space and transposed (input and output channels swapped), padded by
+  `kernel - 1 - padding`;
 - at stride `s`, each of the `s * s` phases of the input (rows `y ≡ r_y`,
   columns `x ≡ r_x` mod `s`) reads the upstream gradient through the
   sub-kernel `kernel[r_y::s, r_x::s]` alone, so the input gradient is `s * s`
   stride-1 convolutions with the same multiply-adds as the gradient, their
-  outputs interleaved;
-- the kernel gradient of a stride-1 convolution is a convolution of the
-  input with the upstream gradient as its kernel, batch and channel axes
-  swapped (the batch becomes the contracted axis).
+  outputs interleaved.
 
-`conv2d` computes them so, in float32 as exact as TensorFlow's own
-gradients (the same products, summed in another order). Figures:
-benchmarks/README.md, "Training".
+`conv2d` computes it so (the same products as TensorFlow's, summed in
+another order) and keeps `Conv2DBackpropFilter` for the kernel gradient.
+Where it pays and what it changes: docs/architecture.md, "Convolution
+gradients in training".
 """
 
 from __future__ import annotations
@@ -88,17 +85,15 @@ def _input_gradient(upstream, kernel, input_size, stride, pads):
     return padded[:, before_h : before_h + input_size[0], before_w : before_w + input_size[1]]
 
 
-def _kernel_gradient(inputs, upstream, kernel_shape, stride, pads, tf_padding):
-    """The gradient of the convolution with respect to its kernel."""
-    if stride == 1 and kernel_shape[0] * kernel_shape[1] > 1:
-        (before_h, after_h), (before_w, after_w) = pads
-        swapped = tf.nn.conv2d(
-            tf.transpose(inputs, [3, 1, 2, 0]),
-            tf.transpose(upstream, [1, 2, 0, 3]),
-            1,
-            [[0, 0], [before_h, after_h], [before_w, after_w], [0, 0]],
-        )
-        return tf.transpose(swapped, [1, 2, 0, 3])
+def _kernel_gradient(inputs, upstream, kernel_shape, stride, tf_padding):
+    """The gradient of the convolution with respect to its kernel: TensorFlow's kernel.
+
+    Written as a forward convolution too (input and upstream gradient with
+    batch and channel axes swapped), it saved 25 % of this op at 3x3, but its
+    rounding moved a 5-step SGD run from the official weights off PyTorch's
+    float32 path onto another one (benchmarks/README.md, "Training"), where
+    TensorFlow's kernel and the forward input gradient stay on it.
+    """
     explicit = not isinstance(tf_padding, str)
     return tf.raw_ops.Conv2DBackpropFilter(
         input=inputs,
@@ -182,7 +177,7 @@ def conv2d(inputs: Any, kernel: Any, strides: int, padding: str | int) -> tf.Ten
             )
             return (
                 _input_gradient(upstream, kernel, input_size, strides, pads),
-                _kernel_gradient(inputs, upstream, kernel.shape, strides, pads, tf_padding),
+                _kernel_gradient(inputs, upstream, kernel.shape, strides, tf_padding),
             )
 
         return outputs, gradient
