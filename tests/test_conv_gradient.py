@@ -107,16 +107,18 @@ def test_gradients_inside_a_graph_function_equal_eager_ones():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_supports_wide_or_large_convolutions_only():
+def test_supports_large_or_wide_convolutions_only():
     def supports(input_shape, kernel_shape, strides=1, padding="SAME"):
         return _conv_gradient.supports(tf.zeros(input_shape), tf.zeros(kernel_shape), strides, padding)
 
-    # A 3x3 stride-1 convolution from 2^20 multiply-adds per example.
+    # Stride 1: from 2^20 multiply-adds per example.
     assert supports((1, 28, 28, 16), (3, 3, 16, 16))
+    assert supports((1, 56, 56, 64), (1, 1, 64, 256))
     assert not supports((1, 7, 7, 16), (3, 3, 16, 16))
-    # Strided or 1x1: from 2^16 input x output channels.
+    assert not supports((1, 14, 14, 64), (1, 1, 64, 64))
+    # Strided: from 2^16 input x output channels.
     assert supports((1, 14, 14, 256), (1, 1, 256, 512), 2, "VALID")
-    assert not supports((1, 56, 56, 64), (1, 1, 64, 256))
+    assert not supports((1, 56, 56, 64), (1, 1, 64, 128), 2, "VALID")
     assert not supports((1, 9, 9, 4), (3, 3, 4, 16), 2, 1)
     # Paddings the flipped kernel cannot undo, unequal strides, unknown sizes.
     assert not supports((1, 28, 28, 16), (3, 3, 16, 16), 1, 3)

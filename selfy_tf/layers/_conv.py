@@ -61,7 +61,7 @@ def conv2d(strides: int, padding: str | int, training: bool | None = False) -> C
 
     `padding` is "SAME", "VALID" or an int: symmetric zero padding of both
     spatial axes (PyTorch style); `training`: the convolution is part of a
-    training step, whose gradients have a faster form on TensorFlow's CPU
+    training step, whose input gradient has a faster form on TensorFlow's CPU
     (see `selfy_tf.ops._backend.conv2d`).
     """
 

@@ -9,16 +9,17 @@ from selfy_tf.ops import _backend
 
 @keras.saving.register_keras_serializable(package="selfy")
 class Conv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` whose training gradients are forward convolutions.
+    """`keras.layers.Conv2D` whose training input gradient is a forward convolution.
 
-    The same layer, weights and forward computation as `keras.layers.Conv2D`;
-    in a training call (`training=True`) on TensorFlow without a GPU, the
-    input and kernel gradients are computed with forward convolutions, which
-    TensorFlow's CPU kernels run several times faster than its own gradient
-    kernels (`selfy_tf.ops._backend.conv2d`). Inference, other backends,
-    dilated and grouped convolutions take `keras.layers.Conv2D`'s path, so
-    exported and converted models hold the plain convolution. The backbones
-    of the model zoo are built with it.
+    The same layer, weights and forward computation as `keras.layers.Conv2D`.
+    In a training call (`training=True`) on TensorFlow without a GPU, the
+    input gradient of a large convolution is computed with forward
+    convolutions, which TensorFlow's CPU kernels run up to several times
+    faster than its own input-gradient kernel (`selfy_tf.ops._backend.conv2d`;
+    which convolutions: `selfy_tf.ops._conv_gradient.supports`). Inference,
+    other backends, small, dilated and grouped convolutions take
+    `keras.layers.Conv2D`'s path, so exported and converted models hold the
+    plain convolution. The backbones of the model zoo are built with it.
 
     Args:
         *args, **kwargs: those of `keras.layers.Conv2D`.

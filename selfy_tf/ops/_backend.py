@@ -115,10 +115,10 @@ def conv2d(inputs: Any, kernel: Any, strides: int, padding: str | int, training:
     spatial axes (PyTorch style). On TensorFlow the int is given to the
     convolution as explicit padding, so that no padded copy of the input is
     written; elsewhere the input is zero-padded first (XLA fuses the pad).
-    With `training`, on TensorFlow on CPU, the gradients are computed with
-    forward convolutions (`selfy_tf.ops._conv_gradient`: TensorFlow's own
-    CPU gradient kernels are several times slower); inference graphs keep
-    the plain convolution.
+    With `training`, on TensorFlow on CPU, the input gradient of a large
+    convolution is computed with forward convolutions
+    (`selfy_tf.ops._conv_gradient`: TensorFlow's own CPU kernel is up to
+    several times slower); inference graphs keep the plain convolution.
     """
     if is_tensorflow():
         import tensorflow as tf

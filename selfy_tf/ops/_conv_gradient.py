@@ -122,13 +122,12 @@ def supports(inputs: Any, kernel: Any, strides: Any, padding: str | int) -> bool
 
     It does on CPU-only TensorFlow, for square strides, static spatial and
     channel sizes and paddings below the kernel size, where the forward
-    form is the faster one (measured on a 2-core AVX2 CPU, `fwd+bwd` of
-    each ResNet layer geometry at 7²-56² and 16-256 channels): stride-1
-    convolutions with kernels wider than 1x1 and at least 2^20
-    multiply-adds per example (0.6-0.98x TensorFlow's time), and any
-    convolution with at least 2^16 input x output channels (0.6-1.0x).
-    Narrower strided or 1x1 convolutions keep TensorFlow's kernels (its
-    input gradient is 1.1-2.1x faster there), as do GPUs (cuDNN).
+    form is the faster one (measured on a 2-core AVX2 CPU, ResNet layer
+    geometries at 7²-56² and 16-256 channels, 1x1 and 3x3): stride-1
+    convolutions of at least 2^20 multiply-adds per example, and any
+    convolution of at least 2^16 input x output channels. Smaller stride-1
+    and narrower strided convolutions keep TensorFlow's kernel (its input
+    gradient is up to 2x faster there), as do GPUs (cuDNN).
     """
     strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
     shapes = tuple(inputs.shape[1:]) + tuple(kernel.shape)
@@ -139,8 +138,7 @@ def supports(inputs: Any, kernel: Any, strides: Any, padding: str | int) -> bool
     kernel_h, kernel_w, channels, filters = kernel.shape
     height, width = inputs.shape[1:3]
     multiply_adds = height * width * channels * filters * kernel_h * kernel_w / strides[0] ** 2
-    wide_stride_1 = strides[0] == 1 and kernel_h * kernel_w > 1
-    return (wide_stride_1 and multiply_adds >= MIN_MULTIPLY_ADDS_PER_EXAMPLE) or (
+    return (strides[0] == 1 and multiply_adds >= MIN_MULTIPLY_ADDS_PER_EXAMPLE) or (
         channels * filters >= MIN_CHANNEL_PRODUCT
     )
 
