@@ -197,3 +197,28 @@ def test_model_training_gradients_equal_tensorflows_own(monkeypatch):
     for variable, got, want in zip(model.trainable_variables, ours, tensorflows):
         scale = float(tf.reduce_max(tf.abs(want))) or 1.0
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=2e-5 * scale, err_msg=variable.path)
+
+
+def test_mixed_precision_training_gradients_match_keras_conv2d(monkeypatch):
+    monkeypatch.setattr(_conv_gradient, "MIN_MULTIPLY_ADDS_PER_EXAMPLE", 0)
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.standard_normal((2, 9, 9, 4)), tf.float32)
+    args = dict(filters=8, kernel_size=3, padding="same", dtype="mixed_bfloat16")
+    ours, reference = Conv2D(**args), keras.layers.Conv2D(**args)
+    ours.build(x.shape)
+    reference.build(x.shape)
+    reference.set_weights(ours.get_weights())
+    results = []
+    for layer in (ours, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+        results.append((y, tape.gradient(loss, [x, *layer.trainable_variables])))
+    (y, grads), (y_reference, grads_reference) = results
+    assert y.dtype == tf.bfloat16
+    np.testing.assert_array_equal(y.numpy(), y_reference.numpy())
+    for got, want in zip(grads, grads_reference):
+        assert got.dtype == want.dtype == tf.float32
+        # bfloat16 keeps 8 bits of mantissa: the summation order shows at 2^-8.
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=2e-2 * float(tf.reduce_max(tf.abs(want))))

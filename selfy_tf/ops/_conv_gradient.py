@@ -110,15 +110,15 @@ def _on_gpu() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
-# Below these sizes TensorFlow's gradient kernels are as fast, and the extra
-# ops of the forward-convolution form cost more than they save (a tiny
-# model's training step was 27 % slower with every convolution converted).
+# Below these sizes TensorFlow's kernel is as fast, and the extra ops of the
+# forward form cost more than they save (a tiny model's training step was
+# 27 % slower with both gradients of every convolution converted).
 MIN_MULTIPLY_ADDS_PER_EXAMPLE = 1 << 20
 MIN_CHANNEL_PRODUCT = 1 << 16
 
 
 def supports(inputs: Any, kernel: Any, strides: Any, padding: str | int) -> bool:
-    """Whether `conv2d` computes this convolution's gradients itself.
+    """Whether `conv2d` should compute this convolution's input gradient.
 
     It does on CPU-only TensorFlow, for square strides, static spatial and
     channel sizes and paddings below the kernel size, where the forward
@@ -144,7 +144,7 @@ def supports(inputs: Any, kernel: Any, strides: Any, padding: str | int) -> bool
 
 
 def conv2d(inputs: Any, kernel: Any, strides: int, padding: str | int) -> tf.Tensor:
-    """`tf.nn.conv2d` of channels-last `inputs`, differentiated with forward convolutions.
+    """`tf.nn.conv2d` of channels-last `inputs`, its input gradient a forward convolution.
 
     Args:
         inputs: `[batch, height, width, channels]` with static height, width
