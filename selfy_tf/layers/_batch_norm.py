@@ -287,9 +287,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     and `tf.nn.moments` are off by 1e-3 and more. As in PyTorch, the moving
     variance is updated with the unbiased batch variance (normalisation uses
     the biased one). Float16 / bfloat16 inputs are normalised with float32
-    statistics. In training, on TensorFlow, TensorFlow's fused kernels
-    normalise and compute the input gradient from these exact statistics
-    (without a `tf.distribute` all-reduce).
+    statistics. In training, on TensorFlow, TensorFlow's fused kernel
+    normalises with these exact statistics and the input gradient is one
+    element-wise pass from exact sums (without a `tf.distribute`
+    all-reduce).
 
     With `training_statistics="tensorflow"` a training-mode call on
     TensorFlow is instead one `FusedBatchNormV3(is_training=True)` op, which
