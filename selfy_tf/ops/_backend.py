@@ -127,13 +127,7 @@ def conv2d(inputs: Any, kernel: Any, strides: int, padding: str | int, training:
 
         if training and _conv_gradient.supports(inputs, kernel, strides, padding):
             return _conv_gradient.conv2d(inputs, kernel, strides, padding)
-        if not isinstance(padding, str):
-            padding = (
-                [[0, 0], [padding, padding], [padding, padding], [0, 0]]
-                if padding
-                else "VALID"
-            )
-        return tf.nn.conv2d(inputs, kernel, strides, padding)
+        return tf.nn.conv2d(inputs, kernel, strides, _conv_gradient.tensorflow_padding(padding))
     if not isinstance(padding, str):
         if padding:
             inputs = ops.pad(

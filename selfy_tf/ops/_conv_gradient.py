@@ -27,7 +27,7 @@ from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["conv2d", "supports"]
+__all__ = ["conv2d", "supports", "tensorflow_padding"]
 
 
 def _axis_padding(padding: str | int, size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -38,6 +38,13 @@ def _axis_padding(padding: str | int, size: int, kernel: int, stride: int) -> tu
         total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
         return total // 2, total - total // 2
     return padding, padding
+
+
+def tensorflow_padding(padding: str | int) -> str | list[list[int]]:
+    """`tf.nn.conv2d`'s padding for "SAME", "VALID" or a symmetric int (explicit pads)."""
+    if isinstance(padding, str):
+        return padding
+    return [[0, 0], [padding, padding], [padding, padding], [0, 0]] if padding else "VALID"
 
 
 def _flipped(kernel: tf.Tensor) -> tf.Tensor:
@@ -158,10 +165,7 @@ def conv2d(inputs: Any, kernel: Any, strides: int, padding: str | int) -> tf.Ten
         The convolution, equal to `tf.nn.conv2d`'s; its gradients equal
         TensorFlow's up to the order of float summation.
     """
-    if isinstance(padding, str):
-        tf_padding = padding
-    else:
-        tf_padding = [[0, 0], [padding, padding], [padding, padding], [0, 0]] if padding else "VALID"
+    tf_padding = tensorflow_padding(padding)
 
     @tf.custom_gradient
     def convolution(inputs, kernel):
